@@ -1,0 +1,42 @@
+"""Configuration problems: one clear message per bad input."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One thing wrong with the configuration.
+
+    ``script`` is None for problems of the ``[daemon]`` section itself.
+    """
+
+    path: str
+    message: str
+    script: str | None = None
+    key: str | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.path} [daemon]"
+        if self.script is not None:
+            where += f" config script {self.script!r}"
+        if self.key is not None:
+            where += f" key {self.key!r}"
+        return f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used at all (no file, no section, unusable values)."""
+
+    def __init__(self, problems: Iterable[ConfigProblem | str]) -> None:
+        self.problems = [str(p) for p in problems]
+        super().__init__("\n".join(self.problems))
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """Return ' (did you mean "x"?)' when ``word`` is close to one of ``choices``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f' (did you mean "{close[0]}"?)' if close else ""

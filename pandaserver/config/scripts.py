@@ -1,0 +1,164 @@
+"""Per-script entries of the ``config`` JSON: ``DaemonSpec`` and its validation."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pandaserver.config.problems import did_you_mean
+
+Argument = str | int | float
+
+_MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+@dataclass(frozen=True)
+class DaemonSpec:
+    """One script as it will run, defaults filled in."""
+
+    name: str
+    module: str
+    period: float
+    timeout: float
+    sync: bool = False
+    loop: bool = False
+    arguments: tuple[Argument, ...] = ()
+    enable: bool = True
+
+    @property
+    def argv(self) -> tuple[str | int | float, ...]:
+        """The ``argv`` handed to ``main()``: the script name, then its arguments."""
+        return (self.name, *self.arguments)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "enable": self.enable,
+            "module": self.module,
+            "period": self.period,
+            "timeout": self.timeout,
+            "sync": self.sync,
+            "loop": self.loop,
+            "arguments": list(self.arguments),
+        }
+
+
+def default_timeout(period: float) -> float:
+    return min(period * 3, period + 3600)
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "an object"
+
+
+def _shown(value: object) -> str:
+    return json.dumps(value)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_bool(value: object) -> str | None:
+    if isinstance(value, bool):
+        return None
+    return f"must be true or false, got {_kind(value)}: {_shown(value)}"
+
+
+def _check_positive(value: object) -> str | None:
+    if not _is_number(value):
+        return f"must be a number of seconds, got {_kind(value)}: {_shown(value)}"
+    assert isinstance(value, int | float)
+    if value != value or value in (float("inf"), float("-inf")):
+        return f"must be a finite number of seconds, got: {_shown(value)}"
+    if value <= 0:
+        return f"must be positive, got: {_shown(value)}"
+    return None
+
+
+def _check_module(value: object) -> str | None:
+    if not isinstance(value, str):
+        return f"must be a module name (a string), got {_kind(value)}: {_shown(value)}"
+    if not _MODULE_RE.match(value):
+        return f"must be a Python module name like 'copyArchive', got: {_shown(value)}"
+    return None
+
+
+def _check_arguments(value: object) -> str | None:
+    if not isinstance(value, list):
+        return f"must be a list of strings or numbers, got {_kind(value)}: {_shown(value)}"
+    for index, item in enumerate(value):
+        if isinstance(item, bool) or not isinstance(item, str | int | float):
+            return (
+                f"item {index} must be a string or a number, got {_kind(item)}: {_shown(item)}"
+            )
+    return None
+
+
+SCRIPT_KEYS: dict[str, Callable[[object], str | None]] = {
+    "enable": _check_bool,
+    "period": _check_positive,
+    "timeout": _check_positive,
+    "sync": _check_bool,
+    "loop": _check_bool,
+    "module": _check_module,
+    "arguments": _check_arguments,
+}
+
+
+def parse_script(name: str, entry: object) -> tuple[DaemonSpec | None, list[tuple[str | None, str]]]:
+    """Validate one entry. Returns the spec (None when unusable) and (key, message) problems."""
+    problems: list[tuple[str | None, str]] = []
+    if not isinstance(entry, dict):
+        problems.append(
+            (None, f"entry must be a JSON object of settings, got {_kind(entry)}: {_shown(entry)}")
+        )
+        return None, problems
+    if not name.strip():
+        problems.append((None, "script name must not be empty"))
+    for key, value in entry.items():
+        check = SCRIPT_KEYS.get(key)
+        if check is None:
+            allowed = ", ".join(sorted(SCRIPT_KEYS))
+            problems.append(
+                (
+                    key,
+                    f"unknown key (value {_shown(value)}){did_you_mean(key, SCRIPT_KEYS)};"
+                    f" allowed keys: {allowed}",
+                )
+            )
+            continue
+        message = check(value)
+        if message is not None:
+            problems.append((key, message))
+    if "period" not in entry:
+        problems.append(("period", "is required: the number of seconds between runs"))
+    if problems:
+        return None, problems
+    period = float(entry["period"])
+    module = entry.get("module", name)
+    if "module" not in entry and (message := _check_module(name)) is not None:
+        return None, [("module", f"defaults to the script name, which {message}")]
+    spec = DaemonSpec(
+        name=name,
+        module=module,
+        period=period,
+        timeout=float(entry.get("timeout", default_timeout(period))),
+        sync=bool(entry.get("sync", False)),
+        loop=bool(entry.get("loop", False)),
+        arguments=tuple(entry.get("arguments", [])),
+        enable=bool(entry.get("enable", True)),
+    )
+    return spec, []

@@ -1,0 +1,1 @@
+"""The daemon: master process, workers, scheduling and bundled scripts."""

@@ -1,0 +1,1 @@
+"""Bundled script modules. Each defines ``main(argv=..., tbuf=..., lock_pool=...)``."""
