@@ -1,0 +1,157 @@
+"""The ``panda-daemon`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+from collections.abc import Callable, Sequence
+
+from pandaserver import __version__
+from pandaserver.config import ConfigError, PandaConfig, load_config
+from pandaserver.daemons import exitcodes
+
+log = logging.getLogger("panda.cli")
+
+MASTER_LOG_FORMAT = "%(asctime)s %(levelname)s master pid %(process)d %(name)s: %(message)s"
+
+Command = Callable[[PandaConfig, argparse.Namespace], int]
+
+
+def short_hostname() -> str:
+    return socket.gethostname().split(".")[0] or "localhost"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="panda-daemon",
+        description="Run PanDA server housekeeping scripts on a schedule, one server or a fleet.",
+    )
+    parser.add_argument("-c", "--config", metavar="FILE",
+                        help="panda_server.cfg to read (default: $PANDA_HOME/etc/panda/"
+                             "panda_server.cfg, then /etc/panda/panda_server.cfg)")
+    parser.add_argument("--server-name", default=None, metavar="NAME",
+                        help="name of this master in the fleet (default: the short host name)")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--version", action="version", version=f"panda-daemon {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser("run", help="run the master in the foreground, logging to stderr")
+    run.set_defaults(func=cmd_run)
+    check = sub.add_parser("check-config",
+                           help="show the scripts as they will run and every problem")
+    check.add_argument("--no-import", action="store_true",
+                       help="do not try to import the script modules")
+    check.set_defaults(func=cmd_check_config)
+    once = sub.add_parser("run-once", help="run one script once in the foreground")
+    once.add_argument("name", help="the script's name in the config")
+    once.set_defaults(func=cmd_run_once)
+
+    _add_optional_commands(sub)
+    return parser
+
+
+def _add_optional_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Commands of the cron converter and the database and service layers."""
+    try:
+        from pandaserver.cron import cli as cron_cli
+    except ImportError:
+        pass
+    else:
+        cron = sub.add_parser("cron2json", help="convert crontab lines into daemon config JSON")
+        cron_cli.add_arguments(cron)
+        cron.set_defaults(func=None, plain=cron_cli.run)
+    try:
+        from pandaserver.db.commands import add_db_subcommands
+    except ImportError:
+        return
+    add_db_subcommands(sub)
+
+
+def server_name(args: argparse.Namespace) -> str:
+    return str(args.server_name or short_hostname())
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(MASTER_LOG_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def cmd_run(cfg: PandaConfig, args: argparse.Namespace) -> int:
+    from pandaserver.daemons.master import Master
+
+    settings = cfg.daemon
+    if not settings.enable:
+        log.warning("the daemon is disabled (enable = False in [daemon] of %s); nothing to run",
+                    cfg.path)
+        return exitcodes.RET_OK
+    for problem in settings.problems:
+        log.error("%s", problem)
+    if settings.fatal:
+        log.error("cannot start: fix the problems above (panda-daemon check-config lists them)")
+        return exitcodes.RET_CONFIG
+
+    def reload_settings() -> object:
+        return load_config(str(cfg.path)).daemon
+
+    master = Master(settings, server=server_name(args), log_level=args.log_level,
+                    reload_settings=reload_settings)  # type: ignore[arg-type]
+    return master.run()
+
+
+def cmd_run_once(cfg: PandaConfig, args: argparse.Namespace) -> int:
+    from pandaserver.config.problems import did_you_mean
+    from pandaserver.daemons.master import Master
+
+    settings = cfg.daemon
+    if settings.fatal:
+        for problem in settings.fatal:
+            log.error("%s", problem)
+        return exitcodes.RET_CONFIG
+    if args.name not in settings.scripts:
+        bad = [p for p in settings.problems if p.script == args.name]
+        for problem in bad:
+            log.error("%s", problem)
+        if not bad:
+            log.error("no script %r in the config of %s%s", args.name, cfg.path,
+                      did_you_mean(args.name, settings.scripts))
+        return exitcodes.RET_CONFIG
+    if not settings.scripts[args.name].enable:
+        log.info("script %s is disabled in the config; running it anyway, as asked", args.name)
+    master = Master(settings, server=server_name(args), log_level=args.log_level,
+                    only=args.name)
+    return master.run()
+
+
+def cmd_check_config(cfg: PandaConfig, args: argparse.Namespace) -> int:
+    from pandaserver.daemons.checks import render_check
+
+    text, ok = render_check(cfg, try_import=not args.no_import)
+    sys.stdout.write(text)
+    return exitcodes.RET_OK if ok else exitcodes.RET_CONFIG
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    plain = getattr(args, "plain", None)
+    if plain is not None:
+        return int(plain(args))
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            log.error("%s", problem)
+        return exitcodes.RET_CONFIG
+    func: Command = args.func
+    return func(cfg, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

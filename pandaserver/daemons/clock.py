@@ -1,0 +1,28 @@
+"""The injected clock: monotonic time for intervals, wall time only for humans."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float:
+        """Seconds on a clock that never jumps (intervals, timeouts, lifetimes)."""
+
+    def wall(self) -> datetime:
+        """Wall-clock time, for logs and display only; never used for decisions."""
+
+
+class SystemClock:
+    """The real clocks. ``wall_offset`` shifts wall time (tests inject clock skew with it)."""
+
+    def __init__(self, wall_offset: float = 0.0) -> None:
+        self.wall_offset = wall_offset
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wall(self) -> datetime:
+        return datetime.fromtimestamp(time.time() + self.wall_offset, tz=UTC)

@@ -1,0 +1,10 @@
+"""Named exit statuses of the ``panda-daemon`` command."""
+
+from __future__ import annotations
+
+RET_OK = 0
+RET_FAILED = 1  # run-once: the script raised; other commands: the operation failed
+RET_CONFIG = 2  # the configuration (or a command-line argument) is unusable
+RET_TIMEOUT = 3  # run-once: the script was killed at its timeout
+RET_LOST = 4  # run-once: the script exited the worker or was killed from outside
+RET_NOT_RUNNING = 3  # status: LSB "program is not running"

@@ -1,0 +1,430 @@
+"""The master: one event loop that owns all scheduling state.
+
+It keeps ``n_proc`` workers, dispatches due scripts to idle ones, enforces timeouts and
+lifetimes, and sleeps in a single wait over worker pipes, worker pidfds and a signal
+self-pipe until its next event. Signal handlers only record; the loop acts.
+
+``python -m pandaserver.daemons.master`` is the same as ``panda-daemon``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import sys
+from collections.abc import Callable
+from multiprocessing.connection import wait
+from typing import Any
+
+from pandaserver.config.daemon import DaemonSettings
+from pandaserver.config.scripts import DaemonSpec
+from pandaserver.daemons import exitcodes, protocol, schedule
+from pandaserver.daemons.clock import Clock, SystemClock
+from pandaserver.daemons.leases import LeaseManager, LocalLeases
+from pandaserver.daemons.pool import (
+    Slot,
+    describe_exit,
+    new_slot,
+    staggered_lifetime,
+)
+from pandaserver.daemons.processes import any_alive, finish_kill, set_title
+from pandaserver.daemons.runs import LogRecorder, Recorder, Run, RunRecord
+from pandaserver.daemons.schedule import ScriptState
+from pandaserver.daemons.states import WorkerState
+
+log = logging.getLogger("panda.master")
+
+SHUTDOWN_KILL_GRACE = 1.0
+MAX_SPAWN_BACKOFF = 30.0
+MIN_LEASE_RETRY = 0.05
+ONCE_EXIT = {protocol.OK: exitcodes.RET_OK, protocol.FAILED: exitcodes.RET_FAILED,
+             protocol.TIMEOUT: exitcodes.RET_TIMEOUT, protocol.LOST: exitcodes.RET_LOST}
+
+
+class Master:
+    def __init__(
+        self,
+        settings: DaemonSettings,
+        *,
+        server: str,
+        clock: Clock | None = None,
+        recorder: Recorder | None = None,
+        leases: LeaseManager | None = None,
+        only: str | None = None,
+        log_level: str = "INFO",
+        reload_settings: Callable[[], DaemonSettings] | None = None,
+        on_signal: dict[int, Callable[[], None]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.server = server
+        self.clock = clock or SystemClock()
+        self.recorder = recorder or LogRecorder()
+        self.leases = leases or LocalLeases()
+        self.only = only
+        self.log_level = log_level
+        self.reload_settings = reload_settings
+        self.on_signal = on_signal or {}
+        self.scripts: dict[str, ScriptState] = {}
+        self.slots: dict[int, Slot] = {}
+        self.draining: list[Slot] = []
+        self.stopping = False
+        self.stop_deadline = math.inf
+        self.once_outcome: str | None = None
+        self.run_counter = 0
+        self.spawn_backoff = 0.0
+        self.spawn_not_before = 0.0
+        self.first_generation = True
+        self._signals: list[int] = []
+        self._wakeup_r = -1
+        self.extra_events: list[Callable[[float], float | None]] = []
+
+    # ----- set-up -------------------------------------------------------------------------
+    @property
+    def n_proc(self) -> int:
+        return 1 if self.only is not None else self.settings.n_proc
+
+    def _specs(self, settings: DaemonSettings) -> dict[str, DaemonSpec]:
+        if self.only is not None:
+            return {self.only: settings.scripts[self.only]}
+        return {spec.name: spec for spec in settings.enabled_scripts}
+
+    def _install_signals(self) -> None:
+        read_end, write_end = os.pipe()
+        os.set_blocking(read_end, False)
+        os.set_blocking(write_end, False)
+        self._wakeup_r = read_end
+        signal.set_wakeup_fd(write_end)
+        watched = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, *self.on_signal}
+        for signum in watched:
+            signal.signal(signum, self._record_signal)
+
+    def _record_signal(self, signum: int, frame: Any) -> None:
+        self._signals.append(signum)
+
+    # ----- the loop -----------------------------------------------------------------------
+    def run(self) -> int:
+        self._install_signals()
+        set_title(f"master{'' if self.only is None else ' run-once ' + self.only}")
+        now = self.clock.monotonic()
+        for spec in self._specs(self.settings).values():
+            self.scripts[spec.name] = ScriptState(spec=spec, next_due=schedule.first_due(now))
+        log.info("master started on %s (pid %d): %d scripts, %d workers",
+                 self.server, os.getpid(), len(self.scripts), self.n_proc)
+        while True:
+            now = self.clock.monotonic()
+            self._handle_signals(now)
+            self._check_deadlines(now)
+            if self.stopping and not self.slots and not self.draining:
+                break
+            if not self.stopping:
+                self._fill_slots(now)
+                self._dispatch(now)
+                self._warn_late(now)
+            self._wait(self._next_event(now) - now)
+        log.info("master stopped")
+        if self.only is not None:
+            return ONCE_EXIT.get(self.once_outcome or protocol.LOST, exitcodes.RET_LOST)
+        return exitcodes.RET_OK
+
+    def _wait(self, timeout: float) -> None:
+        objects: list[Any] = [self._wakeup_r]
+        for slot in self.slots.values():
+            objects.append(slot.proc.pidfd)
+            if slot.conn_open:
+                objects.append(slot.proc.conn)
+        ready = wait(objects, timeout=max(0.0, timeout))
+        for obj in ready:
+            if obj == self._wakeup_r:
+                self._drain_wakeup()
+        for slot in list(self.slots.values()):
+            if slot.conn_open and slot.proc.conn in ready:
+                self._read_messages(slot)
+            if slot.proc.pidfd in ready:
+                self._worker_gone(slot, self.clock.monotonic())
+
+    def _drain_wakeup(self) -> None:
+        try:
+            while os.read(self._wakeup_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _next_event(self, now: float) -> float:
+        times = [self.stop_deadline]
+        if not self.stopping:
+            nxt = schedule.next_wakeup(self.scripts.values(), now)
+            if nxt is not None:
+                times.append(nxt)
+            if len(self.slots) < self.n_proc:
+                times.append(self.spawn_not_before)
+        for slot in [*self.slots.values(), *self.draining]:
+            if slot.run is not None and not slot.run.timed_out:
+                times.append(slot.run.timeout_at)
+            if slot.kill is not None and not slot.kill.killed:
+                times.append(slot.kill.deadline)
+            if slot.exit_deadline is not None:
+                times.append(slot.exit_deadline)
+            if slot.state in (WorkerState.IDLE, WorkerState.BUSY):
+                times.append(slot.expires)
+        for event in self.extra_events:
+            when = event(now)
+            if when is not None:
+                times.append(when)
+        if self.draining:
+            times.append(now + 0.05)  # trees killed with SIGKILL vanish within milliseconds
+        return min(times)
+
+    # ----- signals ------------------------------------------------------------------------
+    def _handle_signals(self, now: float) -> None:
+        while self._signals:
+            signum = self._signals.pop(0)
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                if self.stopping:
+                    log.warning("second %s: killing what still runs", signal.Signals(signum).name)
+                    self.stop_deadline = now
+                else:
+                    log.info("got %s: stopping", signal.Signals(signum).name)
+                    self.begin_stop(now)
+            elif signum == signal.SIGHUP:
+                self._reload(now)
+            elif signum in self.on_signal:
+                self.on_signal[signum]()
+
+    def begin_stop(self, now: float, grace: float | None = None) -> None:
+        self.stopping = True
+        self.stop_deadline = now + (self.settings.stop_grace if grace is None else grace)
+        for slot in self.slots.values():
+            if slot.state in (WorkerState.IDLE, WorkerState.STARTING):
+                slot.ask_exit(now)
+            elif slot.state is WorkerState.BUSY:
+                slot.move(WorkerState.RETIRING)
+
+    def _reload(self, now: float) -> None:
+        if self.reload_settings is None or self.only is not None:
+            log.info("got SIGHUP: nothing to reload")
+            return
+        try:
+            new = self.reload_settings()
+        except Exception as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            return
+        if new.fatal:
+            for problem in new.fatal:
+                log.error("reload refused, keeping the running configuration: %s", problem)
+            return
+        from pandaserver.daemons.reload import apply_settings
+
+        apply_settings(self, new, now)
+
+    # ----- workers ------------------------------------------------------------------------
+    def _worker_argv(self) -> list[str]:
+        return ["--server-name", self.server, "--log-level", self.log_level]
+
+    def _fill_slots(self, now: float) -> None:
+        missing = [i for i in range(1, self.n_proc + 1) if i not in self.slots]
+        if not missing or now < self.spawn_not_before:
+            return
+        modules = sorted({state.spec.module for state in self.scripts.values()})
+        for position, index in enumerate(missing):
+            lifetime = self.settings.proc_lifetime
+            if self.first_generation:
+                lifetime = staggered_lifetime(lifetime, position, len(missing))
+            try:
+                self.slots[index] = new_slot(index, now, lifetime, self._worker_argv(),
+                                             self.settings.package, modules)
+            except OSError as exc:
+                log.error("cannot start worker %d: %s", index, exc)
+                self._back_off(now)
+                return
+        self.first_generation = False
+
+    def _back_off(self, now: float) -> None:
+        self.spawn_backoff = min(MAX_SPAWN_BACKOFF, max(1.0, self.spawn_backoff * 2))
+        self.spawn_not_before = now + self.spawn_backoff
+        log.error("next worker start in %.0f s", self.spawn_backoff)
+
+    def _read_messages(self, slot: Slot) -> None:
+        while slot.conn_open and slot.proc.conn.poll():
+            try:
+                message = protocol.recv(slot.proc.conn)
+            except (EOFError, OSError):
+                slot.conn_open = False
+                return
+            except protocol.ProtocolError as exc:
+                log.error("worker %d: %s", slot.index, exc)
+                continue
+            self._on_message(slot, message)
+
+    def _on_message(self, slot: Slot, message: dict[str, Any]) -> None:
+        now = self.clock.monotonic()
+        op = message["op"]
+        if op == "ready":
+            self.spawn_backoff = 0.0
+            if slot.state is WorkerState.STARTING:
+                slot.move(WorkerState.IDLE)
+                if self.stopping:
+                    slot.ask_exit(now)
+            self._disable_unimportable(message.get("import_errors") or {})
+        elif op == "started" and slot.run is not None and slot.run.id == message.get("run"):
+            slot.run.started = float(message["at"])
+        elif op == "done" and slot.run is not None and slot.run.id == message.get("run"):
+            run = slot.run
+            run.started = float(message.get("started", run.started or run.dispatched))
+            run.ended = float(message.get("ended", now))
+            slot.run = None
+            self._finish_run(run, message.get("outcome", protocol.LOST), message.get("error"))
+            if slot.state is WorkerState.RETIRING:
+                slot.ask_exit(now)
+            elif slot.state is WorkerState.BUSY:
+                slot.move(WorkerState.IDLE)
+
+    def _disable_unimportable(self, errors: dict[str, str]) -> None:
+        for state in self.scripts.values():
+            error = errors.get(state.spec.module)
+            if error is not None and state.disabled is None:
+                state.disabled = error
+                log.error("script %s will not run: %s", state.spec.name, error)
+                if self.only is not None:
+                    self.once_outcome = protocol.FAILED
+                    self.begin_stop(self.clock.monotonic(), grace=0)
+
+    def _worker_gone(self, slot: Slot, now: float) -> None:
+        code = slot.reap()
+        del self.slots[slot.index]
+        expected = slot.state in (WorkerState.EXITING, WorkerState.KILLING)
+        if slot.state is WorkerState.STARTING and not self.stopping:
+            log.error("worker %d (pid %d) %s before it was ready", slot.index, slot.pid,
+                      describe_exit(code))
+            self._back_off(now)
+        elif not expected:
+            log.warning("worker %d (pid %d) %s", slot.index, slot.pid, describe_exit(code))
+        else:
+            log.debug("worker %d (pid %d) %s", slot.index, slot.pid, describe_exit(code))
+        if slot.run is None:
+            return
+        if slot.kill is not None and not slot.kill.killed and any_alive(slot.kill.procs):
+            self.draining.append(slot)  # its children still get their grace
+            return
+        self._close_gone_run(slot, code)
+
+    def _close_gone_run(self, slot: Slot, code: int | None) -> None:
+        run = slot.run
+        assert run is not None
+        slot.run = None
+        run.ended = self.clock.monotonic()
+        if run.timed_out:
+            spec = self.scripts.get(run.script)
+            limit = spec.spec.timeout if spec else 0.0
+            self._finish_run(run, protocol.TIMEOUT, f"killed after its timeout of {limit:g} s")
+        else:
+            why = "; ".join(run.notes) or f"worker {describe_exit(code)} during the run"
+            self._finish_run(run, protocol.LOST, why)
+
+    def _check_deadlines(self, now: float) -> None:
+        for slot in list(self.slots.values()):
+            run = slot.run
+            if run is not None and not run.timed_out and now >= run.timeout_at:
+                run.timed_out = True
+                log.error("%s timed out after %.1f s", run.label, now - run.dispatched)
+                slot.start_kill(now, f"{run.label} exceeded its timeout")
+            if slot.kill is not None and not slot.kill.killed and now >= slot.kill.deadline:
+                finish_kill(slot.kill)
+            if slot.exit_deadline is not None and now >= slot.exit_deadline and slot.kill is None:
+                slot.start_kill(now, "did not exit when asked", grace=0)
+            if now >= slot.expires and slot.state is WorkerState.IDLE and not self.stopping:
+                log.info("worker %d reached its lifetime: replacing it", slot.index)
+                slot.ask_exit(now)
+            elif now >= slot.expires and slot.state is WorkerState.BUSY:
+                log.info("worker %d reached its lifetime: retiring after its run", slot.index)
+                slot.move(WorkerState.RETIRING)
+            if self.stopping and now >= self.stop_deadline and slot.state is not WorkerState.KILLING:
+                if slot.run is not None:
+                    slot.run.notes.append("killed at shutdown: still running after the stop grace")
+                slot.start_kill(now, "stop grace is over", grace=SHUTDOWN_KILL_GRACE)
+        for slot in list(self.draining):
+            assert slot.kill is not None
+            if now >= slot.kill.deadline and not slot.kill.killed:
+                finish_kill(slot.kill)
+            if slot.kill.killed or not any_alive(slot.kill.procs):
+                self.draining.remove(slot)
+                self._close_gone_run(slot, slot.returncode)
+
+    # ----- scheduling ---------------------------------------------------------------------
+    def _dispatch(self, now: float) -> None:
+        idle = sorted((s for s in self.slots.values() if s.state is WorkerState.IDLE),
+                      key=lambda s: s.index)
+        if not idle:
+            return
+        for state in schedule.due_scripts(self.scripts.values(), now):
+            if not idle:
+                break
+            spec = state.spec
+            generation = None
+            if spec.sync:
+                decision = self.leases.acquire(spec)
+                if not decision.granted:
+                    state.next_due = now + max(decision.wait, MIN_LEASE_RETRY)
+                    continue
+                generation = decision.generation
+            slot = idle.pop(0)
+            self.run_counter += 1
+            run = Run(id=self.run_counter, script=spec.name, worker=slot.index, pid=slot.pid,
+                      due=state.next_due, dispatched=now, timeout_at=now + spec.timeout,
+                      wall_dispatched=self.clock.wall(), generation=generation)
+            sent = slot.send("run", run=run.id, name=spec.name, module=spec.module,
+                             arguments=list(spec.arguments), loop=spec.loop, period=spec.period,
+                             generation=generation)
+            if not sent:
+                self.leases.release(spec, generation)
+                continue
+            slot.move(WorkerState.BUSY)
+            slot.run = run
+            state.running = run.id
+            state.run_started = now
+            state.next_due = (math.inf if self.only is not None else
+                              schedule.next_due_after_start(state.next_due, now, spec.period))
+            log.debug("%s dispatched to worker %d (due %.3f s ago)", run.label, slot.index,
+                      now - run.due)
+
+    def _warn_late(self, now: float) -> None:
+        busy = all(s.state is not WorkerState.IDLE for s in self.slots.values())
+        for state in schedule.late_to_warn(self.scripts.values(), now):
+            state.late_warned_for = state.next_due
+            why = ("its previous run is still going" if state.running is not None
+                   else f"all {self.n_proc} workers are busy" if busy else "waiting for a worker")
+            log.warning("%s is %.0f s late (%s)", state.spec.name, now - state.next_due, why)
+
+    def _finish_run(self, run: Run, outcome: str, error: str | None) -> None:
+        started = run.started if run.started is not None else run.dispatched
+        ended = run.ended if run.ended is not None else self.clock.monotonic()
+        state = self.scripts.get(run.script)
+        if state is not None and state.running == run.id:
+            state.running = None
+            over = schedule.overrun(started, ended, state.spec.period)
+            if over > 0 and outcome != protocol.TIMEOUT:
+                log.warning("%s took %.1f s, %.1f s longer than its period of %g s;"
+                            " the next run starts now, not in a burst", run.label,
+                            ended - started, over, state.spec.period)
+            if state.spec.sync:
+                self.leases.release(state.spec, run.generation)
+        self.recorder.record(RunRecord(
+            script=run.script, server=self.server, pid=run.pid, run_id=run.id,
+            generation=run.generation, outcome=outcome, error=error,
+            wall_started=run.wall_dispatched, duration=max(0.0, ended - started),
+            dispatch_delay=max(0.0, started - run.due)))
+        if self.only is not None:
+            self.once_outcome = outcome
+            if not self.stopping:
+                self.begin_stop(self.clock.monotonic())
+
+
+def main() -> None:
+    from pandaserver.cli import main as cli_main
+
+    sys.exit(cli_main())
+
+
+if __name__ == "__main__":
+    main()

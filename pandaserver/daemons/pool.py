@@ -1,0 +1,112 @@
+"""The master's worker slots: spawn, hand out assignments, retire, kill, replace."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from pandaserver.daemons import protocol
+from pandaserver.daemons.processes import PendingKill, Spawned, begin_kill, spawn_worker
+from pandaserver.daemons.runs import Run
+from pandaserver.daemons.states import WorkerState, check_transition
+
+log = logging.getLogger("panda.master")
+
+KILL_GRACE = 3.0  # seconds between SIGTERM and SIGKILL of a tree
+EXIT_GRACE = 10.0  # seconds a worker asked to exit has before it is killed
+
+
+@dataclass
+class Slot:
+    index: int
+    proc: Spawned
+    born: float
+    expires: float
+    state: WorkerState = WorkerState.STARTING
+    run: Run | None = None
+    kill: PendingKill | None = None
+    exit_deadline: float | None = None
+    conn_open: bool = True
+    exited: bool = False
+    returncode: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def move(self, new: WorkerState) -> None:
+        self.state = check_transition(self.state, new)
+
+    def send(self, op: str, **fields: Any) -> bool:
+        if not self.conn_open:
+            return False
+        try:
+            protocol.send(self.proc.conn, op, **fields)
+        except OSError as exc:
+            log.warning("worker %d (pid %d): cannot send %s: %s", self.index, self.pid, op, exc)
+            self.conn_open = False
+            return False
+        return True
+
+    def ask_exit(self, now: float) -> None:
+        self.move(WorkerState.EXITING)
+        self.exit_deadline = now + EXIT_GRACE
+        self.send("exit")
+
+    def start_kill(self, now: float, reason: str, grace: float = KILL_GRACE) -> None:
+        if self.state is not WorkerState.KILLING:
+            self.move(WorkerState.KILLING)
+        if self.kill is None and not self.exited:
+            log.warning("worker %d (pid %d): killing its process tree: %s",
+                        self.index, self.pid, reason)
+            self.kill = begin_kill(self.pid, now, grace, reason)
+
+    def reap(self) -> int:
+        """The worker process has exited: collect its status and close our ends."""
+        self.returncode = self.proc.popen.wait()
+        self.exited = True
+        self.conn_open = False
+        self.proc.close()
+        return self.returncode
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        import signal
+
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = str(-code)
+        return f"killed by {name}"
+    return f"exited with status {code}"
+
+
+def new_slot(index: int, now: float, lifetime: float, argv: list[str],
+             package: str, modules: list[str]) -> Slot:
+    proc = spawn_worker([*argv, "--index", str(index)])
+    slot = Slot(index=index, proc=proc, born=now, expires=now + lifetime)
+    slot.send("init", package=package, modules=modules)
+    log.info("worker %d started (pid %d)", index, proc.pid)
+    return slot
+
+
+def staggered_lifetime(lifetime: float, position: int, count: int) -> float:
+    """Workers started together get lifetimes spread over [lifetime/2, lifetime].
+
+    Replacements get the full lifetime, so the spread persists and restarts never coincide.
+    """
+    if count <= 1:
+        return lifetime
+    return lifetime * (1.0 - 0.5 * position / count)
+
+
+def close_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)

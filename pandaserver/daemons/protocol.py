@@ -1,0 +1,38 @@
+"""Messages between the master and a worker: one JSON object per message on a private pipe.
+
+master -> worker: ``init`` (package, modules to import), ``run`` (one assignment), ``exit``.
+worker -> master: ``ready`` (pid, import errors), ``started``, ``done`` (outcome, error).
+"""
+
+from __future__ import annotations
+
+import json
+from multiprocessing.connection import Connection
+from typing import Any
+
+OK = "ok"
+FAILED = "failed"
+TIMEOUT = "timeout"
+LOST = "lost"
+SKIPPED = "skipped"
+OUTCOMES = (OK, FAILED, TIMEOUT, LOST, SKIPPED)
+
+
+class ProtocolError(Exception):
+    pass
+
+
+def send(conn: Connection, op: str, **fields: Any) -> None:
+    conn.send_bytes(json.dumps({"op": op, **fields}).encode())
+
+
+def recv(conn: Connection) -> dict[str, Any]:
+    """One message; EOFError when the other side is gone."""
+    raw = conn.recv_bytes()
+    try:
+        message = json.loads(raw)
+    except ValueError as exc:
+        raise ProtocolError(f"unreadable message: {raw[:200]!r}") from exc
+    if not isinstance(message, dict) or "op" not in message:
+        raise ProtocolError(f"message without op: {raw[:200]!r}")
+    return message

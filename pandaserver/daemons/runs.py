@@ -1,0 +1,76 @@
+"""Runs as the master sees them, and where finished runs are recorded."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from pandaserver.daemons import protocol
+
+log = logging.getLogger("panda.master")
+
+
+@dataclass
+class Run:
+    """One dispatch of one script. Monotonic times drive decisions; wall times are for humans."""
+
+    id: int
+    script: str
+    worker: int
+    pid: int
+    due: float
+    dispatched: float
+    timeout_at: float
+    wall_dispatched: datetime
+    generation: int | None = None
+    started: float | None = None  # monotonic time main() was called (reported by the worker)
+    ended: float | None = None
+    outcome: str | None = None
+    error: str | None = None
+    timed_out: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.script} run {self.id}"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A finished run, as history stores it."""
+
+    script: str
+    server: str
+    pid: int
+    run_id: int
+    generation: int | None
+    outcome: str
+    error: str | None
+    wall_started: datetime
+    duration: float
+    dispatch_delay: float
+
+
+class Recorder(Protocol):
+    def record(self, record: RunRecord) -> None: ...
+
+
+class LogRecorder:
+    """Records each finished run as one log line (the history table comes with the database)."""
+
+    def record(self, record: RunRecord) -> None:
+        level = logging.INFO if record.outcome in (protocol.OK, protocol.SKIPPED) else logging.ERROR
+        error = f": {record.error}" if record.error else ""
+        log.log(
+            level,
+            "%s run %d outcome=%s duration=%.3fs delay=%.4fs pid=%d%s",
+            record.script,
+            record.run_id,
+            record.outcome,
+            record.duration,
+            record.dispatch_delay,
+            record.pid,
+            error,
+        )

@@ -1,0 +1,97 @@
+"""Pure scheduling decisions.
+
+Every function takes ``now`` (monotonic seconds) as an argument and never reads a clock,
+so tests drive it with plain numbers.
+
+Semantics:
+- Period is start-to-start. A script is due at ``next_due``; it never starts earlier.
+- At dispatch, the next due time is one period after the due time that was served, so small
+  dispatch delays do not accumulate as drift. If that is already past (the run started more
+  than a period late), the grid is re-anchored one period after the actual start: missed
+  periods are skipped, never run in a burst.
+- A script never runs twice at once on one server: a running script is not due.
+- A run that outlasts its period leaves ``next_due`` in the past, so the script runs once
+  right after the overrun ends, then keeps its period from that start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from pandaserver.config.scripts import DaemonSpec
+
+
+@dataclass
+class ScriptState:
+    """What the master knows of one script (it owns these; workers are stateless)."""
+
+    spec: DaemonSpec
+    next_due: float
+    running: int | None = None  # run id while a run is in progress
+    run_started: float | None = None
+    late_warned_for: float | None = None  # the due time already warned about
+    disabled: str | None = None  # why it cannot run (e.g. its module does not import)
+
+    @property
+    def waiting(self) -> bool:
+        return self.running is None and self.disabled is None
+
+
+def first_due(now: float) -> float:
+    """Every script runs once at start-up."""
+    return now
+
+
+def due_scripts(states: Iterable[ScriptState], now: float) -> list[ScriptState]:
+    """Scripts that may start now, oldest due time first (ties broken by name)."""
+    ready = [s for s in states if s.waiting and s.next_due <= now]
+    ready.sort(key=lambda s: (s.next_due, s.spec.name))
+    return ready
+
+
+def next_due_after_start(due: float, started: float, period: float) -> float:
+    """The next due time once a run due at ``due`` has started at ``started``."""
+    following = due + period
+    if following <= started:
+        return started + period
+    return following
+
+
+def overrun(started: float, ended: float, period: float) -> float:
+    """Seconds by which a run outlasted its period (0 when it did not)."""
+    return max(0.0, (ended - started) - period)
+
+
+def late_threshold(period: float) -> float:
+    """A script delayed longer than this past its due time is reported."""
+    return max(300.0, period / 2)
+
+
+def lateness(state: ScriptState, now: float) -> float:
+    return max(0.0, now - state.next_due)
+
+
+def late_to_warn(states: Iterable[ScriptState], now: float) -> list[ScriptState]:
+    """Due scripts (waiting for a worker, or still running) that just crossed the threshold."""
+    found = []
+    for state in states:
+        if state.disabled is not None or state.late_warned_for == state.next_due:
+            continue
+        if now - state.next_due > late_threshold(state.spec.period):
+            found.append(state)
+    return found
+
+
+def next_wakeup(states: Iterable[ScriptState], now: float) -> float | None:
+    """The earliest future moment at which a scheduling decision may change."""
+    times: list[float] = []
+    for state in states:
+        if state.disabled is not None:
+            continue
+        if state.running is None:
+            times.append(state.next_due)
+        if state.late_warned_for != state.next_due:
+            times.append(state.next_due + late_threshold(state.spec.period))
+    future = [t for t in times if t > now]
+    return min(future) if future else None

@@ -1,0 +1,169 @@
+"""The worker process: import the script modules, run one assignment at a time, report back.
+
+Started by the master as ``python -m pandaserver.daemons.worker``; stateless: everything it
+needs for a run arrives in the ``run`` message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+from types import ModuleType
+from typing import Any
+
+from pandaserver.daemons import capture, protocol
+from pandaserver.daemons.invoke import describe_import_error, import_script, run_main
+from pandaserver.daemons.lock_pool import LockPool
+from pandaserver.daemons.processes import set_title, signal_tree, tree_of
+from pandaserver.daemons.services import LocalServices, RunContext
+
+log = logging.getLogger("panda.worker")
+
+LOG_FORMAT = (
+    "%(asctime)s %(levelname)s [%(script)s run %(run)s] worker %(worker)s pid %(process)d"
+    " %(name)s: %(message)s"
+)
+
+
+def watch_lifeline(fd: int) -> None:
+    """Block until the master is gone, then kill this worker's whole tree (no orphans)."""
+    while True:
+        try:
+            data = os.read(fd, 1)
+        except InterruptedError:
+            continue
+        except OSError:
+            data = b""
+        if not data:
+            break
+    me = os.getpid()
+    others = [p for p in tree_of(me) if p.pid != me]
+    signal_tree(others, signal.SIGKILL)
+    os.killpg(os.getpgid(me), signal.SIGKILL)
+    os._exit(1)  # not reached unless we are not in our own group
+
+
+class Worker:
+    def __init__(self, conn: Connection, index: int, server: str) -> None:
+        self.conn = conn
+        self.index = index
+        self.server = server
+        self.package = ""
+        self.modules: dict[str, ModuleType] = {}
+        self.lock_pool = LockPool()
+        self.tbuf = LocalServices()
+
+    def serve(self) -> int:
+        set_title(f"worker {self.index} starting")
+        message = protocol.recv(self.conn)
+        if message["op"] != "init":
+            raise protocol.ProtocolError(f"expected init, got {message['op']}")
+        self.package = message["package"]
+        errors = {module: error for module in message["modules"]
+                  if (error := self._import(module)) is not None}
+        protocol.send(self.conn, "ready", pid=os.getpid(), import_errors=errors)
+        while True:
+            set_title(f"worker {self.index} idle")
+            try:
+                message = protocol.recv(self.conn)
+            except EOFError:
+                return 0
+            if message["op"] == "exit":
+                log.debug("worker %s asked to exit", self.index)
+                return 0
+            if message["op"] == "run":
+                self._run(message)
+            else:
+                log.error("worker %s ignored unknown message %r", self.index, message)
+
+    def _import(self, module: str) -> str | None:
+        if module in self.modules:
+            return None
+        try:
+            self.modules[module] = import_script(self.package, module)
+        except BaseException as exc:
+            return describe_import_error(self.package, module, exc)
+        return None
+
+    def _run(self, message: dict[str, Any]) -> None:
+        name, run_id = message["name"], message["run"]
+        module_name = message["module"]
+        set_title(f"worker {self.index} running {name}")
+        capture.set_current(name, str(run_id))
+        context = RunContext(script=name, run_id=run_id, server=self.server,
+                             generation=message.get("generation"))
+        self.tbuf.set_context(context)
+        started = time.monotonic()
+        protocol.send(self.conn, "started", run=run_id, at=started)
+        error = self._import(module_name)
+        if error is not None:
+            log.error("%s", error)
+            outcome, calls = protocol.FAILED, 0
+        else:
+            argv = tuple([name, *message.get("arguments", [])])
+            kwargs = {"argv": argv, "tbuf": self.tbuf, "lock_pool": self.lock_pool}
+            result = run_main(self.modules[module_name], kwargs,
+                              loop=bool(message.get("loop")), period=float(message["period"]))
+            outcome, error, calls = result.outcome, result.error, result.calls
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        ended = time.monotonic()
+        self.tbuf.set_context(None)
+        capture.clear_current()
+        protocol.send(self.conn, "done", run=run_id, outcome=outcome, error=error,
+                      started=started, ended=ended, calls=calls)
+
+
+def setup_logging(stream_fd: int, index: int, level: str) -> None:
+    stream = os.fdopen(stream_fd, "w", buffering=1, encoding="utf-8", errors="replace")
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(capture.RunLabelFilter())
+    handler.addFilter(_WorkerFilter(index))
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+class _WorkerFilter(logging.Filter):
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.index
+        return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pandaserver.daemons.worker")
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--server-name", required=True)
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--lifeline", type=int, required=True)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    threading.Thread(target=watch_lifeline, args=(args.lifeline,), name="lifeline",
+                     daemon=True).start()
+    original_stderr = capture.redirect_fd_output()
+    setup_logging(original_stderr, args.index, args.log_level)
+    sys.stdout = capture.LineLogger("stdout", logging.INFO)
+    sys.stderr = capture.LineLogger("stderr", logging.WARNING)
+    worker = Worker(Connection(args.fd), args.index, args.server_name)
+    try:
+        return worker.serve()
+    except (EOFError, protocol.ProtocolError) as exc:
+        log.error("worker %s lost its master channel: %s", args.index, exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
