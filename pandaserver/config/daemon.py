@@ -64,6 +64,10 @@ SECTION_KEYS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "n_dbconn": (parse_positive_int, 1),
     "proc_lifetime": (parse_seconds, 28800.0),
     "stop_grace": (parse_nonneg_seconds, 30.0),
+    "db_url": (parse_str, ""),
+    "history_retention_days": (parse_seconds, 30.0),
+    "lease_grace": (parse_nonneg_seconds, 60.0),
+    "heartbeat_interval": (parse_seconds, 30.0),
 }
 ALL_KEYS = (*SECTION_KEYS, "package", "config")
 
@@ -86,6 +90,10 @@ class DaemonSettings:
     n_dbconn: int = 1
     proc_lifetime: float = 28800.0
     stop_grace: float = 30.0
+    db_url: str = ""
+    history_retention_days: float = 30.0
+    lease_grace: float = 60.0
+    heartbeat_interval: float = 30.0
     scripts: dict[str, DaemonSpec] = field(default_factory=dict)
     problems: list[ConfigProblem] = field(default_factory=list)
     fatal: list[ConfigProblem] = field(default_factory=list)

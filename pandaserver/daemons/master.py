@@ -56,6 +56,7 @@ class Master:
         log_level: str = "INFO",
         reload_settings: Callable[[], DaemonSettings] | None = None,
         on_signal: dict[int, Callable[[], None]] | None = None,
+        worker_log_file: str | None = None,
     ) -> None:
         self.settings = settings
         self.server = server
@@ -66,6 +67,7 @@ class Master:
         self.log_level = log_level
         self.reload_settings = reload_settings
         self.on_signal = on_signal or {}
+        self.worker_log_file = worker_log_file
         self.scripts: dict[str, ScriptState] = {}
         self.slots: dict[int, Slot] = {}
         self.draining: list[Slot] = []
@@ -220,7 +222,10 @@ class Master:
 
     # ----- workers ------------------------------------------------------------------------
     def _worker_argv(self) -> list[str]:
-        return ["--server-name", self.server, "--log-level", self.log_level]
+        argv = ["--server-name", self.server, "--log-level", self.log_level]
+        if self.worker_log_file:
+            argv += ["--log-file", self.worker_log_file]
+        return argv
 
     def _fill_slots(self, now: float) -> None:
         missing = [i for i in range(1, self.n_proc + 1) if i not in self.slots]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import logging.handlers
 import os
 import signal
 import sys
@@ -122,9 +123,15 @@ class Worker:
                       started=started, ended=ended, calls=calls)
 
 
-def setup_logging(stream_fd: int, index: int, level: str) -> None:
-    stream = os.fdopen(stream_fd, "w", buffering=1, encoding="utf-8", errors="replace")
-    handler = logging.StreamHandler(stream)
+def setup_logging(stream_fd: int, index: int, level: str, log_file: str | None = None) -> None:
+    """Worker records go to ``log_file`` when given (reopened when logrotate moves it),
+    else to the master's stderr."""
+    handler: logging.Handler
+    if log_file:
+        handler = logging.handlers.WatchedFileHandler(log_file, encoding="utf-8")
+    else:
+        stream = os.fdopen(stream_fd, "w", buffering=1, encoding="utf-8", errors="replace")
+        handler = logging.StreamHandler(stream)
     handler.addFilter(capture.RunLabelFilter())
     handler.addFilter(_WorkerFilter(index))
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
@@ -150,11 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--lifeline", type=int, required=True)
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-file", default=None)
     args = parser.parse_args(argv)
     threading.Thread(target=watch_lifeline, args=(args.lifeline,), name="lifeline",
                      daemon=True).start()
     original_stderr = capture.redirect_fd_output()
-    setup_logging(original_stderr, args.index, args.log_level)
+    setup_logging(original_stderr, args.index, args.log_level, args.log_file)
     sys.stdout = capture.LineLogger("stdout", logging.INFO)
     sys.stderr = capture.LineLogger("stderr", logging.WARNING)
     worker = Worker(Connection(args.fd), args.index, args.server_name)
