@@ -1,0 +1,32 @@
+"""Convert crontab entries into ``[daemon]`` configuration (``panda-daemon cron2json``).
+
+``parse`` reads crontab lines and cron commands; ``convert`` turns them into script
+entries (period, sync rule) and prints the ``config`` JSON; ``cli`` is the command.
+See docs/cron-migration.md for the rules and the reasoning behind them.
+"""
+
+from __future__ import annotations
+
+from pandaserver.cron.convert import (
+    Conversion,
+    Options,
+    Schedule,
+    Script,
+    analyse_schedule,
+    convert,
+)
+from pandaserver.cron.parse import CronJob, Diagnostic, read_command, read_crontab, read_module_map
+
+__all__ = [
+    "Conversion",
+    "CronJob",
+    "Diagnostic",
+    "Options",
+    "Schedule",
+    "Script",
+    "analyse_schedule",
+    "convert",
+    "read_command",
+    "read_crontab",
+    "read_module_map",
+]

@@ -1,0 +1,303 @@
+"""Turn crontab jobs into ``config`` entries: the period, the sync rule, the JSON text.
+
+The period of a cron schedule is the interval between consecutive firings, found with
+croniter over one whole calendar cycle so that the answer never depends on today's date.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
+
+from croniter import CroniterError, croniter
+
+from pandaserver.cron.parse import CronJob, Diagnostic, is_module_name, read_command
+
+DAY = 86400
+# 2001-01-01 is a Monday, and the 28 years from it (to 2029, with 7 leap years and no
+# skipped century leap year) are one whole cycle of weekdays, month lengths and leap days.
+REFERENCE = datetime(2001, 1, 1, tzinfo=UTC)  # UTC: no daylight-saving jumps
+CYCLE_DAYS = 10227
+DEFAULT_MIN_SYNC_PERIOD = 60.0
+DEFAULT_PACKAGE = "pandaserver.daemons.scripts"
+MAX_N_PROC = 4
+INDENT = "    "
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The firing pattern of a cron schedule: the average period and every interval seen."""
+
+    period: float
+    intervals: tuple[int, ...]
+
+    @property
+    def regular(self) -> bool:
+        return len(self.intervals) == 1
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to convert: the fleet size and the sync rule's overrides and threshold."""
+
+    servers: int = 1
+    sync: frozenset[str] = frozenset()
+    no_sync: frozenset[str] = frozenset()
+    min_sync_period: float = DEFAULT_MIN_SYNC_PERIOD
+    module_map: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Script:
+    """One converted entry of the ``config`` JSON, with where it came from."""
+
+    name: str
+    module: str
+    period: float
+    sync: bool
+    arguments: tuple[str, ...]
+    line: int
+    schedule: str
+    user: str | None = None
+
+    def entry(self) -> dict[str, object]:
+        """The JSON entry: default-valued keys left out, in the order module, period,
+        sync, arguments."""
+        entry: dict[str, object] = {}
+        if self.module != self.name:
+            entry["module"] = self.module
+        entry["period"] = period_value(self.period)
+        if self.sync:
+            entry["sync"] = True
+        if self.arguments:
+            entry["arguments"] = list(self.arguments)
+        return entry
+
+
+@dataclass
+class Conversion:
+    scripts: list[Script] = field(default_factory=list)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return any(note.severity == "error" for note in self.diagnostics)
+
+    @property
+    def users(self) -> list[str]:
+        """The crontab users the converted lines ran as, in order of first appearance."""
+        return list(dict.fromkeys(s.user for s in self.scripts if s.user is not None))
+
+
+@functools.lru_cache(maxsize=256)
+def analyse_schedule(fields: str) -> Schedule:
+    """The firing pattern of five cron fields. Raises ValueError when they are invalid or
+    never fire."""
+    parts = fields.split()
+    if len(parts) != 5:
+        raise ValueError(f"a schedule has five fields, got {len(parts)}: {fields!r}")
+    try:
+        expanded = croniter(fields, REFERENCE).expanded
+        times = _times_of_day(parts[0], parts[1])
+        days, cycle = _firing_days(parts[2], parts[3], parts[4], expanded[2:5])
+    except CroniterError as exc:
+        if "failed to find next date" in str(exc):
+            raise ValueError(f"the schedule {fields!r} never fires") from None
+        raise ValueError(f"invalid schedule {fields!r}: {exc}") from None
+    if not days:
+        raise ValueError(f"the schedule {fields!r} never fires")
+    within = {later - earlier for earlier, later in pairwise(times)}
+    across = {
+        (later - earlier) * DAY - times[-1] + times[0]
+        for earlier, later in pairwise([*days, days[0] + cycle])
+    }
+    return Schedule(cycle * DAY / (len(days) * len(times)), tuple(sorted(within | across)))
+
+
+def _times_of_day(minute: str, hour: str) -> list[int]:
+    """Seconds after midnight of each firing in a day (minute and hour fields only)."""
+    end = REFERENCE + timedelta(days=1)
+    iterator = croniter(f"{minute} {hour} * * *", REFERENCE - timedelta(seconds=1))
+    times: list[int] = []
+    while (moment := _next(iterator)) < end:
+        times.append(int((moment - REFERENCE).total_seconds()))
+    return times
+
+
+def _firing_days(dom: str, month: str, dow: str, expanded: list[object]) -> tuple[list[int], int]:
+    """Day numbers (from REFERENCE) with firings in one cycle, and the cycle length in days."""
+    if all(values == ["*"] for values in expanded):
+        return [0], 1
+    end = REFERENCE + timedelta(days=CYCLE_DAYS)
+    iterator = croniter(f"0 0 {dom} {month} {dow}", REFERENCE - timedelta(seconds=1))
+    days: list[int] = []
+    while (moment := _next(iterator)) < end:
+        days.append((moment - REFERENCE).days)
+    return days, CYCLE_DAYS
+
+
+def _next(iterator: croniter) -> datetime:
+    moment: datetime = iterator.get_next(datetime)
+    return moment
+
+
+def convert(jobs: Iterable[CronJob], options: Options) -> Conversion:
+    """Convert every job; a bad job becomes an error diagnostic and the rest go on."""
+    result = Conversion()
+    notes = result.diagnostics
+    by_name: dict[str, Script] = {}
+    names_seen: set[str] = set()
+    for job in jobs:
+        try:
+            schedule = analyse_schedule(job.schedule)
+            command = read_command(job.command)
+        except ValueError as exc:
+            notes.append(Diagnostic(job.line, "error", str(exc)))
+            continue
+        notes.extend(Diagnostic(job.line, "warning", text) for text in command.warnings)
+        names_seen.add(command.name)
+        module = options.module_map.get(command.name, command.name)
+        if command.name not in options.module_map and not is_module_name(command.name):
+            notes.append(Diagnostic(job.line, "error", _bad_name(command.name)))
+            continue
+        sync, period = sync_rule(command.name, schedule.period, options)
+        script = Script(command.name, module, period, sync, command.arguments, job.line,
+                        job.schedule, job.user)
+        earlier = by_name.get(command.name)
+        if earlier is not None:
+            notes.append(_duplicate(script, earlier))
+            continue
+        if not schedule.regular:
+            notes.append(Diagnostic(job.line, "warning", _irregular(job.schedule_text, schedule)))
+        users = result.users
+        if job.user is not None and users and job.user not in users:
+            notes.append(_other_user(job, users[0], result.scripts))
+        by_name[command.name] = script
+        result.scripts.append(script)
+    notes.extend(_unused(options, names_seen))
+    return result
+
+
+def sync_rule(name: str, cron_period: float, options: Options) -> tuple[bool, float]:
+    """(sync, period) for a script that each of the servers ran from cron.
+
+    Each server ran it every ``cron_period``, so the fleet ran it ``servers`` times as
+    often. Taking turns under the lock keeps that rate with period ``cron_period / servers``;
+    below ``min_sync_period`` the lock is not worth it and every server keeps its own
+    cron period. ``--sync`` and ``--no-sync`` override the threshold.
+    """
+    fleet_period = cron_period / options.servers
+    if name in options.sync:
+        return True, fleet_period
+    if name in options.no_sync or fleet_period < options.min_sync_period:
+        return False, cron_period
+    return True, fleet_period
+
+
+def _bad_name(name: str) -> str:
+    return (
+        f"the script name {name!r} is not a Python module name: map it to the module"
+        f" with a '{name} = module' line in --module-map"
+    )
+
+
+def _irregular(schedule_text: str, schedule: Schedule) -> str:
+    shown = [format_duration(seconds) for seconds in schedule.intervals[:6]]
+    if len(schedule.intervals) > 6:
+        shown.append(f"and {len(schedule.intervals) - 6} more")
+    return (
+        f"irregular schedule {schedule_text!r}: the intervals between runs are"
+        f" {', '.join(shown)}; using their average, {format_duration(schedule.period)}"
+        f" ({period_value(schedule.period)} s)"
+    )
+
+
+def _duplicate(script: Script, earlier: Script) -> Diagnostic:
+    if (script.entry(), script.schedule) == (earlier.entry(), earlier.schedule):
+        return Diagnostic(
+            script.line, "warning", f"repeats line {earlier.line} ({script.name!r}); converted once"
+        )
+    return Diagnostic(
+        script.line,
+        "error",
+        f"the script name {script.name!r} is already taken by line {earlier.line}, with a"
+        f" different schedule or arguments; only line {earlier.line} is converted: merge the"
+        " schedules, or add this one by hand under another name with"
+        f' "module": "{script.module}"',
+    )
+
+
+def _other_user(job: CronJob, first_user: str, scripts: Sequence[Script]) -> Diagnostic:
+    first_line = next(s.line for s in scripts if s.user == first_user)
+    return Diagnostic(
+        job.line,
+        "warning",
+        f"runs as {job.user!r}, but line {first_line} runs as {first_user!r}: the daemon runs"
+        " every script as one user",
+    )
+
+
+def _unused(options: Options, names_seen: set[str]) -> list[Diagnostic]:
+    notes: list[Diagnostic] = []
+    for option, names in (("--sync", options.sync), ("--no-sync", options.no_sync)):
+        notes.extend(
+            Diagnostic(None, "warning", f"{option} {name} matches no crontab line")
+            for name in sorted(names - names_seen)
+        )
+    notes.extend(
+        Diagnostic(None, "warning", f"the module map entry {name!r} matches no crontab line")
+        for name in sorted(set(options.module_map) - names_seen)
+    )
+    return notes
+
+
+def period_value(seconds: float) -> int | float:
+    """A period as printed: rounded to 0.1 s, and an int when whole."""
+    rounded = round(seconds, 1) or seconds
+    return int(rounded) if float(rounded).is_integer() else rounded
+
+
+def format_duration(seconds: float) -> str:
+    """``21600`` -> ``6h``; ``93784`` -> ``1d 2h 3m 4s``."""
+    remaining = round(seconds)
+    parts: list[str] = []
+    for unit, size in (("d", DAY), ("h", 3600), ("m", 60)):
+        if remaining >= size:
+            parts.append(f"{remaining // size}{unit}")
+            remaining %= size
+    if remaining or not parts:
+        parts.append(f"{remaining}s")
+    return " ".join(parts)
+
+
+def format_config(scripts: Sequence[Script]) -> str:
+    """The ``config`` value: one line per script, every line after the first indented so
+    that it can be pasted under ``config = `` in the INI file."""
+    if not scripts:
+        return "{}"
+    lines = [
+        f"{INDENT * 2}{json.dumps(s.name)}: {json.dumps(s.entry(), ensure_ascii=False)}"
+        for s in scripts
+    ]
+    return "{\n" + ",\n".join(lines) + f"\n{INDENT}}}"
+
+
+def format_section(scripts: Sequence[Script], users: Sequence[str] = ()) -> str:
+    """A whole ``[daemon]`` section around ``format_config``."""
+    lines = [
+        "[daemon]",
+        "enable = True",
+        f"package = {DEFAULT_PACKAGE}",
+        f"n_proc = {max(1, min(len(scripts), MAX_N_PROC))}",
+    ]
+    if users:
+        lines.append(
+            f"# the crontab lines ran as {', '.join(users)}: when the daemon starts as root,"
+            " set uname (and gname) to run the scripts as that user"
+        )
+    lines.append(f"config = {format_config(scripts)}")
+    return "\n".join(lines)
