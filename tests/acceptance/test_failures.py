@@ -1,0 +1,103 @@
+"""Hung, failing, exiting and killed scripts never stop the master or leave processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from harness import pid_alive, running_master, wait_for, write_config
+
+
+def test_hung_script_is_killed_with_its_children_and_runs_again(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, {"stuck": {"module": "hang", "period": 1.5, "timeout": 0.8}})
+    with running_master(cfg, tmp_path) as master:
+        first = master.wait_events(1, "start", "stuck")[0]
+        master.wait_log("stuck run 1 outcome=timeout")
+        wait_for(lambda: not pid_alive(first["child"]) and not pid_alive(first["pid"]), 5,
+                 "the hung worker and its child to be gone")
+        second = master.wait_events(2, "start", "stuck", timeout=20)[1]
+        assert second["pid"] != first["pid"], "a fresh worker runs it again"
+
+
+def test_script_ignoring_sigterm_is_sigkilled_after_grace(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, {"stuck": {"module": "hang", "period": 60, "timeout": 0.5,
+                                            "arguments": ["stubborn"]}})
+    with running_master(cfg, tmp_path) as master:
+        first = master.wait_events(1, "start", "stuck")[0]
+        master.wait_log("stuck run 1 outcome=timeout", timeout=20)
+        assert not pid_alive(first["child"]) and not pid_alive(first["pid"])
+
+
+def test_exception_is_failed_with_traceback_and_rescheduled(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, {"bad": {"module": "fail", "period": 0.3},
+                                  "good": {"module": "record", "period": 0.3}})
+    with running_master(cfg, tmp_path) as master:
+        master.wait_events(3, "start", "bad")
+        master.wait_log("bad run", count=3)
+        log = master.log()
+        assert "outcome=failed" in log and "RuntimeError: deliberate failure" in log
+        assert "Traceback (most recent call last)" in log
+        assert len(master.events("start", "good")) >= 2
+
+
+def test_sys_exit_os_exit_and_self_kill_are_lost(tmp_path: Path) -> None:
+    scripts = {f"x_{how}": {"module": "exits", "period": 60, "arguments": [how]}
+               for how in ("sys", "os", "kill")}
+    scripts["good"] = {"module": "record", "period": 0.3}
+    cfg = write_config(tmp_path, scripts, n_proc=2)
+    with running_master(cfg, tmp_path) as master:
+        for how in ("sys", "os", "kill"):
+            wait_for(lambda h=how: master.outcomes(f"x_{h}") == ["lost"], 15, f"x_{how} lost")
+        log = master.log()
+        assert "sys.exit(3)" in log
+        assert "exited with status 7" in log
+        assert "killed by SIGKILL" in log
+        count = len(master.events("start", "good"))
+        master.wait_events(count + 2, "start", "good")
+        assert master.proc.poll() is None
+
+
+def test_worker_killed_from_outside_is_replaced_and_script_runs_again(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, {"long": {"module": "record", "period": 1.0, "timeout": 60,
+                                           "arguments": [30]}})
+    with running_master(cfg, tmp_path) as master:
+        victim = master.wait_events(1, "start", "long")[0]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        master.wait_log("long run 1 outcome=lost")
+        again = master.wait_events(2, "start", "long")[1]
+        assert again["pid"] != victim
+        assert len(master.workers()) == 2
+
+
+def test_kill_9_of_master_leaves_no_process(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, {"kids": {"module": "spawner", "period": 60},
+                                  "tick": {"module": "record", "period": 60}})
+    with running_master(cfg, tmp_path) as master:
+        child = master.wait_events(1, "start", "kids")[0]["child"]
+        master.wait_events(1, "start", "tick")
+        tree = master.tree()
+        assert len(tree) >= 4 and any(p.pid == child for p in tree)
+        master.signal(signal.SIGKILL)
+        wait_for(lambda: not any(pid_alive(p.pid) for p in tree), 2.0,
+                 "every worker and script child to die with the master")
+
+
+def test_child_process_output_is_labelled(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, {"kids": {"module": "spawner", "period": 60}})
+    with running_master(cfg, tmp_path) as master:
+        master.wait_log("output of a child process")
+        line = next(x for x in master.log().splitlines() if "output of a child process" in x)
+        assert "[kids run 1]" in line
+
+
+def test_unimportable_module_is_reported_and_others_run(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, {"broken": {"module": "broken_import", "period": 0.2},
+                                  "missing": {"module": "no_such_module", "period": 0.2},
+                                  "ok": {"module": "record", "period": 0.2}})
+    with running_master(cfg, tmp_path) as master:
+        master.wait_events(3, "start", "ok")
+        log = master.log()
+        assert "script broken will not run" in log and "broken on purpose" in log
+        assert "script missing will not run" in log and "No module named" in log
+        assert log.count("script broken will not run") == 1

@@ -1,0 +1,180 @@
+"""Run real masters in subprocesses and watch what they do, with deadlines, never sleeps."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "tests" / "fixtures"
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition",
+              interval: float = 0.02) -> Any:
+    """Poll ``predicate`` until it returns a true value; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def write_config(directory: Path, scripts: dict[str, dict[str, Any]], *,
+                 package: str = "testscripts", extra: str = "", **daemon: Any) -> Path:
+    keys = {"enable": "True", "package": package, "n_proc": 2, **daemon}
+    lines = ["[daemon]"] + [f"{key} = {value}" for key, value in keys.items()]
+    body = json.dumps(scripts, indent=4).splitlines()
+    lines.append("config = " + body[0])
+    lines.extend("    " + line for line in body[1:])
+    path = directory / "panda_server.cfg"
+    path.write_text("\n".join(lines) + "\n" + extra, encoding="utf-8")
+    return path
+
+
+def test_env(record: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(FIXTURES), str(REPO), env.get("PYTHONPATH", "")])
+    env["PANDA_TEST_RECORD"] = str(record)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+class MasterProcess:
+    """A ``panda-daemon run`` in a subprocess: its log, its recorded events, its tree."""
+
+    def __init__(self, config: Path, workdir: Path, server: str = "test-server",
+                 command: tuple[str, ...] = ("run",), env: dict[str, str] | None = None,
+                 log_level: str = "DEBUG") -> None:
+        self.record = workdir / f"record-{server}.jsonl"
+        self.record.touch()
+        self.log_path = workdir / f"master-{server}.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pandaserver.daemons.master", "-c", str(config),
+             "--server-name", server, "--log-level", log_level, *command],
+            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env or test_env(self.record), start_new_session=True,
+        )
+        self.seen: dict[int, psutil.Process] = {}
+
+    # -- observation --
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def events(self, event: str | None = None, name: str | None = None) -> list[dict[str, Any]]:
+        rows = []
+        for line in self.record.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if (event is None or row["event"] == event) and (name is None or row["name"] == name):
+                rows.append(row)
+        return rows
+
+    def outcomes(self, name: str) -> list[str]:
+        marker = f"panda.master: {name} run "
+        found = []
+        for line in self.log().splitlines():
+            if marker in line and " outcome=" in line:
+                found.append(line.split(" outcome=")[1].split()[0])
+        return found
+
+    def wait_events(self, count: int, event: str, name: str, timeout: float = 15.0) -> list[Any]:
+        return wait_for(lambda: len(self.events(event, name)) >= count and self.events(event, name),
+                        timeout, f"{count} {event} events of {name}\n--- log ---\n{self.log()[-3000:]}")
+
+    def wait_log(self, text: str, timeout: float = 15.0, count: int = 1) -> None:
+        wait_for(lambda: self.log().count(text) >= count, timeout,
+                 f"{text!r} x{count} in the master log\n--- log ---\n{self.log()[-3000:]}")
+
+    def tree(self) -> list[psutil.Process]:
+        """The master and every descendant; remembered so teardown can check them."""
+        try:
+            root = psutil.Process(self.proc.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            procs = []
+        for proc in procs:
+            self.seen.setdefault(proc.pid, proc)
+        return procs
+
+    def workers(self) -> list[psutil.Process]:
+        found = []
+        for proc in self.tree()[1:]:
+            try:
+                if any("pandaserver.daemons.worker" in part for part in proc.cmdline()) or \
+                        proc.cmdline()[0].startswith("panda_daemon: worker"):
+                    found.append(proc)
+            except (psutil.Error, IndexError):
+                continue
+        return found
+
+    # -- control --
+    def signal(self, sig: int) -> None:
+        os.kill(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 40.0) -> int:
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def cleanup(self) -> list[int]:
+        """Kill anything left; return the pids that were still alive (should be none)."""
+        self.tree()
+        left = []
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        procs = list(self.seen.values())
+
+        def all_gone() -> bool:
+            return not any(_alive(p) for p in procs)
+
+        try:  # workers notice their master's death through the lifeline within milliseconds
+            wait_for(all_gone, 3.0, "the master's processes to end")
+        except AssertionError:
+            for proc in procs:
+                if _alive(proc):
+                    left.append(proc.pid)
+                    proc.kill()
+        self._log.close()
+        return left
+
+
+@contextmanager
+def running_master(config: Path, workdir: Path, **kwargs: Any) -> Iterator[MasterProcess]:
+    master = MasterProcess(config, workdir, **kwargs)
+    try:
+        yield master
+    finally:
+        left = master.cleanup()
+        assert not left, f"processes left behind: {left}\n{master.log()[-3000:]}"
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
