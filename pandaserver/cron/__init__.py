@@ -14,8 +14,9 @@ from pandaserver.cron.convert import (
     Script,
     analyse_schedule,
     convert,
+    read_module_map,
 )
-from pandaserver.cron.parse import CronJob, Diagnostic, read_command, read_crontab, read_module_map
+from pandaserver.cron.parse import CronJob, Diagnostic, read_command, read_crontab
 
 __all__ = [
     "Conversion",

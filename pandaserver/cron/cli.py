@@ -18,8 +18,9 @@ from pandaserver.cron.convert import (
     convert,
     format_config,
     format_section,
+    read_module_map,
 )
-from pandaserver.cron.parse import Diagnostic, read_crontab, read_module_map
+from pandaserver.cron.parse import Diagnostic, read_crontab
 
 RET_OK = 0
 RET_LINE_ERRORS = 1  # some lines were not converted; the rest were printed

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import json
+import keyword
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -15,7 +17,7 @@ from itertools import pairwise
 
 from croniter import CroniterError, croniter
 
-from pandaserver.cron.parse import CronJob, Diagnostic, is_module_name, read_command
+from pandaserver.cron.parse import CronJob, Diagnostic, read_command
 
 DAY = 86400
 # 2001-01-01 is a Monday, and the 28 years from it (to 2029, with 7 leap years and no
@@ -26,6 +28,7 @@ DEFAULT_MIN_SYNC_PERIOD = 60.0
 DEFAULT_PACKAGE = "pandaserver.daemons.scripts"
 MAX_N_PROC = 4
 INDENT = "    "
+_MODULE_PART = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,43 @@ def _next(iterator: croniter) -> datetime:
     return moment
 
 
+def is_module_name(text: str) -> bool:
+    """A (dotted) Python module name, as the config loader accepts it; keywords excluded."""
+    return all(
+        _MODULE_PART.match(part) is not None and not keyword.iskeyword(part)
+        for part in text.split(".")
+    )
+
+
+def is_identifier(text: str) -> bool:
+    """A script name that can be its own module name: one identifier, not a keyword."""
+    return "." not in text and is_module_name(text)
+
+
+def read_module_map(lines: Iterable[str]) -> tuple[dict[str, str], list[Diagnostic]]:
+    """``name = module`` lines; ``#`` starts a comment; blank lines are skipped."""
+    mapping: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    problems: list[Diagnostic] = []
+    for number, raw in enumerate(lines, start=1):
+        text = raw.split("#", 1)[0].strip()
+        if not text:
+            continue
+        name, equals, module = (part.strip() for part in text.partition("="))
+        if not equals or not name or not module:
+            message = f"expected 'name = module', got: {text!r}"
+        elif not is_module_name(module):
+            message = f"{module!r} is not a Python module name (like 'pilotStreaming')"
+        elif name in mapping:
+            message = f"maps {name!r} again (first on line {first_line[name]})"
+        else:
+            mapping[name] = module
+            first_line[name] = number
+            continue
+        problems.append(Diagnostic(number, "error", message))
+    return mapping, problems
+
+
 def convert(jobs: Iterable[CronJob], options: Options) -> Conversion:
     """Convert every job; a bad job becomes an error diagnostic and the rest go on."""
     result = Conversion()
@@ -161,7 +201,7 @@ def convert(jobs: Iterable[CronJob], options: Options) -> Conversion:
         notes.extend(Diagnostic(job.line, "warning", text) for text in command.warnings)
         names_seen.add(command.name)
         module = options.module_map.get(command.name, command.name)
-        if command.name not in options.module_map and not is_module_name(command.name):
+        if command.name not in options.module_map and not is_identifier(command.name):
             notes.append(Diagnostic(job.line, "error", _bad_name(command.name)))
             continue
         sync, period = sync_rule(command.name, schedule.period, options)
@@ -200,7 +240,7 @@ def sync_rule(name: str, cron_period: float, options: Options) -> tuple[bool, fl
 
 def _bad_name(name: str) -> str:
     return (
-        f"the script name {name!r} is not a Python module name: map it to the module"
+        f"the script name {name!r} is not a Python identifier: map it to a module"
         f" with a '{name} = module' line in --module-map"
     )
 

@@ -7,7 +7,6 @@ settings and interpreters (``python``, ``sh -c``) taken off. Nothing here runs a
 
 from __future__ import annotations
 
-import keyword
 import posixpath
 import re
 from collections.abc import Iterable
@@ -46,7 +45,6 @@ _PYTHON = re.compile(r"^python(\d+(\.\d+)*)?$")
 _ASSIGNMENT_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*=")
 _ASSIGNMENT_WORD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 _USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*\$?$")
-_MODULE_PART = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _OPERATORS = sorted(
     ["&>>", "<<<", "&&", "&>", "||", "|&", ">>", ">&", ">|", "<<", "<&", "<>", ";", "|", "&",
      ">", "<"],
@@ -97,14 +95,6 @@ class _Token(NamedTuple):
     kind: Literal["word", "control", "redirect"]
     text: str
     start: int
-
-
-def is_module_name(text: str) -> bool:
-    """A (dotted) Python module name, as the config loader accepts it; keywords excluded."""
-    return all(
-        _MODULE_PART.match(part) is not None and not keyword.iskeyword(part)
-        for part in text.split(".")
-    )
 
 
 def read_crontab(
@@ -413,27 +403,3 @@ def script_name(word: str) -> str:
     if not name:
         raise ValueError(f"gives no script name: {word!r}")
     return name
-
-
-def read_module_map(lines: Iterable[str]) -> tuple[dict[str, str], list[Diagnostic]]:
-    """``name = module`` lines; ``#`` starts a comment; blank lines are skipped."""
-    mapping: dict[str, str] = {}
-    first_line: dict[str, int] = {}
-    problems: list[Diagnostic] = []
-    for number, raw in enumerate(lines, start=1):
-        text = raw.split("#", 1)[0].strip()
-        if not text:
-            continue
-        name, equals, module = (part.strip() for part in text.partition("="))
-        if not equals or not name or not module:
-            message = f"expected 'name = module', got: {text!r}"
-        elif not is_module_name(module):
-            message = f"{module!r} is not a Python module name (like 'pilotStreaming')"
-        elif name in mapping:
-            message = f"maps {name!r} again (first on line {first_line[name]})"
-        else:
-            mapping[name] = module
-            first_line[name] = number
-            continue
-        problems.append(Diagnostic(number, "error", message))
-    return mapping, problems
