@@ -1,0 +1,195 @@
+"""The database's own clock, and a timestamp type that is UTC on every backend.
+
+Anything compared across servers (lease expiry, the fleet-wide next due time,
+heartbeats) is computed *inside* the database from its clock, never from a
+server's clock, so skew between servers cannot cause a double run.
+
+``db_now_expr()`` and ``db_now_plus(seconds)`` are SQL expressions usable in any
+statement; ``seconds_between(a, b)`` is ``a - b`` in seconds as a float. Each
+compiles per dialect:
+
+============  =============================================  ==========================
+dialect       now                                            storage
+============  =============================================  ==========================
+postgresql    ``statement_timestamp()`` (stable in a         ``timestamp with time zone``
+              statement, unlike ``now()`` it is not frozen
+              at the start of a longer transaction)
+sqlite        ``strftime('%Y-%m-%d %H:%M:%f000', 'now')``    text, 26 characters, UTC
+              ('now' is stable within one statement)
+mysql         ``UTC_TIMESTAMP(6)``                           ``DATETIME(6)``, UTC
+============  =============================================  ==========================
+
+On SQLite the text form is exactly SQLAlchemy's DATETIME storage format
+(``YYYY-MM-DD HH:MM:SS.ffffff``), so values written by SQL and values bound from
+Python compare correctly as text.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, DateTime, Dialect, func, select, type_coerce
+from sqlalchemy.dialects import mysql
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.types import Float, TypeDecorator
+
+_SQLITE_FORMAT = "'%Y-%m-%d %H:%M:%f000'"
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware datetime, stored as UTC; always read back as aware UTC.
+
+    Naive datetimes are refused on the way in: a naive value is ambiguous, and
+    every time this package writes comes from the database clock anyway.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name == "mysql":
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime(timezone=True))
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"a timezone-aware datetime is required, got naive: {value!r}")
+        value = value.astimezone(UTC)
+        if dialect.name in ("sqlite", "mysql"):
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):  # a raw SQLite text value that bypassed the impl
+            value = datetime.fromisoformat(value)
+        if not isinstance(value, datetime):
+            raise TypeError(f"expected a datetime from the database, got {value!r}")
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class db_now_expr(FunctionElement[datetime]):
+    """The database's current time (UTC), stable within one statement."""
+
+    type = UtcDateTime()
+    inherit_cache = True
+    name = "db_now"
+
+
+class db_now_plus(FunctionElement[datetime]):
+    """The database's current time plus a number of seconds (may be negative or fractional)."""
+
+    type = UtcDateTime()
+    inherit_cache = True
+    name = "db_now_plus"
+
+
+class seconds_between(FunctionElement[float]):
+    """``a - b`` in seconds, as a float (NULL when either is NULL)."""
+
+    type = Float()
+    inherit_cache = True
+    name = "seconds_between"
+
+
+@compiles(db_now_expr)
+def _now_default(element: db_now_expr, compiler: SQLCompiler, **kw: Any) -> str:
+    return "CURRENT_TIMESTAMP"
+
+
+@compiles(db_now_expr, "postgresql")
+def _now_pg(element: db_now_expr, compiler: SQLCompiler, **kw: Any) -> str:
+    return "statement_timestamp()"
+
+
+@compiles(db_now_expr, "sqlite")
+def _now_sqlite(element: db_now_expr, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"strftime({_SQLITE_FORMAT}, 'now')"
+
+
+@compiles(db_now_expr, "mysql")
+def _now_mysql(element: db_now_expr, compiler: SQLCompiler, **kw: Any) -> str:
+    return "UTC_TIMESTAMP(6)"
+
+
+def _args(element: FunctionElement[Any], compiler: SQLCompiler, **kw: Any) -> list[str]:
+    return [compiler.process(arg, **kw) for arg in element.clauses]
+
+
+@compiles(db_now_plus)
+def _plus_default(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> str:
+    (seconds,) = _args(element, compiler, **kw)
+    return f"(CURRENT_TIMESTAMP + ({seconds}) * INTERVAL '1' SECOND)"
+
+
+@compiles(db_now_plus, "postgresql")
+def _plus_pg(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> str:
+    (seconds,) = _args(element, compiler, **kw)
+    return f"(statement_timestamp() + CAST({seconds} AS DOUBLE PRECISION) * INTERVAL '1 second')"
+
+
+@compiles(db_now_plus, "sqlite")
+def _plus_sqlite(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> str:
+    (seconds,) = _args(element, compiler, **kw)
+    return f"strftime({_SQLITE_FORMAT}, 'now', printf('%+.6f seconds', {seconds}))"
+
+
+@compiles(db_now_plus, "mysql")
+def _plus_mysql(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> str:
+    (seconds,) = _args(element, compiler, **kw)
+    return f"(UTC_TIMESTAMP(6) + INTERVAL ROUND(({seconds}) * 1000000) MICROSECOND)"
+
+
+@compiles(seconds_between)
+def _between_default(element: seconds_between, compiler: SQLCompiler, **kw: Any) -> str:
+    a, b = _args(element, compiler, **kw)
+    return f"EXTRACT(EPOCH FROM ({a} - {b}))"
+
+
+@compiles(seconds_between, "postgresql")
+def _between_pg(element: seconds_between, compiler: SQLCompiler, **kw: Any) -> str:
+    a, b = _args(element, compiler, **kw)
+    return f"CAST(EXTRACT(EPOCH FROM ({a} - {b})) AS DOUBLE PRECISION)"
+
+
+@compiles(seconds_between, "sqlite")
+def _between_sqlite(element: seconds_between, compiler: SQLCompiler, **kw: Any) -> str:
+    a, b = _args(element, compiler, **kw)
+    return f"((julianday({a}) - julianday({b})) * 86400.0)"
+
+
+@compiles(seconds_between, "mysql")
+def _between_mysql(element: seconds_between, compiler: SQLCompiler, **kw: Any) -> str:
+    a, b = _args(element, compiler, **kw)
+    return f"(TIMESTAMPDIFF(MICROSECOND, {b}, {a}) / 1000000.0)"
+
+
+def seconds_from_now(value: ColumnElement[Any]) -> seconds_between:
+    """``value - db now`` in seconds."""
+    return seconds_between(value, db_now_expr())
+
+
+def db_now(conn: Connection) -> datetime:
+    """Read the database's clock (aware UTC).
+
+    On PostgreSQL this is ``clock_timestamp()``, the real time even inside a long
+    transaction; elsewhere the statement time.
+    """
+    expr: ColumnElement[datetime] = (
+        type_coerce(func.clock_timestamp(), UtcDateTime())
+        if conn.dialect.name == "postgresql"
+        else db_now_expr()
+    )
+    value = conn.execute(select(expr)).scalar_one()
+    if not isinstance(value, datetime):  # pragma: no cover - the clock is never NULL
+        raise RuntimeError(f"the database returned no current time: {value!r}")
+    return value

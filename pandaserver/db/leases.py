@@ -1,0 +1,263 @@
+"""Fenced, fleet-wide leases for sync scripts, timed by the database clock only.
+
+A lease row per script name. ``try_acquire`` is one atomic statement::
+
+    INSERT INTO daemon_lease (...)
+      VALUES (name, 1, me, pid, now, now + timeout + grace, now + period, ...)
+    ON CONFLICT (name) DO UPDATE SET generation = generation + 1, owner = me, ...
+      WHERE next_due <= now AND (expires_at IS NULL OR expires_at <= now)
+    RETURNING generation, next_due, expires_at
+
+so of any number of servers racing for a due lease exactly one gets a row back. Every
+grant bumps ``generation``; ``release`` and ``renew`` must name it, so a holder that
+lost its lease (expired and re-granted, or force-released) changes nothing. A lease
+outlives the run's timeout by ``grace``; ``next_due`` is kept on release, so the
+period is counted start to start across the fleet. See docs/database.md.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Row, and_, or_, select, update
+
+from pandaserver.db.clock import db_now_expr, db_now_plus, seconds_from_now
+from pandaserver.db.tables import daemon_lease
+from pandaserver.db.upsert import conditional_upsert
+
+FORCE_RELEASE_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class LeaseResult:
+    """What ``try_acquire`` decided.
+
+    ``wait``: seconds (by the database clock) until trying again is worthwhile, 0 when
+    granted. ``holder``: the server holding a live lease (the caller itself when
+    granted), None when nobody holds it. ``next_due``/``expires``: the row's values.
+    """
+
+    granted: bool
+    generation: int | None
+    wait: float
+    holder: str | None
+    next_due: datetime | None
+    expires: datetime | None
+
+
+@dataclass(frozen=True)
+class LeaseRow:
+    """One lease as stored, with the database's time of reading (``db_now``)."""
+
+    name: str
+    generation: int
+    owner_server: str | None
+    owner_pid: int | None
+    acquired_at: datetime | None
+    expires_at: datetime | None
+    next_due: datetime
+    period: float
+    updated_at: datetime
+    db_now: datetime
+
+    @property
+    def held(self) -> bool:
+        """True while a holder may still be running under it."""
+        return self.expires_at is not None and self.expires_at > self.db_now
+
+    @property
+    def expires_in(self) -> float | None:
+        """Seconds until the lease expires (negative: expired), None when released."""
+        if self.expires_at is None:
+            return None
+        return (self.expires_at - self.db_now).total_seconds()
+
+    @property
+    def due_in(self) -> float:
+        """Seconds until the script is next due fleet-wide (negative: overdue)."""
+        return (self.next_due - self.db_now).total_seconds()
+
+
+def _check_seconds(what: str, value: float) -> None:
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{what} must be a finite number of seconds >= 0, got: {value!r}")
+
+
+def _check_name(name: str) -> None:
+    if not name or len(name) > 128:
+        raise ValueError(f"a lease name must have 1 to 128 characters, got: {name!r}")
+
+
+class LeaseStore:
+    """Lease operations on one engine; every method is one short transaction.
+
+    Statements run in autocommit: each is atomic on its own, and no transaction is
+    held open between them.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._auto = engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    @contextmanager
+    def _connect(self) -> Iterator[Connection]:
+        with self._auto.connect() as conn:
+            yield conn
+
+    def try_acquire(
+        self, name: str, server: str, pid: int, period: float, timeout: float, grace: float
+    ) -> LeaseResult:
+        """Take the lease if it is due and not held; one statement when granted.
+
+        A grant sets the owner, bumps the generation, ``next_due = now + period`` and
+        ``expires_at = now + timeout + grace``. When not granted, a second statement
+        reads the holder and the wait.
+        """
+        _check_name(name)
+        for what, value in (("period", period), ("timeout", timeout), ("grace", grace)):
+            _check_seconds(what, value)
+        t = daemon_lease
+        now = db_now_expr()
+        owner = {
+            "owner_server": server,
+            "owner_pid": pid,
+            "acquired_at": now,
+            "expires_at": db_now_plus(timeout + grace),
+            "next_due": db_now_plus(period),
+            "period": period,
+            "updated_at": now,
+        }
+        due = and_(t.c.next_due <= now, or_(t.c.expires_at.is_(None), t.c.expires_at <= now))
+        with self._connect() as conn:
+            row = conditional_upsert(
+                conn,
+                t,
+                {"name": name, "generation": 1, **owner},
+                key=["name"],
+                set_={"generation": t.c.generation + 1, **owner},
+                where=due,
+                returning=[t.c.generation, t.c.next_due, t.c.expires_at],
+            )
+            if row is not None:
+                return LeaseResult(True, int(row.generation), 0.0, server, row.next_due,
+                                   row.expires_at)
+            return self._losing(conn, name)
+
+    def _losing(self, conn: Connection, name: str) -> LeaseResult:
+        t = daemon_lease
+        row = conn.execute(
+            select(
+                t.c.owner_server,
+                t.c.next_due,
+                t.c.expires_at,
+                seconds_from_now(t.c.next_due).label("due_in"),
+                seconds_from_now(t.c.expires_at).label("expires_in"),
+            ).where(t.c.name == name)
+        ).one_or_none()
+        if row is None:  # pragma: no cover - rows are never deleted
+            return LeaseResult(False, None, 0.0, None, None, None)
+        expires_in = float(row.expires_in) if row.expires_in is not None else None
+        live = expires_in is not None and expires_in > 0
+        wait = max(0.0, float(row.due_in), expires_in or 0.0)
+        return LeaseResult(False, None, wait, row.owner_server if live else None,
+                           row.next_due, row.expires_at)
+
+    def release(self, name: str, generation: int) -> bool:
+        """End the holder's lease (``expires_at`` cleared, ``next_due`` kept).
+
+        Only when ``generation`` is still current; a stale one changes nothing and
+        returns False.
+        """
+        t = daemon_lease
+        stmt = (
+            update(t)
+            .where(t.c.name == name, t.c.generation == generation)
+            .values(expires_at=None, updated_at=db_now_expr())
+        )
+        with self._connect() as conn:
+            return conn.execute(stmt).rowcount == 1
+
+    def renew(self, name: str, generation: int, extend: float) -> bool:
+        """Push ``expires_at`` to now + ``extend`` while the lease is still this generation's.
+
+        False (and no change) for a stale generation or a released lease.
+        """
+        _check_seconds("extend", extend)
+        t = daemon_lease
+        stmt = (
+            update(t)
+            .where(t.c.name == name, t.c.generation == generation, t.c.expires_at.is_not(None))
+            .values(expires_at=db_now_plus(extend), updated_at=db_now_expr())
+        )
+        with self._connect() as conn:
+            return conn.execute(stmt).rowcount == 1
+
+    def force_release(self, name: str) -> LeaseRow | None:
+        """Free a lease whoever holds it (``panda-daemon unlock``).
+
+        Bumps the generation, so the old holder's ``release``/``renew`` are fenced, and
+        clears the expiry; ``next_due`` is kept. Returns the row as it was just before,
+        or None when there is no lease of that name. A compare-and-set on (generation,
+        expires_at), retried if the holder moved in between.
+        """
+        t = daemon_lease
+        with self._connect() as conn:
+            for _ in range(FORCE_RELEASE_ATTEMPTS):
+                before = self._get(conn, name)
+                if before is None:
+                    return None
+                same_expiry = (
+                    t.c.expires_at.is_(None)
+                    if before.expires_at is None
+                    else t.c.expires_at == before.expires_at
+                )
+                stmt = (
+                    update(t)
+                    .where(t.c.name == name, t.c.generation == before.generation, same_expiry)
+                    .values(generation=t.c.generation + 1, expires_at=None,
+                            updated_at=db_now_expr())
+                )
+                if conn.execute(stmt).rowcount == 1:
+                    return before
+        raise RuntimeError(
+            f"lease {name!r} kept changing while being released; try again"
+        )
+
+    def get(self, name: str) -> LeaseRow | None:
+        with self._connect() as conn:
+            return self._get(conn, name)
+
+    def list_leases(self) -> list[LeaseRow]:
+        """Every lease, by name, with the database's current time."""
+        with self._connect() as conn:
+            rows = conn.execute(_select_rows().order_by(daemon_lease.c.name)).all()
+        return [_lease_row(row) for row in rows]
+
+    def _get(self, conn: Connection, name: str) -> LeaseRow | None:
+        row = conn.execute(_select_rows().where(daemon_lease.c.name == name)).one_or_none()
+        return _lease_row(row) if row is not None else None
+
+
+def _select_rows() -> Any:
+    return select(daemon_lease, db_now_expr().label("db_now"))
+
+
+def _lease_row(row: Row[Any]) -> LeaseRow:
+    m = row._mapping
+    return LeaseRow(
+        name=m["name"],
+        generation=int(m["generation"]),
+        owner_server=m["owner_server"],
+        owner_pid=m["owner_pid"],
+        acquired_at=m["acquired_at"],
+        expires_at=m["expires_at"],
+        next_due=m["next_due"],
+        period=float(m["period"]),
+        updated_at=m["updated_at"],
+        db_now=m["db_now"],
+    )

@@ -1,0 +1,102 @@
+"""Every table panda-daemon owns, as SQLAlchemy Core, in one place.
+
+The schema version lives in Alembic's version table, renamed ``daemon_schema`` so
+that it can never collide with an ``alembic_version`` table of the PanDA database
+these tables may share. Migrations (``pandaserver/db/migrations``) create exactly
+these tables; a test compares the two.
+
+Portable types only: strings with lengths, integers, floats, text and
+``UtcDateTime`` (``timestamp with time zone`` on PostgreSQL, text on SQLite,
+``DATETIME(6)`` on MySQL/MariaDB, always UTC).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+from pandaserver.db.clock import UtcDateTime
+
+VERSION_TABLE = "daemon_schema"
+
+# A 64-bit id on real servers; SQLite only autoincrements an INTEGER PRIMARY KEY.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+# One row per sync script: who may run it now, and when it is next due fleet-wide.
+daemon_lease = Table(
+    "daemon_lease",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    # bumped by every grant and by a forced release; release/renew must name it
+    Column("generation", BigInteger, nullable=False),
+    Column("owner_server", String(255), nullable=True),
+    Column("owner_pid", Integer, nullable=True),
+    Column("acquired_at", UtcDateTime, nullable=True),
+    # NULL once released: then only next_due decides
+    Column("expires_at", UtcDateTime, nullable=True),
+    Column("next_due", UtcDateTime, nullable=False),
+    Column("period", Float, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+)
+
+# One row per run (or per skipped attempt), for `panda-daemon history`.
+daemon_run = Table(
+    "daemon_run",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("script", String(128), nullable=False),
+    Column("server", String(255), nullable=False),
+    Column("pid", Integer, nullable=True),
+    Column("generation", BigInteger, nullable=True),
+    Column("due_at", UtcDateTime, nullable=True),
+    Column("started_at", UtcDateTime, nullable=False),
+    Column("ended_at", UtcDateTime, nullable=True),
+    # running | ok | failed | timeout | lost | skipped  (checked in Python: see history.py)
+    Column("outcome", String(16), nullable=False),
+    Column("error", Text, nullable=True),
+    Index("ix_daemon_run_script_started_at", "script", "started_at"),
+    Index("ix_daemon_run_started_at", "started_at"),
+)
+
+# One row per master process of the fleet, refreshed every heartbeat_interval.
+daemon_server = Table(
+    "daemon_server",
+    metadata,
+    Column("server", String(255), primary_key=True),
+    Column("pid", Integer, nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("started_at", UtcDateTime, nullable=False),
+    Column("last_seen", UtcDateTime, nullable=False),
+    Column("config_hash", String(64), nullable=False),
+)
+
+# The PanDA process locks of TaskBuffer.lockProcess_PANDA & co. (JEDI_Process_Lock
+# in PanDA, keyed there by vo/label/cloud/queue/resource too, always 'default').
+panda_process_lock = Table(
+    "panda_process_lock",
+    metadata,
+    Column("component", String(255), primary_key=True),
+    Column("locked_by", String(255), nullable=False),
+    Column("locked_time", UtcDateTime, nullable=False),
+)
+
+OWNED_TABLES = (daemon_lease, daemon_run, daemon_server, panda_process_lock)
