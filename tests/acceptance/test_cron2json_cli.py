@@ -1,0 +1,143 @@
+"""cron2json as an operator runs it: ``python -m pandaserver.cron.cli`` in a subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pandaserver.config import load_config
+
+CRONTAB = """\
+# /etc/cron.d/panda: the PanDA server scripts
+MAILTO=""
+0-59/4 * * * * atlpan /opt/panda/usr/bin/panda_server-add > /dev/null 2>&1
+5 1-19/6 * * * atlpan /opt/panda/usr/bin/panda_server-copyArchive > /dev/null 2>&1
+
+0-59/5 * * * * atlpan /opt/panda/usr/bin/panda_server-pilot_streaming > /dev/null 2>&1
+"""
+EXPECTED = """\
+{
+        "add": {"period": 240},
+        "copyArchive": {"period": 2400, "sync": true},
+        "pilot_streaming": {"module": "pilotStreaming", "period": 300}
+    }
+"""
+
+
+def cron2json(*argv: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pandaserver.cron.cli", *argv],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def module_map(tmp_path: Path) -> Path:
+    path = tmp_path / "modules.map"
+    path.write_text("# script name = module\npilot_streaming = pilotStreaming\n")
+    return path
+
+
+def test_the_worked_examples_from_stdin(module_map: Path) -> None:
+    result = cron2json(
+        "--servers", "9", "--no-sync", "add", "--module-map", str(module_map), stdin=CRONTAB
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == EXPECTED
+
+
+@pytest.mark.parametrize(
+    ("argv", "with_map", "line_number", "expected"),
+    [
+        (["--no-sync", "add"], False, 3, '"add": {"period": 240}'),
+        (["--servers", "9"], False, 4, '"copyArchive": {"period": 2400, "sync": true}'),
+        (
+            ["--servers", "9"],
+            True,
+            6,
+            '"pilot_streaming": {"module": "pilotStreaming", "period": 300}',
+        ),
+    ],
+)
+def test_each_worked_example_alone_from_a_file(
+    tmp_path: Path,
+    module_map: Path,
+    argv: list[str],
+    with_map: bool,
+    line_number: int,
+    expected: str,
+) -> None:
+    crontab = tmp_path / "panda.cron"
+    crontab.write_text(CRONTAB.splitlines()[line_number - 1] + "\n")
+    if with_map:
+        argv = [*argv, "--module-map", str(module_map)]
+    result = cron2json(*argv, str(crontab))
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.splitlines() == ["{", f"        {expected}", "    }"]
+
+
+def test_a_bad_line_names_file_and_line_and_the_rest_is_converted(tmp_path: Path) -> None:
+    crontab = tmp_path / "panda.cron"
+    crontab.write_text(
+        "*/10 * * * * /opt/panda/usr/bin/panda_server-tidy.py --days 3\n"
+        "61 * * * * /opt/panda/usr/bin/panda_server-broken\n"
+        "@reboot /opt/panda/usr/bin/panda_server-boot\n"
+        "0 9,17 * * * /opt/panda/usr/bin/panda_server-report 2>&1 | mail -s report ops\n"
+    )
+    result = cron2json(str(crontab))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"{crontab}:2: error: invalid schedule '61 * * * *': [61 * * * *] is not acceptable,"
+        " out of range",
+        f"{crontab}:3: error: @reboot runs once at boot and has no period: start that command"
+        " with the service instead",
+        f"{crontab}:4: warning: only the first command is converted; dropped:"
+        " '| mail -s report ops'",
+        f"{crontab}:4: warning: irregular schedule '0 9,17 * * *': the intervals between runs"
+        " are 8h, 16h; using their average, 12h (43200 s)",
+    ]
+    assert result.stdout == (
+        "{\n"
+        '        "tidy": {"period": 600, "sync": true, "arguments": ["--days", "3"]},\n'
+        '        "report": {"period": 43200, "sync": true}\n'
+        "    }\n"
+    )
+
+
+def test_section_output_passes_the_config_loader(tmp_path: Path, module_map: Path) -> None:
+    result = cron2json(
+        "--section", "--servers", "9", "--module-map", str(module_map), "-", stdin=CRONTAB
+    )
+    assert result.returncode == 0
+    assert result.stdout.startswith("[daemon]\nenable = True\n")
+    config = tmp_path / "panda_server.cfg"
+    config.write_text(result.stdout)
+    daemon = load_config(str(config)).daemon
+    assert daemon.problems == []
+    assert {name: (s.module, s.period, s.sync) for name, s in daemon.scripts.items()} == {
+        "add": ("add", 240.0, False),  # 240 s / 9 is under the 60 s threshold
+        "copyArchive": ("copyArchive", 2400.0, True),
+        "pilot_streaming": ("pilotStreaming", 300.0, False),
+    }
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["/nonexistent/panda.cron"], "cron2json: error: cannot read /nonexistent/panda.cron"),
+        (["--servers", "0"], "--servers: must be at least 1, got: 0"),
+        (["--module-map", "/nonexistent/map"], "cron2json: error: cannot read /nonexistent/map"),
+        (["--sync", "add", "--no-sync", "add"], "--sync and --no-sync both name: add"),
+    ],
+)
+def test_usage_errors_exit_2_and_print_no_config(argv: list[str], message: str) -> None:
+    result = cron2json(*argv, stdin=CRONTAB)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert message in result.stderr
