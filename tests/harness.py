@@ -44,7 +44,7 @@ def write_config(directory: Path, scripts: dict[str, dict[str, Any]], *,
     return path
 
 
-def test_env(record: Path, **extra: str) -> dict[str, str]:
+def script_env(record: Path, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(FIXTURES), str(REPO), env.get("PYTHONPATH", "")])
     env["PANDA_TEST_RECORD"] = str(record)
@@ -67,7 +67,7 @@ class MasterProcess:
             [sys.executable, "-m", "pandaserver.daemons.master", "-c", str(config),
              "--server-name", server, "--log-level", log_level, *command],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env or test_env(self.record), start_new_session=True,
+            env=env or script_env(self.record), start_new_session=True,
         )
         self.seen: dict[int, psutil.Process] = {}
 
