@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from pandaserver import __version__
-from pandaserver.config import ConfigError, PandaConfig, load_config
+from pandaserver.config import ConfigError, DaemonSettings, PandaConfig, load_config
 from pandaserver.daemons import exitcodes
 
 log = logging.getLogger("panda.cli")
@@ -96,11 +96,11 @@ def cmd_run(cfg: PandaConfig, args: argparse.Namespace) -> int:
         log.error("cannot start: fix the problems above (panda-daemon check-config lists them)")
         return exitcodes.RET_CONFIG
 
-    def reload_settings() -> object:
+    def reload_settings() -> DaemonSettings:
         return load_config(str(cfg.path)).daemon
 
     master = Master(settings, server=server_name(args), log_level=args.log_level,
-                    reload_settings=reload_settings)  # type: ignore[arg-type]
+                    reload_settings=reload_settings)
     return master.run()
 
 

@@ -108,7 +108,7 @@ class Worker:
             log.error("%s", error)
             outcome, calls = protocol.FAILED, 0
         else:
-            argv = tuple([name, *message.get("arguments", [])])
+            argv = (name, *message.get("arguments", []))
             kwargs = {"argv": argv, "tbuf": self.tbuf, "lock_pool": self.lock_pool}
             result = run_main(self.modules[module_name], kwargs,
                               loop=bool(message.get("loop")), period=float(message["period"]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from itertools import pairwise
 from pathlib import Path
 
 from harness import running_master, wait_for, write_config
@@ -14,7 +15,7 @@ def test_runs_at_startup_then_once_per_period_never_early(tmp_path: Path) -> Non
     cfg = write_config(tmp_path, {"tick": {"module": "record", "period": 0.5}})
     with running_master(cfg, tmp_path) as master:
         starts = [e["t"] for e in master.wait_events(5, "start", "tick")]
-        gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+        gaps = [b - a for a, b in pairwise(starts)]
         # The first run waits for the workers to start; later runs keep the due-time grid.
         assert all(gap >= 0.5 - EPS for gap in gaps[1:]), gaps
         assert all(s - starts[1] >= k * 0.5 - EPS for k, s in enumerate(starts[1:])), starts
@@ -74,7 +75,7 @@ def test_worker_recycling_loses_no_run(tmp_path: Path) -> None:
         pids = {e["pid"] for e in starts}
         assert len(pids) >= 3, "workers were not replaced"
         times = [e["t"] for e in starts]
-        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        gaps = [b - a for a, b in pairwise(times)]
         assert max(gaps) < 0.3 + 0.5, f"a scheduled run was lost during recycling: {gaps}"
         assert min(gaps[1:]) >= 0.3 - EPS  # the first run waited for the workers to start
 
