@@ -139,10 +139,16 @@ def make_engine(
     *,
     pool_size: int | None = None,
     statement_timeout: float | None = None,
+    autocommit: bool = False,
+    pre_ping: bool = True,
 ) -> Engine:
-    """An engine for the configured database (the SQLite directory is created if needed)."""
+    """An engine for the configured database (the SQLite directory is created if needed).
+
+    See ``engine_from_url`` for the keyword arguments.
+    """
     return engine_from_url(
-        database_url(cfg, state_dir), pool_size=pool_size, statement_timeout=statement_timeout
+        database_url(cfg, state_dir), pool_size=pool_size, statement_timeout=statement_timeout,
+        autocommit=autocommit, pre_ping=pre_ping,
     )
 
 
@@ -152,20 +158,31 @@ def engine_from_url(
     pool_size: int | None = None,
     statement_timeout: float | None = None,
     connect_timeout: float = CONNECT_TIMEOUT,
+    autocommit: bool = False,
+    pre_ping: bool = True,
 ) -> Engine:
     """An engine with panda-daemon's connection settings for ``url``.
 
     ``statement_timeout`` (seconds, PostgreSQL only) bounds every statement; leave it
     None for engines handed to scripts, whose queries may legitimately be long.
+
+    ``autocommit`` makes every connection autocommit from the start: right for the
+    master, whose statements (leases, history, heartbeats) are each atomic alone; it
+    saves the BEGIN/COMMIT round trips. ``pre_ping`` (a ``SELECT 1`` at each checkout)
+    replaces a connection that died with the server; without it ``LeaseStore`` still
+    retries a statement once on a fresh connection after a disconnect. With
+    ``autocommit=True, pre_ping=False`` a lease grant is one round trip.
     """
     url = make_url(url)
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    kwargs: dict[str, Any] = {"pool_pre_ping": pre_ping}
+    if autocommit:
+        kwargs["isolation_level"] = "AUTOCOMMIT"
     connect_args: dict[str, Any] = {}
     backend = url.get_backend_name()
     if backend == "sqlite":
         _prepare_sqlite_file(url)
         connect_args["timeout"] = SQLITE_BUSY_TIMEOUT
-        kwargs.pop("pool_pre_ping")  # a file cannot go away between checkouts
+        kwargs["pool_pre_ping"] = False  # a file cannot go away between checkouts
     else:
         kwargs["pool_recycle"] = 1800
         if pool_size is not None:

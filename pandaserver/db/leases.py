@@ -17,20 +17,23 @@ period is counted start to start across the fleet. See docs/database.md.
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, Row, and_, or_, select, update
+from sqlalchemy.exc import DBAPIError
 
 from pandaserver.db.clock import db_now_expr, db_now_plus, seconds_from_now
 from pandaserver.db.tables import daemon_lease
 from pandaserver.db.upsert import conditional_upsert
 
 FORCE_RELEASE_ATTEMPTS = 5
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -104,10 +107,22 @@ class LeaseStore:
         self.engine = engine
         self._auto = engine.execution_options(isolation_level="AUTOCOMMIT")
 
-    @contextmanager
-    def _connect(self) -> Iterator[Connection]:
-        with self._auto.connect() as conn:
-            yield conn
+    def _run(self, operation: Callable[[Connection], T]) -> T:
+        """Run on an autocommit connection; once more on a fresh one after a disconnect.
+
+        A statement that met a dead connection (the server restarted) was not executed.
+        If a connection broke after a grant committed, the retry finds the lease taken
+        and says not granted: the run is skipped until the lease expires, never doubled.
+        """
+        for attempt in (1, 2):
+            try:
+                with self._auto.connect() as conn:
+                    return operation(conn)
+            except DBAPIError as exc:
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise
+                log.info("lease statement met a dropped database connection; retrying once")
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def try_acquire(
         self, name: str, server: str, pid: int, period: float, timeout: float, grace: float
@@ -133,7 +148,8 @@ class LeaseStore:
             "updated_at": now,
         }
         due = and_(t.c.next_due <= now, or_(t.c.expires_at.is_(None), t.c.expires_at <= now))
-        with self._connect() as conn:
+
+        def attempt(conn: Connection) -> LeaseResult:
             row = conditional_upsert(
                 conn,
                 t,
@@ -147,6 +163,8 @@ class LeaseStore:
                 return LeaseResult(True, int(row.generation), 0.0, server, row.next_due,
                                    row.expires_at)
             return self._losing(conn, name)
+
+        return self._run(attempt)
 
     def _losing(self, conn: Connection, name: str) -> LeaseResult:
         t = daemon_lease
@@ -179,8 +197,7 @@ class LeaseStore:
             .where(t.c.name == name, t.c.generation == generation)
             .values(expires_at=None, updated_at=db_now_expr())
         )
-        with self._connect() as conn:
-            return conn.execute(stmt).rowcount == 1
+        return self._run(lambda conn: conn.execute(stmt).rowcount == 1)
 
     def renew(self, name: str, generation: int, extend: float) -> bool:
         """Push ``expires_at`` to now + ``extend`` while the lease is still this generation's.
@@ -194,8 +211,7 @@ class LeaseStore:
             .where(t.c.name == name, t.c.generation == generation, t.c.expires_at.is_not(None))
             .values(expires_at=db_now_plus(extend), updated_at=db_now_expr())
         )
-        with self._connect() as conn:
-            return conn.execute(stmt).rowcount == 1
+        return self._run(lambda conn: conn.execute(stmt).rowcount == 1)
 
     def force_release(self, name: str) -> LeaseRow | None:
         """Free a lease whoever holds it (``panda-daemon unlock``).
@@ -205,38 +221,36 @@ class LeaseStore:
         or None when there is no lease of that name. A compare-and-set on (generation,
         expires_at), retried if the holder moved in between.
         """
+        return self._run(lambda conn: self._force_release(conn, name))
+
+    def _force_release(self, conn: Connection, name: str) -> LeaseRow | None:
         t = daemon_lease
-        with self._connect() as conn:
-            for _ in range(FORCE_RELEASE_ATTEMPTS):
-                before = self._get(conn, name)
-                if before is None:
-                    return None
-                same_expiry = (
-                    t.c.expires_at.is_(None)
-                    if before.expires_at is None
-                    else t.c.expires_at == before.expires_at
-                )
-                stmt = (
-                    update(t)
-                    .where(t.c.name == name, t.c.generation == before.generation, same_expiry)
-                    .values(generation=t.c.generation + 1, expires_at=None,
-                            updated_at=db_now_expr())
-                )
-                if conn.execute(stmt).rowcount == 1:
-                    return before
-        raise RuntimeError(
-            f"lease {name!r} kept changing while being released; try again"
-        )
+        for _ in range(FORCE_RELEASE_ATTEMPTS):
+            before = self._get(conn, name)
+            if before is None:
+                return None
+            same_expiry = (
+                t.c.expires_at.is_(None)
+                if before.expires_at is None
+                else t.c.expires_at == before.expires_at
+            )
+            stmt = (
+                update(t)
+                .where(t.c.name == name, t.c.generation == before.generation, same_expiry)
+                .values(generation=t.c.generation + 1, expires_at=None,
+                        updated_at=db_now_expr())
+            )
+            if conn.execute(stmt).rowcount == 1:
+                return before
+        raise RuntimeError(f"lease {name!r} kept changing while being released; try again")
 
     def get(self, name: str) -> LeaseRow | None:
-        with self._connect() as conn:
-            return self._get(conn, name)
+        return self._run(lambda conn: self._get(conn, name))
 
     def list_leases(self) -> list[LeaseRow]:
         """Every lease, by name, with the database's current time."""
-        with self._connect() as conn:
-            rows = conn.execute(_select_rows().order_by(daemon_lease.c.name)).all()
-        return [_lease_row(row) for row in rows]
+        stmt = _select_rows().order_by(daemon_lease.c.name)
+        return self._run(lambda conn: [_lease_row(row) for row in conn.execute(stmt).all()])
 
     def _get(self, conn: Connection, name: str) -> LeaseRow | None:
         row = conn.execute(_select_rows().where(daemon_lease.c.name == name)).one_or_none()

@@ -27,6 +27,9 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # pg_advisory_xact_lock key: "panda-sc" as a 64-bit integer
 _PG_LOCK_KEY = int.from_bytes(b"panda-sc", "big") & 0x7FFF_FFFF_FFFF_FFFF
 UPGRADE_HINT = "run `panda-daemon db upgrade`"
+# a real transaction for the migration, even on an autocommit engine
+_TRANSACTIONAL = {"postgresql": "READ COMMITTED", "sqlite": "SERIALIZABLE",
+                  "mysql": "REPEATABLE READ"}
 
 
 class SchemaError(Exception):
@@ -119,7 +122,9 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
 
     Refuses (SchemaError) a database that is newer than this code.
     """
-    with engine.begin() as conn:
+    level = _TRANSACTIONAL.get(engine.dialect.name)
+    transactional = engine.execution_options(isolation_level=level) if level else engine
+    with transactional.begin() as conn:
         _lock_for_migration(conn)
         before = _current(conn)  # read under the lock: another process may have just upgraded
         problem = _verdict(before)

@@ -132,7 +132,7 @@ class TaskBuffer:
         values = {"locked_by": str(pid), "locked_time": db_now_expr()}
         condition = None if force else t.c.locked_time <= db_now_plus(-60.0 * time_limit)
         try:
-            with self.engine.execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
+            with self.engine.begin() as conn:
                 row = conditional_upsert(conn, t, {"component": component, **values},
                                          ["component"], values, condition, [t.c.locked_by])
         except SQLAlchemyError as exc:

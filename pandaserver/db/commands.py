@@ -1,0 +1,255 @@
+"""CLI commands on the database: ``history``, ``locks``, ``unlock``, ``db upgrade``.
+
+``add_db_subcommands(subparsers)`` registers them on the ``panda-daemon`` parser; each
+sets ``func(cfg, args) -> int`` (an exit code). Human tables by default, ``--json``
+for machines. Times are shown in UTC. Errors go to stderr, without passwords.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from pandaserver.config import PandaConfig
+from pandaserver.config.problems import did_you_mean
+from pandaserver.db.engine import DatabaseConfigError, describe_db_error, make_engine, safe_url
+from pandaserver.db.history import HistoryStore, RunRow
+from pandaserver.db.leases import LeaseRow, LeaseStore
+from pandaserver.db.schema import SchemaError, check_schema, upgrade
+
+EXIT_OK = 0
+EXIT_NOT_FOUND = 1  # unlock: no lease of that name
+EXIT_DB_ERROR = 3  # the database is unreachable or failed
+EXIT_SCHEMA = 4  # the schema is missing, older or newer than this code
+EXIT_CONFIG = 5  # the configuration does not name a usable database
+
+Command = Callable[[PandaConfig, argparse.Namespace], int]
+
+
+class _Fail(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@contextmanager
+def _database(cfg: PandaConfig, *, check: bool = True) -> Iterator[Engine]:
+    try:
+        engine = make_engine(cfg)
+    except DatabaseConfigError as exc:
+        raise _Fail(str(exc), EXIT_CONFIG) from None
+    try:
+        if check:
+            check_schema(engine)
+        yield engine
+    except SchemaError as exc:
+        raise _Fail(f"database {safe_url(engine.url)}: {exc}", EXIT_SCHEMA) from None
+    except SQLAlchemyError as exc:
+        raise _Fail(describe_db_error(exc, engine.url), EXIT_DB_ERROR) from None
+    finally:
+        engine.dispose()
+
+
+def _run(body: Callable[[], int]) -> int:
+    try:
+        return body()
+    except _Fail as exc:
+        print(f"panda-daemon: {exc}", file=sys.stderr)
+        return exc.code
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    sign, value = ("-" if value < 0 else ""), abs(value)
+    if value < 120:
+        return f"{sign}{value:.1f}s"
+    if value < 7200:
+        return f"{sign}{value / 60:.1f}m"
+    return f"{sign}{value / 3600:.1f}h"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in [headers, *rows]]
+    return "\n".join(lines)
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True))
+
+
+# --- history -------------------------------------------------------------------------
+
+def _run_json(run: RunRow) -> dict[str, Any]:
+    return {
+        "id": run.id, "script": run.script, "server": run.server, "pid": run.pid,
+        "generation": run.generation, "due_at": _iso(run.due_at),
+        "started_at": _iso(run.started_at), "ended_at": _iso(run.ended_at),
+        "duration": run.duration, "outcome": run.outcome, "error": run.error,
+    }
+
+
+def cmd_history(cfg: PandaConfig, args: argparse.Namespace) -> int:
+    """``history [NAME] [--limit N] [--json]``: the newest runs first."""
+
+    def body() -> int:
+        with _database(cfg) as engine:
+            runs = HistoryStore(engine).query(args.name, args.limit)
+        if args.json:
+            _print_json([_run_json(run) for run in runs])
+            return EXIT_OK
+        if not runs:
+            print(f"no runs recorded{f' for {args.name}' if args.name else ''}")
+            return EXIT_OK
+        rows = [
+            [str(r.id), r.script, r.server, str(r.pid or "-"), _when(r.started_at),
+             _seconds(r.duration), r.outcome, _first_line(r.error)]
+            for r in runs
+        ]
+        print(_table(["ID", "SCRIPT", "SERVER", "PID", "STARTED (UTC)", "TOOK", "OUTCOME",
+                      "ERROR"], rows))
+        return EXIT_OK
+
+    return _run(body)
+
+
+def _first_line(error: str | None, width: int = 60) -> str:
+    if not error:
+        return ""
+    lines = [line.strip() for line in error.strip().splitlines() if line.strip()]
+    line = lines[-1] if lines else ""  # a traceback's last line says what happened
+    return line if len(line) <= width else line[: width - 3] + "..."
+
+
+# --- locks and unlock ------------------------------------------------------------------
+
+def _lease_json(lease: LeaseRow) -> dict[str, Any]:
+    return {
+        "name": lease.name, "held": lease.held, "generation": lease.generation,
+        "owner_server": lease.owner_server, "owner_pid": lease.owner_pid,
+        "acquired_at": _iso(lease.acquired_at), "expires_at": _iso(lease.expires_at),
+        "expires_in": lease.expires_in, "next_due": _iso(lease.next_due),
+        "due_in": lease.due_in, "period": lease.period, "db_now": _iso(lease.db_now),
+    }
+
+
+def cmd_locks(cfg: PandaConfig, args: argparse.Namespace) -> int:
+    """``locks [--json]``: every sync-script lease and who holds it."""
+
+    def body() -> int:
+        with _database(cfg) as engine:
+            leases = LeaseStore(engine).list_leases()
+        if args.json:
+            _print_json([_lease_json(lease) for lease in leases])
+            return EXIT_OK
+        if not leases:
+            print("no leases yet (no sync script has run)")
+            return EXIT_OK
+        rows = [
+            [lease.name, "held" if lease.held else "free",
+             f"{lease.owner_server} pid {lease.owner_pid}" if lease.held else "-",
+             str(lease.generation), _when(lease.acquired_at),
+             _seconds(lease.expires_in) if lease.held else "-", _seconds(lease.due_in)]
+            for lease in leases
+        ]
+        print(_table(["NAME", "STATE", "HOLDER", "GEN", "ACQUIRED (UTC)", "EXPIRES IN",
+                      "DUE IN"], rows))
+        return EXIT_OK
+
+    return _run(body)
+
+
+def cmd_unlock(cfg: PandaConfig, args: argparse.Namespace) -> int:
+    """``unlock NAME``: free a lease whoever holds it, and say what was released."""
+
+    def body() -> int:
+        with _database(cfg) as engine:
+            store = LeaseStore(engine)
+            before = store.force_release(args.name)
+            names = [lease.name for lease in store.list_leases()] if before is None else []
+        if before is None:
+            raise _Fail(f"no lease named {args.name!r}{did_you_mean(args.name, names)}",
+                        EXIT_NOT_FOUND)
+        holder = f"{before.owner_server} pid {before.owner_pid}"
+        if before.held:
+            print(f"released lease {before.name!r}: held by {holder} since"
+                  f" {_when(before.acquired_at)} UTC (generation {before.generation},"
+                  f" would have expired in {_seconds(before.expires_in)})")
+        else:
+            print(f"lease {before.name!r} was not held (last holder {holder},"
+                  f" generation {before.generation})")
+        print(f"generation is now {before.generation + 1}: the old holder can no longer"
+              f" release or renew it; next due in {_seconds(before.due_in)}")
+        return EXIT_OK
+
+    return _run(body)
+
+
+def cmd_db_upgrade(cfg: PandaConfig, args: argparse.Namespace) -> int:
+    """``db upgrade``: create or migrate panda-daemon's tables to this version's schema."""
+
+    def body() -> int:
+        with _database(cfg, check=False) as engine:
+            before, after = upgrade(engine)
+            where = safe_url(engine.url)
+        if before == after:
+            print(f"database {where}: schema already at {after}")
+        else:
+            print(f"database {where}: schema upgraded from {before or 'nothing'} to {after}")
+        return EXIT_OK
+
+    return _run(body)
+
+
+def add_db_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``history``, ``locks``, ``unlock`` and ``db upgrade`` to the CLI's subparsers."""
+    history = subparsers.add_parser("history", help="show recent runs from the database")
+    history.add_argument("name", nargs="?", default=None, help="only this script")
+    history.add_argument("--limit", type=_positive_int, default=50,
+                         help="how many runs (default 50)")
+    history.add_argument("--json", action="store_true", help="print JSON")
+    history.set_defaults(func=cmd_history)
+
+    locks = subparsers.add_parser("locks", help="show the sync-script leases")
+    locks.add_argument("--json", action="store_true", help="print JSON")
+    locks.set_defaults(func=cmd_locks)
+
+    unlock = subparsers.add_parser(
+        "unlock", help="free a sync-script lease whoever holds it (fences the old holder)"
+    )
+    unlock.add_argument("name", help="the script (lease) name")
+    unlock.set_defaults(func=cmd_unlock)
+
+    db = subparsers.add_parser("db", help="database maintenance")
+    db_sub = db.add_subparsers(dest="db_command", metavar="COMMAND", required=True)
+    db_upgrade = db_sub.add_parser("upgrade", help="create or migrate panda-daemon's tables")
+    db_upgrade.set_defaults(func=cmd_db_upgrade)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got: {value}")
+    return value

@@ -1,0 +1,103 @@
+"""Shared fixtures: a real PostgreSQL cluster per session, a fresh database per test, and
+``db_engine``, which runs a test once on SQLite and once on PostgreSQL.
+
+PostgreSQL is started only when a test asks for it. If it cannot start, those tests
+FAIL with the reason (they are never skipped: a skipped lease test proves nothing).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from pg import PgCluster, PgUnavailable, url_text
+from sqlalchemy import URL, Engine
+
+from pandaserver.config import DaemonSettings, PandaConfig
+from pandaserver.db.engine import engine_from_url
+from pandaserver.db.schema import upgrade
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    try:
+        cluster = PgCluster()
+    except PgUnavailable as exc:
+        pytest.fail(f"PostgreSQL is needed for this test and cannot start: {exc}", pytrace=False)
+    try:
+        cluster.start()
+    except (PgUnavailable, OSError, TimeoutError) as exc:
+        cluster.stop()
+        pytest.fail(f"PostgreSQL is needed for this test and cannot start: {exc}", pytrace=False)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: PgCluster) -> Iterator[URL]:
+    """A fresh, empty PostgreSQL database for this test (dropped afterwards)."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    url = pg_cluster.create_database(name)
+    yield url
+    pg_cluster.drop_database(name)
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> URL:
+    """The URL of an empty database: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return URL.create("sqlite", database=str(tmp_path / "panda_daemon.sqlite"))
+    url: URL = request.getfixturevalue("pg_url")
+    return url
+
+
+@pytest.fixture
+def make_engine_for() -> Iterator[Callable[[URL], Engine]]:
+    """Build engines with production settings; all disposed at teardown."""
+    engines: list[Engine] = []
+
+    def make(url: URL) -> Engine:
+        engine = engine_from_url(url)
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        engine.dispose()
+
+
+@pytest.fixture
+def empty_engine(db_url: URL, make_engine_for: Callable[[URL], Engine]) -> Engine:
+    return make_engine_for(db_url)
+
+
+@pytest.fixture
+def db_engine(empty_engine: Engine) -> Engine:
+    """An engine on a database with the current schema, on each backend."""
+    upgrade(empty_engine)
+    return empty_engine
+
+
+@pytest.fixture
+def pg_engine(pg_url: URL, make_engine_for: Callable[[URL], Engine]) -> Engine:
+    """PostgreSQL only, with the current schema."""
+    engine = make_engine_for(pg_url)
+    upgrade(engine)
+    return engine
+
+
+@pytest.fixture
+def config_for(tmp_path: Path) -> Callable[..., PandaConfig]:
+    """Build a PandaConfig whose [daemon] db_url points at a URL (other keys as given)."""
+
+    def build(url: URL | str, **daemon: object) -> PandaConfig:
+        path = tmp_path / "panda_server.cfg"
+        text = url_text(url) if isinstance(url, URL) else url
+        settings = DaemonSettings(path=str(path), db_url=text, **daemon)  # type: ignore[arg-type]
+        return PandaConfig(path=path, daemon=settings, server={})
+
+    return build
