@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import selectors
 import signal
 import sys
 from collections.abc import Callable
-from multiprocessing.connection import wait
 from typing import Any
 
 from pandaserver.config.daemon import DaemonSettings
@@ -80,6 +80,7 @@ class Master:
         self.first_generation = True
         self._signals: list[int] = []
         self._wakeup_r = -1
+        self._selector = selectors.DefaultSelector()
         self.extra_events: list[Callable[[float], float | None]] = []
 
     # ----- set-up -------------------------------------------------------------------------
@@ -130,20 +131,39 @@ class Master:
             return ONCE_EXIT.get(self.once_outcome or protocol.LOST, exitcodes.RET_LOST)
         return exitcodes.RET_OK
 
-    def _wait(self, timeout: float) -> None:
-        objects: list[Any] = [self._wakeup_r]
+    def _watched(self) -> dict[int, tuple[str, Slot | None]]:
+        fds: dict[int, tuple[str, Slot | None]] = {self._wakeup_r: ("signal", None)}
         for slot in self.slots.values():
-            objects.append(slot.proc.pidfd)
+            fds[slot.proc.pidfd] = ("exit", slot)
             if slot.conn_open:
-                objects.append(slot.proc.conn)
-        ready = wait(objects, timeout=max(0.0, timeout))
-        for obj in ready:
-            if obj == self._wakeup_r:
+                fds[slot.proc.conn.fileno()] = ("message", slot)
+        return fds
+
+    def _wait(self, timeout: float) -> None:
+        """One wait over the signal pipe, worker pipes and worker pidfds (a kept selector:
+        descriptors are registered once, not on every wake-up)."""
+        wanted = self._watched()
+        registered = self._selector.get_map()
+        for fd in [fd for fd in registered if fd not in wanted]:
+            self._selector.unregister(fd)
+        for fd, data in wanted.items():
+            key = registered.get(fd)
+            if key is None:
+                self._selector.register(fd, selectors.EVENT_READ, data)
+            elif key.data != data:
+                self._selector.modify(fd, selectors.EVENT_READ, data)
+        events = self._selector.select(max(0.0, timeout))
+        exits = []
+        for key, _ in events:
+            kind, slot = key.data
+            if kind == "signal":
                 self._drain_wakeup()
-        for slot in list(self.slots.values()):
-            if slot.conn_open and slot.proc.conn in ready:
+            elif kind == "message" and slot is not None and slot.conn_open:
                 self._read_messages(slot)
-            if slot.proc.pidfd in ready:
+            elif kind == "exit" and slot is not None:
+                exits.append(slot)
+        for slot in exits:  # after its last messages were read
+            if slot.index in self.slots and self.slots[slot.index] is slot:
                 self._worker_gone(slot, self.clock.monotonic())
 
     def _drain_wakeup(self) -> None:
@@ -272,8 +292,6 @@ class Master:
                 if self.stopping:
                     slot.ask_exit(now)
             self._disable_unimportable(message.get("import_errors") or {})
-        elif op == "started" and slot.run is not None and slot.run.id == message.get("run"):
-            slot.run.started = float(message["at"])
         elif op == "done" and slot.run is not None and slot.run.id == message.get("run"):
             run = slot.run
             run.started = float(message.get("started", run.started or run.dispatched))
@@ -418,7 +436,8 @@ class Master:
             script=run.script, server=self.server, pid=run.pid, run_id=run.id,
             generation=run.generation, outcome=outcome, error=error,
             wall_started=run.wall_dispatched, duration=max(0.0, ended - started),
-            dispatch_delay=max(0.0, started - run.due)))
+            dispatch_delay=started - run.due,  # negative would mean early: never
+            queued=run.dispatched - run.due))
         if self.only is not None:
             self.once_outcome = outcome
             if not self.stopping:

@@ -1,7 +1,9 @@
 """Messages between the master and a worker: one JSON object per message on a private pipe.
 
 master -> worker: ``init`` (package, modules to import), ``run`` (one assignment), ``exit``.
-worker -> master: ``ready`` (pid, import errors), ``started``, ``done`` (outcome, error).
+worker -> master: ``ready`` (pid, import errors), ``done`` (outcome, error, and the monotonic
+times main() was first called and last returned: one message per run keeps the master's
+wake-ups to one per run).
 """
 
 from __future__ import annotations

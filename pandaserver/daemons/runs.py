@@ -50,7 +50,8 @@ class RunRecord:
     error: str | None
     wall_started: datetime
     duration: float
-    dispatch_delay: float
+    dispatch_delay: float  # main() called minus due time
+    queued: float  # handed to a worker minus due time (waiting for a free worker)
 
 
 class Recorder(Protocol):
@@ -65,12 +66,13 @@ class LogRecorder:
         error = f": {record.error}" if record.error else ""
         log.log(
             level,
-            "%s run %d outcome=%s duration=%.3fs delay=%.4fs pid=%d%s",
+            "%s run %d outcome=%s duration=%.3fs delay=%.4fs queued=%.4fs pid=%d%s",
             record.script,
             record.run_id,
             record.outcome,
             record.duration,
             record.dispatch_delay,
+            record.queued,
             record.pid,
             error,
         )

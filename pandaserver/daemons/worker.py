@@ -102,7 +102,6 @@ class Worker:
                              generation=message.get("generation"))
         self.tbuf.set_context(context)
         started = time.monotonic()
-        protocol.send(self.conn, "started", run=run_id, at=started)
         error = self._import(module_name)
         if error is not None:
             log.error("%s", error)

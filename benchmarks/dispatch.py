@@ -1,0 +1,146 @@
+"""Dispatch benchmark: how late scripts start, how many runs per second, idle cost, memory.
+
+Usage (prints figures; asserts nothing):
+    .venv/bin/python benchmarks/dispatch.py                 # both scenarios below
+    .venv/bin/python benchmarks/dispatch.py --busy-seconds 60 --idle-seconds 60
+
+Busy scenario: 50 scripts of period 1 s, n_proc 4, for 60 s. Dispatch delay is the time the
+worker called main() minus the due time (both on the system-wide monotonic clock), taken from
+the master's per-run log lines; a negative value would be a run started early.
+Idle scenario: 20 scripts of period 600 s, n_proc 4: after the start-up runs, the CPU time
+used by the master and its idle workers over the window, as a share of one core; and the
+resident memory of the master plus its workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+DELAY = re.compile(r" run \d+ outcome=(\w+) duration=[-0-9.]+s delay=(-?[0-9.]+)s"
+                   r" queued=(-?[0-9.]+)s")
+
+
+def write_config(directory: Path, count: int, period: float, n_proc: int) -> Path:
+    scripts = {f"s{i:03d}": {"module": "noop", "period": period} for i in range(count)}
+    body = json.dumps(scripts, indent=4).splitlines()
+    text = "\n".join(["[daemon]", "enable = True", "package = benchscripts",
+                      f"n_proc = {n_proc}", "config = " + body[0],
+                      *("    " + line for line in body[1:])])
+    path = directory / "panda_server.cfg"
+    path.write_text(text + "\n", encoding="utf-8")
+    return path
+
+
+def start_master(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE / "scripts_pkg"), str(REPO),
+                                         env.get("PYTHONPATH", "")])
+    return subprocess.Popen(
+        [sys.executable, "-m", "pandaserver.daemons.master", "-c", str(cfg),
+         "--server-name", "bench", "run"],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def cpu_seconds(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def busy(seconds: float, count: int, period: float, n_proc: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = write_config(Path(tmp), count, period, n_proc)
+        log = Path(tmp) / "master.log"
+        proc = start_master(cfg, log)
+        time.sleep(seconds)  # the measurement window itself
+        stop(proc)
+        rows = [(m.group(1), float(m.group(2)), float(m.group(3)))
+                for m in DELAY.finditer(log.read_text())]
+    delays = [d * 1000 for outcome, d, _ in rows if outcome == "ok"]
+    overheads = [(d - q) * 1000 for outcome, d, q in rows if outcome == "ok"][count:]
+    # the start-up runs wait for the workers to boot: report them apart
+    steady = delays[count:]
+    print(f"busy: {count} scripts, period {period:g} s, n_proc {n_proc}, {seconds:g} s")
+    print(f"  runs: {len(rows)} ({len(rows) / seconds:.1f}/s), not ok: "
+          f"{sum(1 for o, _, _ in rows if o != 'ok')}")
+    if steady:
+        print(f"  dispatch delay ms (steady state, {len(steady)} runs): "
+              f"p50 {statistics.median(steady):.2f}  p99 {percentile(steady, 99):.2f}  "
+              f"max {max(steady):.2f}  min {min(steady):.2f}")
+        print(f"  of which hand-over to a free worker (delay minus time queued for one): "
+              f"p50 {statistics.median(overheads):.2f}  p99 {percentile(overheads, 99):.2f}")
+    print(f"  runs started early: {sum(1 for d in delays if d < 0)}")
+
+
+def idle(seconds: float, count: int, period: float, n_proc: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = write_config(Path(tmp), count, period, n_proc)
+        proc = start_master(cfg, Path(tmp) / "master.log")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(tree(proc.pid)) < n_proc + 1:
+            time.sleep(0.1)
+        time.sleep(3)  # let the start-up runs finish before the window opens
+        procs = tree(proc.pid)
+        before = cpu_seconds(procs)
+        time.sleep(seconds)
+        used = cpu_seconds(procs) - before
+        rss = sum(p.memory_info().rss for p in procs) / 2**20
+        stop(proc)
+    print(f"idle: {count} scripts, period {period:g} s, n_proc {n_proc}, {seconds:g} s window")
+    print(f"  CPU of master + {len(procs) - 1} workers: {used * 1000:.1f} ms = "
+          f"{100 * used / seconds:.4f}% of one core")
+    print(f"  RSS of master + workers: {rss:.1f} MB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--busy-seconds", type=float, default=60)
+    parser.add_argument("--idle-seconds", type=float, default=60)
+    args = parser.parse_args()
+    if args.busy_seconds > 0:
+        busy(args.busy_seconds, 50, 1.0, 4)
+    if args.idle_seconds > 0:
+        idle(args.idle_seconds, 20, 600.0, 4)
+
+
+if __name__ == "__main__":
+    main()
