@@ -7,10 +7,14 @@ import logging
 import socket
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from pandaserver import __version__
 from pandaserver.config import ConfigError, DaemonSettings, PandaConfig, load_config
 from pandaserver.daemons import exitcodes
+
+if TYPE_CHECKING:
+    from pandaserver.daemons.master import Master
 
 log = logging.getLogger("panda.cli")
 
@@ -64,6 +68,12 @@ def _add_optional_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
         cron_cli.add_arguments(cron)
         cron.set_defaults(func=None, plain=cron_cli.run)
     try:
+        from pandaserver.service.commands import add_service_subcommands
+    except ImportError:
+        pass
+    else:
+        add_service_subcommands(sub)
+    try:
         from pandaserver.db.commands import add_db_subcommands
     except ImportError:
         return
@@ -83,8 +93,6 @@ def setup_logging(level: str) -> None:
 
 
 def cmd_run(cfg: PandaConfig, args: argparse.Namespace) -> int:
-    from pandaserver.daemons.master import Master
-
     settings = cfg.daemon
     if not settings.enable:
         log.warning("the daemon is disabled (enable = False in [daemon] of %s); nothing to run",
@@ -96,12 +104,19 @@ def cmd_run(cfg: PandaConfig, args: argparse.Namespace) -> int:
         log.error("cannot start: fix the problems above (panda-daemon check-config lists them)")
         return exitcodes.RET_CONFIG
 
+    return build_master(cfg, args).run()
+
+
+def build_master(cfg: PandaConfig, args: argparse.Namespace, **options: Any) -> Master:
+    """The long-running master of ``cfg`` (SIGHUP re-reads ``cfg.path``), as ``run`` and the
+    service commands (``start``) build it; ``options`` go to ``Master`` as they are."""
+    from pandaserver.daemons.master import Master
+
     def reload_settings() -> DaemonSettings:
         return load_config(str(cfg.path)).daemon
 
-    master = Master(settings, server=server_name(args), log_level=args.log_level,
-                    reload_settings=reload_settings)
-    return master.run()
+    return Master(cfg.daemon, server=server_name(args), log_level=args.log_level,
+                  reload_settings=reload_settings, **options)
 
 
 def cmd_run_once(cfg: PandaConfig, args: argparse.Namespace) -> int:

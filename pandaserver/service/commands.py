@@ -1,0 +1,145 @@
+"""The service commands of ``panda-daemon``: start, stop, status, restart, reload, reopen-logs.
+
+``stop``, ``status`` and ``reopen-logs`` work even when the configuration file is broken
+(a master must stay stoppable); ``start``, ``restart`` and ``reload`` need a usable one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from pandaserver.config import ConfigError, PandaConfig, load_config
+from pandaserver.daemons import exitcodes
+from pandaserver.service import control
+from pandaserver.service.detach import StartError, plan_start, start_detached, start_foreground
+from pandaserver.service.logfiles import STDOUT_LOG
+from pandaserver.service.pidfile import default_pidfile
+
+log = logging.getLogger("panda.service")
+
+STOP_MARGIN = 15.0  # seconds added to stop_grace before stop escalates to SIGKILL
+DEFAULT_STOP_GRACE = 30.0
+START_WAIT = 60.0
+
+
+def add_service_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--pidfile", type=Path, default=None, metavar="FILE",
+                        help="the master's pid file (default: $PANDA_LOCK_DIR/panda_daemon.pid,"
+                             " else /var/run/panda/panda_daemon.pid)")
+    starting = argparse.ArgumentParser(add_help=False)
+    starting.add_argument("--wait", type=float, default=START_WAIT, metavar="SECONDS",
+                          help="how long start waits for the master to come up (default 60)")
+    stopping = argparse.ArgumentParser(add_help=False)
+    stopping.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                          help="how long stop waits for the graceful stop before SIGKILL"
+                               f" (default: stop_grace + {STOP_MARGIN:g})")
+
+    start = sub.add_parser("start", parents=[common, starting],
+                           help="start the master as a service; returns once it is up")
+    start.add_argument("--no-detach", action="store_true",
+                       help="stay in the foreground as the master (systemd Type=notify)")
+    start.set_defaults(func=cmd_start)
+    stop = sub.add_parser("stop", parents=[common, stopping],
+                          help="stop the master and everything it started")
+    stop.set_defaults(func=cmd_stop, plain=_without_config(cmd_stop))
+    stat = sub.add_parser("status", parents=[common],
+                          help="say whether the master runs (exit 0) or not (exit 3)")
+    stat.set_defaults(func=cmd_status, plain=_without_config(cmd_status))
+    restart = sub.add_parser("restart", parents=[common, starting, stopping],
+                             help="stop, then start (refused while the config cannot start)")
+    restart.set_defaults(func=cmd_restart)
+    reload = sub.add_parser("reload", parents=[common],
+                            help="make the master re-read the config (SIGHUP)")
+    reload.set_defaults(func=cmd_reload)
+    reopen = sub.add_parser("reopen-logs", parents=[common],
+                            help="make the master reopen its log files (SIGUSR1; logrotate)")
+    reopen.set_defaults(func=cmd_reopen_logs, plain=_without_config(cmd_reopen_logs))
+
+
+def _without_config(command: Callable[[PandaConfig | None, argparse.Namespace], int]
+                    ) -> Callable[[argparse.Namespace], int]:
+    """Run ``command`` with the config when it can be read, else without it."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            cfg = load_config(args.config)
+        except ConfigError as exc:
+            log.debug("going on without the configuration: %s", exc)
+            cfg = None
+        return command(cfg, args)
+
+    return run
+
+
+def _pidfile(args: argparse.Namespace) -> Path:
+    return Path(args.pidfile) if args.pidfile else default_pidfile()
+
+
+def cmd_start(cfg: PandaConfig, args: argparse.Namespace) -> int:
+    if not cfg.daemon.enable:
+        print(f"panda-daemon is not enabled (enable = False in [daemon] of {cfg.path}):"
+              " not starting")
+        return exitcodes.RET_OK
+    for problem in cfg.daemon.problems:
+        if problem not in cfg.daemon.fatal:
+            log.warning("%s", problem)
+    try:
+        plan = plan_start(cfg, args, _pidfile(args))
+    except StartError as exc:
+        print(f"panda-daemon: cannot start: {exc}", file=sys.stderr)
+        return exc.code
+    if args.no_detach:
+        return start_foreground(plan, sys.stderr)
+    return start_detached(plan, args.wait, sys.stdout, sys.stderr)
+
+
+def cmd_stop(cfg: PandaConfig | None, args: argparse.Namespace) -> int:
+    timeout = args.timeout
+    if timeout is None:
+        grace = cfg.daemon.stop_grace if cfg is not None else DEFAULT_STOP_GRACE
+        timeout = grace + STOP_MARGIN
+    return control.stop(_pidfile(args), timeout, sys.stdout, sys.stderr)
+
+
+def cmd_status(cfg: PandaConfig | None, args: argparse.Namespace) -> int:
+    return control.status(_pidfile(args), sys.stdout)
+
+
+def cmd_restart(cfg: PandaConfig, args: argparse.Namespace) -> int:
+    if cfg.daemon.enable:
+        try:  # refuse before stopping a master that could not be started again
+            plan_start(cfg, args, _pidfile(args), check_running=False)
+        except StartError as exc:
+            print(f"panda-daemon: not restarting, the running master is left alone: {exc}",
+                  file=sys.stderr)
+            return exc.code
+    code = cmd_stop(cfg, args)
+    if code != exitcodes.RET_OK:
+        return code
+    return cmd_start(cfg, args)
+
+
+def cmd_reload(cfg: PandaConfig, args: argparse.Namespace) -> int:
+    if cfg.daemon.fatal:
+        for problem in cfg.daemon.fatal:
+            print(f"panda-daemon: {problem}", file=sys.stderr)
+        print("panda-daemon: not reloading: the running master keeps its configuration",
+              file=sys.stderr)
+        return exitcodes.RET_CONFIG
+    for problem in cfg.daemon.problems:
+        log.warning("%s", problem)
+    return control.send_signal(
+        _pidfile(args), signal.SIGHUP,
+        f"it re-reads the configuration it was started with (its log: {STDOUT_LOG})",
+        sys.stdout, sys.stderr)
+
+
+def cmd_reopen_logs(cfg: PandaConfig | None, args: argparse.Namespace) -> int:
+    return control.send_signal(_pidfile(args), signal.SIGUSR1, "it reopens its log files",
+                               sys.stdout, sys.stderr)
