@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -87,7 +89,7 @@ def database_url(cfg: PandaConfig, state_dir: Path | None = None) -> URL:
     if raw:
         try:
             return make_url(raw)
-        except ArgumentError:
+        except (ArgumentError, ValueError):
             # never echo the value: it may hold a password
             raise DatabaseConfigError(
                 f"{cfg.path} [daemon] key 'db_url' is not a valid SQLAlchemy URL; expected"
@@ -215,11 +217,31 @@ def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT * 1000)}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _sqlite_wal(cursor)
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute("PRAGMA foreign_keys = ON")
     finally:
         cursor.close()
+
+
+def _sqlite_wal(cursor: Any) -> None:
+    """Switch the file to WAL (it stays so). SQLite answers "database is locked" at once,
+    without its busy handler, when several connections switch a new file at the same
+    moment; so retry until the busy timeout."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT
+    delay = 0.005
+    while True:
+        try:
+            mode = cursor.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() in ("wal", "memory"):
+                return
+            cursor.execute("PRAGMA journal_mode = WAL").fetchall()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -239,7 +261,7 @@ def safe_url(url: URL | str) -> str:
         return url.render_as_string(hide_password=True)
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return mask_secrets(url)
 
 
@@ -265,7 +287,7 @@ def describe_db_error(exc: BaseException, url: URL | str | None = None) -> str:
             parsed = make_url(url) if not isinstance(url, URL) else url
             password = parsed.password if isinstance(parsed.password, str) else None
             where = f"database {safe_url(parsed)}: "
-        except ArgumentError:
+        except (ArgumentError, ValueError):
             where = f"database {mask_secrets(str(url))}: "
     if isinstance(exc, DBAPIError) and exc.orig is not None:
         kind = type(exc.orig).__name__
