@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check_config)
     once = sub.add_parser("run-once", help="run one script once in the foreground")
     once.add_argument("name", help="the script's name in the config")
+    once.add_argument("--ignore-lease", action="store_true",
+                      help="run a sync script without taking its fleet-wide lease")
     once.set_defaults(func=cmd_run_once)
 
     _add_optional_commands(sub)
@@ -104,19 +106,37 @@ def cmd_run(cfg: PandaConfig, args: argparse.Namespace) -> int:
         log.error("cannot start: fix the problems above (panda-daemon check-config lists them)")
         return exitcodes.RET_CONFIG
 
-    return build_master(cfg, args).run()
+    from pandaserver.daemons.fleet import StartupError
+
+    try:
+        master = build_master(cfg, args)
+    except StartupError as exc:
+        log.error("cannot start: %s", exc)
+        return exc.code
+    return master.run()
 
 
 def build_master(cfg: PandaConfig, args: argparse.Namespace, **options: Any) -> Master:
     """The long-running master of ``cfg`` (SIGHUP re-reads ``cfg.path``), as ``run`` and the
-    service commands (``start``) build it; ``options`` go to ``Master`` as they are."""
+    service commands (``start``) build it; ``options`` go to ``Master`` as they are.
+
+    Raises ``StartupError`` (with the exit status) when the database refuses the start.
+    """
+    from pandaserver.daemons.clock import SystemClock, wall_offset_from_env
+    from pandaserver.daemons.fleet import StartupError, open_fleet
     from pandaserver.daemons.master import Master
 
     def reload_settings() -> DaemonSettings:
         return load_config(str(cfg.path)).daemon
 
-    return Master(cfg.daemon, server=server_name(args), log_level=args.log_level,
-                  reload_settings=reload_settings, **options)
+    try:
+        clock = SystemClock(wall_offset_from_env())
+    except ValueError as exc:
+        raise StartupError(exitcodes.RET_CONFIG, str(exc)) from None
+    server = server_name(args)
+    return Master(cfg.daemon, server=server, log_level=args.log_level, clock=clock,
+                  reload_settings=reload_settings, fleet=open_fleet(cfg, server, clock),
+                  config_path=str(cfg.path), **options)
 
 
 def cmd_run_once(cfg: PandaConfig, args: argparse.Namespace) -> int:
@@ -138,8 +158,19 @@ def cmd_run_once(cfg: PandaConfig, args: argparse.Namespace) -> int:
         return exitcodes.RET_CONFIG
     if not settings.scripts[args.name].enable:
         log.info("script %s is disabled in the config; running it anyway, as asked", args.name)
-    master = Master(settings, server=server_name(args), log_level=args.log_level,
-                    only=args.name)
+    from pandaserver.daemons.clock import SystemClock
+    from pandaserver.daemons.fleet import StartupError, open_fleet
+    from pandaserver.daemons.leases import LocalLeases
+
+    clock = SystemClock()
+    try:
+        fleet = open_fleet(cfg, server_name(args), clock)
+    except StartupError as exc:
+        log.error("cannot run: %s", exc)
+        return exc.code
+    master = Master(settings, server=server_name(args), log_level=args.log_level, clock=clock,
+                    only=args.name, fleet=fleet, config_path=str(cfg.path),
+                    leases=LocalLeases() if args.ignore_lease else None)
     return master.run()
 
 

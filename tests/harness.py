@@ -48,6 +48,7 @@ def script_env(record: Path, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(FIXTURES), str(REPO), env.get("PYTHONPATH", "")])
     env["PANDA_TEST_RECORD"] = str(record)
+    env["PANDA_DAEMON_STATE_DIR"] = str(record.parent / "state")
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
@@ -58,7 +59,7 @@ class MasterProcess:
 
     def __init__(self, config: Path, workdir: Path, server: str = "test-server",
                  command: tuple[str, ...] = ("run",), env: dict[str, str] | None = None,
-                 log_level: str = "DEBUG") -> None:
+                 log_level: str = "DEBUG", extra_env: dict[str, str] | None = None) -> None:
         self.record = workdir / f"record-{server}.jsonl"
         self.record.touch()
         self.log_path = workdir / f"master-{server}.log"
@@ -67,7 +68,7 @@ class MasterProcess:
             [sys.executable, "-m", "pandaserver.daemons.master", "-c", str(config),
              "--server-name", server, "--log-level", log_level, *command],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env or script_env(self.record), start_new_session=True,
+            env=env or script_env(self.record, **(extra_env or {})), start_new_session=True,
         )
         self.seen: dict[int, psutil.Process] = {}
 

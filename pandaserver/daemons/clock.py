@@ -15,6 +15,20 @@ class Clock(Protocol):
         """Wall-clock time, for logs and display only; never used for decisions."""
 
 
+def wall_offset_from_env(environ: dict[str, str] | None = None) -> float:
+    """``PANDA_DAEMON_CLOCK_OFFSET`` (seconds) shifts this master's wall clock: a diagnostic
+    knob that shows clock skew changes nothing (decisions never read wall time)."""
+    import os
+
+    text = (environ if environ is not None else dict(os.environ)).get(
+        "PANDA_DAEMON_CLOCK_OFFSET", "0")
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"PANDA_DAEMON_CLOCK_OFFSET must be a number of seconds, got: {text!r}"
+                         ) from None
+
+
 class SystemClock:
     """The real clocks. ``wall_offset`` shifts wall time (tests inject clock skew with it)."""
 

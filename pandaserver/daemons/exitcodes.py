@@ -11,3 +11,5 @@ RET_NOT_RUNNING = 3  # status: LSB "program is not running"
 RET_PIDFILE = 5  # start: another master holds the pid file, or it cannot be written
 RET_USER = 6  # start: uname/gname missing or unusable (started as root)
 RET_STALE_PIDFILE = 1  # status: LSB "program is dead and the pid file exists"
+RET_LEASE = 7  # run-once: a sync script whose lease could not be taken
+RET_SCHEMA = 8  # the database schema is newer than this code, or not upgraded

@@ -22,7 +22,8 @@ from pandaserver.config.daemon import DaemonSettings
 from pandaserver.config.scripts import DaemonSpec
 from pandaserver.daemons import exitcodes, protocol, schedule
 from pandaserver.daemons.clock import Clock, SystemClock
-from pandaserver.daemons.leases import LeaseManager, LocalLeases
+from pandaserver.daemons.fleet import DbLeases, DbRecorder, FleetDb
+from pandaserver.daemons.leases import LeaseDecision, LeaseManager, LocalLeases
 from pandaserver.daemons.pool import (
     Slot,
     describe_exit,
@@ -40,7 +41,8 @@ SHUTDOWN_KILL_GRACE = 1.0
 MAX_SPAWN_BACKOFF = 30.0
 MIN_LEASE_RETRY = 0.05
 ONCE_EXIT = {protocol.OK: exitcodes.RET_OK, protocol.FAILED: exitcodes.RET_FAILED,
-             protocol.TIMEOUT: exitcodes.RET_TIMEOUT, protocol.LOST: exitcodes.RET_LOST}
+             protocol.TIMEOUT: exitcodes.RET_TIMEOUT, protocol.LOST: exitcodes.RET_LOST,
+             protocol.SKIPPED: exitcodes.RET_LEASE}
 
 
 class Master:
@@ -57,12 +59,16 @@ class Master:
         reload_settings: Callable[[], DaemonSettings] | None = None,
         on_signal: dict[int, Callable[[], None]] | None = None,
         worker_log_file: str | None = None,
+        fleet: FleetDb | None = None,
+        config_path: str | None = None,
     ) -> None:
         self.settings = settings
         self.server = server
         self.clock = clock or SystemClock()
-        self.recorder = recorder or LogRecorder()
-        self.leases = leases or LocalLeases()
+        self.fleet = fleet
+        self.config_path = config_path
+        self.recorder = recorder or (DbRecorder(fleet) if fleet else LogRecorder())
+        self.leases = leases or (DbLeases(fleet) if fleet else LocalLeases())
         self.only = only
         self.log_level = log_level
         self.reload_settings = reload_settings
@@ -82,6 +88,8 @@ class Master:
         self._wakeup_r = -1
         self._selector = selectors.DefaultSelector()
         self.extra_events: list[Callable[[float], float | None]] = []
+        if fleet is not None:
+            self.extra_events.append(fleet.tick)
 
     # ----- set-up -------------------------------------------------------------------------
     @property
@@ -245,6 +253,8 @@ class Master:
         argv = ["--server-name", self.server, "--log-level", self.log_level]
         if self.worker_log_file:
             argv += ["--log-file", self.worker_log_file]
+        if self.config_path:
+            argv += ["--config", self.config_path]
         return argv
 
     def _fill_slots(self, now: float) -> None:
@@ -388,7 +398,12 @@ class Master:
             if spec.sync:
                 decision = self.leases.acquire(spec)
                 if not decision.granted:
-                    state.next_due = now + max(decision.wait, MIN_LEASE_RETRY)
+                    # Ask again when the database says it is due, and at least once a period:
+                    # a holder that stops cleanly releases early, and its lease must not
+                    # leave a gap as long as its timeout.
+                    retry = min(decision.wait, spec.period)
+                    state.next_due = now + max(retry, MIN_LEASE_RETRY)
+                    self._lease_refused(state, decision, now)
                     continue
                 generation = decision.generation
             slot = idle.pop(0)
@@ -410,6 +425,28 @@ class Master:
                               schedule.next_due_after_start(state.next_due, now, spec.period))
             log.debug("%s dispatched to worker %d (due %.3f s ago)", run.label, slot.index,
                       now - run.due)
+
+    def _lease_refused(self, state: ScriptState, decision: LeaseDecision, now: float) -> None:
+        """Another server holds the lease (recorded as skipped) or it is not due fleet-wide
+        yet (we try again when it is), or the database is down (the fleet logs that once)."""
+        if decision.holder is not None:
+            self.run_counter += 1
+            self.recorder.record(RunRecord(
+                script=state.spec.name, server=self.server, pid=os.getpid(),
+                run_id=self.run_counter, generation=None, outcome=protocol.SKIPPED,
+                error=f"lease held by {decision.holder}", wall_started=self.clock.wall(),
+                duration=0.0, dispatch_delay=0.0, queued=now - state.next_due))
+        else:
+            log.debug("%s not due fleet-wide for %.3f s%s", state.spec.name, decision.wait,
+                      " (database unavailable)" if decision.unavailable else "")
+        if self.only is not None:
+            why = (f"its lease is held by {decision.holder}" if decision.holder else
+                   "the database is unavailable" if decision.unavailable else
+                   f"it is not due fleet-wide for another {decision.wait:.0f} s")
+            log.error("%s cannot run now: %s (--ignore-lease runs it without the lease)",
+                      state.spec.name, why)
+            self.once_outcome = protocol.SKIPPED
+            self.begin_stop(now, grace=0)
 
     def _warn_late(self, now: float) -> None:
         busy = all(s.state is not WorkerState.IDLE for s in self.slots.values())

@@ -50,5 +50,7 @@ def apply_settings(master: Master, new: DaemonSettings, now: float) -> None:
             elif slot.state is WorkerState.BUSY:
                 slot.move(WorkerState.RETIRING)
     master.settings = new
+    if master.fleet is not None:
+        master.fleet.settings = new
     log.info("reload: configuration applied (%d scripts, %d workers)",
              len(master.scripts), master.n_proc)

@@ -1,29 +1,40 @@
-"""What a worker hands to scripts as ``tbuf``: the run's context and shared services.
+"""Build the ``tbuf`` a worker hands to scripts.
 
-The database-backed ``TaskBuffer`` (pandaserver.taskbuffer) is used when available;
-this module keeps the worker independent of how it is built.
+With a config file it is the database-backed ``TaskBuffer`` (its engine is created in the
+worker on first use, never inherited); without one, ``LocalServices`` carries only the
+run context.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from typing import Any
 
+from pandaserver.taskbuffer.taskbuffer import RunContext
 
-@dataclass
-class RunContext:
-    """Which run a script is in: lets a script label and fence its own writes."""
-
-    script: str
-    run_id: int
-    server: str
-    generation: int | None = None
+log = logging.getLogger("panda.worker")
 
 
 class LocalServices:
     """A ``tbuf`` with the run context and no database."""
 
     def __init__(self) -> None:
-        self.context: RunContext | None = None
+        self.context = RunContext()
 
-    def set_context(self, context: RunContext | None) -> None:
-        self.context = context
+
+def make_tbuf(config_path: str | None) -> Any:
+    if not config_path:
+        return LocalServices()
+    from pandaserver.config import ConfigError, load_config
+    from pandaserver.taskbuffer.taskbuffer import TaskBuffer
+
+    try:
+        return TaskBuffer.from_config(load_config(config_path))
+    except ConfigError as exc:
+        log.error("scripts get no database: cannot read %s: %s", config_path, exc)
+        return LocalServices()
+
+
+def set_context(tbuf: Any, script: str | None, run_id: int | None,
+                generation: int | None) -> None:
+    tbuf.context = RunContext(script=script, run_id=run_id, generation=generation)

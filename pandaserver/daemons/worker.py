@@ -23,7 +23,7 @@ from pandaserver.daemons import capture, protocol
 from pandaserver.daemons.invoke import describe_import_error, import_script, run_main
 from pandaserver.daemons.lock_pool import LockPool
 from pandaserver.daemons.processes import set_title, signal_tree, tree_of
-from pandaserver.daemons.services import LocalServices, RunContext
+from pandaserver.daemons.services import make_tbuf, set_context
 
 log = logging.getLogger("panda.worker")
 
@@ -52,14 +52,15 @@ def watch_lifeline(fd: int) -> None:
 
 
 class Worker:
-    def __init__(self, conn: Connection, index: int, server: str) -> None:
+    def __init__(self, conn: Connection, index: int, server: str,
+                 config_path: str | None = None) -> None:
         self.conn = conn
         self.index = index
         self.server = server
         self.package = ""
         self.modules: dict[str, ModuleType] = {}
         self.lock_pool = LockPool()
-        self.tbuf = LocalServices()
+        self.tbuf = make_tbuf(config_path)
 
     def serve(self) -> int:
         set_title(f"worker {self.index} starting")
@@ -98,9 +99,7 @@ class Worker:
         module_name = message["module"]
         set_title(f"worker {self.index} running {name}")
         capture.set_current(name, str(run_id))
-        context = RunContext(script=name, run_id=run_id, server=self.server,
-                             generation=message.get("generation"))
-        self.tbuf.set_context(context)
+        set_context(self.tbuf, name, run_id, message.get("generation"))
         started = time.monotonic()
         error = self._import(module_name)
         if error is not None:
@@ -116,7 +115,7 @@ class Worker:
             with contextlib.suppress(Exception):
                 stream.flush()
         ended = time.monotonic()
-        self.tbuf.set_context(None)
+        set_context(self.tbuf, None, None, None)
         capture.clear_current()
         protocol.send(self.conn, "done", run=run_id, outcome=outcome, error=error,
                       started=started, ended=ended, calls=calls)
@@ -157,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lifeline", type=int, required=True)
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-file", default=None)
+    parser.add_argument("--config", default=None)
     args = parser.parse_args(argv)
     threading.Thread(target=watch_lifeline, args=(args.lifeline,), name="lifeline",
                      daemon=True).start()
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(original_stderr, args.index, args.log_level, args.log_file)
     sys.stdout = capture.LineLogger("stdout", logging.INFO)
     sys.stderr = capture.LineLogger("stderr", logging.WARNING)
-    worker = Worker(Connection(args.fd), args.index, args.server_name)
+    worker = Worker(Connection(args.fd), args.index, args.server_name, args.config)
     try:
         return worker.serve()
     except (EOFError, protocol.ProtocolError) as exc:
