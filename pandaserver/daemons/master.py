@@ -436,9 +436,10 @@ class Master:
                 run_id=self.run_counter, generation=None, outcome=protocol.SKIPPED,
                 error=f"lease held by {decision.holder}", wall_started=self.clock.wall(),
                 duration=0.0, dispatch_delay=0.0, queued=now - state.next_due))
+        elif decision.unavailable:
+            log.debug("%s skipped: no lease while the database is unavailable", state.spec.name)
         else:
-            log.debug("%s not due fleet-wide for %.3f s%s", state.spec.name, decision.wait,
-                      " (database unavailable)" if decision.unavailable else "")
+            log.debug("%s not due fleet-wide for %.3f s", state.spec.name, decision.wait)
         if self.only is not None:
             why = (f"its lease is held by {decision.holder}" if decision.holder else
                    "the database is unavailable" if decision.unavailable else
