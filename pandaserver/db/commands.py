@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from pandaserver.config import PandaConfig
+from pandaserver.config.daemon import parse_positive_int
 from pandaserver.config.problems import did_you_mean
 from pandaserver.db.engine import DatabaseConfigError, describe_db_error, make_engine, safe_url
 from pandaserver.db.history import HistoryStore, RunRow
@@ -247,9 +248,6 @@ def add_db_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
 
 def _positive_int(text: str) -> int:
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got: {value}")
-    return value
+        return parse_positive_int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -179,3 +179,16 @@ def test_cli_history(history: HistoryStore, db_engine: Engine,
     table = capsys.readouterr().out
     assert table.splitlines()[0].split()[:3] == ["ID", "SCRIPT", "SERVER"]
     assert "KeyError: 'x'" in table and "sweeper" in table
+
+
+def test_history_works_on_the_masters_autocommit_engine(db_engine: Engine) -> None:
+    engine = engine_from_url(db_engine.url, autocommit=True, pre_ping=False)
+    try:
+        history = HistoryStore(engine)
+        run_id = history.record_start("x", "srv", 1)
+        assert history.record_end(run_id, OK)
+        history.record(RunRecord("y", "srv", 1, SKIPPED))
+        assert {(r.script, r.outcome) for r in history.query()} == {("x", OK), ("y", SKIPPED)}
+        assert history.prune(1) == 0
+    finally:
+        engine.dispose()

@@ -49,7 +49,7 @@ def test_first_acquire_grants_generation_one_with_db_times(store: LeaseStore) ->
     assert row.acquired_at is not None and result.next_due == row.next_due
     # both deadlines come from the same database 'now' of the one statement
     assert (row.next_due - row.acquired_at).total_seconds() == pytest.approx(100, abs=1e-3)
-    assert result.expires == row.expires_at
+    assert result.expires == row.expires_at and row.expires_at is not None
     assert (row.expires_at - row.acquired_at).total_seconds() == pytest.approx(15, abs=1e-3)
     assert 0 <= (row.db_now - row.acquired_at).total_seconds() < SLACK
 

@@ -145,6 +145,26 @@ def test_concurrent_upgrades_are_serialized(db_url: URL) -> None:
             engine.dispose()
 
 
+def test_upgrade_runs_in_a_transaction_even_on_an_autocommit_engine(db_url: URL) -> None:
+    engine = engine_from_url(db_url, autocommit=True, pre_ping=False)
+    try:
+        assert upgrade(engine) == (None, head_revision())
+        assert check_schema(engine) == head_revision()
+    finally:
+        engine.dispose()
+
+
+def test_statement_timeout_bounds_statements_on_postgresql(pg_url: URL) -> None:
+    engine = engine_from_url(pg_url, statement_timeout=0.2)
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SHOW statement_timeout").scalar() == "200ms"
+            with pytest.raises(OperationalError, match="statement timeout"):
+                conn.exec_driver_sql("SELECT pg_sleep(5)")
+    finally:
+        engine.dispose()
+
+
 def test_sqlite_engine_shares_the_file_in_wal_mode(tmp_path: Path) -> None:
     engine = engine_from_url(URL.create("sqlite", database=str(tmp_path / "sub" / "x.sqlite")))
     try:
@@ -160,31 +180,30 @@ def test_sqlite_engine_shares_the_file_in_wal_mode(tmp_path: Path) -> None:
 SECRET = "Zq9-secret-pw"
 
 
-def test_wrong_port_error_never_shows_the_password() -> None:
-    url = URL.create("postgresql+psycopg2", username="panda", password=SECRET,
-                     host="127.0.0.1", port=1, database="panda")
+def connect_error(url: URL) -> OperationalError:
     engine = engine_from_url(url)
     try:
         with pytest.raises(OperationalError) as caught:
             engine.connect()
     finally:
         engine.dispose()
-    message = describe_db_error(caught.value, url)
+    assert SECRET not in repr(engine)
+    return caught.value
+
+
+def test_wrong_port_error_never_shows_the_password() -> None:
+    url = URL.create("postgresql+psycopg2", username="panda", password=SECRET,
+                     host="127.0.0.1", port=1, database="panda")
+    message = describe_db_error(connect_error(url), url)
     assert SECRET not in message
     assert message.startswith("database postgresql+psycopg2://panda:***@127.0.0.1:1/panda: ")
     assert "OperationalError" in message and "127.0.0.1" in message and "\n" not in message
-    assert SECRET not in repr(engine) and SECRET not in safe_url(url)
+    assert SECRET not in safe_url(url)
 
 
 def test_wrong_password_error_never_shows_it(pg_url: URL) -> None:
     url = pg_url.set(password=SECRET)
-    engine = engine_from_url(url)
-    try:
-        with pytest.raises(OperationalError) as caught:
-            engine.connect()
-    finally:
-        engine.dispose()
-    message = describe_db_error(caught.value, url)
+    message = describe_db_error(connect_error(url), url)
     assert "password authentication failed" in message and SECRET not in message
 
 
