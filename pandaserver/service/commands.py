@@ -94,7 +94,7 @@ def cmd_start(cfg: PandaConfig, args: argparse.Namespace) -> int:
     except StartError as exc:
         print(f"panda-daemon: cannot start: {exc}", file=sys.stderr)
         return exc.code
-    if args.no_detach:
+    if getattr(args, "no_detach", False):  # restart has no --no-detach
         return start_foreground(plan, sys.stderr)
     return start_detached(plan, args.wait, sys.stdout, sys.stderr)
 

@@ -88,8 +88,13 @@ def plan_start(cfg: PandaConfig, args: argparse.Namespace, pidfile: Path, *,
         holder = lock_holder(pidfile)
         if holder is not None:
             raise StartError(exitcodes.RET_PIDFILE, str(PidFileBusy(pidfile, holder)))
-    for directory, code in ((pidfile.parent, exitcodes.RET_PIDFILE),
-                            (logs.directory, exitcodes.RET_FAILED)):
+    directories = [(pidfile.parent, exitcodes.RET_PIDFILE), (logs.directory, exitcodes.RET_FAILED)]
+    database = sqlite_file(cfg)
+    if database is not None and user is not None:
+        # the user's master must find the directory root found, not one of its own
+        os.environ.setdefault(STATE_DIR_VARIABLE, str(database.parent))
+        directories.append((database.parent, exitcodes.RET_FAILED))
+    for directory, code in directories:
         try:
             prepare_directory(directory, user)
         except OSError as exc:
@@ -106,6 +111,7 @@ def become_master(plan: Plan, ready: Callable[[int], None]) -> int:
     """
     from pandaserver.cli import MASTER_LOG_FORMAT, build_master
     from pandaserver.daemons import master as _master  # noqa: F401 - imported while readable
+    from pandaserver.daemons.fleet import StartupError
 
     if plan.user is not None:
         try:
@@ -134,14 +140,58 @@ def become_master(plan: Plan, ready: Callable[[int], None]) -> int:
                         " is gone)", plan.pidfile, stale)
         for problem in plan.cfg.daemon.problems:
             log.warning("%s", problem)
-        master = build_master(plan.cfg, plan.args, worker_log_file=str(plan.logs.workers),
-                              on_signal={signal.SIGUSR1: plan.logs.reopen})
+        if plan.user is not None:
+            check_database_writable(plan.cfg, plan.user)
+        try:
+            master = build_master(plan.cfg, plan.args, worker_log_file=str(plan.logs.workers),
+                                  on_signal={signal.SIGUSR1: plan.logs.reopen})
+        except StartupError as exc:
+            raise StartError(exc.code, str(exc)) from None
         for signum in (signal.SIGHUP, signal.SIGUSR1):  # until the loop installs its handlers
             signal.signal(signum, signal.SIG_IGN)
         ready(os.getpid())
         return master.run()
     finally:
         pidfile.release()
+
+
+# ----- the fleet database ------------------------------------------------------------------
+STATE_DIR_VARIABLE = "PANDA_DAEMON_STATE_DIR"
+
+
+def sqlite_file(cfg: PandaConfig) -> Path | None:
+    """The SQLite file holding the fleet tables, when that is the database (None for a
+    database server, or for settings the master itself will report)."""
+    try:
+        from pandaserver.db.engine import DatabaseConfigError, database_url
+    except ImportError:
+        return None
+    try:
+        url = database_url(cfg)
+    except (DatabaseConfigError, KeyError, ValueError):
+        return None
+    database = url.database or ""
+    if url.get_backend_name() != "sqlite" or database in ("", ":memory:") or \
+            database.startswith("file:"):
+        return None
+    return Path(database).expanduser().absolute()
+
+
+def check_database_writable(cfg: PandaConfig, user: ServiceUser) -> None:
+    """After the switch: SQLite needs to write its file and its directory (journal files)."""
+    database = sqlite_file(cfg)
+    if database is None:
+        return
+    directory = database.parent
+    files = [path for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm"))
+             if path.exists()]
+    if os.access(directory, os.W_OK | os.X_OK) and \
+            all(os.access(path, os.R_OK | os.W_OK) for path in files):
+        return
+    raise StartError(exitcodes.RET_FAILED,
+                     f"user {user.name} cannot write the SQLite database in {directory}: give"
+                     f" it the directory (chown -R {user.name}:{user.group} {directory}) or"
+                     " set db_url in [daemon]")
 
 
 # ----- detached ---------------------------------------------------------------------------

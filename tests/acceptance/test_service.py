@@ -1,0 +1,454 @@
+"""``panda-daemon start | stop | status | restart | reload | reopen-logs`` for real.
+
+Every test runs the real command in subprocesses against a pid file, log directory and
+config under a temporary directory, waits on conditions with deadlines, and at teardown
+finds every process it started (by a marker in their environment), kills what is left and
+fails if anything was.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from harness import FIXTURES, REPO, pid_alive, wait_for, write_config
+
+from pandaserver.service.pidfile import lock_holder, read_pid
+
+MARKER = "PANDA_SERVICE_TEST"
+POLL = 0.05
+RET_STALE, RET_NOT_RUNNING, RET_PIDFILE, RET_USER = 1, 3, 5, 6
+
+
+class Service:
+    """A service installation in a temporary directory, and every process it started."""
+
+    def __init__(self, root: Path, *, python: str = sys.executable, no_root: bool = True,
+                 pythonpath: list[str] | None = None) -> None:
+        self.root = root
+        self.logdir = root / "logs"
+        self.pidfile = root / "run" / "panda_daemon.pid"
+        self.record = root / "record.jsonl"
+        self.python = python
+        self.marker = uuid.uuid4().hex
+        self.env = {k: v for k, v in os.environ.items()
+                    if not k.startswith("PANDA_") and k != "NOTIFY_SOCKET"}
+        self.env.update({
+            "PYTHONPATH": os.pathsep.join([str(FIXTURES), str(REPO), *(pythonpath or [])]),
+            "PANDA_LOCK_DIR": str(self.pidfile.parent), "PANDA_TEST_RECORD": str(self.record),
+            "PANDA_DAEMON_STATE_DIR": str(root / "state"),  # the fleet's SQLite file
+            "PYTHONUNBUFFERED": "1", MARKER: self.marker})
+        if no_root:
+            self.env["PANDA_NO_ROOT"] = "1"
+        self.config = self.write({"quick": {"module": "record", "period": 2}})
+
+    def write(self, scripts: dict[str, dict[str, Any]], **daemon: Any) -> Path:
+        daemon.setdefault("stop_grace", 2)
+        return write_config(self.root, scripts, extra=f"[server]\nlogdir = {self.logdir}\n",
+                            **daemon)
+
+    def command(self) -> list[str]:
+        return [self.python, "-m", "pandaserver.cli", "-c", str(self.config)]
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*self.command(), *args], capture_output=True, text=True,
+                              timeout=timeout, env=self.env, stdin=subprocess.DEVNULL, cwd="/")
+
+    def start(self) -> int:
+        result = self.cli("start")
+        assert result.returncode == 0, result.stdout + result.stderr
+        pid = int(result.stdout.split("master pid ")[1].split()[0])
+        assert lock_holder(self.pidfile) == pid, "start returned before the master was up"
+        return pid
+
+    def stop(self) -> None:
+        result = self.cli("stop")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert not self.pidfile.exists()
+        assert self.processes() == [], "stop returned 0 with processes left"
+
+    def log(self, name: str = "panda_daemon_stdout.log") -> str:
+        path = self.logdir / name
+        return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+
+    def wait_log(self, text: str, name: str = "panda_daemon_stdout.log", count: int = 1,
+                 timeout: float = 15) -> None:
+        wait_for(lambda: self.log(name).count(text) >= count, timeout,
+                 f"{text!r} x{count} in {name}:\n{self.log(name)[-2000:]}", interval=POLL)
+
+    def workers(self, master: int, count: int) -> list[psutil.Process]:
+        def found() -> list[psutil.Process] | None:
+            children = [p for p in psutil.Process(master).children()
+                        if _title(p).startswith("panda_daemon: worker")]
+            return children if len(children) == count else None
+        return wait_for(found, 15, f"{count} workers of master {master}", interval=POLL)
+
+    def processes(self) -> list[psutil.Process]:
+        """Every live process started with this service's environment marker."""
+        found = []
+        for proc in psutil.process_iter():
+            try:
+                if proc.pid != os.getpid() and proc.status() != psutil.STATUS_ZOMBIE and \
+                        proc.environ().get(MARKER) == self.marker:
+                    found.append(proc)
+            except psutil.Error:
+                continue
+        return found
+
+    def cleanup(self) -> list[int]:
+        left = self.processes()
+        for proc in left:
+            try:
+                group = os.getpgid(proc.pid)
+                if group != os.getpgrp():
+                    os.killpg(group, signal.SIGKILL)
+                proc.kill()
+            except (OSError, psutil.Error):
+                pass
+        wait_for(lambda: not self.processes(), 10, "leftover processes to die", interval=POLL)
+        return [proc.pid for proc in left]
+
+
+def _title(proc: psutil.Process) -> str:
+    try:
+        return " ".join(part for part in proc.cmdline() if part).strip()
+    except psutil.Error:
+        return ""
+
+
+def events(svc: Service, event: str, name: str) -> list[dict[str, Any]]:
+    import json
+
+    if not svc.record.exists():
+        return []
+    rows = [json.loads(line) for line in svc.record.read_text().splitlines() if line.strip()]
+    return [row for row in rows if row["event"] == event and row["name"] == name]
+
+
+@pytest.fixture
+def svc(tmp_path: Path) -> Iterator[Service]:
+    service = Service(tmp_path)
+    yield service
+    left = service.cleanup()
+    assert not left, f"processes left behind: {left}\n{service.log()[-2000:]}"
+
+
+def test_start_status_second_start_and_stop(svc: Service) -> None:
+    svc.config = svc.write({"quick": {"module": "record", "period": 2},
+                            "slow": {"module": "record", "period": 60, "arguments": [30]}})
+    pid = svc.start()
+    assert read_pid(svc.pidfile) == pid
+    master = psutil.Process(pid)
+    assert master.ppid() != os.getpid() and os.getsid(pid) != os.getsid(0)  # detached
+    assert master.terminal() is None
+    wait_for(lambda: _title(master) == "panda_daemon: master", 10, "the master's title")
+    svc.workers(pid, 2)
+    wait_for(lambda: events(svc, "start", "slow"), 15, "slow to start", interval=POLL)
+
+    status = wait_for(lambda: (r := svc.cli("status")).stdout.count("worker ") == 2 and r, 15,
+                      "two workers in status")
+    assert status.returncode == 0
+    assert f"is running: master pid {pid} as " in status.stdout
+    assert " up 0h 00m " in status.stdout
+    assert "): running slow" in status.stdout, status.stdout
+
+    again = svc.cli("start")
+    assert again.returncode == RET_PIDFILE
+    assert f"already running (pid {pid} holds the pid file {svc.pidfile})" in again.stderr
+    assert lock_holder(svc.pidfile) == pid and read_pid(svc.pidfile) == pid
+
+    svc.wait_log("master started on")
+    svc.wait_log("[quick run ", name="panda-daemons.log")
+    assert "hello from quick" in svc.log("panda-daemons.log")
+    svc.stop()
+    status = svc.cli("status")
+    assert status.returncode == RET_NOT_RUNNING
+    assert "not running (no pid file" in status.stdout
+
+
+def test_reload_applies_changes_without_killing_runs_and_refuses_broken_config(
+        svc: Service) -> None:
+    svc.config = svc.write({"quick": {"module": "record", "period": 2},
+                            "gone": {"module": "record", "period": 2},
+                            "slow": {"module": "record", "period": 60, "arguments": [2]}})
+    pid = svc.start()
+    workers = {p.pid for p in svc.workers(pid, 2)}
+    running = wait_for(lambda: events(svc, "start", "slow"), 15, "slow to start")[0]
+    svc.write({"quick": {"module": "record", "period": 3},
+               "added": {"module": "record", "period": 2},
+               "slow": {"module": "record", "period": 60, "arguments": [2]}})
+    result = svc.cli("reload")
+    assert result.returncode == 0, result.stderr
+    assert f"sent SIGHUP to the master (pid {pid})" in result.stdout
+    for line in ("reload: script gone removed", "reload: script added added",
+                 "reload: script quick changed", "reload: configuration applied"):
+        svc.wait_log(line)
+    svc.wait_log("[added run ", name="panda-daemons.log")
+    ended = wait_for(lambda: events(svc, "end", "slow"), 15, "slow to finish its run")[0]
+    assert ended["pid"] == running["pid"], "the running script was not left to finish"
+    assert {p.pid for p in svc.workers(pid, 2)} == workers
+
+    svc.write({"quick": {"module": "record", "period": 2}}, n_proc=0)  # invalid
+    result = svc.cli("reload")
+    assert result.returncode == 2
+    assert "n_proc" in result.stderr and "not reloading" in result.stderr
+    os.kill(pid, signal.SIGHUP)  # as systemd's ExecReload does, without the check
+    svc.wait_log("reload refused, keeping the running configuration")
+    assert "must be at least 1, got: 0" in svc.log()
+
+    svc.config.write_text("[daemon\nnot a config\n")
+    assert svc.cli("reload").returncode == 2
+    os.kill(pid, signal.SIGHUP)
+    svc.wait_log("reload refused, keeping the running configuration", count=2)
+    assert "cannot parse" in svc.log()
+    runs = svc.log("panda-daemons.log").count("[added run ")
+    svc.wait_log("[added run ", name="panda-daemons.log", count=runs + 1)  # still scheduled
+    assert lock_holder(svc.pidfile) == pid
+    svc.stop()
+
+
+def test_stale_pid_file_is_detected_never_signalled_and_replaced(svc: Service) -> None:
+    svc.pidfile.parent.mkdir()
+    bystander = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        svc.pidfile.write_text(f"{bystander.pid}\n")  # a live process that is no master
+        status = svc.cli("status")
+        assert status.returncode == RET_STALE
+        assert f"stale (it names pid {bystander.pid}" in status.stdout
+        stop = svc.cli("stop")
+        assert stop.returncode == 0 and "removed the stale pid file" in stop.stdout
+        assert bystander.poll() is None and not svc.pidfile.exists()
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+    svc.pidfile.write_text(f"{bystander.pid}\n")  # now a dead master's
+    pid = svc.start()
+    assert read_pid(svc.pidfile) == pid
+    svc.wait_log(f"replaced the stale pid file {svc.pidfile}: pid {bystander.pid} held no lock")
+    svc.stop()
+
+
+def test_stop_kills_the_whole_family_after_its_timeout(svc: Service) -> None:
+    svc.config = svc.write({"stubborn": {"module": "hang", "arguments": ["stubborn"],
+                                         "period": 60, "timeout": 300}}, stop_grace=60)
+    pid = svc.start()
+    child = wait_for(lambda: events(svc, "start", "stubborn"), 15, "the stubborn script")[0]
+    began = time.monotonic()
+    result = svc.cli("stop", "--timeout", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert time.monotonic() - began < 15
+    assert "did not stop within 1 s: killing its process group and its workers" in result.stdout
+    assert not pid_alive(pid) and not pid_alive(child["child"]) and not pid_alive(child["pid"])
+    assert svc.processes() == [] and not svc.pidfile.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="starting as root needs root")
+def test_start_as_root_refuses_a_missing_user_or_group(svc: Service) -> None:
+    del svc.env["PANDA_NO_ROOT"]
+    cases = [({"uname": "no_such_user_panda"}, "user 'no_such_user_panda' (uname in [daemon]"),
+             ({"uname": "nobody", "gname": "no_such_group_panda"},
+              "group 'no_such_group_panda' (gname in [daemon]"),
+             ({}, "started as root, but uname is not set"),
+             ({"uname": "root"}, "is root: scripts never run as root unless PANDA_NO_ROOT")]
+    for keys, message in cases:
+        svc.write({"quick": {"module": "record", "period": 2}}, **keys)
+        result = svc.cli("start")
+        assert result.returncode == RET_USER, result.stderr
+        assert message in result.stderr
+        assert not svc.pidfile.exists() and svc.processes() == []
+
+
+def test_log_files_are_reopened_on_sigusr1(svc: Service) -> None:
+    pid = svc.start()
+    svc.wait_log("[quick run ", name="panda-daemons.log")
+    names = ("panda_daemon_stdout.log", "panda_daemon_stderr.log", "panda-daemons.log")
+    for name in names:
+        (svc.logdir / name).rename(svc.logdir / f"{name}.1")
+    os.kill(pid, signal.SIGUSR1)
+    svc.wait_log("log files reopened")
+    assert (svc.logdir / "panda_daemon_stderr.log").exists()
+    svc.wait_log("[quick run ", name="panda-daemons.log")  # workers follow by themselves
+    before = (svc.logdir / "panda_daemon_stdout.log.1").read_text()
+    svc.wait_log("quick run ", count=1)
+    assert (svc.logdir / "panda_daemon_stdout.log.1").read_text() == before
+    result = svc.cli("reopen-logs")
+    assert result.returncode == 0 and "reopens its log files" in result.stdout
+    svc.wait_log("log files reopened", count=2)
+    svc.stop()
+    assert svc.cli("reopen-logs").returncode == RET_NOT_RUNNING
+
+
+@pytest.mark.skipif(shutil.which("logrotate") is None, reason="logrotate is not installed")
+def test_shipped_logrotate_config_rotates_and_the_master_reopens(svc: Service) -> None:
+    pid = svc.start()
+    svc.wait_log("[quick run ", name="panda-daemons.log")
+    sysconf = svc.root / "sysconfig"
+    sysconf.write_text(f"PANDA_DAEMON='{' '.join(svc.command())}'\n")
+    text = (REPO / "etc" / "logrotate.d" / "panda_daemon").read_text()
+    conf = svc.root / "logrotate.conf"
+    conf.write_text(text.replace("/var/log/panda/", f"{svc.logdir}/")
+                    .replace("/etc/sysconfig/panda_server", str(sysconf)))
+    result = subprocess.run(["logrotate", "-f", "-s", str(svc.root / "logrotate.state"), str(conf)],
+                            capture_output=True, text=True, timeout=60, env=svc.env)
+    assert result.returncode == 0, result.stderr
+    assert list(svc.logdir.glob("panda_daemon_stdout.log-*"))
+    svc.wait_log("log files reopened")
+    svc.wait_log("[quick run ", name="panda-daemons.log")
+    assert lock_holder(svc.pidfile) == pid
+    svc.stop()
+
+
+def test_a_failure_after_detaching_is_reported_by_start(svc: Service) -> None:
+    svc.logdir.mkdir()
+    (svc.logdir / "panda_daemon_stdout.log").mkdir()  # cannot be opened as a file
+    result = svc.cli("start")
+    assert result.returncode == 1
+    assert "cannot start: cannot open a log file as user" in result.stderr
+    assert "Is a directory" in result.stderr
+    assert not svc.pidfile.exists() and svc.processes() == []
+
+
+def test_not_enabled_fatal_config_and_restart(svc: Service) -> None:
+    svc.write({"quick": {"module": "record", "period": 2}}, enable="False")
+    result = svc.cli("start")
+    assert result.returncode == 0 and "is not enabled" in result.stdout
+    assert not svc.pidfile.exists() and svc.processes() == []
+
+    svc.write({"quick": {"module": "record", "period": 2}}, n_proc="two")
+    result = svc.cli("start")
+    assert result.returncode == 2 and "n_proc" in result.stderr
+
+    svc.write({"quick": {"module": "record", "period": 2}})
+    pid = svc.start()
+    svc.write({"quick": {"module": "record", "period": 2}}, n_proc="two")
+    result = svc.cli("restart")
+    assert result.returncode == 2 and "not restarting" in result.stderr
+    assert lock_holder(svc.pidfile) == pid
+    svc.write({"quick": {"module": "record", "period": 2}})
+    result = svc.cli("restart")
+    assert result.returncode == 0, result.stderr
+    assert f"stopped (master pid {pid})" in result.stdout
+    assert not pid_alive(pid)
+    assert lock_holder(svc.pidfile) not in (None, pid)
+    svc.stop()
+
+
+def test_no_detach_is_the_main_process_and_notifies_systemd(svc: Service) -> None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(svc.root / "notify"))
+    sock.settimeout(15)
+    env = {**svc.env, "NOTIFY_SOCKET": str(svc.root / "notify")}
+    proc = subprocess.Popen([*svc.command(), "start", "--no-detach"], env=env,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        message = sock.recv(4096).decode()
+        assert "READY=1" in message and f"MAINPID={proc.pid}" in message
+        assert lock_holder(svc.pidfile) == proc.pid
+        for worker in svc.workers(proc.pid, 2):
+            assert "NOTIFY_SOCKET" not in worker.environ()
+        svc.wait_log("master started on")
+        proc.send_signal(signal.SIGTERM)  # systemctl stop
+        assert proc.wait(20) == 0  # inactive, not failed
+    finally:
+        sock.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not svc.pidfile.exists()
+    wait_for(lambda: not svc.processes(), 10, "the workers to end", interval=POLL)
+
+
+# ----- started as root: the switch to an unprivileged user ---------------------------------
+def _python_for(uid: int, gid: int, path: list[str]) -> str:
+    """An interpreter the user can run with our packages (the venv's Python may live under
+    /root, which the user cannot read; Debian's of the same version shares the ABI)."""
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for candidate in (sys.executable, f"/usr/bin/{version}", f"/usr/local/bin/{version}"):
+        try:
+            probe = subprocess.run(
+                [candidate, "-c", "import psutil, setproctitle, daemon, pandaserver.cli"],
+                env={"PYTHONPATH": os.pathsep.join(path), "PATH": os.environ["PATH"]},
+                user=uid, group=gid, extra_groups=[], capture_output=True, cwd="/", check=False)
+        except OSError:  # not there, or not executable by the user
+            continue
+        if probe.returncode == 0:
+            return candidate
+    pytest.fail(f"no Python interpreter that uid {uid} can run with this project: make the"
+                " virtualenv's interpreter readable by it", pytrace=False)
+
+
+@pytest.fixture
+def nobody_svc() -> Iterator[Service]:
+    if os.geteuid() != 0:
+        pytest.skip("the switch to another user needs root")
+    user, group = pwd.getpwnam("nobody"), grp.getgrnam("nogroup")
+    root = Path(tempfile.mkdtemp(prefix="panda-service-"))  # not under pytest's 0700 tmp
+    root.chmod(0o755)
+    path = [str(FIXTURES), str(REPO), sysconfig.get_paths()["purelib"]]
+    service = Service(root, python=_python_for(user.pw_uid, group.gr_gid, path),
+                      no_root=False, pythonpath=path[2:])
+    service.write({"quick": {"module": "record", "period": 2}}, uname="nobody",
+                  gname="nogroup")
+    service.config.chmod(0o644)
+    try:
+        yield service
+        left = service.cleanup()
+        assert not left, f"processes left behind: {left}\n{service.log()[-2000:]}"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_started_as_root_everything_runs_as_uname_gname(nobody_svc: Service) -> None:
+    svc = nobody_svc
+    uid, gid = pwd.getpwnam("nobody").pw_uid, grp.getgrnam("nogroup").gr_gid
+    svc.record.touch()
+    os.chown(svc.record, uid, gid)
+    pid = svc.start()
+    for proc in [psutil.Process(pid), *svc.workers(pid, 2)]:
+        assert tuple(proc.uids()) == (uid, uid, uid), proc
+        assert tuple(proc.gids()) == (gid, gid, gid), proc
+    run = wait_for(lambda: events(svc, "start", "quick"), 15, "a script run")[0]
+    assert psutil.Process(run["pid"]).uids().real == uid
+    for path in (svc.logdir, svc.pidfile.parent, svc.logdir / "panda_daemon_stdout.log",
+                 svc.logdir / "panda-daemons.log", svc.pidfile, svc.root / "state"):
+        assert (path.stat().st_uid, path.stat().st_gid) == (uid, gid), path
+    svc.write({"quick": {"module": "record", "period": 2},  # re-read as nobody
+               "added": {"module": "record", "period": 2}}, uname="nobody", gname="nogroup")
+    assert svc.cli("reload").returncode == 0
+    svc.wait_log("reload: script added added")
+    svc.stop()
+
+
+def test_started_as_root_directories_the_user_cannot_write_fail_start(
+        nobody_svc: Service) -> None:
+    svc = nobody_svc
+    state = svc.root / "state"
+    state.mkdir(mode=0o755)  # exists, owned by root: the master, as nobody, cannot write
+    result = svc.cli("start")
+    assert result.returncode == 1
+    assert f"user nobody cannot write the SQLite database in {state}" in result.stderr
+    assert not svc.pidfile.exists() and svc.processes() == []
+
+    os.chown(state, pwd.getpwnam("nobody").pw_uid, grp.getgrnam("nogroup").gr_gid)
+    shutil.rmtree(svc.logdir)  # the first start created it, and the files, for nobody
+    svc.logdir.mkdir(mode=0o755)
+    result = svc.cli("start")
+    assert result.returncode == 1
+    assert "cannot open a log file as user nobody: Permission denied" in result.stderr
+    assert not svc.pidfile.exists() and svc.processes() == []
