@@ -133,7 +133,11 @@ def build_master(cfg: PandaConfig, args: argparse.Namespace, **options: Any) -> 
         clock = SystemClock(wall_offset_from_env())
     except ValueError as exc:
         raise StartupError(exitcodes.RET_CONFIG, str(exc)) from None
+    from pandaserver.daemons.status import status_path
+    from pandaserver.db.engine import default_state_dir
+
     server = server_name(args)
+    options.setdefault("status_file", status_path(default_state_dir(), server))
     return Master(cfg.daemon, server=server, log_level=args.log_level, clock=clock,
                   reload_settings=reload_settings, fleet=open_fleet(cfg, server, clock),
                   config_path=str(cfg.path), **options)

@@ -16,6 +16,7 @@ import selectors
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pandaserver.config.daemon import DaemonSettings
@@ -34,6 +35,7 @@ from pandaserver.daemons.processes import any_alive, finish_kill, set_title
 from pandaserver.daemons.runs import LogRecorder, Recorder, Run, RunRecord
 from pandaserver.daemons.schedule import ScriptState
 from pandaserver.daemons.states import WorkerState
+from pandaserver.daemons.status import StatusFile
 
 log = logging.getLogger("panda.master")
 
@@ -61,6 +63,7 @@ class Master:
         worker_log_file: str | None = None,
         fleet: FleetDb | None = None,
         config_path: str | None = None,
+        status_file: Path | None = None,
     ) -> None:
         self.settings = settings
         self.server = server
@@ -90,6 +93,12 @@ class Master:
         self.extra_events: list[Callable[[float], float | None]] = []
         if fleet is not None:
             self.extra_events.append(fleet.tick)
+        self.started = self.clock.monotonic()
+        self.last_outcomes: dict[str, tuple[str, float]] = {}
+        self.status = StatusFile(status_file) if status_file is not None else None
+        if self.status is not None:
+            status = self.status
+            self.extra_events.append(lambda now: status.tick(self, now))
 
     # ----- set-up -------------------------------------------------------------------------
     @property
@@ -134,6 +143,8 @@ class Master:
                 self._dispatch(now)
                 self._warn_late(now)
             self._wait(self._next_event(now) - now)
+        if self.status is not None:
+            self.status.tick(self, self.clock.monotonic(), force=True)
         log.info("master stopped")
         if self.only is not None:
             return ONCE_EXIT.get(self.once_outcome or protocol.LOST, exitcodes.RET_LOST)
@@ -470,6 +481,7 @@ class Master:
                             ended - started, over, state.spec.period)
             if state.spec.sync:
                 self.leases.release(state.spec, run.generation)
+        self.last_outcomes[run.script] = (outcome, ended)
         self.recorder.record(RunRecord(
             script=run.script, server=self.server, pid=run.pid, run_id=run.id,
             generation=run.generation, outcome=outcome, error=error,

@@ -1,0 +1,117 @@
+"""The local master's state as a JSON file, for ``panda-daemon status`` and the web pages.
+
+The master rewrites ``<state dir>/status-<server>.json`` atomically (write, then rename)
+at most once per ``MIN_INTERVAL`` while something changed, and at start and stop.
+Monotonic times are turned into "seconds from now" at write time, with the write time
+itself in wall-clock seconds (``written_at``), so a reader can age the figures.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pandaserver.daemons.master import Master
+
+log = logging.getLogger("panda.master")
+
+MIN_INTERVAL = 1.0
+
+
+def status_path(state_dir: Path, server: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in server)
+    return state_dir / f"status-{safe}.json"
+
+
+def snapshot(master: Master, now: float) -> dict[str, Any]:
+    workers = []
+    for slot in sorted(master.slots.values(), key=lambda s: s.index):
+        run = slot.run
+        workers.append({
+            "index": slot.index, "pid": slot.pid, "state": slot.state.value,
+            "age": round(now - slot.born, 3), "lifetime_left": round(slot.expires - now, 3),
+            "script": run.script if run else None, "run": run.id if run else None,
+            "running_for": round(now - run.dispatched, 3) if run else None,
+        })
+    scripts = []
+    for name, state in sorted(master.scripts.items()):
+        last = master.last_outcomes.get(name)
+        scripts.append({
+            "name": name, "period": state.spec.period, "timeout": state.spec.timeout,
+            "sync": state.spec.sync, "loop": state.spec.loop,
+            "running": state.running is not None,
+            "next_due_in": None if state.running is not None else round(state.next_due - now, 3),
+            "disabled": state.disabled,
+            "last_outcome": last[0] if last else None,
+            "last_ended_ago": round(now - last[1], 3) if last else None,
+        })
+    return {
+        "server": master.server, "pid": os.getpid(), "written_at": time.time(),
+        "started_ago": round(now - master.started, 3), "stopping": master.stopping,
+        "n_proc": master.n_proc, "workers": workers, "scripts": scripts,
+        "database": None if master.fleet is None else {
+            "available": master.fleet.down_since is None,
+            "pending_history": len(master.fleet.pending),
+        },
+    }
+
+
+def signature(master: Master) -> tuple[Any, ...]:
+    """What changes the file's meaning (not the mere passing of time)."""
+    return (
+        master.stopping,
+        tuple((s.index, s.pid, s.state, s.run.id if s.run else None)
+              for s in master.slots.values()),
+        tuple((n, st.running, st.next_due, st.disabled) for n, st in master.scripts.items()),
+        None if master.fleet is None else master.fleet.down_since,
+    )
+
+
+class StatusFile:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.dirty = True
+        self.next_write = 0.0
+        self._failed = False
+        self._written: tuple[Any, ...] | None = None
+
+    def tick(self, master: Master, now: float, force: bool = False) -> float | None:
+        """Write when something changed (at most once per ``MIN_INTERVAL``); return when to
+        be called again (None: nothing pending, so an idle master sleeps)."""
+        current = signature(master)
+        if current != self._written:
+            self.dirty = True
+        if not self.dirty and not force:
+            return None
+        if now < self.next_write and not force:
+            return self.next_write
+        self._write(snapshot(master, now))
+        self._written = current
+        self.dirty = False
+        self.next_write = now + MIN_INTERVAL
+        return None
+
+    def _write(self, data: dict[str, Any]) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+            os.replace(tmp, self.path)
+            self._failed = False
+        except OSError as exc:
+            if not self._failed:
+                log.warning("cannot write the status file %s: %s", self.path, exc)
+            self._failed = True
+
+
+def read_status(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
