@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pandaserver.config.files import expand_env, key_line_numbers
-from pandaserver.config.problems import ConfigProblem, did_you_mean
+from pandaserver.config.problems import ConfigProblem, did_you_mean, shown_value
 from pandaserver.config.scripts import DaemonSpec, parse_script
 
 _TRUE = {"1", "yes", "true", "on"}
@@ -151,7 +151,8 @@ def parse_daemon_section(
             settings.problems.append(
                 ConfigProblem(
                     where,
-                    f"unknown key (value {section[key]!r}){did_you_mean(key, ALL_KEYS)};"
+                    f"unknown key (value {shown_value(key, section[key])})"
+                    f"{did_you_mean(key, ALL_KEYS)};"
                     f" allowed keys: {', '.join(sorted(ALL_KEYS))}",
                     key=key,
                 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -34,6 +35,17 @@ class ConfigError(Exception):
     def __init__(self, problems: Iterable[ConfigProblem | str]) -> None:
         self.problems = [str(p) for p in problems]
         super().__init__("\n".join(self.problems))
+
+
+_SECRET_KEY = re.compile(r"pass|secret|token|credential", re.IGNORECASE)
+_URL_USERINFO = re.compile(r"://[^/\s@]*:[^/\s@]*@")
+
+
+def shown_value(key: str, value: str) -> str:
+    """A value quoted for a message, unless it may hold a password."""
+    if _SECRET_KEY.search(key) or _URL_USERINFO.search(value):
+        return "(value hidden: it may hold a password)"
+    return repr(value)
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

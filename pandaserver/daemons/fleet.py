@@ -219,7 +219,9 @@ def open_fleet(cfg: PandaConfig, server: str, clock: Clock) -> FleetDb:
     unreachable database does not: the master starts in an outage and resumes by itself.
     """
     try:
-        engine = make_engine(cfg)
+        # autocommit without a ping: one round trip per lease grant (lease statements retry
+        # once on a fresh connection after a dropped one)
+        engine = make_engine(cfg, autocommit=True, pre_ping=False)
     except (DatabaseConfigError, KeyError, ValueError) as exc:
         raise StartupError(exitcodes.RET_CONFIG, f"database settings: {exc}") from None
     fleet = FleetDb(engine, server, cfg.daemon, clock.monotonic, clock.wall())

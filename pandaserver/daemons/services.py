@@ -1,40 +1,69 @@
 """Build the ``tbuf`` a worker hands to scripts.
 
-With a config file it is the database-backed ``TaskBuffer`` (its engine is created in the
-worker on first use, never inherited); without one, ``LocalServices`` carries only the
-run context.
+With a config file it is the database-backed ``TaskBuffer``, created on first use in the
+worker (so an engine is never inherited, and a worker whose scripts never touch the
+database never imports SQLAlchemy); without one, ``LocalServices`` carries only the run
+context.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
-from pandaserver.taskbuffer.taskbuffer import RunContext
-
 log = logging.getLogger("panda.worker")
+
+
+@dataclass(frozen=True)
+class Context:
+    """Which run a ``tbuf`` serves (the same fields as ``taskbuffer.RunContext``)."""
+
+    script: str | None = None
+    run_id: int | None = None
+    generation: int | None = None
 
 
 class LocalServices:
     """A ``tbuf`` with the run context and no database."""
 
     def __init__(self) -> None:
-        self.context = RunContext()
+        self.context: Any = Context()
+
+
+class LazyTaskBuffer:
+    """Stands in for ``TaskBuffer``: builds it at the first use of anything but ``context``."""
+
+    def __init__(self, config_path: str) -> None:
+        self._config_path = config_path
+        self._real: Any = None
+        self.context: Any = Context()
+
+    def _load(self) -> Any:
+        if self._real is None:
+            from pandaserver.config import load_config
+            from pandaserver.taskbuffer.taskbuffer import RunContext, TaskBuffer
+
+            self._real = TaskBuffer.from_config(load_config(self._config_path))
+            ctx = self.context
+            self._real.context = RunContext(ctx.script, ctx.run_id, ctx.generation)
+        return self._real
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self._load(), name)
 
 
 def make_tbuf(config_path: str | None) -> Any:
-    if not config_path:
-        return LocalServices()
-    from pandaserver.config import ConfigError, load_config
-    from pandaserver.taskbuffer.taskbuffer import TaskBuffer
-
-    try:
-        return TaskBuffer.from_config(load_config(config_path))
-    except ConfigError as exc:
-        log.error("scripts get no database: cannot read %s: %s", config_path, exc)
-        return LocalServices()
+    return LazyTaskBuffer(config_path) if config_path else LocalServices()
 
 
 def set_context(tbuf: Any, script: str | None, run_id: int | None,
                 generation: int | None) -> None:
-    tbuf.context = RunContext(script=script, run_id=run_id, generation=generation)
+    tbuf.context = Context(script=script, run_id=run_id, generation=generation)
+    real = getattr(tbuf, "_real", None)
+    if real is not None:
+        from pandaserver.taskbuffer.taskbuffer import RunContext
+
+        real.context = RunContext(script=script, run_id=run_id, generation=generation)

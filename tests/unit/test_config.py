@@ -112,3 +112,11 @@ def test_unparsable_file(tmp_path: Path) -> None:
     path.write_text("no section header\n")
     with pytest.raises(ConfigError, match="cannot parse"):
         load_config(str(path))
+
+
+def test_unknown_key_never_shows_a_password(tmp_path: Path) -> None:
+    found = problems(tmp_path, '{"a": {"period": 1}}',
+                     db_ulr="postgresql://panda:s3cret@db/panda", dbpassword="s3cret")
+    text = "\n".join(found)
+    assert "s3cret" not in text
+    assert "key 'db_ulr': unknown key (value hidden" in text and 'did you mean "db_url"' in text
