@@ -44,7 +44,7 @@ _URL_USERINFO = re.compile(r"://[^/\s@]*:[^/\s@]*@")
 def shown_value(key: str, value: str) -> str:
     """A value quoted for a message, unless it may hold a password."""
     if _SECRET_KEY.search(key) or _URL_USERINFO.search(value):
-        return "(value hidden: it may hold a password)"
+        return "hidden: it may hold a password"
     return repr(value)
 
 
