@@ -35,11 +35,20 @@ class ServerRow:
     last_seen: datetime
     config_hash: str
     db_now: datetime
+    server_time: datetime | None = None
 
     @property
     def age(self) -> float:
         """Seconds since the last heartbeat, by the database clock."""
         return (self.db_now - self.last_seen).total_seconds()
+
+    @property
+    def clock_offset(self) -> float | None:
+        """The server's wall clock minus the database clock at its last beat (seconds;
+        positive: the server is ahead), None when the master did not send its time."""
+        if self.server_time is None:
+            return None
+        return (self.server_time - self.last_seen).total_seconds()
 
 
 class HeartbeatStore:
@@ -47,16 +56,19 @@ class HeartbeatStore:
         self.engine = engine
 
     def beat(
-        self, server: str, pid: int, version: str, started_at: datetime, config_hash: str
+        self, server: str, pid: int, version: str, started_at: datetime, config_hash: str,
+        server_time: datetime | None = None,
     ) -> None:
         """Insert or refresh this server's row; ``last_seen`` is the database's now.
 
-        ``started_at`` is the master's start (aware; for display only).
+        ``started_at`` is the master's start (aware; for display only). ``server_time``
+        is the master's wall clock now (aware), read just before the beat: compared with
+        ``last_seen`` it shows the server's clock offset to the database.
         """
         t = daemon_server
         values: dict[str, Any] = {
             "pid": pid, "version": version, "started_at": started_at,
-            "last_seen": db_now_expr(), "config_hash": config_hash,
+            "last_seen": db_now_expr(), "config_hash": config_hash, "server_time": server_time,
         }
         with self.engine.begin() as conn:
             try:

@@ -87,6 +87,9 @@ daemon_server = Table(
     Column("started_at", UtcDateTime, nullable=False),
     Column("last_seen", UtcDateTime, nullable=False),
     Column("config_hash", String(64), nullable=False),
+    # the master's wall clock at its last beat (NULL from older masters): with last_seen,
+    # the server's clock offset to the database
+    Column("server_time", UtcDateTime, nullable=True),
 )
 
 # The PanDA process locks of TaskBuffer.lockProcess_PANDA & co. (JEDI_Process_Lock
