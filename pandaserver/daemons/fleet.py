@@ -146,7 +146,8 @@ class FleetDb:
     def record(self, rec: RunRecord) -> None:
         row = dbhistory.RunRecord(
             script=rec.script, server=rec.server, pid=rec.pid, outcome=rec.outcome,
-            error=rec.error, generation=rec.generation, duration=max(0.0, rec.duration))
+            error=rec.error, generation=rec.generation, duration=max(0.0, rec.duration),
+            ended_ago=max(0.0, self.monotonic() - rec.ended) if rec.ended else 0.0)
         try:
             self.call("history", lambda: self.history.record(row))
         except Unavailable:

@@ -432,8 +432,13 @@ class Master:
             slot.run = run
             state.running = run.id
             state.run_started = now
-            state.next_due = (math.inf if self.only is not None else
-                              schedule.next_due_after_start(state.next_due, now, spec.period))
+            if self.only is not None:
+                state.next_due = math.inf
+            elif generation is not None:
+                # the fleet-wide due time the lease just set: this grant + period
+                state.next_due = now + spec.period
+            else:
+                state.next_due = schedule.next_due_after_start(state.next_due, now, spec.period)
             log.debug("%s dispatched to worker %d (due %.3f s ago)", run.label, slot.index,
                       now - run.due)
 
@@ -446,7 +451,7 @@ class Master:
                 script=state.spec.name, server=self.server, pid=os.getpid(),
                 run_id=self.run_counter, generation=None, outcome=protocol.SKIPPED,
                 error=f"lease held by {decision.holder}", wall_started=self.clock.wall(),
-                duration=0.0, dispatch_delay=0.0, queued=now - state.next_due))
+                duration=0.0, dispatch_delay=0.0, queued=now - state.next_due, ended=now))
         elif decision.unavailable:
             log.debug("%s skipped: no lease while the database is unavailable", state.spec.name)
         else:
@@ -487,7 +492,7 @@ class Master:
             generation=run.generation, outcome=outcome, error=error,
             wall_started=run.wall_dispatched, duration=max(0.0, ended - started),
             dispatch_delay=started - run.due,  # negative would mean early: never
-            queued=run.dispatched - run.due))
+            queued=run.dispatched - run.due, ended=ended))
         if self.only is not None:
             self.once_outcome = outcome
             if not self.stopping:

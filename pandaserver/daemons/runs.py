@@ -52,6 +52,7 @@ class RunRecord:
     duration: float
     dispatch_delay: float  # main() called minus due time
     queued: float  # handed to a worker minus due time (waiting for a free worker)
+    ended: float = 0.0  # monotonic time the run ended (history dates the run from it)
 
 
 class Recorder(Protocol):
