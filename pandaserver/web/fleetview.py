@@ -1,0 +1,167 @@
+"""The fleet as the pages, the API, the metrics and ``panda-daemon fleet`` see it.
+
+``FleetReader`` joins the database (``queries``) with this server's configuration (the
+scripts' periods) and the local status files (workers), and hands out ``Overview`` and
+``ScriptDetail`` objects; ``jsonable`` turns them into the JSON of the API.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+
+from pandaserver.config import PandaConfig
+from pandaserver.config.scripts import DaemonSpec
+from pandaserver.db.engine import make_engine
+from pandaserver.db.history import RunRow
+from pandaserver.db.leases import LeaseRow
+from pandaserver.web import queries
+from pandaserver.web.localstatus import local_masters
+from pandaserver.web.model import ScriptView, ServerView, script_views, server_views
+from pandaserver.web.settings import WebSettings
+
+STATEMENT_TIMEOUT = 10.0  # seconds; a page never waits longer on one statement
+
+
+@dataclass(frozen=True)
+class LocalMaster:
+    """A master of this host, from its status file."""
+
+    server: str
+    pid: int | None
+    alive: bool
+    n_proc: int | None
+    workers_alive: int
+    database_available: bool | None
+    pending_history: int | None
+
+
+@dataclass(frozen=True)
+class Overview:
+    db_now: datetime
+    stale_factor: float
+    servers: list[ServerView]
+    scripts: list[ScriptView]
+    leases: list[LeaseRow]
+    local: list[LocalMaster] = field(default_factory=list)
+
+    @property
+    def stale(self) -> list[ScriptView]:
+        return [s for s in self.scripts if s.stale]
+
+    @property
+    def late(self) -> list[ScriptView]:
+        return [s for s in self.scripts if s.late]
+
+    @property
+    def mismatched(self) -> list[ServerView]:
+        return [s for s in self.servers if s.config_mismatch]
+
+    @property
+    def silent(self) -> list[ServerView]:
+        return [s for s in self.servers if not s.alive]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "stale": [s.name for s in self.stale], "late": [s.name for s in self.late],
+            "config_mismatch": [s.server for s in self.mismatched],
+            "silent_servers": [s.server for s in self.silent],
+        }
+
+
+@dataclass(frozen=True)
+class ScriptDetail:
+    db_now: datetime
+    script: ScriptView | None  # None: named nowhere (no config, history or lease)
+    runs: list[RunRow]
+
+
+def local_master_views(state_dir: Path | None) -> list[LocalMaster]:
+    found = []
+    for data in local_masters(state_dir):
+        database = data.get("database") if isinstance(data.get("database"), dict) else None
+        pid = data.get("pid")
+        n_proc = data.get("n_proc")
+        found.append(LocalMaster(
+            server=str(data.get("server", "?")), pid=pid if isinstance(pid, int) else None,
+            alive=bool(data["master_alive"]), n_proc=n_proc if isinstance(n_proc, int) else None,
+            workers_alive=int(data["workers_alive"]),
+            database_available=bool(database["available"]) if database else None,
+            pending_history=int(database.get("pending_history", 0)) if database else None,
+        ))
+    return found
+
+
+class FleetReader:
+    """Reads the fleet for one configuration; the engine is made on first use, in the
+    process that uses it (safe under forking WSGI servers), and shared by its threads."""
+
+    def __init__(self, cfg: PandaConfig, settings: WebSettings,
+                 state_dir: Path | None = None) -> None:
+        self.cfg = cfg
+        self.settings = settings
+        self.state_dir = state_dir
+        self._engine: Engine | None = None
+        self._engine_pid = 0
+        self._lock = threading.Lock()
+
+    @property
+    def specs(self) -> Mapping[str, DaemonSpec]:
+        return self.cfg.daemon.scripts
+
+    @property
+    def engine(self) -> Engine:
+        import os
+
+        with self._lock:
+            if self._engine is None or self._engine_pid != os.getpid():
+                self._engine = make_engine(self.cfg, pool_size=4,
+                                           statement_timeout=STATEMENT_TIMEOUT)
+                self._engine_pid = os.getpid()
+            return self._engine
+
+    def dispose(self) -> None:
+        with self._lock:
+            if self._engine is not None:
+                self._engine.dispose()
+                self._engine = None
+
+    def overview(self) -> Overview:
+        snap = queries.read_fleet(self.engine)
+        servers = server_views(snap.servers, self.cfg.daemon.heartbeat_interval)
+        scripts = script_views(self.specs, snap.last_runs, snap.facts, snap.leases, servers,
+                               snap.db_now, self.settings.stale_factor)
+        return Overview(db_now=snap.db_now, stale_factor=self.settings.stale_factor,
+                        servers=servers, scripts=scripts, leases=snap.leases,
+                        local=local_master_views(self.state_dir))
+
+    def script(self, name: str, limit: int) -> ScriptDetail:
+        overview = self.overview()
+        view = next((s for s in overview.scripts if s.name == name), None)
+        now, runs = queries.read_runs(self.engine, name, limit)
+        return ScriptDetail(db_now=now, script=view, runs=runs)
+
+
+def jsonable(value: Any) -> Any:
+    """Dataclasses (with their ``duration``-like properties), datetimes as ISO 8601 text."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out = {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        for extra in ("duration", "held", "uptime", "expires_in", "due_in"):
+            attr = getattr(type(value), extra, None)
+            if isinstance(attr, property):
+                out[extra] = jsonable(getattr(value, extra))
+        return out
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    return value

@@ -1,0 +1,38 @@
+"""Times and durations as people read them (pages, ``fleet``, ``status``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+
+def span(value: float | None) -> str:
+    """A number of seconds, short: ``4.2s``, ``12m``, ``3.5h``, ``2.0d`` (``-`` for None)."""
+    if value is None:
+        return "-"
+    sign, value = ("-" if value < 0 else ""), abs(value)
+    if value < 100:
+        return f"{sign}{value:.1f}s"
+    if value < 6000:
+        return f"{sign}{value / 60:.0f}m"
+    if value < 172800:
+        return f"{sign}{value / 3600:.1f}h"
+    return f"{sign}{value / 86400:.1f}d"
+
+
+def relative(value: float | None) -> str:
+    """Seconds from now: ``in 4.2s`` or ``4.2s ago``."""
+    if value is None:
+        return "-"
+    return f"in {span(value)}" if value > 0 else f"{span(-value)} ago"
+
+
+def when(value: datetime | None) -> str:
+    """A UTC time, to the second."""
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
+
+
+def offset(value: float | None) -> str:
+    """A clock offset with its sign (``+0.004s``), ``?`` when unknown."""
+    if value is None:
+        return "?"
+    return f"{value:+.3f}s" if abs(value) < 100 else ("+" if value > 0 else "-") + span(abs(value))

@@ -1,0 +1,143 @@
+"""The masters of this host, from their status files (``<state dir>/status-<server>.json``).
+
+The master rewrites its file when something changes (see ``pandaserver.daemons.status``);
+times in it are "seconds from when it was written" (``written_at``, wall clock), so a
+reader ages them by the time since. ``local_status(server)`` finds and reads one file;
+``render_local_status(data)`` turns it into the text of ``panda-daemon status``;
+``local_masters()`` reads every file (workers alive per server for the fleet pages).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from pandaserver.daemons.status import read_status, status_path
+from pandaserver.db.engine import default_state_dir
+from pandaserver.web.fmt import span
+
+STATUS_GLOB = "status-*.json"
+
+
+def pid_alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _annotate(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    master_alive = pid_alive(data.get("pid"))
+    workers = data.get("workers")
+    alive = 0
+    if master_alive and isinstance(workers, list):
+        alive = sum(1 for w in workers if isinstance(w, dict) and pid_alive(w.get("pid")))
+    return {**data, "status_file": str(path), "master_alive": master_alive,
+            "workers_alive": alive}
+
+
+def local_status(server: str | None = None, state_dir: Path | None = None
+                 ) -> dict[str, Any] | None:
+    """The status of the local master named ``server``, as its file holds it, plus
+    ``status_file``, ``master_alive`` and ``workers_alive``; None when there is none.
+
+    Without ``server``: this host's short name if such a file exists, else the newest file
+    of a master that is alive, else the newest file.
+    """
+    directory = state_dir if state_dir is not None else default_state_dir()
+    if server is not None:
+        path = status_path(directory, server)
+        data = read_status(path)
+        return _annotate(data, path) if data is not None else None
+    from pandaserver.cli import short_hostname
+
+    mine = status_path(directory, short_hostname())
+    data = read_status(mine)
+    if data is not None:
+        return _annotate(data, mine)
+    found = local_masters(directory)
+    found.sort(key=lambda d: (d["master_alive"], _number(d.get("written_at"))), reverse=True)
+    return found[0] if found else None
+
+
+def local_masters(state_dir: Path | None = None) -> list[dict[str, Any]]:
+    """Every readable status file of the state directory, annotated as by ``local_status``."""
+    directory = state_dir if state_dir is not None else default_state_dir()
+    masters = []
+    for path in sorted(directory.glob(STATUS_GLOB)):
+        data = read_status(path)
+        if data is not None:
+            masters.append(_annotate(data, path))
+    return masters
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+def _aged(value: object, age: float, sign: int) -> float | None:
+    """A "seconds from the write" figure moved to now (``sign`` +1: an age, -1: a delay)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    return float(value) + sign * age
+
+
+def _columns(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+            for row in rows]
+
+
+def render_local_status(data: dict[str, Any], now: float | None = None) -> str:
+    """The local master's workers (what each runs) and scripts (next due), as text."""
+    now = time.time() if now is None else now
+    age = max(0.0, now - _number(data.get("written_at")))
+    alive = data.get("master_alive", True)
+    head = f"master {data.get('server', '?')} pid {data.get('pid', '?')}"
+    if alive:
+        head += f", up {span(_aged(data.get('started_ago'), age, +1))}"
+        if data.get("stopping"):
+            head += ", stopping"
+    else:
+        head += " is not running"
+    lines = [f"{head} (status written {span(age)} ago)"]
+    database = data.get("database")
+    if isinstance(database, dict):
+        state = "available" if database.get("available") else "UNAVAILABLE"
+        lines.append(f"database: {state}, {database.get('pending_history', 0)} history row(s)"
+                     " waiting to be written")
+    workers = [w for w in data.get("workers") or [] if isinstance(w, dict)]
+    lines.append("")
+    lines.append(f"workers ({len(workers)} of n_proc {data.get('n_proc', '?')}):")
+    rows = [["WORKER", "PID", "STATE", "RUNNING", "FOR", "AGE"]]
+    for w in workers:
+        script = w.get("script")
+        rows.append([str(w.get("index", "?")), str(w.get("pid", "-")), str(w.get("state", "?")),
+                     f"{script} run {w.get('run')}" if script else "-",
+                     span(_aged(w.get("running_for"), age, +1)) if script else "-",
+                     span(_aged(w.get("age"), age, +1))])
+    lines.extend("  " + line for line in _columns(rows))
+    scripts = [s for s in data.get("scripts") or [] if isinstance(s, dict)]
+    lines.append("")
+    lines.append(f"scripts ({len(scripts)}):")
+    rows = [["SCRIPT", "PERIOD", "SYNC", "NEXT DUE", "LAST OUTCOME"]]
+    for s in scripts:
+        if s.get("disabled"):
+            due = f"not scheduled: {s['disabled']}"
+        elif s.get("running"):
+            due = "running now"
+        else:
+            left = _aged(s.get("next_due_in"), age, -1)
+            due = "-" if left is None else ("now" if left <= 0 else f"in {span(left)}")
+        last = s.get("last_outcome")
+        ended = _aged(s.get("last_ended_ago"), age, +1)
+        rows.append([str(s.get("name", "?")), span(_number(s.get("period"))),
+                     "yes" if s.get("sync") else "no", due,
+                     f"{last} {span(ended)} ago" if last else "-"])
+    lines.extend("  " + line for line in _columns(rows))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,238 @@
+"""``/metrics``: the fleet in the Prometheus text format, read from the database per scrape.
+
+Counters must never go down, but the history they come from is pruned. So counts are
+kept as *offsets plus a window*: rows started before ``base`` were counted once into
+``offsets`` and are never read again; rows since ``base`` are counted at each scrape.
+Once ``base`` is two windows old it moves up one window (rows that old are complete:
+runs are written when they end). The window is a day, or a third of
+``history_retention_days`` when that is shorter, so pruning never reaches it. A web
+process starts its counters from the rows of its first window (a counter reset to
+Prometheus), so keep one process serving ``/metrics`` (gunicorn ``--workers 1``; mod_wsgi
+``processes=1``), with threads for concurrency.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+from sqlalchemy import ColumnElement, Connection, case, func, literal, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from pandaserver.db.clock import db_now, seconds_between
+from pandaserver.db.history import FAILED, OK, RUNNING, SKIPPED, TIMEOUT
+from pandaserver.db.tables import daemon_run
+from pandaserver.web.fleetview import FleetReader, LocalMaster, Overview, local_master_views
+
+DURATION_BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0)
+DELAY_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0)
+Key = tuple[str, ...]
+Sums = dict[Key, list[float]]
+
+
+def _aggregate(conn: Connection, keys: Sequence[ColumnElement[Any]], value: ColumnElement[Any] | None,
+               buckets: Sequence[float], where: Sequence[ColumnElement[bool]]) -> Sums:
+    """Per key: [count, sum of value, cumulative count per bucket...]."""
+    columns: list[ColumnElement[Any]] = [func.count()]
+    if value is not None:
+        columns.append(func.coalesce(func.sum(value), literal(0.0)))
+        columns.extend(func.sum(case((value <= b, 1), else_=0)) for b in buckets)
+    stmt = select(*keys, *columns).where(*where).group_by(*keys)
+    out: Sums = {}
+    for row in conn.execute(stmt).all():
+        out[tuple(str(v) for v in row[:len(keys)])] = [float(v or 0) for v in row[len(keys):]]
+    return out
+
+
+def _add(into: Sums, more: Sums) -> Sums:
+    for key, values in more.items():
+        have = into.setdefault(key, [0.0] * len(values))
+        for i, v in enumerate(values):
+            have[i] += v
+    return into
+
+
+class HistoryCounters:
+    """Counts from ``daemon_run`` that only go up (see the module docstring)."""
+
+    def __init__(self, window: float) -> None:
+        self.window = timedelta(seconds=window)
+        self.base: datetime | None = None
+        self.offsets: dict[str, Sums] = {"runs": {}, "durations": {}, "delays": {}}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _families(conn: Connection, since: datetime, until: datetime | None) -> dict[str, Sums]:
+        r = daemon_run
+        where = [r.c.started_at >= since, r.c.outcome != RUNNING]
+        if until is not None:
+            where.append(r.c.started_at < until)
+        duration = seconds_between(r.c.ended_at, r.c.started_at)
+        delay = seconds_between(r.c.started_at, r.c.due_at)
+        return {
+            "runs": _aggregate(conn, [r.c.script, r.c.server, r.c.outcome], None, (), where),
+            "durations": _aggregate(conn, [r.c.script], duration, DURATION_BUCKETS,
+                                    [*where, r.c.outcome.in_((OK, FAILED, TIMEOUT))]),
+            "delays": _aggregate(conn, [r.c.script], delay, DELAY_BUCKETS,
+                                 [*where, r.c.due_at.is_not(None), r.c.outcome != SKIPPED]),
+        }
+
+    def read(self, conn: Connection) -> dict[str, Sums]:
+        with self._lock:
+            now = db_now(conn)
+            if self.base is None:
+                self.base = now - self.window
+            elif now - self.base > 2 * self.window:
+                new_base = now - self.window
+                for name, sums in self._families(conn, self.base, new_base).items():
+                    _add(self.offsets[name], sums)
+                self.base = new_base
+            current = self._families(conn, self.base, None)
+            return {name: _add({k: list(v) for k, v in self.offsets[name].items()}, sums)
+                    for name, sums in current.items()}
+
+
+def _histogram(name: str, doc: str, sums: Sums, buckets: Sequence[float]) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc, labels=["script"])
+    for (script,), values in sorted(sums.items()):
+        count, total, cumulative = values[0], values[1], values[2:]
+        points = [(f"{b:g}", c) for b, c in zip(buckets, cumulative, strict=True)]
+        family.add_metric([script], [*points, ("+Inf", count)], sum_value=total)
+    return family
+
+
+class FleetCollector(Collector):
+    def __init__(self, reader: FleetReader) -> None:
+        self.reader = reader
+        retention = reader.cfg.daemon.history_retention_days * 86400.0
+        self.counters = HistoryCounters(min(86400.0, retention / 3))
+        self.db_errors = 0
+        self._lock = threading.Lock()
+
+    def collect(self) -> Iterator[Metric]:
+        overview: Overview | None = None
+        sums: dict[str, Sums] = {}
+        try:
+            overview = self.reader.overview()
+            with self.reader.engine.connect() as conn:
+                sums = self.counters.read(conn)
+        except SQLAlchemyError:
+            with self._lock:
+                self.db_errors += 1
+        up = GaugeMetricFamily("panda_daemon_database_up",
+                               "1 when this scrape could read the shared database")
+        up.add_metric([], 0.0 if overview is None or not sums else 1.0)
+        yield up
+        errors = CounterMetricFamily("panda_daemon_web_database_errors",
+                                     "database errors met by the web application's reads")
+        errors.add_metric([], float(self.db_errors))
+        yield errors
+        yield from _local_metrics(overview.local if overview else local_master_views(self.reader.state_dir))
+        if overview is None or not sums:
+            return
+        yield from _history_metrics(sums)
+        yield from _fleet_metrics(overview)
+
+
+def _history_metrics(sums: dict[str, Sums]) -> Iterator[Metric]:
+    runs = CounterMetricFamily("panda_daemon_runs", "finished runs by script, server and outcome",
+                               labels=["script", "server", "outcome"])
+    skips = CounterMetricFamily("panda_daemon_lease_contention",
+                                "attempts skipped because another server held the lease",
+                                labels=["script", "server"])
+    for key, values in sorted(sums["runs"].items()):
+        runs.add_metric(list(key), values[0])
+        if key[2] == SKIPPED:
+            skips.add_metric([key[0], key[1]], values[0])
+    yield runs
+    yield skips
+    yield _histogram("panda_daemon_run_duration_seconds",
+                     "duration of finished runs (ok, failed, timeout)", sums["durations"],
+                     DURATION_BUCKETS)
+    yield _histogram("panda_daemon_dispatch_delay_seconds",
+                     "start minus due time, for runs whose due time was recorded",
+                     sums["delays"], DELAY_BUCKETS)
+
+
+def _gauges(name: str, doc: str, labels: list[str],
+            values: Iterable[tuple[list[str], float | None]]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, doc, labels=labels)
+    for label_values, value in values:
+        if value is not None and not math.isnan(value):
+            family.add_metric(label_values, value)
+    return family
+
+
+def _fleet_metrics(ov: Overview) -> Iterator[Metric]:
+    grants = CounterMetricFamily("panda_daemon_lease_grants",
+                                 "lease generations: grants (and forced releases) of each sync"
+                                 " script's lease, fleet-wide", labels=["script"])
+    for lease in ov.leases:
+        grants.add_metric([lease.name], float(lease.generation))
+    yield grants
+    yield _gauges("panda_daemon_lease_held", "1 while a server holds the script's lease",
+                  ["script", "server"],
+                  (([lease.name, lease.owner_server or ""], 1.0 if lease.held else 0.0)
+                   for lease in ov.leases))
+    s = ov.servers
+    yield _gauges("panda_daemon_server_up", "1 while the master's heartbeat is fresh",
+                  ["server"], (([v.server], float(v.alive)) for v in s))
+    yield _gauges("panda_daemon_server_heartbeat_age_seconds", "seconds since the last heartbeat",
+                  ["server"], (([v.server], v.heartbeat_age) for v in s))
+    yield _gauges("panda_daemon_server_clock_offset_seconds",
+                  "the server's wall clock minus the database clock", ["server"],
+                  (([v.server], v.clock_offset) for v in s))
+    yield _gauges("panda_daemon_server_config_mismatch",
+                  "1 when the server's configuration hash differs from most live servers'",
+                  ["server"], (([v.server], float(v.config_mismatch)) for v in s))
+    yield _gauges("panda_daemon_server_info", "version and configuration hash of each master",
+                  ["server", "version", "config_hash"],
+                  (([v.server, v.version, v.config_hash], 1.0) for v in s))
+    judged = [v for v in ov.scripts if v.configured]
+    yield _gauges("panda_daemon_script_seconds_since_last_success",
+                  "seconds since the end of the script's last successful run anywhere in the"
+                  " fleet (absent: none in the history)", ["script"],
+                  (([v.name], v.since_success) for v in ov.scripts))
+    yield _gauges("panda_daemon_script_period_seconds", "the script's period (this server's"
+                  " configuration)", ["script"], (([v.name], v.period) for v in judged))
+    yield _gauges("panda_daemon_script_stale", "1 when no successful run anywhere for"
+                  " stale_factor x period", ["script"],
+                  (([v.name], float(v.stale)) for v in judged))
+    yield _gauges("panda_daemon_script_late", "1 when past due by more than max(300 s,"
+                  " period/2) and not running", ["script"],
+                  (([v.name], float(v.late)) for v in judged))
+    yield _gauges("panda_daemon_stale_factor", "k: stale after k x period", [],
+                  [([], ov.stale_factor)])
+
+
+def _local_metrics(local: list[LocalMaster]) -> Iterator[Metric]:
+    live = [m for m in local if m.alive]
+    yield _gauges("panda_daemon_workers_alive", "worker processes alive (masters on this host)",
+                  ["server"], (([m.server], float(m.workers_alive)) for m in live))
+    yield _gauges("panda_daemon_workers_configured", "n_proc (masters on this host)", ["server"],
+                  (([m.server], float(m.n_proc) if m.n_proc is not None else None) for m in live))
+    yield _gauges("panda_daemon_master_database_available",
+                  "1 when the master (on this host) can use the database", ["server"],
+                  (([m.server], None if m.database_available is None
+                    else float(m.database_available)) for m in live))
+    yield _gauges("panda_daemon_master_pending_history_rows",
+                  "history rows the master (on this host) keeps until the database is back",
+                  ["server"], (([m.server], None if m.pending_history is None
+                                else float(m.pending_history)) for m in live))
+
+
+def make_registry(reader: FleetReader) -> tuple[CollectorRegistry, FleetCollector]:
+    registry = CollectorRegistry(auto_describe=False)
+    collector = FleetCollector(reader)
+    registry.register(collector)
+    return registry, collector

@@ -1,0 +1,246 @@
+"""The HTML pages, rendered on the server: plain tables, one local stylesheet, one local
+script (auto-refresh), the timeline as inline SVG. Every value is escaped."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from html import escape
+from urllib.parse import quote
+
+from pandaserver import __version__
+from pandaserver.db.history import SKIPPED, RunRow
+from pandaserver.web.fleetview import Overview, ScriptDetail
+from pandaserver.web.fmt import offset, relative, span, when
+from pandaserver.web.model import ScriptView, ServerView
+from pandaserver.web.timeline import timeline_svg
+
+NAV = (("", "Fleet"), ("scripts", "Scripts"), ("leases", "Leases"), ("api", "API"),
+       ("metrics", "Metrics"))
+SKEW_WARN = 1.0  # seconds of clock offset worth a highlight
+
+
+def _e(value: object) -> str:
+    return escape(str(value))
+
+
+def _cls(*names: str | None) -> str:
+    joined = " ".join(n for n in names if n)
+    return f' class="{joined}"' if joined else ""
+
+
+def layout(title: str, body: str, *, prefix: str, refresh: float, current: str,
+           now_text: str = "") -> str:
+    nav = " ".join(
+        f'<a href="{prefix}/{path}"{_cls("current" if path == current else None)}>{label}</a>'
+        for path, label in NAV)
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_e(title)} - panda-daemon</title>
+<link rel="stylesheet" href="{prefix}/static/panda-web.css">
+<script src="{prefix}/static/refresh.js" defer></script>
+<noscript><meta http-equiv="refresh" content="{refresh:.0f}"></noscript>
+</head>
+<body data-refresh="{refresh:g}">
+<header>
+<h1>panda-daemon <span class="sub">{_e(title)}</span></h1>
+<nav>{nav}</nav>
+</header>
+<main id="content">
+<p class="meta">{now_text} <span id="refresh-state">refreshes every {refresh:g} s</span></p>
+{body}
+</main>
+<footer>panda-daemon {_e(__version__)} &middot; read-only</footer>
+</body>
+</html>
+"""
+
+
+def _table(headers: Sequence[str], rows: Iterable[str], css: str = "") -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    return f'<table{_cls(css)}><thead><tr>{head}</tr></thead>\n{"".join(rows)}</table>'
+
+
+def _now_text(overview_now: object) -> str:
+    return f"database time {_e(overview_now)} UTC &middot;"
+
+
+def _alerts(ov: Overview, prefix: str) -> str:
+    items = []
+    if ov.stale:
+        names = ", ".join(f'<a href="{prefix}/scripts/{quote(s.name)}">{_e(s.name)}</a>'
+                          for s in ov.stale)
+        items.append(f'<li class="alert stale">stale (no success for {ov.stale_factor:g} x'
+                     f' period anywhere): {names}</li>')
+    if ov.late:
+        names = ", ".join(f'<a href="{prefix}/scripts/{quote(s.name)}">{_e(s.name)}</a>'
+                          for s in ov.late)
+        items.append(f'<li class="alert late">late: {names}</li>')
+    if ov.mismatched:
+        names = ", ".join(_e(s.server) for s in ov.mismatched)
+        items.append(f'<li class="alert mismatch">configuration differs: {names}</li>')
+    if ov.silent:
+        names = ", ".join(_e(s.server) for s in ov.silent)
+        items.append(f'<li class="alert silent">no recent heartbeat: {names}</li>')
+    if not items:
+        return '<ul class="alerts"><li class="ok">all scripts fresh, no late script,' \
+               ' one configuration</li></ul>'
+    return f'<ul class="alerts">{"".join(items)}</ul>'
+
+
+def _server_row(s: ServerView, workers: str) -> str:
+    skew = s.clock_offset is not None and abs(s.clock_offset) >= SKEW_WARN
+    return (f'<tr{_cls("server", None if s.alive else "silent")} data-server="{_e(s.server)}">'
+            f"<td>{_e(s.server)}</td><td>{'alive' if s.alive else 'silent'}</td>"
+            f"<td>{span(s.heartbeat_age)} ago</td><td>{_e(s.version)}</td><td>{s.pid}</td>"
+            f"<td>{when(s.started_at)}</td>"
+            f'<td{_cls("hash", "mismatch" if s.config_mismatch else None)}'
+            f' title="{_e(s.config_hash)}">{_e(s.config_hash[:12])}</td>'
+            f'<td{_cls("offset", "skew" if skew else None)}>{offset(s.clock_offset)}</td>'
+            f"<td>{workers}</td></tr>\n")
+
+
+def fleet_page(ov: Overview, prefix: str, refresh: float) -> str:
+    local = {m.server: m for m in ov.local}
+    rows = []
+    for s in ov.servers:
+        m = local.get(s.server)
+        workers = f"{m.workers_alive}/{m.n_proc}" if m is not None and m.alive else "-"
+        rows.append(_server_row(s, workers))
+    body = (_alerts(ov, prefix) + "<h2>Servers</h2>"
+            + _table(["server", "state", "last heartbeat", "version", "pid", "started (its clock)",
+                      "config hash", "clock offset", "workers (this host)"], rows, "servers")
+            + f'<p class="note">{len(ov.scripts)} scripts, {len(ov.leases)} leases. Clock offset:'
+              " the server's wall clock minus the database clock at its last heartbeat."
+              " Workers are known only for masters on this host.</p>")
+    return layout("fleet", body, prefix=prefix, refresh=refresh, current="",
+                  now_text=_now_text(when(ov.db_now)))
+
+
+def _flags(s: ScriptView) -> str:
+    flags = []
+    if s.stale:
+        flags.append('<span class="badge stale">STALE</span>')
+    if s.late:
+        flags.append('<span class="badge late">LATE</span>')
+    if not s.configured:
+        flags.append('<span class="badge off">not configured here</span>')
+    elif not s.enabled:
+        flags.append('<span class="badge off">disabled</span>')
+    if s.lease_holder:
+        flags.append(f'<span class="badge held">running on {_e(s.lease_holder)}</span>')
+    return " ".join(flags)
+
+
+def _due(overdue: float | None, late: bool) -> str:
+    return f'<td{_cls("due", "late" if late else None)}>' \
+           f"{relative(-overdue if overdue is not None else None)}</td>"
+
+
+def _script_rows(s: ScriptView, prefix: str) -> str:
+    """A ``tbody`` per script: one row per server that ran it, script cells spanning them."""
+    n = max(1, len(s.runs))
+    span_n = f' rowspan="{n}"' if n > 1 else ""
+    sync = "yes" if s.sync else "no" if s.sync is not None else "?"
+    success = span(s.since_success) + " ago" if s.since_success is not None else "never"
+    left = (f'<td{span_n}><a href="{prefix}/scripts/{quote(s.name)}">{_e(s.name)}</a></td>'
+            f"<td{span_n}>{span(s.period)}</td><td{span_n}>{sync}</td>")
+    right = (f'<td{span_n}{_cls("success", "stale" if s.stale else None)}>{success}</td>'
+             f'<td{span_n} class="flags">{_flags(s)}</td>')
+    fleet_due = _due(s.overdue, s.late).replace("<td", f"<td{span_n}", 1)
+    rows = []
+    for i, r in enumerate(s.runs or [None]):
+        cells = left if i == 0 else ""
+        if r is None:
+            cells += '<td class="none" colspan="4">no run recorded</td>' + fleet_due
+        else:
+            cells += (f'<td class="server">{_e(r.server)}</td><td>{when(r.started_at)}</td>'
+                      f'<td{_cls("outcome", "outcome-" + r.outcome)}>{_e(r.outcome)}</td>'
+                      f"<td>{span(r.duration)}</td>")
+            if s.sync:
+                cells += fleet_due if i == 0 else ""
+            else:
+                cells += _due(r.overdue, r.late)
+        cells += right if i == 0 else ""
+        server = f' data-server="{_e(r.server)}"' if r is not None else ""
+        late = r is not None and r.late
+        rows.append(f'<tr{_cls("server-run" if r else None, "late" if late else None)}{server}>'
+                    f"{cells}</tr>\n")
+    state = "stale" if s.stale else "late" if s.late else None
+    return (f'<tbody{_cls("script", state)} data-script="{_e(s.name)}">'
+            + "".join(rows) + "</tbody>\n")
+
+
+def scripts_page(ov: Overview, prefix: str, refresh: float) -> str:
+    body = (_alerts(ov, prefix)
+            + _table(["script", "period", "sync", "server", "last start", "outcome", "duration",
+                      "next due", "last success anywhere", "flags"],
+                     (_script_rows(s, prefix) for s in ov.scripts), "scripts")
+            + f'<p class="note">Late: past due by more than max(300 s, period/2) and not running.'
+              f" Stale: no successful run anywhere in the fleet for {ov.stale_factor:g} x the"
+              " period. Periods are this server's configuration; a sync script is due"
+              " fleet-wide (its lease), another on each server one period after its last"
+              " start there.</p>")
+    return layout("scripts", body, prefix=prefix, refresh=refresh, current="scripts",
+                  now_text=_now_text(when(ov.db_now)))
+
+
+def _run_row(r: RunRow) -> str:
+    error = ""
+    if r.error:
+        last = r.error.strip().splitlines()[-1] if r.error.strip() else ""
+        error = (f"<details><summary>{_e(last[:120])}</summary><pre>{_e(r.error)}</pre>"
+                 "</details>")
+    return (f'<tr{_cls("run", "skip" if r.outcome == SKIPPED else None)}'
+            f' data-run-id="{r.id}" data-server="{_e(r.server)}">'
+            f"<td>{r.id}</td><td>{_e(r.server)}</td><td>{when(r.started_at)}</td>"
+            f"<td>{span(r.duration)}</td>"
+            f'<td{_cls("outcome", "outcome-" + r.outcome)}>{_e(r.outcome)}</td>'
+            f"<td>{r.generation if r.generation is not None else '-'}</td><td>{error}</td></tr>\n")
+
+
+def script_page(detail: ScriptDetail, name: str, prefix: str, refresh: float) -> str:
+    s = detail.script
+    facts = ""
+    if s is not None:
+        facts = (f'<p class="facts">period {span(s.period)}, timeout {span(s.timeout)},'
+                 f" {'sync' if s.sync else 'per server'};"
+                 f" next due {relative(-s.overdue if s.overdue is not None else None)};"
+                 f" last success anywhere"
+                 f" {span(s.since_success) + ' ago' if s.since_success is not None else 'never'}"
+                 f" {_flags(s)}</p>")
+    body = (f"<h2>{_e(name)}</h2>{facts}"
+            f"<h3>Timeline: the last {len(detail.runs)} runs per server, and their durations</h3>"
+            f'<div class="timeline-box">{timeline_svg(detail.runs, detail.db_now, name)}</div>'
+            "<h3>Runs</h3>"
+            + _table(["run", "server", "started", "duration", "outcome", "lease generation",
+                      "error"], (_run_row(r) for r in detail.runs), "runs"))
+    return layout(name, body, prefix=prefix, refresh=refresh, current="scripts",
+                  now_text=_now_text(when(detail.db_now)))
+
+
+def leases_page(ov: Overview, prefix: str, refresh: float) -> str:
+    rows = []
+    for lease in ov.leases:
+        rows.append(
+            f'<tr{_cls("lease", "held" if lease.held else None)} data-lease="{_e(lease.name)}">'
+            f'<td><a href="{prefix}/scripts/{quote(lease.name)}">{_e(lease.name)}</a></td>'
+            f"<td>{'held' if lease.held else 'free'}</td>"
+            f"<td>{_e(lease.owner_server or '-') if lease.held else '-'}</td>"
+            f"<td>{lease.owner_pid if lease.held and lease.owner_pid else '-'}</td>"
+            f"<td>{lease.generation}</td><td>{when(lease.acquired_at)}</td>"
+            f"<td>{relative(lease.expires_in)}</td><td>{relative(lease.due_in)}</td>"
+            f"<td>{span(lease.period)}</td></tr>\n")
+    body = (_table(["script", "state", "holder", "pid", "generation", "last granted", "expires",
+                    "next due", "period"], rows, "leases")
+            + '<p class="note">One lease per sync script; times are the database clock.'
+              " <code>panda-daemon unlock NAME</code> frees one whose holder died.</p>")
+    return layout("leases", body, prefix=prefix, refresh=refresh, current="leases",
+                  now_text=_now_text(when(ov.db_now)))
+
+
+def error_page(title: str, message: str, prefix: str, refresh: float) -> str:
+    body = f'<div class="alert error"><h2>{_e(title)}</h2><p>{_e(message)}</p></div>'
+    return layout(title, body, prefix=prefix, refresh=refresh, current="")
