@@ -147,7 +147,8 @@ class FleetDb:
         row = dbhistory.RunRecord(
             script=rec.script, server=rec.server, pid=rec.pid, outcome=rec.outcome,
             error=rec.error, generation=rec.generation, duration=max(0.0, rec.duration),
-            ended_ago=max(0.0, self.monotonic() - rec.ended) if rec.ended else 0.0)
+            ended_ago=max(0.0, self.monotonic() - rec.ended) if rec.ended else 0.0,
+            due_before_start=max(0.0, rec.dispatch_delay))
         try:
             self.call("history", lambda: self.history.record(row))
         except Unavailable:

@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -52,6 +53,9 @@ class RunRecord:
     ``duration``: seconds the run took (0 for skipped). ``ended_ago``: seconds before
     the write at which it ended; ``PendingWrites`` adds the time an entry waited. The
     row gets ``ended_at = db now - ended_ago`` and ``started_at = ended_at - duration``.
+    ``due_before_start``: seconds the run was due before it started (its dispatch delay);
+    when given (and ``due_at`` is not), ``due_at = started_at - due_before_start``, so the
+    due time is on the database clock too.
     """
 
     script: str
@@ -63,6 +67,7 @@ class RunRecord:
     due_at: datetime | None = None
     duration: float = 0.0
     ended_ago: float = 0.0
+    due_before_start: float | None = None
 
 
 @dataclass(frozen=True)
@@ -157,9 +162,12 @@ class HistoryStore:
         _check_outcome(run.outcome, END_OUTCOMES)
         _check_seconds("duration", run.duration)
         _check_seconds("ended_ago", run.ended_ago)
+        due_at: Any = run.due_at
+        if due_at is None and run.due_before_start is not None:
+            due_at = db_now_plus(-(run.ended_ago + run.duration + run.due_before_start))
         stmt = insert(daemon_run).values(
             script=run.script, server=run.server, pid=run.pid, generation=run.generation,
-            due_at=run.due_at,
+            due_at=due_at,
             started_at=db_now_plus(-(run.ended_ago + run.duration)),
             ended_at=db_now_plus(-run.ended_ago),
             outcome=run.outcome, error=_clip(run.error),

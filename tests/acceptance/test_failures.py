@@ -79,7 +79,7 @@ def test_kill_9_of_master_leaves_no_process(tmp_path: Path) -> None:
         tree = master.tree()
         assert len(tree) >= 4 and any(p.pid == child for p in tree)
         master.signal(signal.SIGKILL)
-        wait_for(lambda: not any(pid_alive(p.pid) for p in tree), 2.0,
+        wait_for(lambda: not any(pid_alive(p.pid) for p in tree), 1.0,
                  "every worker and script child to die with the master")
 
 

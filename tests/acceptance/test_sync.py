@@ -76,6 +76,9 @@ def test_each_period_served_once_across_masters_with_skewed_clocks(
     ok = [row for row in history if row["outcome"] == "ok"]
     assert len(ok) == len(starts)
     assert {row["server"] for row in ok} == {s["server"] for s in starts}
+    for row in ok:  # every time is on the database clock: due <= start <= end
+        assert row["due_at"] is not None and row["generation"] is not None
+        assert row["due_at"] <= row["started_at"] <= row["ended_at"], row
 
 
 def test_overrun_sync_runs_never_overlap_and_follow_at_once(tmp_path: Path, pg_url: URL) -> None:
