@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from itertools import pairwise
 from pathlib import Path
 
 import psycopg2
@@ -108,7 +109,7 @@ def bad_runs(cluster: PgCluster, dbname: str) -> tuple[int, int, float]:
     duplicates = overlaps = 0
     smallest = float("inf")
     for runs in by_script.values():
-        for (s0, e0), (s1, _) in zip(runs, runs[1:], strict=False):
+        for (s0, e0), (s1, _) in pairwise(runs):
             smallest = min(smallest, s1 - s0)
             duplicates += s1 - s0 < PERIOD / 2
             overlaps += s1 < e0 - 0.005
