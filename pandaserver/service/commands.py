@@ -7,11 +7,13 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pandaserver.config import ConfigError, PandaConfig, load_config
 from pandaserver.daemons import exitcodes
@@ -81,6 +83,21 @@ def _pidfile(args: argparse.Namespace) -> Path:
     return Path(args.pidfile) if args.pidfile else default_pidfile()
 
 
+def _pidfile_errors(command: Callable[[Any, argparse.Namespace], int]
+                   ) -> Callable[[Any, argparse.Namespace], int]:
+    """Commands that only read the pid file: an unreadable one is a message, not a trace."""
+
+    @functools.wraps(command)
+    def run(cfg: Any, args: argparse.Namespace) -> int:
+        try:
+            return command(cfg, args)
+        except OSError as exc:
+            print(f"panda-daemon: cannot read the pid file: {exc}", file=sys.stderr)
+            return exitcodes.RET_FAILED
+
+    return run
+
+
 def cmd_start(cfg: PandaConfig, args: argparse.Namespace) -> int:
     if not cfg.daemon.enable:
         print(f"panda-daemon is not enabled (enable = False in [daemon] of {cfg.path}):"
@@ -99,6 +116,7 @@ def cmd_start(cfg: PandaConfig, args: argparse.Namespace) -> int:
     return start_detached(plan, args.wait, sys.stdout, sys.stderr)
 
 
+@_pidfile_errors
 def cmd_stop(cfg: PandaConfig | None, args: argparse.Namespace) -> int:
     timeout = args.timeout
     if timeout is None:
@@ -107,6 +125,7 @@ def cmd_stop(cfg: PandaConfig | None, args: argparse.Namespace) -> int:
     return control.stop(_pidfile(args), timeout, sys.stdout, sys.stderr)
 
 
+@_pidfile_errors
 def cmd_status(cfg: PandaConfig | None, args: argparse.Namespace) -> int:
     return control.status(_pidfile(args), sys.stdout)
 
@@ -125,6 +144,7 @@ def cmd_restart(cfg: PandaConfig, args: argparse.Namespace) -> int:
     return cmd_start(cfg, args)
 
 
+@_pidfile_errors
 def cmd_reload(cfg: PandaConfig, args: argparse.Namespace) -> int:
     if cfg.daemon.fatal:
         for problem in cfg.daemon.fatal:
@@ -140,6 +160,7 @@ def cmd_reload(cfg: PandaConfig, args: argparse.Namespace) -> int:
         sys.stdout, sys.stderr)
 
 
+@_pidfile_errors
 def cmd_reopen_logs(cfg: PandaConfig | None, args: argparse.Namespace) -> int:
     return control.send_signal(_pidfile(args), signal.SIGUSR1, "it reopens its log files",
                                sys.stdout, sys.stderr)

@@ -137,20 +137,22 @@ def send_signal(pidfile: Path, signum: signal.Signals, what: str, out: TextIO,
     try:
         master.send_signal(signum)
     except psutil.AccessDenied:
-        err.write(f"panda-daemon: not allowed to signal the master (pid {master.pid}, user"
-                  f" {_user_of(master)}): run this as root or as that user\n")
+        err.write(_not_allowed(master, "signal"))
         return exitcodes.RET_FAILED
     except psutil.NoSuchProcess:
-        return _not_running(pidfile, err)
+        _not_running(pidfile, err)
+        return exitcodes.RET_NOT_RUNNING
     out.write(f"sent {signum.name} to the master (pid {master.pid}): {what}\n")
     return exitcodes.RET_OK
 
 
-def _user_of(proc: psutil.Process) -> str:
+def _not_allowed(master: psutil.Process, doing: str) -> str:
     try:
-        return str(proc.username())
+        user = str(master.username())
     except psutil.Error:
-        return "?"
+        user = "?"
+    return (f"panda-daemon: not allowed to {doing} the master (pid {master.pid}, user {user}):"
+            " run this as root or as that user\n")
 
 
 # ----- stop -------------------------------------------------------------------------------
@@ -175,8 +177,7 @@ def stop(pidfile: Path, timeout: float, out: TextIO, err: TextIO) -> int:
         master_group = os.getpgid(master.pid)
         master.send_signal(signal.SIGTERM)
     except psutil.AccessDenied:
-        err.write(f"panda-daemon: not allowed to stop the master (pid {master.pid}, user"
-                  f" {_user_of(master)}): run stop as root or as that user\n")
+        err.write(_not_allowed(master, "stop"))
         return exitcodes.RET_FAILED
     except (psutil.NoSuchProcess, ProcessLookupError):
         master_group = None

@@ -120,6 +120,7 @@ class PidFile:
                 os.close(fd)
                 continue
             stale = _parse_pid(os.pread(fd, 64, 0))
+            os.fchmod(fd, 0o644)  # readable by status and stop whatever the umask
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
             os.fsync(fd)

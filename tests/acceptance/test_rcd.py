@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from harness import REPO, pid_alive
-from test_service import Service
+from test_service import Service, checked
 
 from pandaserver.service.pidfile import lock_holder
 
@@ -42,10 +42,7 @@ class RcService(Service):
 
 @pytest.fixture
 def rcsvc(tmp_path: Path) -> Iterator[RcService]:
-    service = RcService(tmp_path)
-    yield service
-    left = service.cleanup()
-    assert not left, f"processes left behind: {left}\n{service.log()[-2000:]}"
+    yield from checked(RcService(tmp_path))
 
 
 def test_panda_daemon_start_status_reload_restart_stop(rcsvc: RcService) -> None:

@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 import pytest
@@ -59,8 +59,9 @@ class Service:
 
     def write(self, scripts: dict[str, dict[str, Any]], **daemon: Any) -> Path:
         daemon.setdefault("stop_grace", 2)
-        return write_config(self.root, scripts, extra=f"[server]\nlogdir = {self.logdir}\n",
-                            **daemon)
+        path: Path = write_config(self.root, scripts,
+                                  extra=f"[server]\nlogdir = {self.logdir}\n", **daemon)
+        return path
 
     def command(self) -> list[str]:
         return [self.python, "-m", "pandaserver.cli", "-c", str(self.config)]
@@ -96,7 +97,9 @@ class Service:
             children = [p for p in psutil.Process(master).children()
                         if _title(p).startswith("panda_daemon: worker")]
             return children if len(children) == count else None
-        return wait_for(found, 15, f"{count} workers of master {master}", interval=POLL)
+        workers: list[psutil.Process] = wait_for(found, 15, f"{count} workers of {master}",
+                                                 interval=POLL)
+        return workers
 
     def processes(self) -> list[psutil.Process]:
         """Every live process started with this service's environment marker."""
@@ -140,12 +143,19 @@ def events(svc: Service, event: str, name: str) -> list[dict[str, Any]]:
     return [row for row in rows if row["event"] == event and row["name"] == name]
 
 
-@pytest.fixture
-def svc(tmp_path: Path) -> Iterator[Service]:
-    service = Service(tmp_path)
+ServiceT = TypeVar("ServiceT", bound=Service)
+
+
+def checked(service: ServiceT) -> Iterator[ServiceT]:
+    """Yield the service; then kill whatever it left running, and fail if anything was."""
     yield service
     left = service.cleanup()
     assert not left, f"processes left behind: {left}\n{service.log()[-2000:]}"
+
+
+@pytest.fixture
+def svc(tmp_path: Path) -> Iterator[Service]:
+    yield from checked(Service(tmp_path))
 
 
 def test_start_status_second_start_and_stop(svc: Service) -> None:
@@ -407,9 +417,7 @@ def nobody_svc() -> Iterator[Service]:
                   gname="nogroup")
     service.config.chmod(0o644)
     try:
-        yield service
-        left = service.cleanup()
-        assert not left, f"processes left behind: {left}\n{service.log()[-2000:]}"
+        yield from checked(service)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
