@@ -2,8 +2,8 @@
 
 The master is the process the kernel says holds the lock on the pid file (never merely the
 pid written in it, which may be stale or reused). Workers lead their own process groups, so
-``stop`` tracks the master's whole family: its descendants and every process in its group
-or in one of theirs.
+``stop`` tracks the master's whole family: its descendants and every process in a group
+that is theirs (see ``_own_group``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
@@ -34,23 +35,35 @@ def _alive(proc: psutil.Process) -> bool:
 
 
 def _family(master: psutil.Process) -> dict[int, psutil.Process]:
-    """The master, its descendants, and everything in its process group or theirs."""
+    """The master, its descendants, and everything in their own process groups."""
     found: dict[int, psutil.Process] = {}
     with contextlib.suppress(psutil.Error):
         found[master.pid] = master
         for child in master.children(recursive=True):
             found[child.pid] = child
-    groups = set()
-    for pid in found:
-        with contextlib.suppress(OSError):
-            groups.add(os.getpgid(pid))
-    groups -= {0, 1, os.getpgrp()}
+    groups = {group for pid in found if (group := _own_group(pid, found)) is not None}
     for proc in psutil.process_iter():
         with contextlib.suppress(psutil.Error, OSError):
             if proc.pid not in found and proc.pid != os.getpid() and \
                     os.getpgid(proc.pid) in groups:
                 found[proc.pid] = proc
     return found
+
+
+def _own_group(pid: int, family: Mapping[int, psutil.Process]) -> int | None:
+    """The process group of ``pid`` when it belongs to the family: led by one of its
+    processes (a worker's), or with its leader gone (the group python-daemon's double fork
+    leaves the master in). A group led by anything else (the shell that ran
+    ``start --no-detach``) is not the family's, and is never killed."""
+    try:
+        group = os.getpgid(pid)
+    except OSError:
+        return None
+    if group in (0, 1, os.getpgrp()):
+        return None
+    if group in family or not psutil.pid_exists(group):
+        return group
+    return None
 
 
 def _not_running(pidfile: Path, out: TextIO) -> int:
@@ -173,14 +186,14 @@ def stop(pidfile: Path, timeout: float, out: TextIO, err: TextIO) -> int:
             out.write("panda-daemon is not running\n")
         return exitcodes.RET_OK
     family = _family(master)
+    master_group = _own_group(master.pid, family)
     try:
-        master_group = os.getpgid(master.pid)
         master.send_signal(signal.SIGTERM)
     except psutil.AccessDenied:
         err.write(_not_allowed(master, "stop"))
         return exitcodes.RET_FAILED
-    except (psutil.NoSuchProcess, ProcessLookupError):
-        master_group = None
+    except psutil.NoSuchProcess:
+        pass
     out.write(f"stopping panda-daemon (master pid {master.pid})...\n")
     out.flush()
     deadline = time.monotonic() + timeout
@@ -219,7 +232,7 @@ def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Proce
 
 
 def _kill(family: dict[int, psutil.Process], group: int | None) -> None:
-    if group is not None and group not in (0, 1, os.getpgrp()):
+    if group is not None:
         with contextlib.suppress(OSError):
             os.killpg(group, signal.SIGKILL)
     for proc in family.values():

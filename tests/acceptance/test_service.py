@@ -268,6 +268,27 @@ def test_stop_kills_the_whole_family_after_its_timeout(svc: Service) -> None:
     assert svc.processes() == [] and not svc.pidfile.exists()
 
 
+def test_stop_never_kills_the_group_of_whoever_ran_no_detach(svc: Service) -> None:
+    svc.config = svc.write({"stubborn": {"module": "hang", "arguments": ["stubborn"],
+                                         "period": 60, "timeout": 300}}, stop_grace=60)
+    mark = svc.root / "shell-survived"
+    command = " ".join([*svc.command(), "start", "--no-detach"])
+    shell = subprocess.Popen(["sh", "-c", f"{command} & wait; touch {mark}"], env=svc.env,
+                             stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: events(svc, "start", "stubborn"), 20, "the stubborn script")
+        pid = lock_holder(svc.pidfile)
+        assert pid is not None and os.getpgid(pid) == shell.pid  # the shell's group
+        result = svc.cli("stop", "--timeout", "0.5")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "killing its process group" in result.stdout
+        assert shell.wait(10) == 0 and mark.exists()
+    finally:
+        if shell.poll() is None:
+            shell.kill()
+            shell.wait()
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="starting as root needs root")
 def test_start_as_root_refuses_a_missing_user_or_group(svc: Service) -> None:
     del svc.env["PANDA_NO_ROOT"]
