@@ -9,26 +9,18 @@ context.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
+from pandaserver.taskbuffer.context import RunContext
+
 log = logging.getLogger("panda.worker")
-
-
-@dataclass(frozen=True)
-class Context:
-    """Which run a ``tbuf`` serves (the same fields as ``taskbuffer.RunContext``)."""
-
-    script: str | None = None
-    run_id: int | None = None
-    generation: int | None = None
 
 
 class LocalServices:
     """A ``tbuf`` with the run context and no database."""
 
     def __init__(self) -> None:
-        self.context: Any = Context()
+        self.context: Any = RunContext()
 
 
 class LazyTaskBuffer:
@@ -37,16 +29,15 @@ class LazyTaskBuffer:
     def __init__(self, config_path: str) -> None:
         self._config_path = config_path
         self._real: Any = None
-        self.context: Any = Context()
+        self.context: Any = RunContext()
 
     def _load(self) -> Any:
         if self._real is None:
             from pandaserver.config import load_config
-            from pandaserver.taskbuffer.taskbuffer import RunContext, TaskBuffer
+            from pandaserver.taskbuffer.taskbuffer import TaskBuffer
 
-            self._real = TaskBuffer.from_config(load_config(self._config_path))
-            ctx = self.context
-            self._real.context = RunContext(ctx.script, ctx.run_id, ctx.generation)
+            self._real = TaskBuffer.from_config(load_config(self._config_path),
+                                                context=self.context)
         return self._real
 
     def __getattr__(self, name: str) -> Any:
@@ -61,9 +52,8 @@ def make_tbuf(config_path: str | None) -> Any:
 
 def set_context(tbuf: Any, script: str | None, run_id: int | None,
                 generation: int | None) -> None:
-    tbuf.context = Context(script=script, run_id=run_id, generation=generation)
+    context = RunContext(script=script, run_id=run_id, generation=generation)
+    tbuf.context = context
     real = getattr(tbuf, "_real", None)
     if real is not None:
-        from pandaserver.taskbuffer.taskbuffer import RunContext
-
-        real.context = RunContext(script=script, run_id=run_id, generation=generation)
+        real.context = context

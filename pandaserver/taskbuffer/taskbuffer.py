@@ -32,7 +32,6 @@ import logging
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -44,17 +43,9 @@ from pandaserver.db.clock import db_now_expr, db_now_plus
 from pandaserver.db.engine import describe_db_error, make_engine
 from pandaserver.db.tables import panda_process_lock
 from pandaserver.db.upsert import conditional_upsert
+from pandaserver.taskbuffer.context import RunContext
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RunContext:
-    """Which run a TaskBuffer serves (all None outside a run)."""
-
-    script: str | None = None
-    run_id: int | None = None
-    generation: int | None = None
 
 
 class TaskBuffer:
