@@ -184,3 +184,12 @@ def test_process_titles_show_role_and_state(tmp_path: Path) -> None:
         assert any(t.startswith("panda_daemon: master") for t in titles())
         wait_for(lambda: any(t.startswith("panda_daemon: worker") and t.endswith(" idle")
                              for t in titles()), 10, "the other worker titled idle")
+
+
+def test_scripts_get_a_database_tbuf(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, {"db": {"module": "dbuse", "period": 60}})
+    with running_master(cfg, tmp_path) as master:
+        event = master.wait_events(1, "start", "db")[0]
+    assert event["got"] is True and event["other"] is True and event["locked"] is True
+    assert event["one"] == 1 and event["released"] is True
+    assert event["run"] == 1 and event["generation"] is None
