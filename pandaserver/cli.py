@@ -76,6 +76,12 @@ def _add_optional_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
     else:
         add_service_subcommands(sub)
     try:
+        from pandaserver.web.cli import add_web_subcommands
+    except ImportError:
+        pass
+    else:
+        add_web_subcommands(sub)
+    try:
         from pandaserver.db.commands import add_db_subcommands
     except ImportError:
         return

@@ -1,0 +1,303 @@
+"""The web application's JSON API and /metrics, called in-process (WSGI), against real
+SQLite and PostgreSQL databases holding history written through the real stores and by
+real masters."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from wsgiref.util import setup_testing_defaults
+
+import pytest
+from harness import running_master, wait_for, write_config
+from pg import url_text
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import URL, Engine
+
+from pandaserver.config import load_config
+from pandaserver.db.clock import db_now
+from pandaserver.db.heartbeat import HeartbeatStore
+from pandaserver.db.history import HistoryStore, RunRecord
+from pandaserver.db.leases import LeaseStore
+from pandaserver.db.schema import upgrade
+from pandaserver.web.app import FleetApp
+from pandaserver.web.localstatus import local_status, render_local_status
+from pandaserver.web.metrics import HistoryCounters
+from pandaserver.web.settings import WebSettings
+from pandaserver.web.wsgi import LazyApplication
+
+SCRIPTS = {
+    "fresh": {"module": "record", "period": 10},
+    "old": {"module": "record", "period": 10},
+    "shared": {"module": "record", "period": 60, "sync": True},
+    "never": {"module": "record", "period": 5},
+}
+
+
+def call(app: Callable[..., Any], path: str, method: str = "GET", prefix: str = "",
+         query: str = "", extra: dict[str, str] | None = None) -> tuple[str, dict[str, str], bytes]:
+    environ: dict[str, Any] = {"PATH_INFO": path, "REQUEST_METHOD": method, "SCRIPT_NAME": prefix,
+                               "QUERY_STRING": query, **(extra or {})}
+    setup_testing_defaults(environ)
+    seen: dict[str, Any] = {}
+    body = b"".join(app(environ, lambda status, headers: seen.update(s=status, h=headers)))
+    return seen["s"], dict(seen["h"]), body
+
+
+def get_json(app: FleetApp, path: str, **kwargs: Any) -> Any:
+    status, headers, body = call(app, path, **kwargs)
+    assert status == "200 OK", body
+    assert headers["Content-Type"] == "application/json"
+    return json.loads(body)
+
+
+def metrics(app: FleetApp) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, headers, body = call(app, "/metrics")
+    assert status == "200 OK" and headers["Content-Type"].startswith("text/plain")
+    out = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def config(tmp_path: Path, url: URL, scripts: dict[str, Any], extra: str = "",
+           **daemon: Any) -> Path:
+    daemon.setdefault("heartbeat_interval", 1)
+    return write_config(tmp_path, scripts, db_url=url_text(url), extra=extra, **daemon)
+
+
+@pytest.fixture
+def fleet_db(db_engine: Engine) -> Engine:
+    """History, heartbeats and a lease, written through the stores as masters write them."""
+    history = HistoryStore(db_engine)
+    with db_engine.connect() as conn:
+        now = db_now(conn)
+    history.record(RunRecord("fresh", "srv-a", 10, "ok", duration=0.25, ended_ago=2,
+                             due_at=now - timedelta(seconds=2.35)))
+    history.record(RunRecord("fresh", "srv-b", 20, "failed", duration=1.5, ended_ago=1,
+                             error="Traceback (most recent call last):\nValueError: bad row"))
+    history.record(RunRecord("old", "srv-a", 10, "ok", duration=3.0, ended_ago=1000))
+    history.record(RunRecord("shared", "srv-a", 10, "ok", generation=1, duration=0.5, ended_ago=3))
+    history.record(RunRecord("shared", "srv-b", 20, "skipped", error="lease held by srv-a",
+                             ended_ago=3))
+    beats = HeartbeatStore(db_engine)
+    ahead = now + timedelta(seconds=300)  # srv-a's clock is 5 minutes ahead of the database's
+    beats.beat("srv-a", 10, "0.1.0", ahead, "aaaa", server_time=ahead)
+    beats.beat("srv-b", 20, "0.1.0", now, "aaaa", server_time=now - timedelta(seconds=0.5))
+    beats.beat("srv-c", 30, "0.0.9", now, "cccc")
+    assert LeaseStore(db_engine).try_acquire("shared", "srv-a", 10, 60, 60, 60).granted
+    return db_engine
+
+
+@pytest.fixture
+def app(fleet_db: Engine, db_url: URL, tmp_path: Path) -> FleetApp:
+    cfg = load_config(str(config(tmp_path, db_url, SCRIPTS, heartbeat_interval=30)))
+    fleet_app = FleetApp(cfg, WebSettings(stale_factor=3))
+    fleet_app.reader.state_dir = tmp_path / "state"
+    return fleet_app
+
+
+def test_fleet_api_servers_clock_offsets_and_config_mismatch(app: FleetApp) -> None:
+    data = get_json(app, "/api/fleet")
+    servers = {s["server"]: s for s in data["servers"]}
+    assert list(servers) == ["srv-a", "srv-b", "srv-c"]
+    assert all(s["alive"] for s in servers.values())
+    # the server's wall clock at its beat minus the database's clock at that beat
+    assert servers["srv-a"]["clock_offset"] == pytest.approx(300, abs=2)
+    assert servers["srv-b"]["clock_offset"] == pytest.approx(-0.5, abs=2)
+    assert servers["srv-c"]["clock_offset"] is None
+    assert [s for s, v in servers.items() if v["config_mismatch"]] == ["srv-c"]
+    assert servers["srv-c"]["version"] == "0.0.9"
+    assert data["summary"] == {"stale": ["old"], "late": ["old"], "config_mismatch": ["srv-c"],
+                               "silent_servers": []}
+
+
+def test_scripts_api_last_run_per_server_next_due_late_and_stale(app: FleetApp) -> None:
+    scripts = {s["name"]: s for s in get_json(app, "/api/scripts")["scripts"]}
+    assert sorted(scripts) == ["fresh", "never", "old", "shared"]
+    fresh = scripts["fresh"]
+    runs = {r["server"]: r for r in fresh["runs"]}
+    assert (runs["srv-a"]["outcome"], runs["srv-b"]["outcome"]) == ("ok", "failed")
+    assert runs["srv-a"]["duration"] == pytest.approx(0.25, abs=0.01)
+    assert "ValueError: bad row" in runs["srv-b"]["error"]
+    assert not fresh["late"] and not fresh["stale"] and fresh["since_success"] < 60
+    assert -10 < fresh["overdue"] < 0  # next due within its period
+    old = scripts["old"]
+    assert old["late"] and old["stale"] and old["since_success"] > 999
+    assert old["stale_after"] == 30 and old["runs"][0]["late"]
+    shared = scripts["shared"]  # sync: due fleet-wide by its lease; the skip is not a "run"
+    assert shared["sync"] and shared["lease_holder"] == "srv-a"
+    assert [r["server"] for r in shared["runs"]] == ["srv-a"]
+    assert shared["overdue"] == pytest.approx(-60, abs=5) and not shared["late"]
+    never = scripts["never"]
+    assert never["runs"] == [] and never["since_success"] is None and not never["stale"]
+
+
+def test_one_script_api_runs_and_unknown_names(app: FleetApp) -> None:
+    data = get_json(app, "/api/scripts/shared")
+    assert data["script"]["name"] == "shared"
+    assert sorted((r["server"], r["outcome"]) for r in data["runs"]) == [("srv-a", "ok"),
+                                                                         ("srv-b", "skipped")]
+    assert len(get_json(app, "/api/scripts/shared", query="limit=1")["runs"]) == 1
+    status, _, body = call(app, "/api/scripts/nosuch")
+    assert status == "404 Not Found" and "nosuch" in json.loads(body)["error"]
+    leases = get_json(app, "/api/leases")["leases"]
+    assert [(lease["name"], lease["held"], lease["owner_server"]) for lease in leases] == [
+        ("shared", True, "srv-a")]
+    assert set(get_json(app, "/api")) >= {"/api/fleet", "/api/scripts", "/api/leases"}
+
+
+def test_pages_are_read_only_prefixed_and_self_contained(app: FleetApp) -> None:
+    status, headers, _ = call(app, "/scripts", method="POST")
+    assert status.startswith("405") and headers["Allow"] == "GET, HEAD"
+    for path in ("/", "/scripts", "/scripts/old", "/leases"):
+        status, headers, body = call(app, path, prefix="/daemon")
+        assert status == "200 OK", path
+        assert "default-src 'self'" in headers["Content-Security-Policy"]
+        page = body.decode()
+        assert 'href="/daemon/static/panda-web.css"' in page
+        assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+        assert "https://" not in page
+    status, headers, body = call(app, "/static/refresh.js")
+    assert status == "200 OK" and b"setInterval" in body
+    assert call(app, "/static/../app.py")[0].startswith("404")
+    _, _, page = call(app, "/scripts")
+    assert 'data-script="old"' in page.decode() and 'class="script stale"' in page.decode()
+
+
+def test_metrics_from_the_history(app: FleetApp) -> None:
+    m = metrics(app)
+    runs = {labels: v for (name, labels), v in m.items() if name == "panda_daemon_runs_total"}
+    assert runs == {
+        (("outcome", "failed"), ("script", "fresh"), ("server", "srv-b")): 1.0,
+        (("outcome", "ok"), ("script", "fresh"), ("server", "srv-a")): 1.0,
+        (("outcome", "ok"), ("script", "old"), ("server", "srv-a")): 1.0,
+        (("outcome", "ok"), ("script", "shared"), ("server", "srv-a")): 1.0,
+        (("outcome", "skipped"), ("script", "shared"), ("server", "srv-b")): 1.0,
+    }
+    assert m[("panda_daemon_lease_contention_total",
+              (("script", "shared"), ("server", "srv-b")))] == 1
+    fresh = (("script", "fresh"),)
+    assert m[("panda_daemon_run_duration_seconds_count", fresh)] == 2
+    assert m[("panda_daemon_run_duration_seconds_sum", fresh)] == pytest.approx(1.75, abs=0.01)
+    assert m[("panda_daemon_run_duration_seconds_bucket", (("le", "0.5"), *fresh))] == 1
+    assert m[("panda_daemon_run_duration_seconds_bucket", (("le", "5"), *fresh))] == 2
+    assert m[("panda_daemon_dispatch_delay_seconds_count", fresh)] == 1
+    assert m[("panda_daemon_dispatch_delay_seconds_sum", fresh)] == pytest.approx(0.1, abs=0.05)
+    assert m[("panda_daemon_lease_grants_total", (("script", "shared"),))] == 1
+    assert m[("panda_daemon_script_stale", (("script", "old"),))] == 1
+    assert m[("panda_daemon_script_stale", fresh)] == 0
+    assert m[("panda_daemon_script_late", (("script", "old"),))] == 1
+    assert m[("panda_daemon_script_seconds_since_last_success",
+              (("script", "old"),))] == pytest.approx(1000, abs=30)
+    assert ("panda_daemon_script_seconds_since_last_success", (("script", "never"),)) not in m
+    assert m[("panda_daemon_server_clock_offset_seconds",
+              (("server", "srv-a"),))] == pytest.approx(300, abs=2)
+    assert m[("panda_daemon_server_config_mismatch", (("server", "srv-c"),))] == 1
+    assert m[("panda_daemon_database_up", ())] == 1
+    assert m[("panda_daemon_web_database_errors_total", ())] == 0
+
+
+def test_counters_never_go_down_when_history_is_pruned(db_engine: Engine) -> None:
+    history = HistoryStore(db_engine)
+    counters = HistoryCounters(window=0.5)
+    history.record(RunRecord("s", "srv", 1, "ok", duration=0.1))
+
+    def total() -> float:
+        with db_engine.connect() as conn:
+            return sum(v[0] for v in counters.read(conn)["runs"].values())
+
+    assert total() == 1
+    first_base = counters.base
+    wait_for(lambda: total() and counters.base != first_base, 10, "the window to move")
+    history.record(RunRecord("s", "srv", 1, "ok", duration=0.1))
+    assert total() == 2
+    # prune what is older than the window (as history_retention_days > 3 windows does)
+    assert history.prune(older_than_days=0.6 / 86400) >= 1
+    assert total() == 2
+
+
+def test_database_down_gives_503_pages_and_metrics_that_say_so(tmp_path: Path) -> None:
+    url = URL.create("postgresql+psycopg2", username="u", password="s3cret-pw",
+                     host="127.0.0.1", port=9, database="nope")
+    cfg = load_config(str(config(tmp_path, url, SCRIPTS)))
+    app = FleetApp(cfg)
+    status, _, body = call(app, "/scripts")
+    assert status.startswith("503") and b"database unavailable" in body
+    assert b"s3cret-pw" not in body
+    status, _, body = call(app, "/api/fleet")
+    assert status.startswith("503") and "s3cret-pw" not in json.loads(body)["error"]
+    m = metrics(app)
+    assert m[("panda_daemon_database_up", ())] == 0
+    assert m[("panda_daemon_web_database_errors_total", ())] == 1
+
+
+def test_wsgi_entry_finds_the_config_in_the_request_environment(
+        fleet_db: Engine, db_url: URL, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PANDA_DAEMON_CONFIG", raising=False)
+    monkeypatch.setenv("PANDA_HOME", str(tmp_path / "nowhere"))
+    monkeypatch.setenv("PANDA_DAEMON_STATE_DIR", str(tmp_path / "state"))  # restored after
+    entry = LazyApplication()
+    status, _, body = call(entry, "/api/fleet", extra={"PANDA_DAEMON_CONFIG": str(tmp_path / "x")})
+    assert status.startswith("500") and b"cannot read the configuration" in body
+    path = config(tmp_path, db_url, SCRIPTS, extra="[daemon_web]\nstale_factor = 200\n")
+    status, _, body = call(entry, "/api/scripts", prefix="/daemon",
+                           extra={"PANDA_DAEMON_CONFIG": str(path)})
+    assert status == "200 OK"
+    data = json.loads(body)
+    assert data["stale_factor"] == 200  # [daemon_web] of the file was read
+    assert not any(s["stale"] for s in data["scripts"])
+
+
+def test_real_masters_history_status_and_workers(db_url: URL, db_engine: Engine,
+                                                 tmp_path: Path) -> None:
+    scripts = {"quick": {"module": "record", "period": 0.3},
+               "broken": {"module": "fail", "period": 0.3},
+               "shared": {"module": "record", "period": 0.3, "sync": True}}
+    path = config(tmp_path, db_url, scripts)
+    cfg = load_config(str(path))
+    upgrade(db_engine)
+    app = FleetApp(cfg, WebSettings())
+    app.reader.state_dir = tmp_path / "state"  # where the harness's masters write status
+    history = HistoryStore(db_engine)
+    with running_master(path, tmp_path, server="real-1") as one, \
+            running_master(path, tmp_path, server="real-2"):
+        wait_for(lambda: len({r.server for r in history.query("shared", 100)
+                              if r.outcome in ("ok", "skipped")}) == 2
+                 and len(history.query("broken", 100)) >= 4, 30,
+                 f"runs of both masters\n{one.log()[-2000:]}")
+        fleet = wait_for(lambda: (d := get_json(app, "/api/fleet")) and len(d["servers"]) == 2
+                         and len(d["local_masters"]) == 2 and d, 15, "two heartbeats")
+        assert {m["server"]: m["workers_alive"] for m in fleet["local_masters"]} == {
+            "real-1": 2, "real-2": 2}
+        text = render_local_status(local_status("real-1", tmp_path / "state") or {})
+        assert "master real-1" in text and "workers (2 of n_proc 2)" in text
+        assert "quick" in text and "broken" in text
+        m = metrics(app)
+        assert m[("panda_daemon_workers_alive", (("server", "real-1"),))] == 2
+        # never a success: stale once its first run is more than 3 x 0.3 s old
+        wait_for(lambda: get_json(app, "/api/scripts/broken")["script"]["stale"], 10,
+                 "the failing script to become stale")
+        assert not get_json(app, "/api/scripts/quick")["script"]["stale"]
+    # the masters are stopped: what the database holds is final
+    rows = history.query(None, 10000)
+    m = metrics(app)
+    for script in scripts:
+        for server in ("real-1", "real-2"):
+            for outcome in ("ok", "failed", "skipped"):
+                expected = sum(1 for r in rows if (r.script, r.server, r.outcome) ==
+                               (script, server, outcome))
+                labels = (("outcome", outcome), ("script", script), ("server", server))
+                assert m.get(("panda_daemon_runs_total", labels), 0) == expected
+    broken = get_json(app, "/api/scripts/broken")
+    assert {r["outcome"] for r in broken["runs"]} == {"failed"}
+    assert "deliberate failure" in broken["runs"][0]["error"]
+    scripts_view = {s["name"]: s for s in get_json(app, "/api/scripts")["scripts"]}
+    assert scripts_view["quick"]["since_success"] is not None
+    assert {r["server"] for r in scripts_view["quick"]["runs"]} == {"real-1", "real-2"}
+    assert scripts_view["broken"]["since_success"] is None
+    assert not scripts_view["quick"]["stale"]
