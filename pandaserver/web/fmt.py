@@ -6,10 +6,13 @@ from datetime import datetime
 
 
 def span(value: float | None) -> str:
-    """A number of seconds, short: ``4.2s``, ``12m``, ``3.5h``, ``2.0d`` (``-`` for None)."""
+    """A number of seconds, short: ``12ms``, ``4.2s``, ``12m``, ``3.5h``, ``2.0d`` (``-`` for
+    None)."""
     if value is None:
         return "-"
     sign, value = ("-" if value < 0 else ""), abs(value)
+    if value < 1:
+        return f"{sign}{value * 1000:.0f}ms"
     if value < 100:
         return f"{sign}{value:.1f}s"
     if value < 6000:

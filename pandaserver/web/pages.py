@@ -112,9 +112,11 @@ def fleet_page(ov: Overview, prefix: str, refresh: float) -> str:
     body = (_alerts(ov, prefix) + "<h2>Servers</h2>"
             + _table(["server", "state", "last heartbeat", "version", "pid", "started (its clock)",
                       "config hash", "clock offset", "workers (this host)"], rows, "servers")
-            + f'<p class="note">{len(ov.scripts)} scripts, {len(ov.leases)} leases. Clock offset:'
-              " the server's wall clock minus the database clock at its last heartbeat."
-              " Workers are known only for masters on this host.</p>")
+            + f'<p class="note">scripts: {len(ov.scripts)}, leases: {len(ov.leases)}. Clock'
+              " offset: the server's wall clock minus the database clock at its last heartbeat"
+              " (?: its master does not report its clock). A server is silent after 3"
+              " heartbeat intervals without a beat. Workers are known only for masters on"
+              " this host.</p>")
     return layout("fleet", body, prefix=prefix, refresh=refresh, current="",
                   now_text=_now_text(when(ov.db_now)))
 

@@ -22,7 +22,8 @@ TOP = 26
 LANE = 24
 GAP = 28
 PANEL = 110
-MIN_SPAN = 60.0
+MIN_SPAN = 10.0  # seconds shown at least
+PAD = 0.03  # of the span, before the first run
 NICE_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600,
               43200, 86400, 172800, 604800)
 
@@ -55,9 +56,9 @@ def timeline_svg(runs: Sequence[RunRow], now: datetime, name: str) -> str:
     """The SVG of ``runs`` of script ``name`` up to ``now`` (the database's)."""
     servers = sorted({run.server for run in runs})
     end = now.timestamp()
-    start = min((run.started_at.timestamp() for run in runs), default=end)
-    start = min(start, end - MIN_SPAN)
-    span = end - start
+    first = min((run.started_at.timestamp() for run in runs), default=end)
+    span = max(MIN_SPAN, (end - first) * (1 + PAD))
+    start = end - span
     plot = WIDTH - LEFT - RIGHT
     lanes_bottom = TOP + LANE * max(1, len(servers))
     panel_top = lanes_bottom + GAP
