@@ -38,6 +38,7 @@ log = logging.getLogger("panda.master")
 T = TypeVar("T")
 
 PROBE_INTERVAL = 2.0
+HISTORY_BATCH = 0.25
 PRUNE_INTERVAL = 3600.0
 
 
@@ -67,6 +68,8 @@ class FleetDb:
         self.schema_problem: str | None = None
         self.next_beat = 0.0
         self.next_prune = 0.0
+        self.batch: list[RunRecord] = []
+        self.flush_at: float | None = None
 
     # ----- outage handling ----------------------------------------------------------------
     def usable(self, now: float) -> bool:
@@ -144,19 +147,34 @@ class FleetDb:
 
     # ----- history ------------------------------------------------------------------------
     def record(self, rec: RunRecord) -> None:
-        row = dbhistory.RunRecord(
+        """Queue a finished run; ``flush_history`` writes the queue in one transaction at
+        most ``HISTORY_BATCH`` seconds later (one commit per batch, not per run)."""
+        self.batch.append(rec)
+        if self.flush_at is None:
+            self.flush_at = self.monotonic() + HISTORY_BATCH
+
+    def flush_history(self) -> None:
+        if not self.batch:
+            return
+        now = self.monotonic()
+        rows = [dbhistory.RunRecord(
             script=rec.script, server=rec.server, pid=rec.pid, outcome=rec.outcome,
             error=rec.error, generation=rec.generation, duration=max(0.0, rec.duration),
-            ended_ago=max(0.0, self.monotonic() - rec.ended) if rec.ended else 0.0,
-            due_before_start=max(0.0, rec.dispatch_delay))
+            ended_ago=max(0.0, now - rec.ended) if rec.ended else 0.0,
+            due_before_start=max(0.0, rec.dispatch_delay)) for rec in self.batch]
+        self.batch = []
+        self.flush_at = None
         try:
-            self.call("history", lambda: self.history.record(row))
+            self.call("history", lambda: self.history.record_many(rows))
         except Unavailable:
-            self.pending.add(row)
+            for row in rows:
+                self.pending.add(row)
 
     # ----- periodic work: heartbeat and pruning --------------------------------------------
     def tick(self, now: float) -> float:
-        """Heartbeat and prune when due; returns when to be called next."""
+        """Write queued history, heartbeat and prune when due; returns when to be called next."""
+        if self.flush_at is not None and now >= self.flush_at:
+            self.flush_history()
         if now >= self.next_beat and self.usable(now):
             digest = config_hash(self.settings.fingerprint())
             try:
@@ -174,7 +192,7 @@ class FleetDb:
             except Unavailable:
                 pass
             self.next_prune = now + PRUNE_INTERVAL
-        wake = self.next_beat
+        wake = self.next_beat if self.flush_at is None else min(self.next_beat, self.flush_at)
         if self.down_since is not None:
             wake = min(wake, self.next_probe)
         return max(wake, now + 0.001)

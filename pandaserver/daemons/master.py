@@ -142,9 +142,14 @@ class Master:
                 self._fill_slots(now)
                 self._dispatch(now)
                 self._warn_late(now)
-            self._wait(self._next_event(now) - now)
+            # timers (history writes, heartbeats) may take a moment: measure the timeout
+            # from after them, or the master would wake late by that much
+            next_event = self._next_event(now)
+            self._wait(next_event - self.clock.monotonic())
         if self.status is not None:
             self.status.tick(self, self.clock.monotonic(), force=True)
+        if self.fleet is not None:
+            self.fleet.flush_history()
         log.info("master stopped")
         if self.only is not None:
             return ONCE_EXIT.get(self.once_outcome or protocol.LOST, exitcodes.RET_LOST)

@@ -28,7 +28,18 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import (
+    Boolean,
+    Engine,
+    Float,
+    bindparam,
+    case,
+    delete,
+    insert,
+    null,
+    select,
+    update,
+)
 from sqlalchemy.exc import SQLAlchemyError
 
 from pandaserver.db.clock import db_now_expr, db_now_plus
@@ -159,6 +170,44 @@ class HistoryStore:
 
     def record(self, run: RunRecord) -> int:
         """Insert a whole run (see ``RunRecord``); returns its id."""
+        with self.engine.begin() as conn:
+            key = conn.execute(self._insert(run)).inserted_primary_key
+        if key is None:  # pragma: no cover
+            raise RuntimeError("the database did not report the new run's id")
+        return int(key[0])
+
+    def record_many(self, runs: list[RunRecord]) -> None:
+        """Insert several whole runs in one statement (executemany) and one commit."""
+        if not runs:
+            return
+        params = []
+        for run in runs:
+            _check_outcome(run.outcome, END_OUTCOMES)
+            _check_seconds("duration", run.duration)
+            _check_seconds("ended_ago", run.ended_ago)
+            started_ago = run.ended_ago + run.duration
+            due_ago = None if run.due_before_start is None else started_ago + run.due_before_start
+            params.append({
+                "p_script": run.script, "p_server": run.server, "p_pid": run.pid,
+                "p_generation": run.generation, "p_outcome": run.outcome,
+                "p_error": _clip(run.error), "p_started_ago": -started_ago,
+                "p_ended_ago": -run.ended_ago,
+                "p_due_ago": -due_ago if due_ago is not None else 0.0,
+                "p_has_due": due_ago is not None,
+            })
+        stmt = insert(daemon_run).values(
+            script=bindparam("p_script"), server=bindparam("p_server"),
+            pid=bindparam("p_pid"), generation=bindparam("p_generation"),
+            due_at=case((bindparam("p_has_due", type_=Boolean),
+                         db_now_plus(bindparam("p_due_ago", type_=Float))), else_=null()),
+            started_at=db_now_plus(bindparam("p_started_ago", type_=Float)),
+            ended_at=db_now_plus(bindparam("p_ended_ago", type_=Float)),
+            outcome=bindparam("p_outcome"), error=bindparam("p_error"),
+        )
+        with self.engine.begin() as conn:
+            conn.execute(stmt, params)
+
+    def _insert(self, run: RunRecord) -> Any:
         _check_outcome(run.outcome, END_OUTCOMES)
         _check_seconds("duration", run.duration)
         _check_seconds("ended_ago", run.ended_ago)
@@ -172,11 +221,7 @@ class HistoryStore:
             ended_at=db_now_plus(-run.ended_ago),
             outcome=run.outcome, error=_clip(run.error),
         )
-        with self.engine.begin() as conn:
-            key = conn.execute(stmt).inserted_primary_key
-        if key is None:  # pragma: no cover
-            raise RuntimeError("the database did not report the new run's id")
-        return int(key[0])
+        return stmt
 
     def write(self, item: RunRecord | RunEnd) -> None:
         """Apply one pending write (what ``PendingWrites.flush`` calls)."""

@@ -192,3 +192,22 @@ def test_history_works_on_the_masters_autocommit_engine(db_engine: Engine) -> No
         assert history.prune(1) == 0
     finally:
         engine.dispose()
+
+
+def test_record_many_writes_a_batch_with_db_times(history: HistoryStore) -> None:
+    runs = [RunRecord(script=f"s{i}", server="x", pid=i, outcome="ok", duration=2.0,
+                      ended_ago=10.0, due_before_start=0.5 if i % 2 else None)
+            for i in range(6)]
+    history.record_many(runs)
+    history.record_many([])
+    rows = sorted(history.query(limit=50), key=lambda r: r.script)
+    assert [r.script for r in rows] == [f"s{i}" for i in range(6)]
+    for i, row in enumerate(rows):
+        assert row.pid == i and row.outcome == "ok"
+        assert row.started_at is not None and row.ended_at is not None
+        assert abs((row.ended_at - row.started_at).total_seconds() - 2.0) < 0.01
+        if i % 2:
+            assert row.due_at is not None
+            assert abs((row.started_at - row.due_at).total_seconds() - 0.5) < 0.01
+        else:
+            assert row.due_at is None
