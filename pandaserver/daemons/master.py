@@ -92,6 +92,8 @@ class Master:
         self._selector = selectors.DefaultSelector()
         self.extra_events: list[Callable[[float], float | None]] = []
         if fleet is not None:
+            if only is not None:  # run-once is not a fleet member: no heartbeat row
+                fleet.next_beat = math.inf
             self.extra_events.append(fleet.tick)
         self.started = self.clock.monotonic()
         self.last_outcomes: dict[str, tuple[str, float]] = {}
