@@ -18,7 +18,13 @@ from typing import Any
 from pandaserver.config import ConfigError, PandaConfig, load_config
 from pandaserver.daemons import exitcodes
 from pandaserver.service import control
-from pandaserver.service.detach import StartError, plan_start, start_detached, start_foreground
+from pandaserver.service.detach import (
+    StartError,
+    plan_start,
+    start_detached,
+    start_foreground,
+    unusable_problems,
+)
 from pandaserver.service.logfiles import STDOUT_LOG
 from pandaserver.service.pidfile import default_pidfile
 
@@ -103,8 +109,9 @@ def cmd_start(cfg: PandaConfig, args: argparse.Namespace) -> int:
         print(f"panda-daemon is not enabled (enable = False in [daemon] of {cfg.path}):"
               " not starting")
         return exitcodes.RET_OK
+    unusable = unusable_problems(cfg.daemon)
     for problem in cfg.daemon.problems:
-        if problem not in cfg.daemon.fatal:
+        if problem not in unusable:
             log.warning("%s", problem)
     try:
         plan = plan_start(cfg, args, _pidfile(args))
@@ -146,8 +153,9 @@ def cmd_restart(cfg: PandaConfig, args: argparse.Namespace) -> int:
 
 @_pidfile_errors
 def cmd_reload(cfg: PandaConfig, args: argparse.Namespace) -> int:
-    if cfg.daemon.fatal:
-        for problem in cfg.daemon.fatal:
+    unusable = unusable_problems(cfg.daemon)
+    if unusable:
+        for problem in unusable:
             print(f"panda-daemon: {problem}", file=sys.stderr)
         print("panda-daemon: not reloading: the running master keeps its configuration",
               file=sys.stderr)

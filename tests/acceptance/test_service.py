@@ -213,13 +213,17 @@ def test_reload_applies_changes_without_killing_runs_and_refuses_broken_config(
     assert ended["pid"] == running["pid"], "the running script was not left to finish"
     assert {p.pid for p in svc.workers(pid, 2)} == workers
 
+    good = svc.config.read_text()
     svc.write({"quick": {"module": "record", "period": 2}}, n_proc=0)  # invalid
     result = svc.cli("reload")
     assert result.returncode == 2
     assert "n_proc" in result.stderr and "not reloading" in result.stderr
+    svc.config.write_text(good.replace('"added": {', '"added": {{'))  # would drop every script
+    result = svc.cli("reload")
+    assert result.returncode == 2 and "invalid JSON" in result.stderr
     os.kill(pid, signal.SIGHUP)  # as systemd's ExecReload does, without the check
     svc.wait_log("reload refused, keeping the running configuration")
-    assert "must be at least 1, got: 0" in svc.log()
+    assert "invalid JSON at line" in svc.log() and "reload: script added removed" not in svc.log()
 
     svc.config.write_text("[daemon\nnot a config\n")
     assert svc.cli("reload").returncode == 2
@@ -367,9 +371,10 @@ def test_not_enabled_fatal_config_and_restart(svc: Service) -> None:
 
     svc.write({"quick": {"module": "record", "period": 2}})
     pid = svc.start()
-    svc.write({"quick": {"module": "record", "period": 2}}, n_proc="two")
+    svc.config.write_text(svc.config.read_text().replace('"quick": {', '"quick": {{'))
     result = svc.cli("restart")
     assert result.returncode == 2 and "not restarting" in result.stderr
+    assert "invalid JSON" in result.stderr
     assert lock_holder(svc.pidfile) == pid
     svc.write({"quick": {"module": "record", "period": 2}})
     result = svc.cli("restart")
