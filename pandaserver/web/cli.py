@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from pandaserver.config import PandaConfig
+from pandaserver.config.daemon import parse_positive_int
 from pandaserver.config.problems import did_you_mean
 from pandaserver.web.fmt import offset, relative, span, when
 from pandaserver.web.settings import (
@@ -46,26 +47,16 @@ def _type(parse: Callable[[str], T]) -> Callable[[str], T]:
     return convert
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"must be a whole number, got: {text!r}") from None
-    if value < 1:
-        raise ValueError(f"must be at least 1, got: {text!r}")
-    return value
-
-
 def add_web_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     web = sub.add_parser("web", help="serve the fleet pages, their JSON API and /metrics"
                                      " (gunicorn; read-only; localhost by default)")
     web.add_argument("--bind", type=_type(parse_bind), default=None, metavar="HOST:PORT",
                      help=f"where to listen (default: [daemon_web] bind, else"
                           f" {WebSettings().bind})")
-    web.add_argument("--workers", type=_type(_positive), default=1,
+    web.add_argument("--workers", type=_type(parse_positive_int), default=1,
                      help="gunicorn worker processes (default 1: keeps /metrics counters"
                           " consistent)")
-    web.add_argument("--threads", type=_type(_positive), default=4,
+    web.add_argument("--threads", type=_type(parse_positive_int), default=4,
                      help="threads per worker (default 4)")
     web.add_argument("--stale-factor", type=_type(parse_factor), default=None, metavar="K")
     web.add_argument("--access-log", default=None, metavar="FILE",
@@ -91,7 +82,7 @@ def add_web_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 
     logs = sub.add_parser("logs", help="the recent log records of one script (worker log)")
     logs.add_argument("name", help="the script's name")
-    logs.add_argument("--lines", type=_type(_positive), default=50, metavar="N",
+    logs.add_argument("--lines", type=_type(parse_positive_int), default=50, metavar="N",
                       help="how many records (default 50; a record keeps its continuation lines)")
     logs.add_argument("--grep", default=None, metavar="TEXT", help="only records containing TEXT")
     logs.add_argument("--file", type=Path, default=None,

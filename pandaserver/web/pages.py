@@ -4,6 +4,7 @@ script (auto-refresh), the timeline as inline SVG. Every value is escaped."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from html import escape
 from urllib.parse import quote
 
@@ -63,8 +64,10 @@ def _table(headers: Sequence[str], rows: Iterable[str], css: str = "") -> str:
     return f'<table{_cls(css)}><thead><tr>{head}</tr></thead>\n{"".join(rows)}</table>'
 
 
-def _now_text(overview_now: object) -> str:
-    return f"database time {_e(overview_now)} UTC &middot;"
+def _page(title: str, current: str, body: str, db_now: datetime, prefix: str,
+          refresh: float) -> str:
+    return layout(title, body, prefix=prefix, refresh=refresh, current=current,
+                  now_text=f"database time {when(db_now)} UTC &middot;")
 
 
 def _alerts(ov: Overview, prefix: str) -> str:
@@ -117,8 +120,7 @@ def fleet_page(ov: Overview, prefix: str, refresh: float) -> str:
               " (?: its master does not report its clock). A server is silent after 3"
               " heartbeat intervals without a beat. Workers are known only for masters on"
               " this host.</p>")
-    return layout("fleet", body, prefix=prefix, refresh=refresh, current="",
-                  now_text=_now_text(when(ov.db_now)))
+    return _page("fleet", "", body, ov.db_now, prefix, refresh)
 
 
 def _flags(s: ScriptView) -> str:
@@ -185,8 +187,7 @@ def scripts_page(ov: Overview, prefix: str, refresh: float) -> str:
               " period. Periods are this server's configuration; a sync script is due"
               " fleet-wide (its lease), another on each server one period after its last"
               " start there.</p>")
-    return layout("scripts", body, prefix=prefix, refresh=refresh, current="scripts",
-                  now_text=_now_text(when(ov.db_now)))
+    return _page("scripts", "scripts", body, ov.db_now, prefix, refresh)
 
 
 def _run_row(r: RunRow) -> str:
@@ -219,8 +220,7 @@ def script_page(detail: ScriptDetail, name: str, prefix: str, refresh: float) ->
             "<h3>Runs</h3>"
             + _table(["run", "server", "started", "duration", "outcome", "lease generation",
                       "error"], (_run_row(r) for r in detail.runs), "runs"))
-    return layout(name, body, prefix=prefix, refresh=refresh, current="scripts",
-                  now_text=_now_text(when(detail.db_now)))
+    return _page(name, "scripts", body, detail.db_now, prefix, refresh)
 
 
 def leases_page(ov: Overview, prefix: str, refresh: float) -> str:
@@ -239,8 +239,7 @@ def leases_page(ov: Overview, prefix: str, refresh: float) -> str:
                     "next due", "period"], rows, "leases")
             + '<p class="note">One lease per sync script; times are the database clock.'
               " <code>panda-daemon unlock NAME</code> frees one whose holder died.</p>")
-    return layout("leases", body, prefix=prefix, refresh=refresh, current="leases",
-                  now_text=_now_text(when(ov.db_now)))
+    return _page("leases", "leases", body, ov.db_now, prefix, refresh)
 
 
 def error_page(title: str, message: str, prefix: str, refresh: float) -> str:

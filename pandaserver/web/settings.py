@@ -47,24 +47,20 @@ class WebSettings:
         return replace(self, **{k: v for k, v in values.items() if v is not None})
 
 
-def parse_factor(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"must be a number, got: {text!r}") from None
-    if not math.isfinite(value) or value < 1:
-        raise ValueError(f"must be a finite number of periods >= 1, got: {text!r}")
-    return value
+def _at_least(minimum: float, unit: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"must be a number of {unit}, got: {text!r}") from None
+        if not math.isfinite(value) or value < minimum:
+            raise ValueError(f"must be a finite number of {unit} >= {minimum:g}, got: {text!r}")
+        return value
+    return parse
 
 
-def parse_refresh(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"must be a number of seconds, got: {text!r}") from None
-    if not math.isfinite(value) or value < 1:
-        raise ValueError(f"must be at least 1 second, got: {text!r}")
-    return value
+parse_factor = _at_least(1, "periods")
+parse_refresh = _at_least(1, "seconds")
 
 
 def parse_bind(text: str) -> str:
