@@ -102,12 +102,17 @@ class Service:
         return workers
 
     def processes(self) -> list[psutil.Process]:
-        """Every live process started with this service's environment marker."""
+        """Every live process of this service: started with its environment marker, or with
+        a file of its directory open (a process title overwrites the environment as
+        /proc shows it, so masters and workers are found by their log and pid files)."""
+        inside = str(self.root.resolve()) + os.sep
         found = []
         for proc in psutil.process_iter():
             try:
-                if proc.pid != os.getpid() and proc.status() != psutil.STATUS_ZOMBIE and \
-                        proc.environ().get(MARKER) == self.marker:
+                if proc.pid == os.getpid() or proc.status() == psutil.STATUS_ZOMBIE:
+                    continue
+                if proc.environ().get(MARKER) == self.marker or \
+                        any(f.path.startswith(inside) for f in proc.open_files()):
                     found.append(proc)
             except psutil.Error:
                 continue
@@ -386,6 +391,14 @@ def test_not_enabled_fatal_config_and_restart(svc: Service) -> None:
 
 
 def test_no_detach_is_the_main_process_and_notifies_systemd(svc: Service) -> None:
+    probe = svc.root / "probe" / "svcprobe"  # a script that shows what it inherited
+    probe.mkdir(parents=True)
+    (probe / "__init__.py").write_text("")
+    (probe / "env.py").write_text(
+        "import os\n\n\ndef main(argv=(), **_):\n"
+        "    print('NOTIFY_SOCKET=' + os.environ.get('NOTIFY_SOCKET', 'unset'))\n")
+    svc.env["PYTHONPATH"] = f"{probe.parent}{os.pathsep}{svc.env['PYTHONPATH']}"
+    svc.config = svc.write({"env": {"module": "env", "period": 60}}, package="svcprobe")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(svc.root / "notify"))
     sock.settimeout(15)
@@ -396,8 +409,8 @@ def test_no_detach_is_the_main_process_and_notifies_systemd(svc: Service) -> Non
         message = sock.recv(4096).decode()
         assert "READY=1" in message and f"MAINPID={proc.pid}" in message
         assert lock_holder(svc.pidfile) == proc.pid
-        for worker in svc.workers(proc.pid, 2):
-            assert "NOTIFY_SOCKET" not in worker.environ()
+        svc.workers(proc.pid, 2)
+        svc.wait_log("NOTIFY_SOCKET=unset", name="panda-daemons.log")  # only the master may
         svc.wait_log("master started on")
         proc.send_signal(signal.SIGTERM)  # systemctl stop
         assert proc.wait(20) == 0  # inactive, not failed
@@ -434,15 +447,15 @@ def nobody_svc() -> Iterator[Service]:
     if os.geteuid() != 0:
         pytest.skip("the switch to another user needs root")
     user, group = pwd.getpwnam("nobody"), grp.getgrnam("nogroup")
-    root = Path(tempfile.mkdtemp(prefix="panda-service-"))  # not under pytest's 0700 tmp
-    root.chmod(0o755)
     path = [str(FIXTURES), str(REPO), sysconfig.get_paths()["purelib"]]
-    service = Service(root, python=_python_for(user.pw_uid, group.gr_gid, path),
-                      no_root=False, pythonpath=path[2:])
-    service.write({"quick": {"module": "record", "period": 2}}, uname="nobody",
-                  gname="nogroup")
-    service.config.chmod(0o644)
+    python = _python_for(user.pw_uid, group.gr_gid, path)
+    root = Path(tempfile.mkdtemp(prefix="panda-service-"))  # not under pytest's 0700 tmp
     try:
+        root.chmod(0o755)
+        service = Service(root, python=python, no_root=False, pythonpath=path[2:])
+        service.write({"quick": {"module": "record", "period": 2}}, uname="nobody",
+                      gname="nogroup")
+        service.config.chmod(0o644)
         yield from checked(service)
     finally:
         shutil.rmtree(root, ignore_errors=True)
