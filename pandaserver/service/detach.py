@@ -179,6 +179,9 @@ def become_master(plan: Plan, ready: Callable[[int], None]) -> int:
             signal.signal(signum, signal.SIG_IGN)
         ready(os.getpid())
         return master.run()
+    except StartError as exc:
+        log.error("cannot start: %s", exc)  # in the log file as well, once it is open
+        raise
     finally:
         pidfile.release()
 
@@ -320,14 +323,24 @@ def _exit(code: int) -> None:
 
 # ----- foreground (systemd) ---------------------------------------------------------------
 def start_foreground(plan: Plan, err: TextIO) -> int:
-    """``start --no-detach``: this process is the master; systemd learns it is ready."""
+    """``start --no-detach``: this process is the master; systemd learns it is ready.
+
+    A failure is told on the standard error the command started with (the journal), even
+    when it happens after file descriptor 2 went to the log file.
+    """
+    err.flush()
+    journal = os.fdopen(os.dup(err.fileno()), "w", encoding="utf-8", errors="replace")
 
     def ready(pid: int) -> None:
         sd_notify(f"READY=1\nMAINPID={pid}\nSTATUS=running as {plan.runs_as}",
                   unset_environment=True)
+        journal.close()
 
     try:
         return become_master(plan, ready)
     except StartError as exc:
-        err.write(f"panda-daemon: cannot start: {exc}\n")
+        journal.write(f"panda-daemon: cannot start: {exc}\n")
         return exc.code
+    finally:
+        if not journal.closed:
+            journal.close()

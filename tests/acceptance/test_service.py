@@ -363,6 +363,15 @@ def test_a_failure_after_detaching_is_reported_by_start(svc: Service) -> None:
     assert "Is a directory" in result.stderr
     assert not svc.pidfile.exists() and svc.processes() == []
 
+    (svc.logdir / "panda_daemon_stdout.log").rmdir()
+    svc.write({"quick": {"module": "record", "period": 2}}, db_url="not a url")
+    for args in (("start",), ("start", "--no-detach")):  # refused once the logs are open
+        result = svc.cli(*args)
+        assert result.returncode == 2, result.stderr
+        assert "cannot start: database settings: " in result.stderr  # terminal or journal
+    assert svc.log().count("cannot start: database settings: ") == 2
+    assert not svc.pidfile.exists() and svc.processes() == []
+
 
 def test_not_enabled_fatal_config_and_restart(svc: Service) -> None:
     svc.write({"quick": {"module": "record", "period": 2}}, enable="False")
