@@ -135,6 +135,16 @@ def cmd_web(cfg: PandaConfig, args: argparse.Namespace) -> int:
 
     options = server.gunicorn_options(settings.bind, args.workers, args.threads, args.access_log,
                                       pidfile)
+    if cfg.daemon.uname:  # started as root: the workers that read the database do not stay root
+        from pandaserver.service.privileges import PrivilegeError, resolve_user
+
+        try:
+            user = resolve_user(cfg.daemon.uname, cfg.daemon.gname, str(cfg.path))
+        except PrivilegeError as exc:
+            _err(str(exc))
+            return EXIT_CONFIG
+        if user is not None:
+            options.update(user=user.uid, group=user.gid)
     return server.serve(load, options)
 
 

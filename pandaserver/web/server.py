@@ -8,6 +8,7 @@ counters of ``/metrics`` stay consistent when one process serves them (see metri
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import signal
 import socket
@@ -67,20 +68,26 @@ def default_pidfile() -> Path:
 
 
 def _answers(bind: str) -> bool:
+    """True once the server answers a request (a worker loaded the application), not
+    merely accepts connections (gunicorn's arbiter binds before its workers boot)."""
     if bind.startswith("unix:"):
-        family, address = socket.AF_UNIX, bind[5:]
-        target: Any = address
-    else:
-        host, _, port = bind.rpartition(":")
-        host = host.strip("[]")
-        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        target = (host, int(port))
-    with contextlib.suppress(OSError), socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.settimeout(1.0)
-        sock.connect(target)
-        return True
-    return False
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(2.0)
+            sock.connect(bind[5:])
+            sock.sendall(b"GET /api HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            return sock.recv(12).startswith(b"HTTP/1.")
+        return False
+    host, _, port = bind.rpartition(":")
+    host = host.strip("[]")
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    connection = http.client.HTTPConnection(host, int(port), timeout=2.0)
+    try:
+        connection.request("GET", "/api")
+        return connection.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        connection.close()
 
 
 def start_detached(argv: list[str], bind: str, log_file: Path, wait: float = START_WAIT) -> int:
