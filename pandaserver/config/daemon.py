@@ -99,6 +99,15 @@ class DaemonSettings:
     fatal: list[ConfigProblem] = field(default_factory=list)
     raw_config: str = ""
 
+    def unusable(self) -> list[ConfigProblem]:
+        """What keeps this config from starting a master or replacing a running one's: the
+        fatal problems, and a ``config`` value that cannot be used at all (invalid JSON, not
+        an object, missing, empty), which would run no script, or on reload remove every
+        one. A problem of one script only drops that script."""
+        whole = [problem for problem in self.problems
+                 if problem.key == "config" and problem.script is None]
+        return [*self.fatal, *(problem for problem in whole if problem not in self.fatal)]
+
     @property
     def enabled_scripts(self) -> list[DaemonSpec]:
         return [spec for spec in self.scripts.values() if spec.enable]

@@ -174,10 +174,13 @@ class Master:
             self._selector.unregister(fd)
         for fd, data in wanted.items():
             key = registered.get(fd)
+            if key is not None and key.data != data:
+                # a descriptor number reused by a new worker: register it afresh (the
+                # kernel dropped the old registration when the old descriptor was closed)
+                self._selector.unregister(fd)
+                key = None
             if key is None:
                 self._selector.register(fd, selectors.EVENT_READ, data)
-            elif key.data != data:
-                self._selector.modify(fd, selectors.EVENT_READ, data)
         events = self._selector.select(max(0.0, timeout))
         exits = []
         for key, _ in events:
@@ -258,8 +261,9 @@ class Master:
         except Exception as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return
-        if new.fatal:
-            for problem in new.fatal:
+        unusable = new.unusable()
+        if unusable:
+            for problem in unusable:
                 log.error("reload refused, keeping the running configuration: %s", problem)
             return
         from pandaserver.daemons.reload import apply_settings
@@ -342,6 +346,9 @@ class Master:
                     self.begin_stop(self.clock.monotonic(), grace=0)
 
     def _worker_gone(self, slot: Slot, now: float) -> None:
+        for fd in (slot.proc.pidfd, slot.proc.conn_fd):  # before they close and get reused
+            if fd in self._selector.get_map():
+                self._selector.unregister(fd)
         code = slot.reap()
         del self.slots[slot.index]
         expected = slot.state in (WorkerState.EXITING, WorkerState.KILLING)
@@ -394,6 +401,8 @@ class Master:
                 if slot.run is not None:
                     slot.run.notes.append("killed at shutdown: still running after the stop grace")
                 slot.start_kill(now, "stop grace is over", grace=SHUTDOWN_KILL_GRACE)
+        if self.stopping and now >= self.stop_deadline:
+            self.stop_deadline = math.inf  # acted on: the kills carry their own deadlines
         for slot in list(self.draining):
             assert slot.kill is not None
             if now >= slot.kill.deadline and not slot.kill.killed:

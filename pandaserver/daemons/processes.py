@@ -29,6 +29,7 @@ class Spawned:
     conn: Connection
     pidfd: int
     lifeline: int
+    conn_fd: int = -1
 
     @property
     def pid(self) -> int:
@@ -71,7 +72,7 @@ def spawn_worker(argv: list[str], env: dict[str, str] | None = None) -> Spawned:
         os.close(life_r)
     conn = Connection(parent_sock.detach())
     pidfd = os.pidfd_open(popen.pid)
-    return Spawned(popen=popen, conn=conn, pidfd=pidfd, lifeline=life_w)
+    return Spawned(popen=popen, conn=conn, pidfd=pidfd, lifeline=life_w, conn_fd=conn.fileno())
 
 
 def tree_of(pid: int) -> list[psutil.Process]:

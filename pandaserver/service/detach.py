@@ -67,28 +67,8 @@ class Plan:
 
 
 def unusable_problems(settings: DaemonSettings) -> list[ConfigProblem]:
-    """What keeps a config from starting a service or replacing a running one: the fatal
-    problems, and a ``config`` value that cannot be used at all (invalid JSON, not an
-    object, missing, empty), which would run no script, or on reload remove every one.
-    A problem of one script only drops that script."""
-    whole = [problem for problem in settings.problems
-             if problem.key == "config" and problem.script is None]
-    return [*settings.fatal, *(problem for problem in whole if problem not in settings.fatal)]
-
-
-def strict_reload(reload_settings: Callable[[], DaemonSettings]
-                  ) -> Callable[[], DaemonSettings]:
-    """The master's SIGHUP re-read, refusing (the master keeps its running configuration
-    and logs why) what ``unusable_problems`` finds."""
-
-    def reload() -> DaemonSettings:
-        new = reload_settings()
-        unusable = unusable_problems(new)
-        if unusable:
-            raise ValueError("; ".join(str(problem) for problem in unusable))
-        return new
-
-    return reload
+    """What keeps a config from starting a service (see ``DaemonSettings.unusable``)."""
+    return settings.unusable()
 
 
 def plan_start(cfg: PandaConfig, args: argparse.Namespace, pidfile: Path, *,
@@ -173,8 +153,6 @@ def become_master(plan: Plan, ready: Callable[[int], None]) -> int:
                                   on_signal={signal.SIGUSR1: plan.logs.reopen})
         except StartupError as exc:
             raise StartError(exc.code, str(exc)) from None
-        if master.reload_settings is not None:
-            master.reload_settings = strict_reload(master.reload_settings)
         for signum in (signal.SIGHUP, signal.SIGUSR1):  # until the loop installs its handlers
             signal.signal(signum, signal.SIG_IGN)
         ready(os.getpid())

@@ -101,3 +101,19 @@ def test_unimportable_module_is_reported_and_others_run(tmp_path: Path) -> None:
         assert "script broken will not run" in log and "broken on purpose" in log
         assert "script missing will not run" in log and "No module named" in log
         assert log.count("script broken will not run") == 1
+
+
+def test_workers_killed_together_again_and_again_are_replaced(tmp_path: Path) -> None:
+    # Each round frees descriptor numbers that the replacements then reuse: the master must
+    # keep watching the new workers, and still stop cleanly at the end.
+    cfg = write_config(tmp_path, {"tick": {"module": "record", "period": 0.2}}, n_proc=2)
+    with running_master(cfg, tmp_path) as master:
+        for _ in range(3):
+            workers = wait_for(lambda: len(master.workers()) == 2 and master.workers(), 15,
+                               "two workers")
+            count = len(master.events("start", "tick"))
+            for proc in workers:
+                os.kill(proc.pid, signal.SIGKILL)
+            wait_for(lambda ws=workers: not any(pid_alive(p.pid) for p in ws), 5, "workers gone")
+            master.wait_events(count + 3, "start", "tick")
+        assert master.stop(timeout=20) == 0

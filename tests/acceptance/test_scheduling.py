@@ -130,7 +130,15 @@ def test_reload_on_sighup_applies_changes(tmp_path: Path) -> None:
         master.signal(signal.SIGHUP)
         master.wait_events(1, "start", "b")
         master.wait_log("reload: script a removed")
-        cfg.write_text(cfg.read_text().replace("package = testscripts", "n_proc = zero"))
+        good = cfg.read_text()
+        cfg.write_text(good.replace('"b": {', '"b": {,'))  # a JSON typo: would drop every script
         master.signal(signal.SIGHUP)
         master.wait_log("reload refused")
-        assert master.proc.poll() is None
+        cfg.write_text(good.replace("package = testscripts", "n_proc = zero"))
+        master.signal(signal.SIGHUP)
+        master.wait_log("reload refused", count=2)
+        assert "reload: script b removed" not in master.log()
+        count = len(master.events("start", "b"))
+        write_config(tmp_path, {"b": {"module": "record", "period": 0.2}})
+        master.signal(signal.SIGHUP)
+        master.wait_events(count + 2, "start", "b")  # still running, with the new period
