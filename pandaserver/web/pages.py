@@ -215,7 +215,8 @@ def script_page(detail: ScriptDetail, name: str, prefix: str, refresh: float) ->
                  f" {span(s.since_success) + ' ago' if s.since_success is not None else 'never'}"
                  f" {_flags(s)}</p>")
     body = (f"<h2>{_e(name)}</h2>{facts}"
-            f"<h3>Timeline: the last {len(detail.runs)} runs per server, and their durations</h3>"
+            f"<h3>Timeline of the last {len(detail.runs)} runs: a lane per server; below, their"
+            " durations</h3>"
             f'<div class="timeline-box">{timeline_svg(detail.runs, detail.db_now, name)}</div>'
             "<h3>Runs</h3>"
             + _table(["run", "server", "started", "duration", "outcome", "lease generation",
