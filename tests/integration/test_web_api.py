@@ -293,6 +293,12 @@ def test_real_masters_history_status_and_workers(db_url: URL, db_engine: Engine,
                                (script, server, outcome))
                 labels = (("outcome", outcome), ("script", script), ("server", server))
                 assert m.get(("panda_daemon_runs_total", labels), 0) == expected
+    # the masters record each run's due time: its dispatch delay is in the histogram
+    timed = [r for r in rows if r.script == "quick" and r.due_at is not None]
+    quick = (("script", "quick"),)
+    assert timed and m[("panda_daemon_dispatch_delay_seconds_count", quick)] == len(timed)
+    assert m[("panda_daemon_dispatch_delay_seconds_sum", quick)] == pytest.approx(
+        sum((r.started_at - r.due_at).total_seconds() for r in timed if r.due_at), abs=0.01)
     broken = get_json(app, "/api/scripts/broken")
     assert {r["outcome"] for r in broken["runs"]} == {"failed"}
     assert "deliberate failure" in broken["runs"][0]["error"]
