@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                      daemon=True).start()
     original_stderr = capture.redirect_fd_output()
     setup_logging(original_stderr, args.index, args.log_level, args.log_file)
+    if args.log_file:  # records go to the file: keep no handle on the master's stderr, so a
+        os.close(original_stderr)  # rotated stderr log is not held open by workers
     sys.stdout = capture.LineLogger("stdout", logging.INFO)
     sys.stderr = capture.LineLogger("stderr", logging.WARNING)
     worker = Worker(Connection(args.fd), args.index, args.server_name, args.config)
