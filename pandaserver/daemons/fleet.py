@@ -49,13 +49,15 @@ class Unavailable(Exception):
 class FleetDb:
     def __init__(self, engine: Engine, server: str, settings: DaemonSettings,
                  monotonic: Callable[[], float], started_wall: datetime,
-                 probe_interval: float = PROBE_INTERVAL) -> None:
+                 probe_interval: float = PROBE_INTERVAL,
+                 wall: Callable[[], datetime] | None = None) -> None:
         self.engine = engine
         self.server = server
         self.pid = os.getpid()
         self.settings = settings
         self.monotonic = monotonic
         self.started_wall = started_wall
+        self.wall = wall  # this master's wall clock, sent with heartbeats (skew display)
         self.probe_interval = probe_interval
         self.leases = LeaseStore(engine)
         self.history = dbhistory.HistoryStore(engine)
@@ -179,7 +181,8 @@ class FleetDb:
             digest = config_hash(self.settings.fingerprint())
             try:
                 self.call("heartbeat", lambda: self.beats.beat(
-                    self.server, self.pid, __version__, self.started_wall, digest))
+                    self.server, self.pid, __version__, self.started_wall, digest,
+                    server_time=self.wall() if self.wall is not None else None))
             except Unavailable:
                 pass
             self.next_beat = now + self.settings.heartbeat_interval
@@ -244,7 +247,7 @@ def open_fleet(cfg: PandaConfig, server: str, clock: Clock) -> FleetDb:
         engine = make_engine(cfg, autocommit=True, pre_ping=False)
     except (DatabaseConfigError, KeyError, ValueError) as exc:
         raise StartupError(exitcodes.RET_CONFIG, f"database settings: {exc}") from None
-    fleet = FleetDb(engine, server, cfg.daemon, clock.monotonic, clock.wall())
+    fleet = FleetDb(engine, server, cfg.daemon, clock.monotonic, clock.wall(), wall=clock.wall)
     try:
         ensure_schema(engine)
         fleet.schema_ok = True

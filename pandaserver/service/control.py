@@ -106,12 +106,28 @@ def status(pidfile: Path, out: TextIO) -> int:
         return exitcodes.RET_OK
     out.write(f"panda-daemon is running: master pid {master.pid} as {user}, up"
               f" {_duration(time.time() - started)} (pid file {pidfile})\n")
+    published = _published_status(master.pid)
+    if published is not None:  # what each worker runs, and when each script is next due
+        out.write(published)
+        return exitcodes.RET_OK
     workers = sorted(filter(None, (_describe_worker(child) for child in children)))
     for _, line in workers:
         out.write(f"  {line}\n")
     if not workers:
         out.write("  no workers running\n")
     return exitcodes.RET_OK
+
+
+def _published_status(pid: int) -> str | None:
+    """The status file the master ``pid`` writes (pandaserver.daemons.status), rendered."""
+    try:
+        from pandaserver.web.localstatus import local_masters, render_local_status
+    except ImportError:
+        return None
+    for data in local_masters():
+        if data.get("pid") == pid:
+            return render_local_status(data)
+    return None
 
 
 def _describe_worker(proc: psutil.Process) -> tuple[int, str] | None:

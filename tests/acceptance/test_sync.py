@@ -59,6 +59,7 @@ def test_each_period_served_once_across_masters_with_skewed_clocks(
         wait_for(lambda: len(fleet_events(masters, "end", "shared")) >= 8, 40,
                  "8 fleet-wide runs")
         locks = json.loads(cli(tmp_path, cfg, "locks", "--json").stdout)
+        fleet = json.loads(cli(tmp_path, cfg, "fleet", "--json").stdout)
         for master in masters:
             assert master.stop() == 0
     starts = fleet_events(masters, "start", "shared")
@@ -69,6 +70,9 @@ def test_each_period_served_once_across_masters_with_skewed_clocks(
     assert max(gaps[1:]) <= 1.0 + 0.6, f"a period went unserved: {gaps}"
     for end, nxt in zip(ends, starts[1:], strict=False):
         assert end["t"] <= nxt["t"], "runs of a sync script overlapped"
+    offsets = {s["server"]: s["clock_offset"] for s in fleet["servers"]}
+    for server, skew in (("a", 0), ("b", 300), ("c", -420)):  # seen, and harmless
+        assert abs(offsets[server] - skew) < 5, offsets
     generations = [s["generation"] for s in starts]
     assert generations == sorted(generations) and len(set(generations)) == len(generations)
     assert [row["name"] for row in locks] == ["shared"]
