@@ -1,26 +1,24 @@
 #!/usr/bin/env bash
-# Install what the tests need (PostgreSQL server binaries, a virtualenv with the project and
+# Install what the tests need (system packages below, a virtualenv with the project and
 # its test dependencies), then run lint, types and the whole test suite.
 # Usage: tests/run-all.sh [pytest arguments...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-have_postgres() {
-    command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1
-}
-if ! have_postgres; then
-    echo "== installing PostgreSQL (apt-get)"
+# System packages the tests use: PostgreSQL server binaries (the tests start their own
+# cluster), Chromium (the web page tests), logrotate (the shipped logrotate config's test).
+missing=""
+command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+    || missing="$missing postgresql"
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || missing="$missing logrotate"
+if [ -n "$missing" ]; then
+    echo "== installing with apt-get:$missing"
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
-fi
-if ! command -v chromium >/dev/null 2>&1; then
-    echo "== installing Chromium (apt-get), for the web page tests"
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    # shellcheck disable=SC2086
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
 fi
 
 PY=${PYTHON:-python3}

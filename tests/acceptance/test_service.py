@@ -339,7 +339,6 @@ def test_log_files_are_reopened_on_sigusr1(svc: Service) -> None:
     assert svc.cli("reopen-logs").returncode == RET_NOT_RUNNING
 
 
-@pytest.mark.skipif(shutil.which("logrotate") is None, reason="logrotate is not installed")
 def test_shipped_logrotate_config_rotates_and_the_master_reopens(svc: Service) -> None:
     pid = svc.start()
     svc.wait_log("[quick run ", name="panda-daemons.log")
