@@ -107,6 +107,8 @@ def _check_arguments(value: object) -> str | None:
     return None
 
 
+MAX_NAME = 128
+
 SCRIPT_KEYS: dict[str, Callable[[object], str | None]] = {
     "enable": _check_bool,
     "period": _check_positive,
@@ -128,6 +130,9 @@ def parse_script(name: str, entry: object) -> tuple[DaemonSpec | None, list[tupl
         return None, problems
     if not name.strip():
         problems.append((None, "script name must not be empty"))
+    elif len(name) > MAX_NAME:
+        problems.append((None, f"script name must have at most {MAX_NAME} characters"
+                               f" (the history and lease tables' limit), got {len(name)}"))
     for key, value in entry.items():
         check = SCRIPT_KEYS.get(key)
         if check is None:

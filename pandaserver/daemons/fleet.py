@@ -46,6 +46,11 @@ class Unavailable(Exception):
     """The database cannot be used right now (an outage, or a schema this code refuses)."""
 
 
+class Refused(Unavailable):
+    """This one operation failed for a reason that is not an outage (a bug or bad data):
+    logged with its traceback; retrying it would fail again."""
+
+
 class FleetDb:
     def __init__(self, engine: Engine, server: str, settings: DaemonSettings,
                  monotonic: Callable[[], float], started_wall: datetime,
@@ -95,6 +100,9 @@ class FleetDb:
         except SQLAlchemyError as exc:
             self._down(now, exc)
             raise Unavailable(what) from exc
+        except Exception as exc:  # never let it reach the master's loop
+            log.exception("database %s failed", what)
+            raise Refused(what) from exc
         if self.down_since is not None:
             self._up(now)
         return result
@@ -168,6 +176,8 @@ class FleetDb:
         self.flush_at = None
         try:
             self.call("history", lambda: self.history.record_many(rows))
+        except Refused:
+            log.error("%d history row(s) dropped: the database refused them", len(rows))
         except Unavailable:
             for row in rows:
                 self.pending.add(row)
@@ -210,8 +220,8 @@ class DbLeases:
     def acquire(self, spec: DaemonSpec) -> LeaseDecision:
         return self.fleet.acquire(spec)
 
-    def release(self, spec: DaemonSpec, generation: int | None) -> None:
-        self.fleet.release(spec.name, generation)
+    def release(self, name: str, generation: int | None) -> None:
+        self.fleet.release(name, generation)
 
 
 class DbRecorder:

@@ -24,7 +24,7 @@ class LeaseDecision:
 class LeaseManager(Protocol):
     def acquire(self, spec: DaemonSpec) -> LeaseDecision: ...
 
-    def release(self, spec: DaemonSpec, generation: int | None) -> None: ...
+    def release(self, name: str, generation: int | None) -> None: ...
 
 
 class LocalLeases:
@@ -33,5 +33,5 @@ class LocalLeases:
     def acquire(self, spec: DaemonSpec) -> LeaseDecision:
         return LeaseDecision(granted=True)
 
-    def release(self, spec: DaemonSpec, generation: int | None) -> None:
+    def release(self, name: str, generation: int | None) -> None:
         return None

@@ -33,7 +33,7 @@ from pandaserver.daemons.pool import (
 )
 from pandaserver.daemons.processes import any_alive, finish_kill, set_title
 from pandaserver.daemons.runs import LogRecorder, Recorder, Run, RunRecord
-from pandaserver.daemons.schedule import ScriptState
+from pandaserver.daemons.schedule import REMOVED, ScriptState
 from pandaserver.daemons.states import WorkerState
 from pandaserver.daemons.status import StatusFile
 
@@ -315,6 +315,13 @@ class Master:
             self._on_message(slot, message)
 
     def _on_message(self, slot: Slot, message: dict[str, Any]) -> None:
+        try:
+            self._handle_message(slot, message)
+        except Exception:  # a malformed message must never end the master's loop
+            log.exception("worker %d (pid %d): cannot handle message %.300r",
+                          slot.index, slot.pid, message)
+
+    def _handle_message(self, slot: Slot, message: dict[str, Any]) -> None:
         now = self.clock.monotonic()
         op = message["op"]
         if op == "ready":
@@ -323,13 +330,18 @@ class Master:
                 slot.move(WorkerState.IDLE)
                 if self.stopping:
                     slot.ask_exit(now)
-            self._disable_unimportable(message.get("import_errors") or {})
+            errors = message.get("import_errors")
+            self._disable_unimportable(errors if isinstance(errors, dict) else {})
         elif op == "done" and slot.run is not None and slot.run.id == message.get("run"):
             run = slot.run
-            run.started = float(message.get("started", run.started or run.dispatched))
-            run.ended = float(message.get("ended", now))
             slot.run = None
-            self._finish_run(run, message.get("outcome", protocol.LOST), message.get("error"))
+            run.started = _seconds(message.get("started"), run.dispatched)
+            run.ended = _seconds(message.get("ended"), now)
+            outcome, error = message.get("outcome"), message.get("error")
+            if outcome not in (protocol.OK, protocol.FAILED, protocol.LOST):
+                error = f"the worker reported an unknown outcome {outcome!r}: {error}"
+                outcome = protocol.LOST
+            self._finish_run(run, outcome, None if error is None else str(error))
             if slot.state is WorkerState.RETIRING:
                 slot.ask_exit(now)
             elif slot.state is WorkerState.BUSY:
@@ -413,8 +425,8 @@ class Master:
 
     # ----- scheduling ---------------------------------------------------------------------
     def _dispatch(self, now: float) -> None:
-        idle = sorted((s for s in self.slots.values() if s.state is WorkerState.IDLE),
-                      key=lambda s: s.index)
+        idle = sorted((s for s in self.slots.values()
+                       if s.state is WorkerState.IDLE and s.conn_open), key=lambda s: s.index)
         if not idle:
             return
         for state in schedule.due_scripts(self.scripts.values(), now):
@@ -433,19 +445,13 @@ class Master:
                     self._lease_refused(state, decision, now)
                     continue
                 generation = decision.generation
-            slot = idle.pop(0)
-            self.run_counter += 1
-            run = Run(id=self.run_counter, script=spec.name, worker=slot.index, pid=slot.pid,
-                      due=state.next_due, dispatched=now, timeout_at=now + spec.timeout,
-                      wall_dispatched=self.clock.wall(), generation=generation)
-            sent = slot.send("run", run=run.id, name=spec.name, module=spec.module,
-                             arguments=list(spec.arguments), loop=spec.loop, period=spec.period,
-                             generation=generation)
-            if not sent:
-                self.leases.release(spec, generation)
-                continue
-            slot.move(WorkerState.BUSY)
-            slot.run = run
+            slot = self._hand_over(idle, state, generation, now)
+            if slot is None:  # every idle worker's channel was broken
+                if generation is not None:
+                    self.leases.release(spec.name, generation)
+                break
+            run = slot.run
+            assert run is not None
             state.running = run.id
             state.run_started = now
             if self.only is not None:
@@ -457,6 +463,26 @@ class Master:
                 state.next_due = schedule.next_due_after_start(state.next_due, now, spec.period)
             log.debug("%s dispatched to worker %d (due %.3f s ago)", run.label, slot.index,
                       now - run.due)
+
+    def _hand_over(self, idle: list[Slot], state: ScriptState, generation: int | None,
+                   now: float) -> Slot | None:
+        """Send the run to the first idle worker that takes it; a worker whose channel is
+        broken is killed (and replaced) rather than tried again."""
+        spec = state.spec
+        while idle:
+            slot = idle.pop(0)
+            self.run_counter += 1
+            run = Run(id=self.run_counter, script=spec.name, worker=slot.index, pid=slot.pid,
+                      due=state.next_due, dispatched=now, timeout_at=now + spec.timeout,
+                      wall_dispatched=self.clock.wall(), generation=generation)
+            if slot.send("run", run=run.id, name=spec.name, module=spec.module,
+                         arguments=list(spec.arguments), loop=spec.loop, period=spec.period,
+                         generation=generation):
+                slot.move(WorkerState.BUSY)
+                slot.run = run
+                return slot
+            slot.start_kill(now, "its channel to the master is broken", grace=0)
+        return None
 
     def _lease_refused(self, state: ScriptState, decision: LeaseDecision, now: float) -> None:
         """Another server holds the lease (recorded as skipped) or it is not due fleet-wide
@@ -500,8 +526,10 @@ class Master:
                 log.warning("%s took %.1f s, %.1f s longer than its period of %g s;"
                             " the next run starts now, not in a burst", run.label,
                             ended - started, over, state.spec.period)
-            if state.spec.sync:
-                self.leases.release(state.spec, run.generation)
+            if state.disabled == REMOVED:  # dropped by a reload while it ran
+                del self.scripts[run.script]
+        if run.generation is not None:  # whatever the config says now: what was taken
+            self.leases.release(run.script, run.generation)
         self.last_outcomes[run.script] = (outcome, ended)
         self.recorder.record(RunRecord(
             script=run.script, server=self.server, pid=run.pid, run_id=run.id,
@@ -513,6 +541,12 @@ class Master:
             self.once_outcome = outcome
             if not self.stopping:
                 self.begin_stop(self.clock.monotonic())
+
+
+def _seconds(value: object, default: float) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return default
 
 
 def main() -> None:

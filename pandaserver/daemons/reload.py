@@ -6,7 +6,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from pandaserver.config.daemon import DaemonSettings
-from pandaserver.daemons.schedule import ScriptState
+from pandaserver.daemons.schedule import REMOVED, ScriptState
 from pandaserver.daemons.states import WorkerState
 
 if TYPE_CHECKING:
@@ -24,13 +24,21 @@ def apply_settings(master: Master, new: DaemonSettings, now: float) -> None:
     old_specs = {name: state.spec for name, state in master.scripts.items()}
     new_specs = master._specs(new)
     for name in old_specs.keys() - new_specs.keys():
-        del master.scripts[name]
+        gone = master.scripts[name]
+        if gone.running is None:
+            del master.scripts[name]
+        else:  # kept, not scheduled, until its run ends: it must not run twice at once
+            gone.disabled = REMOVED
         log.info("reload: script %s removed", name)
     for name, spec in new_specs.items():
         state = master.scripts.get(name)
         if state is None:
             master.scripts[name] = ScriptState(spec=spec, next_due=now)
             log.info("reload: script %s added", name)
+        elif state.disabled == REMOVED:  # back while its old run still goes: it waits
+            state.disabled = None
+            state.spec = spec
+            log.info("reload: script %s added back", name)
         elif state.spec != spec:
             if state.spec.module != spec.module:
                 state.disabled = None
@@ -45,7 +53,7 @@ def apply_settings(master: Master, new: DaemonSettings, now: float) -> None:
             slot.expires = now
     for index, slot in master.slots.items():
         if index > new.n_proc:
-            if slot.state is WorkerState.IDLE:
+            if slot.state in (WorkerState.IDLE, WorkerState.STARTING):
                 slot.ask_exit(now)
             elif slot.state is WorkerState.BUSY:
                 slot.move(WorkerState.RETIRING)

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 from pandaserver.config.scripts import DaemonSpec
 
+REMOVED = "removed from the configuration by a reload"  # a ``disabled`` reason
+
 
 @dataclass
 class ScriptState:

@@ -142,3 +142,20 @@ def test_reload_on_sighup_applies_changes(tmp_path: Path) -> None:
         write_config(tmp_path, {"b": {"module": "record", "period": 0.2}})
         master.signal(signal.SIGHUP)
         master.wait_events(count + 2, "start", "b")  # still running, with the new period
+
+
+def test_reload_removing_and_re_adding_a_running_script_never_overlaps(tmp_path: Path) -> None:
+    slow = {"slow": {"module": "record", "period": 0.2, "timeout": 10, "arguments": [1.5]}}
+    cfg = write_config(tmp_path, slow, n_proc=2)
+    with running_master(cfg, tmp_path) as master:
+        master.wait_events(1, "start", "slow")
+        write_config(tmp_path, {"other": {"module": "record", "period": 60}}, n_proc=2)
+        master.signal(signal.SIGHUP)
+        master.wait_log("reload: script slow removed")
+        write_config(tmp_path, slow, n_proc=2)
+        master.signal(signal.SIGHUP)
+        master.wait_log("reload: script slow added back")
+        master.wait_events(2, "start", "slow")
+        starts = master.events("start", "slow")
+        ends = master.events("end", "slow")
+        assert ends and ends[0]["t"] <= starts[1]["t"], "the script ran twice at once"
