@@ -108,7 +108,7 @@ def cmd_run(cfg: PandaConfig, args: argparse.Namespace) -> int:
         return exitcodes.RET_OK
     for problem in settings.problems:
         log.error("%s", problem)
-    if settings.fatal:
+    if settings.unusable():  # fatal problems, or a config value that runs no script at all
         log.error("cannot start: fix the problems above (panda-daemon check-config lists them)")
         return exitcodes.RET_CONFIG
 
@@ -195,6 +195,10 @@ def cmd_check_config(cfg: PandaConfig, args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    name = args.server_name
+    if name is not None and not (0 < len(name.strip()) == len(name) <= 255):
+        parser.error(f"--server-name must be 1 to 255 characters without surrounding spaces,"
+                     f" got: {name!r}")
     setup_logging(args.log_level)
     plain = getattr(args, "plain", None)
     if plain is not None:

@@ -39,6 +39,7 @@ T = TypeVar("T")
 
 PROBE_INTERVAL = 2.0
 HISTORY_BATCH = 0.25
+STATEMENT_TIMEOUT = 10.0  # a statement stuck on a lock must not freeze the master's loop
 PRUNE_INTERVAL = 3600.0
 
 
@@ -129,8 +130,10 @@ class FleetDb:
         for name, generation in releases:
             self.release(name, generation)
         dropped = f", {result.dropped} dropped for lack of room" if result.dropped else ""
-        log.info("database available again after %.1f s: %d history row(s) written%s",
-                 outage, result.written, dropped)
+        left = (f", {result.remaining} still waiting ({describe_db_error(result.error, self.engine.url)})"
+                if result.error is not None else "")
+        log.info("database available again after %.1f s: %d history row(s) written%s%s",
+                 outage, result.written, dropped, left)
 
     # ----- leases -------------------------------------------------------------------------
     def acquire(self, spec: DaemonSpec) -> LeaseDecision:
@@ -254,7 +257,8 @@ def open_fleet(cfg: PandaConfig, server: str, clock: Clock) -> FleetDb:
     try:
         # autocommit without a ping: one round trip per lease grant (lease statements retry
         # once on a fresh connection after a dropped one)
-        engine = make_engine(cfg, autocommit=True, pre_ping=False)
+        engine = make_engine(cfg, autocommit=True, pre_ping=False,
+                             statement_timeout=STATEMENT_TIMEOUT)
     except (DatabaseConfigError, KeyError, ValueError) as exc:
         raise StartupError(exitcodes.RET_CONFIG, f"database settings: {exc}") from None
     fleet = FleetDb(engine, server, cfg.daemon, clock.monotonic, clock.wall(), wall=clock.wall)

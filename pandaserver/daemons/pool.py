@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pandaserver.daemons import protocol
@@ -32,7 +30,6 @@ class Slot:
     conn_open: bool = True
     exited: bool = False
     returncode: int | None = None
-    notes: list[str] = field(default_factory=list)
 
     @property
     def pid(self) -> int:
@@ -105,8 +102,3 @@ def staggered_lifetime(lifetime: float, position: int, count: int) -> float:
     if count <= 1:
         return lifetime
     return lifetime * (1.0 - 0.5 * position / count)
-
-
-def close_quietly(fd: int) -> None:
-    with contextlib.suppress(OSError):
-        os.close(fd)

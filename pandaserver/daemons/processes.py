@@ -67,11 +67,22 @@ def spawn_worker(argv: list[str], env: dict[str, str] | None = None) -> Spawned:
             stdin=subprocess.DEVNULL,
             env=env,
         )
+    except BaseException:
+        parent_sock.close()
+        os.close(life_w)
+        raise
     finally:
         child_sock.close()
         os.close(life_r)
     conn = Connection(parent_sock.detach())
-    pidfd = os.pidfd_open(popen.pid)
+    try:
+        pidfd = os.pidfd_open(popen.pid)
+    except OSError:
+        popen.kill()  # closing the lifeline alone would do; do not leave it to chance
+        popen.wait()
+        conn.close()
+        os.close(life_w)
+        raise
     return Spawned(popen=popen, conn=conn, pidfd=pidfd, lifeline=life_w, conn_fd=conn.fileno())
 
 

@@ -27,8 +27,6 @@ class Run:
     generation: int | None = None
     started: float | None = None  # monotonic time main() was called (reported by the worker)
     ended: float | None = None
-    outcome: str | None = None
-    error: str | None = None
     timed_out: bool = False
     notes: list[str] = field(default_factory=list)
 

@@ -70,10 +70,6 @@ def late_threshold(period: float) -> float:
     return max(300.0, period / 2)
 
 
-def lateness(state: ScriptState, now: float) -> float:
-    return max(0.0, now - state.next_due)
-
-
 def late_to_warn(states: Iterable[ScriptState], now: float) -> list[ScriptState]:
     """Due scripts (waiting for a worker, or still running) that just crossed the threshold."""
     found = []

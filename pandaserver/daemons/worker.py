@@ -104,13 +104,13 @@ class Worker:
         error = self._import(module_name)
         if error is not None:
             log.error("%s", error)
-            outcome, calls = protocol.FAILED, 0
+            outcome = protocol.FAILED
         else:
             argv = (name, *message.get("arguments", []))
             kwargs = {"argv": argv, "tbuf": self.tbuf, "lock_pool": self.lock_pool}
             result = run_main(self.modules[module_name], kwargs,
                               loop=bool(message.get("loop")), period=float(message["period"]))
-            outcome, error, calls = result.outcome, result.error, result.calls
+            outcome, error = result.outcome, result.error
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
@@ -118,7 +118,7 @@ class Worker:
         set_context(self.tbuf, None, None, None)
         capture.clear_current()
         protocol.send(self.conn, "done", run=run_id, outcome=outcome, error=error,
-                      started=started, ended=ended, calls=calls)
+                      started=started, ended=ended)
 
 
 def setup_logging(stream_fd: int, index: int, level: str, log_file: str | None = None) -> None:

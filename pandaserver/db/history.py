@@ -20,6 +20,7 @@ thread-safe: one owner, the master's event loop. A write that failed ambiguously
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections import deque
@@ -307,18 +308,30 @@ class PendingWrites:
         dropped, self._dropped_unreported = self._dropped_unreported, 0
         return dropped
 
-    def flush(self, history: HistoryStore) -> FlushResult:
-        """Replay queued writes oldest first; stop at the first database error."""
+    def flush(self, history: HistoryStore, chunk: int = 500) -> FlushResult:
+        """Replay queued writes oldest first, whole runs ``chunk`` at a time in one
+        transaction each; stop at the first database error."""
         written = 0
         error: SQLAlchemyError | None = None
         while self._items:
-            queued_at, item = self._items[0]
-            waited = max(0.0, self._clock() - queued_at)
+            now = self._clock()
+            batch: list[RunRecord] = []
+            for queued_at, item in itertools.islice(self._items, chunk):
+                if not isinstance(item, RunRecord):
+                    break
+                batch.append(replace(item, ended_ago=item.ended_ago + max(0.0, now - queued_at)))
             try:
-                history.write(replace(item, ended_ago=item.ended_ago + waited))
+                if batch:
+                    history.record_many(batch)
+                else:
+                    queued_at, item = self._items[0]
+                    history.write(replace(item, ended_ago=item.ended_ago
+                                          + max(0.0, now - queued_at)))
             except SQLAlchemyError as exc:
                 error = exc
                 break
-            self._items.popleft()
-            written += 1
+            done = len(batch) or 1
+            for _ in range(done):
+                self._items.popleft()
+            written += done
         return FlushResult(written, len(self._items), self.take_dropped(), error)

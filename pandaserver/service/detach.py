@@ -119,6 +119,10 @@ def become_master(plan: Plan, ready: Callable[[int], None]) -> int:
     from pandaserver.daemons import master as _master  # noqa: F401 - imported while readable
     from pandaserver.daemons.fleet import StartupError
 
+    # Once the pid file is locked, reload and reopen-logs can find this process: until the
+    # master's loop installs its handlers, those signals must not kill it.
+    for signum in (signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
     if plan.user is not None:
         try:
             drop_privileges(plan.user)
@@ -153,8 +157,6 @@ def become_master(plan: Plan, ready: Callable[[int], None]) -> int:
                                   on_signal={signal.SIGUSR1: plan.logs.reopen})
         except StartupError as exc:
             raise StartError(exc.code, str(exc)) from None
-        for signum in (signal.SIGHUP, signal.SIGUSR1):  # until the loop installs its handlers
-            signal.signal(signum, signal.SIG_IGN)
         ready(os.getpid())
         return master.run()
     except StartError as exc:

@@ -193,3 +193,17 @@ def test_scripts_get_a_database_tbuf(tmp_path: Path) -> None:
     assert event["got"] is True and event["other"] is True and event["locked"] is True
     assert event["one"] == 1 and event["released"] is True
     assert event["run"] == 1 and event["generation"] is None
+
+
+def test_run_refuses_a_config_value_that_runs_nothing(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, {"a": {"module": "record", "period": 60}})
+    cfg.write_text(cfg.read_text().replace('"a": {', '"a": {,'))
+    result = cli(tmp_path, "-c", str(cfg), "run")
+    assert result.returncode == 2
+    assert "invalid JSON at line 2" in result.stderr and "cannot start" in result.stderr
+
+
+def test_bad_server_name_is_a_usage_error(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, {"a": {"module": "record", "period": 60}})
+    result = cli(tmp_path, "-c", str(cfg), "--server-name", "x" * 300, "run")
+    assert result.returncode == 2 and "--server-name must be 1 to 255 characters" in result.stderr
