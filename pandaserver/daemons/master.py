@@ -97,6 +97,7 @@ class Master:
             self.extra_events.append(fleet.tick)
         self.started = self.clock.monotonic()
         self.last_outcomes: dict[str, tuple[str, float]] = {}
+        self.unimportable: set[str] = set()  # disabled because a worker could not import them
         self.status = StatusFile(status_file) if status_file is not None else None
         if self.status is not None:
             status = self.status
@@ -348,14 +349,21 @@ class Master:
                 slot.move(WorkerState.IDLE)
 
     def _disable_unimportable(self, errors: dict[str, str]) -> None:
+        """Each worker reports which modules it could not import: a script is scheduled
+        again as soon as a worker imports its module (say, after a fix and a recycle)."""
         for state in self.scripts.values():
             error = errors.get(state.spec.module)
             if error is not None and state.disabled is None:
                 state.disabled = error
+                self.unimportable.add(state.spec.name)
                 log.error("script %s will not run: %s", state.spec.name, error)
                 if self.only is not None:
                     self.once_outcome = protocol.FAILED
                     self.begin_stop(self.clock.monotonic(), grace=0)
+            elif error is None and state.spec.name in self.unimportable:
+                self.unimportable.discard(state.spec.name)
+                state.disabled = None
+                log.info("script %s imports now: scheduled again", state.spec.name)
 
     def _worker_gone(self, slot: Slot, now: float) -> None:
         for fd in (slot.proc.pidfd, slot.proc.conn_fd):  # before they close and get reused

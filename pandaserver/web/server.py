@@ -125,6 +125,12 @@ def stop(pidfile: Path, wait: float = STOP_WAIT) -> int:
     except (OSError, ValueError):
         sys.stdout.write(f"panda-daemon web: not running (no pid in {pidfile})\n")
         return 0
+    if not _is_web_server(pid, pidfile):
+        sys.stdout.write(f"panda-daemon web: not running (pid {pid} of {pidfile} is gone or"
+                         " is another program: left alone)\n")
+        with contextlib.suppress(OSError):
+            pidfile.unlink()
+        return 0
     for sig, patience in ((signal.SIGTERM, wait), (signal.SIGKILL, 5.0)):
         try:
             os.kill(pid, sig)
@@ -142,6 +148,24 @@ def stop(pidfile: Path, wait: float = STOP_WAIT) -> int:
         pidfile.unlink()
     sys.stdout.write(f"panda-daemon web: stopped (pid {pid})\n")
     return 0
+
+
+def _is_web_server(pid: int, pidfile: Path) -> bool:
+    """Whether ``pid`` is the gunicorn master the pid file was written for (not a process
+    that reused the number after a crash)."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        words = " ".join(proc.cmdline())
+        started = proc.create_time()
+    except psutil.Error:
+        return False
+    try:
+        written = pidfile.stat().st_mtime
+    except OSError:
+        return False
+    return ("gunicorn" in words or "panda-daemon" in words) and started <= written + 1.0
 
 
 def _exists(pid: int) -> bool:

@@ -117,3 +117,13 @@ def test_workers_killed_together_again_and_again_are_replaced(tmp_path: Path) ->
             wait_for(lambda ws=workers: not any(pid_alive(p.pid) for p in ws), 5, "workers gone")
             master.wait_events(count + 3, "start", "tick")
         assert master.stop(timeout=20) == 0
+
+
+def test_a_module_fixed_in_place_runs_once_a_fresh_worker_imports_it(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, {"flaky": {"module": "flaky_import", "period": 0.5}},
+                       n_proc=1, proc_lifetime=1)
+    with running_master(cfg, tmp_path) as master:
+        master.wait_log("script flaky will not run")
+        Path(str(master.record) + ".fixed").touch()
+        master.wait_log("script flaky imports now", timeout=20)
+        master.wait_events(1, "start", "flaky")
