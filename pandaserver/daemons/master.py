@@ -468,7 +468,7 @@ class Master:
                 # the fleet-wide due time the lease just set: this grant + period
                 state.next_due = now + spec.period
             else:
-                state.next_due = schedule.next_due_after_start(state.next_due, now, spec.period)
+                state.next_due = schedule.next_due_after_start(now, spec.period)
             log.debug("%s dispatched to worker %d (due %.3f s ago)", run.label, slot.index,
                       now - run.due)
 

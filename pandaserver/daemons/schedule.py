@@ -5,10 +5,10 @@ so tests drive it with plain numbers.
 
 Semantics:
 - Period is start-to-start. A script is due at ``next_due``; it never starts earlier.
-- At dispatch, the next due time is one period after the due time that was served, so small
-  dispatch delays do not accumulate as drift. If that is already past (the run started more
-  than a period late), the grid is re-anchored one period after the actual start: missed
-  periods are skipped, never run in a burst.
+- At dispatch, the next due time is one period after this start. Scripts that all became
+  due together (at start-up, say) and had to queue for workers keep the spread the queue gave
+  them, instead of colliding again every period; missed periods are skipped, never run in a
+  burst. (A sync script's period is counted the same way, from the fleet-wide grant.)
 - A script never runs twice at once on one server: a running script is not due.
 - A run that outlasts its period leaves ``next_due`` in the past, so the script runs once
   right after the overrun ends, then keeps its period from that start.
@@ -52,12 +52,9 @@ def due_scripts(states: Iterable[ScriptState], now: float) -> list[ScriptState]:
     return ready
 
 
-def next_due_after_start(due: float, started: float, period: float) -> float:
-    """The next due time once a run due at ``due`` has started at ``started``."""
-    following = due + period
-    if following <= started:
-        return started + period
-    return following
+def next_due_after_start(started: float, period: float) -> float:
+    """The next due time once a run has started at ``started``: start-to-start."""
+    return started + period
 
 
 def overrun(started: float, ended: float, period: float) -> float:

@@ -20,23 +20,24 @@ def test_due_scripts_in_due_order_skipping_running_and_disabled() -> None:
     assert [s.spec.name for s in schedule.due_scripts(states, now=2.0)] == ["early", "late"]
 
 
-def test_next_due_keeps_the_grid_despite_small_delays() -> None:
-    assert schedule.next_due_after_start(due=100.0, started=100.004, period=10) == 110.0
+def test_period_is_start_to_start() -> None:
+    assert schedule.next_due_after_start(started=100.004, period=10) == 110.004
 
 
 def test_missed_periods_are_skipped_not_burst() -> None:
-    assert schedule.next_due_after_start(due=100.0, started=135.0, period=10) == 145.0
+    # due at 100, started at 135 (waited for a worker): next at 145, not 110, 120, 130
+    assert schedule.next_due_after_start(started=135.0, period=10) == 145.0
 
 
 def test_overrun_runs_once_right_after_then_keeps_period() -> None:
     state = ScriptState(spec(period=10), next_due=0.0)
-    state.next_due = schedule.next_due_after_start(0.0, 0.0, 10)  # run starts at 0, lasts 25 s
+    state.next_due = schedule.next_due_after_start(0.0, 10)  # run starts at 0, lasts 25 s
     state.running = 1
     assert schedule.due_scripts([state], now=20.0) == []  # never twice at once
     state.running = None
     assert schedule.overrun(0.0, 25.0, 10) == 15.0
     assert schedule.due_scripts([state], now=25.0) == [state]  # one run right after
-    assert schedule.next_due_after_start(state.next_due, 25.0, 10) == 35.0
+    assert schedule.next_due_after_start(25.0, 10) == 35.0
 
 
 def test_late_threshold_and_single_warning() -> None:
