@@ -26,6 +26,7 @@ from pandaserver.config.daemon import DaemonSettings
 from pandaserver.config.scripts import DaemonSpec
 from pandaserver.daemons import exitcodes
 from pandaserver.daemons.clock import Clock
+from pandaserver.daemons.history_writer import HistoryWriter
 from pandaserver.daemons.leases import LeaseDecision
 from pandaserver.daemons.runs import LogRecorder, RunRecord
 from pandaserver.db import history as dbhistory
@@ -78,6 +79,7 @@ class FleetDb:
         self.next_prune = 0.0
         self.batch: list[RunRecord] = []
         self.flush_at: float | None = None
+        self.writer = HistoryWriter(self.history)
 
     # ----- outage handling ----------------------------------------------------------------
     def usable(self, now: float) -> bool:
@@ -167,6 +169,7 @@ class FleetDb:
             self.flush_at = self.monotonic() + HISTORY_BATCH
 
     def flush_history(self) -> None:
+        """Hand the queued runs to the writer thread (or keep them, during an outage)."""
         if not self.batch:
             return
         now = self.monotonic()
@@ -177,20 +180,45 @@ class FleetDb:
             due_before_start=max(0.0, rec.dispatch_delay)) for rec in self.batch]
         self.batch = []
         self.flush_at = None
-        try:
-            self.call("history", lambda: self.history.record_many(rows))
-        except Refused:
-            log.error("%d history row(s) dropped: the database refused them", len(rows))
-        except Unavailable:
+        if self.down_since is not None or not self.schema_ok:
             for row in rows:
                 self.pending.add(row)
+            return
+        self.writer.submit(rows)
+
+    def collect_written(self) -> None:
+        """Act on what the writer thread reports: an outage, or rows to drop."""
+        now = self.monotonic()
+        for result in self.writer.results():
+            exc = result.error
+            if exc is None:
+                if self.down_since is not None:
+                    self._up(now)
+            elif isinstance(exc, SQLAlchemyError):
+                self._down(now, exc)
+                for row in result.rows:
+                    self.pending.add(row)
+            else:
+                log.error("%d history row(s) dropped: %s: %s", len(result.rows),
+                          type(exc).__name__, exc)
+
+    def close(self) -> None:
+        """At the master's stop: write what is queued, waiting a few seconds at most."""
+        self.flush_history()
+        for result in self.writer.close(timeout=5.0):
+            if result.error is not None:
+                log.error("%d history row(s) not written at stop: %s", len(result.rows),
+                          describe_db_error(result.error, self.engine.url)
+                          if isinstance(result.error, SQLAlchemyError) else result.error)
 
     # ----- periodic work: heartbeat and pruning --------------------------------------------
     def tick(self, now: float) -> float:
         """Write queued history, heartbeat and prune when due; returns when to be called next."""
+        self.collect_written()
         if self.flush_at is not None and now >= self.flush_at:
             self.flush_history()
-        if now >= self.next_beat and self.usable(now):
+        probe = self.down_since is not None and now >= self.next_probe  # back yet?
+        if (now >= self.next_beat or probe) and self.usable(now):
             digest = config_hash(self.settings.fingerprint())
             try:
                 self.call("heartbeat", lambda: self.beats.beat(
@@ -209,6 +237,8 @@ class FleetDb:
                 pass
             self.next_prune = now + PRUNE_INTERVAL
         wake = self.next_beat if self.flush_at is None else min(self.next_beat, self.flush_at)
+        if self.writer.busy:  # look for the writer's answer soon (it needs no wake-up of ours)
+            wake = min(wake, now + HISTORY_BATCH)
         if self.down_since is not None:
             wake = min(wake, self.next_probe)
         return max(wake, now + 0.001)

@@ -152,7 +152,7 @@ class Master:
         if self.status is not None:
             self.status.tick(self, self.clock.monotonic(), force=True)
         if self.fleet is not None:
-            self.fleet.flush_history()
+            self.fleet.close()
         log.info("master stopped")
         if self.only is not None:
             return ONCE_EXIT.get(self.once_outcome or protocol.LOST, exitcodes.RET_LOST)
