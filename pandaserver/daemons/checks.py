@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pandaserver.config import PandaConfig
 from pandaserver.daemons.invoke import describe_import_error, import_script
+from pandaserver.fmt import table
 
 
 def _fmt(seconds: float) -> str:
@@ -37,10 +38,7 @@ def render_check(cfg: PandaConfig, try_import: bool = True) -> tuple[str, bool]:
                      _fmt(spec.timeout), str(spec.sync).lower(), str(spec.loop).lower(),
                      " ".join(str(a) for a in spec.arguments) or "-", status))
     if rows:
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        for row in [header, *rows]:
-            lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths,
-                                                                            strict=True)).rstrip())
+        lines.extend(table([list(header), *(list(r) for r in rows)]))
     else:
         lines.append("no valid scripts")
     lines.append("")

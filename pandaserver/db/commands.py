@@ -25,6 +25,7 @@ from pandaserver.db.engine import DatabaseConfigError, describe_db_error, make_e
 from pandaserver.db.history import HistoryStore, RunRow
 from pandaserver.db.leases import LeaseRow, LeaseStore
 from pandaserver.db.schema import SchemaError, check_schema, upgrade
+from pandaserver.fmt import span, table, when
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1  # unlock: no lease of that name
@@ -67,31 +68,12 @@ def _run(body: Callable[[], int]) -> int:
         return exc.code
 
 
-def _when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
-
-
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def _seconds(value: float | None) -> str:
-    if value is None:
-        return "-"
-    sign, value = ("-" if value < 0 else ""), abs(value)
-    if value < 120:
-        return f"{sign}{value:.1f}s"
-    if value < 7200:
-        return f"{sign}{value / 60:.1f}m"
-    return f"{sign}{value / 3600:.1f}h"
-
-
 def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(headers)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-             for row in [headers, *rows]]
-    return "\n".join(lines)
+    return "\n".join(table([headers, *rows]))
 
 
 def _print_json(data: Any) -> None:
@@ -122,8 +104,8 @@ def cmd_history(cfg: PandaConfig, args: argparse.Namespace) -> int:
             print(f"no runs recorded{f' for {args.name}' if args.name else ''}")
             return EXIT_OK
         rows = [
-            [str(r.id), r.script, r.server, str(r.pid or "-"), _when(r.started_at),
-             _seconds(r.duration), r.outcome, _first_line(r.error)]
+            [str(r.id), r.script, r.server, str(r.pid or "-"), when(r.started_at),
+             span(r.duration), r.outcome, _first_line(r.error)]
             for r in runs
         ]
         print(_table(["ID", "SCRIPT", "SERVER", "PID", "STARTED (UTC)", "TOOK", "OUTCOME",
@@ -168,8 +150,8 @@ def cmd_locks(cfg: PandaConfig, args: argparse.Namespace) -> int:
         rows = [
             [lease.name, "held" if lease.held else "free",
              f"{lease.owner_server} pid {lease.owner_pid}" if lease.held else "-",
-             str(lease.generation), _when(lease.acquired_at),
-             _seconds(lease.expires_in) if lease.held else "-", _seconds(lease.due_in)]
+             str(lease.generation), when(lease.acquired_at),
+             span(lease.expires_in) if lease.held else "-", span(lease.due_in)]
             for lease in leases
         ]
         print(_table(["NAME", "STATE", "HOLDER", "GEN", "ACQUIRED (UTC)", "EXPIRES IN",
@@ -193,13 +175,13 @@ def cmd_unlock(cfg: PandaConfig, args: argparse.Namespace) -> int:
         holder = f"{before.owner_server} pid {before.owner_pid}"
         if before.held:
             print(f"released lease {before.name!r}: held by {holder} since"
-                  f" {_when(before.acquired_at)} UTC (generation {before.generation},"
-                  f" would have expired in {_seconds(before.expires_in)})")
+                  f" {when(before.acquired_at)} UTC (generation {before.generation},"
+                  f" would have expired in {span(before.expires_in)})")
         else:
             print(f"lease {before.name!r} was not held (last holder {holder},"
                   f" generation {before.generation})")
         print(f"generation is now {before.generation + 1}: the old holder can no longer"
-              f" release or renew it; next due in {_seconds(before.due_in)}")
+              f" release or renew it; next due in {span(before.due_in)}")
         return EXIT_OK
 
     return _run(body)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, TypeVar
 from pandaserver.config import PandaConfig
 from pandaserver.config.daemon import parse_positive_int
 from pandaserver.config.problems import did_you_mean
-from pandaserver.web.fmt import offset, relative, span, when
+from pandaserver.fmt import offset, relative, span, table, when
 from pandaserver.web.settings import (
     WebConfigError,
     WebSettings,
@@ -236,9 +236,7 @@ def check_text(ov: Overview) -> tuple[int, str]:
 
 
 def _columns(rows: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n"
-                   for row in rows)
+    return "".join(line + "\n" for line in table(rows))
 
 
 def fleet_text(ov: Overview) -> str:

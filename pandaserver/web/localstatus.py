@@ -17,7 +17,7 @@ import psutil
 
 from pandaserver.daemons.status import read_status, status_path
 from pandaserver.db.engine import default_state_dir
-from pandaserver.web.fmt import span
+from pandaserver.fmt import span, table
 
 STATUS_GLOB = "status-*.json"
 
@@ -87,12 +87,6 @@ def _aged(value: object, age: float, sign: int) -> float | None:
     return float(value) + sign * age
 
 
-def _columns(rows: list[list[str]]) -> list[str]:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-            for row in rows]
-
-
 def render_local_status(data: dict[str, Any], now: float | None = None) -> str:
     """The local master's workers (what each runs) and scripts (next due), as text."""
     now = time.time() if now is None else now
@@ -121,7 +115,7 @@ def render_local_status(data: dict[str, Any], now: float | None = None) -> str:
                      f"{script} run {w.get('run')}" if script else "-",
                      span(_aged(w.get("running_for"), age, +1)) if script else "-",
                      span(_aged(w.get("age"), age, +1))])
-    lines.extend("  " + line for line in _columns(rows))
+    lines.extend("  " + line for line in table(rows))
     scripts = [s for s in data.get("scripts") or [] if isinstance(s, dict)]
     lines.append("")
     lines.append(f"scripts ({len(scripts)}):")
@@ -139,5 +133,5 @@ def render_local_status(data: dict[str, Any], now: float | None = None) -> str:
         rows.append([str(s.get("name", "?")), span(_number(s.get("period"))),
                      "yes" if s.get("sync") else "no", due,
                      f"{last} {span(ended)} ago" if last else "-"])
-    lines.extend("  " + line for line in _columns(rows))
+    lines.extend("  " + line for line in table(rows))
     return "\n".join(lines) + "\n"

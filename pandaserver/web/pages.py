@@ -10,8 +10,8 @@ from urllib.parse import quote
 
 from pandaserver import __version__
 from pandaserver.db.history import SKIPPED, RunRow
+from pandaserver.fmt import offset, relative, span, when
 from pandaserver.web.fleetview import Overview, ScriptDetail
-from pandaserver.web.fmt import offset, relative, span, when
 from pandaserver.web.model import ScriptView, ServerView
 from pandaserver.web.timeline import timeline_svg
 

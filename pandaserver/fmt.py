@@ -1,4 +1,5 @@
-"""Times and durations as people read them (pages, ``fleet``, ``status``)."""
+"""Times, durations and tables as people read them (pages, ``fleet``, ``status``,
+``history``, ``locks``, ``check-config``)."""
 
 from __future__ import annotations
 
@@ -39,3 +40,12 @@ def offset(value: float | None) -> str:
     if value is None:
         return "?"
     return f"{value:+.3f}s" if abs(value) < 100 else ("+" if value > 0 else "-") + span(abs(value))
+
+
+def table(rows: list[list[str]]) -> list[str]:
+    """Rows (the first one the header) as lines of left-aligned columns."""
+    if not rows:
+        return []
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+            for row in rows]
