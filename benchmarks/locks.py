@@ -116,7 +116,7 @@ def bad_runs(cluster: PgCluster, dbname: str) -> tuple[int, int, float]:
     return duplicates, overlaps, smallest
 
 
-def one(k: int, seconds: float) -> None:
+def one(k: int, seconds: float, count_statements: bool = True) -> None:
     cluster = PgCluster()
     cluster.start()
     try:
@@ -125,8 +125,9 @@ def one(k: int, seconds: float) -> None:
             cfg = write_config(Path(tmp), url_text(url))
             subprocess.run([sys.executable, "-m", "pandaserver.daemons.master", "-c", str(cfg),
                             "db", "upgrade"], check=True, env=env(), capture_output=True)
-            admin(cluster, "postgres", "ALTER SYSTEM SET log_statement = 'all'")
-            admin(cluster, "postgres", "SELECT pg_reload_conf()")
+            if count_statements:  # the server logs every statement (slows it a little)
+                admin(cluster, "postgres", "ALTER SYSTEM SET log_statement = 'all'")
+                admin(cluster, "postgres", "SELECT pg_reload_conf()")
             mark = cluster.logfile.stat().st_size
             logs = [Path(tmp) / f"m{i}.log" for i in range(k)]
             masters = [subprocess.Popen(
@@ -159,7 +160,7 @@ def one(k: int, seconds: float) -> None:
     print(f"K={k} masters, {SYNC} sync + {LOCAL} non-sync scripts of period {PERIOD:g} s,"
           f" {seconds:g} s")
     print(f"  lease grants: {grants} ({grants / seconds:.1f}/s; ideal {SYNC / PERIOD:.0f}/s)")
-    if grants:
+    if grants and count_statements:
         print(f"  lease statements: {upserts} upserts + {reads} reads of the losing path ="
               f" {(upserts + reads) / grants:.2f} round trips per grant over the fleet;"
               f" granted path: 1 statement")
@@ -176,9 +177,12 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--masters", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--no-statement-log", action="store_true",
+                        help="do not count statements (the server then logs none, so the"
+                             " delays are those of an ordinary server)")
     args = parser.parse_args()
     for k in args.masters:
-        one(k, args.seconds)
+        one(k, args.seconds, count_statements=not args.no_statement_log)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -114,6 +115,9 @@ def cmd_run(cfg: PandaConfig, args: argparse.Namespace) -> int:
 
     from pandaserver.daemons.fleet import StartupError
 
+    if os.geteuid() == 0 and not os.environ.get("PANDA_NO_ROOT"):
+        log.warning("running scripts as root: 'run' keeps the user it is started as; 'start'"
+                    " switches to uname/gname (set PANDA_NO_ROOT=1 to silence this)")
     try:
         master = build_master(cfg, args)
     except StartupError as exc:
