@@ -75,7 +75,6 @@ def signature(master: Master) -> tuple[Any, ...]:
 class StatusFile:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.dirty = True
         self.next_write = 0.0
         self._failed = False
         self._written: tuple[Any, ...] | None = None
@@ -84,15 +83,13 @@ class StatusFile:
         """Write when something changed (at most once per ``MIN_INTERVAL``); return when to
         be called again (None: nothing pending, so an idle master sleeps)."""
         current = signature(master)
-        if current != self._written:
-            self.dirty = True
-        if not self.dirty and not force:
-            return None
-        if now < self.next_write and not force:
-            return self.next_write
+        if not force:
+            if current == self._written:
+                return None
+            if now < self.next_write:
+                return self.next_write
         self._write(snapshot(master, now))
         self._written = current
-        self.dirty = False
         self.next_write = now + MIN_INTERVAL
         return None
 
