@@ -1,17 +1,20 @@
-"""Shared fixtures: a real PostgreSQL cluster per session, a fresh database per test, and
-``db_engine``, which runs a test once on SQLite and once on PostgreSQL.
+"""Shared fixtures: a real PostgreSQL cluster and a real MariaDB server per session, a
+fresh database per test, and ``db_engine``, which runs a test on SQLite, PostgreSQL and
+MariaDB (the ``mysql`` backend).
 
-PostgreSQL is started only when a test asks for it. If it cannot start, those tests
+Each server is started only when a test asks for it. If it cannot start, those tests
 FAIL with the reason (they are never skipped: a skipped lease test proves nothing).
 """
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from mysql import MariaDbServer, MySqlUnavailable
 from pg import PgCluster, PgUnavailable, url_text
 from sqlalchemy import URL, Engine
 
@@ -19,7 +22,7 @@ from pandaserver.config import DaemonSettings, PandaConfig
 from pandaserver.db.engine import engine_from_url
 from pandaserver.db.schema import upgrade
 
-BACKENDS = ["sqlite", "postgresql"]
+BACKENDS = ["sqlite", "postgresql", "mysql"]
 
 
 @pytest.fixture(scope="session")
@@ -46,12 +49,37 @@ def pg_url(pg_cluster: PgCluster) -> Iterator[URL]:
     pg_cluster.drop_database(name)
 
 
+@pytest.fixture(scope="session")
+def mysql_server() -> Iterator[MariaDbServer]:
+    try:
+        server = MariaDbServer()
+    except MySqlUnavailable as exc:
+        pytest.fail(f"MariaDB is needed for this test and cannot start: {exc}", pytrace=False)
+    try:
+        server.start()
+    except (MySqlUnavailable, OSError, subprocess.SubprocessError) as exc:
+        server.stop()
+        pytest.fail(f"MariaDB is needed for this test and cannot start: {exc}", pytrace=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mysql_url(mysql_server: MariaDbServer) -> Iterator[URL]:
+    """A fresh, empty MariaDB database for this test (dropped afterwards)."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    url = mysql_server.create_database(name)
+    yield url
+    mysql_server.drop_database(name)
+
+
 @pytest.fixture(params=BACKENDS)
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> URL:
-    """The URL of an empty database: a SQLite file, or a fresh PostgreSQL database."""
+    """The URL of an empty database: a SQLite file, or a fresh PostgreSQL or MariaDB
+    database."""
     if request.param == "sqlite":
         return URL.create("sqlite", database=str(tmp_path / "panda_daemon.sqlite"))
-    url: URL = request.getfixturevalue("pg_url")
+    url: URL = request.getfixturevalue("pg_url" if request.param == "postgresql" else "mysql_url")
     return url
 
 

@@ -5,11 +5,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages the tests use: PostgreSQL server binaries (the tests start their own
-# cluster), Chromium (the web page tests), logrotate (the shipped logrotate config's test).
+# System packages the tests use: PostgreSQL and MariaDB server binaries (the tests start
+# their own servers), Chromium (the web page tests), logrotate (the shipped logrotate
+# config's test).
 missing=""
 command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
     || missing="$missing postgresql"
+command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || missing="$missing mariadb-server"
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || missing="$missing logrotate"
 if [ -n "$missing" ]; then

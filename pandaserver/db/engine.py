@@ -40,7 +40,7 @@ CONNECT_TIMEOUT = 5.0  # seconds to establish a connection
 SQLITE_BUSY_TIMEOUT = 5.0  # seconds SQLite waits for another writer
 
 _DRIVERS = {"postgres": "postgresql+psycopg2", "postgresql": "postgresql+psycopg2",
-            "mysql": "mysql+mysqldb", "sqlite": "sqlite"}
+            "mysql": "mysql+pymysql", "sqlite": "sqlite"}
 
 
 class DatabaseConfigError(Exception):
@@ -200,6 +200,9 @@ def engine_from_url(
             connect_args["options"] = f"-c statement_timeout={round(statement_timeout * 1000)}"
     elif backend == "mysql":
         connect_args["connect_timeout"] = max(1, round(connect_timeout))
+        # affected rows, not found rows (SQLAlchemy asks PyMySQL/mysqlclient for
+        # CLIENT.FOUND_ROWS): conditional_upsert tells an update from a refusal by them
+        connect_args["client_flag"] = 0
     engine = create_engine(url, connect_args=connect_args, **kwargs)
     if backend == "sqlite":
         event.listen(engine, "connect", _sqlite_on_connect)

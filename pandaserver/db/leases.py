@@ -12,7 +12,9 @@ so of any number of servers racing for a due lease exactly one gets a row back. 
 grant bumps ``generation``; ``release`` and ``renew`` must name it, so a holder that
 lost its lease (expired and re-granted, or force-released) changes nothing. A lease
 outlives the run's timeout by ``grace``; ``next_due`` is kept on release, so the
-period is counted start to start across the fleet. See docs/database.md.
+period is counted start to start across the fleet. MySQL/MariaDB spell the statement
+as ``INSERT ... ON DUPLICATE KEY UPDATE`` plus a read-back (``pandaserver/db/upsert.py``).
+See docs/database.md.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ database whose revision this code does not know (a newer panda-daemon migrated i
 and one that is behind (run ``panda-daemon db upgrade``). ``upgrade`` is safe to run
 from several processes at once: it holds a PostgreSQL advisory lock, or on SQLite a
 ``BEGIN IMMEDIATE`` write lock, for the whole migration, which runs in one
-transaction on both.
+transaction on both. On MySQL/MariaDB, where every DDL statement commits by itself,
+it holds the named lock ``GET_LOCK('panda_daemon_schema')`` from before the version is
+read until after the new one is committed.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # pg_advisory_xact_lock key: "panda-sc" as a 64-bit integer
 _PG_LOCK_KEY = int.from_bytes(b"panda-sc", "big") & 0x7FFF_FFFF_FFFF_FFFF
+# MySQL/MariaDB: GET_LOCK name and how long an upgrader waits for another (seconds)
+_MYSQL_LOCK_NAME = "panda_daemon_schema"
+_MYSQL_LOCK_WAIT = 300
 UPGRADE_HINT = "run `panda-daemon db upgrade`"
 # a real transaction for the migration, even on an autocommit engine
 _TRANSACTIONAL = {"postgresql": "READ COMMITTED", "sqlite": "SERIALIZABLE",
@@ -124,20 +129,49 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
     """
     level = _TRANSACTIONAL.get(engine.dialect.name)
     transactional = engine.execution_options(isolation_level=level) if level else engine
-    with transactional.begin() as conn:
-        _lock_for_migration(conn)
-        before = _current(conn)  # read under the lock: another process may have just upgraded
-        problem = _verdict(before)
-        if problem is not None and problem.kind == "newer":
-            raise problem
-        if problem is not None:
-            log.info("upgrading panda-daemon schema from %s to %s", before or "nothing",
-                     problem.head)
-            command.upgrade(_config(conn), "head")
-        after = _current(conn)
+    with transactional.connect() as conn:
+        named_lock = _mysql_lock(conn)
+        try:
+            with conn.begin():
+                _lock_for_migration(conn)
+                before = _current(conn)  # read under the lock: another process may have upgraded
+                problem = _verdict(before)
+                if problem is not None and problem.kind == "newer":
+                    raise problem
+                if problem is not None:
+                    log.info("upgrading panda-daemon schema from %s to %s", before or "nothing",
+                             problem.head)
+                    command.upgrade(_config(conn), "head")
+                after = _current(conn)
+        finally:
+            if named_lock:
+                _mysql_unlock(conn)
     if after is None:  # pragma: no cover - alembic always stamps
         raise RuntimeError("the migration did not record a schema revision")
     return before, after
+
+
+def _mysql_lock(conn: Connection) -> bool:
+    """On MySQL/MariaDB, wait for the named lock of migrations (held by the session, across
+    the commits that every DDL statement makes there); True when taken. Elsewhere False."""
+    if conn.dialect.name != "mysql":
+        return False
+    with conn.begin():
+        got = conn.execute(text("SELECT GET_LOCK(:name, :wait)"),
+                           {"name": _MYSQL_LOCK_NAME, "wait": _MYSQL_LOCK_WAIT}).scalar()
+    if got != 1:
+        raise RuntimeError(f"another `panda-daemon db upgrade` held the schema lock for"
+                           f" {_MYSQL_LOCK_WAIT} s; try again")
+    return True
+
+
+def _mysql_unlock(conn: Connection) -> None:
+    if conn.invalidated:
+        return  # the server released it with the session
+    if conn.in_transaction():
+        conn.rollback()
+    with conn.begin():
+        conn.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": _MYSQL_LOCK_NAME})
 
 
 def _lock_for_migration(conn: Connection) -> None:

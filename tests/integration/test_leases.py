@@ -1,5 +1,5 @@
-"""Leases on a real database: SQLite and PostgreSQL (``db_engine``), PostgreSQL alone for
-the multi-process race."""
+"""Leases on a real database: SQLite, PostgreSQL and MariaDB (``db_engine``); the
+multi-process race on the servers (PostgreSQL and MariaDB)."""
 
 from __future__ import annotations
 
@@ -172,12 +172,15 @@ def test_a_grant_is_one_statement_and_losing_two(db_engine: Engine) -> None:
         statements.append(statement)
 
     event.listen(db_engine, "before_cursor_execute", count)
+    # MySQL/MariaDB: one more, the read-back of what the upsert decided (see upsert.py)
+    extra = 1 if db_engine.dialect.name == "mysql" else 0
     store = LeaseStore(db_engine)
     assert store.try_acquire("x", "srv-a", 1, period=60, timeout=60, grace=0).granted
-    assert len(statements) == 1 and statements[0].lstrip().upper().startswith("INSERT")
+    assert len(statements) == 1 + extra
+    assert statements[0].lstrip().upper().startswith("INSERT")
     statements.clear()
     assert not store.try_acquire("x", "srv-b", 2, period=60, timeout=60, grace=0).granted
-    assert len(statements) == 2
+    assert len(statements) == 2 + extra
 
 
 # --- races ---------------------------------------------------------------------------
@@ -240,9 +243,15 @@ def test_threads_racing_for_a_due_lease_get_exactly_one_grant(db_url: URL) -> No
     _check_race([results.get_nowait() for _ in range(results.qsize())], contenders)
 
 
-def test_processes_racing_on_postgresql_get_exactly_one_grant(pg_engine: Engine) -> None:
-    url = pg_engine.url
-    pg_engine.dispose()  # nothing pooled crosses the fork
+@pytest.mark.parametrize("backend", ["postgresql", "mysql"])
+def test_processes_racing_get_exactly_one_grant(backend: str,
+                                                request: pytest.FixtureRequest) -> None:
+    from pandaserver.db.schema import upgrade
+
+    url: URL = request.getfixturevalue("pg_url" if backend == "postgresql" else "mysql_url")
+    setup = engine_from_url(url)
+    upgrade(setup)
+    setup.dispose()  # nothing pooled crosses the fork
     contenders = 16
     ctx = multiprocessing.get_context("fork")
     barrier = ctx.Barrier(contenders)
@@ -310,5 +319,73 @@ def test_a_dropped_connection_is_retried_once_on_a_fresh_one(
             result = store.try_acquire("after-restart", "srv-a", 1, period=0, timeout=1, grace=0)
         assert result.granted and result.generation == 1
         assert "retrying once" in caplog.text
+    finally:
+        engine.dispose()
+
+
+def test_a_dropped_connection_is_retried_once_on_mysql(
+    mysql_url: URL, mysql_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pandaserver.db.schema import upgrade
+
+    engine = engine_from_url(mysql_url, autocommit=True, pre_ping=False)
+    try:
+        upgrade(engine)
+        store = LeaseStore(engine)
+        assert store.try_acquire("warm", "srv-a", 1, period=0, timeout=1, grace=0).granted
+        admin = mysql_server.connect()
+        try:
+            with admin.cursor() as cur:  # what a server restart does to pooled connections
+                cur.execute("SELECT id FROM information_schema.processlist WHERE db = %s"
+                            " AND id <> CONNECTION_ID()", (mysql_url.database,))
+                for (ident,) in cur.fetchall():
+                    cur.execute(f"KILL CONNECTION {int(ident)}")
+        finally:
+            admin.close()
+        with caplog.at_level(logging.INFO, logger="pandaserver.db.leases"):
+            result = store.try_acquire("after-restart", "srv-a", 1, period=0, timeout=1, grace=0)
+        assert result.granted and result.generation == 1
+        assert "retrying once" in caplog.text
+    finally:
+        engine.dispose()
+
+
+# --- conditional_upsert itself -----------------------------------------------------------
+
+def test_conditional_upsert_grants_an_update_to_identical_values(db_engine: Engine) -> None:
+    """On MySQL an update that changes nothing reports 0 affected rows, like a refusal;
+    the decision kept by the statement tells them apart."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import false, true
+
+    from pandaserver.db.tables import panda_process_lock as t
+    from pandaserver.db.upsert import conditional_upsert
+
+    when = datetime(2024, 5, 1, 12, 0, 0, 250000, tzinfo=UTC)
+    values = {"locked_by": "42", "locked_time": when}
+    with db_engine.begin() as conn:
+
+        def upsert(where: Any) -> Any:
+            return conditional_upsert(conn, t, {"component": "c", **values}, ["component"],
+                                      values, where, [t.c.locked_by, t.c.locked_time])
+
+        inserted, same = upsert(true()), upsert(true())
+        assert inserted is not None and (inserted.locked_by, inserted.locked_time) == ("42", when)
+        assert same is not None and (same.locked_by, same.locked_time) == ("42", when)
+        assert upsert(false()) is None
+
+
+def test_mysql_refuses_a_connection_that_reports_found_rows(mysql_url: URL) -> None:
+    from sqlalchemy import create_engine
+
+    from pandaserver.db.schema import upgrade
+    from pandaserver.db.upsert import UnsupportedDatabase
+
+    engine = create_engine(mysql_url)  # SQLAlchemy's default asks for CLIENT.FOUND_ROWS
+    try:
+        upgrade(engine)
+        with pytest.raises(UnsupportedDatabase, match="FOUND_ROWS"):
+            LeaseStore(engine).try_acquire("x", "srv-a", 1, period=60, timeout=60, grace=0)
     finally:
         engine.dispose()

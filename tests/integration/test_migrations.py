@@ -237,6 +237,23 @@ def test_server_keys_with_env_variables(tmp_path: Path, monkeypatch: pytest.Monk
     assert url.password == SECRET and SECRET not in safe_url(url)
 
 
+def test_server_backend_mysql_connects_through_pymysql_with_affected_rows(
+        tmp_path: Path, mysql_url: URL) -> None:
+    config = cfg(tmp_path, backend="mysql", dbhost=str(mysql_url.host),
+                 dbport=str(mysql_url.port), dbuser=str(mysql_url.username),
+                 dbpasswd=str(mysql_url.password), dbname=str(mysql_url.database))
+    url = database_url(config)
+    assert url.drivername == "mysql+pymysql" and url.database == mysql_url.database
+    engine = engine_mod.make_engine(config)
+    try:
+        with engine.connect() as conn:
+            # conditional_upsert needs affected rows; SQLAlchemy would ask for found rows
+            assert not conn.connection.dbapi_connection.client_flag & 2  # type: ignore[union-attr]
+        assert upgrade(engine) == (None, head_revision())
+    finally:
+        engine.dispose()
+
+
 @pytest.mark.parametrize(
     ("server", "message"),
     [

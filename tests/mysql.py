@@ -1,0 +1,201 @@
+"""A throwaway MariaDB (or MySQL) server for tests.
+
+``MariaDbServer.start()`` runs ``mariadb-install-db`` into a fresh temporary directory
+and starts ``mariadbd`` on a free TCP port of 127.0.0.1 (found by binding port 0), its
+socket in the same directory, with durability off (the data is thrown away). MariaDB
+would run as root only with ``--user=root``; as root everything runs as an
+unprivileged user instead (``$PANDA_TEST_MYSQL_USER``, default ``mysql``, created by
+Debian's package; created here when absent). Root logs in over TCP with a random
+password, as production URLs carry one. ``stop()`` kills the server (SIGTERM, then
+SIGKILL after a deadline) and removes the directory.
+
+Binaries: ``$PANDA_TEST_MYSQL_BIN`` (the directory holding ``mariadbd`` and
+``mariadb-install-db``), else ``$PATH`` and ``/usr/sbin``, ``/usr/bin``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pymysql
+from pg import _ensure_user, free_port
+from sqlalchemy import URL
+
+START_DEADLINE = 60.0
+STOP_DEADLINE = 30.0
+
+
+class MySqlUnavailable(Exception):
+    """MariaDB could not be started; the message says why."""
+
+
+def _find(tool: str) -> str:
+    explicit = os.environ.get("PANDA_TEST_MYSQL_BIN")
+    if explicit:
+        candidate = Path(explicit) / tool
+        if candidate.is_file():
+            return str(candidate)
+        raise MySqlUnavailable(f"{candidate} not found (PANDA_TEST_MYSQL_BIN)")
+    found = shutil.which(tool)
+    if found:
+        return found
+    for directory in ("/usr/sbin", "/usr/bin"):
+        candidate = Path(directory) / tool
+        if candidate.is_file():
+            return str(candidate)
+    raise MySqlUnavailable(f"{tool} not found (install mariadb-server, or set"
+                           " PANDA_TEST_MYSQL_BIN)")
+
+
+class MariaDbServer:
+    def __init__(self) -> None:
+        self.mariadbd = _find("mariadbd")
+        self.install_db = _find("mariadb-install-db")
+        self.port = 0
+        self.password = "pw-" + secrets.token_hex(8)
+        self.base: Path | None = None
+        self.user: str | None = None
+        self._run_as: list[str] = []
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.version = ""
+
+    @property
+    def datadir(self) -> Path:
+        assert self.base is not None
+        return self.base / "data"
+
+    @property
+    def socket(self) -> Path:
+        assert self.base is not None
+        return self.base / "mysqld.sock"
+
+    @property
+    def logfile(self) -> Path:
+        assert self.base is not None
+        return self.base / "mariadb.log"
+
+    def _log_tail(self) -> str:
+        try:
+            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-20:])
+        except OSError:
+            return "(no server log)"
+
+    def start(self) -> None:
+        self.base = Path(tempfile.mkdtemp(prefix="panda-mariadb-"))
+        self.base.chmod(0o755)
+        user_args: list[str] = []
+        if os.geteuid() == 0:
+            user = _ensure_user(os.environ.get("PANDA_TEST_MYSQL_USER", "mysql"))
+            os.chown(self.base, user.pw_uid, user.pw_gid)
+            self.user = user.pw_name
+            self._run_as = ["runuser", "-u", user.pw_name, "--"]
+            user_args = [f"--user={user.pw_name}"]
+        # --no-defaults: neither /etc/mysql/my.cnf nor ~/.my.cnf may change the server
+        init = subprocess.run(
+            [*self._run_as, self.install_db, "--no-defaults", f"--datadir={self.datadir}",
+             *user_args, "--auth-root-authentication-method=normal", "--skip-test-db",
+             "--skip-name-resolve"],
+            capture_output=True, text=True, timeout=START_DEADLINE, check=False,
+            env={**os.environ, "LC_ALL": "C", "LANG": "C"},
+        )
+        if init.returncode != 0:
+            raise MySqlUnavailable(
+                f"mariadb-install-db failed ({init.returncode}): "
+                f"{(init.stderr or init.stdout).strip()[-2000:]}")
+        self.port = free_port()
+        log = open(self.logfile, "wb")  # the server writes it until stop()
+        try:
+            self._proc = subprocess.Popen(
+                [*self._run_as, self.mariadbd, "--no-defaults", f"--datadir={self.datadir}",
+                 f"--socket={self.socket}", f"--port={self.port}", "--bind-address=127.0.0.1",
+                 f"--pid-file={self.base / 'mariadbd.pid'}", *user_args,
+                 "--skip-name-resolve", "--innodb-flush-log-at-trx-commit=0",
+                 "--innodb-buffer-pool-size=64M", "--innodb-log-file-size=32M",
+                 "--innodb-doublewrite=0", "--skip-log-bin", "--max-connections=300",
+                 "--character-set-server=utf8mb4", "--collation-server=utf8mb4_bin"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        finally:
+            log.close()
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        """Until root connects through the socket (and then gets a TCP password)."""
+        assert self._proc is not None
+        deadline = time.monotonic() + START_DEADLINE
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise MySqlUnavailable(
+                    f"mariadbd exited with {self._proc.returncode}\n{self._log_tail()}")
+            try:
+                conn = pymysql.connect(unix_socket=str(self.socket), user="root",
+                                       connect_timeout=2)
+            except pymysql.err.OperationalError as exc:
+                last = exc
+                time.sleep(0.05)
+                continue
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("ALTER USER 'root'@'localhost' IDENTIFIED BY %s",
+                                (self.password,))
+                    cur.execute("CREATE USER IF NOT EXISTS 'root'@'127.0.0.1'")
+                    cur.execute("ALTER USER 'root'@'127.0.0.1' IDENTIFIED BY %s",
+                                (self.password,))
+                    cur.execute("GRANT ALL ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION")
+                    cur.execute("SELECT VERSION()")
+                    row = cur.fetchone()
+                    self.version = str(row[0]) if row else ""
+            finally:
+                conn.close()
+            return
+        raise MySqlUnavailable(f"MariaDB did not accept connections within {START_DEADLINE:.0f}"
+                               f" s: {last}\n{self._log_tail()}")
+
+    def connect(self, database: str | None = None) -> pymysql.connections.Connection:  # type: ignore[type-arg]
+        return pymysql.connect(host="127.0.0.1", port=self.port, user="root",
+                               password=self.password, database=database, connect_timeout=5,
+                               autocommit=True)
+
+    def url(self, database: str) -> URL:
+        return URL.create("mysql+pymysql", username="root", password=self.password,
+                          host="127.0.0.1", port=self.port, database=database)
+
+    def _admin(self, sql: str) -> None:
+        conn = self.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql)
+        finally:
+            conn.close()
+
+    def create_database(self, name: str) -> URL:
+        self._admin(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+        return self.url(name)
+
+    def drop_database(self, name: str) -> None:
+        self._admin(f"DROP DATABASE IF EXISTS `{name}`")
+
+    def stop(self) -> None:
+        try:
+            proc = self._proc
+            if proc is not None and proc.poll() is None:
+                # runuser passes SIGTERM on to mariadbd, which shuts down cleanly
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=STOP_DEADLINE)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=STOP_DEADLINE)
+            self._proc = None
+        finally:
+            if self.base is not None:
+                shutil.rmtree(self.base, ignore_errors=True)
+                self.base = None
