@@ -12,6 +12,7 @@ import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import pytest
 from mysql import MariaDbServer, MySqlUnavailable
@@ -25,52 +26,62 @@ from pandaserver.db.schema import upgrade
 BACKENDS = ["sqlite", "postgresql", "mysql"]
 
 
-@pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[PgCluster]:
+class _Server(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def create_database(self, name: str) -> URL: ...
+
+    def drop_database(self, name: str) -> None: ...
+
+
+ServerT = TypeVar("ServerT", bound=_Server)
+
+
+def _running(what: str, make: Callable[[], ServerT],
+             errors: tuple[type[BaseException], ...]) -> Iterator[ServerT]:
+    """Start a throwaway server for the session; a server that cannot start FAILS the test."""
     try:
-        cluster = PgCluster()
-    except PgUnavailable as exc:
-        pytest.fail(f"PostgreSQL is needed for this test and cannot start: {exc}", pytrace=False)
-    try:
-        cluster.start()
-    except (PgUnavailable, OSError, TimeoutError) as exc:
-        cluster.stop()
-        pytest.fail(f"PostgreSQL is needed for this test and cannot start: {exc}", pytrace=False)
-    yield cluster
-    cluster.stop()
-
-
-@pytest.fixture
-def pg_url(pg_cluster: PgCluster) -> Iterator[URL]:
-    """A fresh, empty PostgreSQL database for this test (dropped afterwards)."""
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    url = pg_cluster.create_database(name)
-    yield url
-    pg_cluster.drop_database(name)
-
-
-@pytest.fixture(scope="session")
-def mysql_server() -> Iterator[MariaDbServer]:
-    try:
-        server = MariaDbServer()
-    except MySqlUnavailable as exc:
-        pytest.fail(f"MariaDB is needed for this test and cannot start: {exc}", pytrace=False)
+        server = make()
+    except errors as exc:
+        pytest.fail(f"{what} is needed for this test and cannot start: {exc}", pytrace=False)
     try:
         server.start()
-    except (MySqlUnavailable, OSError, subprocess.SubprocessError) as exc:
+    except errors as exc:
         server.stop()
-        pytest.fail(f"MariaDB is needed for this test and cannot start: {exc}", pytrace=False)
+        pytest.fail(f"{what} is needed for this test and cannot start: {exc}", pytrace=False)
     yield server
     server.stop()
 
 
+def _fresh_database(server: _Server) -> Iterator[URL]:
+    """A fresh, empty database on ``server`` for one test (dropped afterwards)."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    url = server.create_database(name)
+    yield url
+    server.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    yield from _running("PostgreSQL", PgCluster, (PgUnavailable, OSError, TimeoutError))
+
+
+@pytest.fixture
+def pg_url(pg_cluster: PgCluster) -> Iterator[URL]:
+    yield from _fresh_database(pg_cluster)
+
+
+@pytest.fixture(scope="session")
+def mysql_server() -> Iterator[MariaDbServer]:
+    yield from _running("MariaDB", MariaDbServer,
+                        (MySqlUnavailable, OSError, subprocess.SubprocessError))
+
+
 @pytest.fixture
 def mysql_url(mysql_server: MariaDbServer) -> Iterator[URL]:
-    """A fresh, empty MariaDB database for this test (dropped afterwards)."""
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    url = mysql_server.create_database(name)
-    yield url
-    mysql_server.drop_database(name)
+    yield from _fresh_database(mysql_server)
 
 
 @pytest.fixture(params=BACKENDS)

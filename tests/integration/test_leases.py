@@ -19,6 +19,7 @@ from pandaserver.config import PandaConfig
 from pandaserver.db.commands import EXIT_NOT_FOUND, cmd_locks, cmd_unlock
 from pandaserver.db.engine import engine_from_url
 from pandaserver.db.leases import LeaseResult, LeaseStore
+from pandaserver.db.schema import upgrade
 
 # clocks of two statements a few milliseconds apart; SQLite's 'now' has millisecond steps
 SLACK = 1.0
@@ -215,8 +216,6 @@ def _check_race(outcomes: list[tuple[int, str, bool, int | None]], contenders: i
 
 
 def test_threads_racing_for_a_due_lease_get_exactly_one_grant(db_url: URL) -> None:
-    from pandaserver.db.schema import upgrade
-
     setup = engine_from_url(db_url)
     upgrade(setup)
     setup.dispose()
@@ -246,8 +245,6 @@ def test_threads_racing_for_a_due_lease_get_exactly_one_grant(db_url: URL) -> No
 @pytest.mark.parametrize("backend", ["postgresql", "mysql"])
 def test_processes_racing_get_exactly_one_grant(backend: str,
                                                 request: pytest.FixtureRequest) -> None:
-    from pandaserver.db.schema import upgrade
-
     url: URL = request.getfixturevalue("pg_url" if backend == "postgresql" else "mysql_url")
     setup = engine_from_url(url)
     upgrade(setup)
@@ -304,17 +301,27 @@ def test_cli_locks_and_unlock(db_engine: Engine, config_for: Callable[..., Panda
 def test_a_dropped_connection_is_retried_once_on_a_fresh_one(
     pg_engine: Engine, pg_cluster: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # the master's settings: autocommit, no pre-ping (one round trip per grant)
-    engine = engine_from_url(pg_engine.url, autocommit=True, pre_ping=False)
-    try:
-        store = LeaseStore(engine)
-        assert store.try_acquire("warm", "srv-a", 1, period=0, timeout=1, grace=0).granted
-        database = pg_engine.url.database
-        # what a server restart does to every pooled connection
+    database = pg_engine.url.database
+
+    def drop_connections() -> None:  # what a server restart does to every pooled connection
         pg_cluster._admin(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             f" WHERE datname = '{database}' AND pid <> pg_backend_pid()"
         )
+
+    _check_retry_after_dropped_connections(pg_engine.url, drop_connections, caplog)
+
+
+def _check_retry_after_dropped_connections(url: URL, drop_connections: Callable[[], None],
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    """With the master's settings (autocommit, no pre-ping: one round trip per grant), a
+    lease statement that meets a dropped connection is retried once on a fresh one."""
+    engine = engine_from_url(url, autocommit=True, pre_ping=False)
+    try:
+        upgrade(engine)
+        store = LeaseStore(engine)
+        assert store.try_acquire("warm", "srv-a", 1, period=0, timeout=1, grace=0).granted
+        drop_connections()
         with caplog.at_level(logging.INFO, logger="pandaserver.db.leases"):
             result = store.try_acquire("after-restart", "srv-a", 1, period=0, timeout=1, grace=0)
         assert result.granted and result.generation == 1
@@ -326,28 +333,18 @@ def test_a_dropped_connection_is_retried_once_on_a_fresh_one(
 def test_a_dropped_connection_is_retried_once_on_mysql(
     mysql_url: URL, mysql_server: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from pandaserver.db.schema import upgrade
-
-    engine = engine_from_url(mysql_url, autocommit=True, pre_ping=False)
-    try:
-        upgrade(engine)
-        store = LeaseStore(engine)
-        assert store.try_acquire("warm", "srv-a", 1, period=0, timeout=1, grace=0).granted
+    def drop_connections() -> None:  # what a server restart does to pooled connections
         admin = mysql_server.connect()
         try:
-            with admin.cursor() as cur:  # what a server restart does to pooled connections
+            with admin.cursor() as cur:
                 cur.execute("SELECT id FROM information_schema.processlist WHERE db = %s"
                             " AND id <> CONNECTION_ID()", (mysql_url.database,))
                 for (ident,) in cur.fetchall():
                     cur.execute(f"KILL CONNECTION {int(ident)}")
         finally:
             admin.close()
-        with caplog.at_level(logging.INFO, logger="pandaserver.db.leases"):
-            result = store.try_acquire("after-restart", "srv-a", 1, period=0, timeout=1, grace=0)
-        assert result.granted and result.generation == 1
-        assert "retrying once" in caplog.text
-    finally:
-        engine.dispose()
+
+    _check_retry_after_dropped_connections(mysql_url, drop_connections, caplog)
 
 
 # --- conditional_upsert itself -----------------------------------------------------------
@@ -379,7 +376,6 @@ def test_conditional_upsert_grants_an_update_to_identical_values(db_engine: Engi
 def test_mysql_refuses_a_connection_that_reports_found_rows(mysql_url: URL) -> None:
     from sqlalchemy import create_engine
 
-    from pandaserver.db.schema import upgrade
     from pandaserver.db.upsert import UnsupportedDatabase
 
     engine = create_engine(mysql_url)  # SQLAlchemy's default asks for CLIENT.FOUND_ROWS
