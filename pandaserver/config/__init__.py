@@ -6,7 +6,6 @@ file cannot be used at all, and otherwise returns every problem it found.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,8 +48,3 @@ def load_config(explicit: str | None = None, environ: Mapping[str, str] | None =
     server = dict(parser.items("server")) if parser.has_section("server") else {}
     return PandaConfig(path=path, daemon=daemon, server=server)
 
-
-def default_config_search() -> list[str]:
-    from pandaserver.config.files import candidate_paths
-
-    return [str(p) for p in candidate_paths(os.environ)]

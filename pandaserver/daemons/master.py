@@ -482,7 +482,7 @@ class Master:
             self.run_counter += 1
             run = Run(id=self.run_counter, script=spec.name, worker=slot.index, pid=slot.pid,
                       due=state.next_due, dispatched=now, timeout_at=now + spec.timeout,
-                      wall_dispatched=self.clock.wall(), generation=generation)
+                      generation=generation)
             if slot.send("run", run=run.id, name=spec.name, module=spec.module,
                          arguments=list(spec.arguments), loop=spec.loop, period=spec.period,
                          generation=generation):
@@ -500,7 +500,7 @@ class Master:
             self.recorder.record(RunRecord(
                 script=state.spec.name, server=self.server, pid=os.getpid(),
                 run_id=self.run_counter, generation=None, outcome=protocol.SKIPPED,
-                error=f"lease held by {decision.holder}", wall_started=self.clock.wall(),
+                error=f"lease held by {decision.holder}",
                 duration=0.0, dispatch_delay=0.0, queued=now - state.next_due, ended=now))
         elif decision.unavailable:
             log.debug("%s skipped: no lease while the database is unavailable", state.spec.name)
@@ -542,7 +542,7 @@ class Master:
         self.recorder.record(RunRecord(
             script=run.script, server=self.server, pid=run.pid, run_id=run.id,
             generation=run.generation, outcome=outcome, error=error,
-            wall_started=run.wall_dispatched, duration=max(0.0, ended - started),
+            duration=max(0.0, ended - started),
             dispatch_delay=started - run.due,  # negative would mean early: never
             queued=run.dispatched - run.due, ended=ended))
         if self.only is not None:

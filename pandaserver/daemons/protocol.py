@@ -17,7 +17,6 @@ FAILED = "failed"
 TIMEOUT = "timeout"
 LOST = "lost"
 SKIPPED = "skipped"
-OUTCOMES = (OK, FAILED, TIMEOUT, LOST, SKIPPED)
 
 
 class ProtocolError(Exception):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Protocol
 
 from pandaserver.daemons import protocol
@@ -23,7 +22,6 @@ class Run:
     due: float
     dispatched: float
     timeout_at: float
-    wall_dispatched: datetime
     generation: int | None = None
     started: float | None = None  # monotonic time main() was called (reported by the worker)
     ended: float | None = None
@@ -46,7 +44,6 @@ class RunRecord:
     generation: int | None
     outcome: str
     error: str | None
-    wall_started: datetime
     duration: float
     dispatch_delay: float  # main() called minus due time
     queued: float  # handed to a worker minus due time (waiting for a free worker)
