@@ -232,6 +232,11 @@ def stop(pidfile: Path, timeout: float, out: TextIO, err: TextIO) -> int:
         err.write(f"panda-daemon: processes still running after SIGKILL: {_pids(alive)};"
                   f" the pid file {pidfile} is kept\n")
         return exitcodes.RET_FAILED
+    # A killed process can look a zombie while its other threads still exit: its lock (and
+    # so the pid file) is free only once the last thread is gone.
+    deadline = time.monotonic() + KILL_WAIT
+    while lock_holder(pidfile) == master.pid and time.monotonic() < deadline:
+        time.sleep(0.05)
     remove_stale(pidfile, master.pid)
     out.write(f"panda-daemon stopped (master pid {master.pid})\n")
     return exitcodes.RET_OK
