@@ -47,6 +47,22 @@ def parse_seconds(text: str, *, allow_zero: bool = False) -> float:
     return value
 
 
+# A lease must leave room for renewals (every third of it), a renewal that takes a while,
+# and the SIGTERM -> SIGKILL escalation before it can expire: see pandaserver/daemons/fencing.py.
+LEASE_TTL_MIN = 15.0
+LEASE_TTL_MAX = 3600.0
+
+
+def parse_lease_ttl(text: str) -> float:
+    value = parse_seconds(text)
+    if not LEASE_TTL_MIN <= value <= LEASE_TTL_MAX:
+        raise ValueError(
+            f"must be between {LEASE_TTL_MIN:g} and {LEASE_TTL_MAX:g} seconds, got: {text.strip()!r}"
+            f" (below {LEASE_TTL_MIN:g} s there is no room for a renewal plus the 3-s kill"
+            " escalation before the lease expires)")
+    return value
+
+
 def parse_str(text: str) -> str:
     return text.strip()
 
@@ -66,7 +82,8 @@ SECTION_KEYS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "stop_grace": (parse_nonneg_seconds, 30.0),
     "db_url": (parse_str, ""),
     "history_retention_days": (parse_seconds, 30.0),
-    "lease_grace": (parse_nonneg_seconds, 60.0),
+    "lease_ttl": (parse_lease_ttl, 30.0),
+    "lease_grace": (parse_nonneg_seconds, 0.0),  # no longer used: leases last lease_ttl
     "heartbeat_interval": (parse_seconds, 30.0),
 }
 ALL_KEYS = (*SECTION_KEYS, "package", "config")
@@ -92,7 +109,8 @@ class DaemonSettings:
     stop_grace: float = 30.0
     db_url: str = ""
     history_retention_days: float = 30.0
-    lease_grace: float = 60.0
+    lease_ttl: float = 30.0
+    lease_grace: float = 0.0  # accepted for old configs, unused
     heartbeat_interval: float = 30.0
     scripts: dict[str, DaemonSpec] = field(default_factory=dict)
     problems: list[ConfigProblem] = field(default_factory=list)
