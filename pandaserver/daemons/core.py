@@ -9,6 +9,7 @@ signals and stop. Each mixin names here what it uses of the others.
 from __future__ import annotations
 
 from pandaserver.config.daemon import DaemonSettings
+from pandaserver.config.scripts import DaemonSpec
 from pandaserver.daemons.clock import Clock
 from pandaserver.daemons.fleet import FleetDb
 from pandaserver.daemons.keeper import LeaseKeeper
@@ -42,6 +43,13 @@ class MasterCore:
     first_generation: bool
     last_outcomes: dict[str, tuple[str, float]]
     unimportable: set[str]
+    started: float
+
+    def _specs(self, settings: DaemonSettings) -> dict[str, DaemonSpec]:
+        """The scripts this master runs under ``settings``."""
+        if self.only is not None:
+            return {self.only: settings.scripts[self.only]}
+        return {spec.name: spec for spec in settings.enabled_scripts}
 
     @property
     def n_proc(self) -> int:

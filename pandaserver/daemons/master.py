@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from pandaserver.config.daemon import DaemonSettings
-from pandaserver.config.scripts import DaemonSpec
 from pandaserver.daemons import exitcodes, protocol, schedule
 from pandaserver.daemons.clock import Clock, SystemClock
 from pandaserver.daemons.dispatch import Dispatching
@@ -99,11 +98,6 @@ class Master(Supervising, Dispatching):
             self.extra_events.append(lambda now: status.tick(self, now))
 
     # ----- set-up -------------------------------------------------------------------------
-    def _specs(self, settings: DaemonSettings) -> dict[str, DaemonSpec]:
-        if self.only is not None:
-            return {self.only: settings.scripts[self.only]}
-        return {spec.name: spec for spec in settings.enabled_scripts}
-
     def _install_signals(self) -> None:
         read_end, write_end = os.pipe()
         os.set_blocking(read_end, False)
