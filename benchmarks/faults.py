@@ -382,8 +382,10 @@ def summary(report: dict[str, Any]) -> str:
             lines.append(f"  {server}: p50 {d.get('p50')} p99 {d.get('p99')} max {d.get('max')}"
                          f"  runs {fig['runs_seen']}/{fig['runs_expected']}"
                          f"  missed {fig['missed_periods']}  max gap {fig['max_gap_s']} s")
-        lines.append(f"  after heal: {report.get('delay_ms_after_heal')};"
-                     f" sync resumed {report.get('sync_resumed_after_s')} s after heal")
+        resumed = report.get("sync_resumed_after_s", "n/a")
+        lines.append(f"  after heal: {report.get('delay_ms_after_heal')}; sync runs in the"
+                     f" window {report.get('sync_runs_in_window')}, fleet-wide sync resumed"
+                     f" {resumed} s after heal")
     elif kind == "partition-overlap":
         lines = [f"partition-overlap (ttl {report['lease_ttl']:g}): overlap"
                  f" {report.get('overlap_s')} s, children alive at a start"
