@@ -16,6 +16,7 @@ import selectors
 import signal
 import sys
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +65,10 @@ class Master:
         fleet: FleetDb | None = None,
         config_path: str | None = None,
         status_file: Path | None = None,
+        late_floor: float = schedule.LATE_FLOOR,
     ) -> None:
         self.settings = settings
+        self.late_floor = late_floor  # the late warning's floor (PANDA_DAEMON_LATE_FLOOR)
         self.server = server
         self.clock = clock or SystemClock()
         self.fleet = fleet
@@ -206,7 +209,7 @@ class Master:
     def _next_event(self, now: float) -> float:
         times = [self.stop_deadline]
         if not self.stopping:
-            nxt = schedule.next_wakeup(self.scripts.values(), now)
+            nxt = schedule.next_wakeup(self.scripts.values(), now, self.late_floor)
             if nxt is not None:
                 times.append(nxt)
             if len(self.slots) < self.n_proc:
@@ -517,11 +520,13 @@ class Master:
 
     def _warn_late(self, now: float) -> None:
         busy = all(s.state is not WorkerState.IDLE for s in self.slots.values())
-        for state in schedule.late_to_warn(self.scripts.values(), now):
+        for state in schedule.late_to_warn(self.scripts.values(), now, self.late_floor):
             state.late_warned_for = state.next_due
             why = ("its previous run is still going" if state.running is not None
                    else f"all {self.n_proc} workers are busy" if busy else "waiting for a worker")
-            log.warning("%s is %.0f s late (%s)", state.spec.name, now - state.next_due, why)
+            due = self.clock.wall() - timedelta(seconds=now - state.next_due)
+            log.warning("%s is %.0f s late (due at %s UTC): %s", state.spec.name,
+                        now - state.next_due, f"{due:%Y-%m-%d %H:%M:%S}", why)
 
     def _finish_run(self, run: Run, outcome: str, error: str | None) -> None:
         started = run.started if run.started is not None else run.dispatched
