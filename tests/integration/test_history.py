@@ -8,6 +8,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
+from freezegun import freeze_time
 from sqlalchemy import Engine, update
 from sqlalchemy.exc import OperationalError
 
@@ -191,6 +192,11 @@ def test_cli_history(history: HistoryStore, db_engine: Engine,
     table = capsys.readouterr().out
     assert table.splitlines()[0].split()[:3] == ["ID", "SCRIPT", "SERVER"]
     assert "KeyError: 'x'" in table and "sweeper" in table
+    day = run["started_at"][:10]  # as the database dated it
+    with freeze_time("1999-12-31 23:59:59"):  # this host's clock says nothing to history
+        assert cmd_history(cfg, argparse.Namespace(name="sweeper", limit=50, json=False)) == 0
+    started = capsys.readouterr().out.splitlines()[1].split()[4]
+    assert started == day != "1999-12-31"  # the database's date (UTC), not this host's
 
 
 def test_history_works_on_the_masters_autocommit_engine(db_engine: Engine) -> None:
