@@ -157,6 +157,13 @@ class MasterProcess:
                 continue
         return found
 
+    def survivors(self) -> list[int]:
+        """Pids of every process ever seen in this master's tree that still runs (after a
+        kill -9 of the master: what escaped the lifeline)."""
+        with self._seen_lock:
+            procs = list(self.seen.values())
+        return sorted(proc.pid for proc in procs if _alive(proc))
+
     # -- control --
     def signal(self, sig: int) -> None:
         os.kill(self.proc.pid, sig)
