@@ -139,8 +139,11 @@ def build_master(cfg: PandaConfig, args: argparse.Namespace, **options: Any) -> 
     def reload_settings() -> DaemonSettings:
         return load_config(str(cfg.path)).daemon
 
+    from pandaserver.daemons.schedule import late_floor_from_env
+
     try:
         clock = SystemClock(wall_offset_from_env())
+        options.setdefault("late_floor", late_floor_from_env(os.environ))
     except ValueError as exc:
         raise StartupError(exitcodes.RET_CONFIG, str(exc)) from None
     from pandaserver.daemons.status import status_path

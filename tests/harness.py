@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,6 +19,10 @@ import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
+WATCH_INTERVAL = 0.1  # how often a master's process tree is recorded (about 3 ms of CPU each)
+RUN_LINE = re.compile(r"panda\.master: (?P<name>\S+) run (?P<run>\d+) outcome=(?P<outcome>\S+)"
+                      r" duration=(?P<duration>\S+)s delay=(?P<delay>\S+)s"
+                      r" queued=(?P<queued>\S+)s pid=(?P<pid>\d+)")
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition",
@@ -71,6 +77,18 @@ class MasterProcess:
             env=env or script_env(self.record, **(extra_env or {})), start_new_session=True,
         )
         self.seen: dict[int, psutil.Process] = {}
+        self._seen_lock = threading.Lock()
+        # Record the tree from the start and all along, not only when a test calls tree():
+        # teardown then checks every process the master ever had, also after a kill -9.
+        self._stop_watching = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name=f"watch-{server}", daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        while self.proc.poll() is None:
+            self.tree()
+            if self._stop_watching.wait(WATCH_INTERVAL):
+                return
 
     # -- observation --
     def log(self) -> str:
@@ -94,6 +112,20 @@ class MasterProcess:
                 found.append(line.split(" outcome=")[1].split()[0])
         return found
 
+    def runs(self, name: str) -> list[dict[str, Any]]:
+        """The master's log line of each finished run of ``name``: outcome, duration, delay
+        (main() called minus due time, both on the system-wide monotonic clock: negative
+        would mean early), queued (handed to a worker minus due time), pid."""
+        found = []
+        for match in RUN_LINE.finditer(self.log()):
+            if match["name"] == name:
+                row: dict[str, Any] = match.groupdict()
+                for key in ("duration", "delay", "queued"):
+                    row[key] = float(row[key])
+                row["run"], row["pid"] = int(row["run"]), int(row["pid"])
+                found.append(row)
+        return found
+
     def wait_events(self, count: int, event: str, name: str, timeout: float = 15.0) -> list[Any]:
         return wait_for(lambda: len(self.events(event, name)) >= count and self.events(event, name),
                         timeout, f"{count} {event} events of {name}\n--- log ---\n{self.log()[-3000:]}")
@@ -109,8 +141,9 @@ class MasterProcess:
             procs = [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
             procs = []
-        for proc in procs:
-            self.seen.setdefault(proc.pid, proc)
+        with self._seen_lock:
+            for proc in procs:
+                self.seen.setdefault(proc.pid, proc)
         return procs
 
     def workers(self) -> list[psutil.Process]:
@@ -124,6 +157,13 @@ class MasterProcess:
                 continue
         return found
 
+    def survivors(self) -> list[int]:
+        """Pids of every process ever seen in this master's tree that still runs (after a
+        kill -9 of the master: what escaped the lifeline)."""
+        with self._seen_lock:
+            procs = list(self.seen.values())
+        return sorted(proc.pid for proc in procs if _alive(proc))
+
     # -- control --
     def signal(self, sig: int) -> None:
         os.kill(self.proc.pid, sig)
@@ -136,11 +176,14 @@ class MasterProcess:
     def cleanup(self) -> list[int]:
         """Kill anything left; return the pids that were still alive (should be none)."""
         self.tree()
+        self._stop_watching.set()
+        self._watcher.join(5)
         left = []
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
-        procs = list(self.seen.values())
+        with self._seen_lock:
+            procs = list(self.seen.values())
 
         def all_gone() -> bool:
             return not any(_alive(p) for p in procs)

@@ -44,6 +44,7 @@ class MasterCore:
     last_outcomes: dict[str, tuple[str, float]]
     unimportable: set[str]
     started: float
+    late_floor: float
 
     def _specs(self, settings: DaemonSettings) -> dict[str, DaemonSpec]:
         """The scripts this master runs under ``settings``."""

@@ -8,6 +8,7 @@ import functools
 import logging
 import math
 import os
+from datetime import timedelta
 
 from pandaserver.daemons import protocol, schedule
 from pandaserver.daemons.core import MasterCore
@@ -156,11 +157,13 @@ class Dispatching(MasterCore):
 
     def _warn_late(self, now: float) -> None:
         busy = all(s.state is not WorkerState.IDLE for s in self.slots.values())
-        for state in schedule.late_to_warn(self.scripts.values(), now):
+        for state in schedule.late_to_warn(self.scripts.values(), now, self.late_floor):
             state.late_warned_for = state.next_due
             why = ("its previous run is still going" if state.running is not None
                    else f"all {self.n_proc} workers are busy" if busy else "waiting for a worker")
-            log.warning("%s is %.0f s late (%s)", state.spec.name, now - state.next_due, why)
+            due = self.clock.wall() - timedelta(seconds=now - state.next_due)
+            log.warning("%s is %.0f s late (due at %s UTC): %s", state.spec.name,
+                        now - state.next_due, f"{due:%Y-%m-%d %H:%M:%S}", why)
 
     def _finish_run(self, run: Run, outcome: str, error: str | None) -> None:
         started = run.started if run.started is not None else run.dispatched

@@ -57,8 +57,10 @@ class Master(Supervising, Dispatching):
         fleet: FleetDb | None = None,
         config_path: str | None = None,
         status_file: Path | None = None,
+        late_floor: float = schedule.LATE_FLOOR,
     ) -> None:
         self.settings = settings
+        self.late_floor = late_floor  # the late warning's floor (PANDA_DAEMON_LATE_FLOOR)
         self.server = server
         self.clock = clock or SystemClock()
         self.fleet = fleet
@@ -205,7 +207,7 @@ class Master(Supervising, Dispatching):
     def _next_event(self, now: float) -> float:
         times = [self.stop_deadline]
         if not self.stopping:
-            nxt = schedule.next_wakeup(self.scripts.values(), now)
+            nxt = schedule.next_wakeup(self.scripts.values(), now, self.late_floor)
             if nxt is not None:
                 times.append(nxt)
             if len(self.slots) < self.n_proc:
