@@ -12,8 +12,9 @@ from pandaserver.config.daemon import DaemonSettings
 from pandaserver.config.scripts import DaemonSpec
 from pandaserver.daemons import schedule
 from pandaserver.daemons.clock import SystemClock
-from pandaserver.daemons.master import MAX_SPAWN_BACKOFF, Master
+from pandaserver.daemons.master import Master
 from pandaserver.daemons.schedule import ScriptState
+from pandaserver.daemons.supervise import MAX_SPAWN_BACKOFF
 
 
 def spec(name: str, period: float) -> DaemonSpec:
