@@ -35,6 +35,11 @@ class PandaConfig:
     daemon: DaemonSettings
     server: dict[str, str] = field(default_factory=dict)
     sources: list[Path] = field(default_factory=list)
+    origins: dict[tuple[str, str], Path] = field(default_factory=dict)
+
+    def where(self, section: str, key: str) -> str:
+        """Where a key is set, for messages: ``FILE [section] key 'name'``."""
+        return f"{self.origins.get((section, key), self.path)} [{section}] key {key!r}"
 
     def server_value(self, key: str, default: str | None = None) -> str | None:
         """A ``[server]`` value with ``$VAR`` expanded (KeyError names an unset variable)."""
@@ -74,4 +79,5 @@ def load_config(explicit: str | None = None, environ: Mapping[str, str] | None =
                if section == "daemon"}
     daemon = parse_daemon_section(path, raw.sections["daemon"], environ, origins=origins)
     server = dict(raw.sections.get("server", {}))
-    return PandaConfig(path=path, daemon=daemon, server=server, sources=sources)
+    return PandaConfig(path=path, daemon=daemon, server=server, sources=sources,
+                       origins=dict(raw.origins))

@@ -18,7 +18,9 @@ log = logging.getLogger("panda.master")
 def apply_settings(master: Master, new: DaemonSettings, now: float) -> None:
     """Added scripts are due now; removed ones stop being scheduled (a running one finishes);
     changed ones keep their place in time, moved earlier if the new period is shorter.
-    Fewer workers: the extra ones retire after their current run."""
+    Fewer workers: the extra ones retire after their current run. What a running master
+    cannot change (its database, its user: ``new.restart_needed``) is logged as needing a
+    restart, never as applied."""
     for problem in new.problems:
         log.error("%s", problem)
     old_specs = {name: state.spec for name, state in master.scripts.items()}
@@ -60,5 +62,11 @@ def apply_settings(master: Master, new: DaemonSettings, now: float) -> None:
     master.settings = new
     if master.fleet is not None:
         master.fleet.settings = new
-    log.info("reload: configuration applied (%d scripts, %d workers)",
-             len(master.scripts), master.n_proc)
+    for change in new.restart_needed:
+        log.warning("reload: NOT applied, needs a restart: %s", change)
+    if new.restart_needed:
+        log.info("reload: configuration applied except what needs a restart (%d scripts,"
+                 " %d workers)", len(master.scripts), master.n_proc)
+    else:
+        log.info("reload: configuration applied (%d scripts, %d workers)",
+                 len(master.scripts), master.n_proc)
