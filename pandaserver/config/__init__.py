@@ -59,8 +59,8 @@ def _register_secrets(sections: Mapping[str, Mapping[str, str]],
         for key, raw in values.items():
             try:
                 value = expand_env(raw, environ)
-            except KeyError:
-                value = raw
+            except KeyError:  # "$VAR" unset: the name of a variable is no secret
+                continue
             if secrets.is_secret_name(key):
                 secrets.register(value)
             secrets.register(secrets.url_password(value))

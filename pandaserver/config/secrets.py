@@ -62,6 +62,12 @@ def register(value: str | None) -> None:
         _secrets.update(form for form in forms if len(form) >= MIN_SECRET_LENGTH)
 
 
+def forget_all() -> None:
+    """Forget every registered secret (for tests that load many configurations)."""
+    with _lock:
+        _secrets.clear()
+
+
 def registered() -> frozenset[str]:
     with _lock:
         return frozenset(_secrets)

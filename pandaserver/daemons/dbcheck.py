@@ -132,3 +132,14 @@ def _connect(url: object, place: str) -> list[Finding]:
     finally:
         engine.dispose()
     return []
+
+
+def local_sqlite_note(cfg: PandaConfig) -> str | None:
+    """The warning of a configuration whose sync scripts are exclusive on this host only
+    (for ``fleet`` and the master's start), or None."""
+    sync = [spec.name for spec in cfg.daemon.enabled_scripts if spec.sync]
+    if not sync:
+        return None
+    _, findings = database_findings(cfg, sync_scripts=sync)
+    notes = [message for level, message, _ in findings if level == WARNING]
+    return notes[0] if notes else None

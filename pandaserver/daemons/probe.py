@@ -45,10 +45,10 @@ def call_problem(main: Callable[..., Any]) -> str | None:
     try:
         signature.bind(**dict.fromkeys(passed))
     except TypeError as exc:
-        given = ", ".join(f"{name}=..." for name in passed) or "no arguments"
-        return (f"main{signature} cannot be called the way the daemon calls it (with {given}:"
-                f" the keywords argv, tbuf and lock_pool that main names, all of them if it"
-                f" takes **kwargs): {exc}")
+        given = ", ".join(f"{name}=..." for name in passed)
+        return (f"main{signature} cannot be called the way the daemon calls it (it passes"
+                " argv=, tbuf= and lock_pool=, each only if main names it or takes **kwargs:"
+                f" here main({given})): {exc}")
     return None
 
 

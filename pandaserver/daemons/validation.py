@@ -88,6 +88,11 @@ def validate(cfg: PandaConfig, command: str, *, try_import: bool = True, connect
     for problem in settings.problems:
         if problem not in unusable:
             verdict.add(Finding(PROBLEM, str(problem), script=problem.script))
+    broken = {problem.script for problem in settings.problems if problem.script is not None}
+    if broken and not settings.scripts and not unusable:
+        verdict.add(Finding(ERROR, f"{cfg.where('daemon', 'config')}: every script entry has a"
+                                   " problem (below): no script would run",
+                            stops=(CHECK, RUN, START, RELOAD)))
     for problem in settings.warnings:
         verdict.add(Finding(WARNING, str(problem)))
     sync = [spec.name for spec in settings.enabled_scripts if spec.sync]

@@ -200,7 +200,10 @@ def cmd_fleet(cfg: PandaConfig, args: argparse.Namespace) -> int:
                 "summary": overview.summary()}
         sys.stdout.write(json.dumps(jsonable(data), indent=2, sort_keys=True) + "\n")
         return 0
-    sys.stdout.write(fleet_text(overview))
+    from pandaserver.daemons.dbcheck import local_sqlite_note
+
+    note = local_sqlite_note(cfg)  # a fleet that cannot share leases says so
+    sys.stdout.write(fleet_text(overview) + (f"\nWARNING: {note}\n" if note else ""))
     return 0
 
 
