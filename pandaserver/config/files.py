@@ -68,8 +68,8 @@ def _explicit_sources(explicit: str) -> list[Path]:
 def find_config_sources(explicit: str | None,
                         environ: Mapping[str, str] | None = None) -> list[Path]:
     """The files to read, in order; raise ConfigError naming every path tried."""
-    if explicit is not None:
-        return _explicit_sources(explicit)
+    if explicit is not None:  # absolute: a master re-reads them from "/" after detaching
+        return [path.absolute() for path in _explicit_sources(explicit)]
     tried = candidate_paths(environ)
     found = [path for path in tried if path.is_file()]
     if not found:

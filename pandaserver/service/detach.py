@@ -76,6 +76,7 @@ def plan_start(cfg: PandaConfig, args: argparse.Namespace, pidfile: Path, *,
                check_running: bool = True) -> Plan:
     """Everything checked before detaching. Raises ``StartError``."""
     cfg.path = cfg.path.resolve()  # the master re-reads it on SIGHUP, from "/"
+    cfg.sources = [path.resolve() for path in cfg.sources]
     settings = cfg.daemon
     unusable = unusable_problems(settings)
     if unusable:
