@@ -282,6 +282,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name is not None and not (0 < len(name.strip()) == len(name) <= 255):
         parser.error(f"--server-name must be 1 to 255 characters without surrounding spaces,"
                      f" got: {name!r}")
+    from pandaserver.config.secrets import redact_std_streams
+
+    redact_std_streams()  # no secret leaves through print() either
     setup_logging(args.log_level)
     plain = getattr(args, "plain", None)
     if plain is not None:

@@ -63,7 +63,8 @@ def _register_secrets(sections: Mapping[str, Mapping[str, str]],
                 continue
             if secrets.is_secret_name(key):
                 secrets.register(value)
-            secrets.register(secrets.url_password(value))
+            for secret in secrets.url_secrets(value):
+                secrets.register(secret)
 
 
 def load_config(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> PandaConfig:

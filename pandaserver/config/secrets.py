@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import threading
+from collections.abc import Iterable
+from typing import Any
 from urllib.parse import quote
 
 MASK = "***"
@@ -84,6 +87,23 @@ def url_password(text: str) -> str | None:
     return password if colon else (user or None)
 
 
+def url_secrets(text: str) -> list[str]:
+    """What of a URL in ``text`` must never be shown: its password (or token), and, when the
+    password holds an unescaped ``@``, the "host" a URL parser would read from its tail
+    (``u:pa@ss@db`` gives the host ``ss@db``, which would show ``ss``)."""
+    password = url_password(text)
+    if password is None:
+        return []
+    found = [password]
+    if "@" in password:
+        match = _USERINFO.search(text)
+        assert match is not None
+        after = text[match.end():]
+        host = re.split(r"[/:?\s\"']", after, maxsplit=1)[0]
+        found.append(f"{password.split('@', 1)[1]}@{host}")
+    return found
+
+
 def _mask_userinfo(match: re.Match[str]) -> str:
     info = match.group("info")
     user, colon, _ = info.partition(":")
@@ -138,3 +158,30 @@ def redact_handler(handler: logging.Handler) -> logging.Handler:
     if not any(isinstance(f, RedactingFilter) for f in handler.filters):
         handler.addFilter(RedactingFilter())
     return handler
+
+
+class RedactingStream:
+    """A text stream that writes everything through ``redact`` (the command's own stdout
+    and stderr: what ``print`` writes leaves the process as cleanly as log records)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(redact(text))
+        return len(text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def redact_std_streams() -> None:
+    """Put ``sys.stdout`` and ``sys.stderr`` behind ``RedactingStream`` (once)."""
+    if not isinstance(sys.stdout, RedactingStream):
+        sys.stdout = RedactingStream(sys.stdout)
+    if not isinstance(sys.stderr, RedactingStream):
+        sys.stderr = RedactingStream(sys.stderr)

@@ -482,3 +482,18 @@ def test_the_secret_grep_finds_a_leak_when_redaction_is_off(
             except AssertionError:
                 leaked.append(case.id)
     assert len(leaked) == 4, leaked
+
+
+@pytest.mark.parametrize("db_url", ["postgresql+psycopg2://u:pa@ss99@127.0.0.1:1/db",
+                                    "postgresql+psycopg2://u:PgPw4242@127.0.0.1:1/db"])
+def test_the_database_commands_never_show_a_secret(
+        db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """history, locks, fleet and db upgrade connect without validating first: what the
+    driver says about an unreachable database still shows no password, nor its tail."""
+    case = Case("database-commands", {"db_url": db_url})
+    run = Runner(case, tmp_path, monkeypatch, capsys)
+    for command in (("history",), ("locks",), ("fleet",), ("db", "upgrade")):
+        code, out = run(*command)
+        assert code != 0 and "database" in out, out
+    assert_no_secret(run.outputs, db_url)
