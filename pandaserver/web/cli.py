@@ -119,7 +119,7 @@ def cmd_web(cfg: PandaConfig, args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     if args.detach:
         assert pidfile is not None
-        argv = ["-c", str(cfg.path.resolve()), "--log-level", args.log_level, "web",
+        argv = ["-c", cfg.origin, "--log-level", args.log_level, "web",
                 "--bind", settings.bind, "--workers", str(args.workers),
                 "--threads", str(args.threads), "--pidfile", str(pidfile.absolute()),
                 "--stale-factor", str(settings.stale_factor)]
