@@ -152,7 +152,7 @@ def cmd_start(cfg: PandaConfig, args: argparse.Namespace) -> int:
         print(f"panda-daemon is not enabled (enable = False in [daemon] of {cfg.path}):"
               " not starting")
         return exitcodes.RET_OK
-    code = _validated(cfg, args, START, "not starting")
+    code = _validated(cfg, args, START, "cannot start")
     if code != exitcodes.RET_OK:
         return code
     try:
