@@ -23,6 +23,8 @@ log = logging.getLogger("panda.cli")
 MASTER_LOG_FORMAT = "%(asctime)s %(levelname)s master pid %(process)d %(name)s: %(message)s"
 
 Command = Callable[[PandaConfig, argparse.Namespace], int]
+# commands that open the database straight away (run, start and the others validate first)
+DATABASE_COMMANDS = {"history", "locks", "unlock", "db", "web"}  # fleet says UNKNOWN itself
 
 
 def short_hostname() -> str:
@@ -295,6 +297,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             log.error("%s", problem)
         return exitcodes.RET_CONFIG
+    if args.command in DATABASE_COMMANDS:  # a message, not a traceback, for a bad URL
+        from pandaserver.daemons.dbcheck import ERROR, database_findings
+
+        errors = [message for level, message, _ in database_findings(cfg)[1] if level == ERROR]
+        for message in errors:
+            log.error("%s", message)
+        if errors:
+            return exitcodes.RET_CONFIG
     func: Command = args.func
     return func(cfg, args)
 

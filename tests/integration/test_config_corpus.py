@@ -497,3 +497,15 @@ def test_the_database_commands_never_show_a_secret(
         code, out = run(*command)
         assert code != 0 and "database" in out, out
     assert_no_secret(run.outputs, db_url)
+
+
+def test_the_database_commands_refuse_a_bad_url_without_a_traceback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    case = Case("postgres-scheme", {"db_url": "postgres://u:PgPw4242@127.0.0.1:1/db"})
+    run = Runner(case, tmp_path, monkeypatch, capsys)
+    for command in (("history",), ("locks",), ("db", "upgrade")):
+        code, out = run(*command)
+        assert code == 2 and "Traceback" not in out, out
+        assert 'did you mean "postgresql+psycopg2"?' in out, out
+    assert_no_secret(run.outputs, case.id)
