@@ -155,6 +155,9 @@ def cmd_run(cfg: PandaConfig, args: argparse.Namespace) -> int:
     return master.run()
 
 
+RELOAD_IMPORT_WAIT = 15.0  # seconds the master's reload waits for the import check
+
+
 class ReloadRefused(Exception):
     """The re-read configuration cannot run; the master keeps its own."""
 
@@ -167,7 +170,8 @@ def reloader(cfg: PandaConfig) -> Callable[[], DaemonSettings]:
 
     def reload_settings() -> DaemonSettings:
         new_cfg = load_config(cfg.origin)
-        verdict = validate(new_cfg, RELOAD, cwd=os.getcwd())
+        # in the master's loop: a module that hangs at import must not hold it for long
+        verdict = validate(new_cfg, RELOAD, cwd=os.getcwd(), import_timeout=RELOAD_IMPORT_WAIT)
         errors = verdict.errors(RELOAD)
         if errors:
             raise ReloadRefused("; ".join(finding.message for finding in errors))

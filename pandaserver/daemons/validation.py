@@ -75,7 +75,7 @@ class Verdict:
 
 def validate(cfg: PandaConfig, command: str, *, try_import: bool = True, connect: bool = False,
              euid: int | None = None, environ: Mapping[str, str] | None = None,
-             cwd: str | None = None) -> Verdict:
+             cwd: str | None = None, import_timeout: float | None = None) -> Verdict:
     """Everything ``command`` would stop on, and every problem and warning."""
     env = os.environ if environ is None else environ
     verdict = Verdict()
@@ -103,7 +103,7 @@ def validate(cfg: PandaConfig, command: str, *, try_import: bool = True, connect
                             stops=(CHECK,) if code == exitcodes.RET_FAILED else ALL_COMMANDS))
     _check_users(cfg, verdict, euid, env)
     if try_import and command != RUN_ONCE:
-        _check_imports(cfg, verdict, cwd, env)
+        _check_imports(cfg, verdict, cwd, env, import_timeout)
     return verdict
 
 
@@ -149,15 +149,16 @@ def _check_users(cfg: PandaConfig, verdict: Verdict, euid: int | None,
 
 
 def _check_imports(cfg: PandaConfig, verdict: Verdict, cwd: str | None,
-                   env: Mapping[str, str]) -> None:
-    from pandaserver.daemons.probe import run_probe
+                   env: Mapping[str, str], timeout: float | None) -> None:
+    from pandaserver.daemons.probe import PROBE_TIMEOUT, run_probe
 
     settings = cfg.daemon
     if not settings.package or any(p.key == "package" for p in settings.fatal):
         return
     specs = settings.enabled_scripts
     modules = sorted({spec.module for spec in specs})
-    result = run_probe(settings.package, modules, cwd=cwd, env=env)
+    result = run_probe(settings.package, modules, cwd=cwd, env=env,
+                       timeout=PROBE_TIMEOUT if timeout is None else timeout)
     where = cfg.where("daemon", "package")
     if result.failure is not None:
         verdict.add(Finding(ERROR, f"{where}: {result.failure}"))
