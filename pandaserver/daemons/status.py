@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pandaserver.config.secrets import redact
+
 if TYPE_CHECKING:
     from pandaserver.daemons.core import MasterCore as Master
 
@@ -100,7 +102,7 @@ class StatusFile:
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+            tmp.write_text(redact(json.dumps(data, indent=1)), encoding="utf-8")
             os.replace(tmp, self.path)
             self._failed = False
         except OSError as exc:

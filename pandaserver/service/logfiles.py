@@ -93,7 +93,9 @@ class LogFiles:
 
 def log_records_to_stdout(level: str, fmt: str) -> None:
     """The master's records go to its standard output (``panda_daemon_stdout.log``)."""
-    handler = logging.StreamHandler(sys.stdout)
+    from pandaserver.config.secrets import redact_handler
+
+    handler = redact_handler(logging.StreamHandler(sys.stdout))
     handler.setFormatter(logging.Formatter(fmt))
     root = logging.getLogger()
     root.handlers[:] = [handler]
