@@ -116,7 +116,7 @@ def _check_users(cfg: PandaConfig, verdict: Verdict, euid: int | None,
     import grp
     import pwd
 
-    from pandaserver.service.privileges import NO_ROOT_VARIABLE, PrivilegeError, resolve_user
+    from pandaserver.config.users import NO_ROOT_VARIABLE, PrivilegeError, resolve_user
 
     settings = cfg.daemon
     where = str(cfg.path)

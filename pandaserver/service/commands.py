@@ -145,7 +145,7 @@ def _master_cwd(args: argparse.Namespace) -> str:
 
 
 def cmd_start(cfg: PandaConfig, args: argparse.Namespace) -> int:
-    from pandaserver.cli import disabled
+    from pandaserver.daemons.launch import disabled
     from pandaserver.daemons.validation import START
 
     if disabled(cfg.daemon):
@@ -181,7 +181,7 @@ def cmd_status(cfg: PandaConfig | None, args: argparse.Namespace) -> int:
 
 
 def cmd_restart(cfg: PandaConfig, args: argparse.Namespace) -> int:
-    from pandaserver.cli import disabled
+    from pandaserver.daemons.launch import disabled
     from pandaserver.daemons.validation import START
 
     if not disabled(cfg.daemon):

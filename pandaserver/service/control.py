@@ -121,7 +121,7 @@ def status(pidfile: Path, out: TextIO) -> int:
 def _published_status(pid: int) -> str | None:
     """The status file the master ``pid`` writes (pandaserver.daemons.status), rendered."""
     try:
-        from pandaserver.web.localstatus import local_masters, render_local_status
+        from pandaserver.daemons.localstatus import local_masters, render_local_status
     except ImportError:
         return None
     for data in local_masters():

@@ -117,9 +117,9 @@ def become_master(plan: Plan, ready: Callable[[int], None]) -> int:
 
     Raises ``StartError`` for any failure before ``ready``.
     """
-    from pandaserver.cli import MASTER_LOG_FORMAT, build_master
     from pandaserver.daemons import master as _master  # noqa: F401 - imported while readable
     from pandaserver.daemons.fleet import StartupError
+    from pandaserver.daemons.launch import MASTER_LOG_FORMAT, build_master
 
     # Once the pid file is locked, reload and reopen-logs can find this process: until the
     # master's loop installs its handlers, those signals must not kill it.

@@ -25,7 +25,7 @@ from pandaserver.db.history import HistoryStore, RunRecord
 from pandaserver.db.leases import LeaseStore
 from pandaserver.db.schema import upgrade
 from pandaserver.web.app import FleetApp
-from pandaserver.web.localstatus import local_status, render_local_status
+from pandaserver.daemons.localstatus import local_status, render_local_status
 from pandaserver.web.metrics import HistoryCounters
 from pandaserver.web.settings import WebSettings
 from pandaserver.web.wsgi import LazyApplication

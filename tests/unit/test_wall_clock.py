@@ -11,7 +11,7 @@ from freezegun import freeze_time
 
 from pandaserver.cron.cli import add_arguments, convert_streams
 from pandaserver.cron.convert import analyse_schedule
-from pandaserver.web.localstatus import render_local_status
+from pandaserver.daemons.localstatus import render_local_status
 
 CRONTAB = """\
 0-59/4 * * * * atlpan /opt/panda/usr/bin/panda_server-add > /dev/null 2>&1
