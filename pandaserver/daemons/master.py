@@ -23,6 +23,7 @@ from pandaserver.config.daemon import DaemonSettings
 from pandaserver.config.scripts import DaemonSpec
 from pandaserver.daemons import exitcodes, protocol, schedule
 from pandaserver.daemons.clock import Clock, SystemClock
+from pandaserver.daemons.containment import Containment
 from pandaserver.daemons.fleet import DbLeases, DbRecorder, FleetDb
 from pandaserver.daemons.leases import LeaseDecision, LeaseManager, LocalLeases
 from pandaserver.daemons.pool import (
@@ -75,7 +76,8 @@ class Master:
         self.only = only
         self.log_level = log_level
         self.reload_settings = reload_settings
-        self.on_signal = on_signal or {}
+        self.containment = Containment(monotonic=self.clock.monotonic)  # a run's processes
+        self.on_signal = {**(on_signal or {}), signal.SIGCHLD: self.containment.reap}
         self.worker_log_file = worker_log_file
         self.scripts: dict[str, ScriptState] = {}
         self.slots: dict[int, Slot] = {}
@@ -90,7 +92,7 @@ class Master:
         self._signals: list[int] = []
         self._wakeup_r = -1
         self._selector = selectors.DefaultSelector()
-        self.extra_events: list[Callable[[float], float | None]] = []
+        self.extra_events: list[Callable[[float], float | None]] = [self.containment.tick]
         if fleet is not None:
             if only is not None:  # run-once is not a fleet member: no heartbeat row
                 fleet.next_beat = math.inf
@@ -129,6 +131,7 @@ class Master:
     # ----- the loop -----------------------------------------------------------------------
     def run(self) -> int:
         self._install_signals()
+        self.containment.start()
         set_title(f"master{'' if self.only is None else ' run-once ' + self.only}")
         now = self.clock.monotonic()
         for spec in self._specs(self.settings).values():
@@ -139,7 +142,8 @@ class Master:
             now = self.clock.monotonic()
             self._handle_signals(now)
             self._check_deadlines(now)
-            if self.stopping and not self.slots and not self.draining:
+            if self.stopping and not self.slots and not self.draining and \
+                    not self.containment.busy:
                 break
             if not self.stopping:
                 self._fill_slots(now)
@@ -149,6 +153,7 @@ class Master:
             # from after them, or the master would wake late by that much
             next_event = self._next_event(now)
             self._wait(next_event - self.clock.monotonic())
+        self.containment.close()
         if self.status is not None:
             self.status.tick(self, self.clock.monotonic(), force=True)
         if self.fleet is not None:
@@ -291,7 +296,7 @@ class Master:
                 lifetime = staggered_lifetime(lifetime, position, len(missing))
             try:
                 self.slots[index] = new_slot(index, now, lifetime, self._worker_argv(),
-                                             self.settings.package, modules)
+                                             self.settings.package, modules, self.containment)
             except OSError as exc:
                 log.error("cannot start worker %d: %s", index, exc)
                 self._back_off(now)
@@ -370,6 +375,7 @@ class Master:
             if fd in self._selector.get_map():
                 self._selector.unregister(fd)
         code = slot.reap()
+        self.containment.worker_gone(slot.pid)
         del self.slots[slot.index]
         expected = slot.state in (WorkerState.EXITING, WorkerState.KILLING)
         if slot.state is WorkerState.STARTING and not self.stopping:
@@ -523,7 +529,11 @@ class Master:
                    else f"all {self.n_proc} workers are busy" if busy else "waiting for a worker")
             log.warning("%s is %.0f s late (%s)", state.spec.name, now - state.next_due, why)
 
-    def _finish_run(self, run: Run, outcome: str, error: str | None) -> None:
+    def _finish_run(self, run: Run, outcome: str, error: str | None,
+                    contained: bool = False) -> None:
+        if not contained:  # end what the run left first: the run is over once that is gone
+            self.containment.end_run(run, lambda: self._finish_run(run, outcome, error, True))
+            return
         started = run.started if run.started is not None else run.dispatched
         ended = run.ended if run.ended is not None else self.clock.monotonic()
         state = self.scripts.get(run.script)

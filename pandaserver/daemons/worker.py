@@ -20,6 +20,7 @@ from types import ModuleType
 from typing import Any
 
 from pandaserver.daemons import capture, protocol
+from pandaserver.daemons.containment import RUN_VAR, run_marker, sweep_after_master
 from pandaserver.daemons.invoke import describe_import_error, import_script, run_main
 from pandaserver.daemons.lock_pool import LockPool
 from pandaserver.daemons.processes import set_title, signal_tree, tree_of
@@ -34,7 +35,8 @@ LOG_FORMAT = (
 
 
 def watch_lifeline(fd: int) -> None:
-    """Block until the master is gone, then kill this worker's whole tree (no orphans)."""
+    """Block until the master is gone, then kill this worker's whole tree and whatever else
+    its master's runs left (no orphans)."""
     while True:
         try:
             data = os.read(fd, 1)
@@ -47,6 +49,7 @@ def watch_lifeline(fd: int) -> None:
     me = os.getpid()
     others = [p for p in tree_of(me) if p.pid != me]
     signal_tree(others, signal.SIGKILL)
+    sweep_after_master()
     os.killpg(os.getpgid(me), signal.SIGKILL)
     os._exit(1)  # not reached unless we are not in our own group
 
@@ -100,6 +103,7 @@ class Worker:
         set_title(f"worker {self.index} running {name}")
         capture.set_current(name, str(run_id))
         set_context(self.tbuf, name, run_id, message.get("generation"))
+        os.environ[RUN_VAR] = run_marker(run_id, name)  # inherited by all the run starts
         started = time.monotonic()
         error = self._import(module_name)
         if error is not None:
@@ -115,6 +119,7 @@ class Worker:
             with contextlib.suppress(Exception):
                 stream.flush()
         ended = time.monotonic()
+        os.environ.pop(RUN_VAR, None)
         set_context(self.tbuf, None, None, None)
         capture.clear_current()
         protocol.send(self.conn, "done", run=run_id, outcome=outcome, error=error,
