@@ -62,6 +62,14 @@ def cgroup_of(pid: int | str = "self") -> Path | None:
     return None if found is None else found[0] / found[1]
 
 
+def master_subtree(pid: int) -> Path | None:
+    """The subtree of the master ``pid`` (None when it runs without cgroups)."""
+    path = cgroup_of(pid)
+    if path is not None and path.name == "master" and path.parent.name.startswith(PREFIX):
+        return path.parent
+    return None
+
+
 def members(path: Path) -> list[int]:
     try:
         return [int(word) for word in (path / "cgroup.procs").read_text().split()]

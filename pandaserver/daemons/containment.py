@@ -61,12 +61,21 @@ def marked_run(pid: int, master: str) -> int | None:
 
 
 def find_marked(master: str) -> list[Proc]:
-    """Every live process carrying ``master``'s marker (for ``stop`` and a dead master's
-    workers: the master's subtree is gone then, its orphans are anywhere)."""
+    """Every live process carrying the marker of ``master`` (an identity ``<pid>.<start>``,
+    or ``<pid>.`` for any master that had that pid): for ``stop`` and a dead master's
+    workers, when the master's subtree is gone and its orphans can be anywhere."""
     me = os.getpid()
-    return [proc for proc in proctable.scan().values()
-            if proc.pid != me and not proc.ended
-            and proctable.environ_value(proc.pid, MASTER_VAR) == master]
+    prefix = master.endswith(".")
+    running = proctable.identity_of(int(master.partition(".")[0])) if prefix else None
+    found = []
+    for proc in proctable.scan().values():
+        if proc.pid != me and not proc.ended:
+            value = proctable.environ_value(proc.pid, MASTER_VAR)
+            if value is None or value == running:  # never a live master's processes
+                continue
+            if value == master or (prefix and value.startswith(master)):
+                found.append(proc)
+    return found
 
 
 def processes(count: int) -> str:
@@ -212,9 +221,11 @@ class Containment:
         if not procs:
             self._after(run, then)
             return
-        log.warning("%s left %s: SIGTERM now, SIGKILL in %g s: %s", run.label,
-                    processes(len(procs)), self.grace, describe(procs))
-        proctable.terminate(procs)
+        left = [proc for proc in procs if not proctable.dying(proc)]  # not those SIGKILLed
+        if left:  # by the run's timeout kill a moment ago: they are as good as gone
+            log.warning("%s left %s: SIGTERM now, SIGKILL in %g s: %s", run.label,
+                        processes(len(left)), self.grace, describe(left))
+            proctable.terminate(left)
         self.cleanups.append(_Cleanup(run=run, procs={p.identity: p for p in procs},
                                       deadline=self.monotonic() + self.grace, then=then))
 

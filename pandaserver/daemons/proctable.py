@@ -155,6 +155,17 @@ def alive(proc: Proc) -> bool:
     return now is not None and now.start == proc.start and not now.ended
 
 
+def dying(proc: Proc) -> bool:
+    """Whether SIGKILL is already on its way to ``proc`` (pending: it will be gone at once)."""
+    data = _read(f"{PROC}/{proc.pid}/status") or b""
+    for line in data.splitlines():
+        if line.startswith((b"SigPnd:", b"ShdPnd:")):
+            with contextlib.suppress(ValueError):
+                if int(line.split()[1], 16) & (1 << (signal.SIGKILL - 1)):
+                    return True
+    return False
+
+
 def send(proc: Proc, sig: int) -> bool:
     """Send ``sig`` to the very process ``proc``; False when it has ended (or is not ours)."""
     try:
