@@ -62,6 +62,9 @@ def spawn_worker(argv: list[str], env: dict[str, str] | None = None) -> Spawned:
         "--lifeline",
         str(life_r),
     ]
+    # SPT_NOENV: the process title must not overwrite the environment as /proc shows it, for
+    # a script's forked (not exec'd) children show the worker's, marker included
+    env = {**(os.environ if env is None else env), "SPT_NOENV": "1"}
     try:
         popen = subprocess.Popen(
             command,
