@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pandaserver.daemons import protocol
-from pandaserver.daemons.containment import Containment
+from pandaserver.daemons.containment import Containment, describe, processes
 from pandaserver.daemons.processes import PendingKill, Spawned, begin_kill, spawn_worker
 from pandaserver.daemons.runs import Run
 from pandaserver.daemons.states import WorkerState, check_transition
@@ -62,10 +62,13 @@ class Slot:
         if self.kill is None and not self.exited:
             log.warning("worker %d (pid %d): killing its process tree: %s",
                         self.index, self.pid, reason)
-            run_procs = []  # the run's processes outside the worker's tree (setsid, orphans)
+            run_procs = []  # the run's processes, those outside the worker's tree included
             if self.containment is not None and self.run is not None:
-                run_procs = [proc.pid for proc in self.containment.run_processes(self.run)]
-            self.kill = begin_kill(self.pid, now, grace, reason, run_procs)
+                run_procs = self.containment.run_processes(self.run)
+                if run_procs:
+                    log.warning("%s: ending its %s too: %s", self.run.label,
+                                processes(len(run_procs)), describe(run_procs))
+            self.kill = begin_kill(self.pid, now, grace, reason, [p.pid for p in run_procs])
 
     def reap(self) -> int:
         """The worker process has exited: collect its status and close our ends."""

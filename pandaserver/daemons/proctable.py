@@ -202,8 +202,9 @@ def boottime_offset() -> float:
 
 
 def identity_of(pid: int) -> str | None:
+    """``<pid>.<start>`` of the live process ``pid`` (None when none, or a zombie)."""
     proc = stat(pid)
-    return None if proc is None else proc.identity
+    return None if proc is None or proc.ended else proc.identity
 
 
 def set_child_subreaper() -> bool:
