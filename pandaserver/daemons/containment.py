@@ -205,8 +205,10 @@ class Containment:
                     window[0] <= proc.started_boottime <= window[1]:
                 taken.add(pid)  # an unmarked orphan that started while this run ran
         taken |= proctable.descendants(kids, taken | ((known or set()) & ours))
-        return [table[pid] for pid in sorted(taken)
-                if pid in table and not table[pid].ended and pid not in live_workers]
+        claimed = {key for c in self.cleanups if c.run is not run for key in c.procs}
+        return [table[pid] for pid in sorted(taken)  # not those another run's end is ending
+                if pid in table and not table[pid].ended and pid not in live_workers
+                and table[pid].identity not in claimed]
 
     def _window(self, run: Run) -> tuple[float, float]:
         """The run's lifetime on the boot clock (process start times are on it)."""
