@@ -112,6 +112,13 @@ def main() -> None:
         print(f"panda test guard: pytest ended leaving processes; ended them: {found}",
               file=sys.stderr)
     shutil.rmtree(scratch, ignore_errors=True)
+    try:  # the cgroups of masters the tests killed (pandaserver/daemons/cgroups.py)
+        from pandaserver.daemons.cgroups import cgroup_of, remove_stale
+    except ImportError:
+        return
+    parent = cgroup_of()
+    if parent is not None:
+        remove_stale(parent)
 
 
 if __name__ == "__main__":

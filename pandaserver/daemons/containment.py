@@ -210,6 +210,20 @@ class Containment:
                 if pid in table and not table[pid].ended and pid not in live_workers
                 and table[pid].identity not in claimed]
 
+    def _surely_nothing_left(self, run: Run) -> bool:
+        """The cheap check of the usual case, before a walk of the whole process table: the
+        worker's cgroup holds the worker alone, or (without a cgroup, where the kernel lists
+        children) the worker has no child and the master none but its workers."""
+        worker = self.workers.get(run.pid)
+        if worker is not None and worker.cgroup is not None:
+            return set(cgroups.members(worker.cgroup)) <= {run.pid}
+        below_worker = proctable.children_of(run.pid)
+        below_master = proctable.children_of(self.pid)
+        if below_worker is None or below_master is None:
+            return False
+        workers = {pid for pid, w in self.workers.items() if w.alive}
+        return not below_worker and set(below_master) <= workers
+
     def _window(self, run: Run) -> tuple[float, float]:
         """The run's lifetime on the boot clock (process start times are on it)."""
         offset = proctable.boottime_offset()
@@ -219,7 +233,7 @@ class Containment:
     # ----- a run ends ----------------------------------------------------------------------
     def end_run(self, run: Run, then: Callable[[], None]) -> None:
         """``run`` is over: terminate what it left, then call ``then`` (at once if nothing)."""
-        procs = self.run_processes(run)
+        procs = [] if self._surely_nothing_left(run) else self.run_processes(run)
         if not procs:
             self._after(run, then)
             return

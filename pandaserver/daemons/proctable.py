@@ -112,6 +112,24 @@ def descendants(children: dict[int, list[int]], roots: Iterable[int]) -> set[int
     return found
 
 
+def children_of(pid: int) -> list[int] | None:
+    """The children of ``pid`` from ``/proc/PID/task/*/children`` (a few small reads), or
+    None where the kernel does not have that file (CONFIG_PROC_CHILDREN)."""
+    try:
+        tasks = os.listdir(f"{PROC}/{pid}/task")
+    except OSError:
+        return []
+    found: list[int] = []
+    for task in tasks:
+        data = _read(f"{PROC}/{pid}/task/{task}/children", whole=True)
+        if data is None:
+            if not os.path.exists(f"{PROC}/{pid}/task/{task}/children"):
+                return None
+            continue
+        found.extend(int(word) for word in data.split())
+    return found
+
+
 def environ_value(pid: int, name: str) -> str | None:
     """The value of ``name`` in the environment ``pid`` was started with (None when absent
     or unreadable: another user's process, or one that has ended)."""
