@@ -97,6 +97,7 @@ class _Worker:
     pid: int
     cgroup: Path | None
     alive: bool = True
+    gone_at: float = 0.0
 
 
 @dataclass
@@ -156,6 +157,7 @@ class Containment:
         worker = self.workers.get(pid)
         if worker is not None:
             worker.alive = False
+            worker.gone_at = self.monotonic()
             self._forget_if_done(worker)
 
     def _forget_if_done(self, worker: _Worker) -> None:
@@ -263,8 +265,29 @@ class Containment:
         if finished:
             return now
         if not self.cleanups:
+            self._sweep_dead_workers(now)
             return None
         return min([now + POLL, *(c.deadline for c in self.cleanups if not c.killed)])
+
+    def _sweep_dead_workers(self, now: float) -> None:
+        """A worker gone for longer than its run's end can take, with no run's end pending:
+        anything still in its cgroup is a leftover nobody owns (SIGKILL); the cgroup goes
+        once empty."""
+        for worker in [w for w in self.workers.values()
+                       if not w.alive and now >= w.gone_at + 2 * self.grace]:
+            if worker.cgroup is not None and cgroups.members(worker.cgroup):
+                log.warning("killing what is left in the cgroup of gone worker %d (pid %d): %s",
+                            worker.index, worker.pid,
+                            describe([p for p in map(proctable.stat,
+                                                     cgroups.members(worker.cgroup)) if p]))
+                cgroups.kill_all(worker.cgroup)
+            self._forget_if_done(worker)
+
+    @property
+    def ending(self) -> list[Run]:
+        """Runs whose leftovers are being ended: over for their scripts, not yet for their
+        leases (which must be kept, renewed, until ``end_run`` calls back)."""
+        return [cleanup.run for cleanup in self.cleanups]
 
     def _step(self, cleanup: _Cleanup, now: float) -> bool:
         """True once every process of the clean-up is gone."""
