@@ -122,6 +122,7 @@ class Containment:
     subtree: cgroups.Subtree | None = None
     workers: dict[int, _Worker] = field(default_factory=dict)
     cleanups: list[_Cleanup] = field(default_factory=list)
+    reap_wanted: bool = False
 
     # ----- set-up -------------------------------------------------------------------------
     def start(self) -> None:
@@ -256,6 +257,8 @@ class Containment:
     def tick(self, now: float) -> float | None:
         """Move the pending clean-ups on; the time to be called again (``now`` after one
         finished: the run's script may be due at once)."""
+        if self.reap_wanted:
+            self._reap_now()
         finished = False
         for cleanup in list(self.cleanups):
             if self._step(cleanup, now):
@@ -324,8 +327,14 @@ class Containment:
 
     # ----- orphans --------------------------------------------------------------------------
     def reap(self) -> None:
-        """On SIGCHLD: collect ended orphans (the master's children that are not workers;
-        a worker is collected by its ``Popen``)."""
+        """On SIGCHLD: ended orphans are to be collected, at the loop's next ``tick`` (once
+        for however many SIGCHLDs came together)."""
+        self.reap_wanted = True
+
+    def _reap_now(self) -> None:
+        """Collect ended orphans: the master's children that are not workers (a worker is
+        collected by its ``Popen``; the master starts no other child)."""
+        self.reap_wanted = False
         for proc in proctable.scan().values():
             if proc.ppid == self.pid and proc.ended and proc.pid not in self.workers:
                 try:
@@ -344,7 +353,7 @@ class Containment:
             log.warning("%s left at the master's exit: SIGTERM, SIGKILL in %g s: %s",
                         processes(len(left)), wait, describe(left))
             end_now(left, wait)
-        self.reap()
+        self._reap_now()
         if self.subtree is not None:
             self.subtree.close()
 

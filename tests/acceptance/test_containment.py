@@ -65,6 +65,8 @@ def test_a_setsid_daemon_left_by_a_script_is_gone_when_its_run_ends(tmp_path: Pa
         master.wait_log("d run 1 outcome=ok", timeout=20)
         # the run is recorded only once what it left is gone: no waiting here
         assert not pid_alive(daemon), "the run ended with its daemon still running"
+        # an orphan, adopted by the master (a subreaper): the master collects its status
+        wait_for(lambda: proctable.stat(daemon) is None, 5, "the master to reap the daemon")
         log = master.log()
         assert f"d run 1 left 1 process: SIGTERM now, SIGKILL in 3 s: pid {daemon} (sleep" \
                " 1000, run 1 of d)" in log
