@@ -11,6 +11,7 @@ from __future__ import annotations
 from pandaserver.config.daemon import DaemonSettings
 from pandaserver.config.scripts import DaemonSpec
 from pandaserver.daemons.clock import Clock
+from pandaserver.daemons.containment import Containment
 from pandaserver.daemons.fleet import FleetDb
 from pandaserver.daemons.keeper import LeaseKeeper
 from pandaserver.daemons.leases import LeaseManager
@@ -27,6 +28,7 @@ class MasterCore:
     recorder: Recorder
     leases: LeaseManager
     keeper: LeaseKeeper
+    containment: Containment
     only: str | None
     log_level: str
     worker_log_file: str | None
