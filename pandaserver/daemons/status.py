@@ -72,7 +72,7 @@ def signature(master: Master) -> tuple[Any, ...]:
         master.stopping,
         tuple((s.index, s.pid, s.state, s.run.id if s.run else None)
               for s in master.slots.values()),
-        tuple((n, st.running, st.next_due, st.disabled) for n, st in master.scripts.items()),
+        master.scripts.version,  # bumped by any change of a script's state: O(1), not O(n)
         None if master.fleet is None else master.fleet.down_since,
     )
 
