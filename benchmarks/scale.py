@@ -214,8 +214,12 @@ def drift_scenario(seconds: float, count: int = 20, period: float = 5.0, n_proc:
             for line in probe.read_text().splitlines():
                 name, _, at = line.partition(" ")
                 starts[name].append(float(at))
-            master_delays = [d * 1000 for name, outcome, d, _ in runs_in(log.read_text())
-                             if outcome == "ok"]
+            master_delays = []
+            seen: set[str] = set()
+            for name, outcome, d, _ in runs_in(log.read_text()):
+                if name in seen and outcome == "ok":  # first runs wait for workers to boot
+                    master_delays.append(d * 1000)
+                seen.add(name)
     finally:
         if cluster is not None:
             cluster.stop()
