@@ -101,9 +101,10 @@ class Dispatching(MasterCore):
                 state.run_started = now
                 if self.only is not None:
                     state.next_due = math.inf
-                elif generation is not None and fleet_due is not None:
-                    # the fleet-wide due time the grant just set on the script's grid
-                    state.next_due = fleet_due
+                elif generation is not None:
+                    # the fleet-wide due time the grant just set (this grant + period, by
+                    # the database clock; ``fleet_due`` when the database said when)
+                    state.next_due = fleet_due if fleet_due is not None else now + spec.period
                 else:
                     state.next_due = schedule.next_due_after_dispatch(state, now)
                 state.anchored = True
