@@ -11,6 +11,7 @@ from __future__ import annotations
 from pandaserver.config.daemon import DaemonSettings
 from pandaserver.config.scripts import DaemonSpec
 from pandaserver.daemons.clock import Clock
+from pandaserver.daemons.crashloop import CrashLoops, SpawnLimiter
 from pandaserver.daemons.fleet import FleetDb
 from pandaserver.daemons.keeper import LeaseKeeper
 from pandaserver.daemons.leases import LeaseManager
@@ -45,6 +46,8 @@ class MasterCore:
     unimportable: set[str]
     started: float
     late_floor: float
+    crashes: CrashLoops  # the rest of the operator's state is the Controlling part's own
+    spawns: SpawnLimiter
 
     def _specs(self, settings: DaemonSettings) -> dict[str, DaemonSpec]:
         """The scripts this master runs under ``settings``."""
@@ -64,4 +67,16 @@ class MasterCore:
         raise NotImplementedError
 
     def _send_deadline(self, slot: Slot, deadline: float | None) -> None:
+        raise NotImplementedError
+
+    def _may_start(self, state: ScriptState, now: float) -> bool:
+        raise NotImplementedError
+
+    def _dispatched(self, name: str) -> None:
+        raise NotImplementedError
+
+    def _note_outcome(self, name: str, crashed: str | None, now: float) -> None:
+        raise NotImplementedError
+
+    def _preload(self) -> list[str]:
         raise NotImplementedError

@@ -33,6 +33,8 @@ class Dispatching(MasterCore):
         for state in schedule.due_scripts(self.scripts.values(), now):
             if not idle:
                 break
+            if not self._may_start(state, now):  # paused, draining, backed off (control.py)
+                continue
             if not state.spec.sync:
                 if self._hand_over(idle, state, None, None) is None:
                     break  # every idle worker's channel was broken
@@ -94,6 +96,7 @@ class Dispatching(MasterCore):
                          arguments=list(spec.arguments), loop=spec.loop, period=spec.period,
                          generation=generation):
                 slot.move(WorkerState.BUSY)
+                self._dispatched(spec.name)
                 slot.run = run
                 state.running = run.id
                 state.run_started = now
@@ -179,6 +182,8 @@ class Dispatching(MasterCore):
             if state.disabled == REMOVED:  # dropped by a reload while it ran
                 del self.scripts[run.script]
         self.keeper.drop(run.id)
+        if run.crash is not None or outcome in (protocol.OK, protocol.FAILED):
+            self._note_outcome(run.script, run.crash, ended)
         if run.generation is not None:  # whatever the config says now: what was taken
             self.leases.release(run.script, run.generation)
         self.last_outcomes[run.script] = (outcome, ended)
