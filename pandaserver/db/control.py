@@ -17,7 +17,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, and_, delete, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
 
 from pandaserver.db.clock import db_now_expr
 from pandaserver.db.tables import (
@@ -143,14 +142,15 @@ class ControlStore:
         newest id: a master does not act on one-shot commands older than itself)."""
         a, t, h = daemon_command_ack, daemon_command, daemon_hold
         with self.engine.begin() as conn:
-            for command_id, note in acks:
-                try:
-                    with conn.begin_nested():
+            if acks:  # only this server writes its acks: no race between read and insert
+                done = set(conn.execute(select(a.c.command_id).where(
+                    a.c.server == server, a.c.command_id.in_([i for i, _ in acks]))).scalars())
+                for command_id, note in acks:
+                    if command_id not in done:  # not twice, should a poll be retried
+                        done.add(command_id)
                         conn.execute(insert(a).values(command_id=command_id, server=server,
                                                       pid=pid, acted_at=db_now_expr(),
                                                       note=note))
-                except IntegrityError:  # acted on once already (a poll retried)
-                    pass
             if state is not None:
                 conn.execute(update(daemon_server).where(daemon_server.c.server == server)
                              .values(state=json.dumps(state, sort_keys=True)))
