@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -10,12 +11,14 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psutil
+from guard import marked
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
@@ -23,6 +26,7 @@ WATCH_INTERVAL = 0.1  # how often a master's process tree is recorded (about 3 m
 RUN_LINE = re.compile(r"panda\.master: (?P<name>\S+) run (?P<run>\d+) outcome=(?P<outcome>\S+)"
                       r" duration=(?P<duration>\S+)s delay=(?P<delay>\S+)s"
                       r" queued=(?P<queued>\S+)s pid=(?P<pid>\d+)")
+MASTER_TOKEN = "PYTEST_PANDA_MASTER"  # in the environment of everything one master started
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition",
@@ -64,7 +68,8 @@ def script_env(record: Path, **extra: str) -> dict[str, str]:
 
 
 class MasterProcess:
-    """A ``panda-daemon run`` in a subprocess: its log, its recorded events, its tree."""
+    """A ``panda-daemon run`` in a subprocess: its log, its recorded events, its tree, and
+    every process it started, wherever it went (found by a token in its environment)."""
 
     def __init__(self, config: Path, workdir: Path, server: str = "test-server",
                  command: tuple[str, ...] = ("run",), env: dict[str, str] | None = None,
@@ -73,11 +78,14 @@ class MasterProcess:
         self.record.touch()
         self.log_path = workdir / f"master-{server}.log"
         self._log = self.log_path.open("wb")
+        self.token = uuid.uuid4().hex
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pandaserver.daemons.master", "-c", str(config),
              "--server-name", server, "--log-level", log_level, *command],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env or script_env(self.record, **(extra_env or {})), start_new_session=True,
+            env={**(env or script_env(self.record, **(extra_env or {}))),
+                 MASTER_TOKEN: self.token},
+            start_new_session=True,
         )
         self.seen: dict[int, psutil.Process] = {}
         self._seen_lock = threading.Lock()
@@ -167,6 +175,11 @@ class MasterProcess:
             procs = list(self.seen.values())
         return sorted(proc.pid for proc in procs if _alive(proc))
 
+    def leftovers(self) -> list[psutil.Process]:
+        """Every live process this master started (itself included), wherever it is now:
+        what ``ps`` would show of it."""
+        return marked(MASTER_TOKEN, self.token)
+
     # -- control --
     def signal(self, sig: int) -> None:
         os.kill(self.proc.pid, sig)
@@ -188,16 +201,24 @@ class MasterProcess:
         with self._seen_lock:
             procs = list(self.seen.values())
 
-        def all_gone() -> bool:
-            return not any(_alive(p) for p in procs)
+        def alive() -> list[psutil.Process]:
+            found = {p.pid: p for p in procs if _alive(p)}
+            found.update((p.pid, p) for p in self.leftovers())
+            return list(found.values())
 
         try:  # workers notice their master's death through the lifeline within milliseconds
-            wait_for(all_gone, 3.0, "the master's processes to end")
+            wait_for(lambda: not alive(), 3.0, "the master's processes to end")
         except AssertionError:
-            for proc in procs:
-                if _alive(proc):
-                    left.append(proc.pid)
-                    proc.kill()
+            for _ in range(20):  # until none is left: a dying parent may leave a child
+                still = alive()
+                if not still:
+                    break
+                for proc in still:
+                    if proc.pid not in left:
+                        left.append(proc.pid)
+                    with contextlib.suppress(psutil.Error):
+                        proc.kill()
+                time.sleep(0.05)
         self._log.close()
         return left
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pandaserver.config.daemon import DaemonSettings
 from pandaserver.config.scripts import DaemonSpec
 from pandaserver.daemons.clock import Clock
+from pandaserver.daemons.containment import Containment
 from pandaserver.daemons.crashloop import CrashLoops, SpawnLimiter
 from pandaserver.daemons.fleet import FleetDb
 from pandaserver.daemons.keeper import LeaseKeeper
@@ -28,6 +29,7 @@ class MasterCore:
     recorder: Recorder
     leases: LeaseManager
     keeper: LeaseKeeper
+    containment: Containment
     only: str | None
     log_level: str
     worker_log_file: str | None

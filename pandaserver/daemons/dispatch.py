@@ -168,7 +168,14 @@ class Dispatching(MasterCore):
             log.warning("%s is %.0f s late (due at %s UTC): %s", state.spec.name,
                         now - state.next_due, f"{due:%Y-%m-%d %H:%M:%S}", why)
 
-    def _finish_run(self, run: Run, outcome: str, error: str | None) -> None:
+    def _finish_run(self, run: Run, outcome: str, error: str | None,
+                    contained: bool = False) -> None:
+        if not contained:  # end what the run left first: the run is over once that is gone,
+            # and its lease, renewed meanwhile, is released only then
+            lease = self.keeper.held.get(run.id)
+            self.containment.end_run(run, lambda: self._finish_run(run, outcome, error, True),
+                                     deadline=lease.hard if lease is not None else None)
+            return
         started = run.started if run.started is not None else run.dispatched
         ended = run.ended if run.ended is not None else self.clock.monotonic()
         state = self.scripts.get(run.script)

@@ -26,6 +26,7 @@ from typing import Any
 from pandaserver.config.daemon import DaemonSettings
 from pandaserver.daemons import exitcodes, protocol, schedule
 from pandaserver.daemons.clock import Clock, SystemClock
+from pandaserver.daemons.containment import Containment
 from pandaserver.daemons.control import Controlling
 from pandaserver.daemons.dispatch import Dispatching
 from pandaserver.daemons.fleet import DbLeases, DbRecorder, FleetDb
@@ -77,7 +78,8 @@ class Master(Supervising, Dispatching, Controlling):
         self.only = only
         self.log_level = log_level
         self.reload_settings = reload_settings
-        self.on_signal = on_signal or {}
+        self.containment = Containment(monotonic=self.clock.monotonic)  # a run's processes
+        self.on_signal = {**(on_signal or {}), signal.SIGCHLD: self.containment.reap}
         self.worker_log_file = worker_log_file
         self.scripts: dict[str, ScriptState] = {}
         self.slots: dict[int, Slot] = {}
@@ -96,7 +98,7 @@ class Master(Supervising, Dispatching, Controlling):
         self._reload_again = False
         self._reloaded: queue.SimpleQueue[DaemonSettings | BaseException] = queue.SimpleQueue()
         self._selector = selectors.DefaultSelector()
-        self.extra_events: list[Callable[[float], float | None]] = []
+        self.extra_events: list[Callable[[float], float | None]] = [self.containment.tick]
         if fleet is not None:
             if only is not None:  # run-once is not a fleet member: no heartbeat row
                 fleet.next_beat = math.inf
@@ -129,6 +131,7 @@ class Master(Supervising, Dispatching, Controlling):
     # ----- the loop -----------------------------------------------------------------------
     def run(self) -> int:
         self._install_signals()
+        self.containment.start()
         set_title(f"master{'' if self.only is None else ' run-once ' + self.only}")
         now = self.clock.monotonic()
         for spec in self._specs(self.settings).values():
@@ -145,7 +148,8 @@ class Master(Supervising, Dispatching, Controlling):
             self.keeper.tick(self.clock.monotonic())
             self._pass_deadlines()
             self._check_deadlines(self.clock.monotonic())
-            if self.stopping and not self.slots and not self.draining:
+            if self.stopping and not self.slots and not self.draining and \
+                    not self.containment.busy:
                 break
             if not self.stopping:
                 self._fill_slots(self.clock.monotonic())
@@ -155,6 +159,7 @@ class Master(Supervising, Dispatching, Controlling):
             # from after them, or the master would wake late by that much
             next_event = self._next_event(self.clock.monotonic())
             self._wait(next_event - self.clock.monotonic())
+        self.containment.close()
         if self.status is not None:
             self.status.tick(self, self.clock.monotonic(), force=True)
         if self.fleet is not None:

@@ -126,6 +126,9 @@ def become_master(plan: Plan, ready: Callable[[int], None]) -> int:
     for signum in (signal.SIGHUP, signal.SIGUSR1):
         signal.signal(signum, signal.SIG_IGN)
     if plan.user is not None:
+        from pandaserver.daemons.cgroups import prepare
+
+        prepare(owner=(plan.user.uid, plan.user.gid))  # the workers' cgroups: made as root
         try:
             drop_privileges(plan.user)
         except PrivilegeError as exc:

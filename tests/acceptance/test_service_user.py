@@ -81,7 +81,17 @@ def test_started_as_root_everything_runs_as_uname_gname(nobody_svc: Service) -> 
                "added": {"module": "record", "period": 2}}, uname="nobody", gname="nogroup")
     assert svc.cli("reload").returncode == 0
     svc.wait_log("reload: script added added")
+    # the workers' cgroups were made as root before the switch, and handed to the user
+    subtree = Path(svc.log().split("containment: a cgroup per worker under ")[1].split()[0])
+    assert Path(f"/proc/{pid}/cgroup").read_text().strip().endswith(f"/{subtree.name}/master")
+    workers = [path for path in subtree.iterdir() if path.name.startswith("worker-")]
+    assert len(workers) >= 2
+    for path in [subtree, *workers]:
+        assert (path.stat().st_uid, path.stat().st_gid) == (uid, gid), path
+    assert any(str(run["pid"]) in (path / "cgroup.procs").read_text().split()
+               for path in workers), "the run's worker is not in a worker's cgroup"
     svc.stop()
+    assert not subtree.exists(), "stop did not remove the master's cgroups"
 
 
 def test_started_as_root_directories_the_user_cannot_write_fail_start(
