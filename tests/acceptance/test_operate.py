@@ -15,7 +15,11 @@ from harness import MasterProcess, pid_alive, running_master, wait_for
 from sqlalchemy import URL
 from test_sync import cli, fleet_config, fleet_events
 
+from pandaserver.config import load_config
 from pandaserver.daemons.localstatus import local_status, render_local_status
+from pandaserver.web.fleetview import FleetReader
+from pandaserver.web.pages import fleet_page
+from pandaserver.web.settings import WebSettings
 
 FAST = {"heartbeat_interval": 1, "command_interval": 0.5}
 
@@ -86,6 +90,13 @@ def test_pause_stops_new_runs_fleet_wide_and_resume_restores_the_period(
             assert "@" in shown["paused_by"]
         text = shown_status(tmp_path, "a")
         assert "PAUSED by" in text, text
+        fleet = json.loads(command(tmp_path, cfg, "fleet", "--json").stdout)
+        assert fleet["summary"]["paused"] == ["tick"]
+        assert [(h["name"], h["server"], h["reason"]) for h in fleet["holds"]] == \
+            [("tick", "*", "db maintenance")]
+        assert "PAUSED by" in command(tmp_path, cfg, "fleet").stdout
+        page = fleet_page(FleetReader(load_config(str(cfg)), WebSettings()).overview(), "", 30)
+        assert "paused on every server" in page and "db maintenance" in page
         command(tmp_path, cfg, "resume", "tick", "--wait")
         resumed_at = time.monotonic()
         wait_for(lambda: {e["server"] for e in starts_after(masters, "tick", resumed_at)} ==
