@@ -42,6 +42,7 @@ class Controlling(MasterCore):
         self.paused: dict[str, dbcontrol.Hold] = {}
         self.drain_hold: dbcontrol.Hold | None = None
         self.run_now: set[str] = set()
+        self.held_back: dict[str, ScriptState] = {}  # due, taken off the timetable
         self.crashes = crashloop.CrashLoops(self.settings.crash_backoff_max)
         self.spawns = crashloop.SpawnLimiter()
         self.recycle: list[int] = []
@@ -63,6 +64,22 @@ class Controlling(MasterCore):
 
     def _dispatched(self, name: str) -> None:
         self.run_now.discard(name)
+
+    def _hold_back(self, state: ScriptState) -> None:
+        """A due script that may not start now leaves the timetable until it may."""
+        self.held_back[state.spec.name] = state
+
+    def _release_held(self, now: float) -> bool:
+        """Put back on the timetable the held-back scripts that may start now."""
+        released = False
+        for name, state in list(self.held_back.items()):
+            if self.scripts.get(name) is not state:  # removed or replaced by a reload
+                del self.held_back[name]
+            elif self._may_start(state, now):
+                del self.held_back[name]
+                self.scripts.requeue(state)
+                released = True
+        return released
 
     # ----- crashes -------------------------------------------------------------------------
     def _note_outcome(self, name: str, crashed: str | None, now: float) -> None:
@@ -88,6 +105,8 @@ class Controlling(MasterCore):
         """Poll when due, recycle the next worker; returns when to be called again."""
         self._recycle_next(now)
         times = [t for t in (self.crashes.next_event(now),) if t is not None]
+        if self.held_back and self._release_held(now):
+            times.append(now)  # due at once: the loop dispatches them next
         if self.fleet is None or self.control is None or self.only is not None:
             return min(times) if times else None
         fleet, store = self.fleet, self.control

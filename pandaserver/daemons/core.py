@@ -8,6 +8,8 @@ signals and stop. Each mixin names here what it uses of the others.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from pandaserver.config.daemon import DaemonSettings
 from pandaserver.config.scripts import DaemonSpec
 from pandaserver.daemons.clock import Clock
@@ -18,7 +20,8 @@ from pandaserver.daemons.keeper import LeaseKeeper
 from pandaserver.daemons.leases import LeaseManager
 from pandaserver.daemons.pool import Slot
 from pandaserver.daemons.runs import Recorder, Run
-from pandaserver.daemons.schedule import ScriptState
+from pandaserver.daemons.schedule import LATE_FLOOR, ScriptState
+from pandaserver.daemons.timetable import Timetable
 
 
 class MasterCore:
@@ -34,7 +37,6 @@ class MasterCore:
     log_level: str
     worker_log_file: str | None
     config_path: str | None
-    scripts: dict[str, ScriptState]
     slots: dict[int, Slot]
     draining: list[Slot]
     stopping: bool
@@ -50,6 +52,18 @@ class MasterCore:
     late_floor: float
     crashes: CrashLoops  # the rest of the operator's state is the Controlling part's own
     spawns: SpawnLimiter
+
+    _scripts: Timetable
+
+    @property
+    def scripts(self) -> Timetable:
+        """The scripts by name, in due-time heaps (a plain dict assigned is wrapped)."""
+        return self._scripts
+
+    @scripts.setter
+    def scripts(self, states: Mapping[str, ScriptState]) -> None:
+        self._scripts = states if isinstance(states, Timetable) else \
+            Timetable(states, floor=getattr(self, "late_floor", LATE_FLOOR))
 
     def _specs(self, settings: DaemonSettings) -> dict[str, DaemonSpec]:
         """The scripts this master runs under ``settings``."""
@@ -75,6 +89,9 @@ class MasterCore:
         raise NotImplementedError
 
     def _dispatched(self, name: str) -> None:
+        raise NotImplementedError
+
+    def _hold_back(self, state: ScriptState) -> None:
         raise NotImplementedError
 
     def _note_outcome(self, name: str, crashed: str | None, now: float) -> None:
