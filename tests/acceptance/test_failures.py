@@ -152,8 +152,12 @@ def test_worker_dying_before_ready_is_restarted_with_backoff_not_spinning(
         assert len(workers) == 1
         # a worker killed now is replaced at once (no back-off: it was ready)
         os.kill(workers[0].pid, signal.SIGKILL)
-        wait_for(lambda: len(master.workers()) == 1 and master.workers()[0].pid != workers[0].pid,
-                 10, "a replacement worker")
+
+        def replaced_worker() -> bool:
+            now = master.workers()  # read once: the list may change between two reads
+            return len(now) == 1 and now[0].pid != workers[0].pid
+
+        wait_for(replaced_worker, 10, "a replacement worker")
         replaced = master.log()
     times = [a["t"] for a in attempts]
     assert len(times) == 3, f"a worker was started during its back-off: {times}"
