@@ -33,7 +33,8 @@ log = logging.getLogger("panda.cli")
 
 Command = Callable[[PandaConfig, argparse.Namespace], int]
 # commands that open the database straight away (run, start and the others validate first)
-DATABASE_COMMANDS = {"history", "locks", "unlock", "db", "web"}  # fleet says UNKNOWN itself
+DATABASE_COMMANDS = {"history", "locks", "unlock", "db", "web", "pause", "resume", "run-now",
+                     "kill", "drain", "undrain", "restart-workers", "commands"}  # fleet says UNKNOWN itself
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,6 +101,9 @@ def _add_optional_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
     except ImportError:
         return
     add_db_subcommands(sub)
+    from pandaserver.daemons.operate import add_control_subcommands
+
+    add_control_subcommands(sub)
 
 
 def setup_logging(level: str) -> None:

@@ -139,6 +139,10 @@ HEARTBEAT_MAX = 3600.0
 RETENTION_MIN_DAYS = 1.0
 RETENTION_MAX_DAYS = 36500.0
 LEASE_GRACE_MAX = 86400.0
+COMMAND_INTERVAL_MIN = 0.2
+COMMAND_INTERVAL_MAX = 300.0
+CRASH_BACKOFF_MIN = 1.0
+CRASH_BACKOFF_MAX = 86400.0
 
 # key -> (parser, default); "config" and "package" are handled apart.
 SECTION_KEYS: dict[str, tuple[Callable[[str], Any], Any]] = {
@@ -160,6 +164,10 @@ SECTION_KEYS: dict[str, tuple[Callable[[str], Any], Any]] = {
     # configs load, with a warning
     "lease_grace": (bounded_seconds(0.0, LEASE_GRACE_MAX, allow_zero=True), 0.0),
     "heartbeat_interval": (bounded_seconds(HEARTBEAT_MIN, HEARTBEAT_MAX), 30.0),
+    # how often each master reads the operators' commands (pause, run-now, kill, drain)
+    "command_interval": (bounded_seconds(COMMAND_INTERVAL_MIN, COMMAND_INTERVAL_MAX), 2.0),
+    # the longest wait before a crash-looping script is tried again
+    "crash_backoff_max": (bounded_seconds(CRASH_BACKOFF_MIN, CRASH_BACKOFF_MAX), 300.0),
 }
 ALL_KEYS = (*SECTION_KEYS, "package", "config")
 
@@ -187,6 +195,8 @@ class DaemonSettings:
     lease_ttl: float = 30.0
     lease_grace: float = 0.0  # accepted for old configs, unused
     heartbeat_interval: float = 30.0
+    command_interval: float = 2.0
+    crash_backoff_max: float = 300.0
     scripts: dict[str, DaemonSpec] = field(default_factory=dict)
     problems: list[ConfigProblem] = field(default_factory=list)
     fatal: list[ConfigProblem] = field(default_factory=list)

@@ -14,6 +14,7 @@ from pandaserver.config.daemon import DaemonSettings
 from pandaserver.config.scripts import DaemonSpec
 from pandaserver.daemons.clock import Clock
 from pandaserver.daemons.containment import Containment
+from pandaserver.daemons.crashloop import CrashLoops, SpawnLimiter
 from pandaserver.daemons.fleet import FleetDb
 from pandaserver.daemons.keeper import LeaseKeeper
 from pandaserver.daemons.leases import LeaseManager
@@ -49,6 +50,8 @@ class MasterCore:
     unimportable: set[str]
     started: float
     late_floor: float
+    crashes: CrashLoops  # the rest of the operator's state is the Controlling part's own
+    spawns: SpawnLimiter
 
     _scripts: Timetable
 
@@ -80,4 +83,19 @@ class MasterCore:
         raise NotImplementedError
 
     def _send_deadline(self, slot: Slot, deadline: float | None) -> None:
+        raise NotImplementedError
+
+    def _may_start(self, state: ScriptState, now: float) -> bool:
+        raise NotImplementedError
+
+    def _dispatched(self, name: str) -> None:
+        raise NotImplementedError
+
+    def _hold_back(self, state: ScriptState) -> None:
+        raise NotImplementedError
+
+    def _note_outcome(self, name: str, crashed: str | None, now: float) -> None:
+        raise NotImplementedError
+
+    def _preload(self) -> list[str]:
         raise NotImplementedError

@@ -32,6 +32,9 @@ class Dispatching(MasterCore):
             return
         # due-time heap: the cost per dispatch does not grow with the number of scripts
         while idle and (state := self.scripts.pop_due(now)) is not None:
+            if not self._may_start(state, now):  # paused, draining, backed off (control.py)
+                self._hold_back(state)
+                continue
             if not state.spec.sync:
                 if self._hand_over(idle, state, None, None) is None:
                     self.scripts.requeue(state)
@@ -96,6 +99,7 @@ class Dispatching(MasterCore):
                          arguments=list(spec.arguments), loop=spec.loop, period=spec.period,
                          generation=generation):
                 slot.move(WorkerState.BUSY)
+                self._dispatched(spec.name)
                 slot.run = run
                 state.running = run.id
                 state.run_started = now
@@ -190,6 +194,8 @@ class Dispatching(MasterCore):
             if state.disabled == REMOVED:  # dropped by a reload while it ran
                 del self.scripts[run.script]
         self.keeper.drop(run.id)
+        if run.crash is not None or outcome in (protocol.OK, protocol.FAILED):
+            self._note_outcome(run.script, run.crash, ended)
         if run.generation is not None:  # whatever the config says now: what was taken
             self.leases.release(run.script, run.generation)
         self.last_outcomes[run.script] = (outcome, ended)

@@ -97,6 +97,8 @@ def render_local_status(data: dict[str, Any], now: float | None = None) -> str:
         head += f", up {span(_aged(data.get('started_ago'), age, +1))}"
         if data.get("stopping"):
             head += ", stopping"
+        if data.get("draining"):
+            head += ", DRAINING (no new sync lease taken here)"
     else:
         head += " is not running"
     lines = [f"{head} (status written {span(age)} ago)"]
@@ -124,13 +126,20 @@ def render_local_status(data: dict[str, Any], now: float | None = None) -> str:
     lines.append(f"scripts ({len(scripts)}):")
     rows = [["SCRIPT", "PERIOD", "SYNC", "NEXT DUE", "LAST OUTCOME"]]
     for s in scripts:
-        if s.get("disabled"):
+        if s.get("paused"):
+            reason = f": {s['paused_reason']}" if s.get("paused_reason") else ""
+            due = f"PAUSED by {s.get('paused_by')}{reason}"
+        elif s.get("disabled"):
             due = f"not scheduled: {s['disabled']}"
         elif s.get("running"):
             due = "running now"
         else:
             left = _aged(s.get("next_due_in"), age, -1)
             due = "-" if left is None else ("now" if left <= 0 else f"in {span(left)}")
+        if s.get("crash_looping"):
+            due = f"CRASH-LOOPING ({s.get('crashes', 0)} crashes), {due}"
+        elif s.get("backoff_left"):
+            due = f"backed off {span(_aged(s.get('backoff_left'), age, -1))}, {due}"
         last = s.get("last_outcome")
         ended = _aged(s.get("last_ended_ago"), age, +1)
         rows.append([str(s.get("name", "?")), span(_number(s.get("period"))),

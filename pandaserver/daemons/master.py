@@ -27,6 +27,7 @@ from pandaserver.config.daemon import DaemonSettings
 from pandaserver.daemons import exitcodes, protocol, schedule
 from pandaserver.daemons.clock import Clock, SystemClock
 from pandaserver.daemons.containment import Containment
+from pandaserver.daemons.control import Controlling
 from pandaserver.daemons.dispatch import Dispatching
 from pandaserver.daemons.fleet import DbLeases, DbRecorder, FleetDb
 from pandaserver.daemons.keeper import LeaseKeeper
@@ -46,7 +47,7 @@ ONCE_EXIT = {protocol.OK: exitcodes.RET_OK, protocol.FAILED: exitcodes.RET_FAILE
              protocol.FENCED: exitcodes.RET_LOST, protocol.SKIPPED: exitcodes.RET_LEASE}
 
 
-class Master(Supervising, Dispatching):
+class Master(Supervising, Dispatching, Controlling):
     def __init__(
         self,
         settings: DaemonSettings,
@@ -105,6 +106,8 @@ class Master(Supervising, Dispatching):
         self.started = self.clock.monotonic()
         self.last_outcomes: dict[str, tuple[str, float]] = {}
         self.unimportable: set[str] = set()  # disabled because a worker could not import them
+        self._init_control()
+        self.extra_events.append(self._control_tick)
         self.status = StatusFile(status_file) if status_file is not None else None
         if self.status is not None:
             status = self.status

@@ -32,6 +32,7 @@ class Slot:
     conn_open: bool = True
     exited: bool = False
     returncode: int | None = None
+    importing: str | None = None  # the module a starting worker said it is importing
     containment: Containment | None = None
 
     @property

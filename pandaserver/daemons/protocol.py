@@ -18,6 +18,7 @@ TIMEOUT = "timeout"
 LOST = "lost"
 SKIPPED = "skipped"
 FENCED = "fenced"  # killed by the master or its worker: the lease could not be renewed in time
+KILLED = "killed"  # killed by an operator (panda-daemon kill)
 
 
 class ProtocolError(Exception):

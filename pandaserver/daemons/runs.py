@@ -27,6 +27,8 @@ class Run:
     ended: float | None = None
     timed_out: bool = False
     fenced: bool = False  # killed because its lease could not be renewed
+    killed_by: str | None = None  # an operator's kill: who asked, and why
+    crash: str | None = None  # why this run counts as a crash (worker died, import failed)
     notes: list[str] = field(default_factory=list)
 
     @property

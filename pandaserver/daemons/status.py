@@ -62,8 +62,12 @@ def snapshot(master: Master, now: float) -> dict[str, Any]:
             "running_for": round(now - run.dispatched, 3) if run else None,
         })
     scripts = []
+    paused = getattr(master, "paused", {})
+    looping = master.crashes.looping()
     for name, state in sorted(master.scripts.items()):
         last = master.last_outcomes.get(name)
+        hold = paused.get(name)
+        crash = master.crashes.scripts.get(name)
         scripts.append({
             "name": name, "period": state.spec.period, "timeout": state.spec.timeout,
             "sync": state.spec.sync, "loop": state.spec.loop,
@@ -72,11 +76,19 @@ def snapshot(master: Master, now: float) -> dict[str, Any]:
             "disabled": state.disabled,
             "last_outcome": last[0] if last else None,
             "last_ended_ago": round(now - last[1], 3) if last else None,
+            "paused": hold is not None,
+            "paused_by": hold.requested_by if hold is not None else None,
+            "paused_reason": hold.reason if hold is not None else None,
+            "crash_looping": name in looping or name in master.unimportable,
+            "crashes": crash.failures if crash is not None else 0,
+            "backoff_left": round(crash.until - now, 3)
+            if crash is not None and crash.until > now else None,
         })
     return {
         "server": master.server, "pid": os.getpid(), "written_at": time.time(),
         "started_ago": round(now - master.started, 3), "stopping": master.stopping,
         "n_proc": master.n_proc, "workers": workers, "scripts": scripts,
+        "draining": getattr(master, "drain_hold", None) is not None,
         "database": None if master.fleet is None else {
             "available": master.fleet.down_since is None,
             "down_for": None if master.fleet.down_since is None
@@ -95,6 +107,8 @@ def signature(master: Master) -> tuple[Any, ...]:
               for s in master.slots.values()),
         master.scripts.version,  # bumped by any change of a script's state: O(1), not O(n)
         None if master.fleet is None else master.fleet.down_since,
+        tuple(sorted(getattr(master, "paused", {}))), getattr(master, "drain_hold", None),
+        tuple((n, c.failures) for n, c in sorted(master.crashes.scripts.items())),
     )
 
 

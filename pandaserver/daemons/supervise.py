@@ -9,6 +9,7 @@ from typing import Any
 
 from pandaserver.daemons import protocol
 from pandaserver.daemons.core import MasterCore
+from pandaserver.daemons.crashloop import spawn_limit
 from pandaserver.daemons.pool import (
     KILL_GRACE,
     Slot,
@@ -42,8 +43,16 @@ class Supervising(MasterCore):
         missing = [i for i in range(1, self.n_proc + 1) if i not in self.slots]
         if not missing or now < self.spawn_not_before:
             return
-        modules = sorted({state.spec.module for state in self.scripts.values()})
+        modules = self._preload()
         for position, index in enumerate(missing):
+            if not self.spawns.allowed(now, spawn_limit(self.n_proc)):
+                # a bounded rate whatever the config or the scripts do
+                self.spawn_not_before = self.spawns.next_allowed(now, spawn_limit(self.n_proc))
+                log.warning("%d workers started in the last %.0f s: the next starts in %.1f s",
+                            spawn_limit(self.n_proc), self.spawns.window,
+                            self.spawn_not_before - now)
+                return
+            self.spawns.note(now)
             lifetime = self.settings.proc_lifetime
             if self.first_generation:
                 lifetime = staggered_lifetime(lifetime, position, len(missing))
@@ -83,7 +92,11 @@ class Supervising(MasterCore):
     def _handle_message(self, slot: Slot, message: dict[str, Any]) -> None:
         now = self.clock.monotonic()
         op = message["op"]
-        if op == "ready":
+        if op == "importing":
+            module = message.get("module")
+            slot.importing = module if isinstance(module, str) else None
+        elif op == "ready":
+            slot.importing = None
             self.spawn_backoff = 0.0
             if slot.state is WorkerState.STARTING:
                 slot.move(WorkerState.IDLE)
@@ -99,6 +112,8 @@ class Supervising(MasterCore):
             run.started = _seconds(message.get("started"), run.dispatched)
             run.ended = _seconds(message.get("ended"), now)
             outcome, error = message.get("outcome"), message.get("error")
+            if message.get("import_failed") is True:
+                run.crash = "its module does not import"
             if outcome not in (protocol.OK, protocol.FAILED, protocol.LOST):
                 error = f"the worker reported an unknown outcome {outcome!r}: {error}"
                 outcome = protocol.LOST
@@ -132,9 +147,14 @@ class Supervising(MasterCore):
         del self.slots[slot.index]
         expected = slot.state in (WorkerState.EXITING, WorkerState.KILLING)
         if slot.state is WorkerState.STARTING and not self.stopping:
-            log.error("worker %d (pid %d) %s before it was ready", slot.index, slot.pid,
-                      describe_exit(code))
+            log.error("worker %d (pid %d) %s before it was ready%s", slot.index, slot.pid,
+                      describe_exit(code), f", importing {slot.importing}"
+                      if slot.importing else "")
             self._back_off(now)
+            for name, state in self.scripts.items():
+                if slot.importing is not None and state.spec.module == slot.importing:
+                    self._note_outcome(name, f"importing its module, the worker"
+                                             f" {describe_exit(code)}", now)
         elif not expected:
             log.warning("worker %d (pid %d) %s", slot.index, slot.pid, describe_exit(code))
         else:
@@ -157,8 +177,12 @@ class Supervising(MasterCore):
             spec = self.scripts.get(run.script)
             limit = spec.spec.timeout if spec else 0.0
             self._finish_run(run, protocol.TIMEOUT, f"killed after its timeout of {limit:g} s")
+        elif run.killed_by is not None:
+            self._finish_run(run, protocol.KILLED, run.killed_by)
         else:
             why = "; ".join(run.notes) or f"worker {describe_exit(code)} during the run"
+            if not self.stopping:
+                run.crash = f"the worker {describe_exit(code)} during the run"
             self._finish_run(run, protocol.LOST, why)
 
     def _fence(self, now: float) -> None:

@@ -52,8 +52,13 @@ class Worker:
         if message["op"] != "init":
             raise protocol.ProtocolError(f"expected init, got {message['op']}")
         self.package = message["package"]
-        errors = {module: error for module in message["modules"]
-                  if (error := self._import(module)) is not None}
+        errors = {}
+        for module in message["modules"]:
+            # said first: should the import kill this process, the master knows which did
+            protocol.send(self.conn, "importing", module=module)
+            error = self._import(module)
+            if error is not None:
+                errors[module] = error
         protocol.send(self.conn, "ready", pid=os.getpid(), import_errors=errors)
         while True:
             set_title(f"worker {self.index} idle")
@@ -87,6 +92,7 @@ class Worker:
         os.environ[RUN_VAR] = run_marker(run_id, name)  # inherited by all the run starts
         started = time.monotonic()
         error = self._import(module_name)
+        import_failed = error is not None
         if error is not None:
             log.error("%s", error)
             outcome = protocol.FAILED
@@ -104,7 +110,7 @@ class Worker:
         set_context(self.tbuf, None, None, None)
         capture.clear_current()
         protocol.send(self.conn, "done", run=run_id, outcome=outcome, error=error,
-                      started=started, ended=ended)
+                      started=started, ended=ended, import_failed=import_failed)
 
 
 def setup_logging(stream_fd: int, index: int, level: str, log_file: str | None = None) -> None:

@@ -36,6 +36,7 @@ class ServerRow:
     config_hash: str
     db_now: datetime
     server_time: datetime | None = None
+    state: str | None = None  # JSON the master reports of itself (draining, crash-looping)
 
     @property
     def age(self) -> float:

@@ -53,7 +53,8 @@ TIMEOUT = "timeout"
 LOST = "lost"  # the master died or was killed while it ran
 SKIPPED = "skipped"  # another server holds the script's lease
 FENCED = "fenced"  # killed before its lease could expire: the lease could not be renewed
-END_OUTCOMES = (OK, FAILED, TIMEOUT, LOST, SKIPPED, FENCED)
+KILLED = "killed"  # ended by an operator (panda-daemon kill)
+END_OUTCOMES = (OK, FAILED, TIMEOUT, LOST, SKIPPED, FENCED, KILLED)
 OUTCOMES = (RUNNING, *END_OUTCOMES)
 
 MAX_ERROR_CHARS = 16000

@@ -90,6 +90,8 @@ daemon_server = Table(
     # the master's wall clock at its last beat (NULL from older masters): with last_seen,
     # the server's clock offset to the database
     Column("server_time", UtcDateTime, nullable=True),
+    # what the master last reported of itself (JSON: draining, crash-looping scripts)
+    Column("state", Text, nullable=True),
 )
 
 # The PanDA process locks of TaskBuffer.lockProcess_PANDA & co. (JEDI_Process_Lock
@@ -102,4 +104,45 @@ panda_process_lock = Table(
     Column("locked_time", UtcDateTime, nullable=False),
 )
 
-OWNED_TABLES = (daemon_lease, daemon_run, daemon_server, panda_process_lock)
+# Operator commands (``panda-daemon pause``, ``run-now``, ``kill``, ``drain`` ...): one row
+# each, never changed but for ``claimed_by`` (the one server that took a run-now).
+daemon_command = Table(
+    "daemon_command",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("verb", String(32), nullable=False),
+    Column("target", String(255), nullable=False),  # a script, or a server for drain
+    Column("server", String(255), nullable=True),  # NULL: every server
+    Column("reason", Text, nullable=True),
+    Column("requested_by", String(255), nullable=False),
+    Column("requested_at", UtcDateTime, nullable=False),
+    Column("claimed_by", String(255), nullable=True),
+)
+
+# When each server acted on a command, and what it did.
+daemon_command_ack = Table(
+    "daemon_command_ack",
+    metadata,
+    Column("command_id", BigInteger, primary_key=True),
+    Column("server", String(255), primary_key=True),
+    Column("pid", Integer, nullable=False),
+    Column("acted_at", UtcDateTime, nullable=False),
+    Column("note", Text, nullable=True),
+)
+
+# What stays in force: a pause (kind "pause", name a script, server "*" or one server) or
+# a drain (kind "drain", name and server the drained server). Removed by resume/undrain.
+daemon_hold = Table(
+    "daemon_hold",
+    metadata,
+    Column("kind", String(16), primary_key=True),
+    Column("name", String(255), primary_key=True),
+    Column("server", String(255), primary_key=True),
+    Column("command_id", BigInteger, nullable=False),
+    Column("requested_by", String(255), nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("since", UtcDateTime, nullable=False),
+)
+
+OWNED_TABLES = (daemon_lease, daemon_run, daemon_server, panda_process_lock, daemon_command,
+                daemon_command_ack, daemon_hold)

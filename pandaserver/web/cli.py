@@ -197,6 +197,7 @@ def cmd_fleet(cfg: PandaConfig, args: argparse.Namespace) -> int:
         data = {"db_now": overview.db_now, "stale_factor": overview.stale_factor,
                 "servers": overview.servers, "scripts": overview.scripts,
                 "leases": overview.leases, "local_masters": overview.local,
+                "holds": overview.holds,
                 "summary": overview.summary()}
         sys.stdout.write(json.dumps(jsonable(data), indent=2, sort_keys=True) + "\n")
         return 0
@@ -226,14 +227,18 @@ def check_text(ov: Overview) -> tuple[int, str]:
         details.append(f"late: {s.name} (due {relative(-(s.overdue or 0.0))})")
     for v in ov.mismatched:
         details.append(f"config differs: {v.server} (hash {v.config_hash[:12]})")
+    for name, where in sorted(ov.crash_looping.items()):
+        details.append(f"crash-looping: {name} on {', '.join(where)}")
     if ov.stale:
         code, word = CHECK_CRITICAL, "CRITICAL"
-    elif ov.late or ov.mismatched:
+    elif ov.late or ov.mismatched or ov.crash_looping:
         code, word = CHECK_WARNING, "WARNING"
     else:
         code, word = CHECK_OK, "OK"
     alive = sum(1 for v in ov.servers if v.alive)
-    head = (f"{word}: {len(ov.stale)} stale, {len(ov.late)} late of {len(ov.scripts)} scripts;"
+    looping = f", {len(ov.crash_looping)} crash-looping" if ov.crash_looping else ""
+    head = (f"{word}: {len(ov.stale)} stale, {len(ov.late)} late{looping} of"
+            f" {len(ov.scripts)} scripts;"
             f" {alive} of {len(ov.servers)} servers alive")
     return code, "\n".join([head, *details]) + "\n"
 
@@ -248,7 +253,8 @@ def fleet_text(ov: Overview) -> str:
                 "WORKERS"]]
     for v in ov.servers:
         m = local.get(v.server)
-        servers.append([v.server, "alive" if v.alive else "SILENT", relative(-v.heartbeat_age),
+        state = ("alive, draining" if v.draining else "alive") if v.alive else "SILENT"
+        servers.append([v.server, state, relative(-v.heartbeat_age),
                         v.version, str(v.pid),
                         v.config_hash[:12] + (" DIFFERS" if v.config_mismatch else ""),
                         offset(v.clock_offset),
@@ -265,6 +271,10 @@ def fleet_text(ov: Overview) -> str:
                                  ("not configured here", not s.configured)) if on]
         if s.lease_holder:
             flags.append(f"running on {s.lease_holder}")
+        flags += [f"PAUSED{'' if h.server == '*' else ' on ' + h.server} by {h.requested_by}"
+                  f"{': ' + h.reason if h.reason else ''}" for h in ov.paused if h.name == s.name]
+        if s.name in ov.crash_looping:
+            flags.append(f"CRASH-LOOPING on {', '.join(ov.crash_looping[s.name])}")
         scripts.append([s.name, span(s.period), "?" if s.sync is None else "yes" if s.sync
                         else "no", last, relative(-s.overdue if s.overdue is not None else None),
                         relative(-s.since_success) if s.since_success is not None else "never",

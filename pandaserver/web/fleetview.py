@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 from pandaserver.config import PandaConfig
 from pandaserver.config.scripts import DaemonSpec
 from pandaserver.daemons.localstatus import local_masters
+from pandaserver.db.control import ControlStore, Hold
 from pandaserver.db.engine import make_engine
 from pandaserver.db.history import RunRow
 from pandaserver.db.leases import LeaseRow
@@ -51,6 +52,24 @@ class Overview:
     scripts: list[ScriptView]
     leases: list[LeaseRow]
     local: list[LocalMaster] = field(default_factory=list)
+    holds: list[Hold] = field(default_factory=list)  # pauses and drains in force
+
+    @property
+    def paused(self) -> list[Hold]:
+        return [h for h in self.holds if h.kind == "pause"]
+
+    @property
+    def draining(self) -> list[ServerView]:
+        return [s for s in self.servers if s.alive and s.draining]
+
+    @property
+    def crash_looping(self) -> dict[str, list[str]]:
+        """Script -> the live servers where it is crash-looping."""
+        found: dict[str, list[str]] = {}
+        for s in self.servers:
+            for name in s.crash_looping if s.alive else ():
+                found.setdefault(name, []).append(s.server)
+        return found
 
     @property
     def stale(self) -> list[ScriptView]:
@@ -73,6 +92,9 @@ class Overview:
             "stale": [s.name for s in self.stale], "late": [s.name for s in self.late],
             "config_mismatch": [s.server for s in self.mismatched],
             "silent_servers": [s.server for s in self.silent],
+            "paused": sorted({h.name for h in self.paused}),
+            "draining_servers": [s.server for s in self.draining],
+            "crash_looping": self.crash_looping,
         }
 
 
@@ -140,7 +162,8 @@ class FleetReader:
                                snap.db_now, self.settings.stale_factor)
         return Overview(db_now=snap.db_now, stale_factor=self.settings.stale_factor,
                         servers=servers, scripts=scripts, leases=snap.leases,
-                        local=local_master_views(self.state_dir))
+                        local=local_master_views(self.state_dir),
+                        holds=ControlStore(self.engine).holds())
 
     def script(self, name: str, limit: int) -> ScriptDetail:
         overview = self.overview()

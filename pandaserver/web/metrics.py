@@ -213,6 +213,16 @@ def _fleet_metrics(ov: Overview) -> Iterator[Metric]:
                   (([v.name], float(v.late)) for v in judged))
     yield _gauges("panda_daemon_stale_factor", "k: stale after k x period", [],
                   [([], ov.stale_factor)])
+    yield _gauges("panda_daemon_server_draining", "1 while an operator drains the server"
+                  " (panda-daemon drain)", ["server"],
+                  (([v.server], float(v.draining)) for v in s if v.alive))
+    yield _gauges("panda_daemon_script_paused", "1 while the script is paused (server '*':"
+                  " fleet-wide)", ["script", "server"],
+                  (([h.name, h.server], 1.0) for h in ov.paused))
+    yield _gauges("panda_daemon_script_crash_looping", "1 while the script keeps killing its"
+                  " worker or failing to import on that server", ["script", "server"],
+                  (([name, server], 1.0) for name, where in sorted(ov.crash_looping.items())
+                   for server in where))
 
 
 def _local_metrics(local: list[LocalMaster]) -> Iterator[Metric]:

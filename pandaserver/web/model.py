@@ -22,10 +22,12 @@ Scripts disabled or not in this server's configuration are shown but never flagg
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from pandaserver.config.scripts import DaemonSpec
 from pandaserver.daemons.schedule import late_threshold
@@ -53,6 +55,9 @@ class ServerView:
     config_hash: str
     config_mismatch: bool
     clock_offset: float | None
+    # what the master last reported (operator commands, crash loops): see reported_state
+    draining: bool = False
+    crash_looping: tuple[str, ...] = ()
 
     @property
     def uptime(self) -> float:
@@ -76,9 +81,23 @@ def server_views(rows: Iterable[ServerRow], heartbeat_interval: float) -> list[S
             config_hash=r.config_hash,
             config_mismatch=len(counted) > 1 and r.config_hash != majority,
             clock_offset=r.clock_offset,
+            **reported_state(r.state),
         )
         for r in rows
     ]
+
+
+def reported_state(text: str | None) -> dict[str, Any]:
+    """``draining`` and ``crash_looping`` from a master's ``daemon_server.state`` JSON."""
+    try:
+        data = json.loads(text) if text else {}
+    except ValueError:
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
+    looping = data.get("crash_looping")
+    return {"draining": data.get("draining") is True,
+            "crash_looping": tuple(sorted(looping)) if isinstance(looping, dict) else ()}
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,18 @@ def _alerts(ov: Overview, prefix: str) -> str:
     if ov.silent:
         names = ", ".join(_e(s.server) for s in ov.silent)
         items.append(f'<li class="alert silent">no recent heartbeat: {names}</li>')
+    for name, where in sorted(ov.crash_looping.items()):
+        items.append(f'<li class="alert stale">crash-looping: <a href="{prefix}/scripts/'
+                     f'{quote(name)}">{_e(name)}</a> on {_e(", ".join(where))}</li>')
+    for h in ov.paused:
+        scope = "every server" if h.server == "*" else _e(h.server)
+        why = f": {_e(h.reason)}" if h.reason else ""
+        items.append(f'<li class="alert late">paused on {scope}: <a href="{prefix}/scripts/'
+                     f'{quote(h.name)}">{_e(h.name)}</a> by {_e(h.requested_by)}'
+                     f' since {when(h.since)} UTC{why}</li>')
+    if ov.draining:
+        names = ", ".join(_e(s.server) for s in ov.draining)
+        items.append(f'<li class="alert mismatch">draining (no new sync lease): {names}</li>')
     if not items:
         return '<ul class="alerts"><li class="ok">all scripts fresh, no late script,' \
                ' one configuration</li></ul>'
@@ -96,7 +108,8 @@ def _alerts(ov: Overview, prefix: str) -> str:
 def _server_row(s: ServerView, workers: str) -> str:
     skew = s.clock_offset is not None and abs(s.clock_offset) >= SKEW_WARN
     return (f'<tr{_cls("server", None if s.alive else "silent")} data-server="{_e(s.server)}">'
-            f"<td>{_e(s.server)}</td><td>{'alive' if s.alive else 'silent'}</td>"
+            f"<td>{_e(s.server)}</td>"
+            f"<td>{('alive, draining' if s.draining else 'alive') if s.alive else 'silent'}</td>"
             f"<td>{span(s.heartbeat_age)} ago</td><td>{_e(s.version)}</td><td>{s.pid}</td>"
             f"<td>{when(s.started_at)}</td>"
             f'<td{_cls("hash", "mismatch" if s.config_mismatch else None)}'
