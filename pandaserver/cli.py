@@ -178,7 +178,7 @@ def cmd_run_once(cfg: PandaConfig, args: argparse.Namespace) -> int:
 
     clock = SystemClock()
     try:
-        fleet = open_fleet(cfg, server_name(args), clock)
+        fleet = open_fleet(cfg, server_name(args), clock, member=False)
     except StartupError as exc:
         log.error("cannot run: %s", exc)
         return exc.code

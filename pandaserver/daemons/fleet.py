@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 from typing import TypeVar
@@ -26,11 +27,18 @@ from pandaserver.config.daemon import DaemonSettings
 from pandaserver.config.scripts import DaemonSpec
 from pandaserver.daemons import exitcodes
 from pandaserver.daemons.clock import Clock
-from pandaserver.daemons.history_writer import HistoryWriter
+from pandaserver.daemons.history_keeper import HistoryKeeper
 from pandaserver.daemons.leases import LeaseDecision
-from pandaserver.daemons.runs import LogRecorder, RunRecord
+from pandaserver.daemons.runs import LogRecorder, Run, RunRecord
+from pandaserver.daemons.spool import Spool, spool_path
 from pandaserver.db import history as dbhistory
-from pandaserver.db.engine import DatabaseConfigError, describe_db_error, make_engine, safe_url
+from pandaserver.db.engine import (
+    DatabaseConfigError,
+    default_state_dir,
+    describe_db_error,
+    make_engine,
+    safe_url,
+)
 from pandaserver.db.heartbeat import HeartbeatStore, config_hash
 from pandaserver.db.leases import LeaseStore
 from pandaserver.db.schema import SchemaError, ensure_schema
@@ -39,7 +47,7 @@ log = logging.getLogger("panda.master")
 T = TypeVar("T")
 
 PROBE_INTERVAL = 2.0
-HISTORY_BATCH = 0.25
+FLUSH_AT_STOP = 5.0  # seconds the stop waits for history writes (within stop's margin)
 STATEMENT_TIMEOUT = 10.0  # a statement stuck on a lock must not freeze the master's loop
 PRUNE_INTERVAL = 3600.0
 
@@ -57,7 +65,7 @@ class FleetDb:
     def __init__(self, engine: Engine, server: str, settings: DaemonSettings,
                  monotonic: Callable[[], float], started_wall: datetime,
                  probe_interval: float = PROBE_INTERVAL,
-                 wall: Callable[[], datetime] | None = None) -> None:
+                 wall: Callable[[], datetime] | None = None, member: bool = True) -> None:
         self.engine = engine
         self.server = server
         self.pid = os.getpid()
@@ -69,7 +77,6 @@ class FleetDb:
         self.leases = LeaseStore(engine)
         self.history = dbhistory.HistoryStore(engine)
         self.beats = HeartbeatStore(engine)
-        self.pending = dbhistory.PendingWrites()
         self.failed_releases: list[tuple[str, int]] = []
         self.down_since: float | None = None
         self.next_probe = 0.0
@@ -77,9 +84,12 @@ class FleetDb:
         self.schema_problem: str | None = None
         self.next_beat = 0.0
         self.next_prune = 0.0
-        self.batch: list[RunRecord] = []
-        self.flush_at: float | None = None
-        self.writer = HistoryWriter(self.history)
+        self.master_id = uuid.uuid4().hex  # this master's runs in the history
+        self.keeper = HistoryKeeper(
+            self.history, server=server, master_id=self.master_id, master_pid=self.pid,
+            monotonic=monotonic, heartbeat_interval=lambda: self.settings.heartbeat_interval,
+            url=engine.url, on_outage=lambda exc: self._down(self.monotonic(), exc),
+            on_written=self._history_written, member=member)
 
     # ----- outage handling ----------------------------------------------------------------
     def usable(self, now: float) -> bool:
@@ -126,16 +136,14 @@ class FleetDb:
         outage = now - self.down_since
         self.down_since = None
         self.schema_problem = None
-        result = self.pending.flush(self.history)
+        kept = len(self.keeper.pending)
+        self.keeper.resume()  # the writer thread writes what was kept meanwhile
         releases = self.failed_releases
         self.failed_releases = []
         for name, generation in releases:
             self.release(name, generation)
-        dropped = f", {result.dropped} dropped for lack of room" if result.dropped else ""
-        left = (f", {result.remaining} still waiting ({describe_db_error(result.error, self.engine.url)})"
-                if result.error is not None else "")
-        log.info("database available again after %.1f s: %d history row(s) written%s%s",
-                 outage, result.written, dropped, left)
+        log.info("database available again after %.1f s; writing the %d history row(s) kept"
+                 " meanwhile", outage, kept)
 
     # ----- leases -------------------------------------------------------------------------
     def acquire(self, spec: DaemonSpec) -> LeaseDecision:
@@ -160,63 +168,39 @@ class FleetDb:
             log.warning("%s: lease generation %d was no longer ours at release"
                         " (expired or force-released)", name, generation)
 
-    # ----- history ------------------------------------------------------------------------
+    # ----- history (``HistoryKeeper``: batched on a writer thread, spooled at stop) -------
+    def history_usable(self) -> bool:
+        return self.down_since is None and self.schema_ok
+
+    def record_start(self, run: Run) -> None:
+        """A run was dispatched: its ``running`` row is written in the next batch."""
+        self.keeper.start(run)
+
     def record(self, rec: RunRecord) -> None:
-        """Queue a finished run; ``flush_history`` writes the queue in one transaction at
-        most ``HISTORY_BATCH`` seconds later (one commit per batch, not per run)."""
-        self.batch.append(rec)
-        if self.flush_at is None:
-            self.flush_at = self.monotonic() + HISTORY_BATCH
+        """Queue a finished run; written in one batch (one commit) at most
+        ``HISTORY_BATCH`` seconds later."""
+        self.keeper.end(rec)
 
     def flush_history(self) -> None:
-        """Hand the queued runs to the writer thread (or keep them, during an outage)."""
-        if not self.batch:
-            return
-        now = self.monotonic()
-        rows = [dbhistory.RunRecord(
-            script=rec.script, server=rec.server, pid=rec.pid, outcome=rec.outcome,
-            error=rec.error, generation=rec.generation, duration=max(0.0, rec.duration),
-            ended_ago=max(0.0, now - rec.ended) if rec.ended else 0.0,
-            due_before_start=max(0.0, rec.dispatch_delay)) for rec in self.batch]
-        self.batch = []
-        self.flush_at = None
-        if self.down_since is not None or not self.schema_ok:
-            for row in rows:
-                self.pending.add(row)
-            return
-        self.writer.submit(rows)
+        self.keeper.flush(self.history_usable())
 
     def collect_written(self) -> None:
-        """Act on what the writer thread reports: an outage, or rows to drop."""
-        now = self.monotonic()
-        for result in self.writer.results():
-            exc = result.error
-            if exc is None:
-                if self.down_since is not None:
-                    self._up(now)
-            elif isinstance(exc, SQLAlchemyError):
-                self._down(now, exc)
-                for row in result.rows:
-                    self.pending.add(row)
-            else:
-                log.error("%d history row(s) dropped: %s: %s", len(result.rows),
-                          type(exc).__name__, exc)
+        """Act on what the writer thread reports: an outage, or the end of one."""
+        self.keeper.collect()
+
+    def _history_written(self) -> None:
+        if self.down_since is not None:
+            self._up(self.monotonic())
 
     def close(self) -> None:
-        """At the master's stop: write what is queued, waiting a few seconds at most."""
-        self.flush_history()
-        for result in self.writer.close(timeout=5.0):
-            if result.error is not None:
-                log.error("%d history row(s) not written at stop: %s", len(result.rows),
-                          describe_db_error(result.error, self.engine.url)
-                          if isinstance(result.error, SQLAlchemyError) else result.error)
+        """At the master's stop: write what is queued (waiting ``FLUSH_AT_STOP`` s at most);
+        what is left is kept in the spool file and reported."""
+        self.keeper.close(self.history_usable(), FLUSH_AT_STOP)
 
     # ----- periodic work: heartbeat and pruning --------------------------------------------
     def tick(self, now: float) -> float:
         """Write queued history, heartbeat and prune when due; returns when to be called next."""
-        self.collect_written()
-        if self.flush_at is not None and now >= self.flush_at:
-            self.flush_history()
+        history_wake = self.keeper.tick(now, self.history_usable())
         probe = self.down_since is not None and now >= self.next_probe  # back yet?
         if (now >= self.next_beat or probe) and self.usable(now):
             digest = config_hash(self.settings.fingerprint())
@@ -236,9 +220,7 @@ class FleetDb:
             except Unavailable:
                 pass
             self.next_prune = now + PRUNE_INTERVAL
-        wake = self.next_beat if self.flush_at is None else min(self.next_beat, self.flush_at)
-        if self.writer.busy:  # look for the writer's answer soon (it needs no wake-up of ours)
-            wake = min(wake, now + HISTORY_BATCH)
+        wake = min(self.next_beat, history_wake)
         if self.down_since is not None:
             wake = min(wake, self.next_probe)
         return max(wake, now + 0.001)
@@ -264,6 +246,9 @@ class DbRecorder:
         self.fleet = fleet
         self.log = LogRecorder()
 
+    def start(self, run: Run) -> None:
+        self.fleet.record_start(run)
+
     def record(self, record: RunRecord) -> None:
         self.log.record(record)
         self.fleet.record(record)
@@ -278,11 +263,13 @@ class StartupError(Exception):
         self.code = code
 
 
-def open_fleet(cfg: PandaConfig, server: str, clock: Clock) -> FleetDb:
+def open_fleet(cfg: PandaConfig, server: str, clock: Clock, member: bool = True) -> FleetDb:
     """Connect to the configured database and check its schema (upgrading SQLite).
 
     A newer schema, or an older one on a shared server database, refuses the start; an
     unreachable database does not: the master starts in an outage and resumes by itself.
+    ``member``: a master of the fleet (not ``run-once``): it records run starts, replays
+    the history spooled by the last master of ``server`` and closes that master's open runs.
     """
     try:
         # autocommit without a ping: one round trip per lease grant (lease statements retry
@@ -291,7 +278,8 @@ def open_fleet(cfg: PandaConfig, server: str, clock: Clock) -> FleetDb:
                              statement_timeout=STATEMENT_TIMEOUT)
     except (DatabaseConfigError, KeyError, ValueError) as exc:
         raise StartupError(exitcodes.RET_CONFIG, f"database settings: {exc}") from None
-    fleet = FleetDb(engine, server, cfg.daemon, clock.monotonic, clock.wall(), wall=clock.wall)
+    fleet = FleetDb(engine, server, cfg.daemon, clock.monotonic, clock.wall(), wall=clock.wall,
+                    member=member)
     try:
         ensure_schema(engine)
         fleet.schema_ok = True
@@ -300,4 +288,7 @@ def open_fleet(cfg: PandaConfig, server: str, clock: Clock) -> FleetDb:
     except SQLAlchemyError as exc:
         fleet._down(clock.monotonic(), exc)
     log.info("database: %s", safe_url(engine.url))
+    if member:
+        fleet.keeper.at_start(Spool(spool_path(default_state_dir(), server)),
+                              fleet.history_usable())
     return fleet

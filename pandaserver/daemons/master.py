@@ -460,6 +460,7 @@ class Master:
                 break
             run = slot.run
             assert run is not None
+            self.recorder.start(run)  # its history row, written by the batched writer
             state.running = run.id
             state.run_started = now
             if self.only is not None:

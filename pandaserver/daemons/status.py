@@ -56,7 +56,7 @@ def snapshot(master: Master, now: float) -> dict[str, Any]:
         "n_proc": master.n_proc, "workers": workers, "scripts": scripts,
         "database": None if master.fleet is None else {
             "available": master.fleet.down_since is None,
-            "pending_history": len(master.fleet.pending),
+            "pending_history": master.fleet.keeper.waiting,
         },
     }
 
