@@ -225,7 +225,7 @@ class HistoryKeeper:
             return
         if not reason:
             reason = f"not written within {timeout:g} s"
-        runs_left = len({_key(item) if getattr(item, "run_id", None) is not None
+        runs_left = len({_key(item)[1:] if getattr(item, "run_id", None) is not None
                          else id(item) for _, item in left})
         if self.spool is None:
             log.error("history of %d run(s) (%d write(s)) not written at stop (%s): lost",
