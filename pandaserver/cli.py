@@ -94,7 +94,11 @@ def server_name(args: argparse.Namespace) -> str:
 
 
 def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    """Records go to stderr, each line one write; a line that cannot be written is dropped
+    and counted (``logsink.MASTER``, shown by ``status``), never raised."""
+    from pandaserver.daemons.logsink import MASTER, SafeHandler
+
+    handler = SafeHandler(fd=2, counter=MASTER)
     handler.setFormatter(logging.Formatter(MASTER_LOG_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]

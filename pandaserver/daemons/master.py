@@ -21,7 +21,7 @@ from typing import Any
 
 from pandaserver.config.daemon import DaemonSettings
 from pandaserver.config.scripts import DaemonSpec
-from pandaserver.daemons import exitcodes, protocol, schedule
+from pandaserver.daemons import exitcodes, logsink, protocol, schedule
 from pandaserver.daemons.clock import Clock, SystemClock
 from pandaserver.daemons.fleet import DbLeases, DbRecorder, FleetDb
 from pandaserver.daemons.leases import LeaseDecision, LeaseManager, LocalLeases
@@ -325,6 +325,7 @@ class Master:
     def _handle_message(self, slot: Slot, message: dict[str, Any]) -> None:
         now = self.clock.monotonic()
         op = message["op"]
+        logsink.worker_report(slot.index, message)  # log lines the worker had to drop
         if op == "ready":
             self.spawn_backoff = 0.0
             if slot.state is WorkerState.STARTING:

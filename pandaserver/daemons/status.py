@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pandaserver.daemons import logsink
+
 if TYPE_CHECKING:
     from pandaserver.daemons.master import Master
 
@@ -58,7 +60,16 @@ def snapshot(master: Master, now: float) -> dict[str, Any]:
             "available": master.fleet.down_since is None,
             "pending_history": master.fleet.keeper.waiting,
         },
+        "logging": log_health(),
     }
+
+
+def log_health() -> dict[str, Any]:
+    """Log lines dropped because they could not be written (a full disk): the master's
+    own and its workers', since the start, and the error while it lasts (None: writing)."""
+    own, workers = logsink.MASTER, logsink.WORKERS
+    return {"dropped": own.dropped + workers.dropped, "master_dropped": own.dropped,
+            "workers_dropped": workers.dropped, "failing": own.error or workers.error}
 
 
 def signature(master: Master) -> tuple[Any, ...]:
@@ -69,6 +80,8 @@ def signature(master: Master) -> tuple[Any, ...]:
               for s in master.slots.values()),
         tuple((n, st.running, st.next_due, st.disabled) for n, st in master.scripts.items()),
         None if master.fleet is None else master.fleet.down_since,
+        logsink.MASTER.dropped, logsink.MASTER.failing, logsink.WORKERS.dropped,
+        bool(logsink.WORKERS.failing),
     )
 
 

@@ -41,6 +41,8 @@ class LocalMaster:
     workers_alive: int
     database_available: bool | None
     pending_history: int | None
+    log_dropped: int | None = None  # log lines dropped since the start (a full log disk)
+    log_failing: str | None = None  # why log lines are dropped now (None: they are written)
 
 
 @dataclass(frozen=True)
@@ -68,11 +70,17 @@ class Overview:
     def silent(self) -> list[ServerView]:
         return [s for s in self.servers if not s.alive]
 
+    @property
+    def log_failing(self) -> list[LocalMaster]:
+        """Live masters of this host that cannot write log lines now."""
+        return [m for m in self.local if m.alive and m.log_failing]
+
     def summary(self) -> dict[str, Any]:
         return {
             "stale": [s.name for s in self.stale], "late": [s.name for s in self.late],
             "config_mismatch": [s.server for s in self.mismatched],
             "silent_servers": [s.server for s in self.silent],
+            "log_failing": [m.server for m in self.log_failing],
         }
 
 
@@ -87,6 +95,8 @@ def local_master_views(state_dir: Path | None) -> list[LocalMaster]:
     found = []
     for data in local_masters(state_dir):
         database = data.get("database") if isinstance(data.get("database"), dict) else None
+        found_health = data.get("logging")
+        health: dict[str, Any] = found_health if isinstance(found_health, dict) else {}
         pid = data.get("pid")
         n_proc = data.get("n_proc")
         found.append(LocalMaster(
@@ -95,8 +105,14 @@ def local_master_views(state_dir: Path | None) -> list[LocalMaster]:
             workers_alive=int(data["workers_alive"]),
             database_available=bool(database["available"]) if database else None,
             pending_history=int(database.get("pending_history", 0)) if database else None,
+            log_dropped=_int_or_none(health.get("dropped")),
+            log_failing=str(health["failing"]) if health.get("failing") else None,
         ))
     return found
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 class FleetReader:
