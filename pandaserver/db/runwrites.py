@@ -104,7 +104,7 @@ def insert_absent(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         module: Any = postgresql if kind == "postgresql" else sqlite_dialect
         stmt = module.insert(daemon_run).values(_values())
         stmt = stmt.on_conflict_do_nothing(index_elements=list(KEY))
-    conn.execute(stmt, list(rows))
+    conn.execute(_batched(stmt, kind), list(rows))
 
 
 def upsert_final(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
@@ -125,7 +125,15 @@ def upsert_final(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         stmt = stmt.on_conflict_do_update(
             index_elements=list(KEY), set_={name: stmt.excluded[name] for name in _UPDATED},
             where=open_row)
-    conn.execute(stmt, list(rows))
+    conn.execute(_batched(stmt, kind), list(rows))
+
+
+def _batched(stmt: Any, kind: str) -> Any:
+    """On PostgreSQL, an upsert with RETURNING is sent as one multi-row statement per
+    batch (SQLAlchemy's "insertmanyvalues"; without RETURNING each row is a round trip).
+    PyMySQL rewrites an executemany INSERT into one statement by itself; SQLite runs in
+    process."""
+    return stmt.returning(daemon_run.c.id) if kind == "postgresql" else stmt
 
 
 def close_taken_over(conn: Connection, grants: Sequence[tuple[str, int, str]]) -> int:
