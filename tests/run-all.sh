@@ -7,13 +7,14 @@ cd "$(dirname "$0")/.."
 
 # System packages the tests use: PostgreSQL and MariaDB server binaries (the tests start
 # their own servers), Chromium (the web page tests), logrotate (the shipped logrotate
-# config's test).
+# config's test), faketime (libfaketime: masters whose wall clocks really disagree).
 missing=""
 command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
     || missing="$missing postgresql"
 command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || missing="$missing mariadb-server"
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || missing="$missing logrotate"
+command -v faketime >/dev/null 2>&1 || missing="$missing faketime"
 if [ -n "$missing" ]; then
     echo "== installing with apt-get:$missing"
     SUDO=""

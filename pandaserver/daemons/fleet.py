@@ -1,10 +1,17 @@
 """The master's side of the shared database: leases, run history, heartbeats, outages.
 
-One ``FleetDb`` per master, used only from its event loop. Every database call goes
-through ``FleetDb.call``: the first failure starts an *outage* (one WARNING), further
-attempts are made at most every ``probe_interval`` seconds (so a dead database never
-stalls the loop on every dispatch), and the first success ends it (one INFO), flushes the
-history kept meanwhile and retries the lease releases that failed.
+One ``FleetDb`` per master, driven from its event loop, which it never blocks: every
+statement runs on a lane thread (``dblanes.py``): ``lease`` (grants and releases),
+``renew`` (renewals of held leases: never queued behind a slow grant) and ``house``
+(heartbeats, pruning, replaying history kept during an outage); history batches have their
+own writer thread (``HistoryKeeper``). Results come back through ``Completions`` and are
+acted on by the loop.
+
+A failed or timed-out call starts an *outage* (one WARNING, shown in status, fleet and
+/metrics); while it lasts, grants are answered "unavailable" at once and only probes (the
+heartbeat, every ``probe_interval`` seconds counted from the end of the failed call) and
+renewals reach the database; the first success ends it (one INFO), replays the history kept
+meanwhile (on the history writer thread) and retries the lease releases that failed.
 
 During an outage sync scripts are skipped (never run without a lease); other scripts run.
 """
@@ -13,10 +20,11 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -27,8 +35,9 @@ from pandaserver.config.daemon import DaemonSettings
 from pandaserver.config.scripts import DaemonSpec
 from pandaserver.daemons import exitcodes
 from pandaserver.daemons.clock import Clock
+from pandaserver.daemons.dblanes import Completions, ConnectionTracker, Lane, Op
 from pandaserver.daemons.history_keeper import HistoryKeeper
-from pandaserver.daemons.leases import LeaseDecision
+from pandaserver.daemons.leases import AcquireReply, LeaseDecision, RenewReply
 from pandaserver.daemons.runs import LogRecorder, Run, RunRecord
 from pandaserver.daemons.spool import Spool, spool_path
 from pandaserver.db import history as dbhistory
@@ -47,25 +56,24 @@ log = logging.getLogger("panda.master")
 T = TypeVar("T")
 
 PROBE_INTERVAL = 2.0
-FLUSH_AT_STOP = 5.0  # seconds the stop waits for history writes (within stop's margin)
-STATEMENT_TIMEOUT = 10.0  # a statement stuck on a lock must not freeze the master's loop
+STATEMENT_TIMEOUT = 4.0  # server side: a statement stuck on a lock
+IO_TIMEOUT = 4.0  # client side: a connection with no answer (tcp_user_timeout, read timeout)
+CALL_TIMEOUT = 5.0  # the master's own bound on a lease, renewal or heartbeat call
+HOUSE_TIMEOUT = 30.0  # pruning and replaying a backlog may take longer
 PRUNE_INTERVAL = 3600.0
+STARTUP_SCHEMA_TIMEOUT = 15.0  # a migration of SQLite at start may take a moment
 
 
 class Unavailable(Exception):
-    """The database cannot be used right now (an outage, or a schema this code refuses)."""
-
-
-class Refused(Unavailable):
-    """This one operation failed for a reason that is not an outage (a bug or bad data):
-    logged with its traceback; retrying it would fail again."""
+    """A call not made: the database is known to be down (an outage began meanwhile)."""
 
 
 class FleetDb:
     def __init__(self, engine: Engine, server: str, settings: DaemonSettings,
                  monotonic: Callable[[], float], started_wall: datetime,
                  probe_interval: float = PROBE_INTERVAL,
-                 wall: Callable[[], datetime] | None = None, member: bool = True) -> None:
+                 wall: Callable[[], datetime] | None = None,
+                 call_timeout: float = CALL_TIMEOUT, member: bool = True) -> None:
         self.engine = engine
         self.server = server
         self.pid = os.getpid()
@@ -74,11 +82,13 @@ class FleetDb:
         self.started_wall = started_wall
         self.wall = wall  # this master's wall clock, sent with heartbeats (skew display)
         self.probe_interval = probe_interval
+        self.call_timeout = call_timeout
         self.leases = LeaseStore(engine)
         self.history = dbhistory.HistoryStore(engine)
         self.beats = HeartbeatStore(engine)
         self.failed_releases: list[tuple[str, int]] = []
         self.down_since: float | None = None
+        self.outages = 0
         self.next_probe = 0.0
         self.schema_ok = False
         self.schema_problem: str | None = None
@@ -90,83 +100,175 @@ class FleetDb:
             monotonic=monotonic, heartbeat_interval=lambda: self.settings.heartbeat_interval,
             url=engine.url, on_outage=lambda exc: self._down(self.monotonic(), exc),
             on_written=self._history_written, member=member)
+        self.completions = Completions()
+        tracker = ConnectionTracker(engine)
+        self.lanes = {name: Lane(name, self.completions, tracker)
+                      for name in ("lease", "renew", "house")}
+
+    # ----- the loop's side of the lanes ---------------------------------------------------
+    def fileno(self) -> int:
+        """Readable when a database call has come back (the master's wait watches it)."""
+        return self.completions.fileno()
+
+    def collect(self) -> None:
+        """Act on every call that came back (on the loop thread)."""
+        for lane, op in self.completions.drain():
+            now = self.monotonic()
+            current = lane.finished(op, now)
+            op.done(op.result, op.error, not current)
+
+    def check_deadlines(self, now: float) -> None:
+        """Give up on calls past their deadline: the database is not answering."""
+        for lane in self.lanes.values():
+            deadline = lane.next_deadline()
+            if deadline is not None and now >= deadline:
+                op = lane.abandon(now)
+                if op is not None:
+                    log.debug("database %s call abandoned after %.1f s", op.what, op.timeout)
+                    op.done(None, TimeoutError(f"no answer from the database in {op.timeout:g} s"
+                                               f" ({op.what})"), False)
+
+    def next_deadline(self) -> float | None:
+        found = [d for lane in self.lanes.values() if (d := lane.next_deadline()) is not None]
+        return min(found) if found else None
+
+    def _submit(self, lane: str, what: str, operation: Callable[[], T],
+                done: Callable[[T | None, BaseException | None, bool], None],
+                timeout: float | None = None) -> None:
+        """Run ``operation`` on a lane (with the schema checked first, until it is);
+        ``done(result, error, late)`` runs on the loop thread. Errors are classified here:
+        an outage for database errors and timeouts, a logged bug for anything else."""
+        check_schema = not self.schema_ok
+
+        def run() -> T:
+            if check_schema:
+                ensure_schema(self.engine)
+            return operation()
+
+        def finished(result: Any, error: BaseException | None, late: bool) -> None:
+            now = self.monotonic()
+            if late:
+                done(result, error, True)
+                return
+            if error is None:
+                self.schema_ok = True
+                if self.down_since is not None:
+                    self._up(now)
+            else:
+                self._failed(what, error, now)
+            done(result, error, False)
+
+        self.lanes[lane].submit(Op(what, run, finished, timeout or self.call_timeout),
+                                self.monotonic())
+
+    def _failed(self, what: str, exc: BaseException, now: float) -> None:
+        if isinstance(exc, Unavailable):
+            return
+        if isinstance(exc, SchemaError):
+            if self.schema_problem != str(exc):
+                log.error("database refused: %s; sync scripts are skipped", exc)
+            self.schema_problem = str(exc)
+            self.schema_ok = False
+            self._down(now, None)
+        elif isinstance(exc, SQLAlchemyError | TimeoutError):
+            self._down(now, exc)
+        else:  # a bug or bad data: retrying would fail again; never an outage
+            log.error("database %s failed", what, exc_info=exc)
 
     # ----- outage handling ----------------------------------------------------------------
     def usable(self, now: float) -> bool:
         return self.down_since is None or now >= self.next_probe
 
-    def call(self, what: str, operation: Callable[[], T]) -> T:
-        now = self.monotonic()
-        if not self.usable(now):
-            raise Unavailable(what)
-        try:
-            if not self.schema_ok:
-                ensure_schema(self.engine)
-                self.schema_ok = True
-            result = operation()
-        except SchemaError as exc:
-            if self.schema_problem != str(exc):
-                log.error("database refused: %s; sync scripts are skipped", exc)
-            self.schema_problem = str(exc)
-            self._down(now, None)
-            raise Unavailable(what) from exc
-        except SQLAlchemyError as exc:
-            self._down(now, exc)
-            raise Unavailable(what) from exc
-        except Exception as exc:  # never let it reach the master's loop
-            log.exception("database %s failed", what)
-            raise Refused(what) from exc
-        if self.down_since is not None:
-            self._up(now)
-        return result
-
-    def _down(self, now: float, exc: SQLAlchemyError | None) -> None:
+    def _down(self, now: float, exc: BaseException | None) -> None:
+        """``now``: when the failed call came back, so the next probe waits a full interval."""
         if self.down_since is None:
             self.down_since = now
+            self.outages += 1
+            for op in self.lanes["lease"].drop_pending():  # grants queued behind the failure
+                op.done(None, Unavailable(op.what), False)
             if exc is not None:
                 log.warning("database unavailable: %s; sync scripts are skipped and history is"
-                            " kept in memory until it returns",
-                            describe_db_error(exc, self.engine.url))
+                            " kept in memory until it returns", self._describe(exc))
         elif exc is not None:
-            log.debug("database still unavailable: %s", describe_db_error(exc, self.engine.url))
+            log.debug("database still unavailable: %s", self._describe(exc))
         self.next_probe = now + self.probe_interval
+
+    def _describe(self, exc: BaseException) -> str:
+        if isinstance(exc, SQLAlchemyError):
+            return describe_db_error(exc, self.engine.url)
+        return f"database {safe_url(self.engine.url)}: {exc}"
 
     def _up(self, now: float) -> None:
         assert self.down_since is not None
         outage = now - self.down_since
         self.down_since = None
         self.schema_problem = None
-        kept = len(self.keeper.pending)
-        self.keeper.resume()  # the writer thread writes what was kept meanwhile
         releases = self.failed_releases
         self.failed_releases = []
         for name, generation in releases:
             self.release(name, generation)
         log.info("database available again after %.1f s; writing the %d history row(s) kept"
-                 " meanwhile", outage, kept)
+                 " meanwhile", outage, len(self.keeper.pending))
+        self.keeper.resume()  # on the history writer thread
 
     # ----- leases -------------------------------------------------------------------------
-    def acquire(self, spec: DaemonSpec) -> LeaseDecision:
-        try:
-            result = self.call("lease", lambda: self.leases.try_acquire(
-                spec.name, self.server, self.pid, spec.period, spec.timeout,
-                self.settings.lease_grace))
-        except Unavailable:
-            return LeaseDecision(granted=False, wait=self.probe_interval, unavailable=True)
-        return LeaseDecision(granted=result.granted, generation=result.generation,
-                             wait=result.wait, holder=result.holder)
+    def acquire(self, spec: DaemonSpec, now: float, reply: AcquireReply) -> None:
+        """Ask for ``spec``'s lease; ``reply`` gets the decision on the loop thread (at once
+        while the database is known to be down)."""
+        if not self.usable(now):
+            reply(LeaseDecision(granted=False, wait=max(self.next_probe - now, 0.05),
+                                unavailable=True, sent=now))
+            return
+        sent = now
+        ttl = self.settings.lease_ttl
+
+        def done(result: Any, error: BaseException | None, late: bool) -> None:
+            if late:  # we gave up on it: a grant that arrived anyway is handed back
+                if error is None and result is not None and result.granted:
+                    log.info("%s: a lease grant came back after the call was abandoned;"
+                             " releasing generation %d", spec.name, result.generation)
+                    self.release(spec.name, result.generation)
+                return
+            if error is not None:
+                reply(LeaseDecision(granted=False, wait=self.probe_interval, unavailable=True,
+                                    sent=sent))
+                return
+            reply(LeaseDecision(granted=result.granted, generation=result.generation,
+                                wait=result.wait, holder=result.holder, sent=sent))
+
+        self._submit("lease", "lease", lambda: self.leases.try_acquire(
+            spec.name, self.server, self.pid, spec.period, ttl), done)
+
+    def renew(self, held: list[tuple[str, int]], now: float, reply: RenewReply) -> None:
+        """Renew every held lease in one call; ``reply(renewed names or None, sent)``."""
+        sent = now
+        ttl = self.settings.lease_ttl
+
+        def done(result: Any, error: BaseException | None, late: bool) -> None:
+            if late:
+                return  # too late to count: the master fenced on its own clock meanwhile
+            reply(None if error is not None else set(result), sent)
+
+        self._submit("renew", "lease renewal",
+                     lambda: self.leases.renew_many(list(held), ttl), done)
 
     def release(self, name: str, generation: int | None) -> None:
         if generation is None:
             return
-        try:
-            released = self.call("release", lambda: self.leases.release(name, generation))
-        except Unavailable:
+
+        def done(result: Any, error: BaseException | None, late: bool) -> None:
+            if late:
+                return
+            if error is not None:
+                self.failed_releases.append((name, generation))
+            elif not result:
+                log.warning("%s: lease generation %d was no longer ours at release"
+                            " (expired or force-released)", name, generation)
+
+        if self.down_since is not None and not self.usable(self.monotonic()):
             self.failed_releases.append((name, generation))
             return
-        if not released:
-            log.warning("%s: lease generation %d was no longer ours at release"
-                        " (expired or force-released)", name, generation)
+        self._submit("lease", "release", lambda: self.leases.release(name, generation), done)
 
     # ----- history (``HistoryKeeper``: batched on a writer thread, spooled at stop) -------
     def history_usable(self) -> bool:
@@ -192,38 +294,69 @@ class FleetDb:
         if self.down_since is not None:
             self._up(self.monotonic())
 
-    def close(self) -> None:
-        """At the master's stop: write what is queued (waiting ``FLUSH_AT_STOP`` s at most);
-        what is left is kept in the spool file and reported."""
-        self.keeper.close(self.history_usable(), FLUSH_AT_STOP)
+    def close(self, timeout: float = 5.0) -> None:
+        """At the master's stop: finish the calls under way (lease releases above all) and
+        write what is queued, waiting ``timeout`` seconds at most in all (what is left is
+        kept in the spool file, written at the next start)."""
+        import selectors
+
+        deadline = self.monotonic() + timeout
+        self.flush_history()
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.fileno(), selectors.EVENT_READ)
+            while any(lane.busy for lane in self.lanes.values()):
+                now = self.monotonic()
+                if now >= deadline:
+                    break
+                self.check_deadlines(now)
+                wait = min(deadline, self.next_deadline() or deadline) - now
+                sel.select(max(0.0, wait))
+                self.collect()
+        for lane in self.lanes.values():
+            for op in lane.drop_pending():
+                log.error("database %s not done at stop", op.what)
+            lane.close()
+        # what is not written in time is kept in the spool file and reported
+        self.keeper.close(self.history_usable(), max(0.1, deadline - self.monotonic()))
+        self.completions.close()
 
     # ----- periodic work: heartbeat and pruning --------------------------------------------
     def tick(self, now: float) -> float:
-        """Write queued history, heartbeat and prune when due; returns when to be called next."""
+        """Write queued history, heartbeat and prune when due; returns when to be called next.
+        Never waits for the database: the calls run on the ``house`` lane."""
         history_wake = self.keeper.tick(now, self.history_usable())
+        house = self.lanes["house"]
         probe = self.down_since is not None and now >= self.next_probe  # back yet?
-        if (now >= self.next_beat or probe) and self.usable(now):
-            digest = config_hash(self.settings.fingerprint())
-            try:
-                self.call("heartbeat", lambda: self.beats.beat(
-                    self.server, self.pid, __version__, self.started_wall, digest,
-                    server_time=self.wall() if self.wall is not None else None))
-            except Unavailable:
-                pass
+        if (now >= self.next_beat or probe) and self.usable(now) and not house.busy:
+            self._beat()
             self.next_beat = now + self.settings.heartbeat_interval
-        if now >= self.next_prune and self.down_since is None:
-            days = self.settings.history_retention_days
-            try:
-                removed = self.call("prune", lambda: self.history.prune(days))
-                if removed:
-                    log.info("pruned %d history row(s) older than %g days", removed, days)
-            except Unavailable:
-                pass
+        if now >= self.next_prune and self.down_since is None and not house.busy:
+            self._prune()
             self.next_prune = now + PRUNE_INTERVAL
         wake = min(self.next_beat, history_wake)
         if self.down_since is not None:
             wake = min(wake, self.next_probe)
+        deadline = self.next_deadline()
+        if deadline is not None:
+            wake = min(wake, deadline)
         return max(wake, now + 0.001)
+
+    def _beat(self) -> None:
+        digest = config_hash(self.settings.fingerprint())
+        wall = self.wall() if self.wall is not None else None
+        self._submit("house", "heartbeat", lambda: self.beats.beat(
+            self.server, self.pid, __version__, self.started_wall, digest, server_time=wall),
+            lambda result, error, late: None)
+
+    def _prune(self) -> None:
+        days = self.settings.history_retention_days
+
+        def done(removed: Any, error: BaseException | None, late: bool) -> None:
+            if removed:
+                log.info("pruned %d history row(s) older than %g days", removed, days)
+
+        self._submit("house", "prune", lambda: self.history.prune(days), done,
+                     timeout=HOUSE_TIMEOUT)
 
 
 class DbLeases:
@@ -232,8 +365,15 @@ class DbLeases:
     def __init__(self, fleet: FleetDb) -> None:
         self.fleet = fleet
 
-    def acquire(self, spec: DaemonSpec) -> LeaseDecision:
-        return self.fleet.acquire(spec)
+    @property
+    def ttl(self) -> float | None:
+        return self.fleet.settings.lease_ttl
+
+    def acquire(self, spec: DaemonSpec, now: float, reply: AcquireReply) -> None:
+        self.fleet.acquire(spec, now, reply)
+
+    def renew(self, held: list[tuple[str, int]], now: float, reply: RenewReply) -> None:
+        self.fleet.renew(held, now, reply)
 
     def release(self, name: str, generation: int | None) -> None:
         self.fleet.release(name, generation)
@@ -275,18 +415,35 @@ def open_fleet(cfg: PandaConfig, server: str, clock: Clock, member: bool = True)
         # autocommit without a ping: one round trip per lease grant (lease statements retry
         # once on a fresh connection after a dropped one)
         engine = make_engine(cfg, autocommit=True, pre_ping=False,
-                             statement_timeout=STATEMENT_TIMEOUT)
+                             statement_timeout=STATEMENT_TIMEOUT, io_timeout=IO_TIMEOUT)
     except (DatabaseConfigError, KeyError, ValueError) as exc:
         raise StartupError(exitcodes.RET_CONFIG, f"database settings: {exc}") from None
     fleet = FleetDb(engine, server, cfg.daemon, clock.monotonic, clock.wall(), wall=clock.wall,
                     member=member)
-    try:
-        ensure_schema(engine)
+    outcome: list[BaseException | None] = []
+
+    def check() -> None:
+        try:
+            ensure_schema(engine)
+        except BaseException as exc:
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    # bounded: a database that does not answer must not keep the master from starting
+    checker = threading.Thread(target=check, name="db-schema-check", daemon=True)
+    checker.start()
+    checker.join(STARTUP_SCHEMA_TIMEOUT)
+    error = outcome[0] if outcome else TimeoutError(
+        f"no answer from the database in {STARTUP_SCHEMA_TIMEOUT:g} s")
+    if error is None:
         fleet.schema_ok = True
-    except SchemaError as exc:
-        raise StartupError(exitcodes.RET_SCHEMA, str(exc)) from None
-    except SQLAlchemyError as exc:
-        fleet._down(clock.monotonic(), exc)
+    elif isinstance(error, SchemaError):
+        raise StartupError(exitcodes.RET_SCHEMA, str(error)) from None
+    elif isinstance(error, SQLAlchemyError | TimeoutError):
+        fleet._down(clock.monotonic(), error)
+    else:
+        raise error
     log.info("database: %s", safe_url(engine.url))
     if member:
         fleet.keeper.at_start(Spool(spool_path(default_state_dir(), server)),

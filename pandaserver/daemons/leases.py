@@ -1,11 +1,14 @@
 """The seam between the master and fleet-wide leases for ``sync`` scripts.
 
-The master asks ``acquire`` before dispatching a sync script and calls ``release`` when the
-run ends. ``LocalLeases`` grants everything: a single server needs no fleet agreement.
+Every call is asynchronous: the master asks, and the answer comes back later as a call of
+``reply`` on the master's loop thread (never from another thread). ``LocalLeases`` answers
+at once and grants everything: a single server needs no fleet agreement, and its leases
+never expire (``ttl`` None), so nothing is renewed or fenced.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -19,10 +22,22 @@ class LeaseDecision:
     wait: float = 0.0  # seconds until it is worth asking again, when not granted
     holder: str | None = None
     unavailable: bool = False  # the lease store could not be reached
+    sent: float = 0.0  # the master's monotonic clock when the statement was handed over
+
+
+AcquireReply = Callable[[LeaseDecision], None]
+# renewed names (None: the database could not be reached), and when the renewal was sent
+RenewReply = Callable[[set[str] | None, float], None]
 
 
 class LeaseManager(Protocol):
-    def acquire(self, spec: DaemonSpec) -> LeaseDecision: ...
+    @property
+    def ttl(self) -> float | None:
+        """How long a granted or renewed lease lives (None: for ever)."""
+
+    def acquire(self, spec: DaemonSpec, now: float, reply: AcquireReply) -> None: ...
+
+    def renew(self, held: list[tuple[str, int]], now: float, reply: RenewReply) -> None: ...
 
     def release(self, name: str, generation: int | None) -> None: ...
 
@@ -30,8 +45,13 @@ class LeaseManager(Protocol):
 class LocalLeases:
     """Every script may run: the right answer for one server with no shared database."""
 
-    def acquire(self, spec: DaemonSpec) -> LeaseDecision:
-        return LeaseDecision(granted=True)
+    ttl: float | None = None
+
+    def acquire(self, spec: DaemonSpec, now: float, reply: AcquireReply) -> None:
+        reply(LeaseDecision(granted=True, sent=now))
+
+    def renew(self, held: list[tuple[str, int]], now: float, reply: RenewReply) -> None:
+        reply({name for name, _ in held}, now)
 
     def release(self, name: str, generation: int | None) -> None:
         return None

@@ -9,6 +9,7 @@ self-pipe until its next event. Signal handlers only record; the loop acts.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -24,8 +25,10 @@ from pandaserver.config.scripts import DaemonSpec
 from pandaserver.daemons import exitcodes, logsink, protocol, schedule
 from pandaserver.daemons.clock import Clock, SystemClock
 from pandaserver.daemons.fleet import DbLeases, DbRecorder, FleetDb
+from pandaserver.daemons.keeper import LeaseKeeper
 from pandaserver.daemons.leases import LeaseDecision, LeaseManager, LocalLeases
 from pandaserver.daemons.pool import (
+    KILL_GRACE,
     Slot,
     describe_exit,
     new_slot,
@@ -36,6 +39,7 @@ from pandaserver.daemons.runs import LogRecorder, Recorder, Run, RunRecord
 from pandaserver.daemons.schedule import REMOVED, ScriptState
 from pandaserver.daemons.states import WorkerState
 from pandaserver.daemons.status import StatusFile
+from pandaserver.daemons.watchdog import encode_deadline
 
 log = logging.getLogger("panda.master")
 
@@ -44,7 +48,7 @@ MAX_SPAWN_BACKOFF = 30.0
 MIN_LEASE_RETRY = 0.05
 ONCE_EXIT = {protocol.OK: exitcodes.RET_OK, protocol.FAILED: exitcodes.RET_FAILED,
              protocol.TIMEOUT: exitcodes.RET_TIMEOUT, protocol.LOST: exitcodes.RET_LOST,
-             protocol.SKIPPED: exitcodes.RET_LEASE}
+             protocol.FENCED: exitcodes.RET_LOST, protocol.SKIPPED: exitcodes.RET_LEASE}
 
 
 class Master:
@@ -71,7 +75,8 @@ class Master:
         self.fleet = fleet
         self.config_path = config_path
         self.recorder = recorder or (DbRecorder(fleet) if fleet else LogRecorder())
-        self.leases = leases or (DbLeases(fleet) if fleet else LocalLeases())
+        self.leases: LeaseManager = leases or (DbLeases(fleet) if fleet else LocalLeases())
+        self.keeper = LeaseKeeper(self.leases, KILL_GRACE)
         self.only = only
         self.log_level = log_level
         self.reload_settings = reload_settings
@@ -136,18 +141,23 @@ class Master:
         log.info("master started on %s (pid %d): %d scripts, %d workers",
                  self.server, os.getpid(), len(self.scripts), self.n_proc)
         while True:
-            now = self.clock.monotonic()
-            self._handle_signals(now)
-            self._check_deadlines(now)
+            # every step below may take a moment (a spawn, a walk over /proc): each reads
+            # the clock afresh rather than trust a reading taken before it
+            self._handle_signals(self.clock.monotonic())
+            if self.fleet is not None:
+                self.fleet.check_deadlines(self.clock.monotonic())
+            self.keeper.tick(self.clock.monotonic())
+            self._pass_deadlines()
+            self._check_deadlines(self.clock.monotonic())
             if self.stopping and not self.slots and not self.draining:
                 break
             if not self.stopping:
-                self._fill_slots(now)
-                self._dispatch(now)
-                self._warn_late(now)
-            # timers (history writes, heartbeats) may take a moment: measure the timeout
+                self._fill_slots(self.clock.monotonic())
+                self._dispatch(self.clock.monotonic())
+                self._warn_late(self.clock.monotonic())
+            # timers (history hand-over, heartbeats) may take a moment: measure the timeout
             # from after them, or the master would wake late by that much
-            next_event = self._next_event(now)
+            next_event = self._next_event(self.clock.monotonic())
             self._wait(next_event - self.clock.monotonic())
         if self.status is not None:
             self.status.tick(self, self.clock.monotonic(), force=True)
@@ -160,6 +170,8 @@ class Master:
 
     def _watched(self) -> dict[int, tuple[str, Slot | None]]:
         fds: dict[int, tuple[str, Slot | None]] = {self._wakeup_r: ("signal", None)}
+        if self.fleet is not None:
+            fds[self.fleet.fileno()] = ("db", None)
         for slot in self.slots.values():
             fds[slot.proc.pidfd] = ("exit", slot)
             if slot.conn_open:
@@ -188,6 +200,8 @@ class Master:
             kind, slot = key.data
             if kind == "signal":
                 self._drain_wakeup()
+            elif kind == "db" and self.fleet is not None:
+                self.fleet.collect()
             elif kind == "message" and slot is not None and slot.conn_open:
                 self._read_messages(slot)
             elif kind == "exit" and slot is not None:
@@ -224,6 +238,9 @@ class Master:
             when = event(now)
             if when is not None:
                 times.append(when)
+        when = self.keeper.next_event(now)
+        if when is not None:
+            times.append(when)
         if self.draining:
             times.append(now + 0.05)  # trees killed with SIGKILL vanish within milliseconds
         return min(times)
@@ -337,6 +354,8 @@ class Master:
         elif op == "done" and slot.run is not None and slot.run.id == message.get("run"):
             run = slot.run
             slot.run = None
+            if run.generation is not None:
+                self._send_deadline(slot, None)
             run.started = _seconds(message.get("started"), run.dispatched)
             run.ended = _seconds(message.get("ended"), now)
             outcome, error = message.get("outcome"), message.get("error")
@@ -393,7 +412,9 @@ class Master:
         assert run is not None
         slot.run = None
         run.ended = self.clock.monotonic()
-        if run.timed_out:
+        if run.fenced:
+            self._finish_run(run, protocol.FENCED, "; ".join(run.notes) or "lease not renewed")
+        elif run.timed_out:
             spec = self.scripts.get(run.script)
             limit = spec.spec.timeout if spec else 0.0
             self._finish_run(run, protocol.TIMEOUT, f"killed after its timeout of {limit:g} s")
@@ -401,7 +422,30 @@ class Master:
             why = "; ".join(run.notes) or f"worker {describe_exit(code)} during the run"
             self._finish_run(run, protocol.LOST, why)
 
+    def _fence(self, now: float) -> None:
+        """Kill runs whose lease cannot be confirmed before it may expire (self-fencing)."""
+        fences = set(self.keeper.due_fences(now))
+        if not fences:
+            return
+        for slot in [*self.slots.values(), *self.draining]:
+            run = slot.run
+            if run is None or run.id not in fences:
+                continue
+            self.keeper.fenced(run.id)
+            run.fenced = True
+            lease = self.keeper.held.get(run.id)
+            why = ("its lease is no longer ours" if run.id in self.keeper.lost else
+                   f"its lease could not be renewed (last confirmed {now - lease.sent:.1f} s ago,"
+                   f" lease_ttl {lease.ttl:g} s)" if lease is not None else "lease lost")
+            run.notes.append(f"fenced: {why}")
+            log.error("%s fenced: %s; killing its processes before the lease can expire",
+                      run.label, why)
+            slot.start_kill(now, f"{run.label} fenced", grace=KILL_GRACE)
+        for run_id in fences:  # a run already gone: nothing to kill, no lease to renew
+            self.keeper.fenced(run_id)
+
     def _check_deadlines(self, now: float) -> None:
+        self._fence(now)
         for slot in list(self.slots.values()):
             run = slot.run
             if run is not None and not run.timed_out and now >= run.timeout_at:
@@ -412,7 +456,8 @@ class Master:
                 finish_kill(slot.kill)
             if slot.exit_deadline is not None and now >= slot.exit_deadline and slot.kill is None:
                 slot.start_kill(now, "did not exit when asked", grace=0)
-            if now >= slot.expires and slot.state is WorkerState.IDLE and not self.stopping:
+            if now >= slot.expires and slot.state is WorkerState.IDLE and not self.stopping \
+                    and slot.reserved is None:
                 log.info("worker %d reached its lifetime: replacing it", slot.index)
                 slot.ask_exit(now)
             elif now >= slot.expires and slot.state is WorkerState.BUSY:
@@ -434,65 +479,112 @@ class Master:
 
     # ----- scheduling ---------------------------------------------------------------------
     def _dispatch(self, now: float) -> None:
-        idle = sorted((s for s in self.slots.values()
-                       if s.state is WorkerState.IDLE and s.conn_open), key=lambda s: s.index)
+        idle = sorted((s for s in self.slots.values() if s.state is WorkerState.IDLE
+                       and s.conn_open and s.reserved is None), key=lambda s: s.index)
         if not idle:
             return
         for state in schedule.due_scripts(self.scripts.values(), now):
             if not idle:
                 break
-            spec = state.spec
-            generation = None
-            if spec.sync:
-                decision = self.leases.acquire(spec)
-                if not decision.granted:
-                    # Ask again when the database says it is due, and at least once a period:
-                    # a holder that stops cleanly releases early, and its lease must not
-                    # leave a gap as long as its timeout.
-                    retry = min(decision.wait, spec.period)
-                    state.next_due = now + max(retry, MIN_LEASE_RETRY)
-                    self._lease_refused(state, decision, now)
-                    continue
-                generation = decision.generation
-            slot = self._hand_over(idle, state, generation, now)
-            if slot is None:  # every idle worker's channel was broken
-                if generation is not None:
-                    self.leases.release(spec.name, generation)
-                break
-            run = slot.run
-            assert run is not None
-            self.recorder.start(run)  # its history row, written by the batched writer
-            state.running = run.id
-            state.run_started = now
-            if self.only is not None:
-                state.next_due = math.inf
-            elif generation is not None:
-                # the fleet-wide due time the lease just set: this grant + period
-                state.next_due = now + spec.period
-            else:
-                state.next_due = schedule.next_due_after_start(now, spec.period)
-            log.debug("%s dispatched to worker %d (due %.3f s ago)", run.label, slot.index,
-                      now - run.due)
+            if not state.spec.sync:
+                if self._hand_over(idle, state, None, None) is None:
+                    break  # every idle worker's channel was broken
+                continue
+            # a sync script asks for its lease; a worker is kept for it meanwhile, and
+            # nothing else waits for the answer
+            slot = idle.pop(0)
+            slot.reserved = state.spec.name
+            state.acquiring = True
+            self.leases.acquire(state.spec, now, functools.partial(self._lease_reply, state, slot))
+
+    def _lease_reply(self, state: ScriptState, slot: Slot, decision: LeaseDecision) -> None:
+        """The database answered a grant (on the loop thread, maybe much later)."""
+        now = self.clock.monotonic()
+        state.acquiring = False
+        if slot.reserved == state.spec.name:
+            slot.reserved = None
+        spec = state.spec
+        if not decision.granted:
+            # Ask again when the database says it is due, and at least once a period: a
+            # holder that stops cleanly releases early, and its lease must not leave a gap.
+            retry = min(decision.wait, spec.period)
+            state.next_due = max(state.next_due, now + max(retry, MIN_LEASE_RETRY))
+            self._lease_refused(state, decision, now)
+            return
+        usable = self.scripts.get(spec.name) is state and state.disabled is None \
+            and not self.stopping
+        candidates = [slot] if slot.index in self.slots and self.slots[slot.index] is slot \
+            and slot.state is WorkerState.IDLE and slot.conn_open else []
+        candidates += sorted((s for s in self.slots.values() if s is not slot
+                              and s.state is WorkerState.IDLE and s.conn_open
+                              and s.reserved is None), key=lambda s: s.index)
+        if not usable or not candidates or \
+                self._hand_over(candidates, state, decision.generation, decision.sent) is None:
+            log.info("%s: lease generation %s granted but not used (%s); releasing it",
+                     spec.name, decision.generation,
+                     "stopping" if self.stopping else "no worker free" if usable else
+                     "removed or disabled meanwhile")
+            self.leases.release(spec.name, decision.generation)
 
     def _hand_over(self, idle: list[Slot], state: ScriptState, generation: int | None,
-                   now: float) -> Slot | None:
+                   lease_sent: float | None) -> Slot | None:
         """Send the run to the first idle worker that takes it; a worker whose channel is
         broken is killed (and replaced) rather than tried again."""
         spec = state.spec
         while idle:
             slot = idle.pop(0)
+            now = self.clock.monotonic()  # fresh: the run's timeout counts from here
             self.run_counter += 1
             run = Run(id=self.run_counter, script=spec.name, worker=slot.index, pid=slot.pid,
                       due=state.next_due, dispatched=now, timeout_at=now + spec.timeout,
                       generation=generation)
+            lease = None
+            if generation is not None and lease_sent is not None:
+                lease = self.keeper.hold(run.id, spec.name, generation, lease_sent)
+            # the worker knows the lease's deadline before it starts the run
+            self._send_deadline(slot, lease.hard if lease is not None else None)
             if slot.send("run", run=run.id, name=spec.name, module=spec.module,
                          arguments=list(spec.arguments), loop=spec.loop, period=spec.period,
                          generation=generation):
                 slot.move(WorkerState.BUSY)
                 slot.run = run
+                self.recorder.start(run)  # its history row, written by the batched writer
+                state.running = run.id
+                state.run_started = now
+                if self.only is not None:
+                    state.next_due = math.inf
+                elif generation is not None:
+                    # the fleet-wide due time the lease just set: this grant + period
+                    state.next_due = now + spec.period
+                else:
+                    state.next_due = schedule.next_due_after_start(now, spec.period)
+                log.debug("%s dispatched to worker %d (due %.3f s ago)", run.label, slot.index,
+                          now - run.due)
                 return slot
+            self.keeper.drop(run.id)
             slot.start_kill(now, "its channel to the master is broken", grace=0)
         return None
+
+    def _send_deadline(self, slot: Slot, deadline: float | None) -> None:
+        """Tell a worker its run's hard lease deadline (None: no deadline); never blocks."""
+        if slot.exited:
+            return
+        try:
+            os.write(slot.proc.lifeline, encode_deadline(deadline))
+        except (BlockingIOError, OSError) as exc:  # a full pipe: the worker is frozen
+            log.warning("worker %d (pid %d): cannot pass its lease deadline: %s",
+                        slot.index, slot.pid, exc)
+
+    def _pass_deadlines(self) -> None:
+        """Renewals confirmed: move the deadlines the workers hold."""
+        if not self.keeper.moved:
+            return
+        moved, self.keeper.moved = self.keeper.moved, set()
+        for slot in self.slots.values():
+            if slot.run is not None and slot.run.id in moved:
+                lease = self.keeper.held.get(slot.run.id)
+                if lease is not None and not lease.fenced:
+                    self._send_deadline(slot, lease.hard)
 
     def _lease_refused(self, state: ScriptState, decision: LeaseDecision, now: float) -> None:
         """Another server holds the lease (recorded as skipped) or it is not due fleet-wide
@@ -538,6 +630,7 @@ class Master:
                             ended - started, over, state.spec.period)
             if state.disabled == REMOVED:  # dropped by a reload while it ran
                 del self.scripts[run.script]
+        self.keeper.drop(run.id)
         if run.generation is not None:  # whatever the config says now: what was taken
             self.leases.release(run.script, run.generation)
         self.last_outcomes[run.script] = (outcome, ended)

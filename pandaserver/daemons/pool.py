@@ -26,6 +26,7 @@ class Slot:
     state: WorkerState = WorkerState.STARTING
     run: Run | None = None
     kill: PendingKill | None = None
+    reserved: str | None = None  # idle, kept for a sync script whose lease is being asked
     exit_deadline: float | None = None
     conn_open: bool = True
     exited: bool = False

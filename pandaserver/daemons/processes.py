@@ -48,6 +48,7 @@ def spawn_worker(argv: list[str], env: dict[str, str] | None = None) -> Spawned:
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     life_r, life_w = os.pipe()
     os.set_inheritable(life_w, False)
+    os.set_blocking(life_w, False)  # the master writes lease deadlines; it never waits
     child_fd = child_sock.fileno()
     command = [
         sys.executable,

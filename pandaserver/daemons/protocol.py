@@ -17,6 +17,7 @@ FAILED = "failed"
 TIMEOUT = "timeout"
 LOST = "lost"
 SKIPPED = "skipped"
+FENCED = "fenced"  # killed by the master or its worker: the lease could not be renewed in time
 
 
 class ProtocolError(Exception):

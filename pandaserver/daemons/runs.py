@@ -26,6 +26,7 @@ class Run:
     started: float | None = None  # monotonic time main() was called (reported by the worker)
     ended: float | None = None
     timed_out: bool = False
+    fenced: bool = False  # killed because its lease could not be renewed
     notes: list[str] = field(default_factory=list)
 
     @property

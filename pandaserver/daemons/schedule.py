@@ -34,10 +34,11 @@ class ScriptState:
     run_started: float | None = None
     late_warned_for: float | None = None  # the due time already warned about
     disabled: str | None = None  # why it cannot run (e.g. its module does not import)
+    acquiring: bool = False  # a sync script whose lease request is in flight
 
     @property
     def waiting(self) -> bool:
-        return self.running is None and self.disabled is None
+        return self.running is None and self.disabled is None and not self.acquiring
 
 
 def first_due(now: float) -> float:
@@ -84,7 +85,7 @@ def next_wakeup(states: Iterable[ScriptState], now: float) -> float | None:
     for state in states:
         if state.disabled is not None:
             continue
-        if state.running is None:
+        if state.running is None and not state.acquiring:
             times.append(state.next_due)
         if state.late_warned_for != state.next_due:
             times.append(state.next_due + late_threshold(state.spec.period))

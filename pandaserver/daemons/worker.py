@@ -10,7 +10,6 @@ import argparse
 import contextlib
 import logging
 import os
-import signal
 import sys
 import threading
 import time
@@ -22,8 +21,10 @@ from pandaserver.daemons import capture, protocol
 from pandaserver.daemons.invoke import describe_import_error, import_script, run_main
 from pandaserver.daemons.lock_pool import LockPool
 from pandaserver.daemons.logsink import DropCounter, SafeHandler
-from pandaserver.daemons.processes import set_title, signal_tree, tree_of
+from pandaserver.daemons.pool import KILL_GRACE
+from pandaserver.daemons.processes import set_title
 from pandaserver.daemons.services import make_tbuf, set_context
+from pandaserver.daemons.watchdog import watch_lifeline
 
 log = logging.getLogger("panda.worker")
 
@@ -31,24 +32,6 @@ LOG_FORMAT = (
     "%(asctime)s %(levelname)s [%(script)s run %(run)s] worker %(worker)s pid %(process)d"
     " %(name)s: %(message)s"
 )
-
-
-def watch_lifeline(fd: int) -> None:
-    """Block until the master is gone, then kill this worker's whole tree (no orphans)."""
-    while True:
-        try:
-            data = os.read(fd, 1)
-        except InterruptedError:
-            continue
-        except OSError:
-            data = b""
-        if not data:
-            break
-    me = os.getpid()
-    others = [p for p in tree_of(me) if p.pid != me]
-    signal_tree(others, signal.SIGKILL)
-    os.killpg(os.getpgid(me), signal.SIGKILL)
-    os._exit(1)  # not reached unless we are not in our own group
 
 
 class Worker:
@@ -165,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-file", default=None)
     parser.add_argument("--config", default=None)
     args = parser.parse_args(argv)
-    threading.Thread(target=watch_lifeline, args=(args.lifeline,), name="lifeline",
+    threading.Thread(target=watch_lifeline, args=(args.lifeline, KILL_GRACE), name="lifeline",
                      daemon=True).start()
     original_stderr = capture.redirect_fd_output()
     drops = setup_logging(original_stderr, args.index, args.log_level, args.log_file)

@@ -143,6 +143,7 @@ def make_engine(
     statement_timeout: float | None = None,
     autocommit: bool = False,
     pre_ping: bool = True,
+    io_timeout: float | None = None,
 ) -> Engine:
     """An engine for the configured database (the SQLite directory is created if needed).
 
@@ -150,7 +151,7 @@ def make_engine(
     """
     return engine_from_url(
         database_url(cfg, state_dir), pool_size=pool_size, statement_timeout=statement_timeout,
-        autocommit=autocommit, pre_ping=pre_ping,
+        autocommit=autocommit, pre_ping=pre_ping, io_timeout=io_timeout,
     )
 
 
@@ -162,8 +163,16 @@ def engine_from_url(
     connect_timeout: float = CONNECT_TIMEOUT,
     autocommit: bool = False,
     pre_ping: bool = True,
+    io_timeout: float | None = None,
 ) -> Engine:
     """An engine with panda-daemon's connection settings for ``url``.
+
+    ``io_timeout`` (seconds) bounds how long a connection may sit with no answer from the
+    server: PostgreSQL ``tcp_user_timeout`` and quick keepalives, PyMySQL read and write
+    timeouts. For the master's engine; scripts' engines leave it None. The master also
+    bounds every call on its own side (``pandaserver/daemons/dblanes.py``): a server that
+    stopped answering while its kernel still acknowledges (SIGSTOP, a hung proxy) is
+    noticed by that bound alone.
 
     ``statement_timeout`` (seconds, PostgreSQL only) bounds every statement; leave it
     None for engines handed to scripts, whose queries may legitimately be long.
@@ -198,8 +207,14 @@ def engine_from_url(
         )
         if statement_timeout is not None:
             connect_args["options"] = f"-c statement_timeout={round(statement_timeout * 1000)}"
+        if io_timeout is not None:
+            connect_args.update(keepalives_idle=max(1, round(io_timeout / 2)),
+                                keepalives_interval=1, keepalives_count=3,
+                                tcp_user_timeout=max(1000, round(io_timeout * 1000)))
     elif backend == "mysql":
         connect_args["connect_timeout"] = max(1, round(connect_timeout))
+        if io_timeout is not None:
+            connect_args["read_timeout"] = connect_args["write_timeout"] = max(1, round(io_timeout))
         # affected rows, not found rows (SQLAlchemy asks PyMySQL/mysqlclient for
         # CLIENT.FOUND_ROWS): conditional_upsert tells an update from a refusal by them
         connect_args["client_flag"] = 0
@@ -207,6 +222,25 @@ def engine_from_url(
     if backend == "sqlite":
         event.listen(engine, "connect", _sqlite_on_connect)
     return engine
+
+
+def socket_of(dbapi_connection: Any) -> int | None:
+    """The file descriptor of a DB-API connection's socket (psycopg2, PyMySQL), if any."""
+    fileno = getattr(dbapi_connection, "fileno", None)  # psycopg2
+    if callable(fileno):
+        try:
+            fd = fileno()
+        except Exception:
+            return None
+        return fd if isinstance(fd, int) and fd >= 0 else None
+    sock = getattr(dbapi_connection, "_sock", None)  # PyMySQL
+    if sock is not None:
+        try:
+            fd = sock.fileno()
+        except OSError:
+            return None
+        return fd if isinstance(fd, int) and fd >= 0 else None
+    return None
 
 
 def _prepare_sqlite_file(url: URL) -> None:

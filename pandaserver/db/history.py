@@ -49,7 +49,8 @@ FAILED = "failed"
 TIMEOUT = "timeout"
 LOST = "lost"  # the master died or was killed while it ran
 SKIPPED = "skipped"  # another server holds the script's lease
-END_OUTCOMES = (OK, FAILED, TIMEOUT, LOST, SKIPPED)
+FENCED = "fenced"  # killed before its lease could expire: the lease could not be renewed
+END_OUTCOMES = (OK, FAILED, TIMEOUT, LOST, SKIPPED, FENCED)
 OUTCOMES = (RUNNING, *END_OUTCOMES)
 
 MAX_ERROR_CHARS = 16000
@@ -413,6 +414,10 @@ class PendingWrites:
         monotonic time each was made."""
         count = len(self._items) if count is None else min(count, len(self._items))
         return [self._items.popleft() for _ in range(count)]
+
+    def items(self) -> list[PendingItem]:
+        """The queued writes, oldest first (for moving them to another queue)."""
+        return [item for _, item in self._items]
 
     def take_dropped(self) -> int:
         """How many entries were dropped since the last report (and reset that count)."""

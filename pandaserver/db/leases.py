@@ -3,17 +3,21 @@
 A lease row per script name. ``try_acquire`` is one atomic statement::
 
     INSERT INTO daemon_lease (...)
-      VALUES (name, 1, me, pid, now, now + timeout + grace, now + period, ...)
+      VALUES (name, 1, me, pid, now, now + ttl, now + period, ...)
     ON CONFLICT (name) DO UPDATE SET generation = generation + 1, owner = me, ...
-      WHERE next_due <= now AND (expires_at IS NULL OR expires_at <= now)
+      WHERE (next_due <= now OR acquired_at + :period <= now)
+        AND (expires_at IS NULL OR expires_at <= now)
     RETURNING generation, next_due, expires_at
 
 so of any number of servers racing for a due lease exactly one gets a row back. Every
 grant bumps ``generation``; ``release`` and ``renew`` must name it, so a holder that
 lost its lease (expired and re-granted, or force-released) changes nothing. A lease
-outlives the run's timeout by ``grace``; ``next_due`` is kept on release, so the
-period is counted start to start across the fleet. MySQL/MariaDB spell the statement
-as ``INSERT ... ON DUPLICATE KEY UPDATE`` plus a read-back (``pandaserver/db/upsert.py``).
+lives ``ttl`` seconds (``[daemon] lease_ttl``) and its holder renews it while its run
+lives; ``next_due`` is kept on release, so the period is counted start to start across
+the fleet. The grant condition also honours the *requesting* server's period
+(``acquired_at + period <= now``), so a period shortened by a reload takes effect at
+the next grant, not one old period later. MySQL/MariaDB spell the statement as
+``INSERT ... ON DUPLICATE KEY UPDATE`` plus a read-back (``pandaserver/db/upsert.py``).
 See docs/database.md.
 """
 
@@ -29,7 +33,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, Row, and_, or_, select, update
 from sqlalchemy.exc import DBAPIError
 
-from pandaserver.db.clock import db_now_expr, db_now_plus, seconds_from_now
+from pandaserver.db.clock import db_now_expr, db_now_plus, seconds_between, seconds_from_now
 from pandaserver.db.tables import daemon_lease
 from pandaserver.db.upsert import conditional_upsert
 
@@ -127,16 +131,17 @@ class LeaseStore:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def try_acquire(
-        self, name: str, server: str, pid: int, period: float, timeout: float, grace: float
+        self, name: str, server: str, pid: int, period: float, ttl: float
     ) -> LeaseResult:
         """Take the lease if it is due and not held; one statement when granted.
 
-        A grant sets the owner, bumps the generation, ``next_due = now + period`` and
-        ``expires_at = now + timeout + grace``. When not granted, a second statement
-        reads the holder and the wait.
+        Due: ``next_due`` has come, or ``period`` (this server's, in force now) has passed
+        since the last grant. A grant sets the owner, bumps the generation,
+        ``next_due = now + period`` and ``expires_at = now + ttl``. When not granted, a
+        second statement reads the holder and the wait.
         """
         _check_name(name)
-        for what, value in (("period", period), ("timeout", timeout), ("grace", grace)):
+        for what, value in (("period", period), ("ttl", ttl)):
             _check_seconds(what, value)
         t = daemon_lease
         now = db_now_expr()
@@ -144,12 +149,14 @@ class LeaseStore:
             "owner_server": server,
             "owner_pid": pid,
             "acquired_at": now,
-            "expires_at": db_now_plus(timeout + grace),
+            "expires_at": db_now_plus(ttl),
             "next_due": db_now_plus(period),
             "period": period,
             "updated_at": now,
         }
-        due = and_(t.c.next_due <= now, or_(t.c.expires_at.is_(None), t.c.expires_at <= now))
+        period_passed = seconds_between(now, t.c.acquired_at) >= period
+        due = and_(or_(t.c.next_due <= now, period_passed),
+                   or_(t.c.expires_at.is_(None), t.c.expires_at <= now))
 
         def attempt(conn: Connection) -> LeaseResult:
             row = conditional_upsert(
@@ -164,11 +171,11 @@ class LeaseStore:
             if row is not None:
                 return LeaseResult(True, int(row.generation), 0.0, server, row.next_due,
                                    row.expires_at)
-            return self._losing(conn, name)
+            return self._losing(conn, name, period)
 
         return self._run(attempt)
 
-    def _losing(self, conn: Connection, name: str) -> LeaseResult:
+    def _losing(self, conn: Connection, name: str, period: float) -> LeaseResult:
         t = daemon_lease
         row = conn.execute(
             select(
@@ -176,6 +183,7 @@ class LeaseStore:
                 t.c.next_due,
                 t.c.expires_at,
                 seconds_from_now(t.c.next_due).label("due_in"),
+                seconds_from_now(t.c.acquired_at).label("acquired_in"),
                 seconds_from_now(t.c.expires_at).label("expires_in"),
             ).where(t.c.name == name)
         ).one_or_none()
@@ -183,7 +191,10 @@ class LeaseStore:
             return LeaseResult(False, None, 0.0, None, None, None)
         expires_in = float(row.expires_in) if row.expires_in is not None else None
         live = expires_in is not None and expires_in > 0
-        wait = max(0.0, float(row.due_in), expires_in or 0.0)
+        due_in = float(row.due_in)
+        if row.acquired_in is not None:  # this server's period may be the shorter one
+            due_in = min(due_in, float(row.acquired_in) + period)
+        wait = max(0.0, due_in, expires_in or 0.0)
         return LeaseResult(False, None, wait, row.owner_server if live else None,
                            row.next_due, row.expires_at)
 
@@ -206,14 +217,31 @@ class LeaseStore:
 
         False (and no change) for a stale generation or a released lease.
         """
+        return name in self.renew_many([(name, generation)], extend)
+
+    def renew_many(self, leases: list[tuple[str, int]], extend: float) -> set[str]:
+        """``renew`` each (name, generation) on one connection; the names renewed.
+
+        A lease is renewed only while it is still that generation's and not released;
+        an expired one that nobody took since is revived (still fenced by generation).
+        """
         _check_seconds("extend", extend)
         t = daemon_lease
-        stmt = (
-            update(t)
-            .where(t.c.name == name, t.c.generation == generation, t.c.expires_at.is_not(None))
-            .values(expires_at=db_now_plus(extend), updated_at=db_now_expr())
-        )
-        return self._run(lambda conn: conn.execute(stmt).rowcount == 1)
+
+        def renew_all(conn: Connection) -> set[str]:
+            renewed = set()
+            for name, generation in leases:
+                stmt = (
+                    update(t)
+                    .where(t.c.name == name, t.c.generation == generation,
+                           t.c.expires_at.is_not(None))
+                    .values(expires_at=db_now_plus(extend), updated_at=db_now_expr())
+                )
+                if conn.execute(stmt).rowcount == 1:
+                    renewed.add(name)
+            return renewed
+
+        return self._run(renew_all)
 
     def force_release(self, name: str) -> LeaseRow | None:
         """Free a lease whoever holds it (``panda-daemon unlock``).

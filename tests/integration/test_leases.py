@@ -41,7 +41,7 @@ def store(db_engine: Engine) -> LeaseStore:
 
 
 def test_first_acquire_grants_generation_one_with_db_times(store: LeaseStore) -> None:
-    result = store.try_acquire("sweeper", "srv-a", 101, period=100, timeout=10, grace=5)
+    result = store.try_acquire("sweeper", "srv-a", 101, period=100, ttl=15)
     assert result.granted and result.generation == 1 and result.wait == 0.0
     assert result.holder == "srv-a"
     row = store.get("sweeper")
@@ -56,32 +56,32 @@ def test_first_acquire_grants_generation_one_with_db_times(store: LeaseStore) ->
 
 
 def test_losing_while_held_waits_for_the_later_of_expiry_and_next_due(store: LeaseStore) -> None:
-    store.try_acquire("x", "srv-a", 1, period=1, timeout=50, grace=10)
-    lost = store.try_acquire("x", "srv-b", 2, period=1, timeout=50, grace=10)
+    store.try_acquire("x", "srv-a", 1, period=1, ttl=60)
+    lost = store.try_acquire("x", "srv-b", 2, period=1, ttl=60)
     assert not lost.granted and lost.generation is None
     assert lost.holder == "srv-a"
     assert 60 - SLACK < lost.wait <= 60
 
 
 def test_losing_after_release_waits_for_next_due_and_names_no_holder(store: LeaseStore) -> None:
-    won = store.try_acquire("x", "srv-a", 1, period=100, timeout=10, grace=5)
+    won = store.try_acquire("x", "srv-a", 1, period=100, ttl=15)
     assert won.generation is not None and store.release("x", won.generation)
-    lost = store.try_acquire("x", "srv-b", 2, period=100, timeout=10, grace=5)
+    lost = store.try_acquire("x", "srv-b", 2, period=100, ttl=15)
     assert not lost.granted and lost.holder is None and lost.expires is None
     assert 100 - SLACK < lost.wait <= 100  # the period counts from the start, not the release
 
 
 def test_due_but_still_held_is_not_granted(store: LeaseStore) -> None:
-    store.try_acquire("x", "srv-a", 1, period=0, timeout=30, grace=0)
-    lost = store.try_acquire("x", "srv-b", 2, period=0, timeout=30, grace=0)
+    store.try_acquire("x", "srv-a", 1, period=0, ttl=30)
+    lost = store.try_acquire("x", "srv-b", 2, period=0, ttl=30)
     assert not lost.granted and lost.holder == "srv-a"
     assert 30 - SLACK < lost.wait <= 30
 
 
 def test_release_then_due_grants_the_next_generation(store: LeaseStore) -> None:
-    first = store.try_acquire("x", "srv-a", 1, period=0, timeout=30, grace=0)
+    first = store.try_acquire("x", "srv-a", 1, period=0, ttl=30)
     assert first.generation == 1 and store.release("x", 1)
-    second = store.try_acquire("x", "srv-b", 2, period=0, timeout=30, grace=0)
+    second = store.try_acquire("x", "srv-b", 2, period=0, ttl=30)
     assert second.granted and second.generation == 2 and second.holder == "srv-b"
 
 
@@ -92,13 +92,13 @@ def _unchanged(before: Any, after: Any) -> bool:
 
 
 def test_expiry_frees_it_and_a_stale_release_changes_nothing(store: LeaseStore) -> None:
-    first = store.try_acquire("x", "srv-a", 1, period=0, timeout=0.3, grace=0)
+    first = store.try_acquire("x", "srv-a", 1, period=0, ttl=0.3)
     assert first.granted
     started = time.monotonic()
-    early = store.try_acquire("x", "srv-b", 2, period=0, timeout=30, grace=0)
+    early = store.try_acquire("x", "srv-b", 2, period=0, ttl=30)
     assert not early.granted and early.holder == "srv-a" and 0 < early.wait <= 0.3
     result: LeaseResult = wait_until(
-        lambda: (r := store.try_acquire("x", "srv-b", 2, period=0, timeout=30, grace=0)).granted
+        lambda: (r := store.try_acquire("x", "srv-b", 2, period=0, ttl=30)).granted
         and r, deadline=10)
     assert result and result.generation == 2, "the expired lease was never granted"
     assert time.monotonic() - started >= 0.2  # not before it expired (DB and local clocks agree)
@@ -111,7 +111,7 @@ def test_expiry_frees_it_and_a_stale_release_changes_nothing(store: LeaseStore) 
 
 
 def test_renew_extends_only_the_current_generation(store: LeaseStore) -> None:
-    store.try_acquire("x", "srv-a", 1, period=0, timeout=5, grace=0)
+    store.try_acquire("x", "srv-a", 1, period=0, ttl=5)
     assert store.renew("x", 1, 120)
     row = store.get("x")
     assert row is not None and row.expires_in is not None
@@ -122,7 +122,7 @@ def test_renew_extends_only_the_current_generation(store: LeaseStore) -> None:
 
 
 def test_renew_after_release_is_refused(store: LeaseStore) -> None:
-    store.try_acquire("x", "srv-a", 1, period=0, timeout=5, grace=0)
+    store.try_acquire("x", "srv-a", 1, period=0, ttl=5)
     assert store.release("x", 1)
     assert not store.renew("x", 1, 60)
     row = store.get("x")
@@ -130,7 +130,7 @@ def test_renew_after_release_is_refused(store: LeaseStore) -> None:
 
 
 def test_force_release_fences_the_old_generation(store: LeaseStore) -> None:
-    store.try_acquire("x", "srv-a", 7, period=0, timeout=600, grace=60)
+    store.try_acquire("x", "srv-a", 7, period=0, ttl=660)
     released = store.force_release("x")
     assert released is not None and released.held
     assert released.generation == 1 and released.owner_server == "srv-a"
@@ -138,7 +138,7 @@ def test_force_release_fences_the_old_generation(store: LeaseStore) -> None:
     now = store.get("x")
     assert now is not None and now.generation == 2 and now.expires_at is None
     assert not store.release("x", 1) and not store.renew("x", 1, 60)
-    taken = store.try_acquire("x", "srv-b", 8, period=0, timeout=60, grace=0)
+    taken = store.try_acquire("x", "srv-b", 8, period=0, ttl=60)
     assert taken.granted and taken.generation == 3
 
 
@@ -148,8 +148,8 @@ def test_force_release_of_unknown_lease_is_none(store: LeaseStore) -> None:
 
 
 def test_list_leases_sorted_with_state(store: LeaseStore) -> None:
-    store.try_acquire("b-held", "srv-a", 1, period=10, timeout=60, grace=0)
-    store.try_acquire("a-free", "srv-b", 2, period=10, timeout=60, grace=0)
+    store.try_acquire("b-held", "srv-a", 1, period=10, ttl=60)
+    store.try_acquire("a-free", "srv-b", 2, period=10, ttl=60)
     store.release("a-free", 1)
     leases = store.list_leases()
     assert [lease.name for lease in leases] == ["a-free", "b-held"]
@@ -158,12 +158,31 @@ def test_list_leases_sorted_with_state(store: LeaseStore) -> None:
 
 
 @pytest.mark.parametrize(
-    ("period", "timeout", "grace"), [(-1, 1, 1), (1, float("nan"), 1), (1, 1, float("inf"))]
+    ("period", "ttl"), [(-1, 1), (1, float("nan")), (1, float("inf"))]
 )
-def test_bad_arguments_are_refused(store: LeaseStore, period: float, timeout: float,
-                                   grace: float) -> None:
+def test_bad_arguments_are_refused(store: LeaseStore, period: float, ttl: float) -> None:
     with pytest.raises(ValueError, match="finite number of seconds"):
-        store.try_acquire("x", "srv", 1, period, timeout, grace)
+        store.try_acquire("x", "srv", 1, period, ttl)
+
+
+def test_a_shorter_period_in_force_is_honoured_at_the_next_grant(store: LeaseStore) -> None:
+    """A reload that shortens the period (here 1 day -> 0.2 s) must not wait out the old one."""
+    assert store.try_acquire("x", "srv-a", 1, period=86400, ttl=60).granted
+    assert store.release("x", 1)
+    old = store.try_acquire("x", "srv-b", 2, period=86400, ttl=60)
+    assert not old.granted and old.wait > 86000, "the old period still rules a server that has it"
+    new = wait_until(lambda: (r := store.try_acquire("x", "srv-b", 2, period=0.2, ttl=60)).granted
+                     and r, deadline=10)
+    assert new and new.generation == 2, "the shorter period in force was not honoured"
+
+
+def test_renew_many_renews_only_current_generations(store: LeaseStore) -> None:
+    store.try_acquire("a", "srv-a", 1, period=0, ttl=5)
+    store.try_acquire("b", "srv-a", 1, period=0, ttl=5)
+    assert store.renew_many([("a", 1), ("b", 7)], 120) == {"a"}
+    rows = {row.name: row for row in store.list_leases()}
+    assert rows["a"].expires_in is not None and rows["a"].expires_in > 100
+    assert rows["b"].expires_in is not None and rows["b"].expires_in < 10
 
 
 def test_a_grant_is_one_statement_and_losing_two(db_engine: Engine) -> None:
@@ -176,11 +195,11 @@ def test_a_grant_is_one_statement_and_losing_two(db_engine: Engine) -> None:
     # MySQL/MariaDB: one more, the read-back of what the upsert decided (see upsert.py)
     extra = 1 if db_engine.dialect.name == "mysql" else 0
     store = LeaseStore(db_engine)
-    assert store.try_acquire("x", "srv-a", 1, period=60, timeout=60, grace=0).granted
+    assert store.try_acquire("x", "srv-a", 1, period=60, ttl=60).granted
     assert len(statements) == 1 + extra
     assert statements[0].lstrip().upper().startswith("INSERT")
     statements.clear()
-    assert not store.try_acquire("x", "srv-b", 2, period=60, timeout=60, grace=0).granted
+    assert not store.try_acquire("x", "srv-b", 2, period=60, ttl=60).granted
     assert len(statements) == 2 + extra
 
 
@@ -196,7 +215,7 @@ def _race_rounds(url: URL, who: str, barrier: Any, results: Any) -> None:
         store = LeaseStore(engine)
         for rnd in range(ROUNDS):
             barrier.wait(timeout=60)
-            got = store.try_acquire("race", who, 1, period=0, timeout=60, grace=0)
+            got = store.try_acquire("race", who, 1, period=0, ttl=60)
             results.put((rnd, who, got.granted, got.generation))
             barrier.wait(timeout=60)  # everyone has tried this round
             if got.granted:  # due again (period 0) once released, before the next round
@@ -276,7 +295,7 @@ def test_processes_racing_get_exactly_one_grant(backend: str,
 def test_cli_locks_and_unlock(db_engine: Engine, config_for: Callable[..., PandaConfig],
                               capsys: pytest.CaptureFixture[str]) -> None:
     store = LeaseStore(db_engine)
-    store.try_acquire("sweeper", "srv-a", 4242, period=300, timeout=600, grace=60)
+    store.try_acquire("sweeper", "srv-a", 4242, period=300, ttl=660)
     cfg = config_for(db_engine.url)
 
     assert cmd_locks(cfg, argparse.Namespace(json=True)) == 0
@@ -320,10 +339,10 @@ def _check_retry_after_dropped_connections(url: URL, drop_connections: Callable[
     try:
         upgrade(engine)
         store = LeaseStore(engine)
-        assert store.try_acquire("warm", "srv-a", 1, period=0, timeout=1, grace=0).granted
+        assert store.try_acquire("warm", "srv-a", 1, period=0, ttl=1).granted
         drop_connections()
         with caplog.at_level(logging.INFO, logger="pandaserver.db.leases"):
-            result = store.try_acquire("after-restart", "srv-a", 1, period=0, timeout=1, grace=0)
+            result = store.try_acquire("after-restart", "srv-a", 1, period=0, ttl=1)
         assert result.granted and result.generation == 1
         assert "retrying once" in caplog.text
     finally:
@@ -382,6 +401,6 @@ def test_mysql_refuses_a_connection_that_reports_found_rows(mysql_url: URL) -> N
     try:
         upgrade(engine)
         with pytest.raises(UnsupportedDatabase, match="FOUND_ROWS"):
-            LeaseStore(engine).try_acquire("x", "srv-a", 1, period=60, timeout=60, grace=0)
+            LeaseStore(engine).try_acquire("x", "srv-a", 1, period=60, ttl=60)
     finally:
         engine.dispose()

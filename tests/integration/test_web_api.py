@@ -89,7 +89,7 @@ def fleet_db(db_engine: Engine) -> Engine:
     beats.beat("srv-a", 10, "0.1.0", ahead, "aaaa", server_time=ahead)
     beats.beat("srv-b", 20, "0.1.0", now, "aaaa", server_time=now - timedelta(seconds=0.5))
     beats.beat("srv-c", 30, "0.0.9", now, "cccc")
-    assert LeaseStore(db_engine).try_acquire("shared", "srv-a", 10, 60, 60, 60).granted
+    assert LeaseStore(db_engine).try_acquire("shared", "srv-a", 10, 60, 120).granted
     return db_engine
 
 

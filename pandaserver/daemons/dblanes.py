@@ -1,0 +1,224 @@
+"""Database calls beside the master's loop: lanes of one thread each, bounded on our side.
+
+The master never runs a database statement on its loop thread. It submits ``Op``s to a
+``Lane``; the lane's thread runs them one at a time, in order, and posts each result to
+``Completions``, whose pipe the loop's single wait watches. The result's callback then runs
+*on the loop thread*, so all scheduling state keeps one owner.
+
+Every op has a deadline on the loop's monotonic clock. A server that stops answering while
+its kernel still acknowledges (a SIGSTOPped database, a hung proxy, a partition behind a
+NAT) blocks the lane's thread inside the driver; no client timeout fires. So the loop
+gives up on its own: when an op passes its deadline the loop ``abandon``s it, which shuts
+the socket the thread is blocked on (the driver then fails at once and the connection is
+discarded) and hands the lane's queue to a fresh thread. Should the old thread still come
+back, its result is delivered with ``late=True`` so the caller can undo it (a late lease
+grant is released). Nothing the loop does waits for a lane.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import socket
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, event
+
+from pandaserver.db.engine import socket_of
+
+log = logging.getLogger("panda.master")
+
+
+@dataclass(eq=False)
+class Op:
+    """One database call. ``run`` executes on a lane thread; ``done(result, error, late)``
+    on the loop thread. ``started`` is the loop's clock when the lane took the op."""
+
+    what: str
+    run: Callable[[], Any]
+    done: Callable[[Any, BaseException | None, bool], None]
+    timeout: float
+    started: float | None = None
+    deadline: float | None = None
+    abandoned: bool = False
+    result: Any = None
+    error: BaseException | None = None
+
+
+class Completions:
+    """Where lane threads post finished ops; ``fileno`` is readable while any wait."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[Lane, Op]] = queue.SimpleQueue()
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+
+    def fileno(self) -> int:
+        return self._read
+
+    def post(self, lane: Lane, op: Op) -> None:
+        self._queue.put((lane, op))
+        with contextlib.suppress(BlockingIOError, OSError):  # a full pipe is awake already
+            os.write(self._write, b"x")
+
+    def drain(self) -> list[tuple[Lane, Op]]:
+        with contextlib.suppress(BlockingIOError, OSError):
+            while os.read(self._read, 4096):
+                pass
+        found = []
+        while True:
+            try:
+                found.append(self._queue.get_nowait())
+            except queue.Empty:
+                return found
+
+    def close(self) -> None:
+        for fd in (self._read, self._write):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+class ConnectionTracker:
+    """Which DB-API connection each thread has checked out, so a stuck one can be cut."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._by_thread: dict[int, Any] = {}
+        self._lock = threading.Lock()
+        event.listen(engine, "checkout", self._checkout)
+        event.listen(engine, "checkin", self._checkin)
+
+    def _checkout(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        with self._lock:
+            self._by_thread[threading.get_ident()] = dbapi_connection
+
+    def _checkin(self, dbapi_connection: Any, record: Any) -> None:
+        with self._lock:
+            ident = threading.get_ident()
+            if self._by_thread.get(ident) is dbapi_connection:
+                del self._by_thread[ident]
+
+    def cut(self, thread_ident: int | None) -> bool:
+        """Shut the socket of the connection ``thread_ident`` holds (never blocks)."""
+        if thread_ident is None:
+            return False
+        with self._lock:
+            connection = self._by_thread.get(thread_ident)
+        fd = socket_of(connection) if connection is not None else None
+        if fd is None:
+            return False
+        try:
+            sock = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            return False
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+        return True
+
+
+@dataclass(eq=False)
+class _Runner:
+    """One thread of a lane; replaced when it is stuck."""
+
+    inbox: queue.SimpleQueue[Op | None] = field(default_factory=queue.SimpleQueue)
+    thread: threading.Thread | None = None
+
+
+class Lane:
+    """Ops run one at a time, in order, on a thread of the lane's own."""
+
+    def __init__(self, name: str, completions: Completions,
+                 tracker: ConnectionTracker | None = None) -> None:
+        self.name = name
+        self.completions = completions
+        self.tracker = tracker
+        self.pending: deque[Op] = deque()
+        self.current: Op | None = None
+        self.abandoned = 0
+        self._runner = self._start_runner()
+
+    def _start_runner(self) -> _Runner:
+        runner = _Runner()
+        thread = threading.Thread(target=self._work, args=(runner,), daemon=True,
+                                  name=f"db-{self.name}")
+        runner.thread = thread
+        thread.start()
+        return runner
+
+    def _work(self, runner: _Runner) -> None:
+        while True:
+            op = runner.inbox.get()
+            if op is None:
+                return
+            try:
+                op.result = op.run()
+            except BaseException as exc:  # reported to the loop, which decides
+                op.error = exc
+            self.completions.post(self, op)
+
+    # ----- loop side ----------------------------------------------------------------------
+    def submit(self, op: Op, now: float) -> None:
+        self.pending.append(op)
+        self.pump(now)
+
+    def pump(self, now: float) -> None:
+        if self.current is None and self.pending:
+            op = self.pending.popleft()
+            op.started = now
+            op.deadline = now + op.timeout
+            self.current = op
+            self._runner.inbox.put(op)
+
+    @property
+    def busy(self) -> bool:
+        return self.current is not None or bool(self.pending)
+
+    def finished(self, op: Op, now: float) -> bool:
+        """The loop got ``op`` back: True when it is current (not abandoned)."""
+        if op is not self.current:
+            return False
+        self.current = None
+        self.pump(now)
+        return True
+
+    def next_deadline(self) -> float | None:
+        return self.current.deadline if self.current is not None else None
+
+    def abandon(self, now: float) -> Op | None:
+        """Give up on the current op: cut its connection, move on with a fresh thread."""
+        op = self.current
+        if op is None:
+            return None
+        op.abandoned = True
+        self.abandoned += 1
+        old = self._runner
+        assert old.thread is not None
+        if self.tracker is not None:
+            self.tracker.cut(old.thread.ident)
+        old.inbox.put(None)  # it exits after the stuck op returns, if ever
+        self._runner = self._start_runner()
+        self.current = None
+        self.pump(now)
+        return op
+
+    def drop_pending(self) -> list[Op]:
+        ops = list(self.pending)
+        self.pending.clear()
+        return ops
+
+    def close(self) -> None:
+        self._runner.inbox.put(None)
+
+    def join(self, timeout: float) -> bool:
+        thread = self._runner.thread
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
