@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pandaserver.daemons import logsink
 
 if TYPE_CHECKING:
-    from pandaserver.daemons.master import Master
+    from pandaserver.daemons.core import MasterCore as Master
 
 log = logging.getLogger("panda.master")
 
@@ -58,6 +58,9 @@ def snapshot(master: Master, now: float) -> dict[str, Any]:
         "n_proc": master.n_proc, "workers": workers, "scripts": scripts,
         "database": None if master.fleet is None else {
             "available": master.fleet.down_since is None,
+            "down_for": None if master.fleet.down_since is None
+            else round(now - master.fleet.down_since, 3),
+            "outages": master.fleet.outages,
             "pending_history": master.fleet.keeper.waiting,
         },
         "logging": log_health(),

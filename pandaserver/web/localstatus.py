@@ -117,6 +117,9 @@ def render_local_status(data: dict[str, Any], now: float | None = None) -> str:
     database = data.get("database")
     if isinstance(database, dict):
         state = "available" if database.get("available") else "UNAVAILABLE"
+        down_for = database.get("down_for")
+        if isinstance(down_for, int | float):
+            state += f" for {span(down_for)}"
         lines.append(f"database: {state}, {database.get('pending_history', 0)} history row(s)"
                      " waiting to be written")
     logging_line = render_log_health(data.get("logging"))

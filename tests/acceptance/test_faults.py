@@ -9,6 +9,7 @@ still alive when it started: no two runs may ever live at once.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -68,7 +69,7 @@ def assert_never_together(found: list[dict[str, Any]]) -> None:
     """No run started while an earlier one's code or children were still alive."""
     for run in found:
         assert run["overlap"] == [], f"children of an earlier run alive at a start: {run}"
-    for earlier, later in zip(found, found[1:], strict=False):
+    for earlier, later in itertools.pairwise(found):
         assert earlier["last"] <= later["t"], (
             f"two runs lived at once: {earlier['server']} until {earlier['last']:.3f},"
             f" {later['server']} from {later['t']:.3f}")
@@ -196,7 +197,7 @@ def test_local_schedules_keep_every_period_whatever_the_database_does(
         synced = len(a.events("start", "s"))
         a.wait_events(synced + 2, "start", "s", timeout=30)  # and it recovers
     ticks = [e["t"] for e in a.events("start", "tick") if start - 1 <= e["t"] <= end]
-    gaps = [b - x for x, b in zip(ticks, ticks[1:], strict=False)]
+    gaps = [b - x for x, b in itertools.pairwise(ticks)]
     assert len(ticks) >= window and max(gaps) < 1.9, \
         f"a local period was missed or delayed while the database was away: {gaps}"
     warnings = [line for line in a.log().splitlines() if "WARNING" in line
@@ -226,7 +227,7 @@ def test_a_shortened_period_is_honoured_fleet_wide_at_the_next_grant(
         found = runs(tmp_path, masters, "g")
     assert found[1]["t"] - reloaded < 5.0
     assert_never_together(found)
-    for earlier, later in zip(found[1:], found[2:], strict=False):
+    for earlier, later in itertools.pairwise(found):
         assert later["t"] - earlier["t"] >= 1.0 - 0.01, "two runs in one period"
 
 

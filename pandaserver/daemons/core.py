@@ -1,0 +1,66 @@
+"""What the parts of the master share: its state, declared once (the ``Master`` sets it).
+
+The master is one object on one thread, split by concern into mixins that can be read
+alone: ``Supervising`` (workers: spawn, messages, exits, deadlines, fencing) and
+``Dispatching`` (due scripts, leases, hand-over, outcomes); ``Master`` adds the loop,
+signals and stop. Each mixin names here what it uses of the others.
+"""
+
+from __future__ import annotations
+
+from pandaserver.config.daemon import DaemonSettings
+from pandaserver.config.scripts import DaemonSpec
+from pandaserver.daemons.clock import Clock
+from pandaserver.daemons.fleet import FleetDb
+from pandaserver.daemons.keeper import LeaseKeeper
+from pandaserver.daemons.leases import LeaseManager
+from pandaserver.daemons.pool import Slot
+from pandaserver.daemons.runs import Recorder, Run
+from pandaserver.daemons.schedule import ScriptState
+
+
+class MasterCore:
+    settings: DaemonSettings
+    server: str
+    clock: Clock
+    fleet: FleetDb | None
+    recorder: Recorder
+    leases: LeaseManager
+    keeper: LeaseKeeper
+    only: str | None
+    log_level: str
+    worker_log_file: str | None
+    config_path: str | None
+    scripts: dict[str, ScriptState]
+    slots: dict[int, Slot]
+    draining: list[Slot]
+    stopping: bool
+    stop_deadline: float
+    once_outcome: str | None
+    run_counter: int
+    spawn_backoff: float
+    spawn_not_before: float
+    first_generation: bool
+    last_outcomes: dict[str, tuple[str, float]]
+    unimportable: set[str]
+    started: float
+
+    def _specs(self, settings: DaemonSettings) -> dict[str, DaemonSpec]:
+        """The scripts this master runs under ``settings``."""
+        if self.only is not None:
+            return {self.only: settings.scripts[self.only]}
+        return {spec.name: spec for spec in settings.enabled_scripts}
+
+    @property
+    def n_proc(self) -> int:
+        return 1 if self.only is not None else self.settings.n_proc
+
+    # provided by the parts
+    def begin_stop(self, now: float, grace: float | None = None) -> None:
+        raise NotImplementedError
+
+    def _finish_run(self, run: Run, outcome: str, error: str | None) -> None:
+        raise NotImplementedError
+
+    def _send_deadline(self, slot: Slot, deadline: float | None) -> None:
+        raise NotImplementedError
