@@ -113,7 +113,7 @@ def test_fleet_api_servers_clock_offsets_and_config_mismatch(app: FleetApp) -> N
     assert [s for s, v in servers.items() if v["config_mismatch"]] == ["srv-c"]
     assert servers["srv-c"]["version"] == "0.0.9"
     assert data["summary"] == {"stale": ["old"], "late": ["old"], "config_mismatch": ["srv-c"],
-                               "silent_servers": []}
+                               "silent_servers": [], "log_failing": []}
 
 
 def test_scripts_api_last_run_per_server_next_due_late_and_stale(app: FleetApp) -> None:
