@@ -68,6 +68,7 @@ class HistoryKeeper:
         self.spool: Spool | None = None
         self.spooled: set[tuple[str, Any, Any]] = set()  # keys replayed, not yet written
         self.next_sweep = 0.0
+        self.sweep_job: int | None = None
         self.mark_lost_due = False
         self.next_resubmit = 0.0
         self.written = 0  # rows written since the start (for status)
@@ -134,9 +135,11 @@ class HistoryKeeper:
                                what="runs of the previous master of this server")
         interval = self.heartbeat_interval()
         if usable and self.member and now >= self.next_sweep:
-            stale = LOST_AFTER_BEATS * interval
-            self.writer.submit(call=lambda h: h.close_abandoned(stale, self.master_id),
-                               what=f"runs of masters silent for {stale:g} s")
+            if self.sweep_job not in self.writer.inflight:  # never two queued (a slow write)
+                stale = LOST_AFTER_BEATS * interval
+                self.sweep_job = self.writer.submit(
+                    call=lambda h: h.close_abandoned(stale, self.master_id),
+                    what=f"runs of masters silent for {stale:g} s")
             self.next_sweep = now + interval
         wake = min(self.next_sweep if self.member else now + interval,
                    self.flush_at if self.flush_at is not None else now + interval)

@@ -15,11 +15,16 @@ import pytest
 from harness import MasterProcess, running_master, wait_for, write_config
 from pg import PgCluster
 from sqlalchemy import URL, Engine
-from test_sync import cli, fleet_config, start_fleet
+from test_sync import cli, fleet_config
 
 from pandaserver.daemons.history_keeper import LOST_AFTER_BEATS
 from pandaserver.db.engine import engine_from_url
 from pandaserver.db.history import LOST, OK, RUNNING, HistoryStore, RunRow
+
+
+def start_fleet(stack: ExitStack, cfg: Path, tmp_path: Path, names: list[str]
+                ) -> list[MasterProcess]:
+    return [stack.enter_context(running_master(cfg, tmp_path, server=name)) for name in names]
 
 
 @pytest.fixture
@@ -49,7 +54,7 @@ def test_kill_9_mid_run_gives_a_lost_row_within_the_heartbeat_timeout(
         "long": {"module": "record", "period": 1.0, "timeout": 120, "arguments": [60]}},
         heartbeat_interval=interval)
     with ExitStack() as stack:
-        victim, witness = start_fleet(stack, cfg, tmp_path, {"a": "0", "b": "0"})
+        victim, witness = start_fleet(stack, cfg, tmp_path, ["a", "b"])
         running = wait_for(lambda: open_row(pg_engine_of, victim, "long"), 20,
                            "the victim's running row")
         assert running.run_id == 1 and running.ended_at is None
@@ -84,7 +89,7 @@ def test_sync_runs_of_a_killed_master_leave_no_generation_without_a_row(
                                                    "arguments": [0.5]}},
                        lease_grace=1)
     with ExitStack() as stack:
-        masters = start_fleet(stack, cfg, tmp_path, {"a": "0", "b": "0"})
+        masters = start_fleet(stack, cfg, tmp_path, ["a", "b"])
 
         def in_a_run() -> MasterProcess | None:
             for master in masters:
