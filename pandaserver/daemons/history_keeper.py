@@ -197,6 +197,9 @@ class HistoryKeeper:
                 self.on_written()
         elif isinstance(result.error, SQLAlchemyError) and is_outage(result.error):
             self.on_outage(result.error)
+        elif result.failed:
+            log.error("history: %d write(s) kept for another try after an unexpected error: %s",
+                      len(result.failed), self._describe(result.error))
         else:
             log.error("history: %s failed: %s", result.what or "a write", self._describe(
                 result.error))

@@ -7,10 +7,11 @@ takes every row job queued when it is free and writes them as one batch, one tra
 each row's times back by how long it waited. Results go back on a queue that the master
 drains in its loop; the master alone decides what an error means.
 
-A batch that fails for a reason that is not an outage (a bad row, say) is retried row by
-row, so one bad row never costs the others; the rows refused again are reported. The
-writes are idempotent (keyed rows), so a batch that may have been written is simply
-written again.
+A batch refused by the database for its data (``bad_rows``: an integrity, data or
+programming error) is retried row by row, so one bad row never costs the others; the rows
+refused again are reported. Any other failure (an outage, or an unexpected error) keeps
+the rows for a later attempt. The writes are idempotent (keyed rows), so a batch that may
+have been written is simply written again.
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy.exc import (
+    DataError,
     DBAPIError,
     DisconnectionError,
+    IntegrityError,
     InterfaceError,
     OperationalError,
+    ProgrammingError,
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -42,6 +46,14 @@ def is_outage(exc: BaseException) -> bool:
     return isinstance(exc, OperationalError | InterfaceError | DisconnectionError | PoolTimeout)
 
 
+def bad_rows(exc: BaseException) -> bool:
+    """True when the database refused the statement for its data: retrying it unchanged
+    would fail again (``ValueError``: a row this code refuses to write)."""
+    if is_outage(exc):
+        return False
+    return isinstance(exc, IntegrityError | DataError | ProgrammingError | ValueError | TypeError)
+
+
 @dataclass(frozen=True)
 class Job:
     id: int
@@ -53,8 +65,9 @@ class Job:
 @dataclass(frozen=True)
 class Written:
     """What became of some jobs: ``written`` rows are in the database; ``failed`` rows
-    were not written because of ``error``, an outage; ``refused`` rows were refused one by
-    one (each with its error). A call reports its ``what`` and ``value`` (or ``error``)."""
+    were not written because of ``error`` (an outage, or an unexpected error: worth another
+    try); ``refused`` rows were refused one by one (each with its error). A call reports
+    its ``what`` and ``value`` (or ``error``)."""
 
     jobs: tuple[int, ...]
     written: list[Stamped] = field(default_factory=list)
@@ -145,10 +158,10 @@ class HistoryWriter:
         try:
             closed = self._history.write_many(self._aged(rows))
         except BaseException as exc:  # reported to the master, which decides
-            if is_outage(exc):
-                self._done.put(Written(ids, failed=rows, error=exc))
-            else:
+            if bad_rows(exc):
                 self._one_by_one(ids, rows)
+            else:
+                self._done.put(Written(ids, failed=rows, error=exc))
             return
         self._done.put(Written(ids, written=rows, value=closed))
 
@@ -160,7 +173,7 @@ class HistoryWriter:
             try:
                 closed += self._history.write_many(self._aged([row]))
             except BaseException as exc:
-                if is_outage(exc):
+                if not bad_rows(exc):
                     self._done.put(Written(ids, written, rows[index:], refused, exc,
                                            value=closed))
                     return

@@ -45,10 +45,13 @@ class FlakyStore(HistoryStore):
     refuses rows of the script named ``bad``."""
 
     down = False
+    weird = False
 
     def write_many(self, items: Any) -> int:
         if self.down:
             raise OperationalError("INSERT", {}, Exception("connection refused"))
+        if self.weird:  # a bug somewhere below (a pool event hook, say)
+            raise KeyError(140187556366016)
         if any(getattr(item, "script", "") == "bad" for item in items):
             raise IntegrityError("INSERT", {}, Exception("bad row"))
         return super().write_many(items)
@@ -158,6 +161,22 @@ def test_a_refused_row_costs_only_itself(engine: Engine, tmp_path: Path,
     assert [r.run_id for r in rows(h.store)] == [1, 3]
     assert "history row of bad run 2 refused" in caplog.text
     assert h.outages == []
+
+
+def test_an_unexpected_error_keeps_the_rows_for_another_try(
+        engine: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    h = Harness(engine, tmp_path)
+    h.store.weird = True
+    with caplog.at_level(logging.ERROR):
+        h.keeper.start(h.run(1))
+        h.settle()
+    assert "kept for another try after an unexpected error: KeyError" in caplog.text
+    assert len(h.keeper.pending) == 1 and h.outages == [], "kept, and no outage declared"
+    h.store.weird = False
+    h.clock.now += 10
+    h.keeper.tick(h.clock.now, usable=True)
+    h.settle()
+    assert [r.run_id for r in rows(h.store)] == [1]
 
 
 def test_stop_during_an_outage_spools_and_the_next_start_writes_each_row_once(
