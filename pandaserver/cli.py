@@ -5,27 +5,35 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import socket
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pandaserver import __version__
-from pandaserver.config import ConfigError, DaemonSettings, PandaConfig, load_config
+from pandaserver.config import ConfigError, PandaConfig, load_config
 from pandaserver.daemons import exitcodes
+from pandaserver.daemons.launch import (
+    MASTER_LOG_FORMAT,
+    ReloadRefused,
+    build_master,
+    disabled,
+    reloader,
+    restart_only_changes,
+    server_name,
+    short_hostname,
+)
 
 if TYPE_CHECKING:
-    from pandaserver.daemons.master import Master
+    from pandaserver.daemons.validation import Verdict
+
+__all__ = ["MASTER_LOG_FORMAT", "ReloadRefused", "build_master", "disabled", "main", "reloader",
+           "restart_only_changes", "server_name", "short_hostname"]
 
 log = logging.getLogger("panda.cli")
 
-MASTER_LOG_FORMAT = "%(asctime)s %(levelname)s master pid %(process)d %(name)s: %(message)s"
-
 Command = Callable[[PandaConfig, argparse.Namespace], int]
-
-
-def short_hostname() -> str:
-    return socket.gethostname().split(".")[0] or "localhost"
+# commands that open the database straight away (run, start and the others validate first)
+DATABASE_COMMANDS = {"history", "locks", "unlock", "db", "web"}  # fleet says UNKNOWN itself
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,8 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run PanDA server housekeeping scripts on a schedule, one server or a fleet.",
     )
     parser.add_argument("-c", "--config", metavar="FILE",
-                        help="panda_server.cfg to read (default: $PANDA_HOME/etc/panda/"
-                             "panda_server.cfg, then /etc/panda/panda_server.cfg)")
+                        help="panda_server.cfg to read, or FILE:FILE... read in that order"
+                             " (default: as the PanDA server, every one of /etc/panda,"
+                             " /usr/etc/panda, ~/etc/panda, $PANDA_HOME/etc/panda,"
+                             " $PANDA_HOME/usr/etc/panda that exists, later wins, then"
+                             " $PANDA_HOME/etc/config_json/panda_server_config.json)")
     parser.add_argument("--server-name", default=None, metavar="NAME",
                         help="name of this master in the fleet (default: the short host name)")
     parser.add_argument("--log-level", default="INFO",
@@ -49,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="show the scripts as they will run and every problem")
     check.add_argument("--no-import", action="store_true",
                        help="do not try to import the script modules")
+    check.add_argument("--connect", action="store_true",
+                       help="also connect to the database and check its schema")
     check.set_defaults(func=cmd_check_config)
     once = sub.add_parser("run-once", help="run one script once in the foreground")
     once.add_argument("name", help="the script's name in the config")
@@ -89,33 +102,44 @@ def _add_optional_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
     add_db_subcommands(sub)
 
 
-def server_name(args: argparse.Namespace) -> str:
-    return str(args.server_name or short_hostname())
-
-
 def setup_logging(level: str) -> None:
     """Records go to stderr, each line one write; a line that cannot be written is dropped
     and counted (``logsink.MASTER``, shown by ``status``), never raised."""
+    from pandaserver.config.secrets import redact_handler
     from pandaserver.daemons.logsink import MASTER, SafeHandler
 
-    handler = SafeHandler(fd=2, counter=MASTER)
+    handler = redact_handler(SafeHandler(fd=2, counter=MASTER))
     handler.setFormatter(logging.Formatter(MASTER_LOG_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
 
 
+def report(verdict: Verdict, command: str, logger: logging.Logger = log) -> None:
+    """Log what ``command`` meets: errors and problems at ERROR, warnings at WARNING."""
+    for finding in verdict.errors(command):
+        logger.error("%s", finding.message)
+    for finding in verdict.problems():
+        logger.error("%s", finding.message)
+    for finding in verdict.warnings(command):
+        logger.warning("%s", finding.message)
+
+
 def cmd_run(cfg: PandaConfig, args: argparse.Namespace) -> int:
+    from pandaserver.daemons.validation import RUN, drop_scripts, validate
+
     settings = cfg.daemon
-    if not settings.enable:
+    if disabled(settings):
         log.warning("the daemon is disabled (enable = False in [daemon] of %s); nothing to run",
                     cfg.path)
         return exitcodes.RET_OK
-    for problem in settings.problems:
-        log.error("%s", problem)
-    if settings.unusable():  # fatal problems, or a config value that runs no script at all
+    verdict = validate(cfg, RUN, cwd=os.getcwd())
+    report(verdict, RUN)
+    code = verdict.exit_code(RUN)
+    if code != exitcodes.RET_OK:
         log.error("cannot start: fix the problems above (panda-daemon check-config lists them)")
-        return exitcodes.RET_CONFIG
+        return code
+    drop_scripts(cfg, verdict)
 
     from pandaserver.daemons.fleet import StartupError
 
@@ -130,42 +154,18 @@ def cmd_run(cfg: PandaConfig, args: argparse.Namespace) -> int:
     return master.run()
 
 
-def build_master(cfg: PandaConfig, args: argparse.Namespace, **options: Any) -> Master:
-    """The long-running master of ``cfg`` (SIGHUP re-reads ``cfg.path``), as ``run`` and the
-    service commands (``start``) build it; ``options`` go to ``Master`` as they are.
-
-    Raises ``StartupError`` (with the exit status) when the database refuses the start.
-    """
-    from pandaserver.daemons.clock import SystemClock, wall_offset_from_env
-    from pandaserver.daemons.fleet import StartupError, open_fleet
-    from pandaserver.daemons.master import Master
-
-    def reload_settings() -> DaemonSettings:
-        return load_config(str(cfg.path)).daemon
-
-    try:
-        clock = SystemClock(wall_offset_from_env())
-    except ValueError as exc:
-        raise StartupError(exitcodes.RET_CONFIG, str(exc)) from None
-    from pandaserver.daemons.status import status_path
-    from pandaserver.db.engine import default_state_dir
-
-    server = server_name(args)
-    options.setdefault("status_file", status_path(default_state_dir(), server))
-    return Master(cfg.daemon, server=server, log_level=args.log_level, clock=clock,
-                  reload_settings=reload_settings, fleet=open_fleet(cfg, server, clock),
-                  config_path=str(cfg.path), **options)
-
-
 def cmd_run_once(cfg: PandaConfig, args: argparse.Namespace) -> int:
     from pandaserver.config.problems import did_you_mean
     from pandaserver.daemons.master import Master
+    from pandaserver.daemons.validation import RUN_ONCE, validate
 
     settings = cfg.daemon
-    if settings.fatal:
-        for problem in settings.fatal:
-            log.error("%s", problem)
-        return exitcodes.RET_CONFIG
+    verdict = validate(cfg, RUN_ONCE)
+    errors = verdict.errors(RUN_ONCE)
+    if errors:
+        for finding in errors:
+            log.error("%s", finding.message)
+        return errors[0].code
     if args.name not in settings.scripts:
         bad = [p for p in settings.problems if p.script == args.name]
         for problem in bad:
@@ -187,7 +187,7 @@ def cmd_run_once(cfg: PandaConfig, args: argparse.Namespace) -> int:
         log.error("cannot run: %s", exc)
         return exc.code
     master = Master(settings, server=server_name(args), log_level=args.log_level, clock=clock,
-                    only=args.name, fleet=fleet, config_path=str(cfg.path),
+                    only=args.name, fleet=fleet, config_path=cfg.origin,
                     leases=LocalLeases() if args.ignore_lease else None)
     return master.run()
 
@@ -195,9 +195,9 @@ def cmd_run_once(cfg: PandaConfig, args: argparse.Namespace) -> int:
 def cmd_check_config(cfg: PandaConfig, args: argparse.Namespace) -> int:
     from pandaserver.daemons.checks import render_check
 
-    text, ok = render_check(cfg, try_import=not args.no_import)
+    text, code = render_check(cfg, try_import=not args.no_import, connect=args.connect)
     sys.stdout.write(text)
-    return exitcodes.RET_OK if ok else exitcodes.RET_CONFIG
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -207,6 +207,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name is not None and not (0 < len(name.strip()) == len(name) <= 255):
         parser.error(f"--server-name must be 1 to 255 characters without surrounding spaces,"
                      f" got: {name!r}")
+    from pandaserver.config.secrets import redact_std_streams
+
+    redact_std_streams()  # no secret leaves through print() either
     setup_logging(args.log_level)
     plain = getattr(args, "plain", None)
     if plain is not None:
@@ -217,6 +220,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             log.error("%s", problem)
         return exitcodes.RET_CONFIG
+    if args.command in DATABASE_COMMANDS:  # a message, not a traceback, for a bad URL
+        from pandaserver.daemons.dbcheck import ERROR, database_findings
+
+        errors = [message for level, message, _ in database_findings(cfg)[1] if level == ERROR]
+        for message in errors:
+            log.error("%s", message)
+        if errors:
+            return exitcodes.RET_CONFIG
     func: Command = args.func
     return func(cfg, args)
 

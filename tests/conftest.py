@@ -8,7 +8,9 @@ FAIL with the reason (they are never skipped: a skipped lease test proves nothin
 
 from __future__ import annotations
 
+import os
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Protocol, TypeVar
 
 import pytest
 from mysql import MariaDbServer, MySqlUnavailable
-from pg import PgCluster, PgUnavailable, url_text
+from pg import SCRATCH_VAR, PgCluster, PgUnavailable, url_text
 from sqlalchemy import URL, Engine
 
 from pandaserver.config import DaemonSettings, PandaConfig
@@ -24,6 +26,18 @@ from pandaserver.db.engine import engine_from_url
 from pandaserver.db.schema import upgrade
 
 BACKENDS = ["sqlite", "postgresql", "mysql"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Before any test: a scratch directory for the database servers, and the guard that
+    ends every process the session started and removes the directory when pytest ends, even
+    by SIGKILL (tests/guard.py). A pytest run by a test gets a guard of its own."""
+    import guard
+
+    scratch = Path(tempfile.mkdtemp(prefix="panda-tests-"))
+    scratch.chmod(0o755)  # the servers run as their own users below it
+    os.environ[SCRATCH_VAR] = str(scratch)
+    guard.start(scratch)
 
 
 class _Server(Protocol):
@@ -48,11 +62,16 @@ def _running(what: str, make: Callable[[], ServerT],
         pytest.fail(f"{what} is needed for this test and cannot start: {exc}", pytrace=False)
     try:
         server.start()
-    except errors as exc:
+    except BaseException as exc:  # whatever went wrong, a server that got started is stopped
         server.stop()
-        pytest.fail(f"{what} is needed for this test and cannot start: {exc}", pytrace=False)
-    yield server
-    server.stop()
+        if isinstance(exc, errors):
+            pytest.fail(f"{what} is needed for this test and cannot start: {exc}",
+                        pytrace=False)
+        raise
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def _fresh_database(server: _Server) -> Iterator[URL]:
@@ -65,7 +84,8 @@ def _fresh_database(server: _Server) -> Iterator[URL]:
 
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[PgCluster]:
-    yield from _running("PostgreSQL", PgCluster, (PgUnavailable, OSError, TimeoutError))
+    yield from _running("PostgreSQL", PgCluster,
+                        (PgUnavailable, OSError, subprocess.SubprocessError))
 
 
 @pytest.fixture

@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psutil
+from guard import marked
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
+WATCH_INTERVAL = 0.1  # how often a master's process tree is recorded (about 3 ms of CPU each)
+RUN_LINE = re.compile(r"panda\.master: (?P<name>\S+) run (?P<run>\d+) outcome=(?P<outcome>\S+)"
+                      r" duration=(?P<duration>\S+)s delay=(?P<delay>\S+)s"
+                      r" queued=(?P<queued>\S+)s pid=(?P<pid>\d+)")
+MASTER_TOKEN = "PYTEST_PANDA_MASTER"  # in the environment of everything one master started
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition",
@@ -50,12 +60,16 @@ def script_env(record: Path, **extra: str) -> dict[str, str]:
     env["PANDA_TEST_RECORD"] = str(record)
     env["PANDA_DAEMON_STATE_DIR"] = str(record.parent / "state")
     env["PYTHONUNBUFFERED"] = "1"
+    # run as root never switches users, but check-config (and start) would refuse without
+    # uname: the tests' masters run as whoever runs the tests
+    env.setdefault("PANDA_NO_ROOT", "1")
     env.update(extra)
     return env
 
 
 class MasterProcess:
-    """A ``panda-daemon run`` in a subprocess: its log, its recorded events, its tree."""
+    """A ``panda-daemon run`` in a subprocess: its log, its recorded events, its tree, and
+    every process it started, wherever it went (found by a token in its environment)."""
 
     def __init__(self, config: Path, workdir: Path, server: str = "test-server",
                  command: tuple[str, ...] = ("run",), env: dict[str, str] | None = None,
@@ -64,13 +78,28 @@ class MasterProcess:
         self.record.touch()
         self.log_path = workdir / f"master-{server}.log"
         self._log = self.log_path.open("wb")
+        self.token = uuid.uuid4().hex
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pandaserver.daemons.master", "-c", str(config),
              "--server-name", server, "--log-level", log_level, *command],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env or script_env(self.record, **(extra_env or {})), start_new_session=True,
+            env={**(env or script_env(self.record, **(extra_env or {}))),
+                 MASTER_TOKEN: self.token},
+            start_new_session=True,
         )
         self.seen: dict[int, psutil.Process] = {}
+        self._seen_lock = threading.Lock()
+        # Record the tree from the start and all along, not only when a test calls tree():
+        # teardown then checks every process the master ever had, also after a kill -9.
+        self._stop_watching = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name=f"watch-{server}", daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        while self.proc.poll() is None:
+            self.tree()
+            if self._stop_watching.wait(WATCH_INTERVAL):
+                return
 
     # -- observation --
     def log(self) -> str:
@@ -94,6 +123,20 @@ class MasterProcess:
                 found.append(line.split(" outcome=")[1].split()[0])
         return found
 
+    def runs(self, name: str) -> list[dict[str, Any]]:
+        """The master's log line of each finished run of ``name``: outcome, duration, delay
+        (main() called minus due time, both on the system-wide monotonic clock: negative
+        would mean early), queued (handed to a worker minus due time), pid."""
+        found = []
+        for match in RUN_LINE.finditer(self.log()):
+            if match["name"] == name:
+                row: dict[str, Any] = match.groupdict()
+                for key in ("duration", "delay", "queued"):
+                    row[key] = float(row[key])
+                row["run"], row["pid"] = int(row["run"]), int(row["pid"])
+                found.append(row)
+        return found
+
     def wait_events(self, count: int, event: str, name: str, timeout: float = 15.0) -> list[Any]:
         return wait_for(lambda: len(self.events(event, name)) >= count and self.events(event, name),
                         timeout, f"{count} {event} events of {name}\n--- log ---\n{self.log()[-3000:]}")
@@ -109,8 +152,9 @@ class MasterProcess:
             procs = [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
             procs = []
-        for proc in procs:
-            self.seen.setdefault(proc.pid, proc)
+        with self._seen_lock:
+            for proc in procs:
+                self.seen.setdefault(proc.pid, proc)
         return procs
 
     def workers(self) -> list[psutil.Process]:
@@ -124,6 +168,18 @@ class MasterProcess:
                 continue
         return found
 
+    def survivors(self) -> list[int]:
+        """Pids of every process ever seen in this master's tree that still runs (after a
+        kill -9 of the master: what escaped the lifeline)."""
+        with self._seen_lock:
+            procs = list(self.seen.values())
+        return sorted(proc.pid for proc in procs if _alive(proc))
+
+    def leftovers(self) -> list[psutil.Process]:
+        """Every live process this master started (itself included), wherever it is now:
+        what ``ps`` would show of it."""
+        return marked(MASTER_TOKEN, self.token)
+
     # -- control --
     def signal(self, sig: int) -> None:
         os.kill(self.proc.pid, sig)
@@ -136,22 +192,33 @@ class MasterProcess:
     def cleanup(self) -> list[int]:
         """Kill anything left; return the pids that were still alive (should be none)."""
         self.tree()
+        self._stop_watching.set()
+        self._watcher.join(5)
         left = []
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
-        procs = list(self.seen.values())
+        with self._seen_lock:
+            procs = list(self.seen.values())
 
-        def all_gone() -> bool:
-            return not any(_alive(p) for p in procs)
+        def alive() -> list[psutil.Process]:
+            found = {p.pid: p for p in procs if _alive(p)}
+            found.update((p.pid, p) for p in self.leftovers())
+            return list(found.values())
 
         try:  # workers notice their master's death through the lifeline within milliseconds
-            wait_for(all_gone, 3.0, "the master's processes to end")
+            wait_for(lambda: not alive(), 3.0, "the master's processes to end")
         except AssertionError:
-            for proc in procs:
-                if _alive(proc):
-                    left.append(proc.pid)
-                    proc.kill()
+            for _ in range(20):  # until none is left: a dying parent may leave a child
+                still = alive()
+                if not still:
+                    break
+                for proc in still:
+                    if proc.pid not in left:
+                        left.append(proc.pid)
+                    with contextlib.suppress(psutil.Error):
+                        proc.kill()
+                time.sleep(0.05)
         self._log.close()
         return left
 

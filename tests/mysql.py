@@ -7,7 +7,8 @@ would run as root only with ``--user=root``; as root everything runs as an
 unprivileged user instead (``$PANDA_TEST_MYSQL_USER``, default ``mysql``, created by
 Debian's package; created here when absent). Root logs in over TCP with a random
 password, as production URLs carry one. ``stop()`` kills the server (SIGTERM, then
-SIGKILL after a deadline) and removes the directory.
+SIGKILL after a deadline) and removes the directory; it is called whenever ``start()`` got
+as far as starting the server, whatever failed after (tests/conftest.py).
 
 Binaries: ``$PANDA_TEST_MYSQL_BIN`` (the directory holding ``mariadbd`` and
 ``mariadb-install-db``), else ``$PATH`` and ``/usr/sbin``, ``/usr/bin``.
@@ -20,12 +21,11 @@ import secrets
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import pymysql
-from pg import _ensure_user, free_port
+from pg import _ensure_user, free_port, scratch_dir
 from sqlalchemy import URL
 
 START_DEADLINE = 60.0
@@ -88,7 +88,7 @@ class MariaDbServer:
             return "(no server log)"
 
     def start(self) -> None:
-        self.base = Path(tempfile.mkdtemp(prefix="panda-mariadb-"))
+        self.base = scratch_dir("panda-mariadb-")
         self.base.chmod(0o755)
         user_args: list[str] = []
         if os.geteuid() == 0:
@@ -138,7 +138,7 @@ class MariaDbServer:
             try:
                 conn = pymysql.connect(unix_socket=str(self.socket), user="root",
                                        connect_timeout=2)
-            except pymysql.err.OperationalError as exc:
+            except pymysql.err.MySQLError as exc:
                 last = exc
                 time.sleep(0.05)
                 continue

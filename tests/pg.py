@@ -7,7 +7,10 @@ everything runs as an unprivileged user (``$PANDA_TEST_PG_USER``, default
 ``postgres``; created when absent, for fresh CI machines) through ``runuser``; as
 any other user it runs as that user. TCP logins need a password (scram-sha-256), so
 the URLs carry one, as production URLs do. ``stop()`` is ``pg_ctl stop -m
-immediate`` and removes the directory.
+immediate`` (the postmaster is SIGKILLed if that fails) and removes the directory;
+it is called whenever ``start()`` got as far as starting the server, whatever failed after.
+The directory is made under ``$PANDA_TEST_SCRATCH`` when set (the session's scratch
+directory, which the test watchdog removes, see tests/guard.py).
 
 Binaries: ``$PANDA_TEST_PG_BIN``, else the newest ``/usr/lib/postgresql/*/bin``,
 else ``pg_config --bindir``, else ``$PATH``.
@@ -25,10 +28,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import psycopg2
 from sqlalchemy import URL
 
 START_DEADLINE = 60.0
+SCRATCH_VAR = "PANDA_TEST_SCRATCH"
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A fresh directory for a server, in the session's scratch directory when there is one."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=os.environ.get(SCRATCH_VAR) or None))
 
 
 class PgUnavailable(Exception):
@@ -115,7 +125,7 @@ class PgCluster:
         for tool in ("initdb", "pg_ctl", "postgres"):
             if not (self.bindir / tool).is_file():
                 raise PgUnavailable(f"{self.bindir / tool} not found")
-        self.base = Path(tempfile.mkdtemp(prefix="panda-pg-"))
+        self.base = scratch_dir("panda-pg-")
         if os.geteuid() == 0:
             user = _ensure_user(os.environ.get("PANDA_TEST_PG_USER", "postgres"))
             os.chown(self.base, user.pw_uid, user.pw_gid)
@@ -138,12 +148,16 @@ class PgCluster:
             f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off"
             " -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
         )
-        started = self._run(
-            str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.logfile),
-            "-o", options, "-w", "-t", str(int(START_DEADLINE)), "start",
-            timeout=START_DEADLINE + 10,
-        )
-        self._started = True
+        self._started = True  # from here on stop() stops it, whatever happens next
+        try:
+            started = self._run(
+                str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.logfile),
+                "-o", options, "-w", "-t", str(int(START_DEADLINE)), "start",
+                timeout=START_DEADLINE + 10,
+            )
+        except subprocess.TimeoutExpired:
+            raise PgUnavailable(f"pg_ctl start did not return within {START_DEADLINE + 10:.0f}"
+                                f" s\n{self._log_tail()}") from None
         if started.returncode != 0:
             raise PgUnavailable(
                 f"pg_ctl start failed ({started.returncode}): {started.stderr.strip()}\n"
@@ -190,13 +204,29 @@ class PgCluster:
     def stop(self) -> None:
         try:
             if self._started:
-                self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m",
-                          "immediate", "-w", "stop", timeout=60)
+                try:
+                    self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m",
+                              "immediate", "-w", "stop", timeout=60)
+                except subprocess.TimeoutExpired:
+                    pass
+                self._kill_postmaster()
                 self._started = False
         finally:
             if self.base is not None:
                 shutil.rmtree(self.base, ignore_errors=True)
                 self.base = None
+
+
+    def _kill_postmaster(self) -> None:
+        """SIGKILL the postmaster if pg_ctl could not stop it (its backends follow it)."""
+        try:
+            pid = int((self.datadir / "postmaster.pid").read_text().split()[0])
+            proc = psutil.Process(pid)
+            if proc.name() in ("postgres", "postmaster"):
+                proc.kill()
+                proc.wait(10)
+        except (OSError, ValueError, IndexError, psutil.Error):
+            pass
 
 
 def url_text(url: URL) -> str:

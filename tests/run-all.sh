@@ -37,5 +37,7 @@ echo "== ruff"
 .venv/bin/ruff check pandaserver tests benchmarks
 echo "== mypy"
 .venv/bin/mypy pandaserver
+echo "== import layers"
+.venv/bin/lint-imports
 echo "== pytest"
 exec .venv/bin/python -m pytest "$@"

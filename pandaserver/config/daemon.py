@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,22 +11,30 @@ from typing import Any
 
 from pandaserver.config.files import expand_env, key_line_numbers
 from pandaserver.config.problems import ConfigProblem, did_you_mean, shown_value
-from pandaserver.config.scripts import DaemonSpec, parse_script
+from pandaserver.config.scripts import MODULE_RE, DaemonSpec, parse_script
 
-_TRUE = {"1", "yes", "true", "on"}
-_FALSE = {"0", "no", "false", "off"}
+# PanDA's own parser (pandacommon's LiveConfigParser.expand_values) turns exactly "True" and
+# "False" into booleans; any other spelling stays a string, which PanDA's daemon treats as
+# true (even "false"). So only these two are accepted, and anything else is an error.
+BOOLEANS = {"True": True, "False": False}
 
 
 def parse_bool(text: str) -> bool:
+    value = BOOLEANS.get(text.strip())
+    if value is not None:
+        return value
+    hint = ""
     lowered = text.strip().lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise ValueError(f"must be True or False, got: {text!r}")
+    if lowered in ("true", "yes", "on", "1"):
+        hint = " (did you mean True?)"
+    elif lowered in ("false", "no", "off", "0"):
+        hint = " (did you mean False?)"
+    raise ValueError(f"must be True or False, got: {text.strip()!r}{hint}; PanDA's config"
+                     " parser reads only these two spellings as booleans")
 
 
 def parse_positive_int(text: str) -> int:
+    """A whole number of at least 1 (used by command-line options too)."""
     try:
         value = int(text.strip())
     except ValueError:
@@ -35,16 +44,63 @@ def parse_positive_int(text: str) -> int:
     return value
 
 
+def bounded_int(low: int, high: int, why: str = "") -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise ValueError(f"must be a whole number from {low} to {high},"
+                             f" got: {text.strip()!r}") from None
+        if value < low:
+            raise ValueError(f"must be at least {low}, got: {value} (allowed: {low} to {high})")
+        if value > high:
+            raise ValueError(f"must be at most {high}, got: {value}{why}")
+        return value
+
+    return parse
+
+
+def _span(seconds: float) -> str:
+    if seconds >= 86400 and seconds % 86400 == 0:
+        return f"{seconds / 86400:g} days ({seconds:.0f} s)"
+    return f"{seconds:g} s"
+
+
 def parse_seconds(text: str, *, allow_zero: bool = False) -> float:
     try:
         value = float(text.strip())
     except ValueError:
-        raise ValueError(f"must be a number of seconds, got: {text!r}") from None
-    if value != value or value == float("inf"):
-        raise ValueError(f"must be a finite number of seconds, got: {text!r}")
+        raise ValueError(f"must be a number of seconds, got: {text.strip()!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"must be a finite number of seconds, got: {text.strip()!r}")
     if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"must be {'zero or ' if allow_zero else ''}positive, got: {text!r}")
+        raise ValueError(f"must be {'zero or ' if allow_zero else ''}positive,"
+                         f" got: {text.strip()!r}")
     return value
+
+
+def bounded_seconds(low: float, high: float, *, allow_zero: bool = False, unit: str = "s",
+                    why: str = "") -> Callable[[str], float]:
+    def shown(value: float) -> str:
+        return f"{value:g} days" if unit == "days" else _span(value)
+
+    def parse(text: str) -> float:
+        try:
+            value = parse_seconds(text, allow_zero=allow_zero)
+        except ValueError as exc:
+            message = str(exc)
+            if unit == "days":
+                message = message.replace("number of seconds", "number of days")
+            raise ValueError(message) from None
+        if value < low and not (allow_zero and value == 0):
+            raise ValueError(f"must be at least {shown(low)}, got: {text.strip()!r}"
+                             f" (allowed: {shown(low)} to {shown(high)}){why}")
+        if value > high:
+            raise ValueError(f"must be at most {shown(high)}, got: {text.strip()!r}"
+                             f" (allowed: {shown(low)} to {shown(high)})")
+        return value
+
+    return parse
 
 
 # A lease must leave room for renewals (every third of it), a renewal that takes a while,
@@ -71,20 +127,39 @@ def parse_nonneg_seconds(text: str) -> float:
     return parse_seconds(text, allow_zero=True)
 
 
+N_PROC_MAX = 256
+N_PROC_PER_CPU = 4  # more workers than this per CPU is worth a warning
+N_DBCONN_MAX = 100
+PROC_LIFETIME_MIN = 1.0
+PROC_LIFETIME_WARN = 60.0
+PROC_LIFETIME_MAX = 365 * 86400.0
+STOP_GRACE_MAX = 3600.0
+HEARTBEAT_MIN = 1.0
+HEARTBEAT_MAX = 3600.0
+RETENTION_MIN_DAYS = 1.0
+RETENTION_MAX_DAYS = 36500.0
+LEASE_GRACE_MAX = 86400.0
+
 # key -> (parser, default); "config" and "package" are handled apart.
 SECTION_KEYS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "enable": (parse_bool, False),
     "uname": (parse_str, ""),
     "gname": (parse_str, ""),
-    "n_proc": (parse_positive_int, 1),
-    "n_dbconn": (parse_positive_int, 1),
-    "proc_lifetime": (parse_seconds, 28800.0),
-    "stop_grace": (parse_nonneg_seconds, 30.0),
+    "n_proc": (bounded_int(1, N_PROC_MAX, " (each worker is a Python interpreter; a fleet"
+                                          " shares its scripts over more servers instead)"), 1),
+    "n_dbconn": (bounded_int(1, N_DBCONN_MAX), 1),
+    "proc_lifetime": (bounded_seconds(PROC_LIFETIME_MIN, PROC_LIFETIME_MAX,
+                                      why="; below it workers are replaced faster than they"
+                                          " start, and no script runs"), 28800.0),
+    "stop_grace": (bounded_seconds(0.0, STOP_GRACE_MAX, allow_zero=True), 30.0),
     "db_url": (parse_str, ""),
-    "history_retention_days": (parse_seconds, 30.0),
+    "history_retention_days": (bounded_seconds(RETENTION_MIN_DAYS, RETENTION_MAX_DAYS,
+                                               unit="days"), 30.0),
     "lease_ttl": (parse_lease_ttl, 30.0),
-    "lease_grace": (parse_nonneg_seconds, 0.0),  # no longer used: leases last lease_ttl
-    "heartbeat_interval": (parse_seconds, 30.0),
+    # no longer used (leases last lease_ttl, renewed while the run lives): kept so old
+    # configs load, with a warning
+    "lease_grace": (bounded_seconds(0.0, LEASE_GRACE_MAX, allow_zero=True), 0.0),
+    "heartbeat_interval": (bounded_seconds(HEARTBEAT_MIN, HEARTBEAT_MAX), 30.0),
 }
 ALL_KEYS = (*SECTION_KEYS, "package", "config")
 
@@ -115,7 +190,10 @@ class DaemonSettings:
     scripts: dict[str, DaemonSpec] = field(default_factory=dict)
     problems: list[ConfigProblem] = field(default_factory=list)
     fatal: list[ConfigProblem] = field(default_factory=list)
+    warnings: list[ConfigProblem] = field(default_factory=list)
     raw_config: str = ""
+    # set by a reload: settings that changed but take effect only at the next start
+    restart_needed: list[str] = field(default_factory=list)
 
     def unusable(self) -> list[ConfigProblem]:
         """What keeps this config from starting a master or replacing a running one's: the
@@ -156,16 +234,25 @@ class _DuplicateKey(Exception):
 
 
 def parse_daemon_section(
-    path: Path, section: Mapping[str, str], environ: Mapping[str, str] | None = None
+    path: Path, section: Mapping[str, str], environ: Mapping[str, str] | None = None,
+    *, origins: Mapping[str, Path] | None = None, cpu_count: int | None = None,
 ) -> DaemonSettings:
-    """Validate the raw ``[daemon]`` section into settings and a list of problems."""
+    """Validate the raw ``[daemon]`` section into settings and a list of problems.
+
+    ``origins`` names the file each key came from (several files may be merged)."""
     settings = DaemonSettings(path=str(path))
-    where = str(path)
+    known = origins or {}
+
+    def where(key: str | None) -> str:
+        return str(known.get(key, path)) if key is not None else str(path)
 
     def fatal(key: str | None, message: str) -> None:
-        problem = ConfigProblem(where, message, key=key)
+        problem = ConfigProblem(where(key), message, key=key)
         settings.fatal.append(problem)
         settings.problems.append(problem)
+
+    def warn(key: str | None, message: str) -> None:
+        settings.warnings.append(ConfigProblem(where(key), message, key=key))
 
     values: dict[str, str] = {}
     for key, raw in section.items():
@@ -177,7 +264,7 @@ def parse_daemon_section(
         if key not in ALL_KEYS:
             settings.problems.append(
                 ConfigProblem(
-                    where,
+                    where(key),
                     f"unknown key (value {shown_value(key, section[key])})"
                     f"{did_you_mean(key, ALL_KEYS)};"
                     f" allowed keys: {', '.join(sorted(ALL_KEYS))}",
@@ -192,18 +279,40 @@ def parse_daemon_section(
             except ValueError as exc:
                 fatal(key, str(exc))
         setattr(settings, key, value)
+    _section_warnings(settings, values, warn, cpu_count)
     package = values.get("package", "").strip()
     if "package" not in section:
         fatal("package", "is required: the dotted name of the package of script modules")
     elif not package and "package" in values:
         fatal("package", "must not be empty")
+    elif package and not MODULE_RE.match(package):
+        fatal("package", f"must be a dotted Python package name like"
+                         f" 'pandaserver.daemons.scripts', got: {package!r}")
     settings.package = package
     settings.raw_config = values.get("config", "")
     if "config" not in section:
-        settings.problems.append(ConfigProblem(where, "is missing: no scripts will run", key="config"))
+        settings.problems.append(ConfigProblem(where("config"), "is missing: no scripts will run",
+                                               key="config"))
         return settings
-    _parse_scripts(path, settings, settings.raw_config)
+    _parse_scripts(Path(where("config")), settings, settings.raw_config)
     return settings
+
+
+def _section_warnings(settings: DaemonSettings, values: Mapping[str, str],
+                      warn: Callable[[str, str], None], cpu_count: int | None) -> None:
+    """Values that work but are probably not meant."""
+    cpus = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
+    if "n_proc" in values and settings.n_proc > cpus * N_PROC_PER_CPU:
+        warn("n_proc", f"{settings.n_proc} workers on a host with {cpus} CPUs (more than"
+                       f" {N_PROC_PER_CPU} per CPU): each is a Python interpreter; check this"
+                       " is meant")
+    if "proc_lifetime" in values and settings.proc_lifetime < PROC_LIFETIME_WARN:
+        warn("proc_lifetime", f"workers are replaced every {settings.proc_lifetime:g} s; each"
+                              " replacement starts a new interpreter (values under"
+                              f" {PROC_LIFETIME_WARN:g} s are meant for tests)")
+    if "lease_grace" in values:
+        warn("lease_grace", "is no longer used: a sync lease lasts lease_ttl and is renewed"
+                            " while its run lives; remove the key")
 
 
 def _parse_scripts(path: Path, settings: DaemonSettings, text: str) -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from pandaserver.config.secrets import is_secret_name, redact
 
 
 @dataclass(frozen=True)
@@ -26,26 +27,24 @@ class ConfigProblem:
             where += f" config script {self.script!r}"
         if self.key is not None:
             where += f" key {self.key!r}"
-        return f"{where}: {self.message}"
+        return redact(f"{where}: {self.message}")
 
 
 class ConfigError(Exception):
     """The configuration cannot be used at all (no file, no section, unusable values)."""
 
     def __init__(self, problems: Iterable[ConfigProblem | str]) -> None:
-        self.problems = [str(p) for p in problems]
+        self.problems = [redact(str(p)) for p in problems]
         super().__init__("\n".join(self.problems))
 
 
-_SECRET_KEY = re.compile(r"pass|secret|token|credential", re.IGNORECASE)
-_URL_USERINFO = re.compile(r"://[^/\s@]*:[^/\s@]*@")
-
-
 def shown_value(key: str, value: str) -> str:
-    """A value quoted for a message, unless it may hold a password."""
-    if _SECRET_KEY.search(key) or _URL_USERINFO.search(value):
-        return "hidden: it may hold a password"
-    return repr(value)
+    """A value quoted for a message: hidden when the key's name suggests a secret, and
+    without the userinfo of a URL or any other secret it may hold."""
+    if is_secret_name(key):
+        return "hidden: its name suggests a secret"
+    cleaned = redact(value)
+    return repr(cleaned) + (" (secrets hidden)" if cleaned != value else "")
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from pandaserver.config.problems import did_you_mean
+from pandaserver.config.secrets import is_secret_name, redact
 
 Argument = str | int | float
 
-_MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def _kind(value: object) -> str:
 
 
 def _shown(value: object) -> str:
-    return json.dumps(value)
+    return redact(json.dumps(value))
 
 
 def _is_number(value: object) -> bool:
@@ -77,21 +78,41 @@ def _check_bool(value: object) -> str | None:
     return f"must be true or false, got {_kind(value)}: {_shown(value)}"
 
 
-def _check_positive(value: object) -> str | None:
-    if not _is_number(value):
-        return f"must be a number of seconds, got {_kind(value)}: {_shown(value)}"
-    assert isinstance(value, int | float)
-    if value != value or value in (float("inf"), float("-inf")):
-        return f"must be a finite number of seconds, got: {_shown(value)}"
-    if value <= 0:
-        return f"must be positive, got: {_shown(value)}"
-    return None
+# Bounds of period and timeout: below the minimum a script would be killed and respawned in
+# a loop (or its timeout race its own report); above the maximum its next due time is not
+# representable in every supported database (and a typo like 1e12 is caught).
+PERIOD_MIN = 0.1
+PERIOD_MAX = 365 * 86400.0  # one year
+TIMEOUT_MIN = 0.1
+TIMEOUT_MAX = 366 * 86400.0  # one year and a day: the default timeout of the longest period
+
+
+def _seconds_check(low: float, high: float) -> Callable[[object], str | None]:
+    def check(value: object) -> str | None:
+        if not _is_number(value):
+            return f"must be a number of seconds, got {_kind(value)}: {_shown(value)}"
+        assert isinstance(value, int | float)
+        if value != value or value in (float("inf"), float("-inf")):
+            return f"must be a finite number of seconds, got: {_shown(value)}"
+        if value <= 0:
+            return f"must be positive, got: {_shown(value)}"
+        if not low <= value <= high:
+            return f"must be between {_span(low)} and {_span(high)}, got: {_shown(value)}"
+        return None
+
+    return check
+
+
+def _span(seconds: float) -> str:
+    if seconds >= 86400 and seconds % 86400 == 0:
+        return f"{seconds / 86400:g} days ({seconds:.0f} s)"
+    return f"{seconds:g} s"
 
 
 def _check_module(value: object) -> str | None:
     if not isinstance(value, str):
         return f"must be a module name (a string), got {_kind(value)}: {_shown(value)}"
-    if not _MODULE_RE.match(value):
+    if not MODULE_RE.match(value):
         return f"must be a Python module name like 'copyArchive', got: {_shown(value)}"
     return None
 
@@ -111,8 +132,8 @@ MAX_NAME = 128
 
 SCRIPT_KEYS: dict[str, Callable[[object], str | None]] = {
     "enable": _check_bool,
-    "period": _check_positive,
-    "timeout": _check_positive,
+    "period": _seconds_check(PERIOD_MIN, PERIOD_MAX),
+    "timeout": _seconds_check(TIMEOUT_MIN, TIMEOUT_MAX),
     "sync": _check_bool,
     "loop": _check_bool,
     "module": _check_module,
@@ -137,10 +158,12 @@ def parse_script(name: str, entry: object) -> tuple[DaemonSpec | None, list[tupl
         check = SCRIPT_KEYS.get(key)
         if check is None:
             allowed = ", ".join(sorted(SCRIPT_KEYS))
+            shown = ("hidden: its name suggests a secret" if is_secret_name(key)
+                     else _shown(value))
             problems.append(
                 (
                     key,
-                    f"unknown key (value {_shown(value)}){did_you_mean(key, SCRIPT_KEYS)};"
+                    f"unknown key (value {shown}){did_you_mean(key, SCRIPT_KEYS)};"
                     f" allowed keys: {allowed}",
                 )
             )

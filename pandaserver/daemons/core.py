@@ -11,6 +11,7 @@ from __future__ import annotations
 from pandaserver.config.daemon import DaemonSettings
 from pandaserver.config.scripts import DaemonSpec
 from pandaserver.daemons.clock import Clock
+from pandaserver.daemons.containment import Containment
 from pandaserver.daemons.fleet import FleetDb
 from pandaserver.daemons.keeper import LeaseKeeper
 from pandaserver.daemons.leases import LeaseManager
@@ -27,6 +28,7 @@ class MasterCore:
     recorder: Recorder
     leases: LeaseManager
     keeper: LeaseKeeper
+    containment: Containment
     only: str | None
     log_level: str
     worker_log_file: str | None
@@ -44,6 +46,7 @@ class MasterCore:
     last_outcomes: dict[str, tuple[str, float]]
     unimportable: set[str]
     started: float
+    late_floor: float
 
     def _specs(self, settings: DaemonSettings) -> dict[str, DaemonSpec]:
         """The scripts this master runs under ``settings``."""

@@ -8,6 +8,7 @@ import functools
 import logging
 import math
 import os
+from datetime import timedelta
 
 from pandaserver.daemons import protocol, schedule
 from pandaserver.daemons.core import MasterCore
@@ -157,13 +158,22 @@ class Dispatching(MasterCore):
 
     def _warn_late(self, now: float) -> None:
         busy = all(s.state is not WorkerState.IDLE for s in self.slots.values())
-        for state in schedule.late_to_warn(self.scripts.values(), now):
+        for state in schedule.late_to_warn(self.scripts.values(), now, self.late_floor):
             state.late_warned_for = state.next_due
             why = ("its previous run is still going" if state.running is not None
                    else f"all {self.n_proc} workers are busy" if busy else "waiting for a worker")
-            log.warning("%s is %.0f s late (%s)", state.spec.name, now - state.next_due, why)
+            due = self.clock.wall() - timedelta(seconds=now - state.next_due)
+            log.warning("%s is %.0f s late (due at %s UTC): %s", state.spec.name,
+                        now - state.next_due, f"{due:%Y-%m-%d %H:%M:%S}", why)
 
-    def _finish_run(self, run: Run, outcome: str, error: str | None) -> None:
+    def _finish_run(self, run: Run, outcome: str, error: str | None,
+                    contained: bool = False) -> None:
+        if not contained:  # end what the run left first: the run is over once that is gone,
+            # and its lease, renewed meanwhile, is released only then
+            lease = self.keeper.held.get(run.id)
+            self.containment.end_run(run, lambda: self._finish_run(run, outcome, error, True),
+                                     deadline=lease.hard if lease is not None else None)
+            return
         started = run.started if run.started is not None else run.dispatched
         ended = run.ended if run.ended is not None else self.clock.monotonic()
         state = self.scripts.get(run.script)

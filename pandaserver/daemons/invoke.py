@@ -7,7 +7,7 @@ import inspect
 import logging
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -36,15 +36,21 @@ def describe_import_error(package: str, module: str, exc: BaseException) -> str:
     return f"cannot import {package}.{module}: {type(exc).__name__}: {exc}"
 
 
-def _call_with(main: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
-    """Pass the keyword arguments ``main`` accepts (all of them if it takes ``**kwargs``)."""
+def passed_keywords(main: Callable[..., Any], names: Iterable[str]) -> list[str]:
+    """The keywords of ``names`` that ``main`` is given: all of them when it takes
+    ``**kwargs`` (or has no readable signature), else those it names."""
     try:
         params = inspect.signature(main).parameters
     except (TypeError, ValueError):
-        return main(**kwargs)
+        return list(names)
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return main(**kwargs)
-    return main(**{k: v for k, v in kwargs.items() if k in params})
+        return list(names)
+    return [name for name in names if name in params]
+
+
+def _call_with(main: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+    """Pass the keyword arguments ``main`` accepts (all of them if it takes ``**kwargs``)."""
+    return main(**{name: kwargs[name] for name in passed_keywords(main, kwargs)})
 
 
 def run_main(

@@ -9,12 +9,16 @@ self-pipe until its next event. Signal handlers only record; the loop acts.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
 import math
 import os
+import queue
 import selectors
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,12 +26,14 @@ from typing import Any
 from pandaserver.config.daemon import DaemonSettings
 from pandaserver.daemons import exitcodes, protocol, schedule
 from pandaserver.daemons.clock import Clock, SystemClock
+from pandaserver.daemons.containment import Containment
 from pandaserver.daemons.dispatch import Dispatching
 from pandaserver.daemons.fleet import DbLeases, DbRecorder, FleetDb
 from pandaserver.daemons.keeper import LeaseKeeper
 from pandaserver.daemons.leases import LeaseManager, LocalLeases
 from pandaserver.daemons.pool import KILL_GRACE, Slot
 from pandaserver.daemons.processes import set_title
+from pandaserver.daemons.reload import apply_settings
 from pandaserver.daemons.runs import LogRecorder, Recorder
 from pandaserver.daemons.schedule import ScriptState
 from pandaserver.daemons.states import WorkerState
@@ -57,8 +63,10 @@ class Master(Supervising, Dispatching):
         fleet: FleetDb | None = None,
         config_path: str | None = None,
         status_file: Path | None = None,
+        late_floor: float = schedule.LATE_FLOOR,
     ) -> None:
         self.settings = settings
+        self.late_floor = late_floor  # the late warning's floor (PANDA_DAEMON_LATE_FLOOR)
         self.server = server
         self.clock = clock or SystemClock()
         self.fleet = fleet
@@ -69,7 +77,8 @@ class Master(Supervising, Dispatching):
         self.only = only
         self.log_level = log_level
         self.reload_settings = reload_settings
-        self.on_signal = on_signal or {}
+        self.containment = Containment(monotonic=self.clock.monotonic)  # a run's processes
+        self.on_signal = {**(on_signal or {}), signal.SIGCHLD: self.containment.reap}
         self.worker_log_file = worker_log_file
         self.scripts: dict[str, ScriptState] = {}
         self.slots: dict[int, Slot] = {}
@@ -83,8 +92,12 @@ class Master(Supervising, Dispatching):
         self.first_generation = True
         self._signals: list[int] = []
         self._wakeup_r = -1
+        self._wakeup_w = -1
+        self._reloading: threading.Thread | None = None
+        self._reload_again = False
+        self._reloaded: queue.SimpleQueue[DaemonSettings | BaseException] = queue.SimpleQueue()
         self._selector = selectors.DefaultSelector()
-        self.extra_events: list[Callable[[float], float | None]] = []
+        self.extra_events: list[Callable[[float], float | None]] = [self.containment.tick]
         if fleet is not None:
             if only is not None:  # run-once is not a fleet member: no heartbeat row
                 fleet.next_beat = math.inf
@@ -103,6 +116,7 @@ class Master(Supervising, Dispatching):
         os.set_blocking(read_end, False)
         os.set_blocking(write_end, False)
         self._wakeup_r = read_end
+        self._wakeup_w = write_end
         signal.set_wakeup_fd(write_end)
         watched = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, *self.on_signal}
         for signum in watched:
@@ -114,6 +128,7 @@ class Master(Supervising, Dispatching):
     # ----- the loop -----------------------------------------------------------------------
     def run(self) -> int:
         self._install_signals()
+        self.containment.start()
         set_title(f"master{'' if self.only is None else ' run-once ' + self.only}")
         now = self.clock.monotonic()
         for spec in self._specs(self.settings).values():
@@ -124,12 +139,14 @@ class Master(Supervising, Dispatching):
             # every step below may take a moment (a spawn, a walk over /proc): each reads
             # the clock afresh rather than trust a reading taken before it
             self._handle_signals(self.clock.monotonic())
+            self._apply_reload(self.clock.monotonic())
             if self.fleet is not None:
                 self.fleet.check_deadlines(self.clock.monotonic())
             self.keeper.tick(self.clock.monotonic())
             self._pass_deadlines()
             self._check_deadlines(self.clock.monotonic())
-            if self.stopping and not self.slots and not self.draining:
+            if self.stopping and not self.slots and not self.draining and \
+                    not self.containment.busy:
                 break
             if not self.stopping:
                 self._fill_slots(self.clock.monotonic())
@@ -139,6 +156,7 @@ class Master(Supervising, Dispatching):
             # from after them, or the master would wake late by that much
             next_event = self._next_event(self.clock.monotonic())
             self._wait(next_event - self.clock.monotonic())
+        self.containment.close()
         if self.status is not None:
             self.status.tick(self, self.clock.monotonic(), force=True)
         if self.fleet is not None:
@@ -205,7 +223,7 @@ class Master(Supervising, Dispatching):
     def _next_event(self, now: float) -> float:
         times = [self.stop_deadline]
         if not self.stopping:
-            nxt = schedule.next_wakeup(self.scripts.values(), now)
+            nxt = schedule.next_wakeup(self.scripts.values(), now, self.late_floor)
             if nxt is not None:
                 times.append(nxt)
             if len(self.slots) < self.n_proc:
@@ -256,28 +274,47 @@ class Master(Supervising, Dispatching):
                 slot.move(WorkerState.RETIRING)
 
     def _reload(self, now: float) -> None:
+        """SIGHUP: re-read and validate the config on a thread (the validation imports the
+        script modules in a fresh interpreter: seconds, maybe); the loop applies the result
+        when it comes back, and a SIGHUP meanwhile is served once that one is done."""
         if self.reload_settings is None or self.only is not None:
             log.info("got SIGHUP: nothing to reload")
             return
-        try:
-            new = self.reload_settings()
-        except Exception as exc:
-            log.error("reload refused, keeping the running configuration: %s", exc)
+        if self._reloading is not None:
+            self._reload_again = True
             return
-        unusable = new.unusable()
-        if unusable:
+        reload_settings = self.reload_settings
+
+        def read() -> None:
+            try:
+                result: DaemonSettings | BaseException = reload_settings()
+            except BaseException as exc:
+                result = exc
+            self._reloaded.put(result)
+            with contextlib.suppress(OSError):
+                os.write(self._wakeup_w, b"r")
+
+        self._reloading = threading.Thread(target=read, name="reload", daemon=True)
+        self._reloading.start()
+
+    def _apply_reload(self, now: float) -> None:
+        try:
+            new = self._reloaded.get_nowait()
+        except queue.Empty:
+            return
+        self._reloading = None
+        if isinstance(new, BaseException):
+            log.error("reload refused, keeping the running configuration: %s", new)
+        elif unusable := new.unusable():
             for problem in unusable:
                 log.error("reload refused, keeping the running configuration: %s", problem)
-            return
-        from pandaserver.daemons.reload import apply_settings
-
-        apply_settings(self, new, now)
-
-def main() -> None:
-    from pandaserver.cli import main as cli_main
-
-    sys.exit(cli_main())
+        elif not self.stopping:
+            apply_settings(self, new, now)
+        if self._reload_again:
+            self._reload_again = False
+            self._reload(now)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # `python -m pandaserver.daemons.master` is `panda-daemon`:
+    # an entry point, not a dependency (daemons/ imports nothing of the CLI's layer)
+    sys.exit(importlib.import_module("pandaserver.cli").main())

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pandaserver.daemons import protocol
+from pandaserver.daemons.containment import Containment, describe, processes
 from pandaserver.daemons.processes import PendingKill, Spawned, begin_kill, spawn_worker
 from pandaserver.daemons.runs import Run
 from pandaserver.daemons.states import WorkerState, check_transition
@@ -31,6 +32,7 @@ class Slot:
     conn_open: bool = True
     exited: bool = False
     returncode: int | None = None
+    containment: Containment | None = None
 
     @property
     def pid(self) -> int:
@@ -61,7 +63,13 @@ class Slot:
         if self.kill is None and not self.exited:
             log.warning("worker %d (pid %d): killing its process tree: %s",
                         self.index, self.pid, reason)
-            self.kill = begin_kill(self.pid, now, grace, reason)
+            run_procs = []  # the run's processes, those outside the worker's tree included
+            if self.containment is not None and self.run is not None:
+                run_procs = self.containment.run_processes(self.run)
+                if run_procs:
+                    log.warning("%s: ending its %s too: %s", self.run.label,
+                                processes(len(run_procs)), describe(run_procs))
+            self.kill = begin_kill(self.pid, now, grace, reason, [p.pid for p in run_procs])
 
     def reap(self) -> int:
         """The worker process has exited: collect its status and close our ends."""
@@ -87,9 +95,12 @@ def describe_exit(code: int | None) -> str:
 
 
 def new_slot(index: int, now: float, lifetime: float, argv: list[str],
-             package: str, modules: list[str]) -> Slot:
+             package: str, modules: list[str], containment: Containment | None = None) -> Slot:
     proc = spawn_worker([*argv, "--index", str(index)])
-    slot = Slot(index=index, proc=proc, born=now, expires=now + lifetime)
+    if containment is not None:  # its cgroup, before it is sent anything to run
+        containment.worker_started(index, proc.pid)
+    slot = Slot(index=index, proc=proc, born=now, expires=now + lifetime,
+                containment=containment)
     slot.send("init", package=package, modules=modules)
     log.info("worker %d started (pid %d)", index, proc.pid)
     return slot

@@ -4,7 +4,9 @@ Workers are started with ``subprocess.Popen`` of a fresh interpreter, so nothing
 opened (database connections included) is inherited. Each worker leads its own process group
 (so a timeout kills the script's children too) and holds the read end of a *lifeline* pipe
 whose write end only the master holds: when the master dies, even by SIGKILL, the pipe reports
-end-of-file and the worker kills its whole tree (see ``worker.watch_lifeline``).
+end-of-file and the worker kills its whole tree and every process marked as its master's (see
+``worker.watch_lifeline`` and ``containment.sweep_after_master``). Which processes belong to
+which run, and their end when the run ends, is ``containment``'s.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
@@ -60,6 +63,9 @@ def spawn_worker(argv: list[str], env: dict[str, str] | None = None) -> Spawned:
         "--lifeline",
         str(life_r),
     ]
+    # SPT_NOENV: the process title must not overwrite the environment as /proc shows it, for
+    # a script's forked (not exec'd) children show the worker's, marker included
+    env = {**(os.environ if env is None else env), "SPT_NOENV": "1"}
     try:
         popen = subprocess.Popen(
             command,
@@ -133,9 +139,16 @@ class PendingKill:
     killed: bool = field(default=False)
 
 
-def begin_kill(pid: int, now: float, grace: float, reason: str) -> PendingKill:
-    """Politely stop a worker's whole tree; the caller finishes it with ``finish_kill``."""
+def begin_kill(pid: int, now: float, grace: float, reason: str,
+               extra: Iterable[int] = ()) -> PendingKill:
+    """Politely stop a worker's whole tree, and the ``extra`` processes of its run that left
+    the tree; the caller finishes it with ``finish_kill``."""
     procs = tree_of(pid)
+    seen = {proc.pid for proc in procs}
+    for other in extra:
+        if other not in seen:
+            with contextlib.suppress(psutil.Error):
+                procs.append(psutil.Process(other))
     signal_tree(procs, signal.SIGTERM)
     if grace <= 0:
         signal_tree(procs, signal.SIGKILL)

@@ -5,7 +5,8 @@ says what changes (a ``ReloadPlan``); ``apply_settings`` carries the plan out. R
 added scripts are due now; removed ones stop being scheduled (a running one finishes first,
 so it never runs twice at once); changed ones keep their place in time, moved earlier when
 the new period is shorter; fewer workers: the extra ones retire after their current run; a
-new package replaces every worker so it is imported.
+new package replaces every worker so it is imported. What a running master cannot change (its
+database, its user: ``new.restart_needed``) is logged as needing a restart, never as applied.
 """
 
 from __future__ import annotations
@@ -96,5 +97,11 @@ def apply_settings(master: MasterCore, new: DaemonSettings, now: float) -> None:
     master.settings = new
     if master.fleet is not None:
         master.fleet.settings = new
-    log.info("reload: configuration applied (%d scripts, %d workers)",
-             len(master.scripts), master.n_proc)
+    for change in new.restart_needed:
+        log.warning("reload: NOT applied, needs a restart: %s", change)
+    if new.restart_needed:
+        log.info("reload: configuration applied except what needs a restart (%d scripts,"
+                 " %d workers)", len(master.scripts), master.n_proc)
+    else:
+        log.info("reload: configuration applied (%d scripts, %d workers)",
+                 len(master.scripts), master.n_proc)

@@ -16,12 +16,15 @@ Semantics:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from pandaserver.config.scripts import DaemonSpec
 
 REMOVED = "removed from the configuration by a reload"  # a ``disabled`` reason
+LATE_FLOOR = 300.0  # seconds: a script later than max(this, period / 2) is reported
+LATE_FLOOR_VARIABLE = "PANDA_DAEMON_LATE_FLOOR"
 
 
 @dataclass
@@ -63,23 +66,41 @@ def overrun(started: float, ended: float, period: float) -> float:
     return max(0.0, (ended - started) - period)
 
 
-def late_threshold(period: float) -> float:
+def late_threshold(period: float, floor: float = LATE_FLOOR) -> float:
     """A script delayed longer than this past its due time is reported."""
-    return max(300.0, period / 2)
+    return max(floor, period / 2)
 
 
-def late_to_warn(states: Iterable[ScriptState], now: float) -> list[ScriptState]:
+def late_floor_from_env(environ: Mapping[str, str]) -> float:
+    """``PANDA_DAEMON_LATE_FLOOR`` (seconds, default 300) lowers the floor of the late
+    warning: a diagnostic knob, so tests see the warning without waiting five minutes."""
+    text = environ.get(LATE_FLOOR_VARIABLE)
+    if text is None:
+        return LATE_FLOOR
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{LATE_FLOOR_VARIABLE} must be a positive number of seconds,"
+                         f" got: {text!r}")
+    return value
+
+
+def late_to_warn(states: Iterable[ScriptState], now: float,
+                 floor: float = LATE_FLOOR) -> list[ScriptState]:
     """Due scripts (waiting for a worker, or still running) that just crossed the threshold."""
     found = []
     for state in states:
         if state.disabled is not None or state.late_warned_for == state.next_due:
             continue
-        if now - state.next_due > late_threshold(state.spec.period):
+        if now - state.next_due > late_threshold(state.spec.period, floor):
             found.append(state)
     return found
 
 
-def next_wakeup(states: Iterable[ScriptState], now: float) -> float | None:
+def next_wakeup(states: Iterable[ScriptState], now: float,
+                floor: float = LATE_FLOOR) -> float | None:
     """The earliest future moment at which a scheduling decision may change."""
     times: list[float] = []
     for state in states:
@@ -88,6 +109,6 @@ def next_wakeup(states: Iterable[ScriptState], now: float) -> float | None:
         if state.running is None and not state.acquiring:
             times.append(state.next_due)
         if state.late_warned_for != state.next_due:
-            times.append(state.next_due + late_threshold(state.spec.period))
+            times.append(state.next_due + late_threshold(state.spec.period, floor))
     future = [t for t in times if t > now]
     return min(future) if future else None

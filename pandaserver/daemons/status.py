@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pandaserver.config.secrets import redact
 from pandaserver.daemons import logsink
 
 if TYPE_CHECKING:
@@ -113,7 +114,7 @@ class StatusFile:
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+            tmp.write_text(redact(json.dumps(data, indent=1)), encoding="utf-8")
             os.replace(tmp, self.path)
             self._failed = False
         except OSError as exc:

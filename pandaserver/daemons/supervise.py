@@ -49,7 +49,7 @@ class Supervising(MasterCore):
                 lifetime = staggered_lifetime(lifetime, position, len(missing))
             try:
                 self.slots[index] = new_slot(index, now, lifetime, self._worker_argv(),
-                                             self.settings.package, modules)
+                                             self.settings.package, modules, self.containment)
             except OSError as exc:
                 log.error("cannot start worker %d: %s", index, exc)
                 self._back_off(now)
@@ -129,6 +129,7 @@ class Supervising(MasterCore):
     def _worker_gone(self, slot: Slot, now: float) -> None:
         self._forget_fds(slot)
         code = slot.reap()
+        self.containment.worker_gone(slot.pid)
         del self.slots[slot.index]
         expected = slot.state in (WorkerState.EXITING, WorkerState.KILLING)
         if slot.state is WorkerState.STARTING and not self.stopping:
@@ -180,8 +181,9 @@ class Supervising(MasterCore):
             log.error("%s fenced: %s; killing its processes before the lease can expire",
                       run.label, why)
             slot.start_kill(now, f"{run.label} fenced", grace=KILL_GRACE)
-        for run_id in fences:  # a run already gone: nothing to kill, no lease to renew
+        for run_id in fences:  # its worker gone: what it left must die now, not after a grace
             self.keeper.fenced(run_id)
+            self.containment.hurry(run_id)
 
     def _check_deadlines(self, now: float) -> None:
         self._fence(now)

@@ -19,7 +19,8 @@ import signal
 import struct
 import time
 
-from pandaserver.daemons.processes import signal_tree, tree_of
+from pandaserver.daemons import cgroups, proctable
+from pandaserver.daemons.containment import RUN_VAR, sweep_after_master
 
 RECORD = struct.Struct("<d")
 
@@ -28,18 +29,34 @@ def encode_deadline(deadline: float | None) -> bytes:
     return RECORD.pack(math.inf if deadline is None else deadline)
 
 
-def _others() -> list:  # type: ignore[type-arg]
+def run_processes() -> list[proctable.Proc]:
+    """The processes of this worker's run but the worker: its tree, its session, and
+    whatever carries the run's marker (double forks, setsid daemons)."""
     me = os.getpid()
-    return [p for p in tree_of(me) if p.pid != me]
+    table = proctable.scan()
+    victims = proctable.descendants(proctable.children_map(table), [me])
+    victims |= {pid for pid, proc in table.items() if proc.sid == me}
+    marker = os.environ.get(RUN_VAR)
+    if marker:
+        victims |= {pid for pid in table if proctable.environ_value(pid, RUN_VAR) == marker}
+    return [table[pid] for pid in victims - {me} if pid in table]
 
 
-def kill_everything() -> None:
-    """SIGKILL this worker's tree and the worker itself."""
-    signal_tree(_others(), signal.SIGKILL)
-    try:
-        os.killpg(os.getpgid(0), signal.SIGKILL)
-    finally:
-        os._exit(1)  # not reached unless we are not in our own group
+def end_the_run() -> None:
+    """The lease deadline passed: SIGKILL the run's processes, the worker's cgroup (which
+    holds only this worker's run), and the worker itself."""
+    proctable.kill(run_processes())
+    own = cgroups.cgroup_of()
+    if own is not None and own.name.startswith("worker-"):
+        cgroups.kill_all(own)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def master_gone() -> None:
+    """End-of-file on the lifeline: kill everything this worker and its master's runs left."""
+    sweep_after_master()
+    os.killpg(os.getpgid(0), signal.SIGKILL)
+    os._exit(1)  # not reached unless we are not in our own group
 
 
 def watch_lifeline(fd: int, kill_grace: float) -> None:
@@ -52,9 +69,9 @@ def watch_lifeline(fd: int, kill_grace: float) -> None:
         if now >= deadline:
             os.write(2, b"panda_daemon worker: lease deadline passed with no renewal from the"
                         b" master: killing the run's processes\n")
-            kill_everything()
+            end_the_run()
         if not warned and now >= deadline - kill_grace:
-            signal_tree(_others(), signal.SIGTERM)
+            proctable.terminate(run_processes())
             warned = True
         timeout: float | None = None
         if deadline != math.inf:
@@ -72,7 +89,7 @@ def watch_lifeline(fd: int, kill_grace: float) -> None:
         except OSError:
             data = b""
         if not data:  # the master is gone
-            kill_everything()
+            master_gone()
         pending += data
         whole = len(pending) - len(pending) % RECORD.size
         if whole:

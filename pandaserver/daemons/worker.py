@@ -18,6 +18,7 @@ from types import ModuleType
 from typing import Any
 
 from pandaserver.daemons import capture, protocol
+from pandaserver.daemons.containment import RUN_VAR, run_marker
 from pandaserver.daemons.invoke import describe_import_error, import_script, run_main
 from pandaserver.daemons.lock_pool import LockPool
 from pandaserver.daemons.logsink import DropCounter, SafeHandler
@@ -85,6 +86,7 @@ class Worker:
         set_title(f"worker {self.index} running {name}")
         capture.set_current(name, str(run_id))
         set_context(self.tbuf, name, run_id, message.get("generation"))
+        os.environ[RUN_VAR] = run_marker(run_id, name)  # inherited by all the run starts
         started = time.monotonic()
         error = self._import(module_name)
         if error is not None:
@@ -100,6 +102,7 @@ class Worker:
             with contextlib.suppress(Exception):
                 stream.flush()
         ended = time.monotonic()
+        os.environ.pop(RUN_VAR, None)
         set_context(self.tbuf, None, None, None)
         capture.clear_current()
         protocol.send(self.conn, "done", run=run_id, outcome=outcome, error=error,

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Row, and_, or_, select, update
+from sqlalchemy import Connection, Engine, Float, Row, and_, bindparam, or_, select, update
 from sqlalchemy.exc import DBAPIError
 
 from pandaserver.db.clock import db_now_expr, db_now_plus, seconds_between, seconds_from_now
@@ -112,6 +112,7 @@ class LeaseStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._auto = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._grant_statements: dict[str, Any] = {}  # by dialect: built once (see upsert.py)
 
     def _run(self, operation: Callable[[Connection], T]) -> T:
         """Run on an autocommit connection; once more on a fresh one after a disconnect.
@@ -145,28 +146,34 @@ class LeaseStore:
             _check_seconds(what, value)
         t = daemon_lease
         now = db_now_expr()
+        p_period = bindparam("lease_period", type_=Float())
         owner = {
-            "owner_server": server,
-            "owner_pid": pid,
+            "owner_server": bindparam("lease_server", type_=t.c.owner_server.type),
+            "owner_pid": bindparam("lease_pid", type_=t.c.owner_pid.type),
             "acquired_at": now,
-            "expires_at": db_now_plus(ttl),
-            "next_due": db_now_plus(period),
-            "period": period,
+            "expires_at": db_now_plus(bindparam("lease_ttl", type_=Float())),
+            "next_due": db_now_plus(p_period),
+            "period": p_period,
             "updated_at": now,
         }
-        period_passed = seconds_between(now, t.c.acquired_at) >= period
+        period_passed = seconds_between(now, t.c.acquired_at) >= p_period
         due = and_(or_(t.c.next_due <= now, period_passed),
                    or_(t.c.expires_at.is_(None), t.c.expires_at <= now))
+        params = {"lease_name": name, "lease_server": server, "lease_pid": pid,
+                  "lease_period": float(period), "lease_ttl": float(ttl)}
 
         def attempt(conn: Connection) -> LeaseResult:
             row = conditional_upsert(
                 conn,
                 t,
-                {"name": name, "generation": 1, **owner},
+                {"name": bindparam("lease_name", type_=t.c.name.type), "generation": 1,
+                 **owner},
                 key=["name"],
                 set_={"generation": t.c.generation + 1, **owner},
                 where=due,
                 returning=[t.c.generation, t.c.next_due, t.c.expires_at],
+                params=params,
+                cache=self._grant_statements,
             )
             if row is not None:
                 return LeaseResult(True, int(row.generation), 0.0, server, row.next_due,

@@ -76,15 +76,25 @@ def conditional_upsert(
     set_: Mapping[str, Any],
     where: ColumnElement[bool] | None,
     returning: Sequence[ColumnElement[Any]],
+    params: Mapping[str, Any] | None = None,
+    cache: dict[str, Any] | None = None,
 ) -> Row[Any] | None:
     """Insert ``values``; on a key conflict apply ``set_`` if ``where`` holds.
 
     Returns the ``returning`` columns of the inserted or updated row, or None when the
     row existed and ``where`` was false. One statement; atomic on its own.
+
+    ``params`` fill ``bindparam``s of the expressions. With ``cache`` (a dict the caller
+    keeps, for one shape of statement), the statement is built once per dialect and then
+    only executed: building and keying a SQLAlchemy construct costs more CPU than the
+    round trip itself, on every call.
     """
     name = conn.dialect.name
     if name == "mysql":
-        return _mysql_upsert(conn, table, values, key, set_, where, returning)
+        return _mysql_upsert(conn, table, values, key, set_, where, returning, params or {})
+    if cache is not None and name in cache:
+        result: Row[Any] | None = conn.execute(cache[name], dict(params or {})).one_or_none()
+        return result
     if name == "postgresql":
         stmt: Any = postgresql.insert(table).values(dict(values))
     elif name == "sqlite":
@@ -100,7 +110,10 @@ def conditional_upsert(
             " supported (see pandaserver/db/upsert.py)"
         )
     stmt = stmt.on_conflict_do_update(index_elements=list(key), set_=dict(set_), where=where)
-    result: Row[Any] | None = conn.execute(stmt.returning(*returning)).one_or_none()
+    stmt = stmt.returning(*returning)
+    if cache is not None:
+        cache[name] = stmt
+    result = conn.execute(stmt, dict(params or {})).one_or_none()
     return result
 
 
@@ -140,6 +153,7 @@ def _mysql_upsert(
     set_: Mapping[str, Any],
     where: ColumnElement[bool] | None,
     returning: Sequence[ColumnElement[Any]],
+    params: Mapping[str, Any],
 ) -> Row[Any] | None:
     _check_found_rows(conn)
     names: list[str] = []
@@ -180,7 +194,7 @@ def _mysql_upsert(
         assignments.append((name, new))
 
     stmt = mysql_dialect.insert(table).values(inserted).on_duplicate_key_update(assignments)
-    affected = conn.execute(stmt).rowcount
+    affected = conn.execute(stmt, dict(params)).rowcount
     read = select(type_coerce(ok, Boolean()).label("panda_upsert_granted"),
                   *[cast(captured[n], table.c[n].type).label(n) for n in names])
     row = conn.execute(read).one()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -23,7 +24,6 @@ from pandaserver.service.detach import (
     plan_start,
     start_detached,
     start_foreground,
-    unusable_problems,
 )
 from pandaserver.service.logfiles import STDOUT_LOG
 from pandaserver.service.pidfile import default_pidfile
@@ -104,20 +104,63 @@ def _pidfile_errors(command: Callable[[Any, argparse.Namespace], int]
     return run
 
 
+def _validated(cfg: PandaConfig, args: argparse.Namespace, command: str,
+               refusal: str) -> int:
+    """Validate as ``command`` (``pandaserver.daemons.validation``): print what stops it
+    and return its exit status, or log the problems and warnings and return 0."""
+    from pandaserver.config.secrets import redact
+    from pandaserver.daemons.validation import START, drop_scripts, validate
+
+    # the detached master and its workers run in "/", start --no-detach where it is started
+    cwd = os.getcwd() if getattr(args, "no_detach", False) else "/"
+    verdict = validate(cfg, command, cwd=cwd if command == START else _master_cwd(args))
+    errors = verdict.errors(command)
+    for finding in errors:
+        print(f"panda-daemon: {finding.message}", file=sys.stderr)
+    if errors:
+        print(redact(f"panda-daemon: {refusal} (exit {errors[0].code}; panda-daemon"
+                     " check-config lists every problem)"), file=sys.stderr)
+        return errors[0].code
+    notes = [f.message for f in verdict.problems() + verdict.warnings(command)]
+    for note in notes:
+        log.warning("%s", note)
+    args.validation_notes = notes
+    drop_scripts(cfg, verdict)
+    return exitcodes.RET_OK
+
+
+def _master_cwd(args: argparse.Namespace) -> str:
+    """The running master's working directory (its workers import from there), else "/"."""
+    import psutil
+
+    from pandaserver.service.pidfile import lock_holder
+
+    try:
+        holder = lock_holder(_pidfile(args))
+        if holder is not None and holder > 0:
+            return str(psutil.Process(holder).cwd())
+    except (OSError, psutil.Error):
+        pass
+    return "/"
+
+
 def cmd_start(cfg: PandaConfig, args: argparse.Namespace) -> int:
-    if not cfg.daemon.enable:
+    from pandaserver.daemons.launch import disabled
+    from pandaserver.daemons.validation import START
+
+    if disabled(cfg.daemon):
         print(f"panda-daemon is not enabled (enable = False in [daemon] of {cfg.path}):"
               " not starting")
         return exitcodes.RET_OK
-    unusable = unusable_problems(cfg.daemon)
-    for problem in cfg.daemon.problems:
-        if problem not in unusable:
-            log.warning("%s", problem)
+    code = _validated(cfg, args, START, "cannot start")
+    if code != exitcodes.RET_OK:
+        return code
     try:
         plan = plan_start(cfg, args, _pidfile(args))
     except StartError as exc:
         print(f"panda-daemon: cannot start: {exc}", file=sys.stderr)
         return exc.code
+    plan.notes = list(getattr(args, "validation_notes", []))
     if getattr(args, "no_detach", False):  # restart has no --no-detach
         return start_foreground(plan, sys.stderr)
     return start_detached(plan, args.wait, sys.stdout, sys.stderr)
@@ -138,8 +181,15 @@ def cmd_status(cfg: PandaConfig | None, args: argparse.Namespace) -> int:
 
 
 def cmd_restart(cfg: PandaConfig, args: argparse.Namespace) -> int:
-    if cfg.daemon.enable:
-        try:  # refuse before stopping a master that could not be started again
+    from pandaserver.daemons.launch import disabled
+    from pandaserver.daemons.validation import START
+
+    if not disabled(cfg.daemon):
+        # refuse before stopping a master that could not be started again
+        code = _validated(cfg, args, START, "not restarting, the running master is left alone")
+        if code != exitcodes.RET_OK:
+            return code
+        try:
             plan_start(cfg, args, _pidfile(args), check_running=False)
         except StartError as exc:
             print(f"panda-daemon: not restarting, the running master is left alone: {exc}",
@@ -153,18 +203,16 @@ def cmd_restart(cfg: PandaConfig, args: argparse.Namespace) -> int:
 
 @_pidfile_errors
 def cmd_reload(cfg: PandaConfig, args: argparse.Namespace) -> int:
-    unusable = unusable_problems(cfg.daemon)
-    if unusable:
-        for problem in unusable:
-            print(f"panda-daemon: {problem}", file=sys.stderr)
-        print("panda-daemon: not reloading: the running master keeps its configuration",
-              file=sys.stderr)
-        return exitcodes.RET_CONFIG
-    for problem in cfg.daemon.problems:
-        log.warning("%s", problem)
+    from pandaserver.daemons.validation import RELOAD
+
+    code = _validated(cfg, args, RELOAD,
+                      "not reloading: the running master keeps its configuration")
+    if code != exitcodes.RET_OK:
+        return code
     return control.send_signal(
         _pidfile(args), signal.SIGHUP,
-        f"it re-reads the configuration it was started with (its log: {STDOUT_LOG})",
+        f"it re-reads the configuration it was started with and applies what it can live; a"
+        f" changed database or uname/gname needs a restart (its log says which: {STDOUT_LOG})",
         sys.stdout, sys.stderr)
 
 

@@ -3,7 +3,9 @@
 The master is the process the kernel says holds the lock on the pid file (never merely the
 pid written in it, which may be stale or reused). Workers lead their own process groups, so
 ``stop`` tracks the master's whole family: its descendants and every process in a group
-that is theirs (see ``_own_group``).
+that is theirs (see ``_own_group``), and, once the master is gone, whatever its runs left
+anywhere: every process carrying its marker, and every process in its cgroups (see
+``pandaserver.daemons.containment``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import TextIO
 
 import psutil
 
-from pandaserver.daemons import exitcodes
+from pandaserver.daemons import cgroups, containment, exitcodes, proctable
 from pandaserver.service.pidfile import lock_holder, read_pid, remove_stale
 
 LEFTOVER_GRACE = 3.0  # seconds the family has to end after the master, before SIGKILL
@@ -121,7 +123,7 @@ def status(pidfile: Path, out: TextIO) -> int:
 def _published_status(pid: int) -> str | None:
     """The status file the master ``pid`` writes (pandaserver.daemons.status), rendered."""
     try:
-        from pandaserver.web.localstatus import local_masters, render_local_status
+        from pandaserver.daemons.localstatus import local_masters, render_local_status
     except ImportError:
         return None
     for data in local_masters():
@@ -200,7 +202,11 @@ def stop(pidfile: Path, timeout: float, out: TextIO, err: TextIO) -> int:
                       f" (it named pid {stale}, which held no lock)\n")
         else:
             out.write("panda-daemon is not running\n")
+        if stale is not None:  # what the runs of that dead master left, if anything
+            return _end_leftovers({}, f"{stale}.", None, 0.0, out, err)
         return exitcodes.RET_OK
+    identity = proctable.identity_of(master.pid) or f"{master.pid}."  # its runs' marker
+    subtree = cgroups.master_subtree(master.pid)
     family = _family(master)
     master_group = _own_group(master.pid, family)
     try:
@@ -221,16 +227,9 @@ def stop(pidfile: Path, timeout: float, out: TextIO, err: TextIO) -> int:
         out.write(f"the master did not stop within {timeout:g} s: killing its process group"
                   f" and its workers (SIGKILL)\n")
         _kill(family, master_group)
-    else:  # workers and script children end with the master; give stragglers a moment
-        alive = _wait_gone(list(family.values()), LEFTOVER_GRACE)
-        if alive:
-            out.write(f"killing {len(alive)} processes left after the master:"
-                      f" {_pids(alive)}\n")
-            _kill({proc.pid: proc for proc in alive}, None)
-    alive = _wait_gone(list(family.values()), KILL_WAIT)
-    if alive:
-        err.write(f"panda-daemon: processes still running after SIGKILL: {_pids(alive)};"
-                  f" the pid file {pidfile} is kept\n")
+    # workers and script children end with the master; give stragglers a moment
+    if _end_leftovers(family, identity, subtree, LEFTOVER_GRACE, out, err) != exitcodes.RET_OK:
+        err.write(f"panda-daemon: the pid file {pidfile} is kept\n")
         return exitcodes.RET_FAILED
     # A killed process can look a zombie while its other threads still exit: its lock (and
     # so the pid file) is free only once the last thread is gone.
@@ -239,6 +238,37 @@ def stop(pidfile: Path, timeout: float, out: TextIO, err: TextIO) -> int:
         time.sleep(0.05)
     remove_stale(pidfile, master.pid)
     out.write(f"panda-daemon stopped (master pid {master.pid})\n")
+    return exitcodes.RET_OK
+
+
+def _end_leftovers(family: dict[int, psutil.Process], identity: str, subtree: Path | None,
+                   grace: float, out: TextIO, err: TextIO) -> int:
+    """After the master: wait ``grace`` s for its family to end by itself, then SIGKILL, and
+    name, every process of the family, marked with ``identity`` or in the master's cgroups;
+    0 once all are gone, 1 (naming them) otherwise."""
+    def leftovers() -> dict[int, psutil.Process]:
+        found = {pid: proc for pid, proc in family.items() if _alive(proc)}
+        pids = [proc.pid for proc in containment.find_marked(identity)]
+        pids += cgroups.subtree_processes(subtree) if subtree is not None else []
+        for pid in pids:
+            with contextlib.suppress(psutil.Error):
+                found.setdefault(pid, psutil.Process(pid))
+        return {pid: proc for pid, proc in found.items() if _alive(proc)}
+
+    deadline = time.monotonic() + grace
+    while (left := leftovers()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if left:
+        named = containment.describe([p for p in map(proctable.stat, left) if p is not None])
+        out.write(f"killing {containment.processes(len(left))} left after the master"
+                  f" (SIGKILL): {named}\n")
+        _kill(left, None)
+    alive = _wait_gone(list(left.values()), KILL_WAIT)
+    if alive:
+        err.write(f"panda-daemon: processes still running after SIGKILL: {_pids(alive)}\n")
+        return exitcodes.RET_FAILED
+    if subtree is not None:
+        cgroups.remove(subtree)  # best effort: the next master removes it otherwise
     return exitcodes.RET_OK
 
 

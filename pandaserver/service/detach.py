@@ -24,7 +24,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
@@ -60,6 +60,7 @@ class Plan:
     pidfile: Path
     logs: LogFiles
     user: ServiceUser | None
+    notes: list[str] = field(default_factory=list)  # problems and warnings, for the log file
 
     @property
     def runs_as(self) -> str:
@@ -75,6 +76,7 @@ def plan_start(cfg: PandaConfig, args: argparse.Namespace, pidfile: Path, *,
                check_running: bool = True) -> Plan:
     """Everything checked before detaching. Raises ``StartError``."""
     cfg.path = cfg.path.resolve()  # the master re-reads it on SIGHUP, from "/"
+    cfg.sources = [path.resolve() for path in cfg.sources]
     settings = cfg.daemon
     unusable = unusable_problems(settings)
     if unusable:
@@ -115,15 +117,18 @@ def become_master(plan: Plan, ready: Callable[[int], None]) -> int:
 
     Raises ``StartError`` for any failure before ``ready``.
     """
-    from pandaserver.cli import MASTER_LOG_FORMAT, build_master
     from pandaserver.daemons import master as _master  # noqa: F401 - imported while readable
     from pandaserver.daemons.fleet import StartupError
+    from pandaserver.daemons.launch import MASTER_LOG_FORMAT, build_master
 
     # Once the pid file is locked, reload and reopen-logs can find this process: until the
     # master's loop installs its handlers, those signals must not kill it.
     for signum in (signal.SIGHUP, signal.SIGUSR1):
         signal.signal(signum, signal.SIG_IGN)
     if plan.user is not None:
+        from pandaserver.daemons.cgroups import prepare
+
+        prepare(owner=(plan.user.uid, plan.user.gid))  # the workers' cgroups: made as root
         try:
             drop_privileges(plan.user)
         except PrivilegeError as exc:
@@ -148,8 +153,8 @@ def become_master(plan: Plan, ready: Callable[[int], None]) -> int:
         if stale is not None:
             log.warning("replaced the stale pid file %s: pid %d held no lock on it (its master"
                         " is gone)", plan.pidfile, stale)
-        for problem in plan.cfg.daemon.problems:
-            log.warning("%s", problem)
+        for note in plan.notes or [str(problem) for problem in plan.cfg.daemon.problems]:
+            log.warning("%s", note)
         if plan.user is not None:
             check_database_writable(plan.cfg, plan.user)
         try:

@@ -95,9 +95,10 @@ def log_records_to_stdout(level: str, fmt: str) -> None:
     """The master's records go to its standard output (``panda_daemon_stdout.log``), each
     line one write to file descriptor 1 (so a reopen by ``dup2`` is followed); a line that
     cannot be written (a full disk) is dropped and counted, never raised (``logsink``)."""
+    from pandaserver.config.secrets import redact_handler
     from pandaserver.daemons.logsink import MASTER, SafeHandler
 
-    handler = SafeHandler(fd=1, counter=MASTER)
+    handler = redact_handler(SafeHandler(fd=1, counter=MASTER))
     handler.setFormatter(logging.Formatter(fmt))
     root = logging.getLogger()
     root.handlers[:] = [handler]

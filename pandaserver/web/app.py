@@ -33,6 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
 
 from pandaserver.config import PandaConfig
+from pandaserver.config.secrets import redact
 from pandaserver.db.engine import DatabaseConfigError, describe_db_error
 from pandaserver.db.schema import SchemaError
 from pandaserver.web import pages
@@ -137,8 +138,8 @@ class FleetApp:
         try:
             return self.page(parts[1:] if api else parts, api, prefix, environ)
         except (SQLAlchemyError, SchemaError, DatabaseConfigError) as exc:
-            message = describe_db_error(exc, None) if isinstance(exc, SQLAlchemyError) \
-                else str(exc)
+            message = redact(describe_db_error(exc, None) if isinstance(exc, SQLAlchemyError)
+                             else str(exc))
             log.warning("cannot read the database: %s", message)
             if api:
                 return _json({"error": f"database unavailable: {message}"},

@@ -119,7 +119,7 @@ def cmd_web(cfg: PandaConfig, args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     if args.detach:
         assert pidfile is not None
-        argv = ["-c", str(cfg.path.resolve()), "--log-level", args.log_level, "web",
+        argv = ["-c", cfg.origin, "--log-level", args.log_level, "web",
                 "--bind", settings.bind, "--workers", str(args.workers),
                 "--threads", str(args.threads), "--pidfile", str(pidfile.absolute()),
                 "--stale-factor", str(settings.stale_factor)]
@@ -200,7 +200,10 @@ def cmd_fleet(cfg: PandaConfig, args: argparse.Namespace) -> int:
                 "summary": overview.summary()}
         sys.stdout.write(json.dumps(jsonable(data), indent=2, sort_keys=True) + "\n")
         return 0
-    sys.stdout.write(fleet_text(overview))
+    from pandaserver.daemons.dbcheck import local_sqlite_note
+
+    note = local_sqlite_note(cfg)  # a fleet that cannot share leases says so
+    sys.stdout.write(fleet_text(overview) + (f"\nWARNING: {note}\n" if note else ""))
     return 0
 
 

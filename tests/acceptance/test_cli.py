@@ -207,3 +207,16 @@ def test_bad_server_name_is_a_usage_error(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, {"a": {"module": "record", "period": 60}})
     result = cli(tmp_path, "-c", str(cfg), "--server-name", "x" * 300, "run")
     assert result.returncode == 2 and "--server-name must be 1 to 255 characters" in result.stderr
+
+
+def test_a_bad_diagnostic_knob_refuses_the_start(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, {"a": {"module": "record", "period": 60}})
+    for name, value, message in (
+            ("PANDA_DAEMON_LATE_FLOOR", "0", "PANDA_DAEMON_LATE_FLOOR must be a positive number"
+                                             " of seconds, got: '0'"),
+            ("PANDA_DAEMON_CLOCK_OFFSET", "soon", "PANDA_DAEMON_CLOCK_OFFSET must be a number of"
+                                                  " seconds, got: 'soon'")):
+        env = script_env(tmp_path / "record.jsonl", **{name: value})
+        result = cli(tmp_path, "-c", str(cfg), "run", env=env)
+        assert result.returncode == 2 and f"cannot start: {message}" in result.stderr
+        assert not (tmp_path / "record.jsonl").exists()

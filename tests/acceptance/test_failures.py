@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
+from itertools import pairwise
 from pathlib import Path
 
 from harness import pid_alive, running_master, wait_for, write_config
@@ -26,7 +28,8 @@ def test_script_ignoring_sigterm_is_sigkilled_after_grace(tmp_path: Path) -> Non
     with running_master(cfg, tmp_path) as master:
         first = master.wait_events(1, "start", "stuck")[0]
         master.wait_log("stuck run 1 outcome=timeout", timeout=20)
-        assert not pid_alive(first["child"]) and not pid_alive(first["pid"])
+        wait_for(lambda: not pid_alive(first["child"]) and not pid_alive(first["pid"]), 10,
+                 "the worker and its child, which ignore SIGTERM, to be gone")
 
 
 def test_exception_is_failed_with_traceback_and_rescheduled(tmp_path: Path) -> None:
@@ -79,7 +82,8 @@ def test_kill_9_of_master_leaves_no_process(tmp_path: Path) -> None:
         tree = master.tree()
         assert len(tree) >= 4 and any(p.pid == child for p in tree)
         master.signal(signal.SIGKILL)
-        wait_for(lambda: not any(pid_alive(p.pid) for p in tree), 1.0,
+        # about 0.1 s as a rule (benchmarks/teardown.py); the bound allows for a loaded machine
+        wait_for(lambda: not any(pid_alive(p.pid) for p in tree), 10,
                  "every worker and script child to die with the master")
 
 
@@ -127,3 +131,36 @@ def test_a_module_fixed_in_place_runs_once_a_fresh_worker_imports_it(tmp_path: P
         Path(str(master.record) + ".fixed").touch()
         master.wait_log("script flaky imports now", timeout=20)
         master.wait_events(1, "start", "flaky")
+
+
+def test_worker_dying_before_ready_is_restarted_with_backoff_not_spinning(
+        tmp_path: Path) -> None:
+    # Importing "dies_on_import" kills the worker before it reports ready, until a file
+    # says otherwise. One worker: each restart waits 1 s, then 2 s, then 4 s (30 s at most),
+    # counted from the death (so from the attempt before it: exact lower bounds).
+    cfg = write_config(tmp_path, {"doomed": {"module": "dies_on_import", "period": 60}},
+                       n_proc=1)
+    with running_master(cfg, tmp_path) as master:
+        attempts = master.wait_events(3, "import", "dies_on_import", timeout=30)
+        Path(str(master.record) + ".alive").touch()  # the fourth attempt will live
+        lived = master.wait_events(1, "start", "doomed", timeout=30)[0]["t"]
+        attempts = master.events("import", "dies_on_import")
+        log = master.log()
+        workers = master.workers()
+        assert len(workers) == 1
+        # once ready, the back-off is over: a worker killed now is replaced at once
+        os.kill(workers[0].pid, signal.SIGKILL)
+        wait_for(lambda: len(master.workers()) == 1 and master.workers()[0].pid != workers[0].pid,
+                 10, "a replacement worker")
+        replaced = master.log()
+    times = [a["t"] for a in attempts]
+    assert len(times) == 3, f"a worker was started during its back-off: {times}"
+    gaps = [b - a for a, b in pairwise(times)]
+    assert gaps[0] >= 1.0 and gaps[1] >= 2.0, f"restarted before its back-off: {gaps}"
+    assert lived - times[2] >= 4.0, "the third restart came before its back-off of 4 s"
+    assert gaps[0] < 1.0 + 5 and gaps[1] < 2.0 + 5, f"the back-off was longer than said: {gaps}"
+    assert log.count("before it was ready") == 3
+    waits = re.findall(r"next worker start in (\d+) s", log)
+    assert waits == ["1", "2", "4"], waits
+    assert re.findall(r"next worker start in (\d+) s", replaced) == waits
+    assert f"worker 1 (pid {workers[0].pid}) killed by SIGKILL" in replaced

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import REPO, pid_alive
+from harness import REPO, pid_alive, wait_for
 from test_service import Service, checked
 
 from pandaserver.service.pidfile import lock_holder
@@ -131,13 +131,17 @@ def test_httpd_pandasrv_drives_the_web_server_and_the_daemon(rcsvc: RcService) -
     assert pid is not None and svc.web_answers()  # --detach returns once it answers
 
     assert svc.rc("httpd-pandasrv", "stop-httpd").returncode == 0
-    assert not svc.web_answers() and svc.master() == pid
+    wait_for(lambda: not svc.web_answers(), 10, "the web app to stop answering")
+    assert svc.master() == pid
+    again = svc.rc("httpd-pandasrv", "stop-httpd")  # not running: nothing to do, exit 0
+    assert again.returncode == 0 and "not running" in again.stdout
     assert svc.rc("httpd-pandasrv", "start-httpd").returncode == 0
-    assert svc.web_answers() and svc.master() == pid
+    assert svc.web_answers() and svc.master() == pid  # start-httpd returns once it answers
 
     assert svc.rc("httpd-pandasrv", "stop-daemon").returncode == 0
     assert svc.master() is None and svc.web_answers()  # the web app is left alone
-    assert all("gunicorn" in " ".join(p.cmdline()) for p in svc.processes())
+    left = svc.processes()
+    assert left and all("gunicorn" in " ".join(p.cmdline()) for p in left), left
     assert svc.rc("httpd-pandasrv", "start-daemon").returncode == 0
     assert svc.master() not in (None, pid)
 
@@ -151,3 +155,19 @@ def test_httpd_pandasrv_drives_the_web_server_and_the_daemon(rcsvc: RcService) -
     assert result.returncode == 2 and "n_proc" in result.stderr
     assert svc.rc("httpd-pandasrv", "stop").returncode == 0
     assert svc.rc("httpd-pandasrv", "restart-all").returncode == USAGE
+
+
+def test_httpd_pandasrv_reports_a_web_app_that_cannot_start(rcsvc: RcService) -> None:
+    svc = rcsvc
+    with socket.socket() as squatter:  # another server holds the web app's port
+        squatter.bind(("127.0.0.1", svc.web_port))
+        squatter.listen()
+        result = svc.rc("httpd-pandasrv", "start-httpd")
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "panda-daemon web: " in result.stderr
+        both = svc.rc("httpd-pandasrv", "start")  # the daemon starts; the web app does not
+        assert both.returncode == 1, both.stdout + both.stderr
+        assert svc.master() is not None
+    result = svc.rc("httpd-pandasrv", "stop")
+    assert result.returncode == 0, result.stderr
+    assert svc.master() is None and not svc.pidfile.exists() and svc.processes() == []

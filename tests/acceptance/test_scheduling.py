@@ -2,26 +2,39 @@
 
 from __future__ import annotations
 
+import re
 import signal
 from itertools import pairwise
 from pathlib import Path
 
-from harness import running_master, wait_for, write_config
+from harness import MasterProcess, running_master, wait_for, write_config
 
-EPS = 0.02  # clock granularity between processes
+# Exact guarantees are checked exactly: "never early" on the master's own figure (the delay
+# of each run: main() called minus its due time, both on the system-wide monotonic clock),
+# never on gaps between the times scripts record, which include dispatch and worker wake-up.
+# Timing bounds (how soon, how late) are generous: a loaded 2-core machine lags by tenths
+# of a second; the real figures are in benchmarks/.
+SLACK = 0.8  # seconds of lag a bound tolerates
+
+
+def never_early(master: MasterProcess, name: str) -> list[float]:
+    delays = [run["delay"] for run in master.runs(name)]
+    assert delays, f"no finished run of {name} in the log"
+    assert min(delays) >= 0, f"{name} started before its due time: delays {delays}"
+    return delays
 
 
 def test_runs_at_startup_then_once_per_period_never_early(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path, {"tick": {"module": "record", "period": 0.5}})
+    cfg = write_config(tmp_path, {"tick": {"module": "record", "period": 1.0}})
     with running_master(cfg, tmp_path) as master:
-        starts = [e["t"] for e in master.wait_events(5, "start", "tick")]
-        gaps = [b - a for a, b in pairwise(starts)]
-        # The first run waits for the workers to start; later runs keep the due-time grid.
-        assert all(gap >= 0.5 - EPS for gap in gaps[1:]), gaps
-        assert all(s - starts[1] >= k * 0.5 - EPS for k, s in enumerate(starts[1:])), starts
-        assert all(gap < 0.5 + 0.4 for gap in gaps), f"a period was skipped: {gaps}"
+        starts = [e["t"] for e in master.wait_events(5, "start", "tick", timeout=30)]
         assert master.stop() == 0
+    gaps = [b - a for a, b in pairwise(starts)]
+    # a skipped period would make a gap of two periods
+    assert max(gaps) < 2 * 1.0 - 0.15, f"a period was skipped: {gaps}"
+    assert max(gaps) < 1.0 + SLACK, gaps
     assert master.outcomes("tick")[:5] == ["ok"] * 5
+    assert len(never_early(master, "tick")) >= 5
 
 
 def test_arguments_reach_main_as_argv(tmp_path: Path) -> None:
@@ -34,16 +47,57 @@ def test_arguments_reach_main_as_argv(tmp_path: Path) -> None:
 
 
 def test_overrun_delays_next_run_without_overlap_or_burst(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path, {"slow": {"module": "record", "period": 0.4,
-                                           "arguments": [1.0]}}, n_proc=3)
+    # each run takes two periods: the next starts right after it (not a period later)
+    cfg = write_config(tmp_path, {"slow": {"module": "record", "period": 1.0,
+                                           "arguments": [2.0]}}, n_proc=3)
     with running_master(cfg, tmp_path) as master:
-        master.wait_events(3, "end", "slow", timeout=20)
+        master.wait_events(3, "end", "slow", timeout=30)
         starts = [e["t"] for e in master.events("start", "slow")]
         ends = [e["t"] for e in master.events("end", "slow")]
         for i in range(2):
             assert ends[i] <= starts[i + 1], "two runs of one script overlapped"
-            assert starts[i + 1] - ends[i] < 0.3, "the next run did not start right after"
+            assert starts[i + 1] - ends[i] < SLACK, "the next run did not start right after"
         master.wait_log("longer than its period")
+    never_early(master, "slow")
+
+
+def test_missed_periods_are_skipped_not_run_in_a_burst(tmp_path: Path) -> None:
+    # One worker: "tick" (period 0.3 s) waits 3 s behind "hog", about ten missed periods.
+    # It then runs once, late, and its next run is one period after that start: the runs
+    # after the late one are not queued behind due times long past.
+    cfg = write_config(tmp_path, {"hog": {"module": "record", "period": 60, "arguments": [3.0]},
+                                  "tick": {"module": "record", "period": 0.3}}, n_proc=1)
+    with running_master(cfg, tmp_path) as master:
+        wait_for(lambda: len(master.runs("tick")) >= 4, 30, "4 runs of tick")
+        hog_end = master.wait_events(1, "end", "hog")[0]["t"]
+    runs = master.runs("tick")
+    starts = [e["t"] for e in master.events("start", "tick")]
+    assert starts[0] >= hog_end, "tick ran while the only worker was busy"
+    assert runs[0]["queued"] >= 2.5, runs  # the late run waited for the worker...
+    for run in runs[1:4]:  # ...and the next ones did not: each was due a period after
+        assert run["queued"] < SLACK, f"a burst of missed runs: {runs}"
+    never_early(master, "tick")  # so never twice in one period either
+
+
+def test_late_dispatch_is_warned_once_naming_the_cause(tmp_path: Path) -> None:
+    # PANDA_DAEMON_LATE_FLOOR lowers the 300 s floor of the late threshold to 0.5 s. One
+    # worker: "hog" (period 1 s) runs 4 s, so "waiter" waits behind it (all workers busy)
+    # and hog's own next run is due while it still runs.
+    cfg = write_config(tmp_path, {"hog": {"module": "record", "period": 1.0, "timeout": 20,
+                                          "arguments": [4.0]},
+                                  "waiter": {"module": "record", "period": 1.0}}, n_proc=1)
+    with running_master(cfg, tmp_path, extra_env={"PANDA_DAEMON_LATE_FLOOR": "0.5"}) as master:
+        master.wait_log("hog run 1 outcome=ok", timeout=30)
+        log = master.log()
+    before_end = log[:log.index("hog run 1 outcome=ok")]
+    during = before_end[before_end.index("hog run 1 dispatched"):]  # while hog's run 1 went on
+    stamp = r"\(due at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\)"
+    # waiter: one due time, late the whole time (a worker that is still starting is busy too)
+    waiter = re.findall(rf"WARNING .*waiter is \d+ s late {stamp}: (.*)", before_end)
+    assert waiter == ["all 1 workers are busy"], before_end[-3000:]
+    # hog: its next due time passed 3.5 s before this run ended; warned once, with the cause
+    hog = re.findall(rf"WARNING .*hog is \d+ s late {stamp}: (.*)", during)
+    assert hog == ["its previous run is still going"], during[-3000:]
 
 
 def test_loop_mode_stops_on_false(tmp_path: Path) -> None:
@@ -62,23 +116,25 @@ def test_loop_mode_stops_when_period_has_passed(tmp_path: Path) -> None:
         master.wait_log("lp run 1 outcome=ok")
         first = [c for c in master.events("call", "lp") if c["run"] == 1]
         span = first[-1]["t"] - first[0]["t"]
-        assert 0.8 <= span + 0.1 <= 1.5, span  # calls kept coming until the period was over
+        # calls kept coming until the period was over (and not until the timeout of 10 s)
+        assert 0.8 <= span + 0.1 <= 1.0 + 2 * SLACK, span
         assert len(first) >= 5
 
 
 def test_worker_recycling_loses_no_run(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path, {"tick": {"module": "record", "period": 0.5}},
+    cfg = write_config(tmp_path, {"tick": {"module": "record", "period": 1.0}},
                        n_proc=2, proc_lifetime=2)
     with running_master(cfg, tmp_path) as master:
-        master.wait_log("reached its lifetime", count=3, timeout=20)
+        master.wait_log("reached its lifetime", count=3, timeout=30)
+        # a replacement takes runs once it has started, which a loaded machine may delay
+        wait_for(lambda: len({e["pid"] for e in master.events("start", "tick")}) >= 3, 20,
+                 "a replaced worker's successor to run the script")
         starts = master.events("start", "tick")
-        pids = {e["pid"] for e in starts}
-        assert len(pids) >= 3, "workers were not replaced"
         times = [e["t"] for e in starts]
         gaps = [b - a for a, b in pairwise(times)]
-        # every period was served: no gap spans a whole period without a run
-        assert max(gaps) < 2 * 0.5 - EPS, f"a scheduled run was lost during recycling: {gaps}"
-        assert min(gaps[1:]) >= 0.5 - EPS  # the first run waited for the workers to start
+        # every period was served: a lost run would make a gap of two periods
+        assert max(gaps) < 2 * 1.0 - 0.15, f"a scheduled run was lost during recycling: {gaps}"
+    never_early(master, "tick")
 
 
 def test_staggered_lifetimes_do_not_restart_together(tmp_path: Path) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from datetime import timedelta
 
 import pytest
+from freezegun import freeze_time
 from sqlalchemy import Engine, update
 from sqlalchemy.exc import OperationalError
 
@@ -48,12 +50,23 @@ def test_start_then_end_records_db_times(history: HistoryStore, db_engine: Engin
     assert not history.record_end(run_id + 1000, OK), "no such run"
 
 
-def test_record_whole_run_places_it_back_in_time(history: HistoryStore) -> None:
+def test_record_whole_run_places_it_back_in_time(history: HistoryStore,
+                                                 db_engine: Engine) -> None:
+    with db_engine.connect() as conn:
+        before = db_now(conn)
     history.record(RunRecord("sweeper", "srv-a", 7, TIMEOUT, "killed after 30s", duration=30,
-                             ended_ago=5))
+                             ended_ago=5, due_before_start=2))
+    with db_engine.connect() as conn:
+        after = db_now(conn)
     (run,) = history.query()
-    assert run.ended_at is not None
-    assert run.duration == pytest.approx(30, abs=1e-3)
+    assert run.ended_at is not None and run.started_at is not None and run.due_at is not None
+    # ended 5 s before the database's now at the insert: between the two readings, 5 s back
+    slack = timedelta(milliseconds=2)  # SQLite keeps milliseconds
+    assert before - timedelta(seconds=5) - slack <= run.ended_at
+    assert run.ended_at <= after - timedelta(seconds=5) + slack
+    assert (run.ended_at - run.started_at).total_seconds() == pytest.approx(30, abs=2e-3)
+    assert (run.started_at - run.due_at).total_seconds() == pytest.approx(2, abs=2e-3)
+    assert run.duration == pytest.approx(30, abs=2e-3)
     assert run.outcome == TIMEOUT and run.error == "killed after 30s"
 
 
@@ -179,6 +192,11 @@ def test_cli_history(history: HistoryStore, db_engine: Engine,
     table = capsys.readouterr().out
     assert table.splitlines()[0].split()[:3] == ["ID", "SCRIPT", "SERVER"]
     assert "KeyError: 'x'" in table and "sweeper" in table
+    day = run["started_at"][:10]  # as the database dated it
+    with freeze_time("1999-12-31 23:59:59"):  # this host's clock says nothing to history
+        assert cmd_history(cfg, argparse.Namespace(name="sweeper", limit=50, json=False)) == 0
+    started = capsys.readouterr().out.splitlines()[1].split()[4]
+    assert started == day != "1999-12-31"  # the database's date (UTC), not this host's
 
 
 def test_history_works_on_the_masters_autocommit_engine(db_engine: Engine) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psycopg2
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import URL, Engine, inspect, text
@@ -47,6 +48,7 @@ from pandaserver.db.schema import (
     current_revision,
     ensure_schema,
     head_revision,
+    known_revisions,
     upgrade,
 )
 from pandaserver.db.tables import OWNED_TABLES, VERSION_TABLE, metadata
@@ -92,19 +94,30 @@ def test_check_schema_on_an_empty_database_says_to_upgrade(empty_engine: Engine)
     assert caught.value.kind == "missing"
 
 
-def test_an_older_revision_says_to_run_db_upgrade(
-    db_engine: Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    current = head_revision()
-    monkeypatch.setattr(schema, "head_revision", lambda: "0099")
-    monkeypatch.setattr(schema, "known_revisions", lambda: ["0099", current])
+def upgrade_to(engine: Engine, revision: str) -> None:
+    """Migrate to ``revision`` only, as an older panda-daemon's `db upgrade` left it."""
+    with engine.begin() as conn:
+        command.upgrade(schema._config(conn), revision)
+
+
+def test_an_older_revision_says_to_run_db_upgrade(empty_engine: Engine) -> None:
+    oldest, head = known_revisions()[-1], head_revision()
+    assert oldest != head, "this test needs a schema with two revisions or more"
+    upgrade_to(empty_engine, oldest)
+    assert current_revision(empty_engine) == oldest
     with pytest.raises(SchemaError) as caught:
-        check_schema(db_engine)
+        check_schema(empty_engine)
     assert caught.value.kind == "older"
     assert str(caught.value) == (
-        f"database schema {current} is older than this panda-daemon needs (head 0099);"
+        f"database schema {oldest} is older than this panda-daemon needs (head {head});"
         " run `panda-daemon db upgrade`"
     )
+    if empty_engine.dialect.name != "sqlite":  # a shared database: the operator's decision
+        with pytest.raises(SchemaError, match="is older than"):
+            ensure_schema(empty_engine)
+        assert current_revision(empty_engine) == oldest  # untouched
+    assert upgrade(empty_engine) == (oldest, head)
+    assert check_schema(empty_engine) == head
 
 
 def test_ensure_schema_upgrades_by_itself_only_on_sqlite(empty_engine: Engine) -> None:

@@ -12,19 +12,20 @@ from typing import Any
 from wsgiref.util import setup_testing_defaults
 
 import pytest
+from freezegun import freeze_time
 from harness import running_master, wait_for, write_config
 from pg import url_text
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import URL, Engine
 
 from pandaserver.config import load_config
+from pandaserver.daemons.localstatus import local_status, render_local_status
 from pandaserver.db.clock import db_now
 from pandaserver.db.heartbeat import HeartbeatStore
 from pandaserver.db.history import HistoryStore, RunRecord
 from pandaserver.db.leases import LeaseStore
 from pandaserver.db.schema import upgrade
 from pandaserver.web.app import FleetApp
-from pandaserver.web.localstatus import local_status, render_local_status
 from pandaserver.web.metrics import HistoryCounters
 from pandaserver.web.settings import WebSettings
 from pandaserver.web.wsgi import LazyApplication
@@ -135,6 +136,19 @@ def test_scripts_api_last_run_per_server_next_due_late_and_stale(app: FleetApp) 
     assert shared["overdue"] == pytest.approx(-60, abs=5) and not shared["late"]
     never = scripts["never"]
     assert never["runs"] == [] and never["since_success"] is None and not never["stale"]
+
+
+def test_api_figures_are_on_the_database_clock_whatever_this_hosts_says(
+        app: FleetApp) -> None:
+    with freeze_time("1999-12-31 23:59:59"):  # this host's clock is decades off
+        scripts = {s["name"]: s for s in get_json(app, "/api/scripts")["scripts"]}
+        servers = {s["server"]: s for s in get_json(app, "/api/fleet")["servers"]}
+        runs = get_json(app, "/api/scripts/fresh")["runs"]
+    assert scripts["fresh"]["since_success"] < 60 and -10 < scripts["fresh"]["overdue"] < 0
+    assert scripts["old"]["since_success"] > 999 and scripts["old"]["stale"]
+    assert all(s["alive"] for s in servers.values())
+    assert servers["srv-a"]["clock_offset"] == pytest.approx(300, abs=2)
+    assert runs and not any(r["started_at"].startswith("1999") for r in runs)
 
 
 def test_one_script_api_runs_and_unknown_names(app: FleetApp) -> None:

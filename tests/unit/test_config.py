@@ -119,4 +119,6 @@ def test_unknown_key_never_shows_a_password(tmp_path: Path) -> None:
                      db_ulr="postgresql://panda:s3cret@db/panda", dbpassword="s3cret")
     text = "\n".join(found)
     assert "s3cret" not in text
-    assert "key 'db_ulr': unknown key (value hidden" in text and 'did you mean "db_url"' in text
+    assert "key 'db_ulr': unknown key (value 'postgresql://panda:***@db/panda' (secrets" \
+        " hidden))" in text and 'did you mean "db_url"' in text
+    assert "key 'dbpassword': unknown key (value hidden: its name suggests a secret)" in text

@@ -54,7 +54,7 @@ def local_status(server: str | None = None, state_dir: Path | None = None
         path = status_path(directory, server)
         data = read_status(path)
         return _annotate(data, path) if data is not None else None
-    from pandaserver.cli import short_hostname
+    from pandaserver.daemons.launch import short_hostname
 
     mine = status_path(directory, short_hostname())
     data = read_status(mine)

@@ -1,0 +1,187 @@
+"""Secrets never leave the process: values of secret-named keys, URL userinfo, passwords.
+
+``redact(text)`` is applied to every message panda-daemon writes about the configuration,
+and ``RedactingFilter`` to every log record of the master and the commands (stderr and
+the service's log files). Three things are hidden:
+
+1. every value registered with ``register`` (the configuration loader registers the value
+   of every key whose name suggests a secret, and every password found in a URL), wherever
+   it appears, raw or URL-quoted;
+2. the userinfo of anything shaped like a URL (``scheme://user:PASSWORD@host`` keeps the
+   user, ``scheme://TOKEN@host`` loses all of it), up to the last ``@`` of the address, so
+   a password holding ``@`` or ``/`` is hidden whole;
+3. ``name=value``, ``name: value`` and ``"name": "value"`` where the name suggests a secret.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import quote
+
+MASK = "***"
+
+# A key whose name suggests a secret: its value is never shown.
+SECRET_NAME = re.compile(r"pass|pwd|secret|token|key|credential", re.IGNORECASE)
+# Inside free text, "key" alone is too common a word ("key 'n_proc'"): only these forms.
+_SECRET_WORD = (r"[\w.\-]*(?:pass|pwd|secret|token|credential|api_?key|private_?key"
+                r"|access_?key)[\w.\-]*")
+_VALUE = r"(?P<value>\"[^\"]*\"|'[^']*'|[^\s,;}\]]+)"
+# name=value and name: value (an unquoted name), "name": value (JSON). A name in single
+# quotes followed by ":" is panda-daemon's own "key 'x': message" form, never a value.
+_NAMED_VALUE = re.compile(
+    r"(?i)(?P<name>(?:\"" + _SECRET_WORD + r"\"\s*:|\b" + _SECRET_WORD + r"\s*[=:])\s*)"
+    + _VALUE)
+# scheme://userinfo@ : the userinfo runs to the last "@" before a space or quote.
+_USERINFO = re.compile(
+    r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<info>[^\s\"'<>@]*(?:@[^\s\"'<>@]*)*)@")
+
+# Values too common to hide everywhere they appear (booleans, None, tiny values).
+_TRIVIAL = {"true", "false", "none", "null", "yes", "no", "fixme", "changeme", ""}
+MIN_SECRET_LENGTH = 4
+
+_lock = threading.Lock()
+_secrets: set[str] = set()
+
+
+def is_secret_name(name: str) -> bool:
+    """Does this key name suggest a secret (pass, pwd, secret, token, key, credential)?"""
+    return SECRET_NAME.search(name) is not None
+
+
+def register(value: str | None) -> None:
+    """Hide ``value`` in every later message and log line of this process."""
+    if value is None:
+        return
+    value = value.strip()
+    if len(value) < MIN_SECRET_LENGTH or value.lower() in _TRIVIAL:
+        return
+    forms = {value, quote(value, safe=""), quote(value)}
+    with _lock:
+        _secrets.update(form for form in forms if len(form) >= MIN_SECRET_LENGTH)
+
+
+def forget_all() -> None:
+    """Forget every registered secret (for tests that load many configurations)."""
+    with _lock:
+        _secrets.clear()
+
+
+def registered() -> frozenset[str]:
+    with _lock:
+        return frozenset(_secrets)
+
+
+def url_password(text: str) -> str | None:
+    """The password of ``scheme://user:password@host/...`` read as a person would (up to the
+    last ``@`` of the address), or the whole userinfo when it has no ``:``; None if none."""
+    match = _USERINFO.search(text)
+    if match is None:
+        return None
+    info = match.group("info")
+    user, colon, password = info.partition(":")
+    return password if colon else (user or None)
+
+
+def url_secrets(text: str) -> list[str]:
+    """What of a URL in ``text`` must never be shown: its password (or token), and, when the
+    password holds an unescaped ``@``, the "host" a URL parser would read from its tail
+    (``u:pa@ss@db`` gives the host ``ss@db``, which would show ``ss``)."""
+    password = url_password(text)
+    if password is None:
+        return []
+    found = [password]
+    if "@" in password:
+        match = _USERINFO.search(text)
+        assert match is not None
+        after = text[match.end():]
+        host = re.split(r"[/:?\s\"']", after, maxsplit=1)[0]
+        found.append(f"{password.split('@', 1)[1]}@{host}")
+    return found
+
+
+def _mask_userinfo(match: re.Match[str]) -> str:
+    info = match.group("info")
+    user, colon, _ = info.partition(":")
+    if colon and "@" not in user:
+        return f"{match.group('scheme')}{user}:{MASK}@"
+    return f"{match.group('scheme')}{MASK}@"
+
+
+def _mask_named(match: re.Match[str]) -> str:
+    value = match.group("value")
+    if value.strip("\"'") == MASK:
+        return match.group(0)
+    quote_char = value[0] if value[:1] in ("'", '"') else ""
+    return f"{match.group('name')}{quote_char}{MASK}{quote_char}"
+
+
+def redact(text: str) -> str:
+    """``text`` with every secret replaced by ``***`` (see the module docstring)."""
+    if not text:
+        return text
+    for secret in sorted(registered(), key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, MASK)
+    text = _USERINFO.sub(_mask_userinfo, text)
+    return _NAMED_VALUE.sub(_mask_named, text)
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites each record's message (and traceback) through ``redact``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: let the handler report it as usual
+            return True
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg = cleaned
+            record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+            record.exc_info = None
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
+
+
+def redact_handler(handler: logging.Handler) -> logging.Handler:
+    """Add the redacting filter to ``handler`` once; returns it."""
+    if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+        handler.addFilter(RedactingFilter())
+    return handler
+
+
+class RedactingStream:
+    """A text stream that writes everything through ``redact`` (the command's own stdout
+    and stderr: what ``print`` writes leaves the process as cleanly as log records)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(redact(text))
+        return len(text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def redact_std_streams() -> None:
+    """Put ``sys.stdout`` and ``sys.stderr`` behind ``RedactingStream`` (once)."""
+    if not isinstance(sys.stdout, RedactingStream):
+        sys.stdout = RedactingStream(sys.stdout)
+    if not isinstance(sys.stderr, RedactingStream):
+        sys.stderr = RedactingStream(sys.stderr)
