@@ -8,6 +8,8 @@ signals and stop. Each mixin names here what it uses of the others.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from pandaserver.config.daemon import DaemonSettings
 from pandaserver.config.scripts import DaemonSpec
 from pandaserver.daemons.clock import Clock
@@ -17,7 +19,8 @@ from pandaserver.daemons.keeper import LeaseKeeper
 from pandaserver.daemons.leases import LeaseManager
 from pandaserver.daemons.pool import Slot
 from pandaserver.daemons.runs import Recorder, Run
-from pandaserver.daemons.schedule import ScriptState
+from pandaserver.daemons.schedule import LATE_FLOOR, ScriptState
+from pandaserver.daemons.timetable import Timetable
 
 
 class MasterCore:
@@ -33,7 +36,6 @@ class MasterCore:
     log_level: str
     worker_log_file: str | None
     config_path: str | None
-    scripts: dict[str, ScriptState]
     slots: dict[int, Slot]
     draining: list[Slot]
     stopping: bool
@@ -47,6 +49,18 @@ class MasterCore:
     unimportable: set[str]
     started: float
     late_floor: float
+
+    _scripts: Timetable
+
+    @property
+    def scripts(self) -> Timetable:
+        """The scripts by name, in due-time heaps (a plain dict assigned is wrapped)."""
+        return self._scripts
+
+    @scripts.setter
+    def scripts(self, states: Mapping[str, ScriptState]) -> None:
+        self._scripts = states if isinstance(states, Timetable) else \
+            Timetable(states, floor=getattr(self, "late_floor", LATE_FLOOR))
 
     def _specs(self, settings: DaemonSettings) -> dict[str, DaemonSpec]:
         """The scripts this master runs under ``settings``."""

@@ -30,11 +30,11 @@ class Dispatching(MasterCore):
                        and s.conn_open and s.reserved is None), key=lambda s: s.index)
         if not idle:
             return
-        for state in schedule.due_scripts(self.scripts.values(), now):
-            if not idle:
-                break
+        # due-time heap: the cost per dispatch does not grow with the number of scripts
+        while idle and (state := self.scripts.pop_due(now)) is not None:
             if not state.spec.sync:
                 if self._hand_over(idle, state, None, None) is None:
+                    self.scripts.requeue(state)
                     break  # every idle worker's channel was broken
                 continue
             # a sync script asks for its lease; a worker is kept for it meanwhile, and
@@ -66,7 +66,9 @@ class Dispatching(MasterCore):
                               and s.state is WorkerState.IDLE and s.conn_open
                               and s.reserved is None), key=lambda s: s.index)
         if not usable or not candidates or \
-                self._hand_over(candidates, state, decision.generation, decision.sent) is None:
+                self._hand_over(candidates, state, decision.generation, decision.sent,
+                                None if decision.due_in is None else now + decision.due_in) \
+                is None:
             log.info("%s: lease generation %s granted but not used (%s); releasing it",
                      spec.name, decision.generation,
                      "stopping" if self.stopping else "no worker free" if usable else
@@ -74,7 +76,7 @@ class Dispatching(MasterCore):
             self.leases.release(spec.name, decision.generation)
 
     def _hand_over(self, idle: list[Slot], state: ScriptState, generation: int | None,
-                   lease_sent: float | None) -> Slot | None:
+                   lease_sent: float | None, fleet_due: float | None = None) -> Slot | None:
         """Send the run to the first idle worker that takes it; a worker whose channel is
         broken is killed (and replaced) rather than tried again."""
         spec = state.spec
@@ -101,10 +103,12 @@ class Dispatching(MasterCore):
                 if self.only is not None:
                     state.next_due = math.inf
                 elif generation is not None:
-                    # the fleet-wide due time the lease just set: this grant + period
-                    state.next_due = now + spec.period
+                    # the fleet-wide due time the grant just set (this grant + period, by
+                    # the database clock; ``fleet_due`` when the database said when)
+                    state.next_due = fleet_due if fleet_due is not None else now + spec.period
                 else:
-                    state.next_due = schedule.next_due_after_start(now, spec.period)
+                    state.next_due = schedule.next_due_after_dispatch(state, now)
+                state.anchored = True
                 log.debug("%s dispatched to worker %d (due %.3f s ago)", run.label, slot.index,
                           now - run.due)
                 return slot
@@ -158,7 +162,7 @@ class Dispatching(MasterCore):
 
     def _warn_late(self, now: float) -> None:
         busy = all(s.state is not WorkerState.IDLE for s in self.slots.values())
-        for state in schedule.late_to_warn(self.scripts.values(), now, self.late_floor):
+        for state in self.scripts.late_to_warn(now):
             state.late_warned_for = state.next_due
             why = ("its previous run is still going" if state.running is not None
                    else f"all {self.n_proc} workers are busy" if busy else "waiting for a worker")

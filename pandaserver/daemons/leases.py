@@ -23,6 +23,8 @@ class LeaseDecision:
     holder: str | None = None
     unavailable: bool = False  # the lease store could not be reached
     sent: float = 0.0  # the master's monotonic clock when the statement was handed over
+    # granted: seconds (database clock) from the grant to the next fleet-wide due time
+    due_in: float | None = None
 
 
 AcquireReply = Callable[[LeaseDecision], None]

@@ -80,7 +80,7 @@ class Master(Supervising, Dispatching):
         self.containment = Containment(monotonic=self.clock.monotonic)  # a run's processes
         self.on_signal = {**(on_signal or {}), signal.SIGCHLD: self.containment.reap}
         self.worker_log_file = worker_log_file
-        self.scripts: dict[str, ScriptState] = {}
+        self.scripts = {}
         self.slots: dict[int, Slot] = {}
         self.draining: list[Slot] = []
         self.stopping = False
@@ -223,7 +223,7 @@ class Master(Supervising, Dispatching):
     def _next_event(self, now: float) -> float:
         times = [self.stop_deadline]
         if not self.stopping:
-            nxt = schedule.next_wakeup(self.scripts.values(), now, self.late_floor)
+            nxt = self.scripts.next_wakeup(now)
             if nxt is not None:
                 times.append(nxt)
             if len(self.slots) < self.n_proc:

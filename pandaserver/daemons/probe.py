@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -76,6 +77,22 @@ def probe(package: str, modules: list[str]) -> dict[str, Any]:
     return result
 
 
+def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """``proc.wait(timeout)`` without its sleep-and-poll: one wait on the process's pidfd."""
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except OSError:  # already reaped, or no pidfd: fall back
+        proc.wait(timeout=timeout)
+        return
+    try:
+        ready, _, _ = select.select([pidfd], [], [], timeout)
+    finally:
+        os.close(pidfd)
+    if not ready:
+        raise subprocess.TimeoutExpired(proc.args, timeout)
+    proc.wait()
+
+
 def run_probe(package: str, modules: list[str], *, cwd: str | None = None,
               env: Mapping[str, str] | None = None,
               timeout: float = PROBE_TIMEOUT) -> ProbeResult:
@@ -99,7 +116,7 @@ def run_probe(package: str, modules: list[str], *, cwd: str | None = None,
         proc.stdin.write(request.encode())
         proc.stdin.close()
         data = _read_all(read_fd, deadline)
-        proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        _wait_exit(proc, max(0.1, deadline - time.monotonic()))
     except (subprocess.TimeoutExpired, TimeoutError, BrokenPipeError):
         _kill_group(proc)
         return ProbeResult(failure=f"importing the script modules of {package} did not finish"

@@ -4,11 +4,15 @@ Every function takes ``now`` (monotonic seconds) as an argument and never reads 
 so tests drive it with plain numbers.
 
 Semantics:
-- Period is start-to-start. A script is due at ``next_due``; it never starts earlier.
-- At dispatch, the next due time is one period after this start. Scripts that all became
-  due together (at start-up, say) and had to queue for workers keep the spread the queue gave
-  them, instead of colliding again every period; missed periods are skipped, never run in a
-  burst. (A sync script's period is counted the same way, from the fleet-wide grant.)
+- A script is due at ``next_due``; it never starts earlier.
+- No drift: each script runs on a grid of its period anchored on its first run's start.
+  At dispatch the next due time is one period after the *due* time (not after the moment
+  the master got round to it), so a run handed over 3 ms late does not push every later
+  run by 3 ms. Scripts that all became due together (at start-up, say) and had to queue
+  for workers are anchored on their first starts, so they keep the spread the queue gave
+  them instead of colliding again every period. Missed periods are skipped, never run in a
+  burst: the next due time is the first grid point after the start. (A sync script's
+  grid is kept fleet-wide by its lease row, see db/leases.py.)
 - A script never runs twice at once on one server: a running script is not due.
 - A run that outlasts its period leaves ``next_due`` in the past, so the script runs once
   right after the overrun ends, then keeps its period from that start.
@@ -18,7 +22,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from pandaserver.config.scripts import DaemonSpec
 
@@ -27,7 +32,11 @@ LATE_FLOOR = 300.0  # seconds: a script later than max(this, period / 2) is repo
 LATE_FLOOR_VARIABLE = "PANDA_DAEMON_LATE_FLOOR"
 
 
-@dataclass
+class Watcher(Protocol):
+    def touch(self, state: ScriptState) -> None: ...
+
+
+@dataclass(eq=False)
 class ScriptState:
     """What the master knows of one script (it owns these; workers are stateless)."""
 
@@ -38,6 +47,15 @@ class ScriptState:
     late_warned_for: float | None = None  # the due time already warned about
     disabled: str | None = None  # why it cannot run (e.g. its module does not import)
     acquiring: bool = False  # a sync script whose lease request is in flight
+    anchored: bool = False  # its grid is set (by its first run's start)
+    # the timetable that keeps this state in its due-time heaps (told of every change)
+    watcher: Watcher | None = field(default=None, repr=False)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        watcher = self.__dict__.get("watcher")
+        if watcher is not None and name != "watcher":
+            watcher.touch(self)
 
     @property
     def waiting(self) -> bool:
@@ -57,8 +75,29 @@ def due_scripts(states: Iterable[ScriptState], now: float) -> list[ScriptState]:
 
 
 def next_due_after_start(started: float, period: float) -> float:
-    """The next due time once a run has started at ``started``: start-to-start."""
+    """The first due time of a grid anchored on a first run started at ``started``."""
     return started + period
+
+
+def next_due_on_grid(due: float, period: float, started: float) -> float:
+    """The next due time of a run due at ``due`` that started at ``started``: one period
+    after ``due``, or, when whole periods were missed meanwhile, the first point of the
+    same grid after ``started`` (skipped, never run in a burst)."""
+    nxt = due + period
+    if nxt > started:
+        return nxt
+    nxt = due + period * (math.floor((started - due) / period) + 1)
+    while nxt <= started:  # rounding
+        nxt += period
+    return nxt
+
+
+def next_due_after_dispatch(state: ScriptState, started: float) -> float:
+    """Where a run handed over at ``started`` puts its script's next due time: the first
+    run anchors the grid, later ones follow it."""
+    if not state.anchored:
+        return next_due_after_start(started, state.spec.period)
+    return next_due_on_grid(state.next_due, state.spec.period, started)
 
 
 def overrun(started: float, ended: float, period: float) -> float:

@@ -63,3 +63,27 @@ def test_staggered_lifetimes_are_distinct_and_bounded() -> None:
     lifetimes = [staggered_lifetime(100, i, 4) for i in range(4)]
     assert lifetimes == [100, 87.5, 75, 62.5]
     assert staggered_lifetime(100, 0, 1) == 100
+
+
+def test_next_due_is_one_period_after_the_due_time_not_after_the_start() -> None:
+    # due at 100, handed over 3 ms late: due again at 110, not 110.003 (no drift)
+    assert schedule.next_due_on_grid(due=100.0, period=10, started=100.003) == 110.0
+    due = 100.0
+    for _ in range(10000):  # a day of 5-s runs each 4 ms late still ends on the grid
+        due = schedule.next_due_on_grid(due, 5.0, due + 0.004)
+    assert due == 100.0 + 5.0 * 10000
+
+
+def test_missed_periods_on_the_grid_are_skipped_not_burst() -> None:
+    # due at 100, started at 135 (waited for a worker): next at 140, not 110, 120, 130
+    assert schedule.next_due_on_grid(due=100.0, period=10, started=135.0) == 140.0
+    assert schedule.next_due_on_grid(due=100.0, period=10, started=140.0) == 150.0
+
+
+def test_the_grid_is_anchored_on_the_first_start() -> None:
+    # scripts queued together at start-up keep the spread their first starts gave them
+    first = ScriptState(spec(period=10), next_due=0.0)
+    first.next_due = schedule.next_due_after_dispatch(first, started=0.7)
+    assert first.next_due == 10.7
+    first.anchored = True
+    assert schedule.next_due_after_dispatch(first, started=10.702) == 20.7
