@@ -108,7 +108,7 @@ def setup_logging(level: str) -> None:
     from pandaserver.config.secrets import redact_handler
     from pandaserver.daemons.logsink import MASTER, SafeHandler
 
-    handler = redact_handler(SafeHandler(fd=2, counter=MASTER))
+    handler = redact_handler(SafeHandler(stream="stderr", counter=MASTER))
     handler.setFormatter(logging.Formatter(MASTER_LOG_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]

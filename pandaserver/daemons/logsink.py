@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -84,13 +85,21 @@ class DropCounter:
 
 
 class SafeHandler(logging.Handler):
+    """``fd``: a file descriptor; ``path``: a file; ``stream`` (``"stdout"`` or
+    ``"stderr"``): the process's standard stream, written to its descriptor (1 or 2) while
+    ``sys.<stream>`` is the original one, else through whatever replaced it (a test's
+    capture, an embedding program's stream), each failure dropped and counted alike."""
+
     def __init__(self, *, fd: int | None = None, path: str | None = None,
-                 counter: DropCounter | None = None) -> None:
-        if (fd is None) == (path is None):
-            raise ValueError("SafeHandler needs exactly one of fd and path")
+                 stream: str | None = None, counter: DropCounter | None = None) -> None:
+        if sum(x is not None for x in (fd, path, stream)) != 1:
+            raise ValueError("SafeHandler needs exactly one of fd, path and stream")
+        if stream not in (None, "stdout", "stderr"):
+            raise ValueError(f"stream must be stdout or stderr, got: {stream!r}")
         super().__init__()
-        self.fd = fd
+        self.fd = fd if stream is None else (1 if stream == "stdout" else 2)
         self.path = path
+        self.stream = stream
         self.counter = counter or DropCounter()
         self._file: int | None = None
         self._file_id: tuple[int, int] | None = None
@@ -99,7 +108,9 @@ class SafeHandler(logging.Handler):
 
     @property
     def where(self) -> str:
-        return self.path if self.path is not None else f"file descriptor {self.fd}"
+        if self.path is not None:
+            return self.path
+        return self.stream if self.stream is not None else f"file descriptor {self.fd}"
 
     def emit(self, record: logging.LogRecord) -> None:
         if getattr(self._inside, "active", False):
@@ -108,30 +119,20 @@ class SafeHandler(logging.Handler):
         self._inside.active = True
         try:
             try:
-                data = (self.format(record) + "\n").encode("utf-8", errors="replace")
+                text = self.format(record) + "\n"
             except Exception as exc:  # a bad format argument: drop it, say why
-                data = (f"{record.levelname} {record.name}: unformattable log record"
-                        f" ({type(exc).__name__}: {exc}): {record.msg!r}\n").encode(
-                    "utf-8", errors="replace")
-            self._write(data)
+                text = (f"{record.levelname} {record.name}: unformattable log record"
+                        f" ({type(exc).__name__}: {exc}): {record.msg!r}\n")
+            self._write(text)
         finally:
             self._inside.active = False
 
-    def _write(self, data: bytes) -> None:
-        if self._torn:
-            data = b"\n" + data
+    def _write(self, text: str) -> None:
         try:
-            fd = self._target()
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                if written <= 0:
-                    raise OSError("the write wrote nothing")
-                if written < len(view):
-                    self._torn = True
-                view = view[written:]
-        except OSError as exc:
-            self.counter.drop(f"{self.where}: {exc.strerror or exc}")
+            self._put(("\n" if self._torn else "") + text)
+        except Exception as exc:  # OSError above all; anything a replaced stream raises
+            error = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            self.counter.drop(f"{self.where}: {error}")
             return
         self._torn = False
         ended = self.counter.wrote()
@@ -142,10 +143,27 @@ class SafeHandler(logging.Handler):
                 "%d log line(s) were dropped while they could not be written (%s)",
                 (count, error), None)
             try:
-                os.write(self._target(), (self.format(notice) + "\n").encode(
-                    "utf-8", errors="replace"))
+                self._put(self.format(notice) + "\n")
             except Exception:
                 pass
+
+    def _put(self, text: str) -> None:
+        """Write ``text`` whole, or raise."""
+        if self.stream is not None:
+            current = getattr(sys, self.stream)
+            if current is not getattr(sys, f"__{self.stream}__"):
+                current.write(text)
+                current.flush()
+                return
+        view = memoryview(text.encode("utf-8", errors="replace"))
+        fd = self._target()
+        while view:
+            written = os.write(fd, view)
+            if written <= 0:
+                raise OSError("the write wrote nothing")
+            if written < len(view):
+                self._torn = True
+            view = view[written:]
 
     def _target(self) -> int:
         if self.fd is not None:

@@ -98,7 +98,7 @@ def log_records_to_stdout(level: str, fmt: str) -> None:
     from pandaserver.config.secrets import redact_handler
     from pandaserver.daemons.logsink import MASTER, SafeHandler
 
-    handler = redact_handler(SafeHandler(fd=1, counter=MASTER))
+    handler = redact_handler(SafeHandler(stream="stdout", counter=MASTER))
     handler.setFormatter(logging.Formatter(fmt))
     root = logging.getLogger()
     root.handlers[:] = [handler]

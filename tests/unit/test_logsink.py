@@ -140,3 +140,23 @@ def test_worker_reports_make_one_episode_across_workers() -> None:
     assert episodes == ["w.log: full"] and drops.dropped == 43 and drops.error is None
     drops.update(3, {"op": "done"})  # an older worker's message: nothing to count
     assert drops.dropped == 43
+
+
+def test_a_standard_stream_replaced_in_process_is_written_through(
+        logger: logging.Logger, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    handler = SafeHandler(stream="stderr")
+    logger.addHandler(handler)
+    logger.warning("to the captured stderr")  # capsys replaced sys.stderr
+    assert capsys.readouterr().err == "to the captured stderr\n"
+
+    class Full:
+        def write(self, text: str) -> int:
+            raise OSError(28, "No space left on device")
+
+        def flush(self) -> None:
+            pass
+
+    monkeypatch.setattr("sys.stderr", Full())
+    logger.warning("lost")
+    assert handler.counter.dropped == 1 and "No space left" in (handler.counter.error or "")
