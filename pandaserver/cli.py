@@ -107,9 +107,12 @@ def _add_optional_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
 
 
 def setup_logging(level: str) -> None:
+    """Records go to stderr, each line one write; a line that cannot be written is dropped
+    and counted (``logsink.MASTER``, shown by ``status``), never raised."""
     from pandaserver.config.secrets import redact_handler
+    from pandaserver.daemons.logsink import MASTER, SafeHandler
 
-    handler = redact_handler(logging.StreamHandler(sys.stderr))
+    handler = redact_handler(SafeHandler(stream="stderr", counter=MASTER))
     handler.setFormatter(logging.Formatter(MASTER_LOG_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -183,7 +186,7 @@ def cmd_run_once(cfg: PandaConfig, args: argparse.Namespace) -> int:
 
     clock = SystemClock()
     try:
-        fleet = open_fleet(cfg, server_name(args), clock)
+        fleet = open_fleet(cfg, server_name(args), clock, member=False)
     except StartupError as exc:
         log.error("cannot run: %s", exc)
         return exc.code

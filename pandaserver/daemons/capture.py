@@ -52,6 +52,7 @@ class LineLogger(io.TextIOBase):
         self._level = level
         self._buffer = ""
         self._lock = threading.Lock()
+        self._inside = threading.local()
 
     def writable(self) -> bool:
         return True
@@ -60,15 +61,26 @@ class LineLogger(io.TextIOBase):
         with self._lock:
             self._buffer += text
             *lines, self._buffer = self._buffer.split("\n")
-        for line in lines:
-            self._logger.log(self._level, "%s", line)
+        self._log(lines)
         return len(text)
 
     def flush(self) -> None:
         with self._lock:
             rest, self._buffer = self._buffer, ""
         if rest:
-            self._logger.log(self._level, "%s", rest)
+            self._log([rest])
+
+    def _log(self, lines: list[str]) -> None:
+        """Log each line; never from inside itself (a handler a script added that writes
+        to this stream would log again, forever): such lines are dropped."""
+        if getattr(self._inside, "active", False):
+            return
+        self._inside.active = True
+        try:
+            for line in lines:
+                self._logger.log(self._level, "%s", line)
+        finally:
+            self._inside.active = False
 
     def isatty(self) -> bool:
         return False

@@ -101,7 +101,8 @@ class ConnectionTracker:
     def _checkin(self, dbapi_connection: Any, record: Any) -> None:
         with self._lock:
             ident = threading.get_ident()
-            if self._by_thread.get(ident) is dbapi_connection:
+            # a failed connect checks in None: nothing was checked out
+            if dbapi_connection is not None and self._by_thread.get(ident) is dbapi_connection:
                 del self._by_thread[ident]
 
     def cut(self, thread_ident: int | None) -> bool:

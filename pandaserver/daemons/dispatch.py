@@ -101,6 +101,7 @@ class Dispatching(MasterCore):
                 slot.move(WorkerState.BUSY)
                 self._dispatched(spec.name)
                 slot.run = run
+                self.recorder.start(run)  # its history row, written by the batched writer
                 state.running = run.id
                 state.run_started = now
                 if self.only is not None:

@@ -4,13 +4,14 @@ One ``FleetDb`` per master, driven from its event loop, which it never blocks: e
 statement runs on a lane thread (``dblanes.py``): ``lease`` (grants and releases),
 ``renew`` (renewals of held leases: never queued behind a slow grant) and ``house``
 (heartbeats, pruning, replaying history kept during an outage); history batches have their
-own writer thread. Results come back through ``Completions`` and are acted on by the loop.
+own writer thread (``HistoryKeeper``). Results come back through ``Completions`` and are
+acted on by the loop.
 
 A failed or timed-out call starts an *outage* (one WARNING, shown in status, fleet and
 /metrics); while it lasts, grants are answered "unavailable" at once and only probes (the
 heartbeat, every ``probe_interval`` seconds counted from the end of the failed call) and
 renewals reach the database; the first success ends it (one INFO), replays the history kept
-meanwhile and retries the lease releases that failed.
+meanwhile (on the history writer thread) and retries the lease releases that failed.
 
 During an outage sync scripts are skipped (never run without a lease); other scripts run.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
@@ -34,11 +36,18 @@ from pandaserver.config.scripts import DaemonSpec
 from pandaserver.daemons import exitcodes
 from pandaserver.daemons.clock import Clock
 from pandaserver.daemons.dblanes import Completions, ConnectionTracker, Lane, Op
-from pandaserver.daemons.history_writer import HistoryWriter
+from pandaserver.daemons.history_keeper import HistoryKeeper
 from pandaserver.daemons.leases import AcquireReply, LeaseDecision, RenewReply
-from pandaserver.daemons.runs import LogRecorder, RunRecord
+from pandaserver.daemons.runs import LogRecorder, Run, RunRecord
+from pandaserver.daemons.spool import Spool, spool_path
 from pandaserver.db import history as dbhistory
-from pandaserver.db.engine import DatabaseConfigError, describe_db_error, make_engine, safe_url
+from pandaserver.db.engine import (
+    DatabaseConfigError,
+    default_state_dir,
+    describe_db_error,
+    make_engine,
+    safe_url,
+)
 from pandaserver.db.heartbeat import HeartbeatStore, config_hash
 from pandaserver.db.leases import LeaseStore
 from pandaserver.db.schema import SchemaError, ensure_schema
@@ -47,7 +56,6 @@ log = logging.getLogger("panda.master")
 T = TypeVar("T")
 
 PROBE_INTERVAL = 2.0
-HISTORY_BATCH = 0.25
 STATEMENT_TIMEOUT = 4.0  # server side: a statement stuck on a lock
 IO_TIMEOUT = 4.0  # client side: a connection with no answer (tcp_user_timeout, read timeout)
 CALL_TIMEOUT = 5.0  # the master's own bound on a lease, renewal or heartbeat call
@@ -65,7 +73,7 @@ class FleetDb:
                  monotonic: Callable[[], float], started_wall: datetime,
                  probe_interval: float = PROBE_INTERVAL,
                  wall: Callable[[], datetime] | None = None,
-                 call_timeout: float = CALL_TIMEOUT) -> None:
+                 call_timeout: float = CALL_TIMEOUT, member: bool = True) -> None:
         self.engine = engine
         self.server = server
         self.pid = os.getpid()
@@ -78,8 +86,6 @@ class FleetDb:
         self.leases = LeaseStore(engine)
         self.history = dbhistory.HistoryStore(engine)
         self.beats = HeartbeatStore(engine)
-        self.pending = dbhistory.PendingWrites()
-        self.replaying: dbhistory.PendingWrites | None = None
         self.failed_releases: list[tuple[str, int]] = []
         self.down_since: float | None = None
         self.outages = 0
@@ -88,9 +94,12 @@ class FleetDb:
         self.schema_problem: str | None = None
         self.next_beat = 0.0
         self.next_prune = 0.0
-        self.batch: list[RunRecord] = []
-        self.flush_at: float | None = None
-        self.writer = HistoryWriter(self.history)
+        self.master_id = uuid.uuid4().hex  # this master's runs in the history
+        self.keeper = HistoryKeeper(
+            self.history, server=server, master_id=self.master_id, master_pid=self.pid,
+            monotonic=monotonic, heartbeat_interval=lambda: self.settings.heartbeat_interval,
+            url=engine.url, on_outage=lambda exc: self._down(self.monotonic(), exc),
+            on_written=self._history_written, member=member)
         self.completions = Completions()
         tracker = ConnectionTracker(engine)
         self.lanes = {name: Lane(name, self.completions, tracker)
@@ -198,39 +207,9 @@ class FleetDb:
         self.failed_releases = []
         for name, generation in releases:
             self.release(name, generation)
-        log.info("database available again after %.1f s", outage)
-        self._replay()
-
-    def _replay(self) -> None:
-        """Write the history kept during an outage, off the loop, oldest first."""
-        if self.replaying is not None or not self.pending:
-            return
-        backlog, self.pending = self.pending, dbhistory.PendingWrites()
-        self.replaying = backlog
-
-        def done(result: dbhistory.FlushResult | None, error: BaseException | None,
-                 late: bool) -> None:
-            self.replaying = None
-            if result is None:
-                result = dbhistory.FlushResult(0, len(backlog), backlog.take_dropped(), None)
-            dropped = f", {result.dropped} dropped for lack of room" if result.dropped else ""
-            left = ""
-            if result.error is not None or error is not None:
-                left = f", {result.remaining} kept for the next attempt"
-                self._keep(backlog)
-                if result.error is not None:
-                    self._down(self.monotonic(), result.error)
-            log.info("history kept during the outage: %d row(s) written%s%s",
-                     result.written, dropped, left)
-
-        self._submit("house", "history replay", lambda: backlog.flush(self.history), done,
-                     timeout=HOUSE_TIMEOUT)
-
-    def _keep(self, backlog: dbhistory.PendingWrites) -> None:
-        """Put what a replay could not write back in front of what came since."""
-        newer, self.pending = self.pending, backlog
-        for item in newer.items():
-            self.pending.add(item)
+        log.info("database available again after %.1f s; writing the %d history row(s) kept"
+                 " meanwhile", outage, len(self.keeper.pending))
+        self.keeper.resume()  # on the history writer thread
 
     # ----- leases -------------------------------------------------------------------------
     def acquire(self, spec: DaemonSpec, now: float, reply: AcquireReply) -> None:
@@ -291,51 +270,34 @@ class FleetDb:
             return
         self._submit("lease", "release", lambda: self.leases.release(name, generation), done)
 
-    # ----- history ------------------------------------------------------------------------
+    # ----- history (``HistoryKeeper``: batched on a writer thread, spooled at stop) -------
+    def history_usable(self) -> bool:
+        return self.down_since is None and self.schema_ok
+
+    def record_start(self, run: Run) -> None:
+        """A run was dispatched: its ``running`` row is written in the next batch."""
+        self.keeper.start(run)
+
     def record(self, rec: RunRecord) -> None:
-        """Queue a finished run; ``flush_history`` writes the queue in one transaction at
-        most ``HISTORY_BATCH`` seconds later (one commit per batch, not per run)."""
-        self.batch.append(rec)
-        if self.flush_at is None:
-            self.flush_at = self.monotonic() + HISTORY_BATCH
+        """Queue a finished run; written in one batch (one commit) at most
+        ``HISTORY_BATCH`` seconds later."""
+        self.keeper.end(rec)
 
     def flush_history(self) -> None:
-        """Hand the queued runs to the writer thread (or keep them, during an outage)."""
-        if not self.batch:
-            return
-        now = self.monotonic()
-        rows = [dbhistory.RunRecord(
-            script=rec.script, server=rec.server, pid=rec.pid, outcome=rec.outcome,
-            error=rec.error, generation=rec.generation, duration=max(0.0, rec.duration),
-            ended_ago=max(0.0, now - rec.ended) if rec.ended else 0.0,
-            due_before_start=max(0.0, rec.dispatch_delay)) for rec in self.batch]
-        self.batch = []
-        self.flush_at = None
-        if self.down_since is not None or not self.schema_ok:
-            for row in rows:
-                self.pending.add(row)
-            return
-        self.writer.submit(rows)
+        self.keeper.flush(self.history_usable())
 
     def collect_written(self) -> None:
-        """Act on what the writer thread reports: an outage, or rows to drop."""
-        now = self.monotonic()
-        for result in self.writer.results():
-            exc = result.error
-            if exc is None:
-                if self.down_since is not None:
-                    self._up(now)
-            elif isinstance(exc, SQLAlchemyError):
-                self._down(now, exc)
-                for row in result.rows:
-                    self.pending.add(row)
-            else:
-                log.error("%d history row(s) dropped: %s: %s", len(result.rows),
-                          type(exc).__name__, exc)
+        """Act on what the writer thread reports: an outage, or the end of one."""
+        self.keeper.collect()
+
+    def _history_written(self) -> None:
+        if self.down_since is not None:
+            self._up(self.monotonic())
 
     def close(self, timeout: float = 5.0) -> None:
         """At the master's stop: finish the calls under way (lease releases above all) and
-        write what is queued, waiting ``timeout`` seconds at most in all."""
+        write what is queued, waiting ``timeout`` seconds at most in all (what is left is
+        kept in the spool file, written at the next start)."""
         import selectors
 
         deadline = self.monotonic() + timeout
@@ -354,20 +316,15 @@ class FleetDb:
             for op in lane.drop_pending():
                 log.error("database %s not done at stop", op.what)
             lane.close()
-        for result in self.writer.close(timeout=max(0.1, deadline - self.monotonic())):
-            if result.error is not None:
-                log.error("%d history row(s) not written at stop: %s", len(result.rows),
-                          describe_db_error(result.error, self.engine.url)
-                          if isinstance(result.error, SQLAlchemyError) else result.error)
+        # what is not written in time is kept in the spool file and reported
+        self.keeper.close(self.history_usable(), max(0.1, deadline - self.monotonic()))
         self.completions.close()
 
     # ----- periodic work: heartbeat and pruning --------------------------------------------
     def tick(self, now: float) -> float:
         """Write queued history, heartbeat and prune when due; returns when to be called next.
         Never waits for the database: the calls run on the ``house`` lane."""
-        self.collect_written()
-        if self.flush_at is not None and now >= self.flush_at:
-            self.flush_history()
+        history_wake = self.keeper.tick(now, self.history_usable())
         house = self.lanes["house"]
         probe = self.down_since is not None and now >= self.next_probe  # back yet?
         if (now >= self.next_beat or probe) and self.usable(now) and not house.busy:
@@ -376,9 +333,7 @@ class FleetDb:
         if now >= self.next_prune and self.down_since is None and not house.busy:
             self._prune()
             self.next_prune = now + PRUNE_INTERVAL
-        wake = self.next_beat if self.flush_at is None else min(self.next_beat, self.flush_at)
-        if self.writer.busy:  # look for the writer's answer soon (it needs no wake-up of ours)
-            wake = min(wake, now + HISTORY_BATCH)
+        wake = min(self.next_beat, history_wake)
         if self.down_since is not None:
             wake = min(wake, self.next_probe)
         deadline = self.next_deadline()
@@ -431,6 +386,9 @@ class DbRecorder:
         self.fleet = fleet
         self.log = LogRecorder()
 
+    def start(self, run: Run) -> None:
+        self.fleet.record_start(run)
+
     def record(self, record: RunRecord) -> None:
         self.log.record(record)
         self.fleet.record(record)
@@ -445,11 +403,13 @@ class StartupError(Exception):
         self.code = code
 
 
-def open_fleet(cfg: PandaConfig, server: str, clock: Clock) -> FleetDb:
+def open_fleet(cfg: PandaConfig, server: str, clock: Clock, member: bool = True) -> FleetDb:
     """Connect to the configured database and check its schema (upgrading SQLite).
 
     A newer schema, or an older one on a shared server database, refuses the start; an
     unreachable database does not: the master starts in an outage and resumes by itself.
+    ``member``: a master of the fleet (not ``run-once``): it records run starts, replays
+    the history spooled by the last master of ``server`` and closes that master's open runs.
     """
     try:
         # autocommit without a ping: one round trip per lease grant (lease statements retry
@@ -458,7 +418,8 @@ def open_fleet(cfg: PandaConfig, server: str, clock: Clock) -> FleetDb:
                              statement_timeout=STATEMENT_TIMEOUT, io_timeout=IO_TIMEOUT)
     except (DatabaseConfigError, KeyError, ValueError) as exc:
         raise StartupError(exitcodes.RET_CONFIG, f"database settings: {exc}") from None
-    fleet = FleetDb(engine, server, cfg.daemon, clock.monotonic, clock.wall(), wall=clock.wall)
+    fleet = FleetDb(engine, server, cfg.daemon, clock.monotonic, clock.wall(), wall=clock.wall,
+                    member=member)
     outcome: list[BaseException | None] = []
 
     def check() -> None:
@@ -484,4 +445,7 @@ def open_fleet(cfg: PandaConfig, server: str, clock: Clock) -> FleetDb:
     else:
         raise error
     log.info("database: %s", safe_url(engine.url))
+    if member:
+        fleet.keeper.at_start(Spool(spool_path(default_state_dir(), server)),
+                              fleet.history_usable())
     return fleet

@@ -76,6 +76,20 @@ def local_masters(state_dir: Path | None = None) -> list[dict[str, Any]]:
     return masters
 
 
+def render_log_health(health: object) -> str | None:
+    """``logging: ...`` when log lines were dropped (a full or broken log disk), else None."""
+    if not isinstance(health, dict):
+        return None
+    dropped, failing = health.get("dropped"), health.get("failing")
+    if not failing and not dropped:
+        return None
+    counts = (f"{dropped} line(s) dropped since the start (master {health.get('master_dropped')},"
+              f" workers {health.get('workers_dropped')})")
+    if failing:
+        return f"logging: FAILING ({failing}); {counts}"
+    return f"logging: writing again; {counts}"
+
+
 def _number(value: object) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
@@ -110,6 +124,9 @@ def render_local_status(data: dict[str, Any], now: float | None = None) -> str:
             state += f" for {span(down_for)}"
         lines.append(f"database: {state}, {database.get('pending_history', 0)} history row(s)"
                      " waiting to be written")
+    logging_line = render_log_health(data.get("logging"))
+    if logging_line:
+        lines.append(logging_line)
     workers = [w for w in data.get("workers") or [] if isinstance(w, dict)]
     lines.append("")
     lines.append(f"workers ({len(workers)} of n_proc {data.get('n_proc', '?')}):")

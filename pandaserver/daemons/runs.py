@@ -54,11 +54,17 @@ class RunRecord:
 
 
 class Recorder(Protocol):
+    def start(self, run: Run) -> None:
+        """A run was just dispatched (history: its ``running`` row)."""
+
     def record(self, record: RunRecord) -> None: ...
 
 
 class LogRecorder:
     """Records each finished run as one log line (the history table comes with the database)."""
+
+    def start(self, run: Run) -> None:
+        pass  # the log line comes when it ends
 
     def record(self, record: RunRecord) -> None:
         level = logging.INFO if record.outcome in (protocol.OK, protocol.SKIPPED) else logging.ERROR

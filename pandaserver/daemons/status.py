@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pandaserver.config.secrets import redact
+from pandaserver.daemons import logsink
 
 if TYPE_CHECKING:
     from pandaserver.daemons.core import MasterCore as Master
@@ -94,9 +95,18 @@ def snapshot(master: Master, now: float) -> dict[str, Any]:
             "down_for": None if master.fleet.down_since is None
             else round(now - master.fleet.down_since, 3),
             "outages": master.fleet.outages,
-            "pending_history": len(master.fleet.pending),
+            "pending_history": master.fleet.keeper.waiting,
         },
+        "logging": log_health(),
     }
+
+
+def log_health() -> dict[str, Any]:
+    """Log lines dropped because they could not be written (a full disk): the master's
+    own and its workers', since the start, and the error while it lasts (None: writing)."""
+    own, workers = logsink.MASTER, logsink.WORKERS
+    return {"dropped": own.dropped + workers.dropped, "master_dropped": own.dropped,
+            "workers_dropped": workers.dropped, "failing": own.error or workers.error}
 
 
 def signature(master: Master) -> tuple[Any, ...]:
@@ -109,6 +119,8 @@ def signature(master: Master) -> tuple[Any, ...]:
         None if master.fleet is None else master.fleet.down_since,
         tuple(sorted(getattr(master, "paused", {}))), getattr(master, "drain_hold", None),
         tuple((n, c.failures) for n, c in sorted(master.crashes.scripts.items())),
+        logsink.MASTER.dropped, logsink.MASTER.failing, logsink.WORKERS.dropped,
+        bool(logsink.WORKERS.failing),
     )
 
 

@@ -7,7 +7,7 @@ import logging
 import math
 from typing import Any
 
-from pandaserver.daemons import protocol
+from pandaserver.daemons import logsink, protocol
 from pandaserver.daemons.core import MasterCore
 from pandaserver.daemons.crashloop import spawn_limit
 from pandaserver.daemons.pool import (
@@ -92,6 +92,7 @@ class Supervising(MasterCore):
     def _handle_message(self, slot: Slot, message: dict[str, Any]) -> None:
         now = self.clock.monotonic()
         op = message["op"]
+        logsink.worker_report(slot.index, message)  # log lines the worker had to drop
         if op == "importing":
             module = message.get("module")
             slot.importing = module if isinstance(module, str) else None

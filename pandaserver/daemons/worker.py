@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import logging.handlers
 import os
 import sys
 import threading
@@ -22,6 +21,7 @@ from pandaserver.daemons import capture, protocol
 from pandaserver.daemons.containment import RUN_VAR, run_marker
 from pandaserver.daemons.invoke import describe_import_error, import_script, run_main
 from pandaserver.daemons.lock_pool import LockPool
+from pandaserver.daemons.logsink import DropCounter, SafeHandler
 from pandaserver.daemons.pool import KILL_GRACE
 from pandaserver.daemons.processes import set_title
 from pandaserver.daemons.services import make_tbuf, set_context
@@ -37,8 +37,9 @@ LOG_FORMAT = (
 
 class Worker:
     def __init__(self, conn: Connection, index: int, server: str,
-                 config_path: str | None = None) -> None:
+                 config_path: str | None = None, log_drops: DropCounter | None = None) -> None:
         self.conn = conn
+        self.log_drops = log_drops or DropCounter()
         self.index = index
         self.server = server
         self.package = ""
@@ -59,7 +60,8 @@ class Worker:
             error = self._import(module)
             if error is not None:
                 errors[module] = error
-        protocol.send(self.conn, "ready", pid=os.getpid(), import_errors=errors)
+        protocol.send(self.conn, "ready", pid=os.getpid(), import_errors=errors,
+                      **self._log_report())
         while True:
             set_title(f"worker {self.index} idle")
             try:
@@ -110,24 +112,30 @@ class Worker:
         set_context(self.tbuf, None, None, None)
         capture.clear_current()
         protocol.send(self.conn, "done", run=run_id, outcome=outcome, error=error,
-                      started=started, ended=ended, import_failed=import_failed)
+                      started=started, ended=ended, import_failed=import_failed,
+                      **self._log_report())
+
+    def _log_report(self) -> dict[str, Any]:
+        """Log lines this worker dropped since its last message, and why it drops them now
+        (None: it writes them)."""
+        dropped, error = self.log_drops.report()
+        return {"log_dropped": dropped, "log_error": error}
 
 
-def setup_logging(stream_fd: int, index: int, level: str, log_file: str | None = None) -> None:
+def setup_logging(stream_fd: int, index: int, level: str,
+                  log_file: str | None = None) -> DropCounter:
     """Worker records go to ``log_file`` when given (reopened when logrotate moves it),
-    else to the master's stderr."""
-    handler: logging.Handler
-    if log_file:
-        handler = logging.handlers.WatchedFileHandler(log_file, encoding="utf-8")
-    else:
-        stream = os.fdopen(stream_fd, "w", buffering=1, encoding="utf-8", errors="replace")
-        handler = logging.StreamHandler(stream)
+    else to the master's stderr. A line that cannot be written is dropped and counted in
+    the returned counter, never raised and never reported on ``sys.stderr`` (the capture
+    stream, which would log again); the master hears of it with each message."""
+    handler = SafeHandler(path=log_file) if log_file else SafeHandler(fd=stream_fd)
     handler.addFilter(capture.RunLabelFilter())
     handler.addFilter(_WorkerFilter(index))
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    return handler.counter
 
 
 class _WorkerFilter(logging.Filter):
@@ -153,12 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=watch_lifeline, args=(args.lifeline, KILL_GRACE), name="lifeline",
                      daemon=True).start()
     original_stderr = capture.redirect_fd_output()
-    setup_logging(original_stderr, args.index, args.log_level, args.log_file)
+    drops = setup_logging(original_stderr, args.index, args.log_level, args.log_file)
     if args.log_file:  # records go to the file: keep no handle on the master's stderr, so a
         os.close(original_stderr)  # rotated stderr log is not held open by workers
     sys.stdout = capture.LineLogger("stdout", logging.INFO)
     sys.stderr = capture.LineLogger("stderr", logging.WARNING)
-    worker = Worker(Connection(args.fd), args.index, args.server_name, args.config)
+    worker = Worker(Connection(args.fd), args.index, args.server_name, args.config, drops)
     try:
         return worker.serve()
     except (EOFError, protocol.ProtocolError) as exc:

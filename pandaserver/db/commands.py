@@ -88,6 +88,7 @@ def _run_json(run: RunRow) -> dict[str, Any]:
         "generation": run.generation, "due_at": _iso(run.due_at),
         "started_at": _iso(run.started_at), "ended_at": _iso(run.ended_at),
         "duration": run.duration, "outcome": run.outcome, "error": run.error,
+        "master_pid": run.master_pid, "run_id": run.run_id,
     }
 
 
@@ -169,6 +170,9 @@ def cmd_unlock(cfg: PandaConfig, args: argparse.Namespace) -> int:
             store = LeaseStore(engine)
             before = store.force_release(args.name)
             names = [lease.name for lease in store.list_leases()] if before is None else []
+            closed = 0 if before is None else HistoryStore(engine).close_lease_runs(
+                args.name, before.generation, "its lease was force-released (panda-daemon"
+                " unlock) while it was open: its holder died, hung or lost the lease")
         if before is None:
             raise _Fail(f"no lease named {args.name!r}{did_you_mean(args.name, names)}",
                         EXIT_NOT_FOUND)
@@ -182,6 +186,9 @@ def cmd_unlock(cfg: PandaConfig, args: argparse.Namespace) -> int:
                   f" generation {before.generation})")
         print(f"generation is now {before.generation + 1}: the old holder can no longer"
               f" release or renew it; next due in {span(before.due_in)}")
+        if closed:
+            print(f"{closed} open run(s) of it marked lost in the history (a holder still"
+                  " alive records how they really end)")
         return EXIT_OK
 
     return _run(body)

@@ -1,21 +1,21 @@
 """Run history (``daemon_run``): one row per run, or per attempt skipped for a lease.
 
-Times come from the database clock. A run is written either in two steps
-(``record_start`` when it begins, ``record_end`` when it ends) or as one
-``record(run)`` afterwards, with its duration measured on the master's monotonic
-clock.
+Times come from the database clock. The master writes a run in two steps, both keyed by
+``(master_id, run_id)`` so that any write may be replayed without adding a row: a
+``RunStart`` when it dispatches the run (a ``running`` row) and a ``RunRecord`` with the
+run's outcome when it ends (which completes that row, or inserts the whole row if the
+start never got written); ``write_many`` applies a batch of both. A run left ``running``
+by a master that died is closed as ``lost`` by whoever learns it first: the next master
+of that server (``mark_lost``), a master taking over its lease (in ``write_many``),
+``panda-daemon unlock`` (``close_lease_runs``) or any master sweeping for masters whose
+heartbeats stopped (``close_abandoned``). Unkeyed helpers (``record_start``/``record_end``,
+``record``, ``record_many``) remain for tools and tests.
 
-``PendingWrites`` keeps history writes that failed while the database was
-unreachable. The master owns one; when a history write fails it adds the write
-there, and on its next chance calls ``flush(history)``, which replays the writes in
-their original order and stops at the first failure (the database is still down).
-It is bounded: when full, the oldest entry is dropped and counted; ``flush`` reports
-the count once, so the master can log how much history an outage cost. Each entry
-remembers when (monotonic clock) it was queued, and the replay moves its times back
-by the time it waited, so rows keep their real times on the database's clock. Not
-thread-safe: one owner, the master's event loop. A write that failed ambiguously
-(committed, but the connection broke before the answer) is replayed too: a
-``RunRecord`` may then appear twice; a ``RunEnd`` is idempotent.
+``PendingWrites`` keeps history writes that failed while the database was unreachable,
+bounded: when full, the oldest entry is dropped and counted; ``flush`` reports the count
+once. Each entry remembers when (monotonic clock) it was queued, and a replay moves its
+times back by the time it waited (``aged``), so rows keep their real times on the
+database's clock. Not thread-safe: one owner.
 """
 
 from __future__ import annotations
@@ -24,25 +24,22 @@ import itertools
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
-    Boolean,
+    Connection,
     Engine,
-    Float,
-    bindparam,
-    case,
     delete,
     insert,
-    null,
     select,
     update,
 )
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from pandaserver.db import runwrites
 from pandaserver.db.clock import db_now_expr, db_now_plus
 from pandaserver.db.tables import daemon_run
 
@@ -82,6 +79,36 @@ class RunRecord:
     duration: float = 0.0
     ended_ago: float = 0.0
     due_before_start: float | None = None
+    # the key of a run the master dispatched (None: an unkeyed row, inserted as is)
+    master_id: str | None = None
+    master_pid: int | None = None
+    run_id: int | None = None
+
+    def aged(self, seconds: float) -> RunRecord:
+        """The same run, written ``seconds`` later."""
+        return replace(self, ended_ago=self.ended_ago + max(0.0, seconds))
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """A run just dispatched: a ``running`` row, keyed by ``(master_id, run_id)``.
+
+    ``started_ago``: seconds before the write at which it was dispatched;
+    ``due_before_start``: how long it had been due then (``due_at`` on the database clock).
+    """
+
+    script: str
+    server: str
+    master_id: str
+    master_pid: int
+    run_id: int
+    pid: int | None = None
+    generation: int | None = None
+    started_ago: float = 0.0
+    due_before_start: float | None = None
+
+    def aged(self, seconds: float) -> RunStart:
+        return replace(self, started_ago=self.started_ago + max(0.0, seconds))
 
 
 @dataclass(frozen=True)
@@ -92,6 +119,9 @@ class RunEnd:
     outcome: str
     error: str | None = None
     ended_ago: float = 0.0
+
+    def aged(self, seconds: float) -> RunEnd:
+        return replace(self, ended_ago=self.ended_ago + max(0.0, seconds))
 
 
 @dataclass(frozen=True)
@@ -106,12 +136,19 @@ class RunRow:
     ended_at: datetime | None
     outcome: str
     error: str | None
+    master_id: str | None = None
+    master_pid: int | None = None
+    run_id: int | None = None
 
     @property
     def duration(self) -> float | None:
         if self.ended_at is None:
             return None
         return (self.ended_at - self.started_at).total_seconds()
+
+
+PendingItem = RunStart | RunRecord | RunEnd
+T = TypeVar("T")
 
 
 def _check_outcome(outcome: str, allowed: tuple[str, ...]) -> None:
@@ -129,6 +166,40 @@ def _clip(error: str | None) -> str | None:
         return error
     cut = len(error) - MAX_ERROR_CHARS
     return f"[{cut} characters cut]\n" + error[-MAX_ERROR_CHARS:]
+
+
+def _end_stmt(run_id: int, outcome: str, error: str | None, ended_ago: float) -> Any:
+    return (update(daemon_run)
+            .where(daemon_run.c.id == run_id)
+            .values(ended_at=db_now_plus(-ended_ago), outcome=outcome, error=_clip(error)))
+
+
+def _start_params(item: RunStart) -> dict[str, Any]:
+    _check_seconds("started_ago", item.started_ago)
+    due = item.due_before_start
+    if due is not None:
+        _check_seconds("due_before_start", due)
+    return runwrites.row_params(
+        script=item.script, server=item.server, pid=item.pid, generation=item.generation,
+        master_id=item.master_id, master_pid=item.master_pid, run_id=item.run_id,
+        started_ago=item.started_ago, ended_ago=None,
+        due_ago=None if due is None else item.started_ago + due, outcome=RUNNING, error=None)
+
+
+def _final_params(run: RunRecord) -> dict[str, Any]:
+    _check_outcome(run.outcome, END_OUTCOMES)
+    _check_seconds("duration", run.duration)
+    _check_seconds("ended_ago", run.ended_ago)
+    started_ago = run.ended_ago + run.duration
+    due = run.due_before_start
+    if due is not None:
+        _check_seconds("due_before_start", due)
+    return runwrites.row_params(
+        script=run.script, server=run.server, pid=run.pid, generation=run.generation,
+        master_id=run.master_id, master_pid=run.master_pid, run_id=run.run_id,
+        started_ago=started_ago, ended_ago=run.ended_ago,
+        due_ago=None if due is None else started_ago + due, outcome=run.outcome,
+        error=_clip(run.error))
 
 
 class HistoryStore:
@@ -163,13 +234,8 @@ class HistoryStore:
         """Close a run; False when no such run exists (it may have been pruned)."""
         _check_outcome(outcome, END_OUTCOMES)
         _check_seconds("ended_ago", ended_ago)
-        stmt = (
-            update(daemon_run)
-            .where(daemon_run.c.id == run_id)
-            .values(ended_at=db_now_plus(-ended_ago), outcome=outcome, error=_clip(error))
-        )
         with self.engine.begin() as conn:
-            return conn.execute(stmt).rowcount == 1
+            return conn.execute(_end_stmt(run_id, outcome, error, ended_ago)).rowcount == 1
 
     def record(self, run: RunRecord) -> int:
         """Insert a whole run (see ``RunRecord``); returns its id."""
@@ -180,35 +246,58 @@ class HistoryStore:
         return int(key[0])
 
     def record_many(self, runs: list[RunRecord]) -> None:
-        """Insert several whole runs in one statement (executemany) and one commit."""
-        if not runs:
-            return
-        params = []
-        for run in runs:
-            _check_outcome(run.outcome, END_OUTCOMES)
-            _check_seconds("duration", run.duration)
-            _check_seconds("ended_ago", run.ended_ago)
-            started_ago = run.ended_ago + run.duration
-            due_ago = None if run.due_before_start is None else started_ago + run.due_before_start
-            params.append({
-                "p_script": run.script, "p_server": run.server, "p_pid": run.pid,
-                "p_generation": run.generation, "p_outcome": run.outcome,
-                "p_error": _clip(run.error), "p_started_ago": -started_ago,
-                "p_ended_ago": -run.ended_ago,
-                "p_due_ago": -due_ago if due_ago is not None else 0.0,
-                "p_has_due": due_ago is not None,
-            })
-        stmt = insert(daemon_run).values(
-            script=bindparam("p_script"), server=bindparam("p_server"),
-            pid=bindparam("p_pid"), generation=bindparam("p_generation"),
-            due_at=case((bindparam("p_has_due", type_=Boolean),
-                         db_now_plus(bindparam("p_due_ago", type_=Float))), else_=null()),
-            started_at=db_now_plus(bindparam("p_started_ago", type_=Float)),
-            ended_at=db_now_plus(bindparam("p_ended_ago", type_=Float)),
-            outcome=bindparam("p_outcome"), error=bindparam("p_error"),
-        )
-        with self.engine.begin() as conn:
-            conn.execute(stmt, params)
+        """Write several whole runs in one transaction (keyed ones idempotently)."""
+        self.write_many(runs)
+
+    def write_many(self, items: Sequence[PendingItem]) -> int:
+        """Apply a batch of writes in one transaction (one statement per kind).
+
+        Ends (``RunRecord`` with a key) first, then starts (``RunStart``), then, for each
+        start under a lease generation, the runs of that script still open under an older
+        generation are closed as ``lost`` (their lease was taken over). Keyed writes are
+        idempotent (see ``runwrites``); unkeyed ``RunRecord``s are inserted as they are and
+        ``RunEnd``s update their row by id. Returns how many runs were closed as lost.
+        A write that met a dropped connection is retried once on a fresh one.
+        """
+        finals: list[dict[str, Any]] = []
+        plain: list[dict[str, Any]] = []
+        starts: list[dict[str, Any]] = []
+        grants: list[tuple[str, int, str]] = []
+        by_id: list[RunEnd] = []
+        for item in items:
+            if isinstance(item, RunStart):
+                starts.append(_start_params(item))
+                if item.generation is not None:
+                    grants.append((item.script, item.generation, item.server))
+            elif isinstance(item, RunRecord):
+                keyed = item.master_id is not None and item.run_id is not None
+                (finals if keyed else plain).append(_final_params(item))
+            else:
+                _check_outcome(item.outcome, END_OUTCOMES)
+                _check_seconds("ended_ago", item.ended_ago)
+                by_id.append(item)
+        if not items:
+            return 0
+
+        def body(conn: Connection) -> int:
+            runwrites.upsert_final(conn, finals)
+            runwrites.insert_plain(conn, plain)
+            runwrites.insert_absent(conn, starts)
+            for end in by_id:
+                conn.execute(_end_stmt(end.run_id, end.outcome, end.error, end.ended_ago))
+            return runwrites.close_taken_over(conn, grants)
+
+        return self._transaction(body)
+
+    def _transaction(self, body: Callable[[Connection], T]) -> T:
+        for attempt in (1, 2):
+            try:
+                with self.engine.begin() as conn:
+                    return body(conn)
+            except DBAPIError as exc:
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _insert(self, run: RunRecord) -> Any:
         _check_outcome(run.outcome, END_OUTCOMES)
@@ -223,29 +312,45 @@ class HistoryStore:
             started_at=db_now_plus(-(run.ended_ago + run.duration)),
             ended_at=db_now_plus(-run.ended_ago),
             outcome=run.outcome, error=_clip(run.error),
+            master_id=run.master_id, master_pid=run.master_pid, run_id=run.run_id,
         )
         return stmt
 
-    def write(self, item: RunRecord | RunEnd) -> None:
-        """Apply one pending write (what ``PendingWrites.flush`` calls)."""
-        if isinstance(item, RunRecord):
+    def write(self, item: PendingItem) -> None:
+        """Apply one pending write."""
+        if isinstance(item, RunRecord) and item.master_id is None:
             self.record(item)
-        else:
+        elif isinstance(item, RunEnd):
             self.record_end(item.run_id, item.outcome, item.error, item.ended_ago)
+        else:
+            self.write_many([item])
 
-    def mark_lost(self, server: str) -> int:
+    # ----- closing runs whose master is gone (statements in ``runwrites``) ----------------
+    def mark_lost(self, server: str, except_master: str | None = None,
+                  why: str = "the master stopped before the run ended") -> int:
         """Close every run ``server`` left ``running`` as ``lost``; returns how many.
 
-        For a master starting up: runs its previous incarnation never finished.
+        For a master starting up (``except_master``: its own id, whose runs stay open): the
+        runs an earlier master of the same server never finished.
         """
-        stmt = (
-            update(daemon_run)
-            .where(daemon_run.c.server == server, daemon_run.c.outcome == RUNNING)
-            .values(outcome=LOST, ended_at=db_now_expr(),
-                    error="the master stopped before the run ended")
-        )
+        return self._closed(runwrites.lost_of_server(server, except_master, why))
+
+    def close_abandoned(self, stale_after: float, except_master: str | None = None) -> int:
+        """Close as ``lost`` the open runs, started over ``stale_after`` s ago, whose master
+        (server and pid) has sent no heartbeat for ``stale_after`` s (it died, was killed,
+        or another master of its server replaced it); ``except_master``'s runs are left
+        alone. Returns how many were closed."""
+        _check_seconds("stale_after", stale_after)
+        return self._closed(runwrites.lost_abandoned(stale_after, except_master))
+
+    def close_lease_runs(self, script: str, generation: int, why: str) -> int:
+        """Close as ``lost`` the open runs of ``script`` under lease ``generation`` or an
+        older one (the lease was force-released); returns how many."""
+        return self._closed(runwrites.lost_of_lease(script, generation, why))
+
+    def _closed(self, stmt: Any) -> int:
         with self.engine.begin() as conn:
-            return conn.execute(stmt).rowcount
+            return max(0, conn.execute(stmt).rowcount)
 
     def prune(self, older_than_days: float) -> int:
         """Delete runs started more than ``older_than_days`` ago; returns how many."""
@@ -266,7 +371,6 @@ class HistoryStore:
         return [RunRow(**row._mapping) for row in rows]
 
 
-PendingItem = RunRecord | RunEnd
 
 
 @dataclass(frozen=True)
@@ -297,13 +401,20 @@ class PendingWrites:
     def __bool__(self) -> bool:
         return bool(self._items)
 
-    def add(self, item: PendingItem) -> None:
-        """Queue a write; drops (and counts) the oldest when full."""
+    def add(self, item: PendingItem, queued_at: float | None = None) -> None:
+        """Queue a write (made at ``queued_at``, monotonic; default now); when full, the
+        oldest entry is dropped and counted."""
         if len(self._items) >= self.max_items:
             self._items.popleft()
             self._dropped_unreported += 1
             self.dropped_total += 1
-        self._items.append((self._clock(), item))
+        self._items.append((self._clock() if queued_at is None else queued_at, item))
+
+    def take(self, count: int | None = None) -> list[tuple[float, PendingItem]]:
+        """Remove and return the oldest ``count`` entries (all by default), with the
+        monotonic time each was made."""
+        count = len(self._items) if count is None else min(count, len(self._items))
+        return [self._items.popleft() for _ in range(count)]
 
     def items(self) -> list[PendingItem]:
         """The queued writes, oldest first (for moving them to another queue)."""
@@ -315,29 +426,20 @@ class PendingWrites:
         return dropped
 
     def flush(self, history: HistoryStore, chunk: int = 500) -> FlushResult:
-        """Replay queued writes oldest first, whole runs ``chunk`` at a time in one
-        transaction each; stop at the first database error."""
+        """Replay queued writes oldest first, ``chunk`` at a time in one transaction each,
+        each moved back by the time it waited; stop at the first database error."""
         written = 0
         error: SQLAlchemyError | None = None
         while self._items:
             now = self._clock()
-            batch: list[RunRecord] = []
-            for queued_at, item in itertools.islice(self._items, chunk):
-                if not isinstance(item, RunRecord):
-                    break
-                batch.append(replace(item, ended_ago=item.ended_ago + max(0.0, now - queued_at)))
+            batch = [item.aged(now - queued_at)
+                     for queued_at, item in itertools.islice(self._items, chunk)]
             try:
-                if batch:
-                    history.record_many(batch)
-                else:
-                    queued_at, item = self._items[0]
-                    history.write(replace(item, ended_ago=item.ended_ago
-                                          + max(0.0, now - queued_at)))
+                history.write_many(batch)
             except SQLAlchemyError as exc:
                 error = exc
                 break
-            done = len(batch) or 1
-            for _ in range(done):
+            for _ in batch:
                 self._items.popleft()
-            written += done
+            written += len(batch)
         return FlushResult(written, len(self._items), self.take_dropped(), error)

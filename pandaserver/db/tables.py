@@ -73,8 +73,16 @@ daemon_run = Table(
     # running | ok | failed | timeout | lost | skipped  (checked in Python: see history.py)
     Column("outcome", String(16), nullable=False),
     Column("error", Text, nullable=True),
+    # which master incarnation dispatched it (a random id per master process; NULL in rows
+    # of older versions), that master's pid, and its run number: (master_id, run_id) keys
+    # every write of the run, so a replayed write never adds a second row
+    Column("master_id", String(32), nullable=True),
+    Column("master_pid", Integer, nullable=True),
+    Column("run_id", BigInteger, nullable=True),
     Index("ix_daemon_run_script_started_at", "script", "started_at"),
     Index("ix_daemon_run_started_at", "started_at"),
+    Index("uq_daemon_run_master_id_run_id", "master_id", "run_id", unique=True),
+    Index("ix_daemon_run_outcome", "outcome"),  # finds the few runs still open
 )
 
 # One row per master process of the fleet, refreshed every heartbeat_interval.

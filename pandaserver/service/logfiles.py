@@ -92,10 +92,13 @@ class LogFiles:
 
 
 def log_records_to_stdout(level: str, fmt: str) -> None:
-    """The master's records go to its standard output (``panda_daemon_stdout.log``)."""
+    """The master's records go to its standard output (``panda_daemon_stdout.log``), each
+    line one write to file descriptor 1 (so a reopen by ``dup2`` is followed); a line that
+    cannot be written (a full disk) is dropped and counted, never raised (``logsink``)."""
     from pandaserver.config.secrets import redact_handler
+    from pandaserver.daemons.logsink import MASTER, SafeHandler
 
-    handler = redact_handler(logging.StreamHandler(sys.stdout))
+    handler = redact_handler(SafeHandler(stream="stdout", counter=MASTER))
     handler.setFormatter(logging.Formatter(fmt))
     root = logging.getLogger()
     root.handlers[:] = [handler]

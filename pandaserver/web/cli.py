@@ -229,9 +229,12 @@ def check_text(ov: Overview) -> tuple[int, str]:
         details.append(f"config differs: {v.server} (hash {v.config_hash[:12]})")
     for name, where in sorted(ov.crash_looping.items()):
         details.append(f"crash-looping: {name} on {', '.join(where)}")
+    for m in ov.log_failing:
+        details.append(f"log lines dropped: {m.server} on this host ({m.log_failing};"
+                       f" {m.log_dropped} so far)")
     if ov.stale:
         code, word = CHECK_CRITICAL, "CRITICAL"
-    elif ov.late or ov.mismatched or ov.crash_looping:
+    elif ov.late or ov.mismatched or ov.crash_looping or ov.log_failing:
         code, word = CHECK_WARNING, "WARNING"
     else:
         code, word = CHECK_OK, "OK"
@@ -279,8 +282,14 @@ def fleet_text(ov: Overview) -> str:
                         else "no", last, relative(-s.overdue if s.overdue is not None else None),
                         relative(-s.since_success) if s.since_success is not None else "never",
                         " ".join(flags) or "ok"])
+    notes = "".join(
+        f"logs of {m.server} on this host: "
+        + (f"FAILING ({m.log_failing}), " if m.log_failing else "writing again, ")
+        + f"{m.log_dropped} line(s) dropped since its start\n"
+        for m in local.values() if m.log_failing or m.log_dropped)
     return (f"fleet at {when(ov.db_now)} UTC (database clock); stale after"
-            f" {ov.stale_factor:g} x period\n\n" + _columns(servers) + "\n" + _columns(scripts))
+            f" {ov.stale_factor:g} x period\n\n" + _columns(servers) + notes + "\n"
+            + _columns(scripts))
 
 
 # --- logs -------------------------------------------------------------------------------

@@ -42,6 +42,8 @@ class LocalMaster:
     workers_alive: int
     database_available: bool | None
     pending_history: int | None
+    log_dropped: int | None = None  # log lines dropped since the start (a full log disk)
+    log_failing: str | None = None  # why log lines are dropped now (None: they are written)
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,11 @@ class Overview:
     def silent(self) -> list[ServerView]:
         return [s for s in self.servers if not s.alive]
 
+    @property
+    def log_failing(self) -> list[LocalMaster]:
+        """Live masters of this host that cannot write log lines now."""
+        return [m for m in self.local if m.alive and m.log_failing]
+
     def summary(self) -> dict[str, Any]:
         return {
             "stale": [s.name for s in self.stale], "late": [s.name for s in self.late],
@@ -95,6 +102,7 @@ class Overview:
             "paused": sorted({h.name for h in self.paused}),
             "draining_servers": [s.server for s in self.draining],
             "crash_looping": self.crash_looping,
+            "log_failing": [m.server for m in self.log_failing],
         }
 
 
@@ -109,6 +117,8 @@ def local_master_views(state_dir: Path | None) -> list[LocalMaster]:
     found = []
     for data in local_masters(state_dir):
         database = data.get("database") if isinstance(data.get("database"), dict) else None
+        found_health = data.get("logging")
+        health: dict[str, Any] = found_health if isinstance(found_health, dict) else {}
         pid = data.get("pid")
         n_proc = data.get("n_proc")
         found.append(LocalMaster(
@@ -117,8 +127,14 @@ def local_master_views(state_dir: Path | None) -> list[LocalMaster]:
             workers_alive=int(data["workers_alive"]),
             database_available=bool(database["available"]) if database else None,
             pending_history=int(database.get("pending_history", 0)) if database else None,
+            log_dropped=_int_or_none(health.get("dropped")),
+            log_failing=str(health["failing"]) if health.get("failing") else None,
         ))
     return found
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 class FleetReader:

@@ -235,6 +235,14 @@ def _local_metrics(local: list[LocalMaster]) -> Iterator[Metric]:
                   "1 when the master (on this host) can use the database", ["server"],
                   (([m.server], None if m.database_available is None
                     else float(m.database_available)) for m in live))
+    yield _gauges("panda_daemon_master_log_lines_dropped",
+                  "log lines the master (on this host) and its workers dropped since the"
+                  " master started because they could not be written (a full log disk)",
+                  ["server"], (([m.server], None if m.log_dropped is None
+                                else float(m.log_dropped)) for m in live))
+    yield _gauges("panda_daemon_master_log_failing",
+                  "1 while the master (on this host) or a worker cannot write log lines",
+                  ["server"], (([m.server], float(m.log_failing is not None)) for m in live))
     yield _gauges("panda_daemon_master_pending_history_rows",
                   "history rows the master (on this host) keeps until the database is back",
                   ["server"], (([m.server], None if m.pending_history is None

@@ -46,7 +46,8 @@ def test_fleet_shows_real_masters_on_postgresql_and_check_is_ok(tmp_path: Path,
         data = wait_for(both_ran, 30, f"both masters' runs\n{masters[0].log()[-2000:]}")
         assert data["summary"] == {"stale": [], "late": [], "config_mismatch": [],
                                    "silent_servers": [], "paused": [],
-                                   "draining_servers": [], "crash_looping": {}}
+                                   "draining_servers": [], "crash_looping": {},
+                                   "log_failing": []}
         assert {s["server"] for s in data["servers"]} == {"east", "west"}
         assert {m["server"]: m["workers_alive"] for m in data["local_masters"]} == {
             "east": 2, "west": 2}

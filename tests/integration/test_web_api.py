@@ -115,7 +115,8 @@ def test_fleet_api_servers_clock_offsets_and_config_mismatch(app: FleetApp) -> N
     assert servers["srv-c"]["version"] == "0.0.9"
     assert data["summary"] == {"stale": ["old"], "late": ["old"], "config_mismatch": ["srv-c"],
                                "silent_servers": [], "paused": [],
-                               "draining_servers": [], "crash_looping": {}}
+                               "draining_servers": [], "crash_looping": {},
+                               "log_failing": []}
 
 
 def test_scripts_api_last_run_per_server_next_due_late_and_stale(app: FleetApp) -> None:

@@ -5,7 +5,7 @@ command, who asked and when), ``daemon_command_ack`` (when each server acted),
 master reports of itself: draining, crash-looping scripts).
 
 Revision ID: 0004
-Revises: 0002 (0003 when issue 10's migration is merged; the coordinator rechains)
+Revises: 0003
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from alembic import op
 from pandaserver.db.clock import UtcDateTime
 
 revision = "0004"
-down_revision: str | None = "0002"
+down_revision: str | None = "0003"
 branch_labels: tuple[str, ...] | None = None
 depends_on: tuple[str, ...] | None = None
 
