@@ -49,6 +49,9 @@ def start_master(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(HERE / "scripts_pkg"), str(REPO),
                                          env.get("PYTHONPATH", "")])
+    # its own SQLite file and status files: never the machine's state directory, whose
+    # schema a benchmark of another revision would migrate
+    env["PANDA_DAEMON_STATE_DIR"] = str(log.parent / "state")
     return subprocess.Popen(
         [sys.executable, "-m", "pandaserver.daemons.master", "-c", str(cfg),
          "--server-name", "bench", "run"],
