@@ -206,8 +206,11 @@ class MasterProcess:
             found.update((p.pid, p) for p in self.leftovers())
             return list(found.values())
 
-        try:  # workers notice their master's death through the lifeline within milliseconds
-            wait_for(lambda: not alive(), 3.0, "the master's processes to end")
+        # workers notice their master's death through the lifeline within milliseconds, then
+        # sweep what its runs left (a /proc scan: seconds on a loaded 2-core machine): a
+        # generous bound; anything still alive after it is a leftover, reported and killed
+        try:
+            wait_for(lambda: not alive(), 10.0, "the master's processes to end")
         except AssertionError:
             for _ in range(20):  # until none is left: a dying parent may leave a child
                 still = alive()
