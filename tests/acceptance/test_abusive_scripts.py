@@ -14,7 +14,9 @@ ABUSERS = {  # name: (how it misbehaves, the outcome it must get, a line the log
     "a_segv": ("segv", "lost", "killed by SIGSEGV"),
     "a_keyboard": ("keyboard", "failed", "script raised KeyboardInterrupt"),
     "a_output": ("output", "ok", "x" * 1023),
-    "a_daemon": ("daemon", "ok", "(sleep 1000, run "),
+    # named by pid and command line as read at that moment (a child forked but not yet
+    # exec'd, or one already dying, may show no command line of its own)
+    "a_daemon": ("daemon", "ok", "a_daemon run 1 left 1 process: SIGTERM now"),
     "a_stubborn": ("stubborn_child", "timeout", "killing its process tree: a_stubborn run "),
 }
 TICK = 1.0
