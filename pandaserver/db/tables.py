@@ -56,6 +56,10 @@ daemon_lease = Table(
     Column("next_due", UtcDateTime, nullable=False),
     Column("period", Float, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
+    # refused grant attempts, ever; the server of the latest one and when (migration 0005)
+    Column("contended", BigInteger, nullable=False, server_default="0"),
+    Column("contended_by", String(255), nullable=True),
+    Column("contended_at", UtcDateTime, nullable=True),
 )
 
 # One row per run (or per skipped attempt), for `panda-daemon history`.
