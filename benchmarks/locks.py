@@ -8,8 +8,8 @@ For each K it starts a throwaway PostgreSQL cluster (tests/pg.py, as the tests d
 masters (different --server-name, n_proc 2) over 20 sync scripts and 5 non-sync scripts,
 all of period 1 s, and prints:
 - lease grants per second (ok runs of sync scripts, from the history table);
-- database round trips per grant: the lease statements the server received (counted from
-  its statement log), per grant, and the statements of the granted path alone;
+- lease statements by kind (counted from the server's statement log, benchmarks/pgfleet.py),
+  per grant: those that decide who runs a period, and with the releases and renewals;
 - dispatch delay, main() called minus due time, p50/p99, of sync and of non-sync runs
   (from the masters' per-run log lines), the difference being what a lease costs;
 - duplicate or overlapping runs of sync scripts (two runs less than a period apart by the
@@ -19,155 +19,63 @@ all of period 1 s, and prints:
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from collections import defaultdict
-from itertools import pairwise
 from pathlib import Path
 
-import psycopg2
-
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))
 
-from pg import PgCluster, url_text  # noqa: E402
+from pgfleet import bad_runs, pg_fleet  # noqa: E402
+from scale import pct  # noqa: E402
 
 DELAY = re.compile(r"panda\.master: (\w+) run \d+ outcome=ok duration=[-0-9.]+s"
                    r" delay=(-?[0-9.]+)s")
 SYNC, LOCAL, PERIOD = 20, 5, 1.0
+DECIDE = ("grant", "loser_read", "table_read", "other_lease")
 
 
-def write_config(directory: Path, db_url: str) -> Path:
+def one(k: int, seconds: float, count_statements: bool = True) -> None:
     scripts = {f"sync{i:02d}": {"module": "noop", "period": PERIOD, "sync": True}
                for i in range(SYNC)}
     scripts.update({f"local{i:02d}": {"module": "noop", "period": PERIOD}
                     for i in range(LOCAL)})
-    body = json.dumps(scripts, indent=4).splitlines()
-    text = "\n".join(["[daemon]", "enable = True", "package = benchscripts", "n_proc = 2",
-                      f"db_url = {db_url}", "heartbeat_interval = 5",
-                      "config = " + body[0], *("    " + line for line in body[1:])])
-    path = directory / "panda_server.cfg"
-    path.write_text(text + "\n", encoding="utf-8")
-    return path
-
-
-def env() -> dict[str, str]:
-    out = dict(os.environ)
-    out["PYTHONPATH"] = os.pathsep.join([str(HERE / "scripts_pkg"), str(REPO),
-                                         out.get("PYTHONPATH", "")])
-    return out
-
-
-def admin(cluster: PgCluster, dbname: str, sql: str) -> list[tuple[object, ...]]:
-    conn = psycopg2.connect(**cluster.dsn(dbname))
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(sql)
-        rows = cur.fetchall() if cur.description else []
-    conn.close()
-    return rows
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
-
-
-def count_lease_statements(log: Path, since: int) -> tuple[int, int]:
-    with log.open(encoding="utf-8", errors="replace") as handle:
-        handle.seek(since)
-        text = handle.read()
-    upserts = len(re.findall(r"statement: INSERT INTO daemon_lease", text))
-    reads = len(re.findall(r"statement: SELECT daemon_lease\.owner_server", text))
-    return upserts, reads
-
-
-def bad_runs(cluster: PgCluster, dbname: str) -> tuple[int, int, float]:
-    """(duplicates, overlaps, smallest start-to-start gap) of sync runs, from history.
-
-    History dates a run on the database clock from the master's monotonic measurements,
-    to a few milliseconds. Grants of one script are at least a period apart by the
-    database clock, so consecutive starts are a period apart less the dispatch jitter;
-    a duplicate (two servers in one period) would start within milliseconds of the other
-    run: counted when two starts are less than half a period apart.
-    """
-    rows = admin(cluster, dbname,
-                 "SELECT script, extract(epoch from started_at), extract(epoch from ended_at)"
-                 " FROM daemon_run WHERE outcome = 'ok' AND script LIKE 'sync%'"
-                 " ORDER BY script, started_at")
-    by_script: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for script, start, end in rows:
-        by_script[str(script)].append((float(start), float(end)))  # type: ignore[arg-type]
-    duplicates = overlaps = 0
-    smallest = float("inf")
-    for runs in by_script.values():
-        for (s0, e0), (s1, _) in pairwise(runs):
-            smallest = min(smallest, s1 - s0)
-            duplicates += s1 - s0 < PERIOD / 2
-            overlaps += s1 < e0 - 0.005
-    return duplicates, overlaps, smallest
-
-
-def one(k: int, seconds: float, count_statements: bool = True) -> None:
-    cluster = PgCluster()
-    cluster.start()
-    try:
-        url = cluster.create_database("bench")
-        with tempfile.TemporaryDirectory() as tmp:
-            cfg = write_config(Path(tmp), url_text(url))
-            subprocess.run([sys.executable, "-m", "pandaserver.daemons.master", "-c", str(cfg),
-                            "db", "upgrade"], check=True, env=env(), capture_output=True)
-            if count_statements:  # the server logs every statement (slows it a little)
-                admin(cluster, "postgres", "ALTER SYSTEM SET log_statement = 'all'")
-                admin(cluster, "postgres", "SELECT pg_reload_conf()")
-            mark = cluster.logfile.stat().st_size
-            logs = [Path(tmp) / f"m{i}.log" for i in range(k)]
-            masters = [subprocess.Popen(
-                [sys.executable, "-m", "pandaserver.daemons.master", "-c", str(cfg),
-                 "--server-name", f"bench{i}", "run"], stdout=log.open("wb"),
-                stderr=subprocess.STDOUT, env={**env(), "PANDA_DAEMON_STATE_DIR": tmp},
-                start_new_session=True) for i, log in enumerate(logs)]
-            time.sleep(seconds)  # the measurement window itself
-            for proc in masters:
-                proc.send_signal(signal.SIGTERM)
-            for proc in masters:
-                proc.wait(60)
-            upserts, reads = count_lease_statements(cluster.logfile, mark)
-            grants = admin(cluster, "bench", "SELECT count(*) FROM daemon_run WHERE outcome ="
-                           " 'ok' AND script LIKE 'sync%'")[0][0]
-            duplicates, overlaps, smallest = bad_runs(cluster, "bench")
-            delays: dict[str, list[float]] = {"sync": [], "local": []}
-            for log in logs:
-                seen: set[str] = set()
-                for match in DELAY.finditer(log.read_text(errors="replace")):
-                    name = match.group(1)
-                    if name not in seen:  # a script's first run waits for workers to boot
-                        seen.add(name)
-                        continue
-                    kind = "sync" if name.startswith("sync") else "local"
-                    delays[kind].append(float(match.group(2)) * 1000)
-    finally:
-        cluster.stop()
+    with pg_fleet(k, scripts, 2, extra=("heartbeat_interval = 5",),
+                  log_statements=count_statements, name="bench") as fleet:
+        mark = fleet.mark()
+        time.sleep(seconds)  # the measurement window itself
+        fleet.stop()
+        statements = fleet.statements(mark)
+        grants = fleet.query("SELECT count(*) FROM daemon_run WHERE outcome ="
+                             " 'ok' AND script LIKE 'sync%'")[0][0]
+        duplicates, overlaps, smallest = bad_runs(fleet.query(
+            "SELECT script, extract(epoch from started_at), extract(epoch from ended_at)"
+            " FROM daemon_run WHERE outcome = 'ok' AND script LIKE 'sync%'"), PERIOD)
+        delays: dict[str, list[float]] = {"sync": [], "local": []}
+        for log in fleet.logs:
+            seen: set[str] = set()
+            for match in DELAY.finditer(log.read_text(errors="replace")):
+                name = match.group(1)
+                if name not in seen:  # a script's first run waits for workers to boot
+                    seen.add(name)
+                    continue
+                kind = "sync" if name.startswith("sync") else "local"
+                delays[kind].append(float(match.group(2)) * 1000)
     assert isinstance(grants, int)
     print(f"K={k} masters, {SYNC} sync + {LOCAL} non-sync scripts of period {PERIOD:g} s,"
           f" {seconds:g} s")
     print(f"  lease grants: {grants} ({grants / seconds:.1f}/s; ideal {SYNC / PERIOD:.0f}/s)")
     if grants and count_statements:
-        print(f"  lease statements: {upserts} upserts + {reads} reads of the losing path ="
-              f" {(upserts + reads) / grants:.2f} round trips per grant over the fleet;"
-              f" granted path: 1 statement")
+        decide = sum(statements.get(kind, 0) for kind in DECIDE)
+        print(f"  lease statements {statements}: {decide / grants:.2f} per grant to decide"
+              f" who runs, {sum(statements.values()) / grants:.2f} with releases and renewals")
     for kind, values in delays.items():
         if values:
             print(f"  dispatch delay ms, {kind}: p50 {statistics.median(values):.2f}"
-                  f"  p99 {percentile(values, 99):.2f}  ({len(values)} runs)")
+                  f"  p99 {pct(values, 99):.2f}  ({len(values)} runs)")
     print(f"  duplicate sync runs: {duplicates}, overlapping: {overlaps}"
           f" (smallest start-to-start gap {smallest * 1000:.1f} ms)")
 

@@ -40,6 +40,14 @@ class Dispatching(MasterCore):
                     self.scripts.requeue(state)
                     break  # every idle worker's channel was broken
                 continue
+            if self.only is None:
+                # in a fleet, the script's preferred server asks; the others look later
+                # whether it was granted, and ask only if not (daemons/rank.py)
+                turn = self.leases.turn(state.spec, state.next_due, now)
+                if not turn.ask:  # back in the heap until then (learned: its next due)
+                    state.next_due = max(turn.at, now + 0.001)
+                    continue
+                state.next_due = turn.due  # the due time, not the moment of the last look
             # a sync script asks for its lease; a worker is kept for it meanwhile, and
             # nothing else waits for the answer
             slot = idle.pop(0)

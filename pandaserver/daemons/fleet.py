@@ -1,5 +1,7 @@
 """The master's side of the shared database: leases, run history, heartbeats, outages.
 
+(The lease calls themselves, and who of the fleet asks for a grant: daemons/fleetleases.py.)
+
 One ``FleetDb`` per master, driven from its event loop, which it never blocks: every
 statement runs on a lane thread (``dblanes.py``): ``lease`` (grants and releases),
 ``renew`` (renewals of held leases: never queued behind a slow grant) and ``house``
@@ -32,13 +34,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from pandaserver import __version__
 from pandaserver.config import PandaConfig
 from pandaserver.config.daemon import DaemonSettings
-from pandaserver.config.scripts import DaemonSpec
 from pandaserver.daemons import exitcodes
 from pandaserver.daemons.clock import Clock
 from pandaserver.daemons.dblanes import Completions, ConnectionTracker, Lane, Op
 from pandaserver.daemons.history_keeper import HistoryKeeper
-from pandaserver.daemons.leases import AcquireReply, LeaseDecision, RenewReply
-from pandaserver.daemons.runs import LogRecorder, Run, RunRecord
+from pandaserver.daemons.runs import Run, RunRecord
 from pandaserver.daemons.spool import Spool, spool_path
 from pandaserver.db import history as dbhistory
 from pandaserver.db.engine import (
@@ -83,6 +83,7 @@ class FleetDb:
         self.wall = wall  # this master's wall clock, sent with heartbeats (skew display)
         self.probe_interval = probe_interval
         self.call_timeout = call_timeout
+        self.member = member  # a master of the fleet (not run-once)
         self.leases = LeaseStore(engine)
         self.history = dbhistory.HistoryStore(engine)
         self.beats = HeartbeatStore(engine)
@@ -211,47 +212,7 @@ class FleetDb:
                  " meanwhile", outage, len(self.keeper.pending))
         self.keeper.resume()  # on the history writer thread
 
-    # ----- leases -------------------------------------------------------------------------
-    def acquire(self, spec: DaemonSpec, now: float, reply: AcquireReply) -> None:
-        """Ask for ``spec``'s lease; ``reply`` gets the decision on the loop thread (at once
-        while the database is known to be down)."""
-        if not self.usable(now):
-            reply(LeaseDecision(granted=False, wait=max(self.next_probe - now, 0.05),
-                                unavailable=True, sent=now))
-            return
-        sent = now
-        ttl = self.settings.lease_ttl
-
-        def done(result: Any, error: BaseException | None, late: bool) -> None:
-            if late:  # we gave up on it: a grant that arrived anyway is handed back
-                if error is None and result is not None and result.granted:
-                    log.info("%s: a lease grant came back after the call was abandoned;"
-                             " releasing generation %d", spec.name, result.generation)
-                    self.release(spec.name, result.generation)
-                return
-            if error is not None:
-                reply(LeaseDecision(granted=False, wait=self.probe_interval, unavailable=True,
-                                    sent=sent))
-                return
-            reply(LeaseDecision(granted=result.granted, generation=result.generation,
-                                wait=result.wait, holder=result.holder, sent=sent))
-
-        self._submit("lease", "lease", lambda: self.leases.try_acquire(
-            spec.name, self.server, self.pid, spec.period, ttl), done)
-
-    def renew(self, held: list[tuple[str, int]], now: float, reply: RenewReply) -> None:
-        """Renew every held lease in one call; ``reply(renewed names or None, sent)``."""
-        sent = now
-        ttl = self.settings.lease_ttl
-
-        def done(result: Any, error: BaseException | None, late: bool) -> None:
-            if late:
-                return  # too late to count: the master fenced on its own clock meanwhile
-            reply(None if error is not None else set(result), sent)
-
-        self._submit("renew", "lease renewal",
-                     lambda: self.leases.renew_many(list(held), ttl), done)
-
+    # ----- leases (grants and renewals: ``DbLeases``, daemons/fleetleases.py) -----------
     def release(self, name: str, generation: int | None) -> None:
         if generation is None:
             return
@@ -357,42 +318,6 @@ class FleetDb:
 
         self._submit("house", "prune", lambda: self.history.prune(days), done,
                      timeout=HOUSE_TIMEOUT)
-
-
-class DbLeases:
-    """``LeaseManager`` backed by ``FleetDb``."""
-
-    def __init__(self, fleet: FleetDb) -> None:
-        self.fleet = fleet
-
-    @property
-    def ttl(self) -> float | None:
-        return self.fleet.settings.lease_ttl
-
-    def acquire(self, spec: DaemonSpec, now: float, reply: AcquireReply) -> None:
-        self.fleet.acquire(spec, now, reply)
-
-    def renew(self, held: list[tuple[str, int]], now: float, reply: RenewReply) -> None:
-        self.fleet.renew(held, now, reply)
-
-    def release(self, name: str, generation: int | None) -> None:
-        self.fleet.release(name, generation)
-
-
-class DbRecorder:
-    """``Recorder`` that logs each run and writes it to the history table."""
-
-    def __init__(self, fleet: FleetDb) -> None:
-        self.fleet = fleet
-        self.log = LogRecorder()
-
-    def start(self, run: Run) -> None:
-        self.fleet.record_start(run)
-
-    def record(self, record: RunRecord) -> None:
-        self.log.record(record)
-        self.fleet.record(record)
-
 
 
 class StartupError(Exception):

@@ -3,7 +3,8 @@
 Every call is asynchronous: the master asks, and the answer comes back later as a call of
 ``reply`` on the master's loop thread (never from another thread). ``LocalLeases`` answers
 at once and grants everything: a single server needs no fleet agreement, and its leases
-never expire (``ttl`` None), so nothing is renewed or fenced.
+never expire (``ttl`` None), so nothing is renewed or fenced. ``turn`` says whether this
+server should ask at all (in a fleet, one preferred server per script asks: daemons/rank.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,18 @@ class LeaseDecision:
     due_in: float | None = None
 
 
+@dataclass(frozen=True)
+class Turn:
+    """Whether this server should ask for a due sync script's lease now (``ask``, for the
+    due time ``due``), or not: look again at ``at`` (monotonic), the script's next due
+    time when ``learned`` (the fleet granted this period meanwhile, see daemons/rank.py)."""
+
+    ask: bool
+    due: float = 0.0
+    at: float = 0.0
+    learned: bool = False
+
+
 AcquireReply = Callable[[LeaseDecision], None]
 # renewed names (None: the database could not be reached), and when the renewal was sent
 RenewReply = Callable[[set[str] | None, float], None]
@@ -36,6 +49,9 @@ class LeaseManager(Protocol):
     @property
     def ttl(self) -> float | None:
         """How long a granted or renewed lease lives (None: for ever)."""
+
+    def turn(self, spec: DaemonSpec, due: float, now: float) -> Turn:
+        """Whether to ask for ``spec``'s lease, due at ``due``, now (never blocks)."""
 
     def acquire(self, spec: DaemonSpec, now: float, reply: AcquireReply) -> None: ...
 
@@ -48,6 +64,9 @@ class LocalLeases:
     """Every script may run: the right answer for one server with no shared database."""
 
     ttl: float | None = None
+
+    def turn(self, spec: DaemonSpec, due: float, now: float) -> Turn:
+        return Turn(ask=True, due=due)
 
     def acquire(self, spec: DaemonSpec, now: float, reply: AcquireReply) -> None:
         reply(LeaseDecision(granted=True, sent=now))

@@ -29,7 +29,8 @@ from pandaserver.daemons.clock import Clock, SystemClock
 from pandaserver.daemons.containment import Containment
 from pandaserver.daemons.control import Controlling
 from pandaserver.daemons.dispatch import Dispatching
-from pandaserver.daemons.fleet import DbLeases, DbRecorder, FleetDb
+from pandaserver.daemons.fleet import FleetDb
+from pandaserver.daemons.fleetleases import DbLeases, DbRecorder
 from pandaserver.daemons.keeper import LeaseKeeper
 from pandaserver.daemons.leases import LeaseManager, LocalLeases
 from pandaserver.daemons.pool import KILL_GRACE, Slot
