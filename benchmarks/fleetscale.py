@@ -1,8 +1,8 @@
 """The fleet part of benchmarks/scale.py: K masters (n_proc 1 each) on one throwaway
 PostgreSQL sharing sync scripts of period 10 s. Grants per second, lease statements per
 grant across the fleet by kind (from the server's statement log), duplicate and overlapping
-runs (from the history), sync dispatch delay (from the masters' per-run log lines), history
-rows written per grant.
+runs (from the history), sync dispatch delay of the runs in the window (from the masters'
+per-run log lines), history rows written per grant.
 
 ``decide_per_grant`` counts what it takes the fleet to decide who runs a period: grant
 statements (won or lost), the loser's read and the bulk reads of the lease table that let
@@ -29,6 +29,7 @@ def fleet_scenario(k: int, count: int, seconds: float) -> dict[str, Any]:
     with pg_fleet(k, scripts, 1, extra=("heartbeat_interval = 30",)) as fleet:
         time.sleep(min(20.0, seconds / 3))  # the start-up: workers boot, first grants
         mark = fleet.mark()
+        starts = [log.stat().st_size for log in fleet.logs]  # the window's runs only
         first_id = fleet.query("SELECT coalesce(max(id), 0) FROM daemon_run")[0][0]
         t0 = time.monotonic()
         time.sleep(seconds)
@@ -41,8 +42,9 @@ def fleet_scenario(k: int, count: int, seconds: float) -> dict[str, Any]:
         all_ok = fleet.query("SELECT script, extract(epoch from started_at),"
                              " extract(epoch from ended_at) FROM daemon_run"
                              " WHERE outcome = 'ok' ORDER BY script, started_at")
-        delays = [d * 1000 for log in fleet.logs for name, outcome, d, _ in
-                  runs_in(log.read_text(errors="replace"))[1:] if outcome == "ok"]
+        delays = [d * 1000 for log, start in zip(fleet.logs, starts, strict=True)
+                  for name, outcome, d, _ in runs_in(log.read_bytes()[start:].decode(
+                      errors="replace")) if outcome == "ok"]
         left = fleet.left
     grants = sum(1 for _, outcome in rows if outcome == "ok")
     duplicates, overlaps, _ = bad_runs(all_ok, PERIOD)

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("panda.master")
 
 LIVE_BEATS = 3  # a server is live while its last heartbeat is at most this many intervals old
+SETTLE = 2.0  # seconds between server-list reads while the list keeps changing (start-up)
 POLL = 0.02  # seconds between looks while a read is under way
 
 
@@ -75,6 +76,7 @@ class DbLeases:
         self.live: frozenset[str] = frozenset()  # other servers seen live (not this one)
         self._ranks: dict[str, int] = {}
         self._next_servers = 0.0
+        self._servers_sent = 0.0
         self._servers_busy = False
         self._read: Read | None = None
         self._read_sent: float | None = None  # a read under way since then
@@ -145,6 +147,7 @@ class DbLeases:
             return
         interval = fleet.settings.heartbeat_interval
         self._servers_busy = True
+        self._servers_sent = now
         self._next_servers = now + interval
 
         def done(rows: Any, error: BaseException | None, late: bool) -> None:
@@ -155,7 +158,8 @@ class DbLeases:
                 return
             live = frozenset(row.server for row in rows if row.server != fleet.server
                              and row.age <= LIVE_BEATS * interval)
-            if live != self.live:
+            if live != self.live:  # servers starting together: read again soon
+                self._next_servers = min(self._next_servers, fleet.monotonic() + SETTLE)
                 log.info("fleet: %d other live server(s)%s; a sync script is asked for by its"
                          " preferred server first", len(live),
                          f" ({', '.join(sorted(live))})" if len(live) <= 20 else "")
@@ -187,6 +191,9 @@ class DbLeases:
                 reply(LeaseDecision(granted=False, wait=fleet.probe_interval, unavailable=True,
                                     sent=sent))
                 return
+            if not result.granted and result.holder not in (None, fleet.server, *self.live):
+                # a server we did not know of: read the list again soon
+                self._next_servers = min(self._next_servers, self._servers_sent + SETTLE)
             reply(LeaseDecision(granted=result.granted, generation=result.generation,
                                 wait=result.wait, holder=result.holder, sent=sent,
                                 due_in=getattr(result, "due_in", None)))

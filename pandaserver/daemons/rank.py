@@ -22,7 +22,7 @@ import hashlib
 from collections.abc import Iterable
 
 FALLBACK_STEP = 1.0  # seconds between the checks of ranks 1, 2, ... (less for short periods)
-FALLBACK_RANKS = 4  # ranks beyond this check with rank 4 (a late, rare race between them)
+FALLBACK_RANKS = 3  # ranks beyond this check with rank 3 (a late, rare race between them)
 READ_INTERVAL = 2.0  # seconds between two reads of the lease table (less for short periods)
 
 
@@ -43,8 +43,8 @@ def rank(script: str, me: str, servers: Iterable[str]) -> int:
 
 
 def step(period: float) -> float:
-    """The fallback step of a script: a twentieth of its period, at most ``FALLBACK_STEP``."""
-    return min(FALLBACK_STEP, period / 20)
+    """The fallback step of a script: a tenth of its period, at most ``FALLBACK_STEP``."""
+    return min(FALLBACK_STEP, period / 10)
 
 
 def read_interval(period: float) -> float:
@@ -58,7 +58,9 @@ def fallback_offset(rank_: int, period: float) -> float:
     script was granted (0 for the preferred server, which asks at once).
 
     The largest offset plus a read's staleness stays under half a period
-    (``FALLBACK_RANKS`` steps of a twentieth, plus a fifth), so a dead, paused or
-    misconfigured preferred server delays a period, never misses it.
+    (``FALLBACK_RANKS`` steps of a tenth, plus a fifth), so a dead, paused or
+    misconfigured preferred server delays a period, never misses it. A step is wide
+    enough (up to 1 s) that a preferred server a little late (a busy worker, a loaded
+    machine) is not raced by the next one.
     """
     return min(rank_, FALLBACK_RANKS) * step(period)

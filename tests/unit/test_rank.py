@@ -106,9 +106,15 @@ def lease_row(name: str, due_in: float, expires_in: float | None) -> LeaseRow:
 def gate_with(others: list[str]) -> tuple[DbLeases, FakeFleet]:
     fleet = FakeFleet()
     gate = DbLeases(fleet)  # type: ignore[arg-type]
-    gate.turn(DaemonSpec(name="warm", module="noop", period=10.0, timeout=60.0, sync=True), 0.0, 0.0)
+    gate._refresh_servers(0.0)  # what every turn() does first
     fleet.answer("server list", [server_row(s) for s in ["srv00", *others]])
-    fleet.calls.clear()
+    if others:
+        gate._refresh_servers(1.0)  # a list that changed is read again soon: not yet
+        assert not fleet.calls
+        gate._refresh_servers(2.0)  # now: the same, so the next read is a heartbeat later
+        fleet.answer("server list", [server_row(s) for s in ["srv00", *others]])
+    gate._refresh_servers(29.0)
+    assert not fleet.calls
     return gate, fleet
 
 
