@@ -45,7 +45,7 @@ class Dispatching(MasterCore):
                 # whether it was granted, and ask only if not (daemons/rank.py)
                 turn = self.leases.turn(state.spec, state.next_due, now)
                 if not turn.ask:  # back in the heap until then (learned: its next due)
-                    state.next_due = max(turn.at, now + 0.001)
+                    state.next_due = turn.at  # later than now
                     continue
                 state.next_due = turn.due  # the due time, not the moment of the last look
             # a sync script asks for its lease; a worker is kept for it meanwhile, and

@@ -8,10 +8,11 @@ the loop never waits for any of them.
 Who asks (``turn``, see daemons/rank.py): the preferred server of a script asks at the
 due time; a server of rank r > 0 waits until ``due + fallback_offset(r)`` and asks only if
 a read of the whole lease table (one statement for every script, made at most every
-``read_interval`` and only while such a check waits) taken after that moment shows the
-period ungranted; when it shows a grant, the server learns the next due time without
-asking. The live servers are those whose heartbeat (``daemon_server.last_seen``) is at
-most ``LIVE_BEATS`` heartbeat intervals old, read every heartbeat interval.
+``read_interval`` and only while such a check waits) taken after that moment, and at most
+``FRESH`` seconds old, shows the period ungranted; when it shows a grant, the server
+learns the next due time without asking. The live servers are those whose heartbeat
+(``daemon_server.last_seen``) is at most ``LIVE_BEATS`` heartbeat intervals old, read every
+heartbeat interval (every ``SETTLE`` seconds while the list changes, as at start-up).
 
 So a killed preferred server costs each of its scripts a fallback delay per period (the
 lease's time to live first, if it died holding it) until the others stop counting it as
@@ -38,6 +39,7 @@ log = logging.getLogger("panda.master")
 LIVE_BEATS = 3  # a server is live while its last heartbeat is at most this many intervals old
 SETTLE = 2.0  # seconds between server-list reads while the list keeps changing (start-up)
 POLL = 0.02  # seconds between looks while a read is under way
+FRESH = 0.25  # seconds: how old a read showing a period ungranted may be to ask on it
 
 
 @dataclass(frozen=True)
@@ -111,9 +113,11 @@ class DbLeases:
         read = self._read
         if read is not None and read.sent >= check:  # a read made after the check time
             wait = wait_from(read.leases.get(name))
-            if wait is None:
+            if wait is not None:
+                return Turn(ask=False, at=max(read.done + wait, now + 0.001), learned=True)
+            if now - read.done <= FRESH:
                 return Turn(ask=True, due=due)
-            return Turn(ask=False, at=max(read.done + wait, now), learned=True)
+            # ungranted a while ago (this server was busy meanwhile): look again first
         interval = rank.read_interval(spec.period)
         if self._read_sent is None and now >= self._last_sent + interval:
             self._read_leases(now)
@@ -122,6 +126,7 @@ class DbLeases:
         return self._defer(name, due, now + POLL)
 
     def _defer(self, name: str, due: float, at: float) -> Turn:
+        at = max(at, self.fleet.monotonic() + 0.001)  # always later than the caller's now
         self._deferred[name] = (due, at)
         return Turn(ask=False, at=at)
 

@@ -183,3 +183,18 @@ def test_without_other_servers_or_a_database_everyone_asks() -> None:
     assert gate.turn(spec, 1.0, 1.0).ask  # an outage: the grant call answers at once
     fleet.down_since, fleet.member = None, False
     assert gate.turn(spec, 1.0, 1.0).ask  # run-once
+
+
+def test_an_ungranted_period_seen_a_while_ago_is_looked_at_again_before_asking() -> None:
+    gate, fleet = gate_with(["srv01", "srv02"])
+    spec = script_ranked(gate, 1)
+    turn = gate.turn(spec, 5.0, 5.0)
+    turn = gate.turn(spec, turn.at, turn.at)
+    fleet.clock = turn.at
+    fleet.answer("lease-table read", [lease_row(spec.name, due_in=-1.0, expires_in=None)])
+    later = fleet.clock + 3.0  # this server's worker was busy meanwhile
+    fleet.clock = later
+    turn = gate.turn(spec, turn.at, later)
+    assert not turn.ask and [c[1] for c in fleet.calls] == ["lease-table read"]
+    fleet.answer("lease-table read", [lease_row(spec.name, due_in=9.0, expires_in=None)])
+    assert gate.turn(spec, turn.at, later + 0.01).learned  # granted by another meanwhile
