@@ -39,6 +39,7 @@ log = logging.getLogger("panda.master")
 LIVE_BEATS = 3  # a server is live while its last heartbeat is at most this many intervals old
 SETTLE = 2.0  # seconds between server-list reads while the list keeps changing (start-up)
 POLL = 0.02  # seconds between looks while a read is under way
+OVERRUN_LOOK = 1.0  # seconds: how soon to look again at a lease held past its due time
 FRESH = 0.25  # seconds: how old a read showing a period ungranted may be to ask on it
 
 
@@ -63,10 +64,10 @@ def wait_from(seen: Seen | None) -> float | None:
     is not granted for this period (no row, due and not held): ask now. Pure."""
     if seen is None:
         return None
-    if seen.held:  # running somewhere: due once it is due and the holder is done
-        return max(seen.due_in, seen.expires_in or 0.0, 0.05)
-    if seen.due_in > 0:  # granted this period, and released already
+    if seen.due_in > 0:  # granted for this period (running or done): next due then
         return seen.due_in
+    if seen.held:  # an overrun: its holder asks again when done; look again soon
+        return max(0.05, min(seen.expires_in or 0.0, OVERRUN_LOOK))
     return None
 
 

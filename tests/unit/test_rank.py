@@ -57,8 +57,8 @@ def test_what_a_read_says() -> None:
     assert wait_from(None) is None  # never granted
     assert wait_from(Seen(held=False, due_in=-0.5, expires_in=None)) is None  # ungranted
     assert wait_from(Seen(held=False, due_in=9.0, expires_in=None)) == 9.0  # granted, done
-    assert wait_from(Seen(held=True, due_in=9.0, expires_in=20.0)) == 20.0  # still running
-    assert wait_from(Seen(held=True, due_in=-3.0, expires_in=5.0)) == 5.0  # an overrun
+    assert wait_from(Seen(held=True, due_in=9.0, expires_in=20.0)) == 9.0  # still running
+    assert wait_from(Seen(held=True, due_in=-3.0, expires_in=5.0)) == 1.0  # an overrun
 
 
 # ----- the gate, with a fake database side --------------------------------------------------
