@@ -51,6 +51,7 @@ class MasterCore:
     started: float
     late_floor: float
     crashes: CrashLoops  # the rest of the operator's state is the Controlling part's own
+    run_now: set[str]  # scripts an operator asked to run now (control.py)
     spawns: SpawnLimiter
 
     _scripts: Timetable

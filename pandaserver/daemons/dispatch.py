@@ -40,9 +40,10 @@ class Dispatching(MasterCore):
                     self.scripts.requeue(state)
                     break  # every idle worker's channel was broken
                 continue
-            if self.only is None:
+            if self.only is None and state.spec.name not in self.run_now:
                 # in a fleet, the script's preferred server asks; the others look later
-                # whether it was granted, and ask only if not (daemons/rank.py)
+                # whether it was granted, and ask only if not (daemons/rank.py); an
+                # operator's run-now is asked for at once by the server that claimed it
                 turn = self.leases.turn(state.spec, state.next_due, now)
                 if not turn.ask:  # back in the heap until then (learned: its next due)
                     state.next_due = turn.at  # later than now

@@ -11,8 +11,9 @@ a read of the whole lease table (one statement for every script, made at most ev
 ``read_interval`` and only while such a check waits) taken after that moment, and at most
 ``FRESH`` seconds old, shows the period ungranted; when it shows a grant, the server
 learns the next due time without asking. The live servers are those whose heartbeat
-(``daemon_server.last_seen``) is at most ``LIVE_BEATS`` heartbeat intervals old, read every
-heartbeat interval (every ``SETTLE`` seconds while the list changes, as at start-up).
+(``daemon_server.last_seen``) is at most ``LIVE_BEATS`` heartbeat intervals old and that do
+not report draining, read every heartbeat interval (every ``SETTLE`` seconds while the list
+changes, as at start-up).
 
 So a killed preferred server costs each of its scripts a fallback delay per period (the
 lease's time to live first, if it died holding it) until the others stop counting it as
@@ -22,6 +23,7 @@ preferred server. Nothing here decides who may run: that stays the grant stateme
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -57,6 +59,14 @@ class Read:
     sent: float  # the loop's clock when the read was handed to the lane
     done: float  # ... and when its answer came back
     leases: dict[str, Seen]
+
+
+def draining(state: str | None) -> bool:
+    """A server's reported state says it is draining (it asks for no sync lease)."""
+    try:
+        return bool(state) and bool(json.loads(state or "{}").get("draining"))
+    except (ValueError, AttributeError):
+        return False
 
 
 def wait_from(seen: Seen | None) -> float | None:
@@ -163,7 +173,7 @@ class DbLeases:
             if error is not None or rows is None:
                 return
             live = frozenset(row.server for row in rows if row.server != fleet.server
-                             and row.age <= LIVE_BEATS * interval)
+                             and row.age <= LIVE_BEATS * interval and not draining(row.state))
             if live != self.live:  # servers starting together: read again soon
                 self._next_servers = min(self._next_servers, fleet.monotonic() + SETTLE)
                 log.info("fleet: %d other live server(s)%s; a sync script is asked for by its"

@@ -198,3 +198,17 @@ def test_an_ungranted_period_seen_a_while_ago_is_looked_at_again_before_asking()
     assert not turn.ask and [c[1] for c in fleet.calls] == ["lease-table read"]
     fleet.answer("lease-table read", [lease_row(spec.name, due_in=9.0, expires_in=None)])
     assert gate.turn(spec, turn.at, later + 0.01).learned  # granted by another meanwhile
+
+
+def test_a_draining_server_is_not_ranked() -> None:
+    from pandaserver.daemons.fleetleases import draining
+
+    assert draining('{"draining": true, "paused": []}')
+    assert not draining('{"draining": false}') and not draining(None) and not draining("[")
+    gate, fleet = gate_with(["srv01"])
+    gate._next_servers = 0.0
+    gate._refresh_servers(100.0)
+    row = server_row("srv01")
+    fleet.answer("server list", [server_row("srv00"), ServerRow(**{
+        **row.__dict__, "state": '{"draining": true}'})])
+    assert gate.live == frozenset()
