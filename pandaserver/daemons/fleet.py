@@ -4,8 +4,10 @@
 
 One ``FleetDb`` per master, driven from its event loop, which it never blocks: every
 statement runs on a lane thread (``dblanes.py``): ``lease`` (grants and releases),
-``renew`` (renewals of held leases: never queued behind a slow grant) and ``house``
-(heartbeats, pruning, replaying history kept during an outage); history batches have their
+``renew`` (renewals of held leases: never queued behind a slow grant), ``house``
+(heartbeats, pruning, replaying history kept during an outage) and ``look`` (the reads of
+the lease table that tell a server whether a script was granted: never delaying a
+heartbeat, see fleetleases.py); history batches have their
 own writer thread (``HistoryKeeper``). Results come back through ``Completions`` and are
 acted on by the loop.
 
@@ -104,7 +106,7 @@ class FleetDb:
         self.completions = Completions()
         tracker = ConnectionTracker(engine)
         self.lanes = {name: Lane(name, self.completions, tracker)
-                      for name in ("lease", "renew", "house")}
+                      for name in ("lease", "renew", "house", "look")}
 
     # ----- the loop's side of the lanes ---------------------------------------------------
     def fileno(self) -> int:

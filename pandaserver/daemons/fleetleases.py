@@ -2,7 +2,8 @@
 
 ``DbLeases`` is the ``LeaseManager`` of a master with a fleet database (``FleetDb``): its
 grants and releases run on the ``lease`` lane, renewals on the ``renew`` lane, and the two
-reads that decide who asks (the live servers, the lease table) on the ``house`` lane;
+reads that decide who asks on the ``house`` lane (the live servers, once a heartbeat
+interval) and the ``look`` lane (the lease table: frequent, so never delaying a heartbeat);
 the loop never waits for any of them.
 
 Who asks (``turn``, see daemons/rank.py): the preferred server of a script asks at the
@@ -155,7 +156,7 @@ class DbLeases:
             self._read = Read(sent=now, done=fleet.monotonic(), leases={
                 row.name: Seen(row.held, row.due_in, row.expires_in) for row in rows})
 
-        fleet._submit("house", "lease-table read", fleet.leases.list_leases, done)
+        fleet._submit("look", "lease-table read", fleet.leases.list_leases, done)
 
     def _refresh_servers(self, now: float) -> None:
         fleet = self.fleet

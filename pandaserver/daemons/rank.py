@@ -13,7 +13,7 @@ statement (db/leases.py), so two runs at once stay impossible whatever the serve
 of each other's liveness. A wrong ranking (servers that disagree on who is live, a
 preferred server that is dead, partitioned, paused, or not configured with the script)
 costs a fallback delay or an extra statement, never a double run; the fallback makes sure
-it never costs a missed period (see ``fallback_offset``).
+it never costs a missed period (see ``fallback_offset``; periods under ~1.2 s excepted).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from collections.abc import Iterable
 FALLBACK_STEP = 1.0  # seconds between the checks of ranks 1, 2, ... (less for short periods)
 FALLBACK_RANKS = 3  # ranks beyond this check with rank 3 (a late, rare race between them)
 READ_INTERVAL = 2.0  # seconds between two reads of the lease table (less for short periods)
+READ_INTERVAL_MIN = 0.25  # ... but never less (at most 4 reads a second per server)
 
 
 def weight(script: str, server: str) -> int:
@@ -48,16 +49,18 @@ def step(period: float) -> float:
 
 
 def read_interval(period: float) -> float:
-    """How stale a lease-table read may be for a script of ``period``: a fifth of it, at
-    most ``READ_INTERVAL``."""
-    return min(READ_INTERVAL, period / 5)
+    """How stale a lease-table read may be for a script of ``period``: a fifth of it,
+    between ``READ_INTERVAL_MIN`` and ``READ_INTERVAL`` (so a dead preferred server may
+    cost a script of a period under ~1.2 s one period)."""
+    return max(READ_INTERVAL_MIN, min(READ_INTERVAL, period / 5))
 
 
 def fallback_offset(rank_: int, period: float) -> float:
     """Seconds after the due time at which a server of rank ``rank_`` looks whether the
     script was granted (0 for the preferred server, which asks at once).
 
-    The largest offset plus a read's staleness stays under half a period
+    The largest offset plus a read's staleness stays under half a period (for periods of
+    ~1.2 s and more: reads are at most ``1 / READ_INTERVAL_MIN`` a second)
     (``FALLBACK_RANKS`` steps of a tenth, plus a fifth), so a dead, paused or
     misconfigured preferred server delays a period, never misses it. A step is wide
     enough (up to 1 s) that a preferred server a little late (a busy worker, a loaded

@@ -46,11 +46,13 @@ def test_a_server_counts_itself_whatever_the_list_says() -> None:
     assert rank.rank("x", "me", ["me", "me"]) == 0
 
 
-@pytest.mark.parametrize("period", [0.2, 1.0, 10.0, 60.0, 3600.0])
+@pytest.mark.parametrize("period", [0.2, 1.0, 1.25, 10.0, 60.0, 3600.0])
 def test_every_fallback_looks_within_half_a_period(period: float) -> None:
     offsets = [rank.fallback_offset(r, period) for r in range(20)]
     assert offsets[0] == 0 and offsets == sorted(offsets) and offsets[1] > 0
-    assert offsets[-1] + rank.read_interval(period) <= period / 2 + 1e-9
+    if period >= 1.25:  # reads are at most 4 a second: shorter periods may lose one
+        assert offsets[-1] + rank.read_interval(period) <= period / 2 + 1e-9
+    assert rank.read_interval(period) >= rank.READ_INTERVAL_MIN
 
 
 def test_what_a_read_says() -> None:
