@@ -59,10 +59,10 @@ def fallback_offset(rank_: int, period: float) -> float:
     """Seconds after the due time at which a server of rank ``rank_`` looks whether the
     script was granted (0 for the preferred server, which asks at once).
 
-    The largest offset plus a read's staleness stays under half a period (for periods of
-    ~1.2 s and more: reads are at most ``1 / READ_INTERVAL_MIN`` a second)
-    (``FALLBACK_RANKS`` steps of a tenth, plus a fifth), so a dead, paused or
-    misconfigured preferred server delays a period, never misses it. A step is wide
+    The largest offset plus a read's staleness (``FALLBACK_RANKS`` steps of a tenth, plus
+    a fifth) stays under half a period for periods of ~1.2 s and more (reads are at most 4
+    a second), so a dead, paused or misconfigured preferred server delays a period, never
+    misses it. A step is wide
     enough (up to 1 s) that a preferred server a little late (a busy worker, a loaded
     machine) is not raced by the next one.
     """
