@@ -12,9 +12,9 @@ a read of the whole lease table (one statement for every script, made at most ev
 ``read_interval`` and only while such a check waits) taken after that moment, and at most
 ``FRESH`` seconds old, shows the period ungranted; when it shows a grant, the server
 learns the next due time without asking. The live servers are those whose heartbeat
-(``daemon_server.last_seen``) is at most ``LIVE_BEATS`` heartbeat intervals old and that do
-not report draining, read every heartbeat interval (every ``SETTLE`` seconds while the list
-changes, as at start-up).
+(``daemon_server.last_seen``) is at most ``LIVE_BEATS`` heartbeat intervals (at least
+``LIVE_MIN`` seconds) old and that do not report draining, read every heartbeat interval
+(every ``SETTLE`` seconds while the list changes, as at start-up).
 
 So a killed preferred server costs each of its scripts a fallback delay per period (the
 lease's time to live first, if it died holding it) until the others stop counting it as
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("panda.master")
 
 LIVE_BEATS = 3  # a server is live while its last heartbeat is at most this many intervals old
+LIVE_MIN = 10.0  # ... or this many seconds (short intervals: a loaded machine beats late)
 SETTLE = 2.0  # seconds between server-list reads while the list keeps changing (start-up)
 POLL = 0.02  # seconds between looks while a read is under way
 OVERRUN_LOOK = 1.0  # seconds: how soon to look again at a lease held past its due time
@@ -174,7 +175,8 @@ class DbLeases:
             if error is not None or rows is None:
                 return
             live = frozenset(row.server for row in rows if row.server != fleet.server
-                             and row.age <= LIVE_BEATS * interval and not draining(row.state))
+                             and row.age <= max(LIVE_BEATS * interval, LIVE_MIN)
+                             and not draining(row.state))
             if live != self.live:  # servers starting together: read again soon
                 self._next_servers = min(self._next_servers, fleet.monotonic() + SETTLE)
                 log.info("fleet: %d other live server(s)%s; a sync script is asked for by its"
