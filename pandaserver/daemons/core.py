@@ -37,6 +37,7 @@ class MasterCore:
     log_level: str
     worker_log_file: str | None
     config_path: str | None
+    database: str | None  # the URL the master started with, for its workers' tbuf
     slots: dict[int, Slot]
     draining: list[Slot]
     stopping: bool

@@ -72,6 +72,9 @@ class Master(Supervising, Dispatching, Controlling):
         self.clock = clock or SystemClock()
         self.fleet = fleet
         self.config_path = config_path
+        # pinned at start: the workers' tbuf stays on the master's database (pool.new_slot)
+        self.database = (fleet.engine.url.render_as_string(hide_password=False)
+                         if fleet is not None else None)
         self.recorder = recorder or (DbRecorder(fleet) if fleet else LogRecorder())
         self.leases: LeaseManager = leases or (DbLeases(fleet) if fleet else LocalLeases())
         self.keeper = LeaseKeeper(self.leases, KILL_GRACE)

@@ -45,6 +45,7 @@ class Worker:
         self.package = ""
         self.modules: dict[str, ModuleType] = {}
         self.lock_pool = LockPool()
+        self.config_path = config_path
         self.tbuf = make_tbuf(config_path)
 
     def serve(self) -> int:
@@ -53,6 +54,8 @@ class Worker:
         if message["op"] != "init":
             raise protocol.ProtocolError(f"expected init, got {message['op']}")
         self.package = message["package"]
+        if message.get("database"):  # the master's database, whatever the file says now
+            self.tbuf = make_tbuf(self.config_path, message["database"])
         errors = {}
         for module in message["modules"]:
             # said first: should the import kill this process, the master knows which did
