@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from pandaserver.config.secrets import registered
 from pandaserver.daemons import protocol
 from pandaserver.daemons.containment import Containment, describe, processes
 from pandaserver.daemons.processes import PendingKill, Spawned, begin_kill, spawn_worker
@@ -108,7 +109,9 @@ def new_slot(index: int, now: float, lifetime: float, argv: list[str],
         containment.worker_started(index, proc.pid)
     slot = Slot(index=index, proc=proc, born=now, expires=now + lifetime,
                 containment=containment)
-    slot.send("init", package=package, modules=modules, database=database)
+    # the secrets of the master's configuration: the worker's log lines hide them too
+    slot.send("init", package=package, modules=modules, database=database,
+              secrets=sorted(registered()))
     log.info("worker %d started (pid %d)", index, proc.pid)
     return slot
 
