@@ -14,6 +14,7 @@ from pandaserver.config.daemon import DaemonSettings
 from pandaserver.config.scripts import DaemonSpec
 from pandaserver.daemons.clock import Clock
 from pandaserver.daemons.containment import Containment
+from pandaserver.daemons.contention import Contentions
 from pandaserver.daemons.crashloop import CrashLoops, SpawnLimiter
 from pandaserver.daemons.fleet import FleetDb
 from pandaserver.daemons.keeper import LeaseKeeper
@@ -48,6 +49,7 @@ class MasterCore:
     spawn_not_before: float
     first_generation: bool
     last_outcomes: dict[str, tuple[str, float]]
+    contention: Contentions  # refused lease attempts here, per sync script
     unimportable: set[str]
     started: float
     late_floor: float

@@ -27,6 +27,7 @@ from pandaserver.config.daemon import DaemonSettings
 from pandaserver.daemons import exitcodes, protocol, schedule
 from pandaserver.daemons.clock import Clock, SystemClock
 from pandaserver.daemons.containment import Containment
+from pandaserver.daemons.contention import Contentions
 from pandaserver.daemons.control import Controlling
 from pandaserver.daemons.dispatch import Dispatching
 from pandaserver.daemons.fleet import DbLeases, DbRecorder, FleetDb
@@ -108,6 +109,7 @@ class Master(Supervising, Dispatching, Controlling):
             self.extra_events.append(fleet.tick)
         self.started = self.clock.monotonic()
         self.last_outcomes: dict[str, tuple[str, float]] = {}
+        self.contention = Contentions()
         self.unimportable: set[str] = set()  # disabled because a worker could not import them
         self._init_control()
         self.extra_events.append(self._control_tick)

@@ -73,6 +73,17 @@ class LeaseRow:
     period: float
     updated_at: datetime
     db_now: datetime
+    # refused grant attempts, ever; the server of the latest and when (database clock)
+    contended: int = 0
+    contended_by: str | None = None
+    contended_at: datetime | None = None
+
+    @property
+    def contended_ago(self) -> float | None:
+        """Seconds since the latest refused attempt (None: never refused)."""
+        if self.contended_at is None:
+            return None
+        return (self.db_now - self.contended_at).total_seconds()
 
     @property
     def held(self) -> bool:
@@ -311,4 +322,7 @@ def _lease_row(row: Row[Any]) -> LeaseRow:
         period=float(m["period"]),
         updated_at=m["updated_at"],
         db_now=m["db_now"],
+        contended=int(m["contended"] or 0),
+        contended_by=m["contended_by"],
+        contended_at=m["contended_at"],
     )
