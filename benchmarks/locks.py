@@ -3,6 +3,7 @@
 Usage (prints figures; asserts nothing):
     .venv/bin/python benchmarks/locks.py                     # K = 1, 4, 16; 20 s each
     .venv/bin/python benchmarks/locks.py --masters 1 4 --seconds 30
+    .venv/bin/python benchmarks/locks.py --latency 2000      # one statement's latency
 
 For each K it starts a throwaway PostgreSQL cluster (tests/pg.py, as the tests do), runs K
 masters (different --server-name, n_proc 2) over 20 sync scripts and 5 non-sync scripts,
@@ -82,11 +83,18 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def count_lease_statements(log: Path, since: int) -> tuple[int, int]:
+    """(grant statements, second statements of the losing path) in the server's log.
+
+    A grant statement is the upsert, spelled ``WITH attempt AS (INSERT INTO daemon_lease``
+    since refusals are folded into it; the losing path's second statement was a
+    ``SELECT daemon_lease.owner_server`` read, now an ``UPDATE daemon_lease SET contended``
+    (on PostgreSQL only after a race with the lease's first insert)."""
     with log.open(encoding="utf-8", errors="replace") as handle:
         handle.seek(since)
         text = handle.read()
-    upserts = len(re.findall(r"statement: INSERT INTO daemon_lease", text))
-    reads = len(re.findall(r"statement: SELECT daemon_lease\.owner_server", text))
+    upserts = len(re.findall(r"statement: (?:WITH \w+ AS\s+\()?INSERT INTO daemon_lease", text))
+    reads = len(re.findall(r"statement: (?:SELECT daemon_lease\.owner_server|UPDATE daemon_lease"
+                           r" SET contended=)", text))
     return upserts, reads
 
 
@@ -161,7 +169,7 @@ def one(k: int, seconds: float, count_statements: bool = True) -> None:
           f" {seconds:g} s")
     print(f"  lease grants: {grants} ({grants / seconds:.1f}/s; ideal {SYNC / PERIOD:.0f}/s)")
     if grants and count_statements:
-        print(f"  lease statements: {upserts} upserts + {reads} reads of the losing path ="
+        print(f"  lease statements: {upserts} upserts + {reads} second statements of the losing path ="
               f" {(upserts + reads) / grants:.2f} round trips per grant over the fleet;"
               f" granted path: 1 statement")
     for kind, values in delays.items():
@@ -172,6 +180,47 @@ def one(k: int, seconds: float, count_statements: bool = True) -> None:
           f" (smallest start-to-start gap {smallest * 1000:.1f} ms)")
 
 
+def latency(calls: int) -> None:
+    """Statement latency and count of one grant and one refusal, in this process, on a
+    throwaway PostgreSQL, with the master's engine settings (autocommit, no pre-ping)."""
+    from sqlalchemy import event
+
+    from pandaserver.db.engine import engine_from_url
+    from pandaserver.db.leases import LeaseStore
+    from pandaserver.db.schema import upgrade
+
+    cluster = PgCluster()
+    cluster.start()
+    try:
+        engine = engine_from_url(cluster.create_database("latency"), autocommit=True,
+                                 pre_ping=False)
+        upgrade(engine)
+        store = LeaseStore(engine)
+        sent: list[str] = []
+        event.listen(engine, "before_cursor_execute", lambda *args: sent.append(args[2]))
+        store.try_acquire("held", "other", 1, period=3600, ttl=3600)
+        cases = {  # ttl 0: the lease has expired by the next call, so every call is granted
+            "grant": lambda: store.try_acquire("free", "bench", 1, period=0, ttl=0),
+            "refusal": lambda: store.try_acquire("held", "bench", 1, period=3600, ttl=3600),
+        }
+        for what, call in cases.items():
+            for _ in range(min(100, calls)):  # warm: connection, statement cache
+                call()
+            sent.clear()
+            times = []
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                result = call()
+                times.append((time.perf_counter() - t0) * 1000)
+                assert result.granted == (what == "grant")
+            print(f"  {what}: median {statistics.median(times):.3f} ms,"
+                  f" p99 {percentile(times, 99):.3f} ms, {len(sent) / calls:.2f} statements"
+                  f" ({calls} calls)")
+        engine.dispose()
+    finally:
+        cluster.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -180,7 +229,13 @@ def main() -> None:
     parser.add_argument("--no-statement-log", action="store_true",
                         help="do not count statements (the server then logs none, so the"
                              " delays are those of an ordinary server)")
+    parser.add_argument("--latency", type=int, metavar="CALLS",
+                        help="instead: time CALLS grants and CALLS refusals of one lease"
+                             " statement in this process (no masters)")
     args = parser.parse_args()
+    if args.latency:
+        latency(args.latency)
+        return
     for k in args.masters:
         one(k, args.seconds, count_statements=not args.no_statement_log)
 

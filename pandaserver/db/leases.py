@@ -4,20 +4,31 @@ A lease row per script name. ``try_acquire`` is one atomic statement::
 
     INSERT INTO daemon_lease (...)
       VALUES (name, 1, me, pid, now, now + ttl, now + period, ...)
-    ON CONFLICT (name) DO UPDATE SET generation = generation + 1, owner = me, ...
+    ON CONFLICT (name) DO UPDATE SET generation = generation + 1, owner = me, ...,
+        next_due = CASE WHEN next_due <= now THEN <next point of next_due's grid after now>
+                        ELSE now + period END
       WHERE (next_due <= now OR acquired_at + :period <= now)
         AND (expires_at IS NULL OR expires_at <= now)
-    RETURNING generation, next_due, expires_at
+    RETURNING generation, next_due, expires_at, ...
 
-so of any number of servers racing for a due lease exactly one gets a row back. Every
+so of any number of servers racing for a due lease exactly one gets it. Every
 grant bumps ``generation``; ``release`` and ``renew`` must name it, so a holder that
 lost its lease (expired and re-granted, or force-released) changes nothing. A lease
 lives ``ttl`` seconds (``[daemon] lease_ttl``) and its holder renews it while its run
-lives; ``next_due`` is kept on release, so the period is counted start to start across
-the fleet. The grant condition also honours the *requesting* server's period
-(``acquired_at + period <= now``), so a period shortened by a reload takes effect at
-the next grant, not one old period later. MySQL/MariaDB spell the statement as
-``INSERT ... ON DUPLICATE KEY UPDATE`` plus a read-back (``pandaserver/db/upsert.py``).
+lives; ``next_due`` is kept on release and moves on a grid (``next_due + k * period``,
+the first point after now: missed periods skipped, never run in a burst), so the period
+is counted due to due across the fleet, and the grant returns ``due_in`` for the master
+to keep its own due time on the same grid. The grant condition also honours the
+*requesting* server's period (``acquired_at + period <= now``), so a period shortened by
+a reload takes effect at the next grant, not one old period later; such a grant (and the
+first) restarts the grid at now + period.
+
+A refused attempt adds one to the row's ``contended`` and records who (``contended_by``)
+and when (``contended_at``): history needs no row per losing server per period. Its
+answer (holder, next due time, wait) is read from the row as that update left it, the
+newest committed version. On PostgreSQL grant and refusal are one statement (a CTE,
+``pandaserver/db/upsert.py``); SQLite adds an ``UPDATE ... RETURNING`` on a refusal;
+MySQL/MariaDB fold both into ``INSERT ... ON DUPLICATE KEY UPDATE`` plus a read-back.
 See docs/database.md.
 """
 
