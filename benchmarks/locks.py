@@ -13,8 +13,9 @@ all of period 1 s, and prints:
   its statement log), per grant, and the statements of the granted path alone;
 - dispatch delay, main() called minus due time, p50/p99, of sync and of non-sync runs
   (from the masters' per-run log lines), the difference being what a lease costs;
-- duplicate or overlapping runs of sync scripts (two runs less than a period apart by the
-  database clock, or one starting before the previous ended): must be 0.
+- duplicate grants (two in one period of a script's grid, from a log of the grants the
+  database keeps by trigger) and overlapping runs of sync scripts (one starting before the
+  previous ended, from history): must be 0.
 """
 
 from __future__ import annotations
@@ -98,14 +99,43 @@ def count_lease_statements(log: Path, since: int) -> tuple[int, int]:
     return upserts, reads
 
 
-def bad_runs(cluster: PgCluster, dbname: str) -> tuple[int, int, float]:
-    """(duplicates, overlaps, smallest start-to-start gap) of sync runs, from history.
+GRANT_LOG = """
+CREATE TABLE bench_grant (name text, at timestamptz);
+CREATE FUNCTION bench_log_grant() RETURNS trigger AS $$ BEGIN
+  IF TG_OP = 'INSERT' OR NEW.generation <> OLD.generation THEN
+    INSERT INTO bench_grant VALUES (NEW.name, NEW.acquired_at);
+  END IF;
+  RETURN NEW;
+END $$ LANGUAGE plpgsql;
+CREATE TRIGGER bench_log_grant AFTER INSERT OR UPDATE ON daemon_lease
+  FOR EACH ROW EXECUTE FUNCTION bench_log_grant();
+"""
+
+
+def grid_duplicates(cluster: PgCluster, dbname: str, period: float) -> int:
+    """Grants in a period of the grid that already had one, from the grants the database
+    logged (``GRANT_LOG``, exact, on its clock). The grid of a script is anchored at its
+    first grant and counted due to due, so a late grant may be followed by an on-time one
+    less than a period later: that is no duplicate; two grants in one period are."""
+    rows = admin(cluster, dbname,
+                 "SELECT name, CAST(EXTRACT(EPOCH FROM at - min(at) OVER (PARTITION BY name))"
+                 " * 1000000 AS BIGINT) FROM bench_grant ORDER BY name, at")
+    step = round(period * 1_000_000)
+    seen: set[tuple[str, int]] = set()
+    duplicates = 0
+    for name, since in rows:
+        cell = (str(name), int(since) // step)  # type: ignore[call-overload]
+        duplicates += cell in seen
+        seen.add(cell)
+    return duplicates
+
+
+def bad_runs(cluster: PgCluster, dbname: str) -> tuple[int, float]:
+    """(overlaps, smallest start-to-start gap) of sync runs, from history.
 
     History dates a run on the database clock from the master's monotonic measurements,
-    to a few milliseconds. Grants of one script are at least a period apart by the
-    database clock, so consecutive starts are a period apart less the dispatch jitter;
-    a duplicate (two servers in one period) would start within milliseconds of the other
-    run: counted when two starts are less than half a period apart.
+    to a few milliseconds: a run starting before the previous one of its script ended
+    (less 5 ms) is an overlap.
     """
     rows = admin(cluster, dbname,
                  "SELECT script, extract(epoch from started_at), extract(epoch from ended_at)"
@@ -114,14 +144,13 @@ def bad_runs(cluster: PgCluster, dbname: str) -> tuple[int, int, float]:
     by_script: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for script, start, end in rows:
         by_script[str(script)].append((float(start), float(end)))  # type: ignore[arg-type]
-    duplicates = overlaps = 0
+    overlaps = 0
     smallest = float("inf")
     for runs in by_script.values():
         for (s0, e0), (s1, _) in pairwise(runs):
             smallest = min(smallest, s1 - s0)
-            duplicates += s1 - s0 < PERIOD / 2
             overlaps += s1 < e0 - 0.005
-    return duplicates, overlaps, smallest
+    return overlaps, smallest
 
 
 def one(k: int, seconds: float, count_statements: bool = True) -> None:
@@ -133,6 +162,7 @@ def one(k: int, seconds: float, count_statements: bool = True) -> None:
             cfg = write_config(Path(tmp), url_text(url))
             subprocess.run([sys.executable, "-m", "pandaserver.daemons.master", "-c", str(cfg),
                             "db", "upgrade"], check=True, env=env(), capture_output=True)
+            admin(cluster, "bench", GRANT_LOG)
             if count_statements:  # the server logs every statement (slows it a little)
                 admin(cluster, "postgres", "ALTER SYSTEM SET log_statement = 'all'")
                 admin(cluster, "postgres", "SELECT pg_reload_conf()")
@@ -151,7 +181,8 @@ def one(k: int, seconds: float, count_statements: bool = True) -> None:
             upserts, reads = count_lease_statements(cluster.logfile, mark)
             grants = admin(cluster, "bench", "SELECT count(*) FROM daemon_run WHERE outcome ="
                            " 'ok' AND script LIKE 'sync%'")[0][0]
-            duplicates, overlaps, smallest = bad_runs(cluster, "bench")
+            overlaps, smallest = bad_runs(cluster, "bench")
+            duplicates = grid_duplicates(cluster, "bench", PERIOD)
             delays: dict[str, list[float]] = {"sync": [], "local": []}
             for log in logs:
                 seen: set[str] = set()
@@ -176,7 +207,7 @@ def one(k: int, seconds: float, count_statements: bool = True) -> None:
         if values:
             print(f"  dispatch delay ms, {kind}: p50 {statistics.median(values):.2f}"
                   f"  p99 {percentile(values, 99):.2f}  ({len(values)} runs)")
-    print(f"  duplicate sync runs: {duplicates}, overlapping: {overlaps}"
+    print(f"  grants in one period of the grid: {duplicates}; overlapping sync runs: {overlaps}"
           f" (smallest start-to-start gap {smallest * 1000:.1f} ms)")
 
 
