@@ -1,7 +1,8 @@
 """The fleet part of benchmarks/scale.py: K masters (n_proc 1 each) on one throwaway
 PostgreSQL sharing sync scripts of period 10 s. Grants per second, lease statements per
 grant across the fleet by kind (from the server's statement log), duplicate and overlapping
-runs (from the history), sync dispatch delay of the runs in the window (from the masters'
+runs (from the history; grants in one period of the grid, from a log of grants the database
+keeps by trigger), sync dispatch delay of the runs in the window (from the masters'
 per-run log lines), history rows written per grant.
 
 ``decide_per_grant`` counts what it takes the fleet to decide who runs a period: grant
@@ -20,7 +21,7 @@ from pgfleet import bad_runs, pg_fleet
 from scale import pct, runs_in, say
 
 PERIOD = 10.0
-DECIDE = ("grant", "loser_read", "table_read", "other_lease")
+DECIDE = ("grant", "contended_update", "loser_read", "table_read", "other_lease")
 
 
 def fleet_scenario(k: int, count: int, seconds: float) -> dict[str, Any]:
@@ -42,12 +43,13 @@ def fleet_scenario(k: int, count: int, seconds: float) -> dict[str, Any]:
         all_ok = fleet.query("SELECT script, extract(epoch from started_at),"
                              " extract(epoch from ended_at) FROM daemon_run"
                              " WHERE outcome = 'ok' ORDER BY script, started_at")
+        duplicates = fleet.duplicates(PERIOD)
         delays = [d * 1000 for log, start in zip(fleet.logs, starts, strict=True)
                   for name, outcome, d, _ in runs_in(log.read_bytes()[start:].decode(
                       errors="replace")) if outcome == "ok"]
         left = fleet.left
     grants = sum(1 for _, outcome in rows if outcome == "ok")
-    duplicates, overlaps, _ = bad_runs(all_ok, PERIOD)
+    overlaps, _ = bad_runs(all_ok)
     total = sum(statements.values())
     decide = sum(statements.get(kind, 0) for kind in DECIDE)
     say(f"  K={k}: {grants} grants, statements {statements}")

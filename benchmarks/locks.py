@@ -3,6 +3,7 @@
 Usage (prints figures; asserts nothing):
     .venv/bin/python benchmarks/locks.py                     # K = 1, 4, 16; 20 s each
     .venv/bin/python benchmarks/locks.py --masters 1 4 --seconds 30
+    .venv/bin/python benchmarks/locks.py --latency 2000      # one statement's latency
 
 For each K it starts a throwaway PostgreSQL cluster (tests/pg.py, as the tests do), runs K
 masters (different --server-name, n_proc 2) over 20 sync scripts and 5 non-sync scripts,
@@ -12,8 +13,9 @@ all of period 1 s, and prints:
   per grant: those that decide who runs a period, and with the releases and renewals;
 - dispatch delay, main() called minus due time, p50/p99, of sync and of non-sync runs
   (from the masters' per-run log lines), the difference being what a lease costs;
-- duplicate or overlapping runs of sync scripts (two runs less than a period apart by the
-  database clock, or one starting before the previous ended): must be 0.
+- duplicate grants (two in one period of a script's grid, from a log of the grants the
+  database keeps by trigger) and overlapping runs of sync scripts (one starting before the
+  previous ended, from history): must be 0.
 """
 
 from __future__ import annotations
@@ -29,13 +31,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
+from pg import PgCluster  # noqa: E402
 from pgfleet import bad_runs, pg_fleet  # noqa: E402
 from scale import pct  # noqa: E402
 
 DELAY = re.compile(r"panda\.master: (\w+) run \d+ outcome=ok duration=[-0-9.]+s"
                    r" delay=(-?[0-9.]+)s")
 SYNC, LOCAL, PERIOD = 20, 5, 1.0
-DECIDE = ("grant", "loser_read", "table_read", "other_lease")
+DECIDE = ("grant", "contended_update", "loser_read", "table_read", "other_lease")
 
 
 def one(k: int, seconds: float, count_statements: bool = True) -> None:
@@ -51,9 +54,10 @@ def one(k: int, seconds: float, count_statements: bool = True) -> None:
         statements = fleet.statements(mark)
         grants = fleet.query("SELECT count(*) FROM daemon_run WHERE outcome ="
                              " 'ok' AND script LIKE 'sync%'")[0][0]
-        duplicates, overlaps, smallest = bad_runs(fleet.query(
+        overlaps, smallest = bad_runs(fleet.query(
             "SELECT script, extract(epoch from started_at), extract(epoch from ended_at)"
-            " FROM daemon_run WHERE outcome = 'ok' AND script LIKE 'sync%'"), PERIOD)
+            " FROM daemon_run WHERE outcome = 'ok' AND script LIKE 'sync%'"))
+        duplicates = fleet.duplicates(PERIOD)
         delays: dict[str, list[float]] = {"sync": [], "local": []}
         for log in fleet.logs:
             seen: set[str] = set()
@@ -76,8 +80,49 @@ def one(k: int, seconds: float, count_statements: bool = True) -> None:
         if values:
             print(f"  dispatch delay ms, {kind}: p50 {statistics.median(values):.2f}"
                   f"  p99 {pct(values, 99):.2f}  ({len(values)} runs)")
-    print(f"  duplicate sync runs: {duplicates}, overlapping: {overlaps}"
+    print(f"  grants in one period of the grid: {duplicates}; overlapping sync runs: {overlaps}"
           f" (smallest start-to-start gap {smallest * 1000:.1f} ms)")
+
+
+def latency(calls: int) -> None:
+    """Statement latency and count of one grant and one refusal, in this process, on a
+    throwaway PostgreSQL, with the master's engine settings (autocommit, no pre-ping)."""
+    from sqlalchemy import event
+
+    from pandaserver.db.engine import engine_from_url
+    from pandaserver.db.leases import LeaseStore
+    from pandaserver.db.schema import upgrade
+
+    cluster = PgCluster()
+    cluster.start()
+    try:
+        engine = engine_from_url(cluster.create_database("latency"), autocommit=True,
+                                 pre_ping=False)
+        upgrade(engine)
+        store = LeaseStore(engine)
+        sent: list[str] = []
+        event.listen(engine, "before_cursor_execute", lambda *args: sent.append(args[2]))
+        store.try_acquire("held", "other", 1, period=3600, ttl=3600)
+        cases = {  # ttl 0: the lease has expired by the next call, so every call is granted
+            "grant": lambda: store.try_acquire("free", "bench", 1, period=0, ttl=0),
+            "refusal": lambda: store.try_acquire("held", "bench", 1, period=3600, ttl=3600),
+        }
+        for what, call in cases.items():
+            for _ in range(min(100, calls)):  # warm: connection, statement cache
+                call()
+            sent.clear()
+            times = []
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                result = call()
+                times.append((time.perf_counter() - t0) * 1000)
+                assert result.granted == (what == "grant")
+            print(f"  {what}: median {statistics.median(times):.3f} ms,"
+                  f" p99 {pct(times, 99)} ms, {len(sent) / calls:.2f} statements"
+                  f" ({calls} calls)")
+        engine.dispose()
+    finally:
+        cluster.stop()
 
 
 def main() -> None:
@@ -88,7 +133,13 @@ def main() -> None:
     parser.add_argument("--no-statement-log", action="store_true",
                         help="do not count statements (the server then logs none, so the"
                              " delays are those of an ordinary server)")
+    parser.add_argument("--latency", type=int, metavar="CALLS",
+                        help="instead: time CALLS grants and CALLS refusals of one lease"
+                             " statement in this process (no masters)")
     args = parser.parse_args()
+    if args.latency:
+        latency(args.latency)
+        return
     for k in args.masters:
         one(k, args.seconds, count_statements=not args.no_statement_log)
 

@@ -1,6 +1,7 @@
 """What benchmarks/locks.py and benchmarks/fleetscale.py share: K masters on one throwaway
 PostgreSQL (tests/pg.py) with its statement log on, the lease statements counted by kind,
-and duplicate or overlapping sync runs found in the history.
+grants in one period of a script's grid (logged by trigger) and overlapping sync runs
+(from the history).
 
     with pg_fleet(k, scripts, n_proc=1, extra=(...)) as fleet:
         mark = fleet.mark()            # the statement log's size now
@@ -30,8 +31,9 @@ from scale import env, start_master, stop_all, write_config
 
 # kinds of statements the lease path sends, by how each starts (see db/leases.py)
 KINDS = (
-    ("grant", re.compile(r"^(WITH \w+ AS \()?\s*(INSERT INTO|UPDATE) daemon_lease\b.*"
+    ("grant", re.compile(r"^(WITH \w+ AS\s+\()?\s*(INSERT INTO|UPDATE) daemon_lease\b.*"
                          r"(ON CONFLICT|RETURNING)", re.S)),
+    ("contended_update", re.compile(r"^UPDATE daemon_lease SET contended")),
     ("loser_read", re.compile(r"^SELECT daemon_lease\.owner_server")),
     ("table_read", re.compile(r"^SELECT daemon_lease\.name")),
     ("release_or_renew", re.compile(r"^UPDATE daemon_lease\b")),
@@ -40,6 +42,20 @@ KINDS = (
 # one logged statement: up to the next log line (default log_line_prefix '%m [%p] ')
 STATEMENT = re.compile(r"LOG:  (?:statement|execute [^:]*): (.*?)(?=\n\d{4}-\d\d-\d\d \d|\Z)",
                        re.S)
+
+
+# every grant, logged by the database itself (exact, on its clock)
+GRANT_LOG = """
+CREATE TABLE bench_grant (name text, at timestamptz);
+CREATE FUNCTION bench_log_grant() RETURNS trigger AS $$ BEGIN
+  IF TG_OP = 'INSERT' OR NEW.generation <> OLD.generation THEN
+    INSERT INTO bench_grant VALUES (NEW.name, NEW.acquired_at);
+  END IF;
+  RETURN NEW;
+END $$ LANGUAGE plpgsql;
+CREATE TRIGGER bench_log_grant AFTER INSERT OR UPDATE ON daemon_lease
+  FOR EACH ROW EXECUTE FUNCTION bench_log_grant();
+"""
 
 
 def admin(cluster: PgCluster, dbname: str, sql: str) -> list[tuple[Any, ...]]:
@@ -68,21 +84,35 @@ def count_statements(text: str) -> dict[str, int]:
     return dict(counts)
 
 
-def bad_runs(rows: list[tuple[Any, ...]], period: float) -> tuple[int, int, float]:
-    """(duplicates, overlaps, smallest start-to-start gap) of (script, start, end) rows of
-    ``ok`` runs by start: two starts of a script less than half a period apart (a second
-    run in one period), or one starting before the previous ended."""
+def bad_runs(rows: list[tuple[Any, ...]]) -> tuple[int, float]:
+    """(overlaps, smallest start-to-start gap) of (script, start, end) rows of ``ok`` runs
+    (history dates them on the database clock to a few ms): a run starting before the
+    previous one of its script ended (less 5 ms) is an overlap."""
     by_script: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for script, start, end in rows:
         by_script[str(script)].append((float(start), float(end)))
-    duplicates = overlaps = 0
+    overlaps = 0
     smallest = float("inf")
     for runs in by_script.values():
         for (s0, e0), (s1, _) in pairwise(sorted(runs)):
             smallest = min(smallest, s1 - s0)
-            duplicates += s1 - s0 < period / 2
             overlaps += s1 < e0 - 0.005
-    return duplicates, overlaps, smallest
+    return overlaps, smallest
+
+
+def grid_duplicates(rows: list[tuple[Any, ...]], period: float) -> int:
+    """Grants in a period of the grid that already had one, from (name, microseconds since
+    the script's first grant) rows of ``GRANT_LOG``. The grid is counted due to due, so a
+    late grant may be followed by an on-time one less than a period later: no duplicate;
+    two grants in one period are."""
+    step = round(period * 1_000_000)
+    seen: set[tuple[str, int]] = set()
+    duplicates = 0
+    for name, since in rows:
+        cell = (str(name), int(since) // step)
+        duplicates += cell in seen
+        seen.add(cell)
+    return duplicates
 
 
 @dataclass
@@ -105,6 +135,12 @@ class PgFleet:
     def query(self, sql: str) -> list[tuple[Any, ...]]:
         return admin(self.cluster, self.dbname, sql)
 
+    def duplicates(self, period: float) -> int:
+        """Grants in one period of a script's grid (must be 0), from ``GRANT_LOG``."""
+        return grid_duplicates(self.query(
+            "SELECT name, CAST(EXTRACT(EPOCH FROM at - min(at) OVER (PARTITION BY name))"
+            " * 1000000 AS BIGINT) FROM bench_grant ORDER BY name, at"), period)
+
     def stop(self) -> None:
         if self.masters:
             self.left = stop_all(self.masters)
@@ -125,6 +161,7 @@ def pg_fleet(k: int, scripts: dict[str, dict[str, Any]], n_proc: int,
             cfg = write_config(Path(tmp), scripts, n_proc, url, extra=extra)
             subprocess.run([sys.executable, "-m", "pandaserver.daemons.master", "-c", str(cfg),
                             "db", "upgrade"], check=True, env=env(), capture_output=True)
+            admin(cluster, name, GRANT_LOG)
             if log_statements:  # the server logs every statement (slows it a little)
                 admin(cluster, "postgres", "ALTER SYSTEM SET log_statement = 'all'")
                 admin(cluster, "postgres", "SELECT pg_reload_conf()")

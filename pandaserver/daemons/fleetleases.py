@@ -215,7 +215,7 @@ class DbLeases:
                 self._next_servers = min(self._next_servers, self._servers_sent + SETTLE)
             reply(LeaseDecision(granted=result.granted, generation=result.generation,
                                 wait=result.wait, holder=result.holder, sent=sent,
-                                due_in=getattr(result, "due_in", None)))
+                                due_in=result.due_in))
 
         fleet._submit("lease", "lease", lambda: fleet.leases.try_acquire(
             spec.name, fleet.server, fleet.pid, spec.period, ttl), done)
