@@ -8,17 +8,18 @@ scalar subqueries (``min``) in the recursive step, which PostgreSQL, SQLite and
 MySQL/MariaDB all accept, each answered from the leading columns of an index.
 
 - ``scripts()``: every script in the history (index ``(script, started_at, id)``);
-- ``run_pairs()``: every (script, server) with a run that is not a ``skipped`` attempt
-  (the partial index ``(script, server, started_at, id) WHERE outcome <> 'skipped'``).
+- ``newest_per_pair()``: per (script, server), its newest run that is not a ``skipped``
+  attempt (the partial index ``(script, server, started_at, id) WHERE outcome <>
+  'skipped'``, walked backwards from one pair's newest entry to the previous pair's).
 
-Both CTEs end with one NULL row (the step after the last value); callers filter it out.
+``scripts()`` ends with one NULL row (the step after the last value); callers filter it out.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import CTE, ColumnElement, and_, case, func, literal_column, select
+from sqlalchemy import CTE, ColumnElement, and_, func, literal_column, or_, select, tuple_
 
 from pandaserver.db.tables import daemon_run
 
@@ -38,35 +39,28 @@ def scripts(name: str = "scripts") -> CTE:
     return found.union_all(select(after).where(found.c.script.is_not(None)))
 
 
-def run_pairs(name: str = "pairs") -> CTE:
-    """A CTE of (``script``, ``server``): each pair with a run that is not a skipped attempt,
-    in order, then one (NULL, NULL) row."""
+def newest_per_pair(dialect: str, name: str = "pairs") -> CTE:
+    """A CTE of (``script``, ``server``, ``id``): per (script, server) with a run that is not
+    a skipped attempt, the id of its newest such run (the later id of two at the same
+    instant), walking the partial index backwards: each step is one probe, for the newest
+    entry of the pair just before the last one found, and one read of that row by id."""
     r0, r1 = daemon_run.alias("p0"), daemon_run.alias("p1")
-    first_script = select(func.min(r0.c.script)).where(not_skipped(r0)).scalar_subquery()
-    first_server = (select(func.min(r1.c.server))
-                    .where(r1.c.script == first_script, not_skipped(r1)).scalar_subquery())
-    found = select(first_script.label("script"), first_server.label("server")
-                   ).cte(name, recursive=True)
-
-    def next_server() -> Any:  # the next server of the same script
-        r = daemon_run.alias()
-        return (select(func.min(r.c.server))
-                .where(r.c.script == found.c.script, r.c.server > found.c.server, not_skipped(r))
-                .correlate(found).scalar_subquery())
-
-    def next_script() -> Any:
-        r = daemon_run.alias()
-        return (select(func.min(r.c.script)).where(r.c.script > found.c.script, not_skipped(r))
-                .correlate(found).scalar_subquery())
-
-    def its_first_server() -> Any:  # the first server of the next script
-        r = daemon_run.alias()
-        return (select(func.min(r.c.server))
-                .where(r.c.script == next_script(), not_skipped(r)).correlate(found)
-                .scalar_subquery())
-
-    step = select(
-        case((next_server().is_(None), next_script()), else_=found.c.script).label("script"),
-        func.coalesce(next_server(), its_first_server()).label("server"),
-    ).where(and_(found.c.script.is_not(None), found.c.server.is_not(None)))
+    newest_first = (r0.c.script.desc(), r0.c.server.desc(), r0.c.started_at.desc(),
+                    r0.c.id.desc())
+    seed_id = select(r0.c.id).where(not_skipped(r0)).order_by(*newest_first).limit(1)
+    seed = select(r1.c.script, r1.c.server, r1.c.id).where(r1.c.id == seed_id.scalar_subquery())
+    found = seed.cte(name, recursive=True)
+    r2, r3 = daemon_run.alias("p2"), daemon_run.alias("p3")
+    if dialect == "mysql":  # its range optimizer reads this form, not row values
+        before: ColumnElement[bool] = or_(r2.c.script < found.c.script,
+                                          and_(r2.c.script == found.c.script,
+                                               r2.c.server < found.c.server))
+    else:
+        before = tuple_(r2.c.script, r2.c.server) < tuple_(found.c.script, found.c.server)
+    previous = (select(r2.c.id).where(before, not_skipped(r2))
+                .order_by(r2.c.script.desc(), r2.c.server.desc(), r2.c.started_at.desc(),
+                          r2.c.id.desc())
+                .limit(1).correlate(found).scalar_subquery())
+    step = select(r3.c.script, r3.c.server, r3.c.id).select_from(
+        found.join(r3, r3.c.id == previous))
     return found.union_all(step)

@@ -46,13 +46,9 @@ def read_fleet(engine: Engine) -> FleetSnapshot:
 def _last_runs(conn: Connection) -> list[RunRow]:
     """Per (script, server) with a run that is not a skipped attempt, its newest such run
     (the later id of two at the same instant): one index probe per pair."""
-    r, n = daemon_run, daemon_run.alias("newest")
-    pairs = skipscan.run_pairs()
-    newest = (select(n.c.id).where(n.c.script == pairs.c.script, n.c.server == pairs.c.server,
-                                   skipscan.not_skipped(n))
-              .order_by(n.c.started_at.desc(), n.c.id.desc()).limit(1).scalar_subquery())
-    ids = select(newest.label("id")).where(pairs.c.script.is_not(None)).subquery()
-    stmt = select(r).join(ids, r.c.id == ids.c.id).order_by(r.c.script, r.c.server)
+    r = daemon_run
+    pairs = skipscan.newest_per_pair(conn.dialect.name)
+    stmt = select(r).join(pairs, r.c.id == pairs.c.id).order_by(r.c.script, r.c.server)
     return [RunRow(**row._mapping) for row in conn.execute(stmt).all()]
 
 
