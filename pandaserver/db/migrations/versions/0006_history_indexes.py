@@ -11,8 +11,10 @@ Each read walks one index and stops early, instead of reading the table:
   on PostgreSQL and SQLite, whole on MySQL/MariaDB (no partial indexes there);
 - ``(script, outcome, ended_at)``: each script's last success.
 
-On a big PostgreSQL table the upgrade builds them under a lock that blocks writes to
-``daemon_run`` for a while (about a minute per 5 million rows; docs/database.md).
+On a big table the upgrade builds them under a lock that blocks writes to ``daemon_run``
+meanwhile (masters keep their history in memory and write it afterwards): minutes for
+millions of rows (benchmarks/bighistory.py built all seven indexes of 5 million rows in
+151 s on a busy 2-core machine; docs/database.md, "Sizing the history").
 
 Revision ID: 0006
 Revises: 0005
