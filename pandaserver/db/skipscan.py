@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import CTE, ColumnElement, and_, func, literal_column, or_, select, tuple_
+from sqlalchemy import CTE, ColumnElement, func, literal_column, select
 
 from pandaserver.db.tables import daemon_run
 
@@ -39,28 +39,32 @@ def scripts(name: str = "scripts") -> CTE:
     return found.union_all(select(after).where(found.c.script.is_not(None)))
 
 
-def newest_per_pair(dialect: str, name: str = "pairs") -> CTE:
+def newest_per_pair(name: str = "pairs") -> CTE:
     """A CTE of (``script``, ``server``, ``id``): per (script, server) with a run that is not
     a skipped attempt, the id of its newest such run (the later id of two at the same
-    instant), walking the partial index backwards: each step is one probe, for the newest
-    entry of the pair just before the last one found, and one read of that row by id."""
+    instant), walking the partial index backwards: each step is one probe (two when it moves
+    to the previous script) for the newest entry of the pair just before the last one
+    found, and one read of that row by id."""
     r0, r1 = daemon_run.alias("p0"), daemon_run.alias("p1")
     newest_first = (r0.c.script.desc(), r0.c.server.desc(), r0.c.started_at.desc(),
                     r0.c.id.desc())
     seed_id = select(r0.c.id).where(not_skipped(r0)).order_by(*newest_first).limit(1)
     seed = select(r1.c.script, r1.c.server, r1.c.id).where(r1.c.id == seed_id.scalar_subquery())
     found = seed.cte(name, recursive=True)
-    r2, r3 = daemon_run.alias("p2"), daemon_run.alias("p3")
-    if dialect == "mysql":  # its range optimizer reads this form, not row values
-        before: ColumnElement[bool] = or_(r2.c.script < found.c.script,
-                                          and_(r2.c.script == found.c.script,
-                                               r2.c.server < found.c.server))
-    else:
-        before = tuple_(r2.c.script, r2.c.server) < tuple_(found.c.script, found.c.server)
-    previous = (select(r2.c.id).where(before, not_skipped(r2))
-                .order_by(r2.c.script.desc(), r2.c.server.desc(), r2.c.started_at.desc(),
-                          r2.c.id.desc())
+    r2, r3, r4 = daemon_run.alias("p2"), daemon_run.alias("p3"), daemon_run.alias("p4")
+
+    def newest_where(r: Any, *where: ColumnElement[bool]) -> Any:
+        return (select(r.c.id).where(*where, not_skipped(r))
+                .order_by(r.c.script.desc(), r.c.server.desc(), r.c.started_at.desc(),
+                          r.c.id.desc())
                 .limit(1).correlate(found).scalar_subquery())
+
+    # the previous server of the same script, else the last server of the previous script:
+    # two plain range seeks (a row-value comparison would be one, but SQLite seeks on its
+    # first column only and then reads the whole pair)
+    previous = func.coalesce(
+        newest_where(r2, r2.c.script == found.c.script, r2.c.server < found.c.server),
+        newest_where(r4, r4.c.script < found.c.script))
     step = select(r3.c.script, r3.c.server, r3.c.id).select_from(
         found.join(r3, r3.c.id == previous))
     return found.union_all(step)

@@ -47,7 +47,7 @@ def _last_runs(conn: Connection) -> list[RunRow]:
     """Per (script, server) with a run that is not a skipped attempt, its newest such run
     (the later id of two at the same instant): one index probe per pair."""
     r = daemon_run
-    pairs = skipscan.newest_per_pair(conn.dialect.name)
+    pairs = skipscan.newest_per_pair()
     stmt = select(r).join(pairs, r.c.id == pairs.c.id).order_by(r.c.script, r.c.server)
     return [RunRow(**row._mapping) for row in conn.execute(stmt).all()]
 
