@@ -90,7 +90,7 @@ class PrunePass:
         return sum(self.deleted.values())
 
     def step(self) -> StepResult:
-        """Delete at most ``batch`` rows (or find the next script to look at)."""
+        """Delete at most ``batch`` rows, or look at one script (at most two statements)."""
         while self._phase != "done":
             if self._phase == "age":
                 return self._age_step()
@@ -98,8 +98,8 @@ class PrunePass:
                 self._phase = "done"
                 break
             result = self._rows_step()
-            if result is not None:
-                return result
+            # a script with no more than N rows: the step only looked (one statement)
+            return result if result is not None else StepResult(0, False, "")
         return StepResult(0, True)
 
     # ----- the age bound ------------------------------------------------------------------

@@ -145,8 +145,23 @@ def test_a_pass_over_its_time_budget_stops_and_the_next_one_goes_on(engine: Engi
     settings = DaemonSettings(path="x", history_retention_days=50.0)
     schedule = PruneSchedule(engine, lambda: settings, batch=10, budget=5.0, interval=60.0)
     result = schedule.op(0.0)()
-    schedule.finished(result, None, 6.0)  # past the budget: the pass ends
+    suspended = schedule._pass
+    schedule.finished(result, None, 6.0)  # past the budget: the pass is suspended
     assert count(engine, "a") == 90 and schedule.next_at == 60.0
-    while not (result := schedule.op(schedule.next_at)()).done:
+    assert not schedule.due(59.0) and schedule.due(60.0)
+    step = schedule.op(60.0)
+    assert schedule._pass is suspended, "it goes on where it stopped"
+    while not (result := step()).done:
         schedule.finished(result, None, schedule.next_at + 0.01)
-    assert count(engine, "a") == 47
+        step = schedule.op(schedule.next_at)
+    schedule.finished(result, None, schedule.next_at)
+    assert count(engine, "a") == 47 and schedule._pass is None
+
+
+def test_each_script_under_the_row_bound_is_one_step_of_its_own(engine: Engine) -> None:
+    for name in ("a", "b", "c", "d"):
+        add_runs(engine, name, [3.0 + i for i in range(20)])
+    _, steps = run_pass(engine, Retention(rows=10), batch=100)
+    assert [s.deleted for s in steps] == [10, 10, 10, 10, 0] and steps[-1].done
+    _, steps = run_pass(engine, Retention(rows=50), batch=100)  # every script under the bound
+    assert [s.deleted for s in steps] == [0, 0, 0, 0, 0] and len(steps) == 5
