@@ -332,7 +332,9 @@ class FleetDb:
             self.next_beat = now + self.settings.heartbeat_interval
         if self.pruner.due(now) and self.down_since is None and not house.busy:
             self._prune(now)
-        wake = min(self.next_beat, history_wake, self.pruner.next_at)
+        wake = min(self.next_beat, history_wake)
+        if self.down_since is None and not house.busy:  # else its end wakes the loop anyway
+            wake = min(wake, self.pruner.next_at)
         if self.down_since is not None:
             wake = min(wake, self.next_probe)
         deadline = self.next_deadline()

@@ -3,13 +3,16 @@ and the master's schedule of it (daemons/pruner.py), on SQLite, PostgreSQL and M
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import threading
+import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, func, insert, select
 
 from pandaserver.config.daemon import DaemonSettings
+from pandaserver.daemons.fleet import FleetDb
 from pandaserver.daemons.pruner import PruneSchedule
 from pandaserver.db.clock import db_now
 from pandaserver.db.history import OK, RUNNING, SKIPPED, HistoryStore
@@ -165,3 +168,25 @@ def test_each_script_under_the_row_bound_is_one_step_of_its_own(engine: Engine) 
     assert [s.deleted for s in steps] == [10, 10, 10, 10, 0] and steps[-1].done
     _, steps = run_pass(engine, Retention(rows=50), batch=100)  # every script under the bound
     assert [s.deleted for s in steps] == [0, 0, 0, 0, 0] and len(steps) == 5
+
+
+def test_a_due_prune_never_makes_the_loop_spin_while_the_house_lane_is_busy(
+        engine: Engine) -> None:
+    """A heartbeat (or a stalled call) holds the house lane while pruning is due: the loop
+    sleeps until that call comes back (its completion wakes it), never 1 ms at a time."""
+    fleet = FleetDb(engine, "srv", DaemonSettings(path="x"), time.monotonic, datetime.now(UTC))
+    release = threading.Event()
+    try:
+        fleet._submit("house", "slow", lambda: release.wait(20), lambda *_: None, timeout=30)
+        now = time.monotonic()
+        fleet.next_beat = fleet.keeper.next_sweep = now + 100.0  # nothing else due
+        fleet.schema_ok = True
+        assert fleet.pruner.due(now) and fleet.lanes["house"].busy
+        assert fleet.tick(now) > now + 1.0
+        fleet.down_since, fleet.next_probe = now, now + 100.0  # an outage: no pruning
+        release.set()
+        assert fleet.tick(now) > now + 1.0
+    finally:
+        release.set()
+        fleet.down_since = None
+        fleet.close(timeout=5)
