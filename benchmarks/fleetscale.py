@@ -38,12 +38,18 @@ def lease_statements(log: Path, since: int) -> dict[str, int]:
     with log.open(encoding="utf-8", errors="replace") as handle:
         handle.seek(since)
         text = handle.read()
-    found = re.findall(r"statement: (WITH \w+ AS \(INSERT INTO daemon_lease|INSERT INTO"
-                       r" daemon_lease|SELECT daemon_lease\.owner_server|UPDATE daemon_lease)",
-                       text)
+    # the grant (and refusal) statement's text starts "WITH attempt AS \n\t(INSERT ..." in
+    # the log; the second statement of a refusal, when there is one, "UPDATE daemon_lease
+    # SET contended=" (renewals and releases are the other UPDATEs)
+    found = re.findall(r"statement: (WITH \w+ AS\s+\(INSERT INTO daemon_lease|INSERT INTO"
+                       r" daemon_lease|SELECT daemon_lease\.owner_server|UPDATE daemon_lease"
+                       r"(?: SET contended=)?)", text)
     counts: dict[str, int] = defaultdict(int)
     for what in found:
-        counts[what.split(" (")[0].split(" daemon_lease")[0].lower().replace(" ", "_")] += 1
+        kind = ("grant_cte" if what.startswith("WITH") else "upsert" if what.startswith("INSERT")
+                else "losing_read" if what.startswith("SELECT")
+                else "contended_update" if what.endswith("=") else "update")
+        counts[kind] += 1
     return dict(counts)
 
 

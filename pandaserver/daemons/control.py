@@ -230,16 +230,21 @@ class Controlling(MasterCore):
                 s.state is not WorkerState.IDLE and s.state is not WorkerState.BUSY
                 for s in self.slots.values()):
             return
-        while self.recycle:
-            slot = self.slots.get(self.recycle.pop(0))
-            if slot is None:
-                continue
-            log.info("worker %d recycled (restart-workers)%s", slot.index,
-                     " after its run" if slot.state is WorkerState.BUSY else "")
-            if slot.state is WorkerState.BUSY:
-                slot.move(WorkerState.RETIRING)
-            elif slot.reserved is None:
-                slot.ask_exit(now)
-            else:
-                slot.expires = now  # kept for a lease answer: its lifetime ends it after
+        self.recycle = [i for i in self.recycle if i in self.slots]
+        if not self.recycle:
             return
+        # an idle worker first: a busy one waits for its run (maybe long) before it goes,
+        # and the others should not wait behind it
+        idle = [i for i in self.recycle if self.slots[i].state is WorkerState.IDLE
+                and self.slots[i].reserved is None]
+        index = idle[0] if idle else self.recycle[0]
+        self.recycle.remove(index)
+        slot = self.slots[index]
+        log.info("worker %d recycled (restart-workers)%s", slot.index,
+                 " after its run" if slot.state is WorkerState.BUSY else "")
+        if slot.state is WorkerState.BUSY:
+            slot.move(WorkerState.RETIRING)
+        elif slot.reserved is None:
+            slot.ask_exit(now)
+        else:
+            slot.expires = now  # kept for a lease answer: its lifetime ends it after

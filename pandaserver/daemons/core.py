@@ -14,6 +14,7 @@ from pandaserver.config.daemon import DaemonSettings
 from pandaserver.config.scripts import DaemonSpec
 from pandaserver.daemons.clock import Clock
 from pandaserver.daemons.containment import Containment
+from pandaserver.daemons.contention import Contentions
 from pandaserver.daemons.crashloop import CrashLoops, SpawnLimiter
 from pandaserver.daemons.fleet import FleetDb
 from pandaserver.daemons.keeper import LeaseKeeper
@@ -37,6 +38,7 @@ class MasterCore:
     log_level: str
     worker_log_file: str | None
     config_path: str | None
+    database: str | None  # the URL the master started with, for its workers' tbuf
     slots: dict[int, Slot]
     draining: list[Slot]
     stopping: bool
@@ -47,6 +49,7 @@ class MasterCore:
     spawn_not_before: float
     first_generation: bool
     last_outcomes: dict[str, tuple[str, float]]
+    contention: Contentions  # refused lease attempts here, per sync script
     unimportable: set[str]
     started: float
     late_floor: float

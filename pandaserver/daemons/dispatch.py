@@ -142,19 +142,17 @@ class Dispatching(MasterCore):
                     self._send_deadline(slot, lease.hard)
 
     def _lease_refused(self, state: ScriptState, decision: LeaseDecision, now: float) -> None:
-        """Another server holds the lease (recorded as skipped) or it is not due fleet-wide
-        yet (we try again when it is), or the database is down (the fleet logs that once)."""
-        if decision.holder is not None:
-            self.run_counter += 1
-            self.recorder.record(RunRecord(
-                script=state.spec.name, server=self.server, pid=os.getpid(),
-                run_id=self.run_counter, generation=None, outcome=protocol.SKIPPED,
-                error=f"lease held by {decision.holder}",
-                duration=0.0, dispatch_delay=0.0, queued=now - state.next_due, ended=now))
-        elif decision.unavailable:
-            log.debug("%s skipped: no lease while the database is unavailable", state.spec.name)
-        else:
-            log.debug("%s not due fleet-wide for %.3f s", state.spec.name, decision.wait)
+        """Another server holds the lease or it is not due fleet-wide yet (we try again
+        when it is): counted in memory for the status file, never a history row (the lease
+        row counts refusals fleet-wide); or the database is down (the fleet logs that once)."""
+        name = state.spec.name
+        if decision.unavailable:
+            log.debug("%s skipped: no lease while the database is unavailable", name)
+        elif self.contention.note(name, decision.holder, now):
+            log.info("%s: lease held by %s; not run here (refusals are counted in"
+                     " panda-daemon status and on the lease row)", name, decision.holder)
+        elif decision.holder is None:
+            log.debug("%s not due fleet-wide for %.3f s", name, decision.wait)
         if self.only is not None:
             why = (f"its lease is held by {decision.holder}" if decision.holder else
                    "the database is unavailable" if decision.unavailable else

@@ -234,7 +234,8 @@ class FleetDb:
                                     sent=sent))
                 return
             reply(LeaseDecision(granted=result.granted, generation=result.generation,
-                                wait=result.wait, holder=result.holder, sent=sent))
+                                wait=result.wait, holder=result.holder, sent=sent,
+                                due_in=result.due_in))
 
         self._submit("lease", "lease", lambda: self.leases.try_acquire(
             spec.name, self.server, self.pid, spec.period, ttl), done)

@@ -163,4 +163,25 @@ def render_local_status(data: dict[str, Any], now: float | None = None) -> str:
                      "yes" if s.get("sync") else "no", due,
                      f"{last} {span(ended)} ago" if last else "-"])
     lines.extend("  " + line for line in table(rows))
+    lines.extend(_contention_lines(scripts, age))
     return "\n".join(lines) + "\n"
+
+
+def _contention_lines(scripts: list[dict[str, Any]], age: float) -> list[str]:
+    """Sync scripts whose lease was refused here since the master started (no history row
+    is written for a refusal; the fleet-wide count is on the lease: ``panda-daemon locks``)."""
+    rows = [["SCRIPT", "REFUSED", "HELD ELSEWHERE", "LAST HOLDER", "LATEST REFUSAL"]]
+    for s in scripts:
+        c = s.get("contention")
+        if not isinstance(c, dict) or not c.get("refused"):
+            continue
+        holder = c.get("holder")
+        seen = _aged(c.get("holder_ago"), age, +1)
+        rows.append([str(s.get("name", "?")), str(c.get("refused")),
+                     str(c.get("held_elsewhere", 0)),
+                     f"{holder} {span(seen)} ago" if holder else "-",
+                     f"{span(_aged(c.get('last_ago'), age, +1))} ago"])
+    if len(rows) == 1:
+        return []
+    return ["", "sync leases refused here since the start (another server ran them):",
+            *("  " + line for line in table(rows))]

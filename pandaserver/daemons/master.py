@@ -27,6 +27,7 @@ from pandaserver.config.daemon import DaemonSettings
 from pandaserver.daemons import exitcodes, protocol, schedule
 from pandaserver.daemons.clock import Clock, SystemClock
 from pandaserver.daemons.containment import Containment
+from pandaserver.daemons.contention import Contentions
 from pandaserver.daemons.control import Controlling
 from pandaserver.daemons.dispatch import Dispatching
 from pandaserver.daemons.fleet import DbLeases, DbRecorder, FleetDb
@@ -72,6 +73,9 @@ class Master(Supervising, Dispatching, Controlling):
         self.clock = clock or SystemClock()
         self.fleet = fleet
         self.config_path = config_path
+        # pinned at start: the workers' tbuf stays on the master's database (pool.new_slot)
+        self.database = (fleet.engine.url.render_as_string(hide_password=False)
+                         if fleet is not None else None)
         self.recorder = recorder or (DbRecorder(fleet) if fleet else LogRecorder())
         self.leases: LeaseManager = leases or (DbLeases(fleet) if fleet else LocalLeases())
         self.keeper = LeaseKeeper(self.leases, KILL_GRACE)
@@ -105,6 +109,7 @@ class Master(Supervising, Dispatching, Controlling):
             self.extra_events.append(fleet.tick)
         self.started = self.clock.monotonic()
         self.last_outcomes: dict[str, tuple[str, float]] = {}
+        self.contention = Contentions()
         self.unimportable: set[str] = set()  # disabled because a worker could not import them
         self._init_control()
         self.extra_events.append(self._control_tick)

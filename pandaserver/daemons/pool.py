@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from pandaserver.config.secrets import registered
 from pandaserver.daemons import protocol
 from pandaserver.daemons.containment import Containment, describe, processes
 from pandaserver.daemons.processes import PendingKill, Spawned, begin_kill, spawn_worker
@@ -96,13 +97,21 @@ def describe_exit(code: int | None) -> str:
 
 
 def new_slot(index: int, now: float, lifetime: float, argv: list[str],
-             package: str, modules: list[str], containment: Containment | None = None) -> Slot:
+             package: str, modules: list[str], containment: Containment | None = None,
+             database: str | None = None) -> Slot:
+    """A started worker, sent its init: the script package, the modules to import first and
+    ``database``, the URL of the master's database (with its password: it goes only through
+    the worker's private pipe), which the scripts' ``tbuf`` uses whatever the config file
+    says by now: a database changed by a reload needs a restart of the master, and until
+    then its workers stay on the master's database."""
     proc = spawn_worker([*argv, "--index", str(index)])
     if containment is not None:  # its cgroup, before it is sent anything to run
         containment.worker_started(index, proc.pid)
     slot = Slot(index=index, proc=proc, born=now, expires=now + lifetime,
                 containment=containment)
-    slot.send("init", package=package, modules=modules)
+    # the secrets of the master's configuration: the worker's log lines hide them too
+    slot.send("init", package=package, modules=modules, database=database,
+              secrets=sorted(registered()))
     log.info("worker %d started (pid %d)", index, proc.pid)
     return slot
 

@@ -26,8 +26,9 @@ class LocalServices:
 class LazyTaskBuffer:
     """Stands in for ``TaskBuffer``: builds it at the first use of anything but ``context``."""
 
-    def __init__(self, config_path: str) -> None:
+    def __init__(self, config_path: str, database: str | None = None) -> None:
         self._config_path = config_path
+        self._database = database
         self._real: Any = None
         self.context: Any = RunContext()
 
@@ -37,7 +38,7 @@ class LazyTaskBuffer:
             from pandaserver.taskbuffer.taskbuffer import TaskBuffer
 
             self._real = TaskBuffer.from_config(load_config(self._config_path),
-                                                context=self.context)
+                                                context=self.context, url=self._database)
         return self._real
 
     def __getattr__(self, name: str) -> Any:
@@ -46,8 +47,9 @@ class LazyTaskBuffer:
         return getattr(self._load(), name)
 
 
-def make_tbuf(config_path: str | None) -> Any:
-    return LazyTaskBuffer(config_path) if config_path else LocalServices()
+def make_tbuf(config_path: str | None, database: str | None = None) -> Any:
+    """``database``: the URL to use instead of the config's (the master's own)."""
+    return LazyTaskBuffer(config_path, database) if config_path else LocalServices()
 
 
 def set_context(tbuf: Any, script: str | None, run_id: int | None,

@@ -65,6 +65,7 @@ def snapshot(master: Master, now: float) -> dict[str, Any]:
     scripts = []
     paused = getattr(master, "paused", {})
     looping = master.crashes.looping()
+    contention = getattr(master, "contention", None)
     for name, state in sorted(master.scripts.items()):
         last = master.last_outcomes.get(name)
         hold = paused.get(name)
@@ -84,6 +85,8 @@ def snapshot(master: Master, now: float) -> dict[str, Any]:
             "crashes": crash.failures if crash is not None else 0,
             "backoff_left": round(crash.until - now, 3)
             if crash is not None and crash.until > now else None,
+            # refused lease attempts here since the start (sync scripts; None: none)
+            "contention": contention.report(name, now) if contention is not None else None,
         })
     return {
         "server": master.server, "pid": os.getpid(), "written_at": time.time(),
@@ -121,6 +124,7 @@ def signature(master: Master) -> tuple[Any, ...]:
         tuple((n, c.failures) for n, c in sorted(master.crashes.scripts.items())),
         logsink.MASTER.dropped, logsink.MASTER.failing, logsink.WORKERS.dropped,
         bool(logsink.WORKERS.failing),
+        getattr(getattr(master, "contention", None), "total", 0),
     )
 
 

@@ -58,7 +58,8 @@ class Supervising(MasterCore):
                 lifetime = staggered_lifetime(lifetime, position, len(missing))
             try:
                 self.slots[index] = new_slot(index, now, lifetime, self._worker_argv(),
-                                             self.settings.package, modules, self.containment)
+                                             self.settings.package, modules, self.containment,
+                                             self.database)
             except OSError as exc:
                 log.error("cannot start worker %d: %s", index, exc)
                 self._back_off(now)

@@ -17,6 +17,7 @@ from multiprocessing.connection import Connection
 from types import ModuleType
 from typing import Any
 
+from pandaserver.config.secrets import redact_handler, register
 from pandaserver.daemons import capture, protocol
 from pandaserver.daemons.containment import RUN_VAR, run_marker
 from pandaserver.daemons.invoke import describe_import_error, import_script, run_main
@@ -45,6 +46,7 @@ class Worker:
         self.package = ""
         self.modules: dict[str, ModuleType] = {}
         self.lock_pool = LockPool()
+        self.config_path = config_path
         self.tbuf = make_tbuf(config_path)
 
     def serve(self) -> int:
@@ -53,6 +55,10 @@ class Worker:
         if message["op"] != "init":
             raise protocol.ProtocolError(f"expected init, got {message['op']}")
         self.package = message["package"]
+        for secret in message.get("secrets") or ():
+            register(secret)
+        if message.get("database"):  # the master's database, whatever the file says now
+            self.tbuf = make_tbuf(self.config_path, message["database"])
         errors = {}
         for module in message["modules"]:
             # said first: should the import kill this process, the master knows which did
@@ -131,6 +137,7 @@ def setup_logging(stream_fd: int, index: int, level: str,
     handler = SafeHandler(path=log_file) if log_file else SafeHandler(fd=stream_fd)
     handler.addFilter(capture.RunLabelFilter())
     handler.addFilter(_WorkerFilter(index))
+    redact_handler(handler)  # the secrets the master registered come with the init message
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]

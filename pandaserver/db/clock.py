@@ -4,9 +4,9 @@ Anything compared across servers (lease expiry, the fleet-wide next due time,
 heartbeats) is computed *inside* the database from its clock, never from a
 server's clock, so skew between servers cannot cause a double run.
 
-``db_now_expr()`` and ``db_now_plus(seconds)`` are SQL expressions usable in any
-statement; ``seconds_between(a, b)`` is ``a - b`` in seconds as a float. Each
-compiles per dialect:
+``db_now_expr()``, ``db_now_plus(seconds)`` and ``next_on_grid(anchor, period)`` (the first
+point of a fleet-wide grid after now) are SQL expressions usable in any statement;
+``seconds_between(a, b)`` is ``a - b`` in seconds as a float. Each compiles per dialect:
 
 ============  =============================================  ==========================
 dialect       now                                            storage
@@ -193,3 +193,45 @@ def db_now(conn: Connection) -> datetime:
     if not isinstance(value, datetime):  # pragma: no cover - the clock is never NULL
         raise RuntimeError(f"the database returned no current time: {value!r}")
     return value
+
+
+class next_on_grid(FunctionElement[datetime]):
+    """``anchor + k * period`` for the smallest whole ``k >= 1`` that is after the database
+    clock: the first point of ``anchor``'s grid after now, for an ``anchor`` that is not in
+    the future. Whole missed periods are skipped.
+
+    Computed in whole microseconds (milliseconds on SQLite, whose clock has millisecond
+    steps), so a point exactly on the grid is never rounded back to now; a period shorter
+    than that step counts as one step.
+    """
+
+    type = UtcDateTime()
+    inherit_cache = True
+    name = "next_on_grid"
+
+
+@compiles(next_on_grid, "postgresql")
+def _grid_pg(element: next_on_grid, compiler: SQLCompiler, **kw: Any) -> str:
+    anchor, period = _args(element, compiler, **kw)
+    step = f"GREATEST(CAST(ROUND(CAST({period} AS NUMERIC) * 1000000) AS BIGINT), 1)"
+    late = f"CAST(EXTRACT(EPOCH FROM (statement_timestamp() - {anchor})) * 1000000 AS BIGINT)"
+    return (f"({anchor} + CAST(({late} / {step} + 1) * {step} AS DOUBLE PRECISION)"
+            " * INTERVAL '1 microsecond')")
+
+
+@compiles(next_on_grid, "sqlite")
+def _grid_sqlite(element: next_on_grid, compiler: SQLCompiler, **kw: Any) -> str:
+    anchor, period = _args(element, compiler, **kw)
+    step = f"max(CAST(round(({period}) * 1000.0) AS INTEGER), 1)"
+    late = (f"CAST(round((julianday('now') - julianday({anchor})) * 86400000.0)"
+            " AS INTEGER)")
+    return (f"strftime({_SQLITE_FORMAT}, {anchor},"
+            f" printf('%+.3f seconds', ({late} / {step} + 1) * {step} / 1000.0))")
+
+
+@compiles(next_on_grid, "mysql")
+def _grid_mysql(element: next_on_grid, compiler: SQLCompiler, **kw: Any) -> str:
+    anchor, period = _args(element, compiler, **kw)
+    step = f"GREATEST(ROUND(({period}) * 1000000), 1)"
+    late = f"TIMESTAMPDIFF(MICROSECOND, {anchor}, UTC_TIMESTAMP(6))"
+    return f"({anchor} + INTERVAL (({late} DIV {step} + 1) * {step}) MICROSECOND)"

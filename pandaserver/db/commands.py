@@ -133,11 +133,23 @@ def _lease_json(lease: LeaseRow) -> dict[str, Any]:
         "acquired_at": _iso(lease.acquired_at), "expires_at": _iso(lease.expires_at),
         "expires_in": lease.expires_in, "next_due": _iso(lease.next_due),
         "due_in": lease.due_in, "period": lease.period, "db_now": _iso(lease.db_now),
+        "contended": lease.contended, "contended_by": lease.contended_by,
+        "contended_at": _iso(lease.contended_at), "contended_ago": lease.contended_ago,
     }
 
 
+def _contention(lease: LeaseRow) -> str:
+    """``12, b 3.0s ago``: refused attempts ever, and the latest one's server and age."""
+    if not lease.contended:
+        return "0"
+    latest = f", {lease.contended_by or '?'} {span(lease.contended_ago)} ago" \
+        if lease.contended_at is not None else ""
+    return f"{lease.contended}{latest}"
+
+
 def cmd_locks(cfg: PandaConfig, args: argparse.Namespace) -> int:
-    """``locks [--json]``: every sync-script lease and who holds it."""
+    """``locks [--json]``: every sync-script lease, who holds it, and how often it refused
+    another server (ever; the latest such server and when)."""
 
     def body() -> int:
         with _database(cfg) as engine:
@@ -152,11 +164,12 @@ def cmd_locks(cfg: PandaConfig, args: argparse.Namespace) -> int:
             [lease.name, "held" if lease.held else "free",
              f"{lease.owner_server} pid {lease.owner_pid}" if lease.held else "-",
              str(lease.generation), when(lease.acquired_at),
-             span(lease.expires_in) if lease.held else "-", span(lease.due_in)]
+             span(lease.expires_in) if lease.held else "-", span(lease.due_in),
+             _contention(lease)]
             for lease in leases
         ]
         print(_table(["NAME", "STATE", "HOLDER", "GEN", "ACQUIRED (UTC)", "EXPIRES IN",
-                      "DUE IN"], rows))
+                      "DUE IN", "REFUSED (LATEST)"], rows))
         return EXIT_OK
 
     return _run(body)

@@ -4,20 +4,31 @@ A lease row per script name. ``try_acquire`` is one atomic statement::
 
     INSERT INTO daemon_lease (...)
       VALUES (name, 1, me, pid, now, now + ttl, now + period, ...)
-    ON CONFLICT (name) DO UPDATE SET generation = generation + 1, owner = me, ...
+    ON CONFLICT (name) DO UPDATE SET generation = generation + 1, owner = me, ...,
+        next_due = CASE WHEN next_due <= now THEN <next point of next_due's grid after now>
+                        ELSE now + period END
       WHERE (next_due <= now OR acquired_at + :period <= now)
         AND (expires_at IS NULL OR expires_at <= now)
-    RETURNING generation, next_due, expires_at
+    RETURNING generation, next_due, expires_at, ...
 
-so of any number of servers racing for a due lease exactly one gets a row back. Every
+so of any number of servers racing for a due lease exactly one gets it. Every
 grant bumps ``generation``; ``release`` and ``renew`` must name it, so a holder that
 lost its lease (expired and re-granted, or force-released) changes nothing. A lease
 lives ``ttl`` seconds (``[daemon] lease_ttl``) and its holder renews it while its run
-lives; ``next_due`` is kept on release, so the period is counted start to start across
-the fleet. The grant condition also honours the *requesting* server's period
-(``acquired_at + period <= now``), so a period shortened by a reload takes effect at
-the next grant, not one old period later. MySQL/MariaDB spell the statement as
-``INSERT ... ON DUPLICATE KEY UPDATE`` plus a read-back (``pandaserver/db/upsert.py``).
+lives; ``next_due`` is kept on release and moves on a grid (``next_due + k * period``,
+the first point after now: missed periods skipped, never run in a burst), so the period
+is counted due to due across the fleet, and the grant returns ``due_in`` for the master
+to keep its own due time on the same grid. The grant condition also honours the
+*requesting* server's period (``acquired_at + period <= now``), so a period shortened by
+a reload takes effect at the next grant, not one old period later; such a grant (and the
+first) restarts the grid at now + period.
+
+A refused attempt adds one to the row's ``contended`` and records who (``contended_by``)
+and when (``contended_at``): history needs no row per losing server per period. Its
+answer (holder, next due time, wait) is read from the row as that update left it, the
+newest committed version. On PostgreSQL grant and refusal are one statement (a CTE,
+``pandaserver/db/upsert.py``); SQLite adds an ``UPDATE ... RETURNING`` on a refusal;
+MySQL/MariaDB fold both into ``INSERT ... ON DUPLICATE KEY UPDATE`` plus a read-back.
 See docs/database.md.
 """
 
@@ -30,12 +41,23 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Float, Row, and_, bindparam, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Float,
+    Row,
+    and_,
+    bindparam,
+    case,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import DBAPIError
 
-from pandaserver.db.clock import db_now_expr, db_now_plus, seconds_between, seconds_from_now
+from pandaserver.db.clock import db_now_expr, db_now_plus, next_on_grid, seconds_between
 from pandaserver.db.tables import daemon_lease
-from pandaserver.db.upsert import conditional_upsert
+from pandaserver.db.upsert import upsert_or_else
 
 FORCE_RELEASE_ATTEMPTS = 5
 T = TypeVar("T")
@@ -48,7 +70,9 @@ class LeaseResult:
 
     ``wait``: seconds (by the database clock) until trying again is worthwhile, 0 when
     granted. ``holder``: the server holding a live lease (the caller itself when
-    granted), None when nobody holds it. ``next_due``/``expires``: the row's values.
+    granted), None when nobody holds it. ``next_due``/``expires``: the row's values (when
+    refused: the newest, as the refusal left it). ``due_in``: when granted, seconds by the
+    database clock from the grant to the new ``next_due`` (the fleet-wide grid).
     """
 
     granted: bool
@@ -57,6 +81,7 @@ class LeaseResult:
     holder: str | None
     next_due: datetime | None
     expires: datetime | None
+    due_in: float | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +98,17 @@ class LeaseRow:
     period: float
     updated_at: datetime
     db_now: datetime
+    # refused grant attempts, ever; the server of the latest and when (database clock)
+    contended: int = 0
+    contended_by: str | None = None
+    contended_at: datetime | None = None
+
+    @property
+    def contended_ago(self) -> float | None:
+        """Seconds since the latest refused attempt (None: never refused)."""
+        if self.contended_at is None:
+            return None
+        return (self.db_now - self.contended_at).total_seconds()
 
     @property
     def held(self) -> bool:
@@ -134,12 +170,16 @@ class LeaseStore:
     def try_acquire(
         self, name: str, server: str, pid: int, period: float, ttl: float
     ) -> LeaseResult:
-        """Take the lease if it is due and not held; one statement when granted.
+        """Take the lease if it is due and not held; when not, count the refusal.
 
         Due: ``next_due`` has come, or ``period`` (this server's, in force now) has passed
         since the last grant. A grant sets the owner, bumps the generation,
-        ``next_due = now + period`` and ``expires_at = now + ttl``. When not granted, a
-        second statement reads the holder and the wait.
+        ``expires_at = now + ttl`` and ``next_due`` to the next point of the script's
+        fleet-wide grid (``next_due + k * period``, the first after now) when it was due by
+        ``next_due``, else (first grant, or due by a period shortened by a reload)
+        ``now + period``. A refusal adds one to ``contended`` and records this server and
+        the time; its answer (holder, wait) comes from the row as the refusal left it. One
+        statement on PostgreSQL, two on SQLite, the upsert and its read-back on MySQL.
         """
         _check_name(name)
         for what, value in (("period", period), ("ttl", ttl)):
@@ -147,63 +187,50 @@ class LeaseStore:
         t = daemon_lease
         now = db_now_expr()
         p_period = bindparam("lease_period", type_=Float())
+        p_server = bindparam("lease_server", type_=t.c.owner_server.type)
         owner = {
-            "owner_server": bindparam("lease_server", type_=t.c.owner_server.type),
+            "owner_server": p_server,
             "owner_pid": bindparam("lease_pid", type_=t.c.owner_pid.type),
             "acquired_at": now,
             "expires_at": db_now_plus(bindparam("lease_ttl", type_=Float())),
-            "next_due": db_now_plus(p_period),
             "period": p_period,
             "updated_at": now,
         }
+        # the grid; uses only next_due itself (MySQL assigns in order: see upsert.py)
+        next_due = case((t.c.next_due <= now, next_on_grid(t.c.next_due, p_period)),
+                        else_=db_now_plus(p_period))
         period_passed = seconds_between(now, t.c.acquired_at) >= p_period
         due = and_(or_(t.c.next_due <= now, period_passed),
                    or_(t.c.expires_at.is_(None), t.c.expires_at <= now))
+        refused = {"contended": t.c.contended + 1, "contended_by": p_server,
+                   "contended_at": now}
         params = {"lease_name": name, "lease_server": server, "lease_pid": pid,
                   "lease_period": float(period), "lease_ttl": float(ttl)}
 
         def attempt(conn: Connection) -> LeaseResult:
-            row = conditional_upsert(
+            granted, row = upsert_or_else(
                 conn,
                 t,
                 {"name": bindparam("lease_name", type_=t.c.name.type), "generation": 1,
-                 **owner},
+                 **owner, "next_due": db_now_plus(p_period), "contended": 0,
+                 "contended_by": None, "contended_at": None},
                 key=["name"],
-                set_={"generation": t.c.generation + 1, **owner},
+                set_={"generation": t.c.generation + 1, **owner, "next_due": next_due},
                 where=due,
-                returning=[t.c.generation, t.c.next_due, t.c.expires_at],
+                otherwise=refused,
+                returning=[t.c.generation, t.c.owner_server, t.c.next_due, t.c.expires_at,
+                           t.c.acquired_at, t.c.contended_at],
                 params=params,
                 cache=self._grant_statements,
             )
-            if row is not None:
+            if row is None:  # pragma: no cover - rows are never deleted
+                return LeaseResult(False, None, 0.0, None, None, None)
+            if granted:  # acquired_at is the statement's 'now'
                 return LeaseResult(True, int(row.generation), 0.0, server, row.next_due,
-                                   row.expires_at)
-            return self._losing(conn, name, period)
+                                   row.expires_at, _seconds(row.next_due, row.acquired_at))
+            return _losing(row, period)
 
         return self._run(attempt)
-
-    def _losing(self, conn: Connection, name: str, period: float) -> LeaseResult:
-        t = daemon_lease
-        row = conn.execute(
-            select(
-                t.c.owner_server,
-                t.c.next_due,
-                t.c.expires_at,
-                seconds_from_now(t.c.next_due).label("due_in"),
-                seconds_from_now(t.c.acquired_at).label("acquired_in"),
-                seconds_from_now(t.c.expires_at).label("expires_in"),
-            ).where(t.c.name == name)
-        ).one_or_none()
-        if row is None:  # pragma: no cover - rows are never deleted
-            return LeaseResult(False, None, 0.0, None, None, None)
-        expires_in = float(row.expires_in) if row.expires_in is not None else None
-        live = expires_in is not None and expires_in > 0
-        due_in = float(row.due_in)
-        if row.acquired_in is not None:  # this server's period may be the shorter one
-            due_in = min(due_in, float(row.acquired_in) + period)
-        wait = max(0.0, due_in, expires_in or 0.0)
-        return LeaseResult(False, None, wait, row.owner_server if live else None,
-                           row.next_due, row.expires_at)
 
     def release(self, name: str, generation: int) -> bool:
         """End the holder's lease (``expires_at`` cleared, ``next_due`` kept).
@@ -294,6 +321,31 @@ class LeaseStore:
         return _lease_row(row) if row is not None else None
 
 
+def _seconds(later: datetime | None, earlier: datetime) -> float | None:
+    return None if later is None else (later - earlier).total_seconds()
+
+
+def _losing(row: Row[Any], period: float) -> LeaseResult:
+    """A refusal's answer, from the row as the refusal left it; ``contended_at`` is the
+    refusing statement's database time.
+
+    ``wait``: until the lease is due (``next_due``, or this server's ``period`` since the
+    last grant if that comes first: a period shortened by a reload), and at least until a
+    live lease expires. ``holder``: the server of a live lease.
+    """
+    now: datetime = row.contended_at
+    due_in = _seconds(row.next_due, now)
+    assert due_in is not None  # next_due is NOT NULL
+    since = _seconds(row.acquired_at, now)
+    if since is not None:  # this server's period may be the shorter one
+        due_in = min(due_in, since + period)
+    expires_in = _seconds(row.expires_at, now)
+    live = expires_in is not None and expires_in > 0
+    wait = max(0.0, due_in, expires_in or 0.0)
+    return LeaseResult(False, None, wait, row.owner_server if live else None, row.next_due,
+                       row.expires_at)
+
+
 def _select_rows() -> Any:
     return select(daemon_lease, db_now_expr().label("db_now"))
 
@@ -311,4 +363,7 @@ def _lease_row(row: Row[Any]) -> LeaseRow:
         period=float(m["period"]),
         updated_at=m["updated_at"],
         db_now=m["db_now"],
+        contended=int(m["contended"] or 0),
+        contended_by=m["contended_by"],
+        contended_at=m["contended_at"],
     )

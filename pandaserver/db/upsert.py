@@ -29,6 +29,32 @@ connection with it on is refused. The statement is still the one atomic decision
 the read-back is the extra round trip MySQL costs. A ``set_`` expression may use
 only its own column (``generation + 1``): with assignments in order, another
 column could already hold its new value.
+
+``upsert_or_else`` adds ``otherwise``: assignments made instead when the row exists and
+``where`` is false (a refused lease counts the refusal), and returns the row either way,
+so the refused caller learns the row as it now is:
+
+- PostgreSQL, one statement::
+
+      WITH attempt AS (INSERT ... ON CONFLICT (k) DO UPDATE SET ... WHERE ...
+                       RETURNING ..., true),
+           lost AS (UPDATE t SET <otherwise> WHERE k = :k
+                      AND NOT EXISTS (SELECT 1 FROM attempt) RETURNING ..., false)
+      SELECT * FROM attempt UNION ALL SELECT * FROM lost
+
+  ``lost`` must modify the row, not merely read it: a read sees the statement's snapshot,
+  maybe the row before a concurrent winner committed, while an UPDATE in READ COMMITTED
+  re-reads the newest committed version (EvalPlanQual) and holds the row lock the
+  attempt took. The one case it cannot see: a row inserted by a concurrent statement
+  after this one's snapshot (the first grant ever); then neither part returns a row and
+  ``UPDATE ... RETURNING`` runs as a second statement.
+- SQLite: the upsert, then (refused) ``UPDATE ... RETURNING`` as a second statement in
+  the same autocommit session; SQLite has one writer at a time, so it sees the newest row.
+- MySQL/MariaDB: in the same one statement, every assignment is
+  ``col = IF(decision, <set_ value or col>, <otherwise value or col>)`` and the read-back
+  returns the captured values either way (the row as locked and written by this
+  statement). The decision is the kept ``@panda_upsert_ok`` (an update always reports 2
+  affected rows now); 1 affected row is an insert (``@panda_upsert_ok`` is then stale).
 """
 
 from __future__ import annotations
@@ -44,11 +70,14 @@ from sqlalchemy import (
     Row,
     Table,
     cast,
+    false,
     func,
     literal,
     literal_column,
     select,
+    true,
     type_coerce,
+    update,
 )
 from sqlalchemy.dialects import mysql as mysql_dialect
 from sqlalchemy.dialects import postgresql
@@ -62,6 +91,7 @@ from sqlalchemy.sql.functions import FunctionElement
 SQLITE_MIN = (3, 35, 0)
 MYSQL_FOUND_ROWS = 2  # CLIENT.FOUND_ROWS of the MySQL protocol
 _OK_VAR = "@panda_upsert_ok"
+GRANTED = "panda_upsert_granted"  # the decision, a column of the rows returned
 
 
 class UnsupportedDatabase(Exception):
@@ -89,12 +119,69 @@ def conditional_upsert(
     only executed: building and keying a SQLAlchemy construct costs more CPU than the
     round trip itself, on every call.
     """
+    if conn.dialect.name == "mysql":
+        granted, row = _mysql_upsert(conn, table, values, key, set_, where, None, returning,
+                                     params or {}, cache)
+        return row if granted else None
+    built = cache.get(conn.dialect.name) if cache is not None else None
+    if built is None:
+        built = _upsert(conn.dialect.name, table, values, key, set_, where).returning(
+            *returning)
+        if cache is not None:
+            cache[conn.dialect.name] = built
+    result: Row[Any] | None = conn.execute(built, dict(params or {})).one_or_none()
+    return result
+
+
+def upsert_or_else(
+    conn: Connection,
+    table: Table,
+    values: Mapping[str, Any],
+    key: Sequence[str],
+    set_: Mapping[str, Any],
+    where: ColumnElement[bool],
+    otherwise: Mapping[str, Any],
+    returning: Sequence[ColumnElement[Any]],
+    params: Mapping[str, Any] | None = None,
+    cache: dict[str, Any] | None = None,
+) -> tuple[bool, Row[Any] | None]:
+    """``conditional_upsert``, and when the row exists and ``where`` is false, apply
+    ``otherwise`` to it instead (see the module docstring for each database).
+
+    Returns (granted, row): the ``returning`` columns as inserted or updated when granted;
+    when refused, of the row as it is after ``otherwise`` (the newest committed version,
+    never an older snapshot), or None if there is no row (rows deleted meanwhile).
+    ``params`` and ``cache`` as for ``conditional_upsert``.
+    """
     name = conn.dialect.name
+    bound = dict(params or {})
     if name == "mysql":
-        return _mysql_upsert(conn, table, values, key, set_, where, returning, params or {})
-    if cache is not None and name in cache:
-        result: Row[Any] | None = conn.execute(cache[name], dict(params or {})).one_or_none()
-        return result
+        return _mysql_upsert(conn, table, values, key, set_, where, otherwise, returning,
+                             bound, cache)
+    built = cache.get(name) if cache is not None else None
+    if built is None:
+        upsert = _upsert(name, table, values, key, set_, where)
+        matches = [table.c[k] == values[k] for k in key]
+        refused = update(table).where(*matches).values(dict(otherwise))
+        if name == "postgresql":
+            attempt = upsert.returning(*returning, true().label(GRANTED)).cte("attempt")
+            tried = select(literal_column("1")).select_from(attempt).exists()
+            lost = refused.where(~tried).returning(*returning, false().label(GRANTED))
+            lost_cte = lost.cte("lost")
+            first: Any = select(attempt).union_all(select(lost_cte))
+        else:
+            first = upsert.returning(*returning, true().label(GRANTED))
+        built = (first, refused.returning(*returning, false().label(GRANTED)))
+        if cache is not None:
+            cache[name] = built
+    row: Row[Any] | None = conn.execute(built[0], bound).one_or_none()
+    if row is None:  # SQLite refused; PostgreSQL raced with the row's first insert
+        row = conn.execute(built[1], bound).one_or_none()
+    return (bool(row._mapping[GRANTED]) if row is not None else False), row
+
+
+def _upsert(name: str, table: Table, values: Mapping[str, Any], key: Sequence[str],
+            set_: Mapping[str, Any], where: ColumnElement[bool] | None) -> Any:
     if name == "postgresql":
         stmt: Any = postgresql.insert(table).values(dict(values))
     elif name == "sqlite":
@@ -109,12 +196,7 @@ def conditional_upsert(
             f"atomic leases are written for PostgreSQL, SQLite and MySQL/MariaDB; {name!r} is not"
             " supported (see pandaserver/db/upsert.py)"
         )
-    stmt = stmt.on_conflict_do_update(index_elements=list(key), set_=dict(set_), where=where)
-    stmt = stmt.returning(*returning)
-    if cache is not None:
-        cache[name] = stmt
-    result = conn.execute(stmt, dict(params or {})).one_or_none()
-    return result
+    return stmt.on_conflict_do_update(index_elements=list(key), set_=dict(set_), where=where)
 
 
 class _assign(FunctionElement[Any]):
@@ -152,10 +234,37 @@ def _mysql_upsert(
     key: Sequence[str],
     set_: Mapping[str, Any],
     where: ColumnElement[bool] | None,
+    otherwise: Mapping[str, Any] | None,
     returning: Sequence[ColumnElement[Any]],
     params: Mapping[str, Any],
-) -> Row[Any] | None:
+    cache: dict[str, Any] | None,
+) -> tuple[bool, Row[Any] | None]:
+    """(granted, the captured ``returning`` values); see the module docstring."""
     _check_found_rows(conn)
+    built = cache.get("mysql") if cache is not None else None
+    if built is None:
+        built = _mysql_statements(table, values, key, set_, where, otherwise or {}, returning)
+        if cache is not None:
+            cache["mysql"] = built
+    stmt, read = built
+    affected = conn.execute(stmt, dict(params)).rowcount
+    row = conn.execute(read).one()
+    if affected == 1 or where is None:  # inserted (the kept decision is stale), or no decision
+        return True, row
+    # updated (2) or left as it was (0, also an update to identical values): the decision
+    # the statement kept
+    return bool(row._mapping[GRANTED]), row
+
+
+def _mysql_statements(
+    table: Table,
+    values: Mapping[str, Any],
+    key: Sequence[str],
+    set_: Mapping[str, Any],
+    where: ColumnElement[bool] | None,
+    otherwise: Mapping[str, Any],
+    returning: Sequence[ColumnElement[Any]],
+) -> tuple[Any, Any]:
     names: list[str] = []
     for element in returning:
         column = getattr(element, "name", None)
@@ -174,32 +283,28 @@ def _mysql_upsert(
         typed = _typed(table.c[name], value)
         inserted[name] = _assign(captured[name], typed) if name in captured else typed
 
-    order = list(set_) + [n for n in names if n not in set_]
+    order = list(set_) + [n for n in otherwise if n not in set_]
+    order += [n for n in names if n not in order]
     if where is not None and not order:
         order = [key[0]]  # an assignment to decide in, even when nothing changes
     assignments: list[tuple[str, Any]] = []
     for name in order:
         column = table.c[name]
         new: Any = _typed(column, set_[name]) if name in set_ else column
-        others = [c for c in visitors.iterate(new)
-                  if isinstance(c, Column) and c.table is table and c.name != name]
-        if others:
+        other: Any = _typed(column, otherwise[name]) if name in otherwise else column
+        mentioned = [c for e in (new, other) for c in visitors.iterate(e)
+                     if isinstance(c, Column) and c.table is table and c.name != name]
+        if mentioned:
             raise ValueError(f"on MySQL the new value of {name!r} may use only its own column,"
-                             f" not {', '.join(sorted(str(c.name) for c in others))}")
+                             f" not {', '.join(sorted({str(c.name) for c in mentioned}))}")
         if where is not None:
             decision = _assign(ok, where) if not assignments else ok
-            new = func.IF(decision, new, column, type_=column.type)
+            new = func.IF(decision, new, other, type_=column.type)
         if name in captured:
             new = _assign(captured[name], new)
         assignments.append((name, new))
 
     stmt = mysql_dialect.insert(table).values(inserted).on_duplicate_key_update(assignments)
-    affected = conn.execute(stmt, dict(params)).rowcount
-    read = select(type_coerce(ok, Boolean()).label("panda_upsert_granted"),
+    read = select(type_coerce(ok, Boolean()).label(GRANTED),
                   *[cast(captured[n], table.c[n].type).label(n) for n in names])
-    row = conn.execute(read).one()
-    if affected == 1 or where is None:  # inserted, or nothing to decide
-        return row
-    # 2: updated, so the decision was true; 0: left as it was, by a false decision or
-    # an update to identical values
-    return row if affected == 2 or row.panda_upsert_granted else None
+    return stmt, read

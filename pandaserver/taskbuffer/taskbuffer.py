@@ -40,7 +40,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from pandaserver.config import PandaConfig
 from pandaserver.db.clock import db_now_expr, db_now_plus
-from pandaserver.db.engine import describe_db_error, make_engine
+from pandaserver.db.engine import describe_db_error, engine_from_url, make_engine
 from pandaserver.db.tables import panda_process_lock
 from pandaserver.db.upsert import conditional_upsert
 from pandaserver.taskbuffer.context import RunContext
@@ -66,13 +66,17 @@ class TaskBuffer:
 
     @classmethod
     def from_config(
-        cls, cfg: PandaConfig, context: RunContext | None = None, state_dir: Path | None = None
+        cls, cfg: PandaConfig, context: RunContext | None = None, state_dir: Path | None = None,
+        url: str | None = None,
     ) -> TaskBuffer:
         """A TaskBuffer with its own engine (``[daemon] n_dbconn`` connections), made on
-        first use in the process that uses it."""
+        first use in the process that uses it; on ``url`` instead of the configured
+        database when given (a worker: its master's database)."""
         pool_size = cfg.daemon.n_dbconn
 
         def factory() -> Engine:
+            if url is not None:
+                return engine_from_url(url, pool_size=pool_size)
             return make_engine(cfg, state_dir, pool_size=pool_size)
 
         return cls(context=context, engine_factory=factory)

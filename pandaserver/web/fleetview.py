@@ -44,6 +44,7 @@ class LocalMaster:
     pending_history: int | None
     log_dropped: int | None = None  # log lines dropped since the start (a full log disk)
     log_failing: str | None = None  # why log lines are dropped now (None: they are written)
+    lease_refused: int | None = None  # sync lease attempts refused here since the start
 
 
 @dataclass(frozen=True)
@@ -129,8 +130,25 @@ def local_master_views(state_dir: Path | None) -> list[LocalMaster]:
             pending_history=int(database.get("pending_history", 0)) if database else None,
             log_dropped=_int_or_none(health.get("dropped")),
             log_failing=str(health["failing"]) if health.get("failing") else None,
+            lease_refused=_refused(data.get("scripts")),
         ))
     return found
+
+
+def _refused(scripts: object) -> int | None:
+    """Lease attempts refused on a master, summed over its scripts (None: a master that
+    does not report them)."""
+    if not isinstance(scripts, list):
+        return None
+    reported = [s for s in scripts if isinstance(s, dict) and "contention" in s]
+    if scripts and not reported:
+        return None
+    total = 0
+    for s in reported:
+        c = s["contention"]
+        refused = c.get("refused") if isinstance(c, dict) else None
+        total += refused if isinstance(refused, int) and not isinstance(refused, bool) else 0
+    return total
 
 
 def _int_or_none(value: object) -> int | None:
@@ -194,7 +212,7 @@ def jsonable(value: Any) -> Any:
         return value.isoformat()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         out = {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        for extra in ("duration", "held", "uptime", "expires_in", "due_in"):
+        for extra in ("duration", "held", "uptime", "expires_in", "due_in", "contended_ago"):
             attr = getattr(type(value), extra, None)
             if isinstance(attr, property):
                 out[extra] = jsonable(getattr(value, extra))

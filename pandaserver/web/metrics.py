@@ -148,8 +148,9 @@ def _history_metrics(sums: dict[str, Sums]) -> Iterator[Metric]:
     runs = CounterMetricFamily("panda_daemon_runs", "finished runs by script, server and outcome",
                                labels=["script", "server", "outcome"])
     skips = CounterMetricFamily("panda_daemon_lease_contention",
-                                "attempts skipped because another server held the lease",
-                                labels=["script", "server"])
+                                "old history rows of attempts skipped because another server"
+                                " held the lease (no longer written: see"
+                                " panda_daemon_lease_contended_total)", labels=["script", "server"])
     for key, values in sorted(sums["runs"].items()):
         runs.add_metric(list(key), values[0])
         if key[2] == SKIPPED:
@@ -180,6 +181,20 @@ def _fleet_metrics(ov: Overview) -> Iterator[Metric]:
     for lease in ov.leases:
         grants.add_metric([lease.name], float(lease.generation))
     yield grants
+    contended = CounterMetricFamily("panda_daemon_lease_contended",
+                                    "grant attempts each sync script's lease refused, fleet-wide"
+                                    " (another server held it or had served the period)",
+                                    labels=["script"])
+    for lease in ov.leases:
+        contended.add_metric([lease.name], float(lease.contended))
+    yield contended
+    yield _gauges("panda_daemon_lease_contended_by", "1 for the server of the latest refused"
+                  " grant attempt of each sync script's lease", ["script", "server"],
+                  (([lease.name, lease.contended_by], 1.0) for lease in ov.leases
+                   if lease.contended_by is not None))
+    yield _gauges("panda_daemon_lease_contended_age_seconds", "seconds since the latest refused"
+                  " grant attempt of each sync script's lease (database clock)", ["script"],
+                  (([lease.name], lease.contended_ago) for lease in ov.leases))
     yield _gauges("panda_daemon_lease_held", "1 while a server holds the script's lease",
                   ["script", "server"],
                   (([lease.name, lease.owner_server or ""], 1.0 if lease.held else 0.0)
@@ -243,6 +258,13 @@ def _local_metrics(local: list[LocalMaster]) -> Iterator[Metric]:
     yield _gauges("panda_daemon_master_log_failing",
                   "1 while the master (on this host) or a worker cannot write log lines",
                   ["server"], (([m.server], float(m.log_failing is not None)) for m in live))
+    refused = CounterMetricFamily("panda_daemon_master_lease_refused",
+                                  "sync lease attempts refused on the master (on this host)"
+                                  " since it started", labels=["server"])
+    for m in live:
+        if m.lease_refused is not None:
+            refused.add_metric([m.server], float(m.lease_refused))
+    yield refused
     yield _gauges("panda_daemon_master_pending_history_rows",
                   "history rows the master (on this host) keeps until the database is back",
                   ["server"], (([m.server], None if m.pending_history is None

@@ -128,12 +128,24 @@ def fleet_page(ov: Overview, prefix: str, refresh: float) -> str:
     body = (_alerts(ov, prefix) + "<h2>Servers</h2>"
             + _table(["server", "state", "last heartbeat", "version", "pid", "started (its clock)",
                       "config hash", "clock offset", "workers (this host)"], rows, "servers")
-            + f'<p class="note">scripts: {len(ov.scripts)}, leases: {len(ov.leases)}. Clock'
+            + f'<p class="note">scripts: {len(ov.scripts)}, leases: {len(ov.leases)}'
+              f"{_contention_note(ov, prefix)}. Clock"
               " offset: the server's wall clock minus the database clock at its last heartbeat"
               " (?: its master does not report its clock). A server is silent after 3"
               " heartbeat intervals without a beat. Workers are known only for masters on"
               " this host.</p>")
     return _page("fleet", "", body, ov.db_now, prefix, refresh)
+
+
+def _contention_note(ov: Overview, prefix: str) -> str:
+    """``, refused grant attempts 40 (most: x 30, latest by b)``: the lease rows' counters."""
+    total = sum(lease.contended for lease in ov.leases)
+    if not total:
+        return ""
+    top = max(ov.leases, key=lambda lease: (lease.contended, lease.name))
+    return (f', <span class="contended">refused grant attempts {total}</span> (most:'
+            f" {_e(top.name)} {top.contended}, latest by {_e(top.contended_by or '?')}; see"
+            f' <a href="{prefix}/leases">Leases</a>)')
 
 
 def _flags(s: ScriptView) -> str:
@@ -248,10 +260,17 @@ def leases_page(ov: Overview, prefix: str, refresh: float) -> str:
             f"<td>{lease.owner_pid if lease.held and lease.owner_pid else '-'}</td>"
             f"<td>{lease.generation}</td><td>{when(lease.acquired_at)}</td>"
             f"<td>{relative(lease.expires_in)}</td><td>{relative(lease.due_in)}</td>"
-            f"<td>{span(lease.period)}</td></tr>\n")
+            f"<td>{span(lease.period)}</td>"
+            f'<td class="contended">{lease.contended}</td>'
+            f"<td>{_e(lease.contended_by or '-')}</td>"
+            f"<td>{relative(-lease.contended_ago if lease.contended_ago is not None else None)}"
+            "</td></tr>\n")
     body = (_table(["script", "state", "holder", "pid", "generation", "last granted", "expires",
-                    "next due", "period"], rows, "leases")
+                    "next due", "period", "refused", "latest refused server", "latest refusal"],
+                   rows, "leases")
             + '<p class="note">One lease per sync script; times are the database clock.'
+              " Refused: grant attempts the lease turned down, ever (another server held it or"
+              " had served the period); a refusal writes no history row."
               " <code>panda-daemon unlock NAME</code> frees one whose holder died.</p>")
     return _page("leases", "leases", body, ov.db_now, prefix, refresh)
 

@@ -1,7 +1,8 @@
 """A script's runs as an inline SVG, drawn on the server (no JavaScript, no external asset).
 
 Above: one lane per server, a bar per run from its start to its end (at least 2 px wide),
-a thin tick per skipped attempt. Below, on the same time axis: each run's duration as a
+a thin tick per ``skipped`` row (written by older versions; a refused lease attempt is no
+longer a history row). Below, on the same time axis: each run's duration as a
 dot. Colours come from the page's stylesheet through classes (``outcome-ok`` ...), and
 every mark carries ``data-*`` attributes (run id, server, outcome, duration) and a
 ``<title>`` tooltip.

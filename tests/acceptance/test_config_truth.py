@@ -118,6 +118,46 @@ def test_reload_refuses_what_cannot_run_and_names_what_needs_a_restart(tmp_path:
         assert SECRET not in master.log()
 
 
+def test_workers_stay_on_the_masters_database_after_a_reload_changed_it(
+        tmp_path: Path) -> None:
+    """A database changed by a reload needs a restart: the master keeps its own, and so do
+    the scripts' ``tbuf`` in the workers it starts meanwhile (not the file's new one)."""
+    scripts = {"where": {"module": "dbwhere", "period": 0.3, "timeout": 60}}
+    first, second = tmp_path / "one.sqlite", tmp_path / "two.sqlite"
+    cfg = write_config(tmp_path, scripts, db_url=f"sqlite:///{first}", n_proc=1,
+                       proc_lifetime=3)
+    with running_master(cfg, tmp_path) as master:
+        master.wait_events(1, "start", "where")
+        write_config(tmp_path, scripts, db_url=f"sqlite:///{second}", n_proc=1,
+                     proc_lifetime=3)
+        master.signal(signal.SIGHUP)
+        master.wait_log("reload: configuration applied except what needs a restart")
+        reloaded = len(master.events("start", "where"))
+        # a worker lives 3 s: wait until runs come from workers started after the reload
+        old_pids = {e["pid"] for e in master.events("start", "where")}
+        wait_for(lambda: len({e["pid"] for e in master.events("start", "where")[reloaded:]}
+                             - old_pids) >= 2, timeout=60, what="runs in new workers")
+        assert master.stop() == 0
+    seen = {e["database"] for e in master.events("start", "where")}
+    assert seen == {str(first)}, seen
+
+
+def test_the_workers_log_lines_hide_the_configurations_secrets(tmp_path: Path) -> None:
+    """What a script prints or logs goes through the worker's log: a secret of the
+    master's configuration is masked there too (the worker gets them with its init)."""
+    cfg = write_config(tmp_path, {"echo": {"module": "echo", "period": 60,
+                                           "arguments": [f"token={SECRET}x", SECRET]}},
+                       extra=f"[server]\napi_token = {SECRET}\n")
+    with running_master(cfg, tmp_path) as master:
+        master.wait_events(1, "end", "echo")
+        master.wait_log("echo logs")
+        assert master.stop() == 0
+    log = master.log()
+    assert "echo says token=*** ***" in log, log
+    assert "echo logs token=*** ***" in log, log
+    assert SECRET not in log
+
+
 def test_fleet_says_sync_leases_are_local_to_this_host(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, {"shared": {"module": "record", "period": 60, "sync": True}})
     assert cli(tmp_path, "-c", str(cfg), "db", "upgrade").returncode == 0

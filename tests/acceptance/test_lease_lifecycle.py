@@ -78,7 +78,7 @@ def test_a_clean_stop_releases_the_lease_at_once(tmp_path: Path, pg_url: URL) ->
         a = stack.enter_context(running_master(cfg, tmp_path, server="a"))
         first = a.wait_events(1, "start", "long", timeout=30)[0]
         b = stack.enter_context(running_master(cfg, tmp_path, server="b"))
-        b.wait_log("long run 1 outcome=skipped", timeout=30)  # b is refused while a holds it
+        b.wait_log("long: lease held by a", timeout=30)  # b is refused while a holds it
         held = lease(tmp_path, cfg, "long")
         assert held["held"] and held["owner_server"] == "a"
         stopping = time.monotonic()
@@ -140,7 +140,9 @@ def test_run_once_takes_the_lease_and_exits_7_when_another_server_holds_it(
     rows = {(r["server"], r["outcome"], r["generation"]) for r in history(tmp_path, cfg, "job")}
     assert ("one", "ok", held["generation"]) in rows
     assert ("three", "ok", None) in rows  # --ignore-lease: no lease, no generation
-    assert any(server == "two" and outcome == "skipped" for server, outcome, _ in rows)
+    # a refused attempt is no run: it writes no history row (exit 7 and stderr say why)
+    assert not any(server == "two" for server, _, _ in rows)
+    assert {outcome for _, outcome, _ in rows} == {"ok"}
 
 
 def _admin(pg_cluster: PgCluster, sql: str) -> None:

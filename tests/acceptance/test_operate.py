@@ -222,3 +222,33 @@ def test_crash_loops_are_backed_off_and_flagged_healthy_script_keeps_schedule(
     assert len(healthy) >= elapsed / 1 - 6, (len(healthy), elapsed)
     assert check.returncode != 0 and "crash-looping" in check.stdout, check.stdout
     assert "CRASH-LOOPING" in text, text
+
+
+def test_restart_workers_replaces_every_worker_one_at_a_time_and_lets_runs_finish(
+        tmp_path: Path, pg_url: URL) -> None:
+    cfg = fleet_config(tmp_path, pg_url, {
+        "gate": {"module": "gate", "period": 3600, "timeout": 600},
+        "tick": {"module": "record", "period": 0.3}}, n_proc=2, **FAST)
+    with ExitStack() as stack:
+        (master,) = start(stack, cfg, tmp_path, "a")
+        gate = wait_for(lambda: master.events("start", "gate"), 30, "gate running")[0]
+        master.wait_events(2, "end", "tick")
+        before = {p.pid for p in master.workers()}
+        assert gate["pid"] in before and len(before) == 2
+        out = command(tmp_path, cfg, "--server-name", "a", "restart-workers", "--wait")
+        assert "a: recycling 2 worker(s)" in out.stdout, out.stdout
+        master.wait_log("recycled (restart-workers) after its run", timeout=30)
+        # the idle worker is replaced; the busy one keeps its run going
+        wait_for(lambda: {e["pid"] for e in master.events("start", "tick")} - before, 30,
+                 "tick run by a new worker")
+        assert pid_alive(gate["pid"]) and not master.events("end", "gate")
+        Path(f"{master.record}.go").touch()  # the gate run ends by itself
+        wait_for(lambda: not ({p.pid for p in master.workers()} & before)
+                 and len(master.workers()) == 2, 30, "both workers replaced")
+        log = master.log()
+        assert "gate run 1 outcome=ok" in log, log
+        # one at a time: the second worker is let go only after the first one's successor
+        first = log.index("recycled (restart-workers)")
+        second = log.index("recycled (restart-workers)", first + 1)
+        assert "started (pid" in log[first:second], log[first:second]
+        assert master.stop() == 0

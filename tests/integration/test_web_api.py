@@ -16,7 +16,7 @@ from freezegun import freeze_time
 from harness import running_master, wait_for, write_config
 from pg import url_text
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import URL, Engine
+from sqlalchemy import URL, Engine, update
 
 from pandaserver.config import load_config
 from pandaserver.daemons.localstatus import local_status, render_local_status
@@ -25,6 +25,7 @@ from pandaserver.db.heartbeat import HeartbeatStore
 from pandaserver.db.history import HistoryStore, RunRecord
 from pandaserver.db.leases import LeaseStore
 from pandaserver.db.schema import upgrade
+from pandaserver.db.tables import daemon_lease
 from pandaserver.web.app import FleetApp
 from pandaserver.web.metrics import HistoryCounters
 from pandaserver.web.settings import WebSettings
@@ -83,6 +84,7 @@ def fleet_db(db_engine: Engine) -> Engine:
                              error="Traceback (most recent call last):\nValueError: bad row"))
     history.record(RunRecord("old", "srv-a", 10, "ok", duration=3.0, ended_ago=1000))
     history.record(RunRecord("shared", "srv-a", 10, "ok", generation=1, duration=0.5, ended_ago=3))
+    # a row as masters wrote them before refusals were counted on the lease: still shown
     history.record(RunRecord("shared", "srv-b", 20, "skipped", error="lease held by srv-a",
                              ended_ago=3))
     beats = HeartbeatStore(db_engine)
@@ -91,6 +93,10 @@ def fleet_db(db_engine: Engine) -> Engine:
     beats.beat("srv-b", 20, "0.1.0", now, "aaaa", server_time=now - timedelta(seconds=0.5))
     beats.beat("srv-c", 30, "0.0.9", now, "cccc")
     assert LeaseStore(db_engine).try_acquire("shared", "srv-a", 10, 60, 120).granted
+    # the refusals counted on the lease row (as the grant statement counts them)
+    with db_engine.begin() as conn:
+        conn.execute(update(daemon_lease).where(daemon_lease.c.name == "shared").values(
+            contended=7, contended_by="srv-b", contended_at=now - timedelta(seconds=5)))
     return db_engine
 
 
@@ -164,6 +170,8 @@ def test_one_script_api_runs_and_unknown_names(app: FleetApp) -> None:
     leases = get_json(app, "/api/leases")["leases"]
     assert [(lease["name"], lease["held"], lease["owner_server"]) for lease in leases] == [
         ("shared", True, "srv-a")]
+    assert (leases[0]["contended"], leases[0]["contended_by"]) == (7, "srv-b")
+    assert leases[0]["contended_ago"] == pytest.approx(5, abs=3)
     assert set(get_json(app, "/api")) >= {"/api/fleet", "/api/scripts", "/api/leases"}
 
 
@@ -183,6 +191,12 @@ def test_pages_are_read_only_prefixed_and_self_contained(app: FleetApp) -> None:
     assert call(app, "/static/../app.py")[0].startswith("404")
     _, _, page = call(app, "/scripts")
     assert 'data-script="old"' in page.decode() and 'class="script stale"' in page.decode()
+    _, _, page = call(app, "/leases")
+    row = page.decode().split('data-lease="shared"')[1].split("</tr>")[0]
+    assert '<td class="contended">7</td><td>srv-b</td>' in row and " ago</td>" in row
+    _, _, page = call(app, "/", prefix="/daemon")
+    assert "refused grant attempts 7</span> (most: shared 7, latest by srv-b" in page.decode()
+    assert 'href="/daemon/leases">Leases</a>' in page.decode()
 
 
 def test_metrics_from_the_history(app: FleetApp) -> None:
@@ -195,8 +209,13 @@ def test_metrics_from_the_history(app: FleetApp) -> None:
         (("outcome", "ok"), ("script", "shared"), ("server", "srv-a")): 1.0,
         (("outcome", "skipped"), ("script", "shared"), ("server", "srv-b")): 1.0,
     }
+    # the old skipped rows still count here; refusals now count on the lease row
     assert m[("panda_daemon_lease_contention_total",
               (("script", "shared"), ("server", "srv-b")))] == 1
+    shared = (("script", "shared"),)
+    assert m[("panda_daemon_lease_contended_total", shared)] == 7
+    assert m[("panda_daemon_lease_contended_by", (*shared, ("server", "srv-b")))] == 1
+    assert m[("panda_daemon_lease_contended_age_seconds", shared)] == pytest.approx(5, abs=3)
     fresh = (("script", "fresh"),)
     assert m[("panda_daemon_run_duration_seconds_count", fresh)] == 2
     assert m[("panda_daemon_run_duration_seconds_sum", fresh)] == pytest.approx(1.75, abs=0.01)
@@ -282,8 +301,8 @@ def test_real_masters_history_status_and_workers(db_url: URL, db_engine: Engine,
     history = HistoryStore(db_engine)
     with running_master(path, tmp_path, server="real-1") as one, \
             running_master(path, tmp_path, server="real-2"):
-        wait_for(lambda: len({r.server for r in history.query("shared", 100)
-                              if r.outcome in ("ok", "skipped")}) == 2
+        wait_for(lambda: any(r.outcome == "ok" for r in history.query("shared", 100))
+                 and len({r.server for r in history.query("broken", 100)}) == 2
                  and len(history.query("broken", 100)) >= 4, 30,
                  f"runs of both masters\n{one.log()[-2000:]}")
         fleet = wait_for(lambda: (d := get_json(app, "/api/fleet")) and len(d["servers"]) == 2
@@ -295,16 +314,22 @@ def test_real_masters_history_status_and_workers(db_url: URL, db_engine: Engine,
         assert "quick" in text and "broken" in text
         m = metrics(app)
         assert m[("panda_daemon_workers_alive", (("server", "real-1"),))] == 2
+        # refused lease attempts of each local master (from its status file)
+        assert all(m[("panda_daemon_master_lease_refused_total", (("server", name),))] >= 0
+                   for name in ("real-1", "real-2"))
         # never a success: stale once its first run is more than 3 x 0.3 s old
         wait_for(lambda: get_json(app, "/api/scripts/broken")["script"]["stale"], 10,
                  "the failing script to become stale")
-        assert not get_json(app, "/api/scripts/quick")["script"]["stale"]
+        # quick succeeds every 0.3 s: fresh (a loaded machine may delay one run past 0.9 s)
+        wait_for(lambda: not get_json(app, "/api/scripts/quick")["script"]["stale"], 10,
+                 "the succeeding script to be fresh")
     # the masters are stopped: what the database holds is final
     rows = history.query(None, 10000)
+    assert {r.outcome for r in rows} <= {"ok", "failed"}  # a refused attempt is not a run
     m = metrics(app)
     for script in scripts:
         for server in ("real-1", "real-2"):
-            for outcome in ("ok", "failed", "skipped"):
+            for outcome in ("ok", "failed"):
                 expected = sum(1 for r in rows if (r.script, r.server, r.outcome) ==
                                (script, server, outcome))
                 labels = (("outcome", outcome), ("script", script), ("server", server))
@@ -322,4 +347,6 @@ def test_real_masters_history_status_and_workers(db_url: URL, db_engine: Engine,
     assert scripts_view["quick"]["since_success"] is not None
     assert {r["server"] for r in scripts_view["quick"]["runs"]} == {"real-1", "real-2"}
     assert scripts_view["broken"]["since_success"] is None
-    assert not scripts_view["quick"]["stale"]
+    # stopped: quick's last success ages; it is stale only once 3 x 0.3 s have passed
+    quick = scripts_view["quick"]
+    assert quick["stale"] == (quick["since_success"] > quick["stale_after"]), quick
