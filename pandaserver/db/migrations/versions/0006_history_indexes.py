@@ -12,9 +12,9 @@ Each read walks one index and stops early, instead of reading the table:
 - ``(script, outcome, ended_at)``: each script's last success.
 
 On a big table the upgrade builds them under a lock that blocks writes to ``daemon_run``
-meanwhile (masters keep their history in memory and write it afterwards): minutes for
+meanwhile (masters keep their history in memory and write it afterwards): up to minutes for
 millions of rows (benchmarks/bighistory.py built all seven indexes of 5 million rows in
-151 s on a busy 2-core machine; docs/database.md, "Sizing the history").
+35 s to 217 s on a 2-core machine, quiet to loaded; docs/database.md, "Sizing the history").
 
 Revision ID: 0006
 Revises: 0005
