@@ -365,8 +365,3 @@ class HistoryStore:
         with self.engine.connect() as conn:
             rows = conn.execute(stmt.limit(limit)).all()
         return [RunRow(**row._mapping) for row in rows]
-
-
-# re-exported: PendingWrites lived here
-from pandaserver.db.pending import FlushResult as FlushResult  # noqa: E402
-from pandaserver.db.pending import PendingWrites as PendingWrites  # noqa: E402
