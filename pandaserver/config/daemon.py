@@ -119,6 +119,20 @@ def parse_lease_ttl(text: str) -> float:
     return value
 
 
+def parse_retention_rows(text: str) -> int:
+    """0 (no row bound) or a whole number of rows kept per script."""
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ValueError(f"must be a whole number of rows per script: 0 (no bound) or"
+                         f" {RETENTION_ROWS_MIN} to {RETENTION_ROWS_MAX}, got: {text.strip()!r}"
+                         ) from None
+    if value != 0 and not RETENTION_ROWS_MIN <= value <= RETENTION_ROWS_MAX:
+        raise ValueError(f"must be 0 (no bound) or {RETENTION_ROWS_MIN} to {RETENTION_ROWS_MAX}"
+                         f" rows per script, got: {value}")
+    return value
+
+
 def parse_str(text: str) -> str:
     return text.strip()
 
@@ -138,6 +152,8 @@ HEARTBEAT_MIN = 1.0
 HEARTBEAT_MAX = 3600.0
 RETENTION_MIN_DAYS = 1.0
 RETENTION_MAX_DAYS = 36500.0
+RETENTION_ROWS_MIN = 100  # fewer would leave too little history to judge a script by
+RETENTION_ROWS_MAX = 100_000_000
 LEASE_GRACE_MAX = 86400.0
 COMMAND_INTERVAL_MIN = 0.2
 COMMAND_INTERVAL_MAX = 300.0
@@ -159,6 +175,8 @@ SECTION_KEYS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "db_url": (parse_str, ""),
     "history_retention_days": (bounded_seconds(RETENTION_MIN_DAYS, RETENTION_MAX_DAYS,
                                                unit="days"), 30.0),
+    # newest runs kept per script (0: no bound), besides the age bound above
+    "history_retention_rows": (parse_retention_rows, 0),
     "lease_ttl": (parse_lease_ttl, 30.0),
     # no longer used (leases last lease_ttl, renewed while the run lives): kept so old
     # configs load, with a warning
@@ -192,6 +210,7 @@ class DaemonSettings:
     stop_grace: float = 30.0
     db_url: str = ""
     history_retention_days: float = 30.0
+    history_retention_rows: int = 0
     lease_ttl: float = 30.0
     lease_grace: float = 0.0  # accepted for old configs, unused
     heartbeat_interval: float = 30.0

@@ -40,6 +40,7 @@ from pandaserver.daemons import exitcodes
 from pandaserver.daemons.clock import Clock
 from pandaserver.daemons.dblanes import Completions, ConnectionTracker, Lane, Op
 from pandaserver.daemons.history_keeper import HistoryKeeper
+from pandaserver.daemons.pruner import PruneSchedule
 from pandaserver.daemons.runs import Run, RunRecord
 from pandaserver.daemons.spool import Spool, spool_path
 from pandaserver.db import history as dbhistory
@@ -61,8 +62,7 @@ PROBE_INTERVAL = 2.0
 STATEMENT_TIMEOUT = 4.0  # server side: a statement stuck on a lock
 IO_TIMEOUT = 4.0  # client side: a connection with no answer (tcp_user_timeout, read timeout)
 CALL_TIMEOUT = 5.0  # the master's own bound on a lease, renewal or heartbeat call
-HOUSE_TIMEOUT = 30.0  # pruning and replaying a backlog may take longer
-PRUNE_INTERVAL = 3600.0
+HOUSE_TIMEOUT = 30.0  # a pruning step and replaying a backlog may take longer
 STARTUP_SCHEMA_TIMEOUT = 15.0  # a migration of SQLite at start may take a moment
 
 
@@ -96,7 +96,7 @@ class FleetDb:
         self.schema_ok = False
         self.schema_problem: str | None = None
         self.next_beat = 0.0
-        self.next_prune = 0.0
+        self.pruner = PruneSchedule(engine, lambda: self.settings)  # pruner.py
         self.master_id = uuid.uuid4().hex  # this master's runs in the history
         self.keeper = HistoryKeeper(
             self.history, server=server, master_id=self.master_id, master_pid=self.pid,
@@ -293,10 +293,11 @@ class FleetDb:
         if (now >= self.next_beat or probe) and self.usable(now) and not house.busy:
             self._beat()
             self.next_beat = now + self.settings.heartbeat_interval
-        if now >= self.next_prune and self.down_since is None and not house.busy:
-            self._prune()
-            self.next_prune = now + PRUNE_INTERVAL
+        if self.pruner.due(now) and self.down_since is None and not house.busy:
+            self._prune(now)
         wake = min(self.next_beat, history_wake)
+        if self.down_since is None and not house.busy:  # else its end wakes the loop anyway
+            wake = min(wake, self.pruner.next_at)
         if self.down_since is not None:
             wake = min(wake, self.next_probe)
         deadline = self.next_deadline()
@@ -311,15 +312,14 @@ class FleetDb:
             self.server, self.pid, __version__, self.started_wall, digest, server_time=wall),
             lambda result, error, late: None)
 
-    def _prune(self) -> None:
-        days = self.settings.history_retention_days
+    def _prune(self, now: float) -> None:
+        """One step of a pruning pass (at most a batch of rows; pruner.py)."""
 
-        def done(removed: Any, error: BaseException | None, late: bool) -> None:
-            if removed:
-                log.info("pruned %d history row(s) older than %g days", removed, days)
+        def done(result: Any, error: BaseException | None, late: bool) -> None:
+            if not late:
+                self.pruner.finished(result, error, self.monotonic())
 
-        self._submit("house", "prune", lambda: self.history.prune(days), done,
-                     timeout=HOUSE_TIMEOUT)
+        self._submit("house", "prune", self.pruner.op(now), done, timeout=HOUSE_TIMEOUT)
 
 
 class StartupError(Exception):

@@ -33,6 +33,7 @@ from pandaserver.daemons.history_writer import HistoryWriter, Stamped, Written, 
 from pandaserver.daemons.spool import Spool
 from pandaserver.db import history as dbhistory
 from pandaserver.db.engine import describe_db_error
+from pandaserver.db.pending import PendingWrites
 
 log = logging.getLogger("panda.master")
 
@@ -61,7 +62,7 @@ class HistoryKeeper:
         self.on_outage = on_outage
         self.on_written = on_written
         self.member = member  # a fleet member (not run-once): starts, sweeps, spool
-        self.pending = dbhistory.PendingWrites(clock=monotonic)
+        self.pending = PendingWrites(clock=monotonic)
         self.batch: list[Stamped] = []
         self.flush_at: float | None = None
         self.writer = HistoryWriter(history, monotonic)

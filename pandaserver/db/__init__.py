@@ -5,7 +5,7 @@ The public pieces, by module:
 - ``engine``: ``make_engine(cfg)``, ``database_url(cfg)``, ``safe_url``, ``describe_db_error``
 - ``schema``: ``upgrade``, ``current_revision``, ``check_schema``, ``ensure_schema``
 - ``leases``: ``LeaseStore`` (fenced fleet-wide leases for sync scripts)
-- ``history``: ``HistoryStore``, ``RunRecord``, ``RunEnd``, ``PendingWrites``
+- ``history``: ``HistoryStore``, ``RunRecord``, ``RunEnd``; ``pending``: ``PendingWrites``
 - ``heartbeat``: ``HeartbeatStore``, ``config_hash``
 - ``commands``: the ``history``, ``locks``, ``unlock`` and ``db upgrade`` CLI commands
 """

@@ -11,19 +11,13 @@ of that server (``mark_lost``), a master taking over its lease (in ``write_many`
 heartbeats stopped (``close_abandoned``). Unkeyed helpers (``record_start``/``record_end``,
 ``record``, ``record_many``) remain for tools and tests.
 
-``PendingWrites`` keeps history writes that failed while the database was unreachable,
-bounded: when full, the oldest entry is dropped and counted; ``flush`` reports the count
-once. Each entry remembers when (monotonic clock) it was queued, and a replay moves its
-times back by the time it waited (``aged``), so rows keep their real times on the
-database's clock. Not thread-safe: one owner.
+Writes that failed while the database was unreachable wait in ``PendingWrites``
+(``pending.py``); pruning by age and by rows, in small batches, is in ``pruning.py``.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
-import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -32,14 +26,13 @@ from typing import Any, TypeVar
 from sqlalchemy import (
     Connection,
     Engine,
-    delete,
     insert,
     select,
     update,
 )
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError
 
-from pandaserver.db import runwrites
+from pandaserver.db import pruning, runwrites
 from pandaserver.db.clock import db_now_expr, db_now_plus
 from pandaserver.db.tables import daemon_run
 
@@ -352,12 +345,15 @@ class HistoryStore:
         with self.engine.begin() as conn:
             return max(0, conn.execute(stmt).rowcount)
 
-    def prune(self, older_than_days: float) -> int:
-        """Delete runs started more than ``older_than_days`` ago; returns how many."""
-        _check_seconds("older_than_days", older_than_days)
-        cutoff = db_now_plus(-older_than_days * 86400.0)
-        with self.engine.begin() as conn:
-            return conn.execute(delete(daemon_run).where(daemon_run.c.started_at < cutoff)).rowcount
+    def prune(self, older_than_days: float | None = None, rows: int = 0,
+              batch: int = pruning.BATCH_ROWS) -> int:
+        """Delete runs started more than ``older_than_days`` ago and, per script, all but
+        the newest ``rows`` (0: no row bound), ``batch`` rows per statement, in one pass
+        (``pruning.py``; the master prunes step by step instead); returns how many."""
+        if older_than_days is not None:
+            _check_seconds("older_than_days", older_than_days)
+        retention = pruning.Retention(days=older_than_days, rows=rows)
+        return sum(pruning.prune_all(self.engine, retention, batch).values())
 
     def query(self, name: str | None = None, limit: int = 50) -> list[RunRow]:
         """The newest runs first, of one script or of all."""
@@ -369,77 +365,3 @@ class HistoryStore:
         with self.engine.connect() as conn:
             rows = conn.execute(stmt.limit(limit)).all()
         return [RunRow(**row._mapping) for row in rows]
-
-
-
-
-@dataclass(frozen=True)
-class FlushResult:
-    """``written``: replayed now; ``remaining``: still queued; ``dropped``: entries lost
-    to the bound since the last report; ``error``: the exception that stopped the
-    replay (None when everything was written)."""
-
-    written: int
-    remaining: int
-    dropped: int
-    error: SQLAlchemyError | None = None
-
-
-class PendingWrites:
-    def __init__(self, max_items: int = 10000, clock: Callable[[], float] = time.monotonic) -> None:
-        if max_items < 1:
-            raise ValueError(f"max_items must be at least 1, got: {max_items}")
-        self.max_items = max_items
-        self._clock = clock
-        self._items: deque[tuple[float, PendingItem]] = deque()
-        self._dropped_unreported = 0
-        self.dropped_total = 0
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __bool__(self) -> bool:
-        return bool(self._items)
-
-    def add(self, item: PendingItem, queued_at: float | None = None) -> None:
-        """Queue a write (made at ``queued_at``, monotonic; default now); when full, the
-        oldest entry is dropped and counted."""
-        if len(self._items) >= self.max_items:
-            self._items.popleft()
-            self._dropped_unreported += 1
-            self.dropped_total += 1
-        self._items.append((self._clock() if queued_at is None else queued_at, item))
-
-    def take(self, count: int | None = None) -> list[tuple[float, PendingItem]]:
-        """Remove and return the oldest ``count`` entries (all by default), with the
-        monotonic time each was made."""
-        count = len(self._items) if count is None else min(count, len(self._items))
-        return [self._items.popleft() for _ in range(count)]
-
-    def items(self) -> list[PendingItem]:
-        """The queued writes, oldest first (for moving them to another queue)."""
-        return [item for _, item in self._items]
-
-    def take_dropped(self) -> int:
-        """How many entries were dropped since the last report (and reset that count)."""
-        dropped, self._dropped_unreported = self._dropped_unreported, 0
-        return dropped
-
-    def flush(self, history: HistoryStore, chunk: int = 500) -> FlushResult:
-        """Replay queued writes oldest first, ``chunk`` at a time in one transaction each,
-        each moved back by the time it waited; stop at the first database error."""
-        written = 0
-        error: SQLAlchemyError | None = None
-        while self._items:
-            now = self._clock()
-            batch = [item.aged(now - queued_at)
-                     for queued_at, item in itertools.islice(self._items, chunk)]
-            try:
-                history.write_many(batch)
-            except SQLAlchemyError as exc:
-                error = exc
-                break
-            for _ in batch:
-                self._items.popleft()
-            written += len(batch)
-        return FlushResult(written, len(self._items), self.take_dropped(), error)

@@ -22,9 +22,14 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 from pandaserver.db.clock import UtcDateTime
+
+# the predicate of the partial index on (script, server, started_at, id), spelt the same in
+# the queries that use it (skipscan.py): SQLite matches a partial index's WHERE term by term
+NOT_SKIPPED_SQL = "outcome <> 'skipped'"
 
 VERSION_TABLE = "daemon_schema"
 
@@ -83,8 +88,18 @@ daemon_run = Table(
     Column("master_id", String(32), nullable=True),
     Column("master_pid", Integer, nullable=True),
     Column("run_id", BigInteger, nullable=True),
-    Index("ix_daemon_run_script_started_at", "script", "started_at"),
-    Index("ix_daemon_run_started_at", "started_at"),
+    # the indexes of migration 0006: each read of the history pages walks one of them
+    # (docs/database.md, "Sizing the history"): the newest runs (`panda-daemon history`,
+    # /metrics' window, pruning by age) ...
+    Index("ix_daemon_run_started_at_id", "started_at", "id"),
+    # ... of one script (history NAME, the timeline, its first run, pruning by rows) ...
+    Index("ix_daemon_run_script_started_at_id", "script", "started_at", "id"),
+    # ... per script and server, skipped attempts left out (the fleet page's last runs;
+    # partial where the database can: on MySQL/MariaDB it holds every row)
+    Index("ix_daemon_run_script_server_started_at_id", "script", "server", "started_at", "id",
+          postgresql_where=text(NOT_SKIPPED_SQL), sqlite_where=text(NOT_SKIPPED_SQL)),
+    # ... and each script's last success
+    Index("ix_daemon_run_script_outcome_ended_at", "script", "outcome", "ended_at"),
     Index("uq_daemon_run_master_id_run_id", "master_id", "run_id", unique=True),
     Index("ix_daemon_run_outcome", "outcome"),  # finds the few runs still open
 )

@@ -1,8 +1,10 @@
 """Read what the fleet pages need from the shared database: short reads, never a write.
 
 Every time is the database's. ``read_fleet`` is five statements: the heartbeats and the
-leases (through their stores), the database clock, and two aggregates over the history
-(the newest run per script and server; per script its first run and last success).
+leases (through their stores), the database clock, and two reads of the history (the newest
+run per script and server; per script its first run and last success). Neither reads the
+whole history: both skip through indexes (``pandaserver/db/skipscan.py``), one probe per
+script or (script, server) pair, so they cost the same with a day or a year of history.
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, Engine, and_, case, func, select
+from sqlalchemy import Connection, Engine, func, select
 
+from pandaserver.db import skipscan
 from pandaserver.db.clock import UtcDateTime, db_now
 from pandaserver.db.heartbeat import HeartbeatStore, ServerRow
-from pandaserver.db.history import OK, SKIPPED, RunRow
+from pandaserver.db.history import OK, RunRow
 from pandaserver.db.leases import LeaseRow, LeaseStore
 from pandaserver.db.tables import daemon_run
 from pandaserver.web.model import ScriptFacts
@@ -41,30 +44,24 @@ def read_fleet(engine: Engine) -> FleetSnapshot:
 
 
 def _last_runs(conn: Connection) -> list[RunRow]:
+    """Per (script, server) with a run that is not a skipped attempt, its newest such run
+    (the later id of two at the same instant): one index probe per pair."""
     r = daemon_run
-    newest = (
-        select(r.c.script, r.c.server, func.max(r.c.started_at).label("last"))
-        .where(r.c.outcome != SKIPPED)
-        .group_by(r.c.script, r.c.server)
-        .subquery()
-    )
-    stmt = select(r).join(newest, and_(r.c.script == newest.c.script,
-                                       r.c.server == newest.c.server,
-                                       r.c.started_at == newest.c.last)
-                          ).where(r.c.outcome != SKIPPED).order_by(r.c.id)
-    found: dict[tuple[str, str], RunRow] = {}
-    for row in conn.execute(stmt).all():
-        run = RunRow(**row._mapping)
-        found[(run.script, run.server)] = run  # two at the same instant: the later id
-    return list(found.values())
+    pairs = skipscan.newest_per_pair()
+    stmt = select(r).join(pairs, r.c.id == pairs.c.id).order_by(r.c.script, r.c.server)
+    return [RunRow(**row._mapping) for row in conn.execute(stmt).all()]
 
 
 def _facts(conn: Connection) -> dict[str, ScriptFacts]:
-    r = daemon_run
-    success = func.max(case((r.c.outcome == OK, r.c.ended_at), else_=None),
-                       type_=UtcDateTime())
-    stmt = select(r.c.script, func.min(r.c.started_at, type_=UtcDateTime()).label("first"),
-                  success.label("success")).group_by(r.c.script)
+    """Per script: its first run and the end of its last success (two probes each)."""
+    a, b = daemon_run.alias("first"), daemon_run.alias("success")
+    names = skipscan.scripts()
+    first = (select(func.min(a.c.started_at, type_=UtcDateTime()))
+             .where(a.c.script == names.c.script).scalar_subquery())
+    success = (select(func.max(b.c.ended_at, type_=UtcDateTime()))
+               .where(b.c.script == names.c.script, b.c.outcome == OK).scalar_subquery())
+    stmt = select(names.c.script, first.label("first"), success.label("success")
+                  ).where(names.c.script.is_not(None))
     return {row.script: ScriptFacts(first_seen=row.first, last_success=row.success)
             for row in conn.execute(stmt).all()}
 

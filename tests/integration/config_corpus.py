@@ -128,7 +128,7 @@ CASES = [
          fragment="key 'stop_grace': must be zero or positive"),
     Case("stop_grace-huge", {"stop_grace": "1e6"}, check=2, run=2,
          fragment="key 'stop_grace': must be at most 3600 s"),
-    # ----- heartbeat_interval, history_retention_days, lease_ttl, lease_grace ----------------
+    # ----- heartbeat_interval, history_retention_days/_rows, lease_ttl, lease_grace -----------
     Case("heartbeat-zero", {"heartbeat_interval": "0"}, check=2, run=2,
          fragment="key 'heartbeat_interval': must be positive"),
     Case("heartbeat-huge", {"heartbeat_interval": "1e5"}, check=2, run=2,
@@ -143,6 +143,12 @@ CASES = [
          fragment="key 'history_retention_days': must be at least 1 days"),
     Case("retention-huge", {"history_retention_days": "1e7"}, check=2, run=2,
          fragment="must be at most 36500 days"),
+    Case("retention-rows-too-few", {"history_retention_rows": "10"}, check=2, run=2,
+         fragment="key 'history_retention_rows': must be 0 (no bound) or 100 to 100000000"
+                  " rows per script, got: 10"),
+    Case("retention-rows-not-a-number", {"history_retention_rows": "1e6"}, check=2, run=2,
+         fragment="key 'history_retention_rows': must be a whole number of rows per script"),
+    Case("retention-rows-zero-no-bound", {"history_retention_rows": "0"}, check=0),
     Case("lease_ttl-5", {"lease_ttl": "5"}, check=2, run=2, start=2, reload=2,
          fragment="key 'lease_ttl': must be between 15 and 3600 seconds, got: '5'"),
     Case("lease_ttl-7200", {"lease_ttl": "7200"}, check=2, run=2,

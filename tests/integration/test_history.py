@@ -24,10 +24,10 @@ from pandaserver.db.history import (
     SKIPPED,
     TIMEOUT,
     HistoryStore,
-    PendingWrites,
     RunEnd,
     RunRecord,
 )
+from pandaserver.db.pending import PendingWrites
 from pandaserver.db.tables import daemon_run
 
 

@@ -18,11 +18,11 @@ from pandaserver.db.history import (
     RUNNING,
     SKIPPED,
     HistoryStore,
-    PendingWrites,
     RunRecord,
     RunRow,
     RunStart,
 )
+from pandaserver.db.pending import PendingWrites
 from pandaserver.db.tables import daemon_run, daemon_server
 
 

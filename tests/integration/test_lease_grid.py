@@ -219,7 +219,10 @@ def test_racing_servers_get_one_grant_per_due_time_and_learn_the_winner(db_url: 
                      and (a.result.holder != win.who or a.result.next_due != due)]
             assert not stale, (f"round {rnd}: refusals that did not learn the winner"
                                f" {win.who} due {due}: {stale}")
-            assert all(TTL - 10 < a.result.wait <= TTL for a in this if not a.result.granted)
+            # a refusal's clock is its statement's start, which may precede the winner's
+            # (it then waited for the winner's row lock): its wait may exceed TTL a little
+            refused = [(a.who, a.result.wait) for a in this if not a.result.granted]
+            assert all(TTL - 10 < wait <= TTL + 1 for _, wait in refused), refused
         refusals = sum(1 for a in got if not a.result.granted)
         assert _row(setup, "race").contended == refusals
     finally:

@@ -122,3 +122,26 @@ def test_unknown_key_never_shows_a_password(tmp_path: Path) -> None:
     assert "key 'db_ulr': unknown key (value 'postgresql://panda:***@db/panda' (secrets" \
         " hidden))" in text and 'did you mean "db_url"' in text
     assert "key 'dbpassword': unknown key (value hidden: its name suggests a secret)" in text
+
+
+@pytest.mark.parametrize(("value", "expected", "fragment"), [
+    (None, 0, None),  # absent: no row bound
+    ("0", 0, None),
+    ("100", 100, None),
+    ("250000", 250000, None),
+    ("99", None, "key 'history_retention_rows': must be 0 (no bound) or 100 to 100000000 rows"
+                 " per script, got: 99"),
+    ("-5", None, "must be 0 (no bound) or 100 to 100000000 rows per script, got: -5"),
+    ("100000001", None, "got: 100000001"),
+    ("1e5", None, "must be a whole number of rows per script: 0 (no bound) or 100 to"
+                  " 100000000, got: '1e5'"),
+])
+def test_history_retention_rows(tmp_path: Path, value: str | None, expected: int | None,
+                                fragment: str | None) -> None:
+    keys = {} if value is None else {"history_retention_rows": value}
+    settings = load_config(str(write(tmp_path, '{"a": {"period": 60}}', **keys))).daemon
+    found = [str(p) for p in settings.problems]
+    if fragment is None:
+        assert found == [] and settings.history_retention_rows == expected
+    else:
+        assert any(fragment in p for p in found), found
