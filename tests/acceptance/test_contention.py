@@ -15,6 +15,7 @@ from harness import running_master, script_env, wait_for, write_config
 from pg import url_text
 from sqlalchemy import URL
 
+from pandaserver.daemons import rank
 from pandaserver.daemons.localstatus import local_status, render_local_status
 
 
@@ -39,9 +40,15 @@ def test_refused_attempts_are_counted_not_written_to_the_history(
                                            "timeout": 10, "arguments": [0.6]}},
                        db_url=url_text(pg_url), n_proc=1, heartbeat_interval=1)
     assert cli(tmp_path, cfg, "db", "upgrade").returncode == 0
+    # the server preferred for the script (daemons/rank.py) starts second, while the other
+    # holds the lease: the preferred one asks at every due time, so it is refused at least
+    # once (the others only look at the lease table and ask for periods left ungranted)
+    preferred, other = rank.order("slow", ["a", "b"])
     with ExitStack() as stack:
-        masters = {name: stack.enter_context(running_master(cfg, tmp_path, server=name))
-                   for name in ("a", "b")}
+        masters = {other: stack.enter_context(running_master(cfg, tmp_path, server=other))}
+        masters[other].wait_events(1, "start", "slow", timeout=60)
+        masters[preferred] = stack.enter_context(
+            running_master(cfg, tmp_path, server=preferred))
         wait_for(lambda: sum(len(m.events("end", "slow")) for m in masters.values()) >= 8,
                  60, "8 runs across the two masters")
         for master in masters.values():
