@@ -166,7 +166,7 @@ class Master(Supervising, Dispatching, Controlling):
             self._wait(next_event - self.clock.monotonic())
         self.containment.close()
         if self.status is not None:
-            self.status.tick(self, self.clock.monotonic(), force=True)
+            self.status.close(self, self.clock.monotonic())
         if self.fleet is not None:
             self.fleet.close()
         log.info("master stopped")
