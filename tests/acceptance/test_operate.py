@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from harness import MasterProcess, pid_alive, running_master, wait_for
+from pgfleet import cli, fleet_config, fleet_events
 from sqlalchemy import URL
-from test_sync import cli, fleet_config, fleet_events
 
 from pandaserver.config import load_config
 from pandaserver.daemons.localstatus import local_status, render_local_status
