@@ -3,8 +3,8 @@
 The master rewrites ``<state dir>/status-<server>.json`` atomically (write, then rename)
 at most once per ``MIN_INTERVAL`` while something changed (once per second per
 ``SCRIPTS_PER_SECOND`` scripts with thousands of them: the file is rewritten whole), and at
-start and stop. Monotonic times are turned into "seconds from now" at capture time, with
-the capture time itself in wall-clock seconds (``written_at``), so a reader can age them.
+start and stop. Monotonic times are turned into "seconds from the capture", with the
+capture's moment itself in wall-clock seconds (``written_at``), so a reader can age them.
 
 The loop only *captures* the state (``capture``: a tuple of immutable values per script,
 copied at C speed: well under a millisecond for 2,000 scripts); a ``StatusWriter`` thread
