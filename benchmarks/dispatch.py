@@ -15,47 +15,25 @@ resident memory of the master plus its workers.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
+from benchmaster import start_master, write_config
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 DELAY = re.compile(r" run \d+ outcome=(\w+) duration=[-0-9.]+s delay=(-?[0-9.]+)s"
                    r" queued=(-?[0-9.]+)s")
 
 
-def write_config(directory: Path, count: int, period: float, n_proc: int) -> Path:
-    scripts = {f"s{i:03d}": {"module": "noop", "period": period} for i in range(count)}
-    body = json.dumps(scripts, indent=4).splitlines()
-    text = "\n".join(["[daemon]", "enable = True", "package = benchscripts",
-                      f"n_proc = {n_proc}", "config = " + body[0],
-                      *("    " + line for line in body[1:])])
-    path = directory / "panda_server.cfg"
-    path.write_text(text + "\n", encoding="utf-8")
-    return path
-
-
-def start_master(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE / "scripts_pkg"), str(REPO),
-                                         env.get("PYTHONPATH", "")])
-    # its own SQLite file and status files: never the machine's state directory, whose
-    # schema a benchmark of another revision would migrate
-    env["PANDA_DAEMON_STATE_DIR"] = str(log.parent / "state")
-    return subprocess.Popen(
-        [sys.executable, "-m", "pandaserver.daemons.master", "-c", str(cfg),
-         "--server-name", "bench", "run"],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+def scripts(count: int, period: float) -> dict[str, dict[str, Any]]:
+    return {f"s{i:03d}": {"module": "noop", "period": period} for i in range(count)}
 
 
 def tree(pid: int) -> list[psutil.Process]:
@@ -90,9 +68,9 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 def busy(seconds: float, count: int, period: float, n_proc: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = write_config(Path(tmp), count, period, n_proc)
+        cfg = write_config(Path(tmp), scripts(count, period), n_proc)
         log = Path(tmp) / "master.log"
-        proc = start_master(cfg, log)
+        proc = start_master(cfg, log, Path(tmp) / "state")
         time.sleep(seconds)  # the measurement window itself
         stop(proc)
         rows = [(m.group(1), float(m.group(2)), float(m.group(3)))
@@ -115,8 +93,8 @@ def busy(seconds: float, count: int, period: float, n_proc: int) -> None:
 
 def idle(seconds: float, count: int, period: float, n_proc: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = write_config(Path(tmp), count, period, n_proc)
-        proc = start_master(cfg, Path(tmp) / "master.log")
+        cfg = write_config(Path(tmp), scripts(count, period), n_proc)
+        proc = start_master(cfg, Path(tmp) / "master.log", Path(tmp) / "state")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and len(tree(proc.pid)) < n_proc + 1:
             time.sleep(0.1)

@@ -17,44 +17,27 @@ the master has exited (it includes the 1 s between SIGTERM and SIGKILL of the ru
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import psutil
-
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+from benchmaster import start_master, write_config
 
 
-def write_config(directory: Path, arguments: list[str], stop_grace: float) -> Path:
-    scripts = {"sleeper": {"module": "sleeper", "period": 600, "timeout": 3000,
-                           "arguments": arguments},
-               "noop": {"module": "noop", "period": 600}}
-    body = json.dumps(scripts, indent=4).splitlines()
-    text = "\n".join(["[daemon]", "enable = True", "package = benchscripts", "n_proc = 2",
-                      f"stop_grace = {stop_grace}", "config = " + body[0],
-                      *("    " + line for line in body[1:])])
-    path = directory / "panda_server.cfg"
-    path.write_text(text + "\n", encoding="utf-8")
-    return path
+def config(directory: Path, arguments: list[str], stop_grace: float) -> Path:
+    return write_config(directory, {
+        "sleeper": {"module": "sleeper", "period": 600, "timeout": 3000,
+                    "arguments": arguments},
+        "noop": {"module": "noop", "period": 600}}, 2, f"stop_grace = {stop_grace}")
 
 
-def start_master(cfg: Path, directory: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE / "scripts_pkg"), str(REPO),
-                                         env.get("PYTHONPATH", "")])
-    env["PANDA_DAEMON_STATE_DIR"] = str(directory / "state")
-    return subprocess.Popen(
-        [sys.executable, "-m", "pandaserver.daemons.master", "-c", str(cfg),
-         "--server-name", "bench", "run"], stdout=(directory / "master.log").open("wb"),
-        stderr=subprocess.STDOUT, env=env, start_new_session=True)
+def start(cfg: Path, directory: Path) -> subprocess.Popen[bytes]:
+    return start_master(cfg, directory / "master.log", directory / "state")
 
 
 def alive(proc: psutil.Process) -> bool:
@@ -78,7 +61,7 @@ def wait_tree(pid: int, size: int, timeout: float = 30) -> list[psutil.Process]:
 
 def kill_9_round() -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        proc = start_master(write_config(Path(tmp), [], 30), Path(tmp))
+        proc = start(config(Path(tmp), [], 30), Path(tmp))
         try:
             procs = wait_tree(proc.pid, 4)  # master, 2 workers, the script's child
             time.sleep(0.5)
@@ -94,7 +77,7 @@ def kill_9_round() -> float:
 
 def second_signal_round() -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        proc = start_master(write_config(Path(tmp), ["stubborn"], 120), Path(tmp))
+        proc = start(config(Path(tmp), ["stubborn"], 120), Path(tmp))
         try:
             wait_tree(proc.pid, 4)
             time.sleep(0.5)

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from pandaserver.config import PandaConfig
@@ -68,6 +69,15 @@ def cmd_control(cfg: PandaConfig, args: argparse.Namespace) -> int:
             _err(f"no script {target!r} in the config of {cfg.path}"
                  f"{did_you_mean(target, cfg.daemon.scripts)}")
             return EXIT_USAGE
+    return _on_control_db(cfg, lambda engine, store: _issue(
+        cfg, args, engine, store, verb=verb, target=target, server=server))
+
+
+def _on_control_db(cfg: PandaConfig,
+                   body: Callable[[Engine, dbcontrol.ControlStore], int]) -> int:
+    """``body(engine, store)`` on the configured database, its schema checked; the
+    engine disposed after. A bad database setting, an old or new schema, or a database
+    error is said on stderr and becomes the exit status (5, 4, 3)."""
     try:
         engine = make_engine(cfg)
     except DatabaseConfigError as exc:
@@ -75,28 +85,7 @@ def cmd_control(cfg: PandaConfig, args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     try:
         check_schema(engine)
-        store = dbcontrol.ControlStore(engine)
-        live = [s.server for s in HeartbeatStore(engine).list_servers()
-                if s.age <= ALIVE_BEATS * cfg.daemon.heartbeat_interval]
-        command = store.issue(verb, target, server, getattr(args, "reason", None), requester())
-        expected = [server] if server is not None else live
-        where = f" on {server}" if server is not None and verb not in (
-            dbcontrol.DRAIN, dbcontrol.UNDRAIN) else " on every server"
-        subject = f"server {target}" if verb in (dbcontrol.DRAIN, dbcontrol.UNDRAIN) else \
-            "the local master's workers" if verb == dbcontrol.RESTART_WORKERS else target
-        print(f"{verb} {subject}: recorded as command {command.id} by {command.requested_by}"
-              f" at {when(command.requested_at)} UTC")
-        print(f"  {EFFECT[verb].format(where=where)}")
-        print(f"  live servers: {', '.join(live) or 'none'}; each acts within"
-              f" {cfg.daemon.command_interval:g} s (command_interval)")
-        if server is not None and server not in live:
-            print(f"  note: {server} is not live now; it acts when it runs again"
-                  if verb in (dbcontrol.PAUSE, dbcontrol.DRAIN, dbcontrol.RESUME,
-                              dbcontrol.UNDRAIN) else
-                  f"  note: {server} is not live now: nothing will act on this")
-        if not args.wait:
-            return EXIT_OK
-        return _wait(store, command.id, expected, args.timeout)
+        return body(engine, dbcontrol.ControlStore(engine))
     except SchemaError as exc:
         _err(f"database {safe_url(engine.url)}: {exc}")
         return EXIT_SCHEMA
@@ -105,6 +94,33 @@ def cmd_control(cfg: PandaConfig, args: argparse.Namespace) -> int:
         return EXIT_DB_ERROR
     finally:
         engine.dispose()
+
+
+def _issue(cfg: PandaConfig, args: argparse.Namespace, engine: Engine,
+           store: dbcontrol.ControlStore, *, verb: str, target: str, server: str | None
+           ) -> int:
+    """Record the command, say what it does and who will act; ``--wait`` for them."""
+    live = [s.server for s in HeartbeatStore(engine).list_servers()
+            if s.age <= ALIVE_BEATS * cfg.daemon.heartbeat_interval]
+    command = store.issue(verb, target, server, getattr(args, "reason", None), requester())
+    expected = [server] if server is not None else live
+    where = f" on {server}" if server is not None and verb not in (
+        dbcontrol.DRAIN, dbcontrol.UNDRAIN) else " on every server"
+    subject = f"server {target}" if verb in (dbcontrol.DRAIN, dbcontrol.UNDRAIN) else \
+        "the local master's workers" if verb == dbcontrol.RESTART_WORKERS else target
+    print(f"{verb} {subject}: recorded as command {command.id} by {command.requested_by}"
+          f" at {when(command.requested_at)} UTC")
+    print(f"  {EFFECT[verb].format(where=where)}")
+    print(f"  live servers: {', '.join(live) or 'none'}; each acts within"
+          f" {cfg.daemon.command_interval:g} s (command_interval)")
+    if server is not None and server not in live:
+        print(f"  note: {server} is not live now; it acts when it runs again"
+              if verb in (dbcontrol.PAUSE, dbcontrol.DRAIN, dbcontrol.RESUME,
+                          dbcontrol.UNDRAIN) else
+              f"  note: {server} is not live now: nothing will act on this")
+    if not args.wait:
+        return EXIT_OK
+    return _wait(store, command.id, expected, args.timeout)
 
 
 def _wait(store: dbcontrol.ControlStore, command_id: int, expected: list[str],
@@ -127,28 +143,16 @@ def _wait(store: dbcontrol.ControlStore, command_id: int, expected: list[str],
 
 def cmd_commands(cfg: PandaConfig, args: argparse.Namespace) -> int:
     """``commands``: the recent operator commands, the holds in force, who acted when."""
-    try:
-        engine = make_engine(cfg)
-    except DatabaseConfigError as exc:
-        _err(str(exc))
-        return EXIT_CONFIG
-    try:
-        check_schema(engine)
-        store = dbcontrol.ControlStore(engine)
-        holds = store.holds()
-        rows = [["ID", "VERB", "TARGET", "SERVER", "BY", "AT (UTC)", "REASON", "ACTED"]]
-        for c in store.recent(args.limit):
-            acted = ", ".join(f"{a.server}: {a.note}" for a in store.acks(c.id))
-            rows.append([str(c.id), c.verb, c.target, c.server or "*", c.requested_by,
-                         when(c.requested_at), c.reason or "", acted or "-"])
-    except SchemaError as exc:
-        _err(f"database {safe_url(engine.url)}: {exc}")
-        return EXIT_SCHEMA
-    except SQLAlchemyError as exc:
-        _err(describe_db_error(exc, engine.url))
-        return EXIT_DB_ERROR
-    finally:
-        engine.dispose()
+    return _on_control_db(cfg, lambda _engine, store: _list_commands(store, args.limit))
+
+
+def _list_commands(store: dbcontrol.ControlStore, limit: int) -> int:
+    holds = store.holds()
+    rows = [["ID", "VERB", "TARGET", "SERVER", "BY", "AT (UTC)", "REASON", "ACTED"]]
+    for c in store.recent(limit):
+        acted = ", ".join(f"{a.server}: {a.note}" for a in store.acks(c.id))
+        rows.append([str(c.id), c.verb, c.target, c.server or "*", c.requested_by,
+                     when(c.requested_at), c.reason or "", acted or "-"])
     print("in force: " + ("; ".join(
         f"{h.kind} {h.name}{'' if h.server in (h.name, dbcontrol.EVERY) else ' on ' + h.server}"
         f" by {h.requested_by}{' (' + h.reason + ')' if h.reason else ''}" for h in holds)

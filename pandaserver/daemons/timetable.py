@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterator, Mapping, MutableMapping
+from types import MappingProxyType
 
 from pandaserver.daemons.schedule import LATE_FLOOR, ScriptState, late_threshold
 
@@ -63,6 +64,11 @@ class Timetable(MutableMapping[str, ScriptState]):
 
     def __len__(self) -> int:
         return len(self._states)
+
+    def states(self) -> Mapping[str, ScriptState]:
+        """The scripts as a read-only view of the underlying dict (for copies at C speed:
+        the mapping's own ``keys()``/``values()`` go through Python-level calls)."""
+        return MappingProxyType(self._states)
 
     # ----- keeping the heaps ----------------------------------------------------------------
     def touch(self, state: ScriptState) -> None:

@@ -10,12 +10,11 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
-import psycopg2
 import pytest
 from harness import MasterProcess, running_master, wait_for, write_config
 from pg import PgCluster
+from pgfleet import cli, cut, fleet_config, restore
 from sqlalchemy import URL, Engine
-from test_sync import cli, fleet_config
 
 from pandaserver.daemons.history_keeper import LOST_AFTER_BEATS
 from pandaserver.db.engine import engine_from_url
@@ -159,18 +158,9 @@ def test_stop_during_an_outage_then_start_loses_no_history(
                        heartbeat_interval=1)
     dbname = str(pg_url.database)
     spool = tmp_path / "state" / "history-spool-solo.jsonl"
-
-    def admin(sql: str) -> None:
-        conn = psycopg2.connect(**pg_cluster.dsn("postgres"))
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(sql)
-        conn.close()
-
     with running_master(cfg, tmp_path, server="solo") as first:
         first.wait_events(3, "end", "quick")
-        admin(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')
-        admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{dbname}'")
+        cut(pg_cluster, dbname)
         first.wait_log("database unavailable", timeout=20)
         during = len(first.events("end", "quick"))
         first.wait_events(during + 10, "end", "quick", timeout=30)
@@ -178,7 +168,7 @@ def test_stop_during_an_outage_then_start_loses_no_history(
         assert "not written at stop" in first.log() and str(spool) in first.log()
     assert spool.exists()
     ran = {row["run"] for row in first.events("start", "quick")}
-    admin(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
+    restore(pg_cluster, dbname)
     with running_master(cfg, tmp_path, server="solo") as second:
         second.wait_log("history kept at the last stop is written", timeout=30)
         assert not spool.exists()

@@ -17,9 +17,9 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import psycopg2
 from harness import running_master, script_env, wait_for, write_config
 from pg import PgCluster, url_text
+from pgfleet import cut, restore
 from sqlalchemy import URL
 
 SOON = 10.0  # seconds: "at once" on a loaded machine; a lease here lives 60 s or more
@@ -143,24 +143,6 @@ def test_run_once_takes_the_lease_and_exits_7_when_another_server_holds_it(
     # a refused attempt is no run: it writes no history row (exit 7 and stderr say why)
     assert not any(server == "two" for server, _, _ in rows)
     assert {outcome for _, outcome, _ in rows} == {"ok"}
-
-
-def _admin(pg_cluster: PgCluster, sql: str) -> None:
-    conn = psycopg2.connect(**pg_cluster.dsn("postgres"))
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(sql)
-    conn.close()
-
-
-def cut(pg_cluster: PgCluster, dbname: str) -> None:
-    _admin(pg_cluster, f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')
-    _admin(pg_cluster, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                       f" WHERE datname = '{dbname}'")
-
-
-def restore(pg_cluster: PgCluster, dbname: str) -> None:
-    _admin(pg_cluster, f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
 
 
 def test_a_master_started_during_an_outage_runs_and_recovers_by_itself(

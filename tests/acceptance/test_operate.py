@@ -11,9 +11,9 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from harness import MasterProcess, pid_alive, running_master, wait_for
+from harness import MasterProcess, pid_alive, running_master, wait_for, write_config
+from pgfleet import cli, fleet_config, fleet_events
 from sqlalchemy import URL
-from test_sync import cli, fleet_config, fleet_events
 
 from pandaserver.config import load_config
 from pandaserver.daemons.localstatus import local_status, render_local_status
@@ -252,3 +252,16 @@ def test_restart_workers_replaces_every_worker_one_at_a_time_and_lets_runs_finis
         second = log.index("recycled (restart-workers)", first + 1)
         assert "started (pid" in log[first:second], log[first:second]
         assert master.stop() == 0
+
+
+def test_commands_say_the_schema_is_missing_and_exit_4_until_db_upgrade(tmp_path: Path) -> None:
+    """The error path both kinds of command share: a database without the tables (the
+    default SQLite file of the state directory) is refused with exit 4 and what to run."""
+    cfg = write_config(tmp_path, {"tick": {"module": "record", "period": 60}})
+    for args in (("pause", "tick"), ("commands",)):
+        refused = cli(tmp_path, cfg, *args)
+        assert refused.returncode == 4, refused.stdout + refused.stderr
+        assert "panda-daemon db upgrade" in refused.stderr and not refused.stdout
+    command(tmp_path, cfg, "db", "upgrade")
+    assert "recorded as command 1" in command(tmp_path, cfg, "pause", "tick").stdout
+    assert "pause tick by" in command(tmp_path, cfg, "commands").stdout

@@ -9,8 +9,9 @@ from pathlib import Path
 from alembic import command
 from harness import running_master, write_config
 from pg import PgCluster
+from pgfleet import cut, restore
 from sqlalchemy import URL
-from test_lease_lifecycle import cli, cut, fleet_config, restore
+from test_lease_lifecycle import cli, fleet_config
 
 from pandaserver.db import schema
 from pandaserver.db.engine import engine_from_url

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from contextlib import ExitStack
 from datetime import timedelta
@@ -13,34 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2
-from harness import MasterProcess, running_master, script_env, wait_for, write_config
-from pg import PgCluster, url_text
+from harness import MasterProcess, running_master, wait_for
+from pg import PgCluster
+from pgfleet import cli, cut, fleet_config, fleet_events, restore
 from sqlalchemy import URL
 
 EPS = 0.05
-
-
-def fleet_config(tmp_path: Path, pg_url: URL, scripts: dict[str, dict[str, Any]],
-                 **daemon: Any) -> Path:
-    daemon.setdefault("heartbeat_interval", 1)
-    cfg = write_config(tmp_path, scripts, db_url=url_text(pg_url), **daemon)
-    upgrade = cli(tmp_path, cfg, "db", "upgrade")
-    assert upgrade.returncode == 0, upgrade.stderr
-    return cfg
-
-
-def cli(tmp_path: Path, cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pandaserver.daemons.master", "-c", str(cfg),
-                           *args], capture_output=True, text=True, timeout=60,
-                          env=script_env(tmp_path / "cli.jsonl"), stdin=subprocess.DEVNULL)
-
-
-def fleet_events(masters: list[MasterProcess], event: str, name: str) -> list[dict[str, Any]]:
-    rows = []
-    for master in masters:
-        for row in master.events(event, name):
-            rows.append({**row, "server": master.record.stem.removeprefix("record-")})
-    return sorted(rows, key=lambda r: r["t"])
 
 
 LIBFAKETIME = next((p for p in ("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
@@ -174,18 +150,9 @@ def test_database_outage_skips_sync_keeps_others_and_recovers(tmp_path: Path, pg
         "sync_s": {"module": "record", "period": 0.3, "sync": True},
         "local_n": {"module": "record", "period": 0.3}})
     dbname = str(pg_url.database)
-
-    def admin(sql: str) -> None:
-        conn = psycopg2.connect(**pg_cluster.dsn("postgres"))
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(sql)
-        conn.close()
-
     with running_master(cfg, tmp_path, server="solo") as master:
         master.wait_events(3, "start", "sync_s")
-        admin(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')
-        admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{dbname}'")
+        cut(pg_cluster, dbname)
         master.wait_log("database unavailable", timeout=20)
         synced = len(master.events("start", "sync_s"))
         local = len(master.events("start", "local_n"))
@@ -194,7 +161,7 @@ def test_database_outage_skips_sync_keeps_others_and_recovers(tmp_path: Path, pg
         warnings = [line for line in master.log().splitlines()
                     if " WARNING " in line and "database unavailable" in line]
         assert len(warnings) == 1, "one warning per outage"
-        admin(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
+        restore(pg_cluster, dbname)
         master.wait_log("database available again", timeout=20)
         master.wait_events(synced + 3, "start", "sync_s", timeout=20)
         assert pg_cluster.password not in master.log()

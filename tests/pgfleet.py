@@ -1,0 +1,59 @@
+"""Masters sharing one real PostgreSQL, for the acceptance tests: a config with its schema
+upgraded, the CLI on it, the events of a fleet, and a database outage cut and restored."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+from harness import MasterProcess, script_env, write_config
+from pg import PgCluster, url_text
+from sqlalchemy import URL
+
+
+def fleet_config(tmp_path: Path, pg_url: URL, scripts: dict[str, dict[str, Any]],
+                 **daemon: Any) -> Path:
+    """A config on ``pg_url`` (heartbeat every second unless said), schema upgraded."""
+    daemon.setdefault("heartbeat_interval", 1)
+    cfg = write_config(tmp_path, scripts, db_url=url_text(pg_url), **daemon)
+    upgrade = cli(tmp_path, cfg, "db", "upgrade")
+    assert upgrade.returncode == 0, upgrade.stderr
+    return cfg
+
+
+def cli(tmp_path: Path, cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pandaserver.daemons.master", "-c", str(cfg),
+                           *args], capture_output=True, text=True, timeout=60,
+                          env=script_env(tmp_path / "cli.jsonl"), stdin=subprocess.DEVNULL)
+
+
+def fleet_events(masters: list[MasterProcess], event: str, name: str) -> list[dict[str, Any]]:
+    """The ``event``s of script ``name`` on every master, each with its server, by time."""
+    rows = []
+    for master in masters:
+        for row in master.events(event, name):
+            rows.append({**row, "server": master.record.stem.removeprefix("record-")})
+    return sorted(rows, key=lambda r: r["t"])
+
+
+def admin(pg_cluster: PgCluster, sql: str) -> None:
+    """``sql`` as the superuser on the ``postgres`` database, autocommit."""
+    conn = psycopg2.connect(**pg_cluster.dsn("postgres"))
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(sql)
+    conn.close()
+
+
+def cut(pg_cluster: PgCluster, dbname: str) -> None:
+    """An outage of ``dbname``: no new connection, the open ones terminated."""
+    admin(pg_cluster, f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')
+    admin(pg_cluster, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                      f" WHERE datname = '{dbname}'")
+
+
+def restore(pg_cluster: PgCluster, dbname: str) -> None:
+    admin(pg_cluster, f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
