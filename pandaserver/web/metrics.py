@@ -36,21 +36,51 @@ from pandaserver.web.fleetview import FleetReader, LocalMaster, Overview, local_
 
 DURATION_BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0)
 DELAY_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0)
+DURATION_OUTCOMES = (OK, FAILED, TIMEOUT)
 Key = tuple[str, ...]
 Sums = dict[Key, list[float]]
 
 
-def _aggregate(conn: Connection, keys: Sequence[ColumnElement[Any]], value: ColumnElement[Any] | None,
-               buckets: Sequence[float], where: Sequence[ColumnElement[bool]]) -> Sums:
-    """Per key: [count, sum of value, cumulative count per bucket...]."""
+def _window_groups(conn: Connection, since: datetime, until: datetime | None
+                   ) -> list[tuple[Key, list[float]]]:
+    """One read of the window, grouped by (script, server, outcome): per group its count,
+    then the duration's sum and cumulative bucket counts, then the delay's count (rows with
+    a due time), sum and cumulative bucket counts. The database does the bucketing and the
+    sums, so Python gets one row per group whatever the rows in the window."""
+    r = daemon_run
+    where = [r.c.started_at >= since, r.c.outcome != RUNNING]
+    if until is not None:
+        where.append(r.c.started_at < until)
+    keys = [r.c.script, r.c.server, r.c.outcome]
+    duration = seconds_between(r.c.ended_at, r.c.started_at)
+    delay = seconds_between(r.c.started_at, r.c.due_at)
     columns: list[ColumnElement[Any]] = [func.count()]
-    if value is not None:
-        columns.append(func.coalesce(func.sum(value), literal(0.0)))
-        columns.extend(func.sum(case((value <= b, 1), else_=0)) for b in buckets)
+    columns.append(func.coalesce(func.sum(duration), literal(0.0)))
+    columns.extend(func.sum(case((duration <= b, 1), else_=0)) for b in DURATION_BUCKETS)
+    columns.append(func.count(delay))
+    columns.append(func.coalesce(func.sum(delay), literal(0.0)))
+    columns.extend(func.sum(case((delay <= b, 1), else_=0)) for b in DELAY_BUCKETS)
     stmt = select(*keys, *columns).where(*where).group_by(*keys)
-    out: Sums = {}
-    for row in conn.execute(stmt).all():
-        out[tuple(str(v) for v in row[:len(keys)])] = [float(v or 0) for v in row[len(keys):]]
+    return [(tuple(str(v) for v in row[:3]), [float(v or 0) for v in row[3:]])
+            for row in conn.execute(stmt).all()]
+
+
+def fold(groups: Iterable[tuple[Key, list[float]]]) -> dict[str, Sums]:
+    """The families from the groups of ``_window_groups``: ``runs`` per (script, server,
+    outcome) [count]; ``durations`` per script over ok, failed and timeout runs and
+    ``delays`` per script over runs with a due time that are not skipped attempts, each
+    [count, sum, cumulative count per bucket...]."""
+    out: dict[str, Sums] = {"runs": {}, "durations": {}, "delays": {}}
+    d = len(DURATION_BUCKETS)
+    for key, values in groups:
+        script, _, outcome = key
+        count = values[0]
+        out["runs"][key] = [count]
+        if outcome in DURATION_OUTCOMES:
+            _add(out["durations"], {(script,): [count, *values[1:2 + d]]})
+        delays = values[2 + d:]
+        if outcome != SKIPPED and delays[0] > 0:
+            _add(out["delays"], {(script,): delays})
     return out
 
 
@@ -73,19 +103,7 @@ class HistoryCounters:
 
     @staticmethod
     def _families(conn: Connection, since: datetime, until: datetime | None) -> dict[str, Sums]:
-        r = daemon_run
-        where = [r.c.started_at >= since, r.c.outcome != RUNNING]
-        if until is not None:
-            where.append(r.c.started_at < until)
-        duration = seconds_between(r.c.ended_at, r.c.started_at)
-        delay = seconds_between(r.c.started_at, r.c.due_at)
-        return {
-            "runs": _aggregate(conn, [r.c.script, r.c.server, r.c.outcome], None, (), where),
-            "durations": _aggregate(conn, [r.c.script], duration, DURATION_BUCKETS,
-                                    [*where, r.c.outcome.in_((OK, FAILED, TIMEOUT))]),
-            "delays": _aggregate(conn, [r.c.script], delay, DELAY_BUCKETS,
-                                 [*where, r.c.due_at.is_not(None), r.c.outcome != SKIPPED]),
-        }
+        return fold(_window_groups(conn, since, until))
 
     def read(self, conn: Connection) -> dict[str, Sums]:
         with self._lock:
