@@ -16,6 +16,7 @@ import pytest
 from freezegun import freeze_time
 from harness import running_master, wait_for, write_config
 from pg import url_text
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import URL, Engine, insert, select, update
 
@@ -315,6 +316,33 @@ def test_metrics_sums_in_sql_equal_a_python_count_of_the_rows(db_engine: Engine)
             assert got[family][key] == pytest.approx(values, abs=1e-6), (family, key)
     # the bucket edges matter: counted with < instead of <=, some differ
     assert any(v[2:] != [v[0]] * (len(v) - 2) for v in want["durations"].values())
+
+
+def test_metrics_text_is_what_prometheus_client_writes_of_the_families(app: FleetApp) -> None:
+    """/metrics writes the history's families straight from their sums: byte for byte what
+    prometheus_client's generate_latest makes of the same families, on the fixture's
+    history and on sums with labels that need escaping and values of every shape."""
+    collector = app.collector
+    scrape = collector.read()
+    assert scrape.overview is not None and scrape.sums["durations"]
+
+    class Families:
+        def __init__(self, scrape: Any) -> None:
+            self.scrape = scrape
+
+        def collect(self) -> Any:
+            return collector.families(self.scrape)
+
+    assert collector.text(scrape) == generate_latest(Families(scrape))  # type: ignore[arg-type]
+    odd = 'a"b\\c\nd é'
+    width = {"durations": 2 + len(DURATION_BUCKETS), "delays": 2 + len(DELAY_BUCKETS)}
+    sums = {
+        "runs": {(odd, "srv", "skipped"): [3.0], ("s", odd, "ok"): [1e7], ("s", "x", "lost"): [0.0]},
+        **{family: {(odd,): [5.0, 1234567.125, *range(n - 2)], ("z",): [0.0] * n}
+           for family, n in width.items()},
+    }
+    weird = replace(scrape, sums=sums)
+    assert collector.text(weird) == generate_latest(Families(weird))  # type: ignore[arg-type]
 
 
 def test_one_script_view_equals_its_view_in_the_fleet_overview(app: FleetApp) -> None:
