@@ -9,6 +9,11 @@ runs are written when they end). The window is a day, or a third of
 process starts its counters from the rows of its first window (a counter reset to
 Prometheus), so keep one process serving ``/metrics`` (gunicorn ``--workers 1``; mod_wsgi
 ``processes=1``), with threads for concurrency.
+
+Each count is one statement grouped by (script, server, outcome), the database doing the
+histograms' bucketing and sums: Python gets one row per group whatever the window holds.
+The history's families, most of the page's lines, are written straight from those sums
+(``FleetCollector.text``), byte for byte what ``generate_latest`` makes of ``collect()``.
 """
 
 from __future__ import annotations
