@@ -39,16 +39,18 @@ def scripts(name: str = "scripts") -> CTE:
     return found.union_all(select(after).where(found.c.script.is_not(None)))
 
 
-def newest_per_pair(name: str = "pairs") -> CTE:
+def newest_per_pair(name: str = "pairs", script: str | None = None) -> CTE:
     """A CTE of (``script``, ``server``, ``id``): per (script, server) with a run that is not
     a skipped attempt, the id of its newest such run (the later id of two at the same
     instant), walking the partial index backwards: each step is one probe (two when it moves
     to the previous script) for the newest entry of the pair just before the last one
-    found, and one read of that row by id."""
+    found, and one read of that row by id. With ``script``, that script's pairs only (one
+    probe per server of that script)."""
     r0, r1 = daemon_run.alias("p0"), daemon_run.alias("p1")
     newest_first = (r0.c.script.desc(), r0.c.server.desc(), r0.c.started_at.desc(),
                     r0.c.id.desc())
-    seed_id = select(r0.c.id).where(not_skipped(r0)).order_by(*newest_first).limit(1)
+    only = [r0.c.script == script] if script is not None else []
+    seed_id = select(r0.c.id).where(*only, not_skipped(r0)).order_by(*newest_first).limit(1)
     seed = select(r1.c.script, r1.c.server, r1.c.id).where(r1.c.id == seed_id.scalar_subquery())
     found = seed.cte(name, recursive=True)
     r2, r3, r4 = daemon_run.alias("p2"), daemon_run.alias("p3"), daemon_run.alias("p4")
@@ -62,9 +64,9 @@ def newest_per_pair(name: str = "pairs") -> CTE:
     # the previous server of the same script, else the last server of the previous script:
     # two plain range seeks (a row-value comparison would be one, but SQLite seeks on its
     # first column only and then reads the whole pair)
-    previous = func.coalesce(
-        newest_where(r2, r2.c.script == found.c.script, r2.c.server < found.c.server),
-        newest_where(r4, r4.c.script < found.c.script))
+    previous = newest_where(r2, r2.c.script == found.c.script, r2.c.server < found.c.server)
+    if script is None:
+        previous = func.coalesce(previous, newest_where(r4, r4.c.script < found.c.script))
     step = select(r3.c.script, r3.c.server, r3.c.id).select_from(
         found.join(r3, r3.c.id == previous))
     return found.union_all(step)

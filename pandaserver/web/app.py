@@ -29,7 +29,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.exc import SQLAlchemyError
 
 from pandaserver.config import PandaConfig
@@ -131,7 +131,7 @@ class FleetApp:
             found = _static(parts[1])
             return found or self.not_found(prefix, parts)
         if parts == ["metrics"]:
-            return Response("200 OK", generate_latest(self.registry), CONTENT_TYPE_LATEST)
+            return Response("200 OK", self.collector.text(), CONTENT_TYPE_LATEST)
         if parts == ["api"]:
             return _json(API_INDEX)
         api = parts[:1] == ["api"]

@@ -200,8 +200,14 @@ class FleetReader:
                         holds=ControlStore(self.engine).holds())
 
     def script(self, name: str, limit: int) -> ScriptDetail:
-        overview = self.overview()
-        view = next((s for s in overview.scripts if s.name == name), None)
+        """One script's view (as ``overview()`` has it, from that script's rows only) and its
+        newest ``limit`` runs."""
+        snap = queries.read_fleet(self.engine, script=name)
+        servers = server_views(snap.servers, self.cfg.daemon.heartbeat_interval)
+        specs = {name: self.specs[name]} if name in self.specs else {}
+        views = script_views(specs, snap.last_runs, snap.facts, snap.leases, servers,
+                             snap.db_now, self.settings.stale_factor)
+        view = next((s for s in views if s.name == name), None)
         now, runs = queries.read_runs(self.engine, name, limit)
         return ScriptDetail(db_now=now, script=view, runs=runs)
 

@@ -9,6 +9,11 @@ runs are written when they end). The window is a day, or a third of
 process starts its counters from the rows of its first window (a counter reset to
 Prometheus), so keep one process serving ``/metrics`` (gunicorn ``--workers 1``; mod_wsgi
 ``processes=1``), with threads for concurrency.
+
+Each count is one statement grouped by (script, server, outcome), the database doing the
+histograms' bucketing and sums: Python gets one row per group whatever the window holds.
+The history's families, most of the page's lines, are written straight from those sums
+(``FleetCollector.text``), byte for byte what ``generate_latest`` makes of ``collect()``.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,7 +31,9 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.utils import floatToGoString
 from sqlalchemy import ColumnElement, Connection, case, func, literal, select
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -36,21 +44,51 @@ from pandaserver.web.fleetview import FleetReader, LocalMaster, Overview, local_
 
 DURATION_BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0)
 DELAY_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0)
+DURATION_OUTCOMES = (OK, FAILED, TIMEOUT)
 Key = tuple[str, ...]
 Sums = dict[Key, list[float]]
 
 
-def _aggregate(conn: Connection, keys: Sequence[ColumnElement[Any]], value: ColumnElement[Any] | None,
-               buckets: Sequence[float], where: Sequence[ColumnElement[bool]]) -> Sums:
-    """Per key: [count, sum of value, cumulative count per bucket...]."""
+def _window_groups(conn: Connection, since: datetime, until: datetime | None
+                   ) -> list[tuple[Key, list[float]]]:
+    """One read of the window, grouped by (script, server, outcome): per group its count,
+    then the duration's sum and cumulative bucket counts, then the delay's count (rows with
+    a due time), sum and cumulative bucket counts. The database does the bucketing and the
+    sums, so Python gets one row per group whatever the rows in the window."""
+    r = daemon_run
+    where = [r.c.started_at >= since, r.c.outcome != RUNNING]
+    if until is not None:
+        where.append(r.c.started_at < until)
+    keys = [r.c.script, r.c.server, r.c.outcome]
+    duration = seconds_between(r.c.ended_at, r.c.started_at)
+    delay = seconds_between(r.c.started_at, r.c.due_at)
     columns: list[ColumnElement[Any]] = [func.count()]
-    if value is not None:
-        columns.append(func.coalesce(func.sum(value), literal(0.0)))
-        columns.extend(func.sum(case((value <= b, 1), else_=0)) for b in buckets)
+    columns.append(func.coalesce(func.sum(duration), literal(0.0)))
+    columns.extend(func.sum(case((duration <= b, 1), else_=0)) for b in DURATION_BUCKETS)
+    columns.append(func.count(delay))
+    columns.append(func.coalesce(func.sum(delay), literal(0.0)))
+    columns.extend(func.sum(case((delay <= b, 1), else_=0)) for b in DELAY_BUCKETS)
     stmt = select(*keys, *columns).where(*where).group_by(*keys)
-    out: Sums = {}
-    for row in conn.execute(stmt).all():
-        out[tuple(str(v) for v in row[:len(keys)])] = [float(v or 0) for v in row[len(keys):]]
+    return [(tuple(str(v) for v in row[:3]), [float(v or 0) for v in row[3:]])
+            for row in conn.execute(stmt).all()]
+
+
+def fold(groups: Iterable[tuple[Key, list[float]]]) -> dict[str, Sums]:
+    """The families from the groups of ``_window_groups``: ``runs`` per (script, server,
+    outcome) [count]; ``durations`` per script over ok, failed and timeout runs and
+    ``delays`` per script over runs with a due time that are not skipped attempts, each
+    [count, sum, cumulative count per bucket...]."""
+    out: dict[str, Sums] = {"runs": {}, "durations": {}, "delays": {}}
+    d = len(DURATION_BUCKETS)
+    for key, values in groups:
+        script, _, outcome = key
+        count = values[0]
+        out["runs"][key] = [count]
+        if outcome in DURATION_OUTCOMES:
+            _add(out["durations"], {(script,): [count, *values[1:2 + d]]})
+        delays = values[2 + d:]
+        if outcome != SKIPPED and delays[0] > 0:
+            _add(out["delays"], {(script,): delays})
     return out
 
 
@@ -73,19 +111,7 @@ class HistoryCounters:
 
     @staticmethod
     def _families(conn: Connection, since: datetime, until: datetime | None) -> dict[str, Sums]:
-        r = daemon_run
-        where = [r.c.started_at >= since, r.c.outcome != RUNNING]
-        if until is not None:
-            where.append(r.c.started_at < until)
-        duration = seconds_between(r.c.ended_at, r.c.started_at)
-        delay = seconds_between(r.c.started_at, r.c.due_at)
-        return {
-            "runs": _aggregate(conn, [r.c.script, r.c.server, r.c.outcome], None, (), where),
-            "durations": _aggregate(conn, [r.c.script], duration, DURATION_BUCKETS,
-                                    [*where, r.c.outcome.in_((OK, FAILED, TIMEOUT))]),
-            "delays": _aggregate(conn, [r.c.script], delay, DELAY_BUCKETS,
-                                 [*where, r.c.due_at.is_not(None), r.c.outcome != SKIPPED]),
-        }
+        return fold(_window_groups(conn, since, until))
 
     def read(self, conn: Connection) -> dict[str, Sums]:
         with self._lock:
@@ -119,7 +145,8 @@ class FleetCollector(Collector):
         self.db_errors = 0
         self._lock = threading.Lock()
 
-    def collect(self) -> Iterator[Metric]:
+    def read(self) -> Scrape:
+        """What one scrape shows: the fleet's overview and the history's counters."""
         overview: Overview | None = None
         sums: dict[str, Sums] = {}
         try:
@@ -129,40 +156,120 @@ class FleetCollector(Collector):
         except SQLAlchemyError:
             with self._lock:
                 self.db_errors += 1
-        up = GaugeMetricFamily("panda_daemon_database_up",
-                               "1 when this scrape could read the shared database")
-        up.add_metric([], 0.0 if overview is None or not sums else 1.0)
-        yield up
-        errors = CounterMetricFamily("panda_daemon_web_database_errors",
-                                     "database errors met by the web application's reads")
-        errors.add_metric([], float(self.db_errors))
-        yield errors
-        yield from _local_metrics(overview.local if overview else local_master_views(self.reader.state_dir))
         if overview is None or not sums:
+            return Scrape(None, {}, self.db_errors, local_master_views(self.reader.state_dir))
+        return Scrape(overview, sums, self.db_errors, overview.local)
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.families(self.read())
+
+    def families(self, scrape: Scrape) -> Iterator[Metric]:
+        yield from _head_metrics(scrape)
+        if scrape.overview is None:
             return
-        yield from _history_metrics(sums)
-        yield from _fleet_metrics(overview)
+        yield from _history_metrics(scrape.sums)
+        yield from _fleet_metrics(scrape.overview)
+
+    def text(self, scrape: Scrape | None = None) -> bytes:
+        """The Prometheus text of ``scrape`` (read now by default): byte for byte what
+        ``generate_latest`` makes of ``families(scrape)``, but the history's families (one
+        sample per script and bucket, most of the page) are written straight from their sums
+        instead of through one ``Sample`` per line (tests compare the two)."""
+        scrape = scrape or self.read()
+        parts = [generate_latest(_Families(_head_metrics(scrape)))]
+        if scrape.overview is not None:
+            parts.append(_history_text(scrape.sums).encode("utf-8"))
+            parts.append(generate_latest(_Families(_fleet_metrics(scrape.overview))))
+        return b"".join(parts)
+
+
+@dataclass(frozen=True)
+class Scrape:
+    overview: Overview | None  # None: the database could not be read
+    sums: dict[str, Sums]
+    db_errors: int
+    local: list[LocalMaster]
+
+
+class _Families(Collector):
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
+
+
+def _head_metrics(scrape: Scrape) -> Iterator[Metric]:
+    up = GaugeMetricFamily("panda_daemon_database_up",
+                           "1 when this scrape could read the shared database")
+    up.add_metric([], 0.0 if scrape.overview is None else 1.0)
+    yield up
+    errors = CounterMetricFamily("panda_daemon_web_database_errors",
+                                 "database errors met by the web application's reads")
+    errors.add_metric([], float(scrape.db_errors))
+    yield errors
+    yield from _local_metrics(scrape.local)
+
+
+def _go(value: float) -> str:
+    """A sample's value as prometheus_client writes it."""
+    return str(floatToGoString(value))  # type: ignore[no-untyped-call]
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
+
+
+def _head(name: str, doc: str, kind: str) -> str:
+    return f"# HELP {name} {doc}\n# TYPE {name} {kind}\n"
+
+
+def _history_text(sums: dict[str, Sums]) -> str:
+    """The text of ``_history_metrics(sums)``, written directly."""
+    out = [_head(RUNS[0] + "_total", RUNS[1], "counter")]
+    skips = [_head(CONTENTION[0] + "_total", CONTENTION[1], "counter")]
+    for (script, server, outcome), values in sorted(sums["runs"].items()):
+        labels = f'script="{_label(script)}",server="{_label(server)}"'
+        value = _go(values[0])
+        out.append(f'{RUNS[0]}_total{{outcome="{_label(outcome)}",{labels}}} {value}\n')
+        if outcome == SKIPPED:
+            skips.append(f"{CONTENTION[0]}_total{{{labels}}} {value}\n")
+    out.extend(skips)
+    for (name, doc), family, buckets in ((DURATIONS, "durations", DURATION_BUCKETS),
+                                         (DELAYS, "delays", DELAY_BUCKETS)):
+        out.append(_head(name, doc, "histogram"))
+        les = [f"{b:g}" for b in buckets]
+        for (script,), values in sorted(sums[family].items()):
+            label = f'script="{_label(script)}"'
+            out.extend(f'{name}_bucket{{le="{le}",{label}}} {_go(c)}\n'
+                       for le, c in zip(les, values[2:], strict=True))
+            count = _go(values[0])
+            out.append(f'{name}_bucket{{le="+Inf",{label}}} {count}\n')
+            out.append(f"{name}_count{{{label}}} {count}\n")
+            out.append(f"{name}_sum{{{label}}} {_go(values[1])}\n")
+    return "".join(out)
+
+
+RUNS = ("panda_daemon_runs", "finished runs by script, server and outcome")
+CONTENTION = ("panda_daemon_lease_contention",
+              "old history rows of attempts skipped because another server held the lease (no"
+              " longer written: see panda_daemon_lease_contended_total)")
+DURATIONS = ("panda_daemon_run_duration_seconds", "duration of finished runs (ok, failed, timeout)")
+DELAYS = ("panda_daemon_dispatch_delay_seconds",
+          "start minus due time, for runs whose due time was recorded")
 
 
 def _history_metrics(sums: dict[str, Sums]) -> Iterator[Metric]:
-    runs = CounterMetricFamily("panda_daemon_runs", "finished runs by script, server and outcome",
-                               labels=["script", "server", "outcome"])
-    skips = CounterMetricFamily("panda_daemon_lease_contention",
-                                "old history rows of attempts skipped because another server"
-                                " held the lease (no longer written: see"
-                                " panda_daemon_lease_contended_total)", labels=["script", "server"])
+    runs = CounterMetricFamily(*RUNS, labels=["script", "server", "outcome"])
+    skips = CounterMetricFamily(*CONTENTION, labels=["script", "server"])
     for key, values in sorted(sums["runs"].items()):
         runs.add_metric(list(key), values[0])
         if key[2] == SKIPPED:
             skips.add_metric([key[0], key[1]], values[0])
     yield runs
     yield skips
-    yield _histogram("panda_daemon_run_duration_seconds",
-                     "duration of finished runs (ok, failed, timeout)", sums["durations"],
-                     DURATION_BUCKETS)
-    yield _histogram("panda_daemon_dispatch_delay_seconds",
-                     "start minus due time, for runs whose due time was recorded",
-                     sums["delays"], DELAY_BUCKETS)
+    yield _histogram(*DURATIONS, sums["durations"], DURATION_BUCKETS)
+    yield _histogram(*DELAYS, sums["delays"], DELAY_BUCKETS)
 
 
 def _gauges(name: str, doc: str, labels: list[str],

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Connection, Engine, String, func, literal, select
 
 from pandaserver.db import skipscan
 from pandaserver.db.clock import UtcDateTime, db_now
@@ -34,28 +35,34 @@ class FleetSnapshot:
     facts: dict[str, ScriptFacts]
 
 
-def read_fleet(engine: Engine) -> FleetSnapshot:
+def read_fleet(engine: Engine, script: str | None = None) -> FleetSnapshot:
+    """The fleet; with ``script``, only what that script's view needs (its lease, its newest
+    run per server and its facts, beside every server): one probe per server of that script
+    instead of one per pair of the fleet."""
     servers = HeartbeatStore(engine).list_servers()
     leases = LeaseStore(engine).list_leases()
+    if script is not None:
+        leases = [lease for lease in leases if lease.name == script]
     with engine.connect() as conn:
         now = db_now(conn)
         return FleetSnapshot(db_now=now, servers=servers, leases=leases,
-                             last_runs=_last_runs(conn), facts=_facts(conn))
+                             last_runs=_last_runs(conn, script), facts=_facts(conn, script))
 
 
-def _last_runs(conn: Connection) -> list[RunRow]:
+def _last_runs(conn: Connection, script: str | None = None) -> list[RunRow]:
     """Per (script, server) with a run that is not a skipped attempt, its newest such run
     (the later id of two at the same instant): one index probe per pair."""
     r = daemon_run
-    pairs = skipscan.newest_per_pair()
+    pairs = skipscan.newest_per_pair(script=script)
     stmt = select(r).join(pairs, r.c.id == pairs.c.id).order_by(r.c.script, r.c.server)
     return [RunRow(**row._mapping) for row in conn.execute(stmt).all()]
 
 
-def _facts(conn: Connection) -> dict[str, ScriptFacts]:
+def _facts(conn: Connection, script: str | None = None) -> dict[str, ScriptFacts]:
     """Per script: its first run and the end of its last success (two probes each)."""
     a, b = daemon_run.alias("first"), daemon_run.alias("success")
-    names = skipscan.scripts()
+    names: Any = skipscan.scripts() if script is None else select(
+        literal(script, String()).label("script")).subquery("one")
     first = (select(func.min(a.c.started_at, type_=UtcDateTime()))
              .where(a.c.script == names.c.script).scalar_subquery())
     success = (select(func.max(b.c.ended_at, type_=UtcDateTime()))
@@ -63,7 +70,8 @@ def _facts(conn: Connection) -> dict[str, ScriptFacts]:
     stmt = select(names.c.script, first.label("first"), success.label("success")
                   ).where(names.c.script.is_not(None))
     return {row.script: ScriptFacts(first_seen=row.first, last_success=row.success)
-            for row in conn.execute(stmt).all()}
+            for row in conn.execute(stmt).all()
+            if script is None or row.first is not None or row.success is not None}
 
 
 def read_runs(engine: Engine, name: str, limit: int) -> tuple[datetime, list[RunRow]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,9 @@ import pytest
 from freezegun import freeze_time
 from harness import running_master, wait_for, write_config
 from pg import url_text
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import URL, Engine, update
+from sqlalchemy import URL, Engine, insert, select, update
 
 from pandaserver.config import load_config
 from pandaserver.daemons.localstatus import local_status, render_local_status
@@ -25,9 +27,9 @@ from pandaserver.db.heartbeat import HeartbeatStore
 from pandaserver.db.history import HistoryStore, RunRecord
 from pandaserver.db.leases import LeaseStore
 from pandaserver.db.schema import upgrade
-from pandaserver.db.tables import daemon_lease
+from pandaserver.db.tables import daemon_lease, daemon_run
 from pandaserver.web.app import FleetApp
-from pandaserver.web.metrics import HistoryCounters
+from pandaserver.web.metrics import DELAY_BUCKETS, DURATION_BUCKETS, HistoryCounters
 from pandaserver.web.settings import WebSettings
 from pandaserver.web.wsgi import LazyApplication
 
@@ -254,6 +256,109 @@ def test_counters_never_go_down_when_history_is_pruned(db_engine: Engine) -> Non
     # prune what is older than the window (as history_retention_days > 3 windows does)
     assert history.prune(older_than_days=0.6 / 86400) >= 1
     assert total() == 2
+
+
+def _python_families(rows: list[Any]) -> dict[str, dict[tuple[str, ...], list[float]]]:
+    """What /metrics' counters must hold, computed in plain Python from the rows."""
+    out: dict[str, dict[tuple[str, ...], list[float]]] = {"runs": {}, "durations": {},
+                                                          "delays": {}}
+
+    def add(family: str, key: tuple[str, ...], value: float | None,
+            buckets: tuple[float, ...]) -> None:
+        have = out[family].setdefault(key, [0.0] * (2 + len(buckets)))
+        have[0] += 1
+        if value is not None:
+            have[1] += value
+            for i, bucket in enumerate(buckets):
+                have[2 + i] += value <= bucket
+
+    for r in rows:
+        if r.outcome == "running":
+            continue
+        key = (r.script, r.server, r.outcome)
+        out["runs"][key] = [out["runs"].get(key, [0.0])[0] + 1]
+        if r.outcome in ("ok", "failed", "timeout"):
+            add("durations", (r.script,), None if r.ended_at is None
+                else (r.ended_at - r.started_at).total_seconds(), DURATION_BUCKETS)
+        if r.due_at is not None and r.outcome != "skipped":
+            add("delays", (r.script,), (r.started_at - r.due_at).total_seconds(), DELAY_BUCKETS)
+    return out
+
+
+def test_metrics_sums_in_sql_equal_a_python_count_of_the_rows(db_engine: Engine) -> None:
+    """Durations and delays exactly on every bucket's edge and one microsecond each side,
+    on several servers and outcomes, NULL due times, skipped and running rows: the
+    database's bucketing and sums equal a plain count over the same rows."""
+    with db_engine.connect() as conn:
+        now = db_now(conn).replace(microsecond=0) - timedelta(hours=1)
+    us = timedelta(microseconds=1)
+    rows: list[dict[str, Any]] = []
+    outcomes = ["ok", "failed", "timeout", "lost", "killed", "skipped", "running"]
+    for i, edge in enumerate(DURATION_BUCKETS + DELAY_BUCKETS):
+        for j, nudge in enumerate((-us, 0 * us, us)):
+            started = now - timedelta(seconds=10 * i, milliseconds=j)
+            length = timedelta(seconds=edge) + nudge
+            outcome = outcomes[(i + j) % len(outcomes)]
+            rows.append({"script": f"s{i % 3}", "server": f"srv-{j}", "outcome": outcome,
+                         "started_at": started,
+                         "ended_at": None if outcome == "running" else started + length,
+                         "due_at": None if (i + j) % 5 == 0 else started - length})
+    with db_engine.begin() as conn:
+        conn.execute(insert(daemon_run), rows)
+    with db_engine.connect() as conn:
+        got = HistoryCounters(window=86400).read(conn)
+        stored = conn.execute(select(daemon_run)).all()
+    want = _python_families(list(stored))
+    assert set(got) == set(want)
+    for family, sums in want.items():
+        assert set(got[family]) == set(sums), family
+        for key, values in sums.items():
+            assert got[family][key] == pytest.approx(values, abs=1e-6), (family, key)
+    # the bucket edges matter: counted with < instead of <=, some differ
+    assert any(v[2:] != [v[0]] * (len(v) - 2) for v in want["durations"].values())
+
+
+def test_metrics_text_is_what_prometheus_client_writes_of_the_families(app: FleetApp) -> None:
+    """/metrics writes the history's families straight from their sums: byte for byte what
+    prometheus_client's generate_latest makes of the same families, on the fixture's
+    history and on sums with labels that need escaping and values of every shape."""
+    collector = app.collector
+    scrape = collector.read()
+    assert scrape.overview is not None and scrape.sums["durations"]
+
+    class Families:
+        def __init__(self, scrape: Any) -> None:
+            self.scrape = scrape
+
+        def collect(self) -> Any:
+            return collector.families(self.scrape)
+
+    assert collector.text(scrape) == generate_latest(Families(scrape))  # type: ignore[arg-type]
+    odd = 'a"b\\c\nd é'
+    width = {"durations": 2 + len(DURATION_BUCKETS), "delays": 2 + len(DELAY_BUCKETS)}
+    sums = {
+        "runs": {(odd, "srv", "skipped"): [3.0], ("s", odd, "ok"): [1e7], ("s", "x", "lost"): [0.0]},
+        **{family: {(odd,): [5.0, 1234567.125, *range(n - 2)], ("z",): [0.0] * n}
+           for family, n in width.items()},
+    }
+    weird = replace(scrape, sums=sums)
+    assert collector.text(weird) == generate_latest(Families(weird))  # type: ignore[arg-type]
+
+
+def test_one_script_view_equals_its_view_in_the_fleet_overview(app: FleetApp) -> None:
+    overview = app.reader.overview()
+    names = [v.name for v in overview.scripts]
+    assert {"fresh", "old", "shared", "never"} <= set(names)
+    def timeless(view: Any) -> Any:  # what moves with the database's clock between reads
+        runs = [replace(run, overdue=None) for run in view.runs]
+        return replace(view, runs=runs, overdue=None, since_success=None)
+
+    for view in overview.scripts:
+        alone = app.reader.script(view.name, 10).script
+        assert alone is not None and timeless(alone) == timeless(view)
+        assert (alone.overdue is None) == (view.overdue is None)
+        assert (alone.since_success is None) == (view.since_success is None)
+    assert app.reader.script("nowhere", 10).script is None
 
 
 def test_database_down_gives_503_pages_and_metrics_that_say_so(tmp_path: Path) -> None:
