@@ -169,30 +169,28 @@ def _end_stmt(run_id: int, outcome: str, error: str | None, ended_ago: float) ->
 
 def _start_params(item: RunStart) -> dict[str, Any]:
     _check_seconds("started_ago", item.started_ago)
-    due = item.due_before_start
-    if due is not None:
-        _check_seconds("due_before_start", due)
-    return runwrites.row_params(
-        script=item.script, server=item.server, pid=item.pid, generation=item.generation,
-        master_id=item.master_id, master_pid=item.master_pid, run_id=item.run_id,
-        started_ago=item.started_ago, ended_ago=None,
-        due_ago=None if due is None else item.started_ago + due, outcome=RUNNING, error=None)
+    return _row_params(item, item.started_ago, None, RUNNING, None)
 
 
 def _final_params(run: RunRecord) -> dict[str, Any]:
     _check_outcome(run.outcome, END_OUTCOMES)
     _check_seconds("duration", run.duration)
     _check_seconds("ended_ago", run.ended_ago)
-    started_ago = run.ended_ago + run.duration
+    return _row_params(run, run.ended_ago + run.duration, run.ended_ago, run.outcome,
+                       _clip(run.error))
+
+
+def _row_params(run: RunStart | RunRecord, started_ago: float, ended_ago: float | None,
+                outcome: str, error: str | None) -> dict[str, Any]:
+    """The row of a run's start or end (both carry the same identity and due time)."""
     due = run.due_before_start
     if due is not None:
         _check_seconds("due_before_start", due)
     return runwrites.row_params(
         script=run.script, server=run.server, pid=run.pid, generation=run.generation,
         master_id=run.master_id, master_pid=run.master_pid, run_id=run.run_id,
-        started_ago=started_ago, ended_ago=run.ended_ago,
-        due_ago=None if due is None else started_ago + due, outcome=run.outcome,
-        error=_clip(run.error))
+        started_ago=started_ago, ended_ago=ended_ago,
+        due_ago=None if due is None else started_ago + due, outcome=outcome, error=error)
 
 
 class HistoryStore:
