@@ -383,22 +383,3 @@ def end_now(procs: list[Proc], grace: float, kill_wait: float = 5.0) -> list[Pro
             return alive
         proctable.kill(alive)
     return []
-
-
-def sweep_after_master(master: str | None = None) -> None:
-    """In a worker whose master is gone (its lifeline closed): SIGKILL every process of this
-    worker's tree and session, everything carrying the master's marker (orphans the master
-    had adopted), and finally this worker's cgroup with the worker in it."""
-    me = os.getpid()
-    master = master if master is not None else os.environ.get(MASTER_VAR)
-    table = proctable.scan()
-    victims = proctable.descendants(proctable.children_map(table), [me])
-    victims |= {proc.pid for proc in table.values() if proc.sid == me}
-    if master:
-        victims |= {pid for pid in table
-                    if proctable.environ_value(pid, MASTER_VAR) == master}
-    proctable.kill(table[pid] for pid in victims - {me} if pid in table)
-    own = cgroups.cgroup_of()
-    if own is not None and own.name.startswith("worker-") and \
-            own.parent.name.startswith(cgroups.PREFIX):
-        cgroups.kill_all(own)

@@ -5,7 +5,7 @@ opened (database connections included) is inherited. Each worker leads its own p
 (so a timeout kills the script's children too) and holds the read end of a *lifeline* pipe
 whose write end only the master holds: when the master dies, even by SIGKILL, the pipe reports
 end-of-file and the worker kills its whole tree and every process marked as its master's (see
-``worker.watch_lifeline`` and ``containment.sweep_after_master``). Which processes belong to
+``worker.watch_lifeline`` and ``watchdog.sweep_after_master``). Which processes belong to
 which run, and their end when the run ends, is ``containment``'s.
 """
 

@@ -17,12 +17,16 @@ import os
 import select
 import signal
 import struct
+import threading
 import time
 
 from pandaserver.daemons import cgroups, proctable
-from pandaserver.daemons.containment import RUN_VAR, sweep_after_master
+from pandaserver.daemons.containment import MASTER_VAR, RUN_VAR
 
 RECORD = struct.Struct("<d")
+CHANNEL_WAIT = 5.0  # seconds a closed channel waits for the lifeline to show the master gone
+SWEEP_PASSES = 3
+_PAUSE = threading.Event()  # never set: a sleep that libfaketime does not break
 
 
 def encode_deadline(deadline: float | None) -> bytes:
@@ -52,11 +56,85 @@ def end_the_run() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+_SWEEP = threading.Lock()  # taken by the first thread to see the master gone, never released
+
+
 def master_gone() -> None:
-    """End-of-file on the lifeline: kill everything this worker and its master's runs left."""
-    sweep_after_master()
-    os.killpg(os.getpgid(0), signal.SIGKILL)
-    os._exit(1)  # not reached unless we are not in our own group
+    """The master is gone: kill everything this worker and its master's runs left. Never
+    returns; a second thread that gets here waits for the first to end the process."""
+    _SWEEP.acquire()
+    try:
+        sweep_after_master()
+    finally:
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+        os._exit(1)  # not reached unless we are not in our own group
+
+
+def gone(fd: int, timeout: float = 0.0) -> bool:
+    """Whether the lifeline ``fd`` shows its master gone (its write end closed), waiting up to
+    ``timeout`` for it; reads nothing, so the lifeline thread misses no deadline."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            events = poller.poll(max(0, int(remaining * 1000)))
+        except InterruptedError:
+            continue
+        if any(flags & (select.POLLHUP | select.POLLERR) for _, flags in events):
+            return True
+        if remaining <= 0:
+            return False
+        if events:  # a deadline not read yet by the lifeline thread: it soon is
+            _PAUSE.wait(0.01)
+
+
+def before_exit(fd: int, channel_closed: bool) -> None:
+    """Called by the worker's main thread before it returns. A master that dies closes the
+    worker's channel and its lifeline together: a worker that then simply exited could cut
+    short the sweep its lifeline thread has begun (and another worker's run would keep its
+    children). So a closed channel is first checked against the lifeline (up to
+    ``CHANNEL_WAIT`` seconds) and, with the master gone, this thread sweeps too."""
+    if gone(fd, CHANNEL_WAIT if channel_closed else 0.0):
+        master_gone()
+
+
+def sweep_after_master(master: str | None = None) -> None:
+    """In a worker whose master is gone (its lifeline closed), SIGKILL:
+
+    1. every process of this worker's tree and session, and everything carrying the master's
+       marker (orphans the master had adopted), the runs' processes before the other
+       workers (a worker killed halfway through its own sweep leaves nothing unswept), and
+       again until a pass finds nothing new (what was forked during the last pass);
+    2. with cgroups, the dead master's whole subtree at once (every worker and everything
+       any of its runs left, however started), this worker included;
+    3. otherwise this worker's own cgroup, and then its process group.
+    """
+    me = os.getpid()
+    master = master if master is not None else os.environ.get(MASTER_VAR)
+    killed: set[str] = set()
+    for _ in range(SWEEP_PASSES):
+        table = proctable.scan()
+        victims = proctable.descendants(proctable.children_map(table), [me])
+        victims |= {proc.pid for proc in table.values() if proc.sid == me}
+        if master:
+            victims |= {pid for pid in table
+                        if proctable.environ_value(pid, MASTER_VAR) == master}
+        found = [table[pid] for pid in victims - {me}
+                 if pid in table and table[pid].identity not in killed]
+        if not found:
+            break
+        runs_first = sorted(found, key=lambda p: proctable.environ_value(p.pid, RUN_VAR) is None)
+        proctable.kill(runs_first)
+        killed.update(proc.identity for proc in found)
+    own = cgroups.cgroup_of()
+    if own is None or not own.name.startswith("worker-") or \
+            not own.parent.name.startswith(cgroups.PREFIX):
+        return
+    if master and own.parent.name == cgroups.PREFIX + master.replace(".", "-"):
+        cgroups.kill_all(own.parent)  # the dead master's own subtree, never a live one's
+    cgroups.kill_all(own)
 
 
 def watch_lifeline(fd: int, kill_grace: float) -> None:

@@ -26,9 +26,10 @@ from pandaserver.daemons.logsink import DropCounter, SafeHandler
 from pandaserver.daemons.pool import KILL_GRACE
 from pandaserver.daemons.processes import set_title
 from pandaserver.daemons.services import make_tbuf, set_context
-from pandaserver.daemons.watchdog import watch_lifeline
+from pandaserver.daemons.watchdog import before_exit, watch_lifeline
 
 log = logging.getLogger("panda.worker")
+CHANNEL_CLOSED = -1  # serve() saw end-of-file on the master channel
 
 LOG_FORMAT = (
     "%(asctime)s %(levelname)s [%(script)s run %(run)s] worker %(worker)s pid %(process)d"
@@ -73,7 +74,7 @@ class Worker:
             try:
                 message = protocol.recv(self.conn)
             except EOFError:
-                return 0
+                return CHANNEL_CLOSED
             if message["op"] == "exit":
                 log.debug("worker %s asked to exit", self.index)
                 return 0
@@ -175,10 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     sys.stderr = capture.LineLogger("stderr", logging.WARNING)
     worker = Worker(Connection(args.fd), args.index, args.server_name, args.config, drops)
     try:
-        return worker.serve()
-    except (EOFError, protocol.ProtocolError) as exc:
+        code = worker.serve()
+    except (EOFError, protocol.ProtocolError, OSError) as exc:
+        before_exit(args.lifeline, channel_closed=True)
         log.error("worker %s lost its master channel: %s", args.index, exc)
         return 1
+    before_exit(args.lifeline, channel_closed=code == CHANNEL_CLOSED)
+    return 1 if code == CHANNEL_CLOSED else code
 
 
 if __name__ == "__main__":

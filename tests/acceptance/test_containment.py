@@ -239,3 +239,27 @@ def test_stop_after_master_and_workers_died_kills_and_names_what_their_runs_left
         assert not pid_alive(daemon)
     finally:
         svc.cli("stop")
+
+
+# ----- kill -9 of the master while a run has children --------------------------------------
+ROUNDS = 8
+
+
+def test_kill_9_of_the_master_mid_run_leaves_nothing_round_after_round(
+        tmp_path: Path, mode: str) -> None:
+    """The master dies by SIGKILL just as a run has started a child, with idle workers beside
+    the busy one. Every worker sees its master gone at once; an idle one used to exit as soon
+    as its channel closed, cutting short a sweep that had already killed the busy worker, so
+    the run's child survived (about one round in thirty). Each round must leave nothing."""
+    for round_ in range(ROUNDS):
+        workdir = tmp_path / f"round-{round_}"
+        workdir.mkdir()
+        cfg = write_config(workdir, {"kids": {"module": "spawner", "period": 60}}, n_proc=4)
+        with master_in(mode, cfg, workdir) as master:
+            child = master.wait_events(1, "start", "kids")[0]["child"]
+            wait_for(lambda: len(master.workers()) == 4, 15, "four workers")
+            tree = master.tree()
+            assert any(p.pid == child for p in tree)
+            master.signal(signal.SIGKILL)
+            wait_for(lambda: not any(pid_alive(p.pid) for p in tree), 10,  # noqa: B023
+                     f"round {round_}: every worker and the run's child to die with the master")
