@@ -25,7 +25,6 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-import psycopg2
 from pg import PgCluster, url_text
 from scale import env, start_master, stop_all, write_config
 
@@ -59,13 +58,7 @@ CREATE TRIGGER bench_log_grant AFTER INSERT OR UPDATE ON daemon_lease
 
 
 def admin(cluster: PgCluster, dbname: str, sql: str) -> list[tuple[Any, ...]]:
-    conn = psycopg2.connect(**cluster.dsn(dbname))
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(sql)
-        rows = cur.fetchall() if cur.description else []
-    conn.close()
-    return rows
+    return cluster.sql(sql, dbname)
 
 
 def count_statements(text: str) -> dict[str, int]:

@@ -27,6 +27,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import psycopg2
@@ -185,14 +186,19 @@ class PgCluster:
         return URL.create("postgresql+psycopg2", username=self.superuser, password=self.password,
                           host="127.0.0.1", port=self.port, database=dbname)
 
-    def _admin(self, sql: str) -> None:
-        conn = psycopg2.connect(**self.dsn("postgres"))
+    def sql(self, sql: str, dbname: str = "postgres") -> list[tuple[Any, ...]]:
+        """``sql`` as the superuser on ``dbname``, autocommit; the rows it returns."""
+        conn = psycopg2.connect(**self.dsn(dbname))
         try:
             conn.autocommit = True
             with conn.cursor() as cur:
                 cur.execute(sql)
+                return cur.fetchall() if cur.description else []
         finally:
             conn.close()
+
+    def _admin(self, sql: str) -> None:
+        self.sql(sql)
 
     def create_database(self, name: str) -> URL:
         self._admin(f'CREATE DATABASE "{name}" TEMPLATE template0')

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import psycopg2
 from harness import MasterProcess, script_env, write_config
 from pg import PgCluster, url_text
 from sqlalchemy import URL
@@ -41,11 +40,7 @@ def fleet_events(masters: list[MasterProcess], event: str, name: str) -> list[di
 
 def admin(pg_cluster: PgCluster, sql: str) -> None:
     """``sql`` as the superuser on the ``postgres`` database, autocommit."""
-    conn = psycopg2.connect(**pg_cluster.dsn("postgres"))
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(sql)
-    conn.close()
+    pg_cluster.sql(sql)
 
 
 def cut(pg_cluster: PgCluster, dbname: str) -> None:

@@ -12,7 +12,6 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-import psycopg2
 from harness import MasterProcess, running_master, script_env, wait_for, write_config
 from pg import PgCluster, url_text
 from sqlalchemy import URL
@@ -47,13 +46,7 @@ CREATE TRIGGER test_grant AFTER INSERT OR UPDATE ON daemon_lease
 
 
 def query(cluster: PgCluster, url: URL, sql: str) -> list[tuple[Any, ...]]:
-    conn = psycopg2.connect(**cluster.dsn(str(url.database)))
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(sql)
-        rows = cur.fetchall() if cur.description else []
-    conn.close()
-    return rows
+    return cluster.sql(sql, str(url.database))
 
 
 def fleet(tmp_path: Path, pg_url: URL, pg_cluster: PgCluster, scripts: list[str],
