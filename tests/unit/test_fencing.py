@@ -10,7 +10,7 @@ from pandaserver.config.scripts import DaemonSpec
 from pandaserver.daemons.fencing import SAFETY, LeaseClock, fence_at, hard_deadline, minimum_ttl
 from pandaserver.daemons.fleet import CALL_TIMEOUT
 from pandaserver.daemons.keeper import LeaseKeeper
-from pandaserver.daemons.leases import AcquireReply, RenewReply
+from pandaserver.daemons.leases import AcquireReply, RenewReply, Turn
 from pandaserver.daemons.pool import KILL_GRACE
 from pandaserver.daemons.reload import plan_reload
 from pandaserver.daemons.schedule import ScriptState
@@ -20,6 +20,9 @@ class FakeLeases:
     def __init__(self, ttl: float = 30.0) -> None:
         self.ttl: float | None = ttl
         self.asked: list[tuple[list[tuple[str, int]], float, RenewReply]] = []
+
+    def turn(self, spec: DaemonSpec, due: float, now: float) -> Turn:
+        raise AssertionError("not used")
 
     def acquire(self, spec: DaemonSpec, now: float, reply: AcquireReply) -> None:
         raise AssertionError("not used")
