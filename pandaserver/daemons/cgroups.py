@@ -221,6 +221,8 @@ def _make(owner: tuple[int, int] | None) -> Subtree:
                          path / "cgroup.subtree_control", path / "master",
                          path / "master" / "cgroup.procs"):
                 os.chown(item, *owner)
+            with contextlib.suppress(FileNotFoundError):  # Linux 5.14+: for a worker whose
+                os.chown(path / "cgroup.kill", *owner)  # master died (watchdog.py)
     except OSError as exc:
         with contextlib.suppress(OSError):
             move(parent, me.pid)

@@ -63,6 +63,10 @@ def master_gone() -> None:
     """The master is gone: kill everything this worker and its master's runs left. Never
     returns; a second thread that gets here waits for the first to end the process."""
     _SWEEP.acquire()
+    _sweep_and_die()
+
+
+def _sweep_and_die() -> None:
     try:
         sweep_after_master()
     finally:
@@ -72,7 +76,8 @@ def master_gone() -> None:
 
 def gone(fd: int, timeout: float = 0.0) -> bool:
     """Whether the lifeline ``fd`` shows its master gone (its write end closed), waiting up to
-    ``timeout`` for it; reads nothing, so the lifeline thread misses no deadline."""
+    ``timeout`` for it; reads nothing, so the lifeline thread misses no deadline. False for
+    a descriptor that is not open any more (a script closed it): nothing can be known."""
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     deadline = time.monotonic() + timeout
@@ -82,7 +87,12 @@ def gone(fd: int, timeout: float = 0.0) -> bool:
             events = poller.poll(max(0, int(remaining * 1000)))
         except InterruptedError:
             continue
-        if any(flags & (select.POLLHUP | select.POLLERR) for _, flags in events):
+        flags = 0
+        for _, each in events:
+            flags |= each
+        if flags & select.POLLNVAL:
+            return False
+        if flags & (select.POLLHUP | select.POLLERR):
             return True
         if remaining <= 0:
             return False
@@ -91,49 +101,61 @@ def gone(fd: int, timeout: float = 0.0) -> bool:
 
 
 def before_exit(fd: int, channel_closed: bool) -> None:
-    """Called by the worker's main thread before it returns. A master that dies closes the
-    worker's channel and its lifeline together: a worker that then simply exited could cut
-    short the sweep its lifeline thread has begun (and another worker's run would keep its
-    children). So a closed channel is first checked against the lifeline (up to
-    ``CHANNEL_WAIT`` seconds) and, with the master gone, this thread sweeps too."""
+    """Called by the worker's main thread before the process exits (any way but a signal).
+
+    A master that dies closes the worker's channel and its lifeline together: a worker that
+    then simply exited could cut short the sweep its lifeline thread has begun, and another
+    worker's run would keep its children. So a closed channel is first checked against the
+    lifeline (up to ``CHANNEL_WAIT`` seconds) and, with the master gone, this thread sweeps.
+    Otherwise the sweep lock is taken before the exit: a sweep under way ends this process
+    first, and none can start halfway through the exit."""
     if gone(fd, CHANNEL_WAIT if channel_closed else 0.0):
         master_gone()
+    _SWEEP.acquire()  # waits for ever while the lifeline thread sweeps (it kills us)
+    if gone(fd):  # the master died meanwhile
+        _sweep_and_die()
 
 
 def sweep_after_master(master: str | None = None) -> None:
     """In a worker whose master is gone (its lifeline closed), SIGKILL:
 
-    1. every process of this worker's tree and session, and everything carrying the master's
-       marker (orphans the master had adopted), the runs' processes before the other
-       workers (a worker killed halfway through its own sweep leaves nothing unswept), and
-       again until a pass finds nothing new (what was forked during the last pass);
+    1. every process of this worker's tree and session and of every process carrying the
+       master's marker (the other workers and what their runs left, even with a cleared
+       environment), the runs' processes before the workers (a worker killed halfway
+       through its own sweep leaves nothing unswept), and again until a pass finds nothing
+       new (what was forked during the last pass);
     2. with cgroups, the dead master's whole subtree at once (every worker and everything
-       any of its runs left, however started), this worker included;
-    3. otherwise this worker's own cgroup, and then its process group.
+       any of its runs left, however started), this worker included; where that write is
+       not allowed, each worker's cgroup, this worker's last;
+    3. without cgroups, this worker's process group.
     """
     me = os.getpid()
     master = master if master is not None else os.environ.get(MASTER_VAR)
     killed: set[str] = set()
     for _ in range(SWEEP_PASSES):
         table = proctable.scan()
-        victims = proctable.descendants(proctable.children_map(table), [me])
-        victims |= {proc.pid for proc in table.values() if proc.sid == me}
-        if master:
-            victims |= {pid for pid in table
-                        if proctable.environ_value(pid, MASTER_VAR) == master}
+        marked = {pid for pid in table
+                  if master and proctable.environ_value(pid, MASTER_VAR) == master}
+        roots = marked | {me}
+        victims = proctable.descendants(proctable.children_map(table), roots) | marked
+        victims |= {proc.pid for proc in table.values() if proc.sid in roots}
         found = [table[pid] for pid in victims - {me}
                  if pid in table and table[pid].identity not in killed]
         if not found:
             break
-        runs_first = sorted(found, key=lambda p: proctable.environ_value(p.pid, RUN_VAR) is None)
-        proctable.kill(runs_first)
+        workers = {pid for pid in marked if proctable.environ_value(pid, RUN_VAR) is None}
+        proctable.kill(sorted(found, key=lambda p: p.pid in workers))
         killed.update(proc.identity for proc in found)
     own = cgroups.cgroup_of()
     if own is None or not own.name.startswith("worker-") or \
             not own.parent.name.startswith(cgroups.PREFIX):
         return
     if master and own.parent.name == cgroups.PREFIX + master.replace(".", "-"):
-        cgroups.kill_all(own.parent)  # the dead master's own subtree, never a live one's
+        if cgroups.kill_all(own.parent):  # the dead master's own subtree, never a live one's
+            return
+        for sibling in own.parent.glob("worker-*"):
+            if sibling != own:
+                cgroups.kill_all(sibling)
     cgroups.kill_all(own)
 
 

@@ -175,15 +175,19 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout = capture.LineLogger("stdout", logging.INFO)
     sys.stderr = capture.LineLogger("stderr", logging.WARNING)
     worker = Worker(Connection(args.fd), args.index, args.server_name, args.config, drops)
+    closed = False  # the master channel closed (end of file or an error on it)
     try:
         code = worker.serve()
     except (EOFError, protocol.ProtocolError, OSError) as exc:
-        before_exit(args.lifeline, channel_closed=True)
-        log.error("worker %s lost its master channel: %s", args.index, exc)
+        closed, code, error = True, 1, str(exc)
+    else:
+        closed, error = code == CHANNEL_CLOSED, "end of file"
+    finally:  # every way out but a signal; an unexpected error too
+        before_exit(args.lifeline, channel_closed=closed)
+    if closed:  # and the master still there
+        log.error("worker %s lost its master channel: %s", args.index, error)
         return 1
-    before_exit(args.lifeline, channel_closed=code == CHANNEL_CLOSED)
-    return 1 if code == CHANNEL_CLOSED else code
-
+    return code
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -29,3 +29,12 @@ def test_a_closed_lifeline_is_gone_whatever_is_left_unread() -> None:
         assert os.read(read, 64) == encode_deadline(3.0)
     finally:
         os.close(read)
+
+
+def test_a_lifeline_descriptor_closed_by_a_script_is_not_taken_for_the_master_gone() -> None:
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        assert not gone(read, timeout=0.05)
+    finally:
+        os.close(write)
