@@ -88,6 +88,9 @@ def test_started_as_root_everything_runs_as_uname_gname(nobody_svc: Service) -> 
     assert len(workers) >= 2
     for path in [subtree, *workers]:
         assert (path.stat().st_uid, path.stat().st_gid) == (uid, gid), path
+    # a worker whose master died kills the whole subtree in one write (watchdog.py)
+    kill = subtree / "cgroup.kill"
+    assert not kill.exists() or (kill.stat().st_uid, kill.stat().st_gid) == (uid, gid)
     assert any(str(run["pid"]) in (path / "cgroup.procs").read_text().split()
                for path in workers), "the run's worker is not in a worker's cgroup"
     svc.stop()
