@@ -14,6 +14,7 @@ import pytest
 from pandaserver.config.scripts import DaemonSpec
 from pandaserver.daemons import rank
 from pandaserver.daemons.fleetleases import DbLeases, Seen, wait_from
+from pandaserver.daemons.leases import Turn
 from pandaserver.db.heartbeat import ServerRow
 from pandaserver.db.leases import LeaseRow
 
@@ -125,6 +126,16 @@ def script_ranked(gate: DbLeases, wanted: int) -> DaemonSpec:
     return DaemonSpec(name=name, module="noop", period=10.0, timeout=60.0, sync=True)
 
 
+def seen_ungranted(gate: DbLeases, fleet: FakeFleet, spec: DaemonSpec) -> Turn:
+    """A server that only looks, at its fallback time: its read shows the period (due at
+    5.0) ungranted. Returns the turn that asked for that read."""
+    turn = gate.turn(spec, 5.0, 5.0)
+    turn = gate.turn(spec, turn.at, turn.at)
+    fleet.clock = turn.at
+    fleet.answer("lease-table read", [lease_row(spec.name, due_in=-1.0, expires_in=None)])
+    return turn
+
+
 def test_the_preferred_server_asks_at_the_due_time() -> None:
     gate, fleet = gate_with(["srv01", "srv02"])
     spec = script_ranked(gate, 0)
@@ -150,10 +161,7 @@ def test_another_server_learns_a_grant_without_asking() -> None:
 def test_another_server_asks_when_the_period_looks_ungranted() -> None:
     gate, fleet = gate_with(["srv01", "srv02"])
     spec = script_ranked(gate, 1)
-    turn = gate.turn(spec, 5.0, 5.0)
-    turn = gate.turn(spec, turn.at, turn.at)
-    fleet.clock = turn.at
-    fleet.answer("lease-table read", [lease_row(spec.name, due_in=-1.0, expires_in=None)])
+    turn = seen_ungranted(gate, fleet, spec)
     turn = gate.turn(spec, turn.at, turn.at)
     assert turn.ask and turn.due == 5.0  # the original due time: its delay is honest
 
@@ -190,10 +198,7 @@ def test_without_other_servers_or_a_database_everyone_asks() -> None:
 def test_an_ungranted_period_seen_a_while_ago_is_looked_at_again_before_asking() -> None:
     gate, fleet = gate_with(["srv01", "srv02"])
     spec = script_ranked(gate, 1)
-    turn = gate.turn(spec, 5.0, 5.0)
-    turn = gate.turn(spec, turn.at, turn.at)
-    fleet.clock = turn.at
-    fleet.answer("lease-table read", [lease_row(spec.name, due_in=-1.0, expires_in=None)])
+    turn = seen_ungranted(gate, fleet, spec)
     later = fleet.clock + 3.0  # this server's worker was busy meanwhile
     fleet.clock = later
     turn = gate.turn(spec, turn.at, later)
