@@ -189,5 +189,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     return code
 
+
 if __name__ == "__main__":
     sys.exit(main())
