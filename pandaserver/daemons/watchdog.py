@@ -33,13 +33,18 @@ def encode_deadline(deadline: float | None) -> bytes:
     return RECORD.pack(math.inf if deadline is None else deadline)
 
 
+def _trees_and_sessions(table: dict[int, proctable.Proc], roots: set[int]) -> set[int]:
+    """Every descendant of ``roots`` and every member of a session one of them leads."""
+    found = proctable.descendants(proctable.children_map(table), roots)
+    return found | {pid for pid, proc in table.items() if proc.sid in roots}
+
+
 def run_processes() -> list[proctable.Proc]:
     """The processes of this worker's run but the worker: its tree, its session, and
     whatever carries the run's marker (double forks, setsid daemons)."""
     me = os.getpid()
     table = proctable.scan()
-    victims = proctable.descendants(proctable.children_map(table), [me])
-    victims |= {pid for pid, proc in table.items() if proc.sid == me}
+    victims = _trees_and_sessions(table, {me})
     marker = os.environ.get(RUN_VAR)
     if marker:
         victims |= {pid for pid in table if proctable.environ_value(pid, RUN_VAR) == marker}
@@ -137,8 +142,7 @@ def sweep_after_master(master: str | None = None) -> None:
         marked = {pid for pid in table
                   if master and proctable.environ_value(pid, MASTER_VAR) == master}
         roots = marked | {me}
-        victims = proctable.descendants(proctable.children_map(table), roots) | marked
-        victims |= {proc.pid for proc in table.values() if proc.sid in roots}
+        victims = _trees_and_sessions(table, roots) | marked
         found = [table[pid] for pid in victims - {me}
                  if pid in table and table[pid].identity not in killed]
         if not found:
