@@ -52,8 +52,8 @@ from wsgiref.util import setup_testing_defaults  # noqa: E402
 from pg import PgCluster, url_text  # noqa: E402
 from sqlalchemy import Engine, event, text  # noqa: E402
 
+from pandaserver.commands.database import cmd_history  # noqa: E402
 from pandaserver.config import load_config  # noqa: E402
-from pandaserver.db.commands import cmd_history  # noqa: E402
 from pandaserver.db.engine import engine_from_url  # noqa: E402
 from pandaserver.db.pruning import PrunePass, Retention  # noqa: E402
 from pandaserver.db.schema import upgrade  # noqa: E402

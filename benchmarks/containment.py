@@ -18,9 +18,9 @@ import sys
 import time
 from collections.abc import Callable
 
-from pandaserver.daemons import proctable
-from pandaserver.daemons.containment import MASTER_VAR, RUN_VAR, Containment, find_marked
-from pandaserver.daemons.runs import Run
+from pandaserver.daemons.base.runs import Run
+from pandaserver.daemons.containment import proctable
+from pandaserver.daemons.containment.tracker import MASTER_VAR, RUN_VAR, Containment, find_marked
 
 
 def timed(what: Callable[[], object], rounds: int) -> tuple[float, float]:

@@ -26,11 +26,11 @@ from types import SimpleNamespace
 from typing import Any
 
 from pandaserver.config.scripts import DaemonSpec
-from pandaserver.daemons import status
-from pandaserver.daemons.crashloop import CrashLoops
-from pandaserver.daemons.localstatus import local_status, render_local_status
-from pandaserver.daemons.schedule import ScriptState
-from pandaserver.daemons.timetable import Timetable
+from pandaserver.daemons.master import statusfile as status
+from pandaserver.daemons.master.crashloop import CrashLoops
+from pandaserver.daemons.master.schedule import ScriptState
+from pandaserver.daemons.master.timetable import Timetable
+from pandaserver.service.hoststatus import local_status, render_local_status
 from pandaserver.web.fleetview import local_master_views
 
 

@@ -112,8 +112,8 @@ def main() -> None:
         print(f"panda test guard: pytest ended leaving processes; ended them: {found}",
               file=sys.stderr)
     shutil.rmtree(scratch, ignore_errors=True)
-    try:  # the cgroups of masters the tests killed (pandaserver/daemons/cgroups.py)
-        from pandaserver.daemons.cgroups import cgroup_of, remove_stale
+    try:  # the cgroups of masters the tests killed (pandaserver/daemons/containment/cgroups.py)
+        from pandaserver.daemons.containment.cgroups import cgroup_of, remove_stale
     except ImportError:
         return
     parent = cgroup_of()

@@ -104,7 +104,7 @@ def bounded_seconds(low: float, high: float, *, allow_zero: bool = False, unit: 
 
 
 # A lease must leave room for renewals (every third of it), a renewal that takes a while,
-# and the SIGTERM -> SIGKILL escalation before it can expire: see pandaserver/daemons/fencing.py.
+# and the SIGTERM -> SIGKILL escalation before it can expire: see pandaserver/daemons/fleet/fencing.py.
 LEASE_TTL_MIN = 15.0
 LEASE_TTL_MAX = 3600.0
 

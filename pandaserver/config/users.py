@@ -1,6 +1,6 @@
 """The service user and group a config names: do they exist, and may they be used.
 
-Checked by the validation of every command (``pandaserver.daemons.validation``) and used by
+Checked by the validation of every command (``pandaserver.preflight.validate``) and used by
 the service commands to switch users (``pandaserver.service.privileges``).
 """
 

@@ -170,7 +170,7 @@ def engine_from_url(
     ``io_timeout`` (seconds) bounds how long a connection may sit with no answer from the
     server: PostgreSQL ``tcp_user_timeout`` and quick keepalives, PyMySQL read and write
     timeouts. For the master's engine; scripts' engines leave it None. The master also
-    bounds every call on its own side (``pandaserver/daemons/dblanes.py``): a server that
+    bounds every call on its own side (``pandaserver/daemons/fleet/lanes.py``): a server that
     stopped answering while its kernel still acknowledges (SIGSTOP, a hung proxy) is
     noticed by that bound alone.
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Engine, delete, insert, select, update
 
-from pandaserver.db.clock import db_now_expr
+from pandaserver.db.servertime import db_now_expr
 from pandaserver.db.tables import daemon_server
 from pandaserver.db.upsert import UnsupportedDatabase, conditional_upsert
 

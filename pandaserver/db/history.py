@@ -33,7 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError
 
 from pandaserver.db import pruning, runwrites
-from pandaserver.db.clock import db_now_expr, db_now_plus
+from pandaserver.db.servertime import db_now_expr, db_now_plus
 from pandaserver.db.tables import daemon_run
 
 RUNNING = "running"

@@ -55,7 +55,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError
 
-from pandaserver.db.clock import db_now_expr, db_now_plus, next_on_grid, seconds_between
+from pandaserver.db.servertime import db_now_expr, db_now_plus, next_on_grid, seconds_between
 from pandaserver.db.tables import daemon_lease
 from pandaserver.db.upsert import upsert_or_else
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Engine, and_, delete, or_, select
 
-from pandaserver.db.clock import db_now_plus
+from pandaserver.db.servertime import db_now_plus
 from pandaserver.db.skipscan import scripts
 from pandaserver.db.tables import daemon_run
 

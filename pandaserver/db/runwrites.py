@@ -39,7 +39,7 @@ from sqlalchemy.dialects import mysql as mysql_dialect
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
-from pandaserver.db.clock import db_now_expr, db_now_plus
+from pandaserver.db.servertime import db_now_expr, db_now_plus
 from pandaserver.db.tables import daemon_run, daemon_server
 from pandaserver.db.upsert import UnsupportedDatabase
 

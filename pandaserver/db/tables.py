@@ -25,7 +25,7 @@ from sqlalchemy import (
     text,
 )
 
-from pandaserver.db.clock import UtcDateTime
+from pandaserver.db.servertime import UtcDateTime
 
 # the predicate of the partial index on (script, server, started_at, id), spelt the same in
 # the queries that use it (skipscan.py): SQLite matches a partial index's WHERE term by term

@@ -26,11 +26,11 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
+from pandaserver import exitcodes
 from pandaserver.config import ConfigProblem, DaemonSettings, PandaConfig
-from pandaserver.daemons import exitcodes
-from pandaserver.service.logfiles import LogFiles, log_records_to_stdout, logdir_of
+from pandaserver.service.logfiles import MASTER_LOG_FORMAT, LogFiles, log_records_to_stdout, logdir_of
 from pandaserver.service.notify import sd_notify
 from pandaserver.service.pidfile import PidFile, PidFileBusy, lock_holder
 from pandaserver.service.privileges import (
@@ -41,6 +41,9 @@ from pandaserver.service.privileges import (
     prepare_directory,
     resolve_user,
 )
+
+if TYPE_CHECKING:
+    from pandaserver.daemons.master.loop import Master
 
 log = logging.getLogger("panda.service")
 
@@ -60,6 +63,8 @@ class Plan:
     pidfile: Path
     logs: LogFiles
     user: ServiceUser | None
+    # builds the master in the process that is to be it (the command layer's build_master)
+    build: Callable[..., Master]
     notes: list[str] = field(default_factory=list)  # problems and warnings, for the log file
 
     @property
@@ -72,8 +77,8 @@ def unusable_problems(settings: DaemonSettings) -> list[ConfigProblem]:
     return settings.unusable()
 
 
-def plan_start(cfg: PandaConfig, args: argparse.Namespace, pidfile: Path, *,
-               check_running: bool = True) -> Plan:
+def plan_start(cfg: PandaConfig, args: argparse.Namespace, pidfile: Path,
+               build: Callable[..., Master], *, check_running: bool = True) -> Plan:
     """Everything checked before detaching. Raises ``StartError``."""
     cfg.path = cfg.path.resolve()  # the master re-reads it on SIGHUP, from "/"
     cfg.sources = [path.resolve() for path in cfg.sources]
@@ -108,7 +113,7 @@ def plan_start(cfg: PandaConfig, args: argparse.Namespace, pidfile: Path, *,
         except OSError as exc:
             raise StartError(code, f"cannot create the directory {directory}: {exc.strerror}"
                              ) from None
-    return Plan(cfg=cfg, args=args, pidfile=pidfile, logs=logs, user=user)
+    return Plan(cfg=cfg, args=args, pidfile=pidfile, logs=logs, user=user, build=build)
 
 
 def become_master(plan: Plan, ready: Callable[[int], None]) -> int:
@@ -117,16 +122,15 @@ def become_master(plan: Plan, ready: Callable[[int], None]) -> int:
 
     Raises ``StartError`` for any failure before ``ready``.
     """
-    from pandaserver.daemons import master as _master  # noqa: F401 - imported while readable
-    from pandaserver.daemons.fleet import StartupError
-    from pandaserver.daemons.launch import MASTER_LOG_FORMAT, build_master
+    from pandaserver.daemons.fleet.fleetdb import StartupError
+    from pandaserver.daemons.master import loop as _master  # noqa: F401 - imported while readable
 
     # Once the pid file is locked, reload and reopen-logs can find this process: until the
     # master's loop installs its handlers, those signals must not kill it.
     for signum in (signal.SIGHUP, signal.SIGUSR1):
         signal.signal(signum, signal.SIG_IGN)
     if plan.user is not None:
-        from pandaserver.daemons.cgroups import prepare
+        from pandaserver.daemons.containment.cgroups import prepare
 
         prepare(owner=(plan.user.uid, plan.user.gid))  # the workers' cgroups: made as root
         try:
@@ -158,8 +162,8 @@ def become_master(plan: Plan, ready: Callable[[int], None]) -> int:
         if plan.user is not None:
             check_database_writable(plan.cfg, plan.user)
         try:
-            master = build_master(plan.cfg, plan.args, worker_log_file=str(plan.logs.workers),
-                                  on_signal={signal.SIGUSR1: plan.logs.reopen})
+            master = plan.build(plan.cfg, plan.args, worker_log_file=str(plan.logs.workers),
+                                on_signal={signal.SIGUSR1: plan.logs.reopen})
         except StartupError as exc:
             raise StartError(exc.code, str(exc)) from None
         ready(os.getpid())

@@ -24,6 +24,8 @@ from pandaserver.config import PandaConfig
 
 log = logging.getLogger("panda.service")
 
+MASTER_LOG_FORMAT = "%(asctime)s %(levelname)s master pid %(process)d %(name)s: %(message)s"
+
 DEFAULT_LOGDIR = Path("/var/log/panda")
 STDOUT_LOG = "panda_daemon_stdout.log"
 STDERR_LOG = "panda_daemon_stderr.log"
@@ -96,7 +98,7 @@ def log_records_to_stdout(level: str, fmt: str) -> None:
     line one write to file descriptor 1 (so a reopen by ``dup2`` is followed); a line that
     cannot be written (a full disk) is dropped and counted, never raised (``logsink``)."""
     from pandaserver.config.secrets import redact_handler
-    from pandaserver.daemons.logsink import MASTER, SafeHandler
+    from pandaserver.daemons.base.logsink import MASTER, SafeHandler
 
     handler = redact_handler(SafeHandler(stream="stdout", counter=MASTER))
     handler.setFormatter(logging.Formatter(fmt))

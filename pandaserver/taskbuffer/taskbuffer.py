@@ -39,8 +39,8 @@ from sqlalchemy import Engine, delete, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from pandaserver.config import PandaConfig
-from pandaserver.db.clock import db_now_expr, db_now_plus
 from pandaserver.db.engine import describe_db_error, engine_from_url, make_engine
+from pandaserver.db.servertime import db_now_expr, db_now_plus
 from pandaserver.db.tables import panda_process_lock
 from pandaserver.db.upsert import conditional_upsert
 from pandaserver.taskbuffer.context import RunContext

@@ -1,7 +1,7 @@
 """The recent log records of one script, from the workers' log file (``panda-daemon logs``).
 
 Workers of a master started as a service write ``<logdir>/panda-daemons.log``, each record
-labelled ``[NAME run N]`` (see ``pandaserver.daemons.worker.LOG_FORMAT``); a record's
+labelled ``[NAME run N]`` (see ``pandaserver.daemons.worker.process.LOG_FORMAT``); a record's
 continuation lines (a traceback, a script's multi-line output) follow it without a label.
 The file is read backwards in blocks, so the last records of a large file cost little.
 """

@@ -37,8 +37,8 @@ from prometheus_client.utils import floatToGoString
 from sqlalchemy import ColumnElement, Connection, case, func, literal, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from pandaserver.db.clock import db_now, seconds_between
 from pandaserver.db.history import FAILED, OK, RUNNING, SKIPPED, TIMEOUT
+from pandaserver.db.servertime import db_now, seconds_between
 from pandaserver.db.tables import daemon_run
 from pandaserver.web.fleetview import FleetReader, LocalMaster, Overview, local_master_views
 

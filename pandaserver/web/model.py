@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pandaserver.config.scripts import DaemonSpec
-from pandaserver.daemons.schedule import late_threshold
+from pandaserver.daemons.master.schedule import late_threshold
 from pandaserver.db.heartbeat import ServerRow
 from pandaserver.db.history import SKIPPED, RunRow
 from pandaserver.db.leases import LeaseRow

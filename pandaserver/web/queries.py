@@ -16,10 +16,10 @@ from typing import Any
 from sqlalchemy import Connection, Engine, String, func, literal, select
 
 from pandaserver.db import skipscan
-from pandaserver.db.clock import UtcDateTime, db_now
 from pandaserver.db.heartbeat import HeartbeatStore, ServerRow
 from pandaserver.db.history import OK, RunRow
 from pandaserver.db.leases import LeaseRow, LeaseStore
+from pandaserver.db.servertime import UtcDateTime, db_now
 from pandaserver.db.tables import daemon_run
 from pandaserver.web.model import ScriptFacts
 

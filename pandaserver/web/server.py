@@ -97,7 +97,7 @@ def start_detached(argv: list[str], bind: str, log_file: Path, wait: float = STA
     parse_bind(bind)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as log, open(os.devnull, "rb") as devnull:
-        child = subprocess.Popen([sys.executable, "-m", "pandaserver.cli", *argv],
+        child = subprocess.Popen([sys.executable, "-m", "pandaserver.commands.main", *argv],
                                  stdin=devnull, stdout=log, stderr=log, start_new_session=True)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:

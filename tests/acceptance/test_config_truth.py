@@ -24,7 +24,7 @@ SECRET = "Pl4ntedPw77"
 
 def cli(tmp_path: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pandaserver.cli", *args], capture_output=True, text=True,
+        [sys.executable, "-m", "pandaserver.commands.main", *args], capture_output=True, text=True,
         timeout=timeout, cwd=tmp_path, stdin=subprocess.DEVNULL,
         env=script_env(tmp_path / "record.jsonl"))
 
@@ -91,7 +91,7 @@ def test_reload_refuses_what_cannot_run_and_names_what_needs_a_restart(tmp_path:
         write_config(tmp_path, scripts, db_url=first, package="no_such_package_x")
         env = script_env(tmp_path / "record.jsonl")
         refused = subprocess.run(
-            [sys.executable, "-m", "pandaserver.cli", "-c", str(cfg), "reload", "--pidfile",
+            [sys.executable, "-m", "pandaserver.commands.main", "-c", str(cfg), "reload", "--pidfile",
              str(tmp_path / "none.pid")], capture_output=True, text=True, timeout=60, env=env)
         assert refused.returncode == 2, refused.stderr
         assert "package 'no_such_package_x' does not import" in refused.stderr
@@ -177,7 +177,7 @@ def test_start_logs_problems_without_secrets(tmp_path: Path) -> None:
     pidfile = tmp_path / "run" / "panda_daemon.pid"
 
     def command(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "pandaserver.cli", "-c", str(cfg), *args,
+        return subprocess.run([sys.executable, "-m", "pandaserver.commands.main", "-c", str(cfg), *args,
                                "--pidfile", str(pidfile)], capture_output=True, text=True,
                               timeout=90, env=env, cwd="/", stdin=subprocess.DEVNULL)
 

@@ -24,8 +24,8 @@ from harness import pid_alive, running_master, script_env, wait_for, write_confi
 from pg import url_text
 from sqlalchemy import URL
 
-from pandaserver.daemons import proctable
-from pandaserver.daemons.containment import KILL_GRACE
+from pandaserver.daemons.base.lifeline import KILL_GRACE
+from pandaserver.daemons.containment import proctable
 
 MODES = {"cgroup": "auto", "marker": "off"}
 MODE_LINE = {"cgroup": "containment: a cgroup per worker under",
@@ -45,7 +45,7 @@ def master_in(mode: str, cfg: Path, tmp_path: Path, **kwargs: Any) -> Any:
 
 def fleet_config(tmp_path: Path, pg_url: URL, scripts: dict[str, dict[str, Any]]) -> Path:
     cfg = write_config(tmp_path, scripts, db_url=url_text(pg_url), heartbeat_interval=1)
-    upgrade = subprocess.run([sys.executable, "-m", "pandaserver.cli", "-c", str(cfg), "db",
+    upgrade = subprocess.run([sys.executable, "-m", "pandaserver.commands.main", "-c", str(cfg), "db",
                               "upgrade"], capture_output=True, text=True, timeout=60,
                              env=script_env(tmp_path / "cli.jsonl"))
     assert upgrade.returncode == 0, upgrade.stderr
@@ -176,7 +176,7 @@ class Service:
                               PANDA_LOCK_DIR=str(self.pidfile.parent))
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "pandaserver.cli", "-c", str(self.config),
+        return subprocess.run([sys.executable, "-m", "pandaserver.commands.main", "-c", str(self.config),
                                *args, "--pidfile", str(self.pidfile)], capture_output=True,
                               text=True, timeout=90, env=self.env, stdin=subprocess.DEVNULL)
 

@@ -15,8 +15,8 @@ from harness import running_master, script_env, wait_for, write_config
 from pg import url_text
 from sqlalchemy import URL
 
-from pandaserver.daemons import rank
-from pandaserver.daemons.localstatus import local_status, render_local_status
+from pandaserver.daemons.fleet import rank
+from pandaserver.service.hoststatus import local_status, render_local_status
 
 
 def cli(tmp_path: Path, cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -40,7 +40,7 @@ def test_refused_attempts_are_counted_not_written_to_the_history(
                                            "timeout": 10, "arguments": [0.6]}},
                        db_url=url_text(pg_url), n_proc=1, heartbeat_interval=1)
     assert cli(tmp_path, cfg, "db", "upgrade").returncode == 0
-    # the server preferred for the script (daemons/rank.py) starts second, while the other
+    # the server preferred for the script (daemons/fleet/rank.py) starts second, while the other
     # holds the lease: the preferred one asks at every due time, so it is refused at least
     # once (the others only look at the lease table and ask for periods left ungranted)
     preferred, other = rank.order("slow", ["a", "b"])

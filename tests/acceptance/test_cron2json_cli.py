@@ -1,4 +1,4 @@
-"""cron2json as an operator runs it: ``python -m pandaserver.cron.cli`` in a subprocess."""
+"""cron2json as an operator runs it: ``python -m pandaserver.commands.cron`` in a subprocess."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ EXPECTED = """\
 
 def cron2json(*argv: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pandaserver.cron.cli", *argv],
+        [sys.executable, "-m", "pandaserver.commands.cron", *argv],
         input=stdin,
         capture_output=True,
         text=True,

@@ -270,12 +270,12 @@ def test_the_worker_alone_holds_the_deadline(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from pandaserver.daemons.watchdog import encode_deadline
+    from pandaserver.daemons.base.lifeline import encode_deadline
 
     read, write = os.pipe()
     code = (
         "import sys, subprocess, threading, time\n"
-        "from pandaserver.daemons.watchdog import watch_lifeline\n"
+        "from pandaserver.daemons.worker.watchdog import watch_lifeline\n"
         "child = subprocess.Popen(['sleep', '600'])\n"
         "print(child.pid, flush=True)\n"
         f"watch_lifeline({read}, 1.0)\n"

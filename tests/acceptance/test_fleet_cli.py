@@ -22,7 +22,7 @@ OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 
 def cli(cfg: Path, *args: str, env: dict[str, str] | None = None
         ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pandaserver.cli", "-c", str(cfg), *args],
+    return subprocess.run([sys.executable, "-m", "pandaserver.commands.main", "-c", str(cfg), *args],
                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
                           env=env or script_env(cfg.parent / "cli.jsonl"))
 

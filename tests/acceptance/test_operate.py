@@ -16,7 +16,7 @@ from pgfleet import cli, fleet_config, fleet_events
 from sqlalchemy import URL
 
 from pandaserver.config import load_config
-from pandaserver.daemons.localstatus import local_status, render_local_status
+from pandaserver.service.hoststatus import local_status, render_local_status
 from pandaserver.web.fleetview import FleetReader
 from pandaserver.web.pages import fleet_page
 from pandaserver.web.settings import WebSettings

@@ -1,4 +1,4 @@
-"""One preferred server asks for each sync lease (daemons/rank.py): real masters on a real
+"""One preferred server asks for each sync lease (daemons/fleet/rank.py): real masters on a real
 PostgreSQL, whose triggers log every grant attempt and every grant."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from harness import MasterProcess, running_master, script_env, wait_for, write_c
 from pg import PgCluster, url_text
 from sqlalchemy import URL
 
-from pandaserver.daemons import rank
-from pandaserver.daemons.fleetleases import LIVE_BEATS
+from pandaserver.daemons.fleet import rank
+from pandaserver.daemons.fleet.dbleases import LIVE_BEATS
 
 PERIOD = 2.0
 TTL = 15.0  # LEASE_TTL_MIN

@@ -32,7 +32,7 @@ class RcService(Service):
         moved = {name: self.env.pop(name) for name in ("PANDA_LOCK_DIR", "PANDA_NO_ROOT")}
         self.sysconfig.write_text(
             "# as /etc/sysconfig/panda_server\n"
-            f"PANDA_DAEMON='{self.python} -m pandaserver.cli'\n"
+            f"PANDA_DAEMON='{self.python} -m pandaserver.commands.main'\n"
             f"PANDA_DAEMON_OPTIONS=\"-c {self.config}\"\n"
             + "".join(f"{name}={value}\n" for name, value in moved.items()))
         self.env["PANDA_SYSCONFIG"] = str(self.sysconfig)

@@ -66,7 +66,7 @@ class Service:
         return path
 
     def command(self) -> list[str]:
-        return [self.python, "-m", "pandaserver.cli", "-c", str(self.config)]
+        return [self.python, "-m", "pandaserver.commands.main", "-c", str(self.config)]
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*self.command(), *args], capture_output=True, text=True,

@@ -22,7 +22,7 @@ import pytest
 from harness import FIXTURES, REPO, wait_for
 from test_service import Service, checked, events
 
-from pandaserver.service import control
+from pandaserver.service import lifecycle as control
 from pandaserver.service.pidfile import lock_holder
 
 
@@ -33,7 +33,7 @@ def _python_for(uid: int, gid: int, path: list[str]) -> str:
     for candidate in (sys.executable, f"/usr/bin/{version}", f"/usr/local/bin/{version}"):
         try:
             probe = subprocess.run(
-                [candidate, "-c", "import psutil, setproctitle, daemon, pandaserver.cli"],
+                [candidate, "-c", "import psutil, setproctitle, daemon, pandaserver.commands.main"],
                 env={"PYTHONPATH": os.pathsep.join(path), "PATH": os.environ["PATH"]},
                 user=uid, group=gid, extra_groups=[], capture_output=True, cwd="/", check=False)
         except OSError:  # not there, or not executable by the user

@@ -197,7 +197,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     env = script_env(root / "web.jsonl")
     port = free_port()
     pidfile = root / "web.pid"
-    command = [sys.executable, "-m", "pandaserver.cli", "-c", str(cfg), "web",
+    command = [sys.executable, "-m", "pandaserver.commands.main", "-c", str(cfg), "web",
                "--bind", f"127.0.0.1:{port}", "--pidfile", str(pidfile)]
     started = subprocess.run([*command, "--detach", "--log-file", str(root / "web.log")],
                              capture_output=True, text=True, env=env, timeout=60)
@@ -298,7 +298,7 @@ def test_pages_refresh_themselves_and_load_nothing_from_elsewhere(server: Server
 
 
 def _db_now(engine: Any) -> Any:
-    from pandaserver.db.clock import db_now
+    from pandaserver.db.servertime import db_now
 
     with engine.connect() as conn:
         return db_now(conn)

@@ -2,7 +2,7 @@
 and reload where they apply), each expecting an exit status and a message fragment; every
 output is grepped for the secrets planted in the corpus.
 
-The commands run in this process through ``pandaserver.cli.main`` (the import check still
+The commands run in this process through ``pandaserver.commands.main.main`` (the import check still
 starts its real interpreter). ``run`` is real up to the master: ``build_master`` is
 replaced by a recorder, so a config that passes validation is seen to start (and with which
 scripts) without a master left running; ``start`` is only run on rows it must refuse
@@ -23,10 +23,10 @@ import pytest
 from config_corpus import CASES, SECRETS, Case, section
 from harness import FIXTURES, REPO
 
-from pandaserver import cli
+from pandaserver.commands import main as cli
+from pandaserver.commands import service as service_commands
 from pandaserver.config import secrets
-from pandaserver.daemons import validation
-from pandaserver.service import commands as service_commands
+from pandaserver.preflight import validate as validation
 
 
 @pytest.fixture(autouse=True)
@@ -137,7 +137,7 @@ def test_the_secret_grep_finds_a_leak_when_redaction_is_off(
         capsys: pytest.CaptureFixture[str]) -> None:
     """The grep above is not vacuous: with redaction switched off, the same rows leak."""
     from pandaserver.config import problems, scripts
-    from pandaserver.daemons import checks
+    from pandaserver.preflight import report as checks
 
     for module in (secrets, problems, scripts, validation, checks):
         monkeypatch.setattr(module, "redact", lambda text: text)

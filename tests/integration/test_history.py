@@ -12,9 +12,8 @@ from freezegun import freeze_time
 from sqlalchemy import Engine, update
 from sqlalchemy.exc import OperationalError
 
+from pandaserver.commands.database import cmd_history
 from pandaserver.config import PandaConfig
-from pandaserver.db.clock import db_now, db_now_plus
-from pandaserver.db.commands import cmd_history
 from pandaserver.db.engine import engine_from_url
 from pandaserver.db.history import (
     FAILED,
@@ -28,6 +27,7 @@ from pandaserver.db.history import (
     RunRecord,
 )
 from pandaserver.db.pending import PendingWrites
+from pandaserver.db.servertime import db_now, db_now_plus
 from pandaserver.db.tables import daemon_run
 
 

@@ -15,10 +15,10 @@ from harness import wait_for
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from pandaserver.daemons import runs
-from pandaserver.daemons.history_keeper import HistoryKeeper
-from pandaserver.daemons.history_writer import HistoryWriter
-from pandaserver.daemons.spool import Spool, decode, encode
+from pandaserver.daemons.base import runs
+from pandaserver.daemons.fleet.history_keeper import HistoryKeeper
+from pandaserver.daemons.fleet.history_spool import Spool, decode, encode
+from pandaserver.daemons.fleet.history_writer import HistoryWriter
 from pandaserver.db.history import (
     LOST,
     OK,

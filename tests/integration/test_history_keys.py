@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import Engine, select, update
 
-from pandaserver.db.clock import db_now_plus
 from pandaserver.db.heartbeat import HeartbeatStore
 from pandaserver.db.history import (
     FAILED,
@@ -23,6 +22,7 @@ from pandaserver.db.history import (
     RunStart,
 )
 from pandaserver.db.pending import PendingWrites
+from pandaserver.db.servertime import db_now_plus
 from pandaserver.db.tables import daemon_run, daemon_server
 
 

@@ -13,10 +13,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import Engine, update
 
+from pandaserver.commands.database import cmd_locks
 from pandaserver.config import PandaConfig
-from pandaserver.db.clock import db_now
-from pandaserver.db.commands import cmd_locks
 from pandaserver.db.leases import LeaseStore
+from pandaserver.db.servertime import db_now
 from pandaserver.db.tables import daemon_lease
 
 

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from sqlalchemy import URL, Engine, event
 
+from pandaserver.commands.database import EXIT_NOT_FOUND, cmd_locks, cmd_unlock
 from pandaserver.config import PandaConfig
-from pandaserver.db.commands import EXIT_NOT_FOUND, cmd_locks, cmd_unlock
 from pandaserver.db.engine import engine_from_url
 from pandaserver.db.leases import LeaseResult, LeaseStore
 from pandaserver.db.schema import upgrade

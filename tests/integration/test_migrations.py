@@ -20,10 +20,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import URL, Engine, inspect, text
 from sqlalchemy.exc import OperationalError
 
-from pandaserver.config import DaemonSettings, PandaConfig
-from pandaserver.db import engine as engine_mod
-from pandaserver.db import schema
-from pandaserver.db.commands import (
+from pandaserver.commands.database import (
     EXIT_CONFIG,
     EXIT_DB_ERROR,
     EXIT_SCHEMA,
@@ -33,6 +30,9 @@ from pandaserver.db.commands import (
     cmd_locks,
     cmd_unlock,
 )
+from pandaserver.config import DaemonSettings, PandaConfig
+from pandaserver.db import engine as engine_mod
+from pandaserver.db import schema
 from pandaserver.db.engine import (
     DatabaseConfigError,
     database_url,

@@ -8,7 +8,7 @@ from pathlib import Path
 import psutil
 from harness import FIXTURES, REPO, wait_for
 
-from pandaserver.daemons.probe import call_problem, run_probe
+from pandaserver.preflight.imports import call_problem, run_probe
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import Engine, select, text, update
 
 from pandaserver.config import PandaConfig
-from pandaserver.db.clock import db_now_plus
+from pandaserver.db.servertime import db_now_plus
 from pandaserver.db.tables import panda_process_lock
 from pandaserver.taskbuffer import RunContext, TaskBuffer
 

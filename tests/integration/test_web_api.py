@@ -21,13 +21,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import URL, Engine, insert, select, update
 
 from pandaserver.config import load_config
-from pandaserver.daemons.localstatus import local_status, render_local_status
-from pandaserver.db.clock import db_now
 from pandaserver.db.heartbeat import HeartbeatStore
 from pandaserver.db.history import HistoryStore, RunRecord
 from pandaserver.db.leases import LeaseStore
 from pandaserver.db.schema import upgrade
+from pandaserver.db.servertime import db_now
 from pandaserver.db.tables import daemon_lease, daemon_run
+from pandaserver.service.hoststatus import local_status, render_local_status
 from pandaserver.web.app import FleetApp
 from pandaserver.web.metrics import DELAY_BUCKETS, DURATION_BUCKETS, HistoryCounters
 from pandaserver.web.settings import WebSettings

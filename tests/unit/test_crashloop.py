@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pandaserver.daemons.crashloop import (
+from pandaserver.daemons.master.crashloop import (
     FLAG_AFTER,
     CrashLoops,
     SpawnLimiter,

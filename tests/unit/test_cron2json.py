@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from pandaserver.config import load_config
-from pandaserver.cron.cli import (
+from pandaserver.commands.cron import (
     RET_LINE_ERRORS,
     RET_OK,
     RET_USAGE,
     add_arguments,
     convert_streams,
 )
+from pandaserver.config import load_config
 from pandaserver.cron.convert import (
     Options,
     analyse_schedule,

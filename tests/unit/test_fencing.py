@@ -7,13 +7,13 @@ from collections.abc import Callable
 
 from pandaserver.config.daemon import LEASE_TTL_MIN
 from pandaserver.config.scripts import DaemonSpec
-from pandaserver.daemons.fencing import SAFETY, LeaseClock, fence_at, hard_deadline, minimum_ttl
-from pandaserver.daemons.fleet import CALL_TIMEOUT
-from pandaserver.daemons.keeper import LeaseKeeper
-from pandaserver.daemons.leases import AcquireReply, RenewReply, Turn
-from pandaserver.daemons.pool import KILL_GRACE
-from pandaserver.daemons.reload import plan_reload
-from pandaserver.daemons.schedule import ScriptState
+from pandaserver.daemons.base.lifeline import KILL_GRACE
+from pandaserver.daemons.fleet.fencing import SAFETY, LeaseClock, fence_at, hard_deadline, minimum_ttl
+from pandaserver.daemons.fleet.fleetdb import CALL_TIMEOUT
+from pandaserver.daemons.fleet.keeper import LeaseKeeper
+from pandaserver.daemons.fleet.leasemanager import AcquireReply, RenewReply, Turn
+from pandaserver.daemons.master.reload import plan_reload
+from pandaserver.daemons.master.schedule import ScriptState
 
 
 class FakeLeases:

@@ -44,3 +44,17 @@ def test_no_import_cycles() -> None:
         if module not in index:
             visit(module)
     assert not cycles, f"import cycles: {cycles}"
+
+
+def test_the_entry_point_is_the_one_import_up_from_the_daemon() -> None:
+    """`python -m pandaserver.daemons.master` reaches the command layer through a plain import
+    in its `__main__` (seen by grimp, so by the cycle test above and by lint-imports, which
+    lists it as the one ignored import); nothing else under `pandaserver.daemons` does."""
+    graph = grimp.build_graph("pandaserver")
+    upward = {
+        (importer, imported)
+        for imported in graph.find_children("pandaserver.commands") | {"pandaserver.commands"}
+        for importer in graph.find_modules_that_directly_import(imported)
+        if importer.startswith("pandaserver.daemons.")
+    }
+    assert upward == {("pandaserver.daemons.master.__main__", "pandaserver.commands.main")}

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from pandaserver.daemons.invoke import run_main
-from pandaserver.daemons.lock_pool import LockPool
-from pandaserver.daemons.states import TransitionError, WorkerState, check_transition
+from pandaserver.daemons.base.states import TransitionError, WorkerState, check_transition
+from pandaserver.daemons.worker.invoke import run_main
+from pandaserver.daemons.worker.lock_pool import LockPool
 
 
 def module_with(main: Any) -> types.ModuleType:

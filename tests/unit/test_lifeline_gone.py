@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 
-from pandaserver.daemons.watchdog import encode_deadline, gone
+from pandaserver.daemons.base.lifeline import encode_deadline
+from pandaserver.daemons.worker.watchdog import gone
 
 
 def test_an_open_lifeline_is_not_gone_even_with_a_deadline_unread() -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pandaserver.daemons.capture import LineLogger
-from pandaserver.daemons.logsink import DropCounter, SafeHandler, WorkerDrops
+from pandaserver.daemons.base.logsink import DropCounter, SafeHandler, WorkerDrops
+from pandaserver.daemons.worker.capture import LineLogger
 
 
 @pytest.fixture

@@ -10,11 +10,11 @@ from freezegun import freeze_time
 
 from pandaserver.config.daemon import DaemonSettings
 from pandaserver.config.scripts import DaemonSpec
-from pandaserver.daemons import schedule
-from pandaserver.daemons.clock import SystemClock
-from pandaserver.daemons.master import Master
-from pandaserver.daemons.schedule import ScriptState
-from pandaserver.daemons.supervise import MAX_SPAWN_BACKOFF
+from pandaserver.daemons.base.clock import SystemClock
+from pandaserver.daemons.master import schedule
+from pandaserver.daemons.master.loop import Master
+from pandaserver.daemons.master.schedule import ScriptState
+from pandaserver.daemons.master.supervise import MAX_SPAWN_BACKOFF
 
 
 def spec(name: str, period: float) -> DaemonSpec:

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 from harness import wait_for
 
-from pandaserver.daemons import proctable
-from pandaserver.daemons.proctable import Proc
+from pandaserver.daemons.containment import proctable
+from pandaserver.daemons.containment.proctable import Proc
 
 
 @pytest.fixture

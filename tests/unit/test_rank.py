@@ -1,4 +1,4 @@
-"""Who of the fleet asks for a sync lease (daemons/rank.py, DbLeases.turn): pure logic and
+"""Who of the fleet asks for a sync lease (daemons/fleet/rank.py, DbLeases.turn): pure logic and
 the gate's decisions, driven with plain numbers and a fake database side."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from pandaserver.config.scripts import DaemonSpec
-from pandaserver.daemons import rank
-from pandaserver.daemons.fleetleases import DbLeases, Seen, wait_from
-from pandaserver.daemons.leases import Turn
+from pandaserver.daemons.fleet import rank
+from pandaserver.daemons.fleet.dbleases import DbLeases, Seen, wait_from
+from pandaserver.daemons.fleet.leasemanager import Turn
 from pandaserver.db.heartbeat import ServerRow
 from pandaserver.db.leases import LeaseRow
 
@@ -208,7 +208,7 @@ def test_an_ungranted_period_seen_a_while_ago_is_looked_at_again_before_asking()
 
 
 def test_a_draining_server_is_not_ranked() -> None:
-    from pandaserver.daemons.fleetleases import draining
+    from pandaserver.daemons.fleet.dbleases import draining
 
     assert draining('{"draining": true, "paused": []}')
     assert not draining('{"draining": false}') and not draining(None) and not draining("[")

@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 
 from pandaserver.config.scripts import DaemonSpec
-from pandaserver.daemons.contention import Contentions
-from pandaserver.daemons.dispatch import Dispatching
-from pandaserver.daemons.leases import LeaseDecision
-from pandaserver.daemons.localstatus import render_local_status
-from pandaserver.daemons.runs import RunRecord
-from pandaserver.daemons.schedule import ScriptState
+from pandaserver.daemons.base.runs import RunRecord
+from pandaserver.daemons.fleet.contention import Contentions
+from pandaserver.daemons.fleet.leasemanager import LeaseDecision
+from pandaserver.daemons.master.dispatch import Dispatching
+from pandaserver.daemons.master.schedule import ScriptState
+from pandaserver.service.hoststatus import render_local_status
 
 
 class NoHistory:

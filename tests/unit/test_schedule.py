@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pandaserver.config.scripts import DaemonSpec
-from pandaserver.daemons import schedule
-from pandaserver.daemons.pool import staggered_lifetime
-from pandaserver.daemons.schedule import ScriptState
+from pandaserver.daemons.master import schedule
+from pandaserver.daemons.master.pool import staggered_lifetime
+from pandaserver.daemons.master.schedule import ScriptState
 
 
 def spec(name: str = "s", period: float = 10.0) -> DaemonSpec:

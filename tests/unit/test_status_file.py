@@ -1,4 +1,4 @@
-"""The status file: the loop captures, one thread writes (``pandaserver.daemons.status``).
+"""The status file: the loop captures, one thread writes (``pandaserver.daemons.master.statusfile``).
 
 A stand-in master of plain values (the status code reads attributes only); real files in
 ``tmp_path``. No timing is asserted: where a write must be held back, an event holds it.
@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 
 from pandaserver.config.scripts import DaemonSpec
-from pandaserver.daemons import status
-from pandaserver.daemons.contention import Contentions
-from pandaserver.daemons.crashloop import CrashLoops
-from pandaserver.daemons.schedule import ScriptState
-from pandaserver.daemons.timetable import Timetable
-from pandaserver.db.control import Hold
+from pandaserver.daemons.fleet.contention import Contentions
+from pandaserver.daemons.master import statusfile as status
+from pandaserver.daemons.master.crashloop import CrashLoops
+from pandaserver.daemons.master.schedule import ScriptState
+from pandaserver.daemons.master.timetable import Timetable
+from pandaserver.db.operator_commands import Hold
 
 WAIT = 30.0  # a deadline for what takes milliseconds
 

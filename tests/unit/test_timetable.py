@@ -5,9 +5,9 @@ from __future__ import annotations
 import random
 
 from pandaserver.config.scripts import DaemonSpec
-from pandaserver.daemons import schedule
-from pandaserver.daemons.schedule import ScriptState
-from pandaserver.daemons.timetable import Timetable
+from pandaserver.daemons.master import schedule
+from pandaserver.daemons.master.schedule import ScriptState
+from pandaserver.daemons.master.timetable import Timetable
 
 
 def spec(name: str, period: float = 10.0) -> DaemonSpec:

@@ -9,9 +9,9 @@ import io
 import pytest
 from freezegun import freeze_time
 
-from pandaserver.cron.cli import add_arguments, convert_streams
+from pandaserver.commands.cron import add_arguments, convert_streams
 from pandaserver.cron.convert import analyse_schedule
-from pandaserver.daemons.localstatus import render_local_status
+from pandaserver.service.hoststatus import render_local_status
 
 CRONTAB = """\
 0-59/4 * * * * atlpan /opt/panda/usr/bin/panda_server-add > /dev/null 2>&1

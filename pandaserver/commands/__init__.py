@@ -1,0 +1,1 @@
+"""The command layer: every ``panda-daemon`` subcommand."""

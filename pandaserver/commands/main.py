@@ -1,0 +1,228 @@
+"""The ``panda-daemon`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from pandaserver import __version__, exitcodes
+from pandaserver.commands.launch import build_master, disabled, server_name
+from pandaserver.config import ConfigError, PandaConfig, load_config
+from pandaserver.service.logfiles import MASTER_LOG_FORMAT
+
+if TYPE_CHECKING:
+    from pandaserver.preflight.validate import Verdict
+
+log = logging.getLogger("panda.cli")
+
+Command = Callable[[PandaConfig, argparse.Namespace], int]
+# commands that open the database straight away (run, start and the others validate first)
+DATABASE_COMMANDS = {"history", "locks", "unlock", "db", "web", "pause", "resume", "run-now",
+                     "kill", "drain", "undrain", "restart-workers", "commands"}  # fleet says UNKNOWN itself
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="panda-daemon",
+        description="Run PanDA server housekeeping scripts on a schedule, one server or a fleet.",
+    )
+    parser.add_argument("-c", "--config", metavar="FILE",
+                        help="panda_server.cfg to read, or FILE:FILE... read in that order"
+                             " (default: as the PanDA server, every one of /etc/panda,"
+                             " /usr/etc/panda, ~/etc/panda, $PANDA_HOME/etc/panda,"
+                             " $PANDA_HOME/usr/etc/panda that exists, later wins, then"
+                             " $PANDA_HOME/etc/config_json/panda_server_config.json)")
+    parser.add_argument("--server-name", default=None, metavar="NAME",
+                        help="name of this master in the fleet (default: the short host name)")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--version", action="version", version=f"panda-daemon {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser("run", help="run the master in the foreground, logging to stderr")
+    run.set_defaults(func=cmd_run)
+    check = sub.add_parser("check-config",
+                           help="show the scripts as they will run and every problem")
+    check.add_argument("--no-import", action="store_true",
+                       help="do not try to import the script modules")
+    check.add_argument("--connect", action="store_true",
+                       help="also connect to the database and check its schema")
+    check.set_defaults(func=cmd_check_config)
+    once = sub.add_parser("run-once", help="run one script once in the foreground")
+    once.add_argument("name", help="the script's name in the config")
+    once.add_argument("--ignore-lease", action="store_true",
+                      help="run a sync script without taking its fleet-wide lease")
+    once.set_defaults(func=cmd_run_once)
+
+    _add_optional_commands(sub)
+    return parser
+
+
+def _add_optional_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Commands of the cron converter and the database and service layers."""
+    try:
+        from pandaserver.commands import cron as cron_cli
+    except ImportError:
+        pass
+    else:
+        cron = sub.add_parser("cron2json", help="convert crontab lines into daemon config JSON")
+        cron_cli.add_arguments(cron)
+        cron.set_defaults(func=None, plain=cron_cli.run)
+    try:
+        from pandaserver.commands.service import add_service_subcommands
+    except ImportError:
+        pass
+    else:
+        add_service_subcommands(sub)
+    try:
+        from pandaserver.commands.web import add_web_subcommands
+    except ImportError:
+        pass
+    else:
+        add_web_subcommands(sub)
+    try:
+        from pandaserver.commands.database import add_db_subcommands
+    except ImportError:
+        return
+    add_db_subcommands(sub)
+    from pandaserver.commands.operator import add_control_subcommands
+
+    add_control_subcommands(sub)
+
+
+def setup_logging(level: str) -> None:
+    """Records go to stderr, each line one write; a line that cannot be written is dropped
+    and counted (``logsink.MASTER``, shown by ``status``), never raised."""
+    from pandaserver.config.secrets import redact_handler
+    from pandaserver.daemons.base.logsink import MASTER, SafeHandler
+
+    handler = redact_handler(SafeHandler(stream="stderr", counter=MASTER))
+    handler.setFormatter(logging.Formatter(MASTER_LOG_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def report(verdict: Verdict, command: str, logger: logging.Logger = log) -> None:
+    """Log what ``command`` meets: errors and problems at ERROR, warnings at WARNING."""
+    for finding in verdict.errors(command):
+        logger.error("%s", finding.message)
+    for finding in verdict.problems():
+        logger.error("%s", finding.message)
+    for finding in verdict.warnings(command):
+        logger.warning("%s", finding.message)
+
+
+def cmd_run(cfg: PandaConfig, args: argparse.Namespace) -> int:
+    from pandaserver.preflight.validate import RUN, drop_scripts, validate
+
+    settings = cfg.daemon
+    if disabled(settings):
+        log.warning("the daemon is disabled (enable = False in [daemon] of %s); nothing to run",
+                    cfg.path)
+        return exitcodes.RET_OK
+    verdict = validate(cfg, RUN, cwd=os.getcwd())
+    report(verdict, RUN)
+    code = verdict.exit_code(RUN)
+    if code != exitcodes.RET_OK:
+        log.error("cannot start: fix the problems above (panda-daemon check-config lists them)")
+        return code
+    drop_scripts(cfg, verdict)
+
+    from pandaserver.daemons.fleet.fleetdb import StartupError
+
+    if os.geteuid() == 0 and not os.environ.get("PANDA_NO_ROOT"):
+        log.warning("running scripts as root: 'run' keeps the user it is started as; 'start'"
+                    " switches to uname/gname (set PANDA_NO_ROOT=1 to silence this)")
+    try:
+        master = build_master(cfg, args)
+    except StartupError as exc:
+        log.error("cannot start: %s", exc)
+        return exc.code
+    return master.run()
+
+
+def cmd_run_once(cfg: PandaConfig, args: argparse.Namespace) -> int:
+    from pandaserver.config.problems import did_you_mean
+    from pandaserver.daemons.master.loop import Master
+    from pandaserver.preflight.validate import RUN_ONCE, validate
+
+    settings = cfg.daemon
+    verdict = validate(cfg, RUN_ONCE)
+    errors = verdict.errors(RUN_ONCE)
+    if errors:
+        for finding in errors:
+            log.error("%s", finding.message)
+        return errors[0].code
+    if args.name not in settings.scripts:
+        bad = [p for p in settings.problems if p.script == args.name]
+        for problem in bad:
+            log.error("%s", problem)
+        if not bad:
+            log.error("no script %r in the config of %s%s", args.name, cfg.path,
+                      did_you_mean(args.name, settings.scripts))
+        return exitcodes.RET_CONFIG
+    if not settings.scripts[args.name].enable:
+        log.info("script %s is disabled in the config; running it anyway, as asked", args.name)
+    from pandaserver.daemons.base.clock import SystemClock
+    from pandaserver.daemons.fleet.fleetdb import StartupError, open_fleet
+    from pandaserver.daemons.fleet.leasemanager import LocalLeases
+
+    clock = SystemClock()
+    try:
+        fleet = open_fleet(cfg, server_name(args), clock, member=False)
+    except StartupError as exc:
+        log.error("cannot run: %s", exc)
+        return exc.code
+    master = Master(settings, server=server_name(args), log_level=args.log_level, clock=clock,
+                    only=args.name, fleet=fleet, config_path=cfg.origin,
+                    leases=LocalLeases() if args.ignore_lease else None)
+    return master.run()
+
+
+def cmd_check_config(cfg: PandaConfig, args: argparse.Namespace) -> int:
+    from pandaserver.preflight.report import render_check
+
+    text, code = render_check(cfg, try_import=not args.no_import, connect=args.connect)
+    sys.stdout.write(text)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    name = args.server_name
+    if name is not None and not (0 < len(name.strip()) == len(name) <= 255):
+        parser.error(f"--server-name must be 1 to 255 characters without surrounding spaces,"
+                     f" got: {name!r}")
+    from pandaserver.config.secrets import redact_std_streams
+
+    redact_std_streams()  # no secret leaves through print() either
+    setup_logging(args.log_level)
+    plain = getattr(args, "plain", None)
+    if plain is not None:
+        return int(plain(args))
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            log.error("%s", problem)
+        return exitcodes.RET_CONFIG
+    if args.command in DATABASE_COMMANDS:  # a message, not a traceback, for a bad URL
+        from pandaserver.preflight.dbsettings import ERROR, database_findings
+
+        errors = [message for level, message, _ in database_findings(cfg)[1] if level == ERROR]
+        for message in errors:
+            log.error("%s", message)
+        if errors:
+            return exitcodes.RET_CONFIG
+    func: Command = args.func
+    return func(cfg, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""Operator commands: ``pause``, ``resume``, ``run-now``, ``kill``, ``drain``, ``undrain``,
+``restart-workers``, and ``commands`` (the recent ones, and who acted).
+
+Each records one row in the shared database (who asked, when) and exits 0; every master
+reads it within ``[daemon] command_interval`` seconds and records when it acted. ``--wait``
+blocks until every live server (or the one named) has acted, or says which has not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import socket
+import sys
+import time
+from collections.abc import Callable
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from pandaserver.commands.launch import server_name
+from pandaserver.config import PandaConfig
+from pandaserver.config.problems import did_you_mean
+from pandaserver.db import operator_commands as dbcontrol
+from pandaserver.db.engine import DatabaseConfigError, describe_db_error, make_engine, safe_url
+from pandaserver.db.heartbeat import HeartbeatStore
+from pandaserver.db.schema import SchemaError, check_schema
+from pandaserver.fmt import table, when
+
+EXIT_OK, EXIT_NOT_ACTED, EXIT_USAGE = 0, 1, 2
+EXIT_DB_ERROR, EXIT_SCHEMA, EXIT_CONFIG = 3, 4, 5  # as pandaserver.commands.database
+ALIVE_BEATS = 3  # a server is live when it beat within this many heartbeat intervals
+
+EFFECT = {
+    dbcontrol.PAUSE: "it will not be started{where}; a run in progress finishes",
+    dbcontrol.RESUME: "it is scheduled again{where}",
+    dbcontrol.RUN_NOW: "one extra run, on the first server that takes it{where}",
+    dbcontrol.KILL: "its run in progress{where} is killed (SIGTERM, then SIGKILL) and"
+                    " recorded as killed",
+    dbcontrol.DRAIN: "it finishes what it runs and takes no new sync lease; the other"
+                     " servers take its sync scripts",
+    dbcontrol.UNDRAIN: "it takes sync leases again",
+    dbcontrol.RESTART_WORKERS: "every worker{where} is replaced, one at a time (a busy one"
+                               " after its run)",
+}
+
+
+def requester() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "?"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _err(message: str) -> None:
+    print(f"panda-daemon: {message}", file=sys.stderr)
+
+
+def cmd_control(cfg: PandaConfig, args: argparse.Namespace) -> int:
+    verb: str = args.verb
+    if verb in (dbcontrol.DRAIN, dbcontrol.UNDRAIN):
+        target, server = args.target, args.target
+    elif verb == dbcontrol.RESTART_WORKERS:
+        target, server = "*", server_name(args)
+    else:
+        target, server = args.target, args.server
+        if target not in cfg.daemon.scripts:
+            _err(f"no script {target!r} in the config of {cfg.path}"
+                 f"{did_you_mean(target, cfg.daemon.scripts)}")
+            return EXIT_USAGE
+    return _on_control_db(cfg, lambda engine, store: _issue(
+        cfg, args, engine, store, verb=verb, target=target, server=server))
+
+
+def _on_control_db(cfg: PandaConfig,
+                   body: Callable[[Engine, dbcontrol.ControlStore], int]) -> int:
+    """``body(engine, store)`` on the configured database, its schema checked; the
+    engine disposed after. A bad database setting, an old or new schema, or a database
+    error is said on stderr and becomes the exit status (5, 4, 3)."""
+    try:
+        engine = make_engine(cfg)
+    except DatabaseConfigError as exc:
+        _err(str(exc))
+        return EXIT_CONFIG
+    try:
+        check_schema(engine)
+        return body(engine, dbcontrol.ControlStore(engine))
+    except SchemaError as exc:
+        _err(f"database {safe_url(engine.url)}: {exc}")
+        return EXIT_SCHEMA
+    except SQLAlchemyError as exc:
+        _err(describe_db_error(exc, engine.url))
+        return EXIT_DB_ERROR
+    finally:
+        engine.dispose()
+
+
+def _issue(cfg: PandaConfig, args: argparse.Namespace, engine: Engine,
+           store: dbcontrol.ControlStore, *, verb: str, target: str, server: str | None
+           ) -> int:
+    """Record the command, say what it does and who will act; ``--wait`` for them."""
+    live = [s.server for s in HeartbeatStore(engine).list_servers()
+            if s.age <= ALIVE_BEATS * cfg.daemon.heartbeat_interval]
+    command = store.issue(verb, target, server, getattr(args, "reason", None), requester())
+    expected = [server] if server is not None else live
+    where = f" on {server}" if server is not None and verb not in (
+        dbcontrol.DRAIN, dbcontrol.UNDRAIN) else " on every server"
+    subject = f"server {target}" if verb in (dbcontrol.DRAIN, dbcontrol.UNDRAIN) else \
+        "the local master's workers" if verb == dbcontrol.RESTART_WORKERS else target
+    print(f"{verb} {subject}: recorded as command {command.id} by {command.requested_by}"
+          f" at {when(command.requested_at)} UTC")
+    print(f"  {EFFECT[verb].format(where=where)}")
+    print(f"  live servers: {', '.join(live) or 'none'}; each acts within"
+          f" {cfg.daemon.command_interval:g} s (command_interval)")
+    if server is not None and server not in live:
+        print(f"  note: {server} is not live now; it acts when it runs again"
+              if verb in (dbcontrol.PAUSE, dbcontrol.DRAIN, dbcontrol.RESUME,
+                          dbcontrol.UNDRAIN) else
+              f"  note: {server} is not live now: nothing will act on this")
+    if not args.wait:
+        return EXIT_OK
+    return _wait(store, command.id, expected, args.timeout)
+
+
+def _wait(store: dbcontrol.ControlStore, command_id: int, expected: list[str],
+          timeout: float, sleep: Callable[[float], None] = time.sleep) -> int:
+    deadline = time.monotonic() + timeout
+    seen: set[str] = set()
+    while True:
+        for ack in store.acks(command_id):
+            if ack.server not in seen:
+                seen.add(ack.server)
+                print(f"  {ack.server}: {ack.note or 'done'} (at {when(ack.acted_at)} UTC)")
+        missing = [s for s in expected if s not in seen]
+        if not missing:
+            return EXIT_OK
+        if time.monotonic() >= deadline:
+            print(f"not acted on within {timeout:g} s by: {', '.join(missing)}")
+            return EXIT_NOT_ACTED
+        sleep(0.2)
+
+
+def cmd_commands(cfg: PandaConfig, args: argparse.Namespace) -> int:
+    """``commands``: the recent operator commands, the holds in force, who acted when."""
+    return _on_control_db(cfg, lambda _engine, store: _list_commands(store, args.limit))
+
+
+def _list_commands(store: dbcontrol.ControlStore, limit: int) -> int:
+    holds = store.holds()
+    rows = [["ID", "VERB", "TARGET", "SERVER", "BY", "AT (UTC)", "REASON", "ACTED"]]
+    for c in store.recent(limit):
+        acted = ", ".join(f"{a.server}: {a.note}" for a in store.acks(c.id))
+        rows.append([str(c.id), c.verb, c.target, c.server or "*", c.requested_by,
+                     when(c.requested_at), c.reason or "", acted or "-"])
+    print("in force: " + ("; ".join(
+        f"{h.kind} {h.name}{'' if h.server in (h.name, dbcontrol.EVERY) else ' on ' + h.server}"
+        f" by {h.requested_by}{' (' + h.reason + ')' if h.reason else ''}" for h in holds)
+        or "nothing paused or drained"))
+    print("\n".join(table(rows)))
+    return EXIT_OK
+
+
+def add_control_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    def common(parser: argparse.ArgumentParser, verb: str, reason: bool = False) -> None:
+        if reason:
+            parser.add_argument("--reason", default=None, metavar="TEXT",
+                                help="why (recorded, shown in status, fleet and the pages)")
+        parser.add_argument("--wait", action="store_true",
+                            help="wait until every live server (or the one named) has acted")
+        parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                            help="how long --wait waits (default 30 s)")
+        parser.set_defaults(func=cmd_control, verb=verb)
+
+    for verb, helptext, reason in (
+            (dbcontrol.PAUSE, "start no new run of a script, fleet-wide or on one server",
+             True),
+            (dbcontrol.RESUME, "schedule a paused script again (and reset its crash back-off)",
+             False),
+            (dbcontrol.RUN_NOW, "one extra run of a script as soon as a worker is free",
+             False),
+            (dbcontrol.KILL, "kill a script's run in progress (recorded as killed)", True)):
+        parser = sub.add_parser(verb, help=helptext)
+        parser.add_argument("target", metavar="NAME", help="the script's name")
+        parser.add_argument("--server", default=None, metavar="S",
+                            help="only on this server (default: every server)")
+        common(parser, verb, reason)
+    for verb, helptext, reason in (
+            (dbcontrol.DRAIN, "a server takes no new sync lease (patch it without a gap)", True),
+            (dbcontrol.UNDRAIN, "a drained server takes sync leases again", False)):
+        parser = sub.add_parser(verb, help=helptext)
+        parser.add_argument("target", metavar="SERVER", help="the server's name in the fleet")
+        common(parser, verb, reason)
+    parser = sub.add_parser(dbcontrol.RESTART_WORKERS,
+                            help="recycle every worker of the local master (--server-name),"
+                                 " one at a time, losing no run")
+    common(parser, dbcontrol.RESTART_WORKERS, True)
+    listing = sub.add_parser("commands", help="recent operator commands and who acted when")
+    listing.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    listing.set_defaults(func=cmd_commands)

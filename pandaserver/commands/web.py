@@ -1,0 +1,323 @@
+"""``panda-daemon web``, ``panda-daemon fleet`` and ``panda-daemon logs``.
+
+``fleet --check`` follows the monitoring-plugin convention (Nagios, Icinga, Sensu):
+one status line, then details; exit 0 OK, 1 WARNING (late scripts, servers whose
+configuration differs), 2 CRITICAL (stale scripts), 3 UNKNOWN (the database or the
+configuration cannot be used).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from pandaserver.config import PandaConfig
+from pandaserver.config.daemon import parse_positive_int
+from pandaserver.config.problems import did_you_mean
+from pandaserver.fmt import offset, relative, span, table, when
+from pandaserver.web.settings import (
+    WebConfigError,
+    WebSettings,
+    parse_bind,
+    parse_factor,
+    web_settings,
+)
+
+if TYPE_CHECKING:  # imported when a command runs, not for every `panda-daemon` call
+    from pandaserver.web.fleetview import Overview
+
+T = TypeVar("T")
+EXIT_DB_ERROR, EXIT_SCHEMA, EXIT_CONFIG = 3, 4, 5  # as pandaserver.commands.database
+PIDFILE_HELP = "$PANDA_LOCK_DIR/panda-daemon-web.pid, else /var/run/panda/panda-daemon-web.pid"
+CHECK_OK, CHECK_WARNING, CHECK_CRITICAL, CHECK_UNKNOWN = 0, 1, 2, 3
+LOGS_NONE, LOGS_UNREADABLE = 1, 3
+
+
+def _type(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse type from a parser whose ValueError says what is wrong."""
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return convert
+
+
+def add_web_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    web = sub.add_parser("web", help="serve the fleet pages, their JSON API and /metrics"
+                                     " (gunicorn; read-only; localhost by default)")
+    web.add_argument("--bind", type=_type(parse_bind), default=None, metavar="HOST:PORT",
+                     help=f"where to listen (default: [daemon_web] bind, else"
+                          f" {WebSettings().bind})")
+    web.add_argument("--workers", type=_type(parse_positive_int), default=1,
+                     help="gunicorn worker processes (default 1: keeps /metrics counters"
+                          " consistent)")
+    web.add_argument("--threads", type=_type(parse_positive_int), default=4,
+                     help="threads per worker (default 4)")
+    web.add_argument("--stale-factor", type=_type(parse_factor), default=None, metavar="K")
+    web.add_argument("--access-log", default=None, metavar="FILE",
+                     help="write an access log there ('-': standard output)")
+    web.add_argument("--detach", action="store_true",
+                     help="run in the background; return once it answers (for rc.d scripts)")
+    web.add_argument("--stop", action="store_true", help="stop the server of --pidfile")
+    web.add_argument("--pidfile", type=Path, default=None, metavar="FILE",
+                     help=f"pid file (with --detach and --stop, default: {PIDFILE_HELP})")
+    web.add_argument("--log-file", type=Path, default=None, metavar="FILE",
+                     help="with --detach: its output (default <logdir>/panda-daemon-web.log)")
+    web.set_defaults(func=cmd_web)
+
+    fleet = sub.add_parser("fleet", help="every server and script of the fleet, from the database")
+    fleet.add_argument("--json", action="store_true", help="print JSON")
+    fleet.add_argument("--check", action="store_true",
+                       help="monitoring check: exit 2 when a script is stale, 1 when one is late"
+                            " or a server's configuration differs, 3 when unknown")
+    fleet.add_argument("--stale-factor", type=_type(parse_factor), default=None, metavar="K",
+                       help="stale after K x period without a success anywhere (default:"
+                            " [daemon_web] stale_factor, else 3)")
+    fleet.set_defaults(func=cmd_fleet)
+
+    logs = sub.add_parser("logs", help="the recent log records of one script (worker log)")
+    logs.add_argument("name", help="the script's name")
+    logs.add_argument("--lines", type=_type(parse_positive_int), default=50, metavar="N",
+                      help="how many records (default 50; a record keeps its continuation lines)")
+    logs.add_argument("--grep", default=None, metavar="TEXT", help="only records containing TEXT")
+    logs.add_argument("--file", type=Path, default=None,
+                      help="read this file (default: <logdir>/panda-daemons.log)")
+    logs.set_defaults(func=cmd_logs)
+
+
+def _settings(cfg: PandaConfig, stale_factor: float | None, bind: str | None = None
+              ) -> WebSettings:
+    return web_settings(cfg).with_overrides(stale_factor=stale_factor, bind=bind)
+
+
+def _err(message: str) -> None:
+    sys.stderr.write(f"panda-daemon: {message}\n")
+
+
+# --- web --------------------------------------------------------------------------------
+
+def cmd_web(cfg: PandaConfig, args: argparse.Namespace) -> int:
+    from pandaserver.db.engine import DatabaseConfigError, database_url
+    from pandaserver.web import server
+
+    pidfile: Path | None = args.pidfile
+    if args.stop or args.detach:
+        pidfile = pidfile or server.default_pidfile()
+    if args.stop:
+        assert pidfile is not None
+        return server.stop(pidfile)
+    try:
+        settings = _settings(cfg, args.stale_factor, args.bind)
+        database_url(cfg)  # fail now, not at the first request, when it names none
+    except (WebConfigError, DatabaseConfigError) as exc:
+        _err(str(exc))
+        return EXIT_CONFIG
+    if args.detach:
+        assert pidfile is not None
+        argv = ["-c", cfg.origin, "--log-level", args.log_level, "web",
+                "--bind", settings.bind, "--workers", str(args.workers),
+                "--threads", str(args.threads), "--pidfile", str(pidfile.absolute()),
+                "--stale-factor", str(settings.stale_factor)]
+        if args.access_log:
+            argv += ["--access-log", args.access_log]
+        return server.start_detached(argv, settings.bind, args.log_file or _log_dir(cfg)
+                                     / server.LOG_NAME)
+
+    def load() -> object:
+        from pandaserver.web.app import FleetApp
+
+        return FleetApp(cfg, settings)
+
+    options = server.gunicorn_options(settings.bind, args.workers, args.threads, args.access_log,
+                                      pidfile)
+    if cfg.daemon.uname:  # started as root: the workers that read the database do not stay root
+        from pandaserver.service.privileges import PrivilegeError, resolve_user
+
+        try:
+            user = resolve_user(cfg.daemon.uname, cfg.daemon.gname, str(cfg.path))
+        except PrivilegeError as exc:
+            _err(str(exc))
+            return EXIT_CONFIG
+        if user is not None:
+            options.update(user=user.uid, group=user.gid)
+    return server.serve(load, options)
+
+
+def _log_dir(cfg: PandaConfig) -> Path:
+    from pandaserver.service.logfiles import logdir_of
+
+    return logdir_of(cfg)
+
+
+# --- fleet ------------------------------------------------------------------------------
+
+def _overview(cfg: PandaConfig, settings: WebSettings) -> Overview:
+    from pandaserver.db.schema import check_schema
+    from pandaserver.web.fleetview import FleetReader
+
+    reader = FleetReader(cfg, settings)
+    try:
+        check_schema(reader.engine)
+        return reader.overview()
+    finally:
+        reader.dispose()
+
+
+def cmd_fleet(cfg: PandaConfig, args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from pandaserver.db.engine import (
+        DatabaseConfigError,
+        database_url,
+        describe_db_error,
+        safe_url,
+    )
+    from pandaserver.db.schema import SchemaError
+    from pandaserver.web.fleetview import jsonable
+
+    try:
+        settings = _settings(cfg, args.stale_factor)
+        overview = _overview(cfg, settings)
+    except (WebConfigError, DatabaseConfigError) as exc:
+        return _fail(args, str(exc), EXIT_CONFIG)
+    except SchemaError as exc:
+        return _fail(args, f"database {safe_url(database_url(cfg))}: {exc}", EXIT_SCHEMA)
+    except SQLAlchemyError as exc:
+        return _fail(args, describe_db_error(exc, database_url(cfg)), EXIT_DB_ERROR)
+    if args.check:
+        code, text = check_text(overview)
+        sys.stdout.write(text)
+        return code
+    if args.json:
+        data = {"db_now": overview.db_now, "stale_factor": overview.stale_factor,
+                "servers": overview.servers, "scripts": overview.scripts,
+                "leases": overview.leases, "local_masters": overview.local,
+                "holds": overview.holds,
+                "summary": overview.summary()}
+        sys.stdout.write(json.dumps(jsonable(data), indent=2, sort_keys=True) + "\n")
+        return 0
+    from pandaserver.preflight.dbsettings import local_sqlite_note
+
+    note = local_sqlite_note(cfg)  # a fleet that cannot share leases says so
+    sys.stdout.write(fleet_text(overview) + (f"\nWARNING: {note}\n" if note else ""))
+    return 0
+
+
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    if args.check:
+        sys.stdout.write(f"UNKNOWN: {message}\n")
+        return CHECK_UNKNOWN
+    _err(message)
+    return code
+
+
+def check_text(ov: Overview) -> tuple[int, str]:
+    """The monitoring status (code, text) of the fleet."""
+    details = []
+    for s in ov.stale:
+        details.append(f"stale: {s.name} (no successful run anywhere for"
+                       f" {span(s.since_success) if s.since_success is not None else 'ever'},"
+                       f" limit {ov.stale_factor:g} x {span(s.period)})")
+    for s in ov.late:
+        details.append(f"late: {s.name} (due {relative(-(s.overdue or 0.0))})")
+    for v in ov.mismatched:
+        details.append(f"config differs: {v.server} (hash {v.config_hash[:12]})")
+    for name, where in sorted(ov.crash_looping.items()):
+        details.append(f"crash-looping: {name} on {', '.join(where)}")
+    for m in ov.log_failing:
+        details.append(f"log lines dropped: {m.server} on this host ({m.log_failing};"
+                       f" {m.log_dropped} so far)")
+    if ov.stale:
+        code, word = CHECK_CRITICAL, "CRITICAL"
+    elif ov.late or ov.mismatched or ov.crash_looping or ov.log_failing:
+        code, word = CHECK_WARNING, "WARNING"
+    else:
+        code, word = CHECK_OK, "OK"
+    alive = sum(1 for v in ov.servers if v.alive)
+    looping = f", {len(ov.crash_looping)} crash-looping" if ov.crash_looping else ""
+    head = (f"{word}: {len(ov.stale)} stale, {len(ov.late)} late{looping} of"
+            f" {len(ov.scripts)} scripts;"
+            f" {alive} of {len(ov.servers)} servers alive")
+    return code, "\n".join([head, *details]) + "\n"
+
+
+def _columns(rows: list[list[str]]) -> str:
+    return "".join(line + "\n" for line in table(rows))
+
+
+def fleet_text(ov: Overview) -> str:
+    local = {m.server: m for m in ov.local if m.alive}
+    servers = [["SERVER", "STATE", "HEARTBEAT", "VERSION", "PID", "CONFIG", "CLOCK OFFSET",
+                "WORKERS"]]
+    for v in ov.servers:
+        m = local.get(v.server)
+        state = ("alive, draining" if v.draining else "alive") if v.alive else "SILENT"
+        servers.append([v.server, state, relative(-v.heartbeat_age),
+                        v.version, str(v.pid),
+                        v.config_hash[:12] + (" DIFFERS" if v.config_mismatch else ""),
+                        offset(v.clock_offset),
+                        f"{m.workers_alive}/{m.n_proc}" if m is not None else "-"])
+    scripts = [["SCRIPT", "PERIOD", "SYNC", "LAST RUN", "NEXT DUE", "LAST SUCCESS", "STATE"]]
+    for s in ov.scripts:
+        newest = max(s.runs, key=lambda r: r.started_at, default=None)
+        last = "-"
+        if newest is not None:
+            ago = (ov.db_now - newest.started_at).total_seconds()
+            last = f"{newest.server} {newest.outcome} {relative(-ago)}"
+        flags = [w for w, on in (("STALE", s.stale), ("LATE", s.late),
+                                 ("disabled", s.configured and not s.enabled),
+                                 ("not configured here", not s.configured)) if on]
+        if s.lease_holder:
+            flags.append(f"running on {s.lease_holder}")
+        flags += [f"PAUSED{'' if h.server == '*' else ' on ' + h.server} by {h.requested_by}"
+                  f"{': ' + h.reason if h.reason else ''}" for h in ov.paused if h.name == s.name]
+        if s.name in ov.crash_looping:
+            flags.append(f"CRASH-LOOPING on {', '.join(ov.crash_looping[s.name])}")
+        scripts.append([s.name, span(s.period), "?" if s.sync is None else "yes" if s.sync
+                        else "no", last, relative(-s.overdue if s.overdue is not None else None),
+                        relative(-s.since_success) if s.since_success is not None else "never",
+                        " ".join(flags) or "ok"])
+    notes = "".join(
+        f"logs of {m.server} on this host: "
+        + (f"FAILING ({m.log_failing}), " if m.log_failing else "writing again, ")
+        + f"{m.log_dropped} line(s) dropped since its start\n"
+        for m in local.values() if m.log_failing or m.log_dropped)
+    return (f"fleet at {when(ov.db_now)} UTC (database clock); stale after"
+            f" {ov.stale_factor:g} x period\n\n" + _columns(servers) + notes + "\n"
+            + _columns(scripts))
+
+
+# --- logs -------------------------------------------------------------------------------
+
+def cmd_logs(cfg: PandaConfig, args: argparse.Namespace) -> int:
+    from pandaserver.service.logfiles import WORKER_LOG
+    from pandaserver.web.logs import script_records
+
+    if args.file is not None:
+        path = args.file
+    else:
+        try:
+            path = _log_dir(cfg) / WORKER_LOG
+        except ValueError as exc:
+            _err(str(exc))
+            return EXIT_CONFIG
+    if args.name not in cfg.daemon.scripts:
+        _err(f"note: no script {args.name!r} in {cfg.path}"
+             f"{did_you_mean(args.name, cfg.daemon.scripts)}; searching the log anyway")
+    try:
+        records = script_records(path, args.name, args.lines, args.grep)
+    except OSError as exc:
+        _err(f"cannot read the worker log {path}: {exc.strerror or exc} (workers write it when"
+             " the master runs as a service, `panda-daemon start`; --file names another)")
+        return LOGS_UNREADABLE
+    if not records:
+        what = f" containing {args.grep!r}" if args.grep else ""
+        _err(f"no log records of {args.name}{what} in {path}")
+        return LOGS_NONE
+    sys.stdout.write("\n".join(records) + "\n")
+    return 0

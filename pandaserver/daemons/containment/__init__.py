@@ -1,0 +1,1 @@
+"""Every process a run starts ends with the run: process table, process trees, cgroups."""

@@ -1,0 +1,252 @@
+"""The master's lease calls on the shared database, and who of the fleet asks for a grant.
+
+``DbLeases`` is the ``LeaseManager`` of a master with a fleet database (``FleetDb``): its
+grants and releases run on the ``lease`` lane, renewals on the ``renew`` lane, and the two
+reads that decide who asks on the ``house`` lane (the live servers, once a heartbeat
+interval) and the ``look`` lane (the lease table: frequent, so never delaying a heartbeat);
+the loop never waits for any of them.
+
+Who asks (``turn``, see daemons/fleet/rank.py): the preferred server of a script asks at the
+due time; a server of rank r > 0 waits until ``due + fallback_offset(r)`` and asks only if
+a read of the whole lease table (one statement for every script, made at most every
+``read_interval`` and only while such a check waits) taken after that moment, and at most
+``FRESH`` seconds old, shows the period ungranted; when it shows a grant, the server
+learns the next due time without asking. The live servers are those whose heartbeat
+(``daemon_server.last_seen``) is at most ``LIVE_BEATS`` heartbeat intervals (at least
+``LIVE_MIN`` seconds) old and that do not report draining, read every heartbeat interval
+(every ``SETTLE`` seconds while the list changes, as at start-up).
+
+So a killed preferred server costs each of its scripts a fallback delay per period (the
+lease's time to live first, if it died holding it) until the others stop counting it as
+live, at most ``LIVE_BEATS`` heartbeat intervals later; then its scripts have a new
+preferred server. Nothing here decides who may run: that stays the grant statement.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pandaserver.config.scripts import DaemonSpec
+from pandaserver.daemons.base.runs import LogRecorder, Run, RunRecord
+from pandaserver.daemons.fleet import rank
+from pandaserver.daemons.fleet.leasemanager import AcquireReply, LeaseDecision, RenewReply, Turn
+
+if TYPE_CHECKING:
+    from pandaserver.daemons.fleet.fleetdb import FleetDb
+
+log = logging.getLogger("panda.master")
+
+LIVE_BEATS = 3  # a server is live while its last heartbeat is at most this many intervals old
+LIVE_MIN = 10.0  # ... or this many seconds (short intervals: a loaded machine beats late)
+SETTLE = 2.0  # seconds between server-list reads while the list keeps changing (start-up)
+POLL = 0.02  # seconds between looks while a read is under way
+OVERRUN_LOOK = 1.0  # seconds: how soon to look again at a lease held past its due time
+FRESH = 0.25  # seconds: how old a read showing a period ungranted may be to ask on it
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One lease as a bulk read saw it: ``due_in`` and ``expires_in`` in seconds."""
+
+    held: bool
+    due_in: float
+    expires_in: float | None
+
+
+@dataclass
+class Read:
+    sent: float  # the loop's clock when the read was handed to the lane
+    done: float  # ... and when its answer came back
+    leases: dict[str, Seen]
+
+
+def draining(state: str | None) -> bool:
+    """A server's reported state says it is draining (it asks for no sync lease)."""
+    try:
+        return bool(state) and bool(json.loads(state or "{}").get("draining"))
+    except (ValueError, AttributeError):
+        return False
+
+
+def wait_from(seen: Seen | None) -> float | None:
+    """Seconds until the script is worth asking for again, as a read saw it; None when it
+    is not granted for this period (no row, due and not held): ask now. Pure."""
+    if seen is None:
+        return None
+    if seen.due_in > 0:  # granted for this period (running or done): next due then
+        return seen.due_in
+    if seen.held:  # an overrun: its holder asks again when done; look again soon
+        return max(0.05, min(seen.expires_in or 0.0, OVERRUN_LOOK))
+    return None
+
+
+class DbLeases:
+    """``LeaseManager`` backed by ``FleetDb``."""
+
+    def __init__(self, fleet: FleetDb) -> None:
+        self.fleet = fleet
+        self.live: frozenset[str] = frozenset()  # other servers seen live (not this one)
+        self._ranks: dict[str, int] = {}
+        self._next_servers = 0.0
+        self._servers_sent = 0.0
+        self._servers_busy = False
+        self._read: Read | None = None
+        self._read_sent: float | None = None  # a read under way since then
+        self._last_sent = -1e18
+        self._deferred: dict[str, tuple[float, float]] = {}  # name -> (due, look again at)
+        self.reads = 0  # lease-table reads made (status, tests)
+
+    @property
+    def ttl(self) -> float | None:
+        return self.fleet.settings.lease_ttl
+
+    # ----- who asks -------------------------------------------------------------------------
+    def rank(self, name: str) -> int:
+        found = self._ranks.get(name)
+        if found is None:
+            found = self._ranks[name] = rank.rank(name, self.fleet.server, self.live)
+        return found
+
+    def turn(self, spec: DaemonSpec, due: float, now: float) -> Turn:
+        fleet = self.fleet
+        self._refresh_servers(now)
+        name = spec.name
+        deferred = self._deferred.pop(name, None)
+        if deferred is not None and deferred[1] == due:
+            due = deferred[0]  # looking again at a deferred due time: still that one
+        offset = rank.fallback_offset(self.rank(name), spec.period)
+        if offset == 0 or not fleet.member or fleet.down_since is not None:
+            return Turn(ask=True, due=due)  # preferred, run-once, or the database is down
+        check = due + offset
+        if now < check:
+            return self._defer(name, due, check)
+        read = self._read
+        if read is not None and read.sent >= check:  # a read made after the check time
+            wait = wait_from(read.leases.get(name))
+            if wait is not None:
+                return Turn(ask=False, at=max(read.done + wait, now + 0.001), learned=True)
+            if now - read.done <= FRESH:
+                return Turn(ask=True, due=due)
+            # ungranted a while ago (this server was busy meanwhile): look again first
+        interval = rank.read_interval(spec.period)
+        if self._read_sent is None and now >= self._last_sent + interval:
+            self._read_leases(now)
+        if self._read_sent is None:  # not yet: the next read is allowed then
+            return self._defer(name, due, max(now, self._last_sent + interval) + POLL)
+        return self._defer(name, due, now + POLL)
+
+    def _defer(self, name: str, due: float, at: float) -> Turn:
+        at = max(at, self.fleet.monotonic() + 0.001)  # always later than the caller's now
+        self._deferred[name] = (due, at)
+        return Turn(ask=False, at=at)
+
+    def _read_leases(self, now: float) -> None:
+        fleet = self.fleet
+        self._read_sent = self._last_sent = now
+        self.reads += 1
+
+        def done(rows: Any, error: BaseException | None, late: bool) -> None:
+            if late:
+                return
+            self._read_sent = None
+            if error is not None or rows is None:
+                return  # an outage (FleetDb): grants are asked for, and answered, at once
+            self._read = Read(sent=now, done=fleet.monotonic(), leases={
+                row.name: Seen(row.held, row.due_in, row.expires_in) for row in rows})
+
+        fleet._submit("look", "lease-table read", fleet.leases.list_leases, done)
+
+    def _refresh_servers(self, now: float) -> None:
+        fleet = self.fleet
+        if self._servers_busy or now < self._next_servers or not fleet.member:
+            return
+        interval = fleet.settings.heartbeat_interval
+        self._servers_busy = True
+        self._servers_sent = now
+        self._next_servers = now + interval
+
+        def done(rows: Any, error: BaseException | None, late: bool) -> None:
+            if late:
+                return
+            self._servers_busy = False
+            if error is not None or rows is None:
+                return
+            live = frozenset(row.server for row in rows if row.server != fleet.server
+                             and row.age <= max(LIVE_BEATS * interval, LIVE_MIN)
+                             and not draining(row.state))
+            if live != self.live:  # servers starting together: read again soon
+                self._next_servers = min(self._next_servers, fleet.monotonic() + SETTLE)
+                log.info("fleet: %d other live server(s)%s; a sync script is asked for by its"
+                         " preferred server first", len(live),
+                         f" ({', '.join(sorted(live))})" if len(live) <= 20 else "")
+                self.live = live
+                self._ranks.clear()
+
+        fleet._submit("house", "server list", fleet.beats.list_servers, done)
+
+    # ----- grants, renewals, releases --------------------------------------------------------
+    def acquire(self, spec: DaemonSpec, now: float, reply: AcquireReply) -> None:
+        """Ask for ``spec``'s lease; ``reply`` gets the decision on the loop thread (at once
+        while the database is known to be down)."""
+        fleet = self.fleet
+        if not fleet.usable(now):
+            reply(LeaseDecision(granted=False, wait=max(fleet.next_probe - now, 0.05),
+                                unavailable=True, sent=now))
+            return
+        sent = now
+        ttl = fleet.settings.lease_ttl
+
+        def done(result: Any, error: BaseException | None, late: bool) -> None:
+            if late:  # we gave up on it: a grant that arrived anyway is handed back
+                if error is None and result is not None and result.granted:
+                    log.info("%s: a lease grant came back after the call was abandoned;"
+                             " releasing generation %d", spec.name, result.generation)
+                    fleet.release(spec.name, result.generation)
+                return
+            if error is not None:
+                reply(LeaseDecision(granted=False, wait=fleet.probe_interval, unavailable=True,
+                                    sent=sent))
+                return
+            if not result.granted and result.holder not in (None, fleet.server, *self.live):
+                # a server we did not know of: read the list again soon
+                self._next_servers = min(self._next_servers, self._servers_sent + SETTLE)
+            reply(LeaseDecision(granted=result.granted, generation=result.generation,
+                                wait=result.wait, holder=result.holder, sent=sent,
+                                due_in=result.due_in))
+
+        fleet._submit("lease", "lease", lambda: fleet.leases.try_acquire(
+            spec.name, fleet.server, fleet.pid, spec.period, ttl), done)
+
+    def renew(self, held: list[tuple[str, int]], now: float, reply: RenewReply) -> None:
+        """Renew every held lease in one call; ``reply(renewed names or None, sent)``."""
+        sent = now
+        ttl = self.fleet.settings.lease_ttl
+
+        def done(result: Any, error: BaseException | None, late: bool) -> None:
+            if late:
+                return  # too late to count: the master fenced on its own clock meanwhile
+            reply(None if error is not None else set(result), sent)
+
+        self.fleet._submit("renew", "lease renewal",
+                           lambda: self.fleet.leases.renew_many(list(held), ttl), done)
+
+    def release(self, name: str, generation: int | None) -> None:
+        self.fleet.release(name, generation)
+
+
+class DbRecorder:
+    """``Recorder`` that logs each run and writes it to the history table."""
+
+    def __init__(self, fleet: FleetDb) -> None:
+        self.fleet = fleet
+        self.log = LogRecorder()
+
+    def start(self, run: Run) -> None:
+        self.fleet.record_start(run)
+
+    def record(self, record: RunRecord) -> None:
+        self.log.record(record)
+        self.fleet.record(record)

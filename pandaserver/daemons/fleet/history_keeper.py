@@ -1,0 +1,249 @@
+"""The master's run history: one row per dispatched run, whatever happens to the master.
+
+Used only from the master's loop (``FleetDb`` owns one); the writes themselves run on the
+``HistoryWriter`` thread.
+
+- At dispatch a run's *start* is queued (a ``running`` row), at its end its *outcome*;
+  both are keyed by (this master's random id, run number), so a write may be replayed
+  without adding a row. Queued writes go to the writer at most ``HISTORY_BATCH`` seconds
+  later, as one batch (one transaction).
+- During an outage (the ``usable`` flag the master passes is False) writes are kept in a
+  bounded ``PendingWrites``; writes that fail with an outage error go back there and the
+  master is told (``on_outage``); when the database is back (``resume``, and at every tick
+  while nothing is in flight) they are written.
+- Runs of dead masters are closed as ``lost``: at this master's start those of earlier
+  masters of its server (``mark_lost``), and every heartbeat interval those of any master
+  with no heartbeat for ``LOST_AFTER_BEATS`` intervals (``close_abandoned``). A start under
+  a new lease generation closes the older generation's open run (``write_many``).
+- At stop, whatever is not written after ``close``'s wait is saved in the spool file and
+  reported with its count; the next start replays it (``spool.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import SQLAlchemyError
+
+from pandaserver.daemons.base import runs
+from pandaserver.daemons.fleet.history_spool import Spool
+from pandaserver.daemons.fleet.history_writer import HistoryWriter, Stamped, Written, is_outage
+from pandaserver.db import history as dbhistory
+from pandaserver.db.engine import describe_db_error
+from pandaserver.db.pending import PendingWrites
+
+log = logging.getLogger("panda.master")
+
+HISTORY_BATCH = 0.25
+LOST_AFTER_BEATS = 3.0  # a master silent for this many heartbeat intervals is dead
+RESUBMIT = 2.0  # pending rows are retried at least this often while the database is usable
+
+
+def _key(item: Any) -> tuple[str, Any, Any]:
+    return (type(item).__name__, getattr(item, "master_id", None), getattr(item, "run_id", None))
+
+
+class HistoryKeeper:
+    def __init__(self, history: dbhistory.HistoryStore, *, server: str, master_id: str,
+                 master_pid: int, monotonic: Callable[[], float],
+                 heartbeat_interval: Callable[[], float], url: URL,
+                 on_outage: Callable[[SQLAlchemyError], None],
+                 on_written: Callable[[], None], member: bool = True) -> None:
+        self.history = history
+        self.server = server
+        self.master_id = master_id
+        self.master_pid = master_pid
+        self.monotonic = monotonic
+        self.heartbeat_interval = heartbeat_interval
+        self.url = url
+        self.on_outage = on_outage
+        self.on_written = on_written
+        self.member = member  # a fleet member (not run-once): starts, sweeps, spool
+        self.pending = PendingWrites(clock=monotonic)
+        self.batch: list[Stamped] = []
+        self.flush_at: float | None = None
+        self.writer = HistoryWriter(history, monotonic)
+        self.spool: Spool | None = None
+        self.spooled: set[tuple[str, Any, Any]] = set()  # keys replayed, not yet written
+        self.next_sweep = 0.0
+        self.sweep_job: int | None = None
+        self.mark_lost_due = False
+        self.next_resubmit = 0.0
+        self.written = 0  # rows written since the start (for status)
+
+    # ----- what the loop records ----------------------------------------------------------
+    def start(self, run: runs.Run) -> None:
+        """A run was just dispatched: queue its ``running`` row."""
+        if not self.member:  # run-once sends no heartbeat: its open row would look dead
+            return
+        item = dbhistory.RunStart(
+            script=run.script, server=self.server, master_id=self.master_id,
+            master_pid=self.master_pid, run_id=run.id, pid=run.pid, generation=run.generation,
+            due_before_start=max(0.0, run.dispatched - run.due))
+        self._queue(run.dispatched, item)
+
+    def end(self, rec: runs.RunRecord) -> None:
+        """A run ended (or an attempt was skipped): queue its final row."""
+        item = dbhistory.RunRecord(
+            script=rec.script, server=rec.server, pid=rec.pid, outcome=rec.outcome,
+            error=rec.error, generation=rec.generation, duration=max(0.0, rec.duration),
+            due_before_start=max(0.0, rec.dispatch_delay), master_id=self.master_id,
+            master_pid=self.master_pid, run_id=rec.run_id)
+        self._queue(rec.ended or self.monotonic(), item)
+
+    def _queue(self, made: float, item: dbhistory.PendingItem) -> None:
+        self.batch.append((made, item))
+        if self.flush_at is None:
+            self.flush_at = self.monotonic() + HISTORY_BATCH
+
+    @property
+    def waiting(self) -> int:
+        """Writes not in the database yet (queued, kept during an outage, or in flight)."""
+        return len(self.batch) + len(self.pending) + sum(
+            len(job.rows) for job in self.writer.inflight.values())
+
+    # ----- start ---------------------------------------------------------------------------
+    def at_start(self, spool: Spool, usable: bool) -> None:
+        """Replay what the last master of this server spooled; close its open runs."""
+        rows = spool.load(self.monotonic())
+        self.spool = spool if rows is not None else None  # never overwrite an unread file
+        if rows:
+            log.info("replaying %d history write(s) kept in %s at the last stop", len(rows),
+                     spool.path)
+            self.spooled = {_key(item) for _, item in rows}
+            self._send(rows, usable)
+        elif rows == []:
+            spool.remove()
+        self.mark_lost_due = self.member
+
+    # ----- the loop's timer ------------------------------------------------------------------
+    def tick(self, now: float, usable: bool) -> float:
+        """Collect the writer's results, hand over due writes, start due sweeps; returns
+        when to be called next."""
+        self.collect()
+        if self.flush_at is not None and now >= self.flush_at:
+            self.flush(usable)
+        if usable and self.pending and not self.writer.busy and now >= self.next_resubmit:
+            self.resume()
+        if usable and self.mark_lost_due:
+            self.mark_lost_due = False
+            why = (f"its master was gone when a new master of {self.server} started"
+                   f" (pid {self.master_pid}): it died or was killed during the run")
+            self.writer.submit(call=lambda h: h.mark_lost(self.server, self.master_id, why),
+                               what="runs of the previous master of this server")
+        interval = self.heartbeat_interval()
+        if usable and self.member and now >= self.next_sweep:
+            if self.sweep_job not in self.writer.inflight:  # never two queued (a slow write)
+                stale = LOST_AFTER_BEATS * interval
+                self.sweep_job = self.writer.submit(
+                    call=lambda h: h.close_abandoned(stale, self.master_id),
+                    what=f"runs of masters silent for {stale:g} s")
+            self.next_sweep = now + interval
+        wake = min(self.next_sweep if self.member else now + interval,
+                   self.flush_at if self.flush_at is not None else now + interval)
+        if self.writer.busy:  # look for the writer's answer soon (it needs no wake-up of ours)
+            wake = min(wake, now + HISTORY_BATCH)
+        if self.pending and usable:
+            wake = min(wake, self.next_resubmit)
+        return wake
+
+    def flush(self, usable: bool) -> None:
+        """Hand the queued writes to the writer thread (or keep them, during an outage)."""
+        rows, self.batch, self.flush_at = self.batch, [], None
+        self._send(rows, usable)
+
+    def _send(self, rows: list[Stamped], usable: bool) -> None:
+        if not rows:
+            return
+        if usable:
+            self.writer.submit(rows)
+        else:
+            for made, item in rows:
+                self.pending.add(item, made)
+
+    def resume(self) -> None:
+        """The database is usable again: write what was kept."""
+        self.next_resubmit = self.monotonic() + RESUBMIT
+        rows = self.pending.take()
+        if rows:
+            self.writer.submit(rows)
+
+    def collect(self) -> None:
+        """Act on what the writer thread reports."""
+        for result in self.writer.results():
+            self._collected(result)
+
+    def _collected(self, result: Written) -> None:
+        for made, item in result.failed:  # kept for a later try (order does not matter)
+            self.pending.add(item, made)
+        for (_, item), exc in result.refused:
+            log.error("history row of %s run %s refused, dropped: %s",
+                      getattr(item, "script", "?"), getattr(item, "run_id", "?"),
+                      self._describe(exc))
+        done = result.written + [row for row, _ in result.refused]
+        self.written += len(result.written)
+        if self.spooled:
+            self.spooled.difference_update(_key(item) for _, item in done)
+            if not self.spooled and self.spool is not None:
+                log.info("history kept at the last stop is written")
+                self.spool.remove()
+        if result.value and (result.what or result.written):
+            what = result.what or "runs whose lease was taken over"
+            log.info("closed %d open run(s) as lost: %s", result.value, what)
+        if result.error is None:
+            if result.written or result.what:
+                self.on_written()
+        elif isinstance(result.error, SQLAlchemyError) and is_outage(result.error):
+            self.on_outage(result.error)
+        elif result.failed:
+            log.error("history: %d write(s) kept for another try after an unexpected error: %s",
+                      len(result.failed), self._describe(result.error))
+        else:
+            log.error("history: %s failed: %s", result.what or "a write", self._describe(
+                result.error))
+        dropped = self.pending.take_dropped()
+        if dropped:
+            log.error("%d history write(s) dropped: more than %d kept during the outage",
+                      dropped, self.pending.max_items)
+
+    def _describe(self, exc: BaseException) -> str:
+        if isinstance(exc, SQLAlchemyError):
+            return describe_db_error(exc, self.url)
+        return f"{type(exc).__name__}: {exc}"
+
+    # ----- stop ----------------------------------------------------------------------------
+    def close(self, usable: bool, timeout: float) -> None:
+        """Write what is queued and kept, waiting ``timeout`` seconds at most (none during
+        an outage); save what is left in the spool file, and say how much."""
+        self.flush(usable)
+        if usable and self.pending:
+            self.resume()
+        reason = "the database is unavailable" if not usable else ""
+        for result in self.writer.close(timeout if usable else 0.0):
+            self._collected(result)
+            if result.error is not None and is_outage(result.error):
+                reason = self._describe(result.error)
+        left = [row for job in self.writer.inflight.values() for row in job.rows]
+        left += self.pending.take()
+        if not left:
+            return
+        if not reason:
+            reason = f"not written within {timeout:g} s"
+        runs_left = len({_key(item)[1:] if getattr(item, "run_id", None) is not None
+                         else id(item) for _, item in left})
+        if self.spool is None:
+            log.error("history of %d run(s) (%d write(s)) not written at stop (%s): lost",
+                      runs_left, len(left), reason)
+            return
+        try:
+            self.spool.save(left, self.monotonic())
+        except OSError as exc:
+            log.error("history of %d run(s) (%d write(s)) not written at stop (%s), and it"
+                      " cannot be kept in %s: %s: lost", runs_left, len(left), reason,
+                      self.spool.path, exc)
+            return
+        log.error("history of %d run(s) (%d write(s)) not written at stop (%s): kept in %s,"
+                  " written at the next start", runs_left, len(left), reason, self.spool.path)

@@ -1,0 +1,78 @@
+"""The seam between the master and fleet-wide leases for ``sync`` scripts.
+
+Every call is asynchronous: the master asks, and the answer comes back later as a call of
+``reply`` on the master's loop thread (never from another thread). ``LocalLeases`` answers
+at once and grants everything: a single server needs no fleet agreement, and its leases
+never expire (``ttl`` None), so nothing is renewed or fenced. ``turn`` says whether this
+server should ask at all (in a fleet, one preferred server per script asks: daemons/fleet/rank.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from pandaserver.config.scripts import DaemonSpec
+
+
+@dataclass(frozen=True)
+class LeaseDecision:
+    granted: bool
+    generation: int | None = None
+    wait: float = 0.0  # seconds until it is worth asking again, when not granted
+    holder: str | None = None
+    unavailable: bool = False  # the lease store could not be reached
+    sent: float = 0.0  # the master's monotonic clock when the statement was handed over
+    # granted: seconds (database clock) from the grant to the next fleet-wide due time
+    due_in: float | None = None
+
+
+@dataclass(frozen=True)
+class Turn:
+    """Whether this server should ask for a due sync script's lease now (``ask``, for the
+    due time ``due``), or not: look again at ``at`` (monotonic), the script's next due
+    time when ``learned`` (the fleet granted this period meanwhile, see daemons/fleet/rank.py)."""
+
+    ask: bool
+    due: float = 0.0
+    at: float = 0.0
+    learned: bool = False
+
+
+AcquireReply = Callable[[LeaseDecision], None]
+# renewed names (None: the database could not be reached), and when the renewal was sent
+RenewReply = Callable[[set[str] | None, float], None]
+
+
+class LeaseManager(Protocol):
+    @property
+    def ttl(self) -> float | None:
+        """How long a granted or renewed lease lives (None: for ever)."""
+
+    def turn(self, spec: DaemonSpec, due: float, now: float) -> Turn:
+        """Whether to ask for ``spec``'s lease, due at ``due``, now (never blocks)."""
+
+    def acquire(self, spec: DaemonSpec, now: float, reply: AcquireReply) -> None: ...
+
+    def renew(self, held: list[tuple[str, int]], now: float, reply: RenewReply) -> None: ...
+
+    def release(self, name: str, generation: int | None) -> None: ...
+
+
+class LocalLeases:
+    """Every script may run: the right answer for one server with no shared database."""
+
+    ttl: float | None = None
+
+    def turn(self, spec: DaemonSpec, due: float, now: float) -> Turn:
+        return Turn(ask=True, due=due)
+
+    def acquire(self, spec: DaemonSpec, now: float, reply: AcquireReply) -> None:
+        reply(LeaseDecision(granted=True, sent=now))
+
+    def renew(self, held: list[tuple[str, int]], now: float, reply: RenewReply) -> None:
+        reply({name for name, _ in held}, now)
+
+    def release(self, name: str, generation: int | None) -> None:
+        return None

@@ -1,0 +1,154 @@
+"""The master's scripts, kept in due-time heaps: what is due and when to wake up next cost
+O(log n) per change, not a scan of every configured script per event.
+
+Pure: no clock is read; every method that decides takes ``now``. A ``Timetable`` is the
+mapping ``name -> ScriptState`` the master holds; each state tells it of every change of
+its own (``ScriptState.__setattr__``), and it pushes a heap entry when the change makes
+the script wait for a new due time (or late-warning time). Entries are never removed from
+the middle of a heap: an entry is valid while it matches the latest key pushed for its
+script, and stale ones are dropped when they reach the top (the heap is rebuilt when
+stale entries outnumber the scripts).
+
+Order and semantics are those of ``schedule.due_scripts``, ``schedule.late_to_warn`` and
+``schedule.next_wakeup``, which stay the reference (and the unit tests compare the two).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator, Mapping, MutableMapping
+from types import MappingProxyType
+
+from pandaserver.daemons.master.schedule import LATE_FLOOR, ScriptState, late_threshold
+
+Entry = tuple[float, str]
+
+
+class Timetable(MutableMapping[str, ScriptState]):
+    def __init__(self, states: Mapping[str, ScriptState] | None = None,
+                 floor: float = LATE_FLOOR) -> None:
+        self.floor = floor
+        self._states: dict[str, ScriptState] = {}
+        self._due: list[Entry] = []  # waiting scripts by due time
+        self._ready: list[Entry] = []  # the due ones (time <= a past ``now``), same order
+        self._due_key: dict[str, float] = {}
+        self._late: list[Entry] = []  # late-warning times of scripts not yet warned
+        self._late_key: dict[str, float] = {}
+        self.version = 0  # bumped by every change (the status file's cheap signature)
+        for name, state in (states or {}).items():
+            self[name] = state
+
+    # ----- the mapping ----------------------------------------------------------------------
+    def __getitem__(self, name: str) -> ScriptState:
+        return self._states[name]
+
+    def __setitem__(self, name: str, state: ScriptState) -> None:
+        old = self._states.get(name)
+        if old is not None and old is not state:
+            old.watcher = None
+        self._states[name] = state
+        state.watcher = self
+        self._due_key.pop(name, None)
+        self._late_key.pop(name, None)
+        self.touch(state)
+
+    def __delitem__(self, name: str) -> None:
+        state = self._states.pop(name)
+        state.watcher = None
+        self._due_key.pop(name, None)
+        self._late_key.pop(name, None)
+        self.version += 1
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._states)
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def states(self) -> Mapping[str, ScriptState]:
+        """The scripts as a read-only view of the underlying dict (for copies at C speed:
+        the mapping's own ``keys()``/``values()`` go through Python-level calls)."""
+        return MappingProxyType(self._states)
+
+    # ----- keeping the heaps ----------------------------------------------------------------
+    def touch(self, state: ScriptState) -> None:
+        """A state changed: push what its new due and late-warning times are, if new."""
+        name = state.spec.name
+        if self._states.get(name) is not state:
+            return
+        self.version += 1
+        if state.waiting:
+            if self._due_key.get(name) != state.next_due:
+                self._due_key[name] = state.next_due
+                heapq.heappush(self._due, (state.next_due, name))
+        else:
+            self._due_key.pop(name, None)
+        if state.disabled is None and state.late_warned_for != state.next_due:
+            at = state.next_due + late_threshold(state.spec.period, self.floor)
+            if self._late_key.get(name) != at:
+                self._late_key[name] = at
+                heapq.heappush(self._late, (at, name))
+        else:
+            self._late_key.pop(name, None)
+        if len(self._due) + len(self._ready) + len(self._late) > 4 * len(self._states) + 64:
+            self._compact()
+
+    def _compact(self) -> None:
+        self._due = [e for e in self._due if self._due_key.get(e[1]) == e[0]]
+        self._ready = [e for e in self._ready if self._due_key.get(e[1]) == e[0]]
+        self._late = [e for e in self._late if self._late_key.get(e[1]) == e[0]]
+        for heap in (self._due, self._ready, self._late):
+            heapq.heapify(heap)
+
+    def _valid_due(self, entry: Entry) -> bool:
+        return self._due_key.get(entry[1]) == entry[0]
+
+    def _move_ready(self, now: float) -> None:
+        while self._due and self._due[0][0] <= now:
+            entry = heapq.heappop(self._due)
+            if self._valid_due(entry):
+                heapq.heappush(self._ready, entry)
+
+    # ----- decisions ------------------------------------------------------------------------
+    def pop_due(self, now: float) -> ScriptState | None:
+        """The waiting script due earliest (ties by name) if it is due at ``now``; it leaves
+        the heap (call ``requeue`` if it could not be handed over after all)."""
+        self._move_ready(now)
+        while self._ready:
+            entry = heapq.heappop(self._ready)
+            if self._valid_due(entry):
+                del self._due_key[entry[1]]
+                return self._states[entry[1]]
+        return None
+
+    def requeue(self, state: ScriptState) -> None:
+        """Put back a state taken by ``pop_due`` and left waiting."""
+        self._due_key.pop(state.spec.name, None)
+        self.touch(state)
+
+    def late_to_warn(self, now: float) -> list[ScriptState]:
+        """Scripts that just crossed their late threshold (each once per due time, as long
+        as the caller sets ``late_warned_for``)."""
+        found = []
+        while self._late and self._late[0][0] < now:
+            at, name = heapq.heappop(self._late)
+            if self._late_key.get(name) == at:
+                del self._late_key[name]
+                found.append(self._states[name])
+        return found
+
+    def next_wakeup(self, now: float) -> float | None:
+        """The earliest future moment at which a decision may change (due times already
+        passed wait for a worker; the loop is woken by the worker instead)."""
+        self._move_ready(now)
+        times = []
+        while self._due and not self._valid_due(self._due[0]):
+            heapq.heappop(self._due)
+        if self._due:
+            times.append(self._due[0][0])
+        while self._late and self._late_key.get(self._late[0][1]) != self._late[0][0]:
+            heapq.heappop(self._late)
+        for at, _ in self._late[:1]:
+            # a late one not warned yet (crossed since the last check): very soon
+            times.append(at if at > now else now + 0.001)
+        return min(times) if times else None

@@ -1,0 +1,182 @@
+"""Operator commands through the shared database: no RPC, no open port.
+
+``panda-daemon pause`` & co. ``issue`` a row of ``daemon_command`` (who asked, when) and,
+for the verbs that stay in force (pause, drain), change ``daemon_hold`` in the same
+transaction. Every master ``poll``s now and then, off its loop: in one call it writes the
+acknowledgements of what it acted on since the last poll (``daemon_command_ack``: when
+this server acted, and what it did), reports its own state (``daemon_server.state``) and
+reads the holds that concern it and the commands it has not seen. A ``run-now`` is taken by
+one server only (``claim``: a conditional update, so two servers never both run it).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, and_, delete, insert, or_, select, update
+
+from pandaserver.db.servertime import db_now_expr
+from pandaserver.db.tables import (
+    daemon_command,
+    daemon_command_ack,
+    daemon_hold,
+    daemon_lease,
+    daemon_server,
+)
+
+PAUSE = "pause"
+RESUME = "resume"
+RUN_NOW = "run-now"
+KILL = "kill"
+DRAIN = "drain"
+UNDRAIN = "undrain"
+RESTART_WORKERS = "restart-workers"
+VERBS = (PAUSE, RESUME, RUN_NOW, KILL, DRAIN, UNDRAIN, RESTART_WORKERS)
+EVERY = "*"  # daemon_hold.server of a pause that holds on every server
+
+
+@dataclass(frozen=True)
+class Command:
+    id: int
+    verb: str
+    target: str
+    server: str | None
+    reason: str | None
+    requested_by: str
+    requested_at: datetime
+    claimed_by: str | None = None
+
+
+@dataclass(frozen=True)
+class Hold:
+    kind: str  # "pause" or "drain"
+    name: str  # the script (pause) or the server (drain)
+    server: str  # EVERY or one server
+    command_id: int
+    requested_by: str
+    reason: str | None
+    since: datetime
+
+
+@dataclass(frozen=True)
+class Ack:
+    command_id: int
+    server: str
+    pid: int
+    acted_at: datetime
+    note: str | None
+
+
+@dataclass
+class PollResult:
+    holds: list[Hold] = field(default_factory=list)
+    commands: list[Command] = field(default_factory=list)
+    last_id: int = 0
+
+
+class ControlStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # ----- the operator's side -------------------------------------------------------------
+    def issue(self, verb: str, target: str, server: str | None, reason: str | None,
+              requested_by: str) -> Command:
+        """Record a command (and change the holds it changes), in one transaction."""
+        if verb not in VERBS:
+            raise ValueError(f"unknown command {verb!r}: one of {', '.join(VERBS)}")
+        t = daemon_command
+        with self.engine.begin() as conn:
+            key = conn.execute(insert(t).values(
+                verb=verb, target=target, server=server, reason=reason,
+                requested_by=requested_by, requested_at=db_now_expr())).inserted_primary_key
+            assert key is not None
+            new_id = int(key[0])
+            row = conn.execute(select(t).where(t.c.id == new_id)).one()
+            h = daemon_hold
+            if verb in (PAUSE, RESUME, DRAIN, UNDRAIN):
+                kind = PAUSE if verb in (PAUSE, RESUME) else DRAIN
+                scope = (server or EVERY) if kind == PAUSE else target
+                conn.execute(delete(h).where(h.c.kind == kind, h.c.name == target,
+                                             h.c.server == scope))
+                if verb == RESUME and server is None:  # resume everywhere lifts every pause
+                    conn.execute(delete(h).where(h.c.kind == kind, h.c.name == target))
+                if verb in (PAUSE, DRAIN):
+                    conn.execute(insert(h).values(
+                        kind=kind, name=target, server=scope, command_id=new_id,
+                        requested_by=requested_by, reason=reason, since=row.requested_at))
+        return Command(**row._mapping)
+
+    def command(self, command_id: int) -> Command | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(daemon_command).where(daemon_command.c.id == command_id)
+                               ).one_or_none()
+        return Command(**row._mapping) if row is not None else None
+
+    def acks(self, command_id: int) -> list[Ack]:
+        a = daemon_command_ack
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(a).where(a.c.command_id == command_id)
+                                .order_by(a.c.server)).all()
+        return [Ack(**row._mapping) for row in rows]
+
+    def holds(self) -> list[Hold]:
+        h = daemon_hold
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(h).order_by(h.c.kind, h.c.name, h.c.server)).all()
+        return [Hold(**row._mapping) for row in rows]
+
+    def recent(self, limit: int = 50) -> list[Command]:
+        t = daemon_command
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(t).order_by(t.c.id.desc()).limit(limit)).all()
+        return [Command(**row._mapping) for row in rows]
+
+    # ----- the master's side ---------------------------------------------------------------
+    def poll(self, server: str, pid: int, after_id: int | None,
+             acks: list[tuple[int, str]], state: dict[str, Any] | None) -> PollResult:
+        """Write ``acks`` (command id, note) and ``state``, then read the holds that concern
+        ``server`` and the commands after ``after_id`` meant for it (None: none, only the
+        newest id: a master does not act on one-shot commands older than itself)."""
+        a, t, h = daemon_command_ack, daemon_command, daemon_hold
+        with self.engine.begin() as conn:
+            if acks:  # only this server writes its acks: no race between read and insert
+                done = set(conn.execute(select(a.c.command_id).where(
+                    a.c.server == server, a.c.command_id.in_([i for i, _ in acks]))).scalars())
+                for command_id, note in acks:
+                    if command_id not in done:  # not twice, should a poll be retried
+                        done.add(command_id)
+                        conn.execute(insert(a).values(command_id=command_id, server=server,
+                                                      pid=pid, acted_at=db_now_expr(),
+                                                      note=note))
+            if state is not None:
+                conn.execute(update(daemon_server).where(daemon_server.c.server == server)
+                             .values(state=json.dumps(state, sort_keys=True)))
+            holds = [Hold(**row._mapping) for row in conn.execute(select(h).where(or_(
+                and_(h.c.kind == PAUSE, h.c.server.in_([EVERY, server])),
+                and_(h.c.kind == DRAIN, h.c.name == server)))).all()]
+            if after_id is None:
+                newest = conn.execute(select(t.c.id).order_by(t.c.id.desc()).limit(1)
+                                      ).scalar_one_or_none()
+                return PollResult(holds, [], int(newest or 0))
+            rows = conn.execute(select(t).where(
+                t.c.id > after_id, or_(t.c.server.is_(None), t.c.server == server))
+                .order_by(t.c.id)).all()
+            commands = [Command(**row._mapping) for row in rows]
+            return PollResult(holds, commands, commands[-1].id if commands else after_id)
+
+    def claim(self, command_id: int, server: str, lease_name: str | None) -> str | None:
+        """Take a run-now for ``server``; returns who has it (``server`` when taken here).
+        For a sync script the lease is made due at once, so the grant is not refused."""
+        t = daemon_command
+        with self.engine.begin() as conn:
+            taken = conn.execute(update(t).where(t.c.id == command_id, t.c.claimed_by.is_(None))
+                                 .values(claimed_by=server)).rowcount == 1
+            if taken and lease_name is not None:
+                conn.execute(update(daemon_lease).where(daemon_lease.c.name == lease_name)
+                             .values(next_due=db_now_expr()))
+            holder = conn.execute(select(t.c.claimed_by).where(t.c.id == command_id)
+                                  ).scalar_one_or_none()
+        return str(holder) if holder is not None else None
