@@ -1,7 +1,8 @@
 """Convert crontab entries into ``[daemon]`` configuration (``panda-daemon cron2json``).
 
 ``parse`` reads crontab lines and cron commands; ``convert`` turns them into script
-entries (period, sync rule) and prints the ``config`` JSON; ``cli`` is the command.
+entries (period, sync rule) and prints the ``config`` JSON; the command itself is
+``pandaserver.commands.cron``.
 See docs/cron-migration.md for the rules and the reasoning behind them.
 """
 

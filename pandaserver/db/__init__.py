@@ -7,5 +7,8 @@ The public pieces, by module:
 - ``leases``: ``LeaseStore`` (fenced fleet-wide leases for sync scripts)
 - ``history``: ``HistoryStore``, ``RunRecord``, ``RunEnd``; ``pending``: ``PendingWrites``
 - ``heartbeat``: ``HeartbeatStore``, ``config_hash``
-- ``commands``: the ``history``, ``locks``, ``unlock`` and ``db upgrade`` CLI commands
+- ``operator_commands``: ``ControlStore`` (the operators' commands and holds)
+
+The commands on it (``history``, ``locks``, ``unlock``, ``db upgrade``) are in the command
+layer, ``pandaserver.commands.database``.
 """

@@ -10,7 +10,7 @@ way systemd delegates a cgroup. Under systemd the unit must delegate its cgroup
 has. ``PANDA_DAEMON_CGROUPS`` = ``auto`` (default), ``on`` (also in a systemd unit that does
 not show it delegates: systemd before v250 did not mark delegated cgroups) or ``off``.
 When no cgroup can be made, containment falls back on the process tree, the worker's
-session and the environment marker (see ``containment``).
+session and the environment marker (see ``tracker``).
 """
 
 from __future__ import annotations

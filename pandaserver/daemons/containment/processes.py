@@ -5,8 +5,8 @@ opened (database connections included) is inherited. Each worker leads its own p
 (so a timeout kills the script's children too) and holds the read end of a *lifeline* pipe
 whose write end only the master holds: when the master dies, even by SIGKILL, the pipe reports
 end-of-file and the worker kills its whole tree and every process marked as its master's (see
-``worker.watch_lifeline`` and ``watchdog.sweep_after_master``). Which processes belong to
-which run, and their end when the run ends, is ``containment``'s.
+``watchdog.watch_lifeline`` and ``watchdog.sweep_after_master`` of the worker). Which
+processes belong to which run, and their end when the run ends, is ``tracker``'s.
 """
 
 from __future__ import annotations

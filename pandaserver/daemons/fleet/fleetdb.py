@@ -3,11 +3,11 @@
 (The lease calls themselves, and who of the fleet asks for a grant: daemons/fleet/dbleases.py.)
 
 One ``FleetDb`` per master, driven from its event loop, which it never blocks: every
-statement runs on a lane thread (``dblanes.py``): ``lease`` (grants and releases),
+statement runs on a lane thread (``lanes.py``): ``lease`` (grants and releases),
 ``renew`` (renewals of held leases: never queued behind a slow grant), ``house``
 (heartbeats, pruning, replaying history kept during an outage) and ``look`` (the reads of
 the lease table that tell a server whether a script was granted: never delaying a
-heartbeat, see fleetleases.py); history batches have their
+heartbeat, see dbleases.py); history batches have their
 own writer thread (``HistoryKeeper``). Results come back through ``Completions`` and are
 acted on by the loop.
 

@@ -16,7 +16,7 @@ Used only from the master's loop (``FleetDb`` owns one); the writes themselves r
   with no heartbeat for ``LOST_AFTER_BEATS`` intervals (``close_abandoned``). A start under
   a new lease generation closes the older generation's open run (``write_many``).
 - At stop, whatever is not written after ``close``'s wait is saved in the spool file and
-  reported with its count; the next start replays it (``spool.py``).
+  reported with its count; the next start replays it (``history_spool.py``).
 """
 
 from __future__ import annotations
