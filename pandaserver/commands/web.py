@@ -3,7 +3,8 @@
 ``fleet --check`` follows the monitoring-plugin convention (Nagios, Icinga, Sensu):
 one status line, then details; exit 0 OK, 1 WARNING (late scripts, servers whose
 configuration differs), 2 CRITICAL (stale scripts), 3 UNKNOWN (the database or the
-configuration cannot be used).
+configuration cannot be used): the ``CHECK_*`` codes, the one exception to the table of
+``pandaserver.exitcodes``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,18 @@ from typing import TYPE_CHECKING, TypeVar
 from pandaserver.config import PandaConfig
 from pandaserver.config.daemon import parse_positive_int
 from pandaserver.config.problems import did_you_mean
+from pandaserver.exitcodes import (
+    CHECK_CRITICAL,
+    CHECK_OK,
+    CHECK_UNKNOWN,
+    CHECK_WARNING,
+    RET_CONFIG,
+    RET_DATABASE,
+    RET_FAILED,
+    RET_OK,
+    RET_SCHEMA,
+    RET_USER,
+)
 from pandaserver.fmt import offset, relative, span, table, when
 from pandaserver.web.settings import (
     WebConfigError,
@@ -31,10 +44,7 @@ if TYPE_CHECKING:  # imported when a command runs, not for every `panda-daemon` 
     from pandaserver.web.fleetview import Overview
 
 T = TypeVar("T")
-EXIT_DB_ERROR, EXIT_SCHEMA, EXIT_CONFIG = 3, 4, 5  # as pandaserver.commands.database
 PIDFILE_HELP = "$PANDA_LOCK_DIR/panda-daemon-web.pid, else /var/run/panda/panda-daemon-web.pid"
-CHECK_OK, CHECK_WARNING, CHECK_CRITICAL, CHECK_UNKNOWN = 0, 1, 2, 3
-LOGS_NONE, LOGS_UNREADABLE = 1, 3
 
 
 def _type(parse: Callable[[str], T]) -> Callable[[str], T]:
@@ -116,7 +126,7 @@ def cmd_web(cfg: PandaConfig, args: argparse.Namespace) -> int:
         database_url(cfg)  # fail now, not at the first request, when it names none
     except (WebConfigError, DatabaseConfigError) as exc:
         _err(str(exc))
-        return EXIT_CONFIG
+        return RET_CONFIG
     if args.detach:
         assert pidfile is not None
         argv = ["-c", cfg.origin, "--log-level", args.log_level, "web",
@@ -142,7 +152,7 @@ def cmd_web(cfg: PandaConfig, args: argparse.Namespace) -> int:
             user = resolve_user(cfg.daemon.uname, cfg.daemon.gname, str(cfg.path))
         except PrivilegeError as exc:
             _err(str(exc))
-            return EXIT_CONFIG
+            return RET_USER
         if user is not None:
             options.update(user=user.uid, group=user.gid)
     return server.serve(load, options)
@@ -184,11 +194,11 @@ def cmd_fleet(cfg: PandaConfig, args: argparse.Namespace) -> int:
         settings = _settings(cfg, args.stale_factor)
         overview = _overview(cfg, settings)
     except (WebConfigError, DatabaseConfigError) as exc:
-        return _fail(args, str(exc), EXIT_CONFIG)
+        return _fail(args, str(exc), RET_CONFIG)
     except SchemaError as exc:
-        return _fail(args, f"database {safe_url(database_url(cfg))}: {exc}", EXIT_SCHEMA)
+        return _fail(args, f"database {safe_url(database_url(cfg))}: {exc}", RET_SCHEMA)
     except SQLAlchemyError as exc:
-        return _fail(args, describe_db_error(exc, database_url(cfg)), EXIT_DB_ERROR)
+        return _fail(args, describe_db_error(exc, database_url(cfg)), RET_DATABASE)
     if args.check:
         code, text = check_text(overview)
         sys.stdout.write(text)
@@ -200,12 +210,12 @@ def cmd_fleet(cfg: PandaConfig, args: argparse.Namespace) -> int:
                 "holds": overview.holds,
                 "summary": overview.summary()}
         sys.stdout.write(json.dumps(jsonable(data), indent=2, sort_keys=True) + "\n")
-        return 0
+        return RET_OK
     from pandaserver.preflight.dbsettings import local_sqlite_note
 
     note = local_sqlite_note(cfg)  # a fleet that cannot share leases says so
     sys.stdout.write(fleet_text(overview) + (f"\nWARNING: {note}\n" if note else ""))
-    return 0
+    return RET_OK
 
 
 def _fail(args: argparse.Namespace, message: str, code: int) -> int:
@@ -305,7 +315,7 @@ def cmd_logs(cfg: PandaConfig, args: argparse.Namespace) -> int:
             path = _log_dir(cfg) / WORKER_LOG
         except ValueError as exc:
             _err(str(exc))
-            return EXIT_CONFIG
+            return RET_CONFIG
     if args.name not in cfg.daemon.scripts:
         _err(f"note: no script {args.name!r} in {cfg.path}"
              f"{did_you_mean(args.name, cfg.daemon.scripts)}; searching the log anyway")
@@ -314,10 +324,10 @@ def cmd_logs(cfg: PandaConfig, args: argparse.Namespace) -> int:
     except OSError as exc:
         _err(f"cannot read the worker log {path}: {exc.strerror or exc} (workers write it when"
              " the master runs as a service, `panda-daemon start`; --file names another)")
-        return LOGS_UNREADABLE
+        return RET_FAILED
     if not records:
         what = f" containing {args.grep!r}" if args.grep else ""
         _err(f"no log records of {args.name}{what} in {path}")
-        return LOGS_NONE
+        return RET_FAILED
     sys.stdout.write("\n".join(records) + "\n")
-    return 0
+    return RET_OK
