@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from pandaserver import __version__, exitcodes
 from pandaserver.commands.launch import build_master, disabled, server_name
 from pandaserver.config import ConfigError, PandaConfig, load_config
+from pandaserver.config.users import NO_ROOT_VARIABLE
 from pandaserver.service.logfiles import MASTER_LOG_FORMAT
 
 if TYPE_CHECKING:
@@ -135,7 +136,7 @@ def cmd_run(cfg: PandaConfig, args: argparse.Namespace) -> int:
 
     from pandaserver.daemons.fleet.fleetdb import StartupError
 
-    if os.geteuid() == 0 and not os.environ.get("PANDA_NO_ROOT"):
+    if os.geteuid() == 0 and not os.environ.get(NO_ROOT_VARIABLE):
         log.warning("running scripts as root: 'run' keeps the user it is started as; 'start'"
                     " switches to uname/gname (set PANDA_NO_ROOT=1 to silence this)")
     try:

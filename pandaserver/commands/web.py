@@ -32,6 +32,7 @@ from pandaserver.exitcodes import (
     RET_USER,
 )
 from pandaserver.fmt import offset, relative, span, table, when
+from pandaserver.service.pidfile import DEFAULT_PID_DIR, LOCK_DIR_VARIABLE, WEB_PID_FILE_NAME
 from pandaserver.web.settings import (
     WebConfigError,
     WebSettings,
@@ -44,7 +45,8 @@ if TYPE_CHECKING:  # imported when a command runs, not for every `panda-daemon` 
     from pandaserver.web.fleetview import Overview
 
 T = TypeVar("T")
-PIDFILE_HELP = "$PANDA_LOCK_DIR/panda-daemon-web.pid, else /var/run/panda/panda-daemon-web.pid"
+PIDFILE_HELP = (f"${LOCK_DIR_VARIABLE}/{WEB_PID_FILE_NAME}, else"
+                f" {DEFAULT_PID_DIR / WEB_PID_FILE_NAME}")
 
 
 def _type(parse: Callable[[str], T]) -> Callable[[str], T]:
