@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+from pandaserver.commands.argtypes import positive_int
 from pandaserver.cron.convert import (
     DEFAULT_MIN_SYNC_PERIOD,
     Options,
@@ -38,16 +39,6 @@ class UsageError(Exception):
     """Options or input files that make the conversion impossible (RET_CONFIG)."""
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got: {value}")
-    return value
-
-
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -67,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the crontab to read; '-' or nothing reads standard input",
     )
     parser.add_argument(
-        "--servers", type=_positive_int, default=1, metavar="N",
+        "--servers", type=positive_int, default=1, metavar="N",
         help="how many servers each ran the cron entries (default: 1)",
     )
     parser.add_argument(

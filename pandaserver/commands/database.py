@@ -18,8 +18,8 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from pandaserver.commands.argtypes import positive_int
 from pandaserver.config import PandaConfig
-from pandaserver.config.daemon import parse_positive_int
 from pandaserver.config.problems import did_you_mean
 from pandaserver.db.engine import DatabaseConfigError, describe_db_error, make_engine, safe_url
 from pandaserver.db.history import HistoryStore, RunRow
@@ -229,7 +229,7 @@ def add_db_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     """Add ``history``, ``locks``, ``unlock`` and ``db upgrade`` to the CLI's subparsers."""
     history = subparsers.add_parser("history", help="show recent runs from the database")
     history.add_argument("name", nargs="?", default=None, help="only this script")
-    history.add_argument("--limit", type=_positive_int, default=50,
+    history.add_argument("--limit", type=positive_int, default=50,
                          help="how many runs (default 50)")
     history.add_argument("--json", action="store_true", help="print JSON")
     history.set_defaults(func=cmd_history)
@@ -248,10 +248,3 @@ def add_db_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     db_sub = db.add_subparsers(dest="db_command", metavar="COMMAND", required=True)
     db_upgrade = db_sub.add_parser("upgrade", help="create or migrate panda-daemon's tables")
     db_upgrade.set_defaults(func=cmd_db_upgrade)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        return parse_positive_int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -26,8 +26,6 @@ from pandaserver.db.heartbeat import HeartbeatStore
 from pandaserver.exitcodes import RET_CONFIG, RET_FAILED, RET_OK
 from pandaserver.fmt import table, when
 
-ALIVE_BEATS = 3  # a server is live when it beat within this many heartbeat intervals
-
 EFFECT = {
     dbcontrol.PAUSE: "it will not be started{where}; a run in progress finishes",
     dbcontrol.RESUME: "it is scheduled again{where}",
@@ -87,6 +85,8 @@ def _issue(cfg: PandaConfig, args: argparse.Namespace, engine: Engine,
            store: dbcontrol.ControlStore, *, verb: str, target: str, server: str | None
            ) -> int:
     """Record the command, say what it does and who will act; ``--wait`` for them."""
+    from pandaserver.web.model import ALIVE_BEATS  # live as the pages and fleet count it
+
     live = [s.server for s in HeartbeatStore(engine).list_servers()
             if s.age <= ALIVE_BEATS * cfg.daemon.heartbeat_interval]
     command = store.issue(verb, target, server, getattr(args, "reason", None), requester())

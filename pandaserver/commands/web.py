@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
+from pandaserver.commands.argtypes import option_type, positive_int
 from pandaserver.config import PandaConfig
-from pandaserver.config.daemon import parse_positive_int
 from pandaserver.config.problems import did_you_mean
 from pandaserver.exitcodes import (
     CHECK_CRITICAL,
@@ -44,33 +43,22 @@ from pandaserver.web.settings import (
 if TYPE_CHECKING:  # imported when a command runs, not for every `panda-daemon` call
     from pandaserver.web.fleetview import Overview
 
-T = TypeVar("T")
 PIDFILE_HELP = (f"${LOCK_DIR_VARIABLE}/{WEB_PID_FILE_NAME}, else"
                 f" {DEFAULT_PID_DIR / WEB_PID_FILE_NAME}")
-
-
-def _type(parse: Callable[[str], T]) -> Callable[[str], T]:
-    """An argparse type from a parser whose ValueError says what is wrong."""
-    def convert(text: str) -> T:
-        try:
-            return parse(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-    return convert
 
 
 def add_web_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     web = sub.add_parser("web", help="serve the fleet pages, their JSON API and /metrics"
                                      " (gunicorn; read-only; localhost by default)")
-    web.add_argument("--bind", type=_type(parse_bind), default=None, metavar="HOST:PORT",
+    web.add_argument("--bind", type=option_type(parse_bind), default=None, metavar="HOST:PORT",
                      help=f"where to listen (default: [daemon_web] bind, else"
                           f" {WebSettings().bind})")
-    web.add_argument("--workers", type=_type(parse_positive_int), default=1,
+    web.add_argument("--workers", type=positive_int, default=1,
                      help="gunicorn worker processes (default 1: keeps /metrics counters"
                           " consistent)")
-    web.add_argument("--threads", type=_type(parse_positive_int), default=4,
+    web.add_argument("--threads", type=positive_int, default=4,
                      help="threads per worker (default 4)")
-    web.add_argument("--stale-factor", type=_type(parse_factor), default=None, metavar="K")
+    web.add_argument("--stale-factor", type=option_type(parse_factor), default=None, metavar="K")
     web.add_argument("--access-log", default=None, metavar="FILE",
                      help="write an access log there ('-': standard output)")
     web.add_argument("--detach", action="store_true",
@@ -87,14 +75,14 @@ def add_web_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     fleet.add_argument("--check", action="store_true",
                        help="monitoring check: exit 2 when a script is stale, 1 when one is late"
                             " or a server's configuration differs, 3 when unknown")
-    fleet.add_argument("--stale-factor", type=_type(parse_factor), default=None, metavar="K",
+    fleet.add_argument("--stale-factor", type=option_type(parse_factor), default=None, metavar="K",
                        help="stale after K x period without a success anywhere (default:"
                             " [daemon_web] stale_factor, else 3)")
     fleet.set_defaults(func=cmd_fleet)
 
     logs = sub.add_parser("logs", help="the recent log records of one script (worker log)")
     logs.add_argument("name", help="the script's name")
-    logs.add_argument("--lines", type=_type(parse_positive_int), default=50, metavar="N",
+    logs.add_argument("--lines", type=positive_int, default=50, metavar="N",
                       help="how many records (default 50; a record keeps its continuation lines)")
     logs.add_argument("--grep", default=None, metavar="TEXT", help="only records containing TEXT")
     logs.add_argument("--file", type=Path, default=None,
