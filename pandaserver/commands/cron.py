@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+from pandaserver.commands.argtypes import positive_int
 from pandaserver.cron.convert import (
     DEFAULT_MIN_SYNC_PERIOD,
     Options,
@@ -21,10 +22,10 @@ from pandaserver.cron.convert import (
     read_module_map,
 )
 from pandaserver.cron.parse import Diagnostic, read_crontab
+from pandaserver.exitcodes import RET_CONFIG, RET_FAILED, RET_OK
 
-RET_OK = 0
-RET_LINE_ERRORS = 1  # some lines were not converted; the rest were printed
-RET_USAGE = 2  # bad options or unreadable files; nothing was printed
+# exit statuses: RET_FAILED when some lines were not converted (the rest are printed),
+# RET_CONFIG for bad options or unreadable files (nothing is printed)
 
 PROG = "cron2json"
 DESCRIPTION = (
@@ -35,17 +36,7 @@ DESCRIPTION = (
 
 
 class UsageError(Exception):
-    """Options or input files that make the conversion impossible (exit status 2)."""
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got: {value}")
-    return value
+    """Options or input files that make the conversion impossible (RET_CONFIG)."""
 
 
 def _seconds(text: str) -> float:
@@ -67,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the crontab to read; '-' or nothing reads standard input",
     )
     parser.add_argument(
-        "--servers", type=_positive_int, default=1, metavar="N",
+        "--servers", type=positive_int, default=1, metavar="N",
         help="how many servers each ran the cron entries (default: 1)",
     )
     parser.add_argument(
@@ -109,7 +100,7 @@ def convert_streams(args: argparse.Namespace, stdin: TextIO, stdout: TextIO, std
     except UsageError as exc:
         for message in exc.args:
             stderr.write(f"{PROG}: error: {message}\n")
-        return RET_USAGE
+        return RET_CONFIG
     jobs, notes = read_crontab(lines, args.user_field)
     conversion = convert(jobs, options)
     notes.extend(conversion.diagnostics)
@@ -122,7 +113,7 @@ def convert_streams(args: argparse.Namespace, stdin: TextIO, stdout: TextIO, std
         stdout.write(format_config(conversion.scripts) + "\n")
     stdout.flush()
     failed = any(note.severity == "error" for note in notes)
-    return RET_LINE_ERRORS if failed else RET_OK
+    return RET_FAILED if failed else RET_OK
 
 
 def _options(args: argparse.Namespace) -> Options:

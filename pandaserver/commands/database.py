@@ -18,52 +18,54 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from pandaserver.commands.argtypes import positive_int
 from pandaserver.config import PandaConfig
-from pandaserver.config.daemon import parse_positive_int
 from pandaserver.config.problems import did_you_mean
 from pandaserver.db.engine import DatabaseConfigError, describe_db_error, make_engine, safe_url
 from pandaserver.db.history import HistoryStore, RunRow
 from pandaserver.db.leases import LeaseRow, LeaseStore
 from pandaserver.db.schema import SchemaError, check_schema, upgrade
+from pandaserver.exitcodes import RET_CONFIG, RET_DATABASE, RET_FAILED, RET_OK, RET_SCHEMA
 from pandaserver.fmt import span, table, when
-
-EXIT_OK = 0
-EXIT_NOT_FOUND = 1  # unlock: no lease of that name
-EXIT_DB_ERROR = 3  # the database is unreachable or failed
-EXIT_SCHEMA = 4  # the schema is missing, older or newer than this code
-EXIT_CONFIG = 5  # the configuration does not name a usable database
 
 Command = Callable[[PandaConfig, argparse.Namespace], int]
 
 
-class _Fail(Exception):
+class CommandFailed(Exception):
+    """What a command says on stderr before it exits with ``code``."""
+
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
 
 
 @contextmanager
-def _database(cfg: PandaConfig, *, check: bool = True) -> Iterator[Engine]:
+def open_database(cfg: PandaConfig, *, check: bool = True) -> Iterator[Engine]:
+    """The configured database, its schema checked (``check``), disposed after. A setting
+    that names no usable database, a refused schema and a database error become
+    ``CommandFailed`` with RET_CONFIG, RET_SCHEMA and RET_DATABASE."""
     try:
         engine = make_engine(cfg)
     except DatabaseConfigError as exc:
-        raise _Fail(str(exc), EXIT_CONFIG) from None
+        raise CommandFailed(str(exc), RET_CONFIG) from None
     try:
         if check:
             check_schema(engine)
         yield engine
     except SchemaError as exc:
-        raise _Fail(f"database {safe_url(engine.url)}: {exc}", EXIT_SCHEMA) from None
+        raise CommandFailed(f"database {safe_url(engine.url)}: {exc}", RET_SCHEMA) from None
     except SQLAlchemyError as exc:
-        raise _Fail(describe_db_error(exc, engine.url), EXIT_DB_ERROR) from None
+        raise CommandFailed(describe_db_error(exc, engine.url), RET_DATABASE) from None
     finally:
         engine.dispose()
 
 
-def _run(body: Callable[[], int]) -> int:
+def run_command(body: Callable[[], int]) -> int:
+    """``body()``'s status, or the status of the ``CommandFailed`` it raised (said on
+    stderr)."""
     try:
         return body()
-    except _Fail as exc:
+    except CommandFailed as exc:
         print(f"panda-daemon: {exc}", file=sys.stderr)
         return exc.code
 
@@ -96,14 +98,14 @@ def cmd_history(cfg: PandaConfig, args: argparse.Namespace) -> int:
     """``history [NAME] [--limit N] [--json]``: the newest runs first."""
 
     def body() -> int:
-        with _database(cfg) as engine:
+        with open_database(cfg) as engine:
             runs = HistoryStore(engine).query(args.name, args.limit)
         if args.json:
             _print_json([_run_json(run) for run in runs])
-            return EXIT_OK
+            return RET_OK
         if not runs:
             print(f"no runs recorded{f' for {args.name}' if args.name else ''}")
-            return EXIT_OK
+            return RET_OK
         rows = [
             [str(r.id), r.script, r.server, str(r.pid or "-"), when(r.started_at),
              span(r.duration), r.outcome, _first_line(r.error)]
@@ -111,9 +113,9 @@ def cmd_history(cfg: PandaConfig, args: argparse.Namespace) -> int:
         ]
         print(_table(["ID", "SCRIPT", "SERVER", "PID", "STARTED (UTC)", "TOOK", "OUTCOME",
                       "ERROR"], rows))
-        return EXIT_OK
+        return RET_OK
 
-    return _run(body)
+    return run_command(body)
 
 
 def _first_line(error: str | None, width: int = 60) -> str:
@@ -152,14 +154,14 @@ def cmd_locks(cfg: PandaConfig, args: argparse.Namespace) -> int:
     another server (ever; the latest such server and when)."""
 
     def body() -> int:
-        with _database(cfg) as engine:
+        with open_database(cfg) as engine:
             leases = LeaseStore(engine).list_leases()
         if args.json:
             _print_json([_lease_json(lease) for lease in leases])
-            return EXIT_OK
+            return RET_OK
         if not leases:
             print("no leases yet (no sync script has run)")
-            return EXIT_OK
+            return RET_OK
         rows = [
             [lease.name, "held" if lease.held else "free",
              f"{lease.owner_server} pid {lease.owner_pid}" if lease.held else "-",
@@ -170,16 +172,16 @@ def cmd_locks(cfg: PandaConfig, args: argparse.Namespace) -> int:
         ]
         print(_table(["NAME", "STATE", "HOLDER", "GEN", "ACQUIRED (UTC)", "EXPIRES IN",
                       "DUE IN", "REFUSED (LATEST)"], rows))
-        return EXIT_OK
+        return RET_OK
 
-    return _run(body)
+    return run_command(body)
 
 
 def cmd_unlock(cfg: PandaConfig, args: argparse.Namespace) -> int:
     """``unlock NAME``: free a lease whoever holds it, and say what was released."""
 
     def body() -> int:
-        with _database(cfg) as engine:
+        with open_database(cfg) as engine:
             store = LeaseStore(engine)
             before = store.force_release(args.name)
             names = [lease.name for lease in store.list_leases()] if before is None else []
@@ -187,8 +189,8 @@ def cmd_unlock(cfg: PandaConfig, args: argparse.Namespace) -> int:
                 args.name, before.generation, "its lease was force-released (panda-daemon"
                 " unlock) while it was open: its holder died, hung or lost the lease")
         if before is None:
-            raise _Fail(f"no lease named {args.name!r}{did_you_mean(args.name, names)}",
-                        EXIT_NOT_FOUND)
+            raise CommandFailed(f"no lease named {args.name!r}{did_you_mean(args.name, names)}",
+                        RET_FAILED)
         holder = f"{before.owner_server} pid {before.owner_pid}"
         if before.held:
             print(f"released lease {before.name!r}: held by {holder} since"
@@ -202,32 +204,32 @@ def cmd_unlock(cfg: PandaConfig, args: argparse.Namespace) -> int:
         if closed:
             print(f"{closed} open run(s) of it marked lost in the history (a holder still"
                   " alive records how they really end)")
-        return EXIT_OK
+        return RET_OK
 
-    return _run(body)
+    return run_command(body)
 
 
 def cmd_db_upgrade(cfg: PandaConfig, args: argparse.Namespace) -> int:
     """``db upgrade``: create or migrate panda-daemon's tables to this version's schema."""
 
     def body() -> int:
-        with _database(cfg, check=False) as engine:
+        with open_database(cfg, check=False) as engine:
             before, after = upgrade(engine)
             where = safe_url(engine.url)
         if before == after:
             print(f"database {where}: schema already at {after}")
         else:
             print(f"database {where}: schema upgraded from {before or 'nothing'} to {after}")
-        return EXIT_OK
+        return RET_OK
 
-    return _run(body)
+    return run_command(body)
 
 
 def add_db_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``history``, ``locks``, ``unlock`` and ``db upgrade`` to the CLI's subparsers."""
     history = subparsers.add_parser("history", help="show recent runs from the database")
     history.add_argument("name", nargs="?", default=None, help="only this script")
-    history.add_argument("--limit", type=_positive_int, default=50,
+    history.add_argument("--limit", type=positive_int, default=50,
                          help="how many runs (default 50)")
     history.add_argument("--json", action="store_true", help="print JSON")
     history.set_defaults(func=cmd_history)
@@ -246,10 +248,3 @@ def add_db_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     db_sub = db.add_subparsers(dest="db_command", metavar="COMMAND", required=True)
     db_upgrade = db_sub.add_parser("upgrade", help="create or migrate panda-daemon's tables")
     db_upgrade.set_defaults(func=cmd_db_upgrade)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        return parse_positive_int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from pandaserver import __version__, exitcodes
 from pandaserver.commands.launch import build_master, disabled, server_name
 from pandaserver.config import ConfigError, PandaConfig, load_config
+from pandaserver.config.users import NO_ROOT_VARIABLE
 from pandaserver.service.logfiles import MASTER_LOG_FORMAT
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ log = logging.getLogger("panda.cli")
 Command = Callable[[PandaConfig, argparse.Namespace], int]
 # commands that open the database straight away (run, start and the others validate first)
 DATABASE_COMMANDS = {"history", "locks", "unlock", "db", "web", "pause", "resume", "run-now",
-                     "kill", "drain", "undrain", "restart-workers", "commands"}  # fleet says UNKNOWN itself
+                     "kill", "drain", "undrain", "restart-workers", "commands", "fleet"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,7 +136,7 @@ def cmd_run(cfg: PandaConfig, args: argparse.Namespace) -> int:
 
     from pandaserver.daemons.fleet.fleetdb import StartupError
 
-    if os.geteuid() == 0 and not os.environ.get("PANDA_NO_ROOT"):
+    if os.geteuid() == 0 and not os.environ.get(NO_ROOT_VARIABLE):
         log.warning("running scripts as root: 'run' keeps the user it is started as; 'start'"
                     " switches to uname/gname (set PANDA_NO_ROOT=1 to silence this)")
     try:
@@ -192,6 +193,17 @@ def cmd_check_config(cfg: PandaConfig, args: argparse.Namespace) -> int:
     return code
 
 
+def _unusable_config(args: argparse.Namespace, problems: list[str]) -> int:
+    """Log why the configuration cannot be used; RET_CONFIG, or for ``fleet --check`` (a
+    monitoring check, where 2 reads CRITICAL) an UNKNOWN line and CHECK_UNKNOWN."""
+    for problem in problems:
+        log.error("%s", problem)
+    if args.command == "fleet" and args.check:
+        sys.stdout.write(f"UNKNOWN: {'; '.join(problems)}\n")
+        return exitcodes.CHECK_UNKNOWN
+    return exitcodes.RET_CONFIG
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -209,17 +221,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
-        for problem in exc.problems:
-            log.error("%s", problem)
-        return exitcodes.RET_CONFIG
+        return _unusable_config(args, [str(problem) for problem in exc.problems])
     if args.command in DATABASE_COMMANDS:  # a message, not a traceback, for a bad URL
         from pandaserver.preflight.dbsettings import ERROR, database_findings
 
         errors = [message for level, message, _ in database_findings(cfg)[1] if level == ERROR]
-        for message in errors:
-            log.error("%s", message)
         if errors:
-            return exitcodes.RET_CONFIG
+            return _unusable_config(args, errors)
     func: Command = args.func
     return func(cfg, args)
 

@@ -16,20 +16,15 @@ import time
 from collections.abc import Callable
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
+from pandaserver.commands.database import open_database, run_command
 from pandaserver.commands.launch import server_name
 from pandaserver.config import PandaConfig
 from pandaserver.config.problems import did_you_mean
 from pandaserver.db import operator_commands as dbcontrol
-from pandaserver.db.engine import DatabaseConfigError, describe_db_error, make_engine, safe_url
 from pandaserver.db.heartbeat import HeartbeatStore
-from pandaserver.db.schema import SchemaError, check_schema
+from pandaserver.exitcodes import RET_CONFIG, RET_FAILED, RET_OK
 from pandaserver.fmt import table, when
-
-EXIT_OK, EXIT_NOT_ACTED, EXIT_USAGE = 0, 1, 2
-EXIT_DB_ERROR, EXIT_SCHEMA, EXIT_CONFIG = 3, 4, 5  # as pandaserver.commands.database
-ALIVE_BEATS = 3  # a server is live when it beat within this many heartbeat intervals
 
 EFFECT = {
     dbcontrol.PAUSE: "it will not be started{where}; a run in progress finishes",
@@ -68,7 +63,7 @@ def cmd_control(cfg: PandaConfig, args: argparse.Namespace) -> int:
         if target not in cfg.daemon.scripts:
             _err(f"no script {target!r} in the config of {cfg.path}"
                  f"{did_you_mean(target, cfg.daemon.scripts)}")
-            return EXIT_USAGE
+            return RET_CONFIG
     return _on_control_db(cfg, lambda engine, store: _issue(
         cfg, args, engine, store, verb=verb, target=target, server=server))
 
@@ -76,30 +71,22 @@ def cmd_control(cfg: PandaConfig, args: argparse.Namespace) -> int:
 def _on_control_db(cfg: PandaConfig,
                    body: Callable[[Engine, dbcontrol.ControlStore], int]) -> int:
     """``body(engine, store)`` on the configured database, its schema checked; the
-    engine disposed after. A bad database setting, an old or new schema, or a database
-    error is said on stderr and becomes the exit status (5, 4, 3)."""
-    try:
-        engine = make_engine(cfg)
-    except DatabaseConfigError as exc:
-        _err(str(exc))
-        return EXIT_CONFIG
-    try:
-        check_schema(engine)
-        return body(engine, dbcontrol.ControlStore(engine))
-    except SchemaError as exc:
-        _err(f"database {safe_url(engine.url)}: {exc}")
-        return EXIT_SCHEMA
-    except SQLAlchemyError as exc:
-        _err(describe_db_error(exc, engine.url))
-        return EXIT_DB_ERROR
-    finally:
-        engine.dispose()
+    engine disposed after. A bad database setting, a refused schema or a database error
+    is said on stderr and becomes the exit status (``commands.database.open_database``)."""
+
+    def on_database() -> int:
+        with open_database(cfg) as engine:
+            return body(engine, dbcontrol.ControlStore(engine))
+
+    return run_command(on_database)
 
 
 def _issue(cfg: PandaConfig, args: argparse.Namespace, engine: Engine,
            store: dbcontrol.ControlStore, *, verb: str, target: str, server: str | None
            ) -> int:
     """Record the command, say what it does and who will act; ``--wait`` for them."""
+    from pandaserver.web.model import ALIVE_BEATS  # live as the pages and fleet count it
+
     live = [s.server for s in HeartbeatStore(engine).list_servers()
             if s.age <= ALIVE_BEATS * cfg.daemon.heartbeat_interval]
     command = store.issue(verb, target, server, getattr(args, "reason", None), requester())
@@ -119,7 +106,7 @@ def _issue(cfg: PandaConfig, args: argparse.Namespace, engine: Engine,
                           dbcontrol.UNDRAIN) else
               f"  note: {server} is not live now: nothing will act on this")
     if not args.wait:
-        return EXIT_OK
+        return RET_OK
     return _wait(store, command.id, expected, args.timeout)
 
 
@@ -134,10 +121,10 @@ def _wait(store: dbcontrol.ControlStore, command_id: int, expected: list[str],
                 print(f"  {ack.server}: {ack.note or 'done'} (at {when(ack.acted_at)} UTC)")
         missing = [s for s in expected if s not in seen]
         if not missing:
-            return EXIT_OK
+            return RET_OK
         if time.monotonic() >= deadline:
             print(f"not acted on within {timeout:g} s by: {', '.join(missing)}")
-            return EXIT_NOT_ACTED
+            return RET_FAILED
         sleep(0.2)
 
 
@@ -158,7 +145,7 @@ def _list_commands(store: dbcontrol.ControlStore, limit: int) -> int:
         f" by {h.requested_by}{' (' + h.reason + ')' if h.reason else ''}" for h in holds)
         or "nothing paused or drained"))
     print("\n".join(table(rows)))
-    return EXIT_OK
+    return RET_OK
 
 
 def add_control_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

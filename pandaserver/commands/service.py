@@ -14,11 +14,11 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pandaserver import exitcodes
 from pandaserver.commands.launch import build_master
-from pandaserver.config import ConfigError, PandaConfig, load_config
+from pandaserver.config import ConfigError, DaemonSettings, PandaConfig, load_config
 from pandaserver.service import lifecycle as control
 from pandaserver.service.detach import (
     StartError,
@@ -27,20 +27,27 @@ from pandaserver.service.detach import (
     start_foreground,
 )
 from pandaserver.service.logfiles import STDOUT_LOG
-from pandaserver.service.pidfile import default_pidfile
+from pandaserver.service.pidfile import (
+    DEFAULT_PID_DIR,
+    LOCK_DIR_VARIABLE,
+    PID_FILE_NAME,
+    default_pidfile,
+)
+
+if TYPE_CHECKING:
+    from pandaserver.daemons.master.loop import Master
 
 log = logging.getLogger("panda.service")
 
 STOP_MARGIN = 15.0  # seconds added to stop_grace before stop escalates to SIGKILL
-DEFAULT_STOP_GRACE = 30.0
 START_WAIT = 60.0
 
 
 def add_service_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--pidfile", type=Path, default=None, metavar="FILE",
-                        help="the master's pid file (default: $PANDA_LOCK_DIR/panda_daemon.pid,"
-                             " else /var/run/panda/panda_daemon.pid)")
+                        help=f"the master's pid file (default: ${LOCK_DIR_VARIABLE}/{PID_FILE_NAME},"
+                             f" else {DEFAULT_PID_DIR / PID_FILE_NAME})")
     starting = argparse.ArgumentParser(add_help=False)
     starting.add_argument("--wait", type=float, default=START_WAIT, metavar="SECONDS",
                           help="how long start waits for the master to come up (default 60)")
@@ -84,6 +91,15 @@ def _without_config(command: Callable[[PandaConfig | None, argparse.Namespace], 
         return command(cfg, args)
 
     return run
+
+
+def _builder(args: argparse.Namespace) -> Callable[..., Master]:
+    """``build_master`` bound to this command's arguments, for the service layer."""
+
+    def build(cfg: PandaConfig, **options: Any) -> Master:
+        return build_master(cfg, args, **options)
+
+    return build
 
 
 def _pidfile(args: argparse.Namespace) -> Path:
@@ -157,7 +173,7 @@ def cmd_start(cfg: PandaConfig, args: argparse.Namespace) -> int:
     if code != exitcodes.RET_OK:
         return code
     try:
-        plan = plan_start(cfg, args, _pidfile(args), build_master)
+        plan = plan_start(cfg, args.log_level, _pidfile(args), _builder(args))
     except StartError as exc:
         print(f"panda-daemon: cannot start: {exc}", file=sys.stderr)
         return exc.code
@@ -171,7 +187,8 @@ def cmd_start(cfg: PandaConfig, args: argparse.Namespace) -> int:
 def cmd_stop(cfg: PandaConfig | None, args: argparse.Namespace) -> int:
     timeout = args.timeout
     if timeout is None:
-        grace = cfg.daemon.stop_grace if cfg is not None else DEFAULT_STOP_GRACE
+        # without a readable config: [daemon] stop_grace's default (DaemonSettings' field)
+        grace = cfg.daemon.stop_grace if cfg is not None else DaemonSettings.stop_grace
         timeout = grace + STOP_MARGIN
     return control.stop(_pidfile(args), timeout, sys.stdout, sys.stderr)
 
@@ -191,7 +208,8 @@ def cmd_restart(cfg: PandaConfig, args: argparse.Namespace) -> int:
         if code != exitcodes.RET_OK:
             return code
         try:
-            plan_start(cfg, args, _pidfile(args), build_master, check_running=False)
+            plan_start(cfg, args.log_level, _pidfile(args), _builder(args),
+                       check_running=False)
         except StartError as exc:
             print(f"panda-daemon: not restarting, the running master is left alone: {exc}",
                   file=sys.stderr)

@@ -3,7 +3,8 @@
 ``fleet --check`` follows the monitoring-plugin convention (Nagios, Icinga, Sensu):
 one status line, then details; exit 0 OK, 1 WARNING (late scripts, servers whose
 configuration differs), 2 CRITICAL (stale scripts), 3 UNKNOWN (the database or the
-configuration cannot be used).
+configuration cannot be used): the ``CHECK_*`` codes, the one exception to the table of
+``pandaserver.exitcodes``.
 """
 
 from __future__ import annotations
@@ -11,14 +12,26 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
+from pandaserver.commands.argtypes import option_type, positive_int
 from pandaserver.config import PandaConfig
-from pandaserver.config.daemon import parse_positive_int
 from pandaserver.config.problems import did_you_mean
+from pandaserver.exitcodes import (
+    CHECK_CRITICAL,
+    CHECK_OK,
+    CHECK_UNKNOWN,
+    CHECK_WARNING,
+    RET_CONFIG,
+    RET_DATABASE,
+    RET_FAILED,
+    RET_OK,
+    RET_SCHEMA,
+    RET_USER,
+)
 from pandaserver.fmt import offset, relative, span, table, when
+from pandaserver.service.pidfile import DEFAULT_PID_DIR, LOCK_DIR_VARIABLE, WEB_PID_FILE_NAME
 from pandaserver.web.settings import (
     WebConfigError,
     WebSettings,
@@ -30,35 +43,22 @@ from pandaserver.web.settings import (
 if TYPE_CHECKING:  # imported when a command runs, not for every `panda-daemon` call
     from pandaserver.web.fleetview import Overview
 
-T = TypeVar("T")
-EXIT_DB_ERROR, EXIT_SCHEMA, EXIT_CONFIG = 3, 4, 5  # as pandaserver.commands.database
-PIDFILE_HELP = "$PANDA_LOCK_DIR/panda-daemon-web.pid, else /var/run/panda/panda-daemon-web.pid"
-CHECK_OK, CHECK_WARNING, CHECK_CRITICAL, CHECK_UNKNOWN = 0, 1, 2, 3
-LOGS_NONE, LOGS_UNREADABLE = 1, 3
-
-
-def _type(parse: Callable[[str], T]) -> Callable[[str], T]:
-    """An argparse type from a parser whose ValueError says what is wrong."""
-    def convert(text: str) -> T:
-        try:
-            return parse(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-    return convert
+PIDFILE_HELP = (f"${LOCK_DIR_VARIABLE}/{WEB_PID_FILE_NAME}, else"
+                f" {DEFAULT_PID_DIR / WEB_PID_FILE_NAME}")
 
 
 def add_web_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     web = sub.add_parser("web", help="serve the fleet pages, their JSON API and /metrics"
                                      " (gunicorn; read-only; localhost by default)")
-    web.add_argument("--bind", type=_type(parse_bind), default=None, metavar="HOST:PORT",
+    web.add_argument("--bind", type=option_type(parse_bind), default=None, metavar="HOST:PORT",
                      help=f"where to listen (default: [daemon_web] bind, else"
                           f" {WebSettings().bind})")
-    web.add_argument("--workers", type=_type(parse_positive_int), default=1,
+    web.add_argument("--workers", type=positive_int, default=1,
                      help="gunicorn worker processes (default 1: keeps /metrics counters"
                           " consistent)")
-    web.add_argument("--threads", type=_type(parse_positive_int), default=4,
+    web.add_argument("--threads", type=positive_int, default=4,
                      help="threads per worker (default 4)")
-    web.add_argument("--stale-factor", type=_type(parse_factor), default=None, metavar="K")
+    web.add_argument("--stale-factor", type=option_type(parse_factor), default=None, metavar="K")
     web.add_argument("--access-log", default=None, metavar="FILE",
                      help="write an access log there ('-': standard output)")
     web.add_argument("--detach", action="store_true",
@@ -75,14 +75,14 @@ def add_web_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     fleet.add_argument("--check", action="store_true",
                        help="monitoring check: exit 2 when a script is stale, 1 when one is late"
                             " or a server's configuration differs, 3 when unknown")
-    fleet.add_argument("--stale-factor", type=_type(parse_factor), default=None, metavar="K",
+    fleet.add_argument("--stale-factor", type=option_type(parse_factor), default=None, metavar="K",
                        help="stale after K x period without a success anywhere (default:"
                             " [daemon_web] stale_factor, else 3)")
     fleet.set_defaults(func=cmd_fleet)
 
     logs = sub.add_parser("logs", help="the recent log records of one script (worker log)")
     logs.add_argument("name", help="the script's name")
-    logs.add_argument("--lines", type=_type(parse_positive_int), default=50, metavar="N",
+    logs.add_argument("--lines", type=positive_int, default=50, metavar="N",
                       help="how many records (default 50; a record keeps its continuation lines)")
     logs.add_argument("--grep", default=None, metavar="TEXT", help="only records containing TEXT")
     logs.add_argument("--file", type=Path, default=None,
@@ -116,7 +116,7 @@ def cmd_web(cfg: PandaConfig, args: argparse.Namespace) -> int:
         database_url(cfg)  # fail now, not at the first request, when it names none
     except (WebConfigError, DatabaseConfigError) as exc:
         _err(str(exc))
-        return EXIT_CONFIG
+        return RET_CONFIG
     if args.detach:
         assert pidfile is not None
         argv = ["-c", cfg.origin, "--log-level", args.log_level, "web",
@@ -142,7 +142,7 @@ def cmd_web(cfg: PandaConfig, args: argparse.Namespace) -> int:
             user = resolve_user(cfg.daemon.uname, cfg.daemon.gname, str(cfg.path))
         except PrivilegeError as exc:
             _err(str(exc))
-            return EXIT_CONFIG
+            return RET_USER
         if user is not None:
             options.update(user=user.uid, group=user.gid)
     return server.serve(load, options)
@@ -184,11 +184,11 @@ def cmd_fleet(cfg: PandaConfig, args: argparse.Namespace) -> int:
         settings = _settings(cfg, args.stale_factor)
         overview = _overview(cfg, settings)
     except (WebConfigError, DatabaseConfigError) as exc:
-        return _fail(args, str(exc), EXIT_CONFIG)
+        return _fail(args, str(exc), RET_CONFIG)
     except SchemaError as exc:
-        return _fail(args, f"database {safe_url(database_url(cfg))}: {exc}", EXIT_SCHEMA)
+        return _fail(args, f"database {safe_url(database_url(cfg))}: {exc}", RET_SCHEMA)
     except SQLAlchemyError as exc:
-        return _fail(args, describe_db_error(exc, database_url(cfg)), EXIT_DB_ERROR)
+        return _fail(args, describe_db_error(exc, database_url(cfg)), RET_DATABASE)
     if args.check:
         code, text = check_text(overview)
         sys.stdout.write(text)
@@ -200,12 +200,12 @@ def cmd_fleet(cfg: PandaConfig, args: argparse.Namespace) -> int:
                 "holds": overview.holds,
                 "summary": overview.summary()}
         sys.stdout.write(json.dumps(jsonable(data), indent=2, sort_keys=True) + "\n")
-        return 0
+        return RET_OK
     from pandaserver.preflight.dbsettings import local_sqlite_note
 
     note = local_sqlite_note(cfg)  # a fleet that cannot share leases says so
     sys.stdout.write(fleet_text(overview) + (f"\nWARNING: {note}\n" if note else ""))
-    return 0
+    return RET_OK
 
 
 def _fail(args: argparse.Namespace, message: str, code: int) -> int:
@@ -305,7 +305,7 @@ def cmd_logs(cfg: PandaConfig, args: argparse.Namespace) -> int:
             path = _log_dir(cfg) / WORKER_LOG
         except ValueError as exc:
             _err(str(exc))
-            return EXIT_CONFIG
+            return RET_CONFIG
     if args.name not in cfg.daemon.scripts:
         _err(f"note: no script {args.name!r} in {cfg.path}"
              f"{did_you_mean(args.name, cfg.daemon.scripts)}; searching the log anyway")
@@ -314,10 +314,10 @@ def cmd_logs(cfg: PandaConfig, args: argparse.Namespace) -> int:
     except OSError as exc:
         _err(f"cannot read the worker log {path}: {exc.strerror or exc} (workers write it when"
              " the master runs as a service, `panda-daemon start`; --file names another)")
-        return LOGS_UNREADABLE
+        return RET_FAILED
     if not records:
         what = f" containing {args.grep!r}" if args.grep else ""
         _err(f"no log records of {args.name}{what} in {path}")
-        return LOGS_NONE
+        return RET_FAILED
     sys.stdout.write("\n".join(records) + "\n")
-    return 0
+    return RET_OK

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pandaserver.config.files import expand_env, key_line_numbers
-from pandaserver.config.problems import ConfigProblem, did_you_mean, shown_value
+from pandaserver.config.problems import ConfigProblem, did_you_mean, shown_seconds, shown_value
 from pandaserver.config.scripts import MODULE_RE, DaemonSpec, parse_script
 
 # PanDA's own parser (pandacommon's LiveConfigParser.expand_values) turns exactly "True" and
@@ -60,12 +60,6 @@ def bounded_int(low: int, high: int, why: str = "") -> Callable[[str], int]:
     return parse
 
 
-def _span(seconds: float) -> str:
-    if seconds >= 86400 and seconds % 86400 == 0:
-        return f"{seconds / 86400:g} days ({seconds:.0f} s)"
-    return f"{seconds:g} s"
-
-
 def parse_seconds(text: str, *, allow_zero: bool = False) -> float:
     try:
         value = float(text.strip())
@@ -82,7 +76,7 @@ def parse_seconds(text: str, *, allow_zero: bool = False) -> float:
 def bounded_seconds(low: float, high: float, *, allow_zero: bool = False, unit: str = "s",
                     why: str = "") -> Callable[[str], float]:
     def shown(value: float) -> str:
-        return f"{value:g} days" if unit == "days" else _span(value)
+        return f"{value:g} days" if unit == "days" else shown_seconds(value)
 
     def parse(text: str) -> float:
         try:
@@ -160,32 +154,28 @@ COMMAND_INTERVAL_MAX = 300.0
 CRASH_BACKOFF_MIN = 1.0
 CRASH_BACKOFF_MAX = 86400.0
 
-# key -> (parser, default); "config" and "package" are handled apart.
-SECTION_KEYS: dict[str, tuple[Callable[[str], Any], Any]] = {
-    "enable": (parse_bool, False),
-    "uname": (parse_str, ""),
-    "gname": (parse_str, ""),
-    "n_proc": (bounded_int(1, N_PROC_MAX, " (each worker is a Python interpreter; a fleet"
-                                          " shares its scripts over more servers instead)"), 1),
-    "n_dbconn": (bounded_int(1, N_DBCONN_MAX), 1),
-    "proc_lifetime": (bounded_seconds(PROC_LIFETIME_MIN, PROC_LIFETIME_MAX,
-                                      why="; below it workers are replaced faster than they"
-                                          " start, and no script runs"), 28800.0),
-    "stop_grace": (bounded_seconds(0.0, STOP_GRACE_MAX, allow_zero=True), 30.0),
-    "db_url": (parse_str, ""),
-    "history_retention_days": (bounded_seconds(RETENTION_MIN_DAYS, RETENTION_MAX_DAYS,
-                                               unit="days"), 30.0),
-    # newest runs kept per script (0: no bound), besides the age bound above
-    "history_retention_rows": (parse_retention_rows, 0),
-    "lease_ttl": (parse_lease_ttl, 30.0),
-    # no longer used (leases last lease_ttl, renewed while the run lives): kept so old
-    # configs load, with a warning
-    "lease_grace": (bounded_seconds(0.0, LEASE_GRACE_MAX, allow_zero=True), 0.0),
-    "heartbeat_interval": (bounded_seconds(HEARTBEAT_MIN, HEARTBEAT_MAX), 30.0),
-    # how often each master reads the operators' commands (pause, run-now, kill, drain)
-    "command_interval": (bounded_seconds(COMMAND_INTERVAL_MIN, COMMAND_INTERVAL_MAX), 2.0),
-    # the longest wait before a crash-looping script is tried again
-    "crash_backoff_max": (bounded_seconds(CRASH_BACKOFF_MIN, CRASH_BACKOFF_MAX), 300.0),
+# key -> the parser of its text; "config" and "package" are handled apart. The defaults
+# live in one place, the fields of DaemonSettings below: a key not given keeps its field's.
+SECTION_KEYS: dict[str, Callable[[str], Any]] = {
+    "enable": parse_bool,
+    "uname": parse_str,
+    "gname": parse_str,
+    "n_proc": bounded_int(1, N_PROC_MAX, " (each worker is a Python interpreter; a fleet"
+                                         " shares its scripts over more servers instead)"),
+    "n_dbconn": bounded_int(1, N_DBCONN_MAX),
+    "proc_lifetime": bounded_seconds(PROC_LIFETIME_MIN, PROC_LIFETIME_MAX,
+                                     why="; below it workers are replaced faster than they"
+                                         " start, and no script runs"),
+    "stop_grace": bounded_seconds(0.0, STOP_GRACE_MAX, allow_zero=True),
+    "db_url": parse_str,
+    "history_retention_days": bounded_seconds(RETENTION_MIN_DAYS, RETENTION_MAX_DAYS,
+                                              unit="days"),
+    "history_retention_rows": parse_retention_rows,
+    "lease_ttl": parse_lease_ttl,
+    "lease_grace": bounded_seconds(0.0, LEASE_GRACE_MAX, allow_zero=True),
+    "heartbeat_interval": bounded_seconds(HEARTBEAT_MIN, HEARTBEAT_MAX),
+    "command_interval": bounded_seconds(COMMAND_INTERVAL_MIN, COMMAND_INTERVAL_MAX),
+    "crash_backoff_max": bounded_seconds(CRASH_BACKOFF_MIN, CRASH_BACKOFF_MAX),
 }
 ALL_KEYS = (*SECTION_KEYS, "package", "config")
 
@@ -210,12 +200,14 @@ class DaemonSettings:
     stop_grace: float = 30.0
     db_url: str = ""
     history_retention_days: float = 30.0
-    history_retention_rows: int = 0
+    history_retention_rows: int = 0  # newest runs kept per script (0: no bound), besides age
     lease_ttl: float = 30.0
-    lease_grace: float = 0.0  # accepted for old configs, unused
+    # no longer used (a lease lasts lease_ttl, renewed while its run lives): kept so old
+    # configs load, with a warning
+    lease_grace: float = 0.0
     heartbeat_interval: float = 30.0
-    command_interval: float = 2.0
-    crash_backoff_max: float = 300.0
+    command_interval: float = 2.0  # how often each master reads the operators' commands
+    crash_backoff_max: float = 300.0  # the longest wait before a crash-looping script's retry
     scripts: dict[str, DaemonSpec] = field(default_factory=dict)
     problems: list[ConfigProblem] = field(default_factory=list)
     fatal: list[ConfigProblem] = field(default_factory=list)
@@ -300,14 +292,12 @@ def parse_daemon_section(
                     key=key,
                 )
             )
-    for key, (parser, default) in SECTION_KEYS.items():
-        value = default
+    for key, parser in SECTION_KEYS.items():  # a key not given keeps its field's default
         if key in values:
             try:
-                value = parser(values[key])
+                setattr(settings, key, parser(values[key]))
             except ValueError as exc:
                 fatal(key, str(exc))
-        setattr(settings, key, value)
     _section_warnings(settings, values, warn, cpu_count)
     package = values.get("package", "").strip()
     if "package" not in section:

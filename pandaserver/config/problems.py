@@ -47,6 +47,13 @@ def shown_value(key: str, value: str) -> str:
     return repr(cleaned) + (" (secrets hidden)" if cleaned != value else "")
 
 
+def shown_seconds(seconds: float) -> str:
+    """A bound in seconds for a message: ``30 s``, or ``365 days (31536000 s)``."""
+    if seconds >= 86400 and seconds % 86400 == 0:
+        return f"{seconds / 86400:g} days ({seconds:.0f} s)"
+    return f"{seconds:g} s"
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ' (did you mean "x"?)' when ``word`` is close to one of ``choices``."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)

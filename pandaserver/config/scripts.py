@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pandaserver.config.problems import did_you_mean
+from pandaserver.config.problems import did_you_mean, shown_seconds
 from pandaserver.config.secrets import is_secret_name, redact
 
 Argument = str | int | float
@@ -97,16 +97,10 @@ def _seconds_check(low: float, high: float) -> Callable[[object], str | None]:
         if value <= 0:
             return f"must be positive, got: {_shown(value)}"
         if not low <= value <= high:
-            return f"must be between {_span(low)} and {_span(high)}, got: {_shown(value)}"
+            return f"must be between {shown_seconds(low)} and {shown_seconds(high)}, got: {_shown(value)}"
         return None
 
     return check
-
-
-def _span(seconds: float) -> str:
-    if seconds >= 86400 and seconds % 86400 == 0:
-        return f"{seconds / 86400:g} days ({seconds:.0f} s)"
-    return f"{seconds:g} s"
 
 
 def _check_module(value: object) -> str | None:

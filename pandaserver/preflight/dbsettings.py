@@ -128,7 +128,7 @@ def _connect(url: object, place: str) -> list[Finding]:
         return [(ERROR, f"{place}: {exc}", exitcodes.RET_SCHEMA)]
     except SQLAlchemyError as exc:
         return [(ERROR, f"{place}: cannot connect: {describe_db_error(exc, url)}",
-                 exitcodes.RET_FAILED)]
+                 exitcodes.RET_DATABASE)]
     finally:
         engine.dispose()
     return []

@@ -98,9 +98,10 @@ def validate(cfg: PandaConfig, command: str, *, try_import: bool = True, connect
     sync = [spec.name for spec in settings.enabled_scripts if spec.sync]
     where, findings = database_findings(cfg, connect=connect, sync_scripts=sync)
     verdict.database = where
-    for level, message, code in findings:
+    for level, message, code in findings:  # an unreachable database stops check-config
+        # --connect only: the master starts in an outage and resumes by itself
         verdict.add(Finding(level, message, code=code,
-                            stops=(CHECK,) if code == exitcodes.RET_FAILED else ALL_COMMANDS))
+                            stops=(CHECK,) if code == exitcodes.RET_DATABASE else ALL_COMMANDS))
     _check_users(cfg, verdict, euid, env)
     if try_import and command != RUN_ONCE:
         _check_imports(cfg, verdict, cwd, env, import_timeout)

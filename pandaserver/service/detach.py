@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
@@ -59,11 +58,12 @@ class StartError(Exception):
 @dataclass
 class Plan:
     cfg: PandaConfig
-    args: argparse.Namespace
+    log_level: str
     pidfile: Path
     logs: LogFiles
     user: ServiceUser | None
-    # builds the master in the process that is to be it (the command layer's build_master)
+    # builds the master of cfg in the process that is to be it, with these options (the
+    # command layer's build_master, bound to the command's arguments)
     build: Callable[..., Master]
     notes: list[str] = field(default_factory=list)  # problems and warnings, for the log file
 
@@ -77,7 +77,7 @@ def unusable_problems(settings: DaemonSettings) -> list[ConfigProblem]:
     return settings.unusable()
 
 
-def plan_start(cfg: PandaConfig, args: argparse.Namespace, pidfile: Path,
+def plan_start(cfg: PandaConfig, log_level: str, pidfile: Path,
                build: Callable[..., Master], *, check_running: bool = True) -> Plan:
     """Everything checked before detaching. Raises ``StartError``."""
     cfg.path = cfg.path.resolve()  # the master re-reads it on SIGHUP, from "/"
@@ -104,8 +104,10 @@ def plan_start(cfg: PandaConfig, args: argparse.Namespace, pidfile: Path,
     directories = [(pidfile.parent, exitcodes.RET_PIDFILE), (logs.directory, exitcodes.RET_FAILED)]
     database = sqlite_file(cfg)
     if database is not None and user is not None:
+        from pandaserver.db.engine import STATE_DIR_ENV
+
         # the user's master must find the directory root found, not one of its own
-        os.environ.setdefault(STATE_DIR_VARIABLE, str(database.parent))
+        os.environ.setdefault(STATE_DIR_ENV, str(database.parent))
         directories.append((database.parent, exitcodes.RET_FAILED))
     for directory, code in directories:
         try:
@@ -113,7 +115,8 @@ def plan_start(cfg: PandaConfig, args: argparse.Namespace, pidfile: Path,
         except OSError as exc:
             raise StartError(code, f"cannot create the directory {directory}: {exc.strerror}"
                              ) from None
-    return Plan(cfg=cfg, args=args, pidfile=pidfile, logs=logs, user=user, build=build)
+    return Plan(cfg=cfg, log_level=log_level, pidfile=pidfile, logs=logs, user=user,
+                build=build)
 
 
 def become_master(plan: Plan, ready: Callable[[int], None]) -> int:
@@ -151,7 +154,7 @@ def become_master(plan: Plan, ready: Callable[[int], None]) -> int:
         except OSError as exc:
             raise StartError(exitcodes.RET_FAILED, f"cannot open a log file as user"
                              f" {plan.runs_as}: {exc.strerror}: {exc.filename}") from None
-        log_records_to_stdout(plan.args.log_level, MASTER_LOG_FORMAT)
+        log_records_to_stdout(plan.log_level, MASTER_LOG_FORMAT)
         log.info("panda-daemon master starting as %s (pid file %s, config %s)",
                  plan.runs_as, plan.pidfile, plan.cfg.path)
         if stale is not None:
@@ -162,7 +165,7 @@ def become_master(plan: Plan, ready: Callable[[int], None]) -> int:
         if plan.user is not None:
             check_database_writable(plan.cfg, plan.user)
         try:
-            master = plan.build(plan.cfg, plan.args, worker_log_file=str(plan.logs.workers),
+            master = plan.build(plan.cfg, worker_log_file=str(plan.logs.workers),
                                 on_signal={signal.SIGUSR1: plan.logs.reopen})
         except StartupError as exc:
             raise StartError(exc.code, str(exc)) from None
@@ -176,7 +179,6 @@ def become_master(plan: Plan, ready: Callable[[int], None]) -> int:
 
 
 # ----- the fleet database ------------------------------------------------------------------
-STATE_DIR_VARIABLE = "PANDA_DAEMON_STATE_DIR"
 
 
 def sqlite_file(cfg: PandaConfig) -> Path | None:

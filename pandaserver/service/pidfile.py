@@ -26,14 +26,22 @@ from collections.abc import Mapping
 from pathlib import Path
 
 PID_FILE_NAME = "panda_daemon.pid"
+WEB_PID_FILE_NAME = "panda-daemon-web.pid"  # panda-daemon web --detach (pandaserver.web.server)
+LOCK_DIR_VARIABLE = "PANDA_LOCK_DIR"
 DEFAULT_PID_DIR = Path("/var/run/panda")
+
+
+def lock_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where the pid files are (the master's, the web server's): ``$PANDA_LOCK_DIR``, else
+    ``/var/run/panda``."""
+    env = os.environ if environ is None else environ
+    named = env.get(LOCK_DIR_VARIABLE)
+    return Path(named) if named else DEFAULT_PID_DIR
 
 
 def default_pidfile(environ: Mapping[str, str] | None = None) -> Path:
     """``$PANDA_LOCK_DIR/panda_daemon.pid``, else ``/var/run/panda/panda_daemon.pid``."""
-    env = os.environ if environ is None else environ
-    lock_dir = env.get("PANDA_LOCK_DIR")
-    return (Path(lock_dir) if lock_dir else DEFAULT_PID_DIR) / PID_FILE_NAME
+    return lock_dir(environ) / PID_FILE_NAME
 
 
 class PidFileBusy(Exception):

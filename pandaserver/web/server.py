@@ -21,10 +21,10 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from pandaserver.service.pidfile import WEB_PID_FILE_NAME, lock_dir
 from pandaserver.web.settings import parse_bind
 
 PROC_NAME = "panda-daemon-web"
-PIDFILE_NAME = "panda-daemon-web.pid"
 LOG_NAME = "panda-daemon-web.log"
 START_WAIT = 30.0
 STOP_WAIT = 20.0
@@ -64,7 +64,7 @@ def serve(load: Callable[[], Any], options: dict[str, Any]) -> int:
 
 
 def default_pidfile() -> Path:
-    return Path(os.environ.get("PANDA_LOCK_DIR") or "/var/run/panda") / PIDFILE_NAME
+    return lock_dir() / WEB_PID_FILE_NAME
 
 
 def _answers(bind: str) -> bool:

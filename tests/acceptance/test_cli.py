@@ -53,7 +53,7 @@ def test_run_once_exit_codes(tmp_path: Path) -> None:
     assert "hello from good" in good.stderr and "outcome=ok" in good.stderr
     assert cli(tmp_path, "-c", str(cfg), "run-once", "bad").returncode == 1
     stuck = cli(tmp_path, "-c", str(cfg), "run-once", "stuck")
-    assert stuck.returncode == 3 and "outcome=timeout" in stuck.stderr
+    assert stuck.returncode == 10 and "outcome=timeout" in stuck.stderr
     assert cli(tmp_path, "-c", str(cfg), "run-once", "gone").returncode == 4
     off = cli(tmp_path, "-c", str(cfg), "run-once", "off")
     assert off.returncode == 0 and "disabled in the config; running it anyway" in off.stderr

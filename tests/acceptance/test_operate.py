@@ -254,13 +254,13 @@ def test_restart_workers_replaces_every_worker_one_at_a_time_and_lets_runs_finis
         assert master.stop() == 0
 
 
-def test_commands_say_the_schema_is_missing_and_exit_4_until_db_upgrade(tmp_path: Path) -> None:
+def test_commands_say_the_schema_is_missing_and_exit_8_until_db_upgrade(tmp_path: Path) -> None:
     """The error path both kinds of command share: a database without the tables (the
-    default SQLite file of the state directory) is refused with exit 4 and what to run."""
+    default SQLite file of the state directory) is refused with exit 8 and what to run."""
     cfg = write_config(tmp_path, {"tick": {"module": "record", "period": 60}})
     for args in (("pause", "tick"), ("commands",)):
         refused = cli(tmp_path, cfg, *args)
-        assert refused.returncode == 4, refused.stdout + refused.stderr
+        assert refused.returncode == 8, refused.stdout + refused.stderr
         assert "panda-daemon db upgrade" in refused.stderr and not refused.stdout
     command(tmp_path, cfg, "db", "upgrade")
     assert "recorded as command 1" in command(tmp_path, cfg, "pause", "tick").stdout

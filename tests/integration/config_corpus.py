@@ -282,7 +282,7 @@ CASES = [
          fragment="refers to environment variable $NO_SUCH_DB_URL"),
     Case("db_url-unreachable-connect", {"db_url": "postgresql+psycopg2://u:PgPw4242@"
                                                   "127.0.0.1:1/db"},
-         check=1, check_args=("--connect",), fragment="cannot connect",
+         check=9, check_args=("--connect",), fragment="cannot connect",
          run_fragment=""),
     Case("sync-scripts-on-local-sqlite", {"db_url": LOCAL_DB},
          scripts='{"ok": {"module": "record", "period": 60, "sync": true}}', check=0,

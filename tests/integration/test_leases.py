@@ -15,11 +15,12 @@ from typing import Any
 import pytest
 from sqlalchemy import URL, Engine, event
 
-from pandaserver.commands.database import EXIT_NOT_FOUND, cmd_locks, cmd_unlock
+from pandaserver.commands.database import cmd_locks, cmd_unlock
 from pandaserver.config import PandaConfig
 from pandaserver.db.engine import engine_from_url
 from pandaserver.db.leases import LeaseResult, LeaseStore
 from pandaserver.db.schema import upgrade
+from pandaserver.exitcodes import RET_FAILED
 
 # clocks of two statements a few milliseconds apart; SQLite's 'now' has millisecond steps
 SLACK = 1.0
@@ -319,7 +320,7 @@ def test_cli_locks_and_unlock(db_engine: Engine, config_for: Callable[..., Panda
     assert "generation is now 2" in said
     assert not store.release("sweeper", 1)
 
-    assert cmd_unlock(cfg, argparse.Namespace(name="sweepr")) == EXIT_NOT_FOUND
+    assert cmd_unlock(cfg, argparse.Namespace(name="sweepr")) == RET_FAILED
     err = capsys.readouterr().err
     assert "no lease named 'sweepr'" in err and 'did you mean "sweeper"' in err
 

@@ -21,9 +21,6 @@ from sqlalchemy import URL, Engine, inspect, text
 from sqlalchemy.exc import OperationalError
 
 from pandaserver.commands.database import (
-    EXIT_CONFIG,
-    EXIT_DB_ERROR,
-    EXIT_SCHEMA,
     add_db_subcommands,
     cmd_db_upgrade,
     cmd_history,
@@ -52,6 +49,7 @@ from pandaserver.db.schema import (
     upgrade,
 )
 from pandaserver.db.tables import OWNED_TABLES, VERSION_TABLE, metadata
+from pandaserver.exitcodes import RET_CONFIG, RET_DATABASE, RET_SCHEMA
 
 # --- migrations ---------------------------------------------------------------------------
 
@@ -319,7 +317,7 @@ def test_cli_db_upgrade_then_already_at_head(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     config = config_for(empty_engine.url)
-    assert cmd_history(config, argparse.Namespace(name=None, limit=5, json=False)) == EXIT_SCHEMA
+    assert cmd_history(config, argparse.Namespace(name=None, limit=5, json=False)) == RET_SCHEMA
     assert "run `panda-daemon db upgrade`" in capsys.readouterr().err
     assert cmd_db_upgrade(config, argparse.Namespace()) == 0
     assert f"schema upgraded from nothing to {head_revision()}" in capsys.readouterr().out
@@ -333,12 +331,12 @@ def test_cli_reports_an_unreachable_database_without_the_password(
     config_for: Callable[..., PandaConfig], capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = config_for(f"postgresql+psycopg2://panda:{SECRET}@127.0.0.1:1/panda")
-    assert cmd_unlock(config, argparse.Namespace(name="x")) == EXIT_DB_ERROR
+    assert cmd_unlock(config, argparse.Namespace(name="x")) == RET_DATABASE
     err = capsys.readouterr().err
     assert "panda:***@127.0.0.1:1" in err and SECRET not in err
     bad = config_for("")
     bad.server.update(backend="oracle", dbhost="h")
-    assert cmd_locks(bad, argparse.Namespace(json=False)) == EXIT_CONFIG
+    assert cmd_locks(bad, argparse.Namespace(json=False)) == RET_CONFIG
 
 
 def test_add_db_subcommands_parses_every_command() -> None:

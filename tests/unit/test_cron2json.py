@@ -9,13 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pandaserver.commands.cron import (
-    RET_LINE_ERRORS,
-    RET_OK,
-    RET_USAGE,
-    add_arguments,
-    convert_streams,
-)
+from pandaserver.commands.cron import add_arguments, convert_streams
 from pandaserver.config import load_config
 from pandaserver.cron.convert import (
     Options,
@@ -29,6 +23,7 @@ from pandaserver.cron.convert import (
     sync_rule,
 )
 from pandaserver.cron.parse import read_command, read_crontab
+from pandaserver.exitcodes import RET_CONFIG, RET_FAILED, RET_OK
 
 ADD = "0-59/4 * * * * atlpan /opt/panda/usr/bin/panda_server-add > /dev/null 2>&1"
 COPY = "5 1-19/6 * * * atlpan /opt/panda/usr/bin/panda_server-copyArchive > /dev/null 2>&1"
@@ -439,20 +434,20 @@ def test_module_map_reads_names_comments_and_reports_bad_lines() -> None:
 
 def test_a_bad_line_is_reported_and_the_rest_still_converted() -> None:
     status, out, err = cli([], f"{ADD}\n61 * * * * atlpan /bin/x\n{COPY}\n")
-    assert status == RET_LINE_ERRORS
+    assert status == RET_FAILED
     assert list(entry_lines(out)) == ["add", "copyArchive"]
     assert err.startswith("<stdin>:2: error: invalid schedule '61 * * * *'")
 
 
 def test_no_entries_at_all_is_an_error() -> None:
     status, out, err = cli([], "# only a comment\n")
-    assert (status, out) == (RET_LINE_ERRORS, "{}\n")
+    assert (status, out) == (RET_FAILED, "{}\n")
     assert err == "<stdin>: error: no crontab entries found\n"
 
 
 def test_sync_and_no_sync_for_the_same_name_is_a_usage_error() -> None:
     status, out, err = cli(["--sync", "add", "--no-sync", "add"], ADD)
-    assert (status, out) == (RET_USAGE, "")
+    assert (status, out) == (RET_CONFIG, "")
     assert "--sync and --no-sync both name: add" in err
 
 
@@ -460,5 +455,5 @@ def test_a_bad_module_map_is_a_usage_error_naming_its_line(tmp_path: Path) -> No
     path = tmp_path / "modules.map"
     path.write_text("ok = fine\nbroken\n")
     status, out, err = cli(["--module-map", str(path)], ADD)
-    assert (status, out) == (RET_USAGE, "")
+    assert (status, out) == (RET_CONFIG, "")
     assert f"{path}:2: error: expected 'name = module'" in err
