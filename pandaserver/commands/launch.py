@@ -1,7 +1,8 @@
 """Building the long-running master from a configuration: what ``run`` and ``start`` share.
 
-Kept below the command line (``pandaserver.commands.main``) and the service commands
-(``pandaserver.service``), which both use it, so neither imports the other.
+Used by ``run`` (``pandaserver.commands.main``) and by ``start``/``restart``
+(``pandaserver.commands.service``, which hands ``build_master`` down to the service layer's
+detach), so neither command module imports the other.
 """
 
 from __future__ import annotations
