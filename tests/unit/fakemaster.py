@@ -255,10 +255,15 @@ class Rig:
 
     # ----- time and the loop ------------------------------------------------------------------
     def turn(self) -> float | None:
-        return self.master.turn()
+        """Turn the loop as its wait would: again at once while its next event is now."""
+        for _ in range(100):
+            wake = self.master.turn()
+            if wake is None or wake > self.clock.now:
+                return wake
+        raise AssertionError(f"the loop spins at {self.clock.now}")
 
     def at(self, when: float) -> float | None:
-        """Move the clock to ``when`` and turn the loop once."""
+        """Move the clock to ``when`` and turn the loop; when it wants to wake next."""
         assert when >= self.clock.now
         self.clock.now = when
         return self.turn()
@@ -287,6 +292,10 @@ class Rig:
     def start_workers(self) -> None:
         """Spawn the workers and have each report ready."""
         self.turn()
+        self.ready()
+
+    def ready(self) -> None:
+        """Every starting worker reports ready (nothing failed to import)."""
         for index in sorted(self.master.pool.slots):
             if self.slot(index).state.value == "starting":
                 self.send(index, "ready", import_errors={})
@@ -304,6 +313,7 @@ class Rig:
         """Worker ``index``'s process ends with ``code`` (negative: killed by a signal)."""
         slot = self.slot(index)
         cast(FakeSpawned, slot.proc).popen.returncode = code
+        self.processes.alive.discard(slot.pid)
         self.master.pool.worker_gone(slot, self.clock.now)
 
     def busy(self) -> dict[int, str]:
