@@ -4,8 +4,11 @@ on a clock moved by hand and fake process, containment, lease and command layers
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import signal
 from collections.abc import Iterable
+from pathlib import Path
 
 import pytest
 from fakemaster import Rig, spec
@@ -16,10 +19,13 @@ from pandaserver.daemons.base.lifeline import KILL_GRACE
 from pandaserver.daemons.base.states import WorkerState
 from pandaserver.daemons.fleet.fencing import fence_at, hard_deadline, renew_at
 from pandaserver.daemons.fleet.leasemanager import Turn
+from pandaserver.daemons.master import loop
 from pandaserver.daemons.master.crashloop import backoff_delay
-from pandaserver.daemons.master.schedule import REMOVED
+from pandaserver.daemons.master.schedule import REMOVED, ScriptState
 from pandaserver.daemons.master.workers import SHUTDOWN_KILL_GRACE
 from pandaserver.db import operator_commands as dbcontrol
+
+MASTER = Path(loop.__file__).parent
 
 
 # ----- dispatch ---------------------------------------------------------------------------
@@ -379,3 +385,20 @@ def test_run_once_stops_after_its_one_run(outcome: str) -> None:
     rig.turn()
     rig.done(1, outcome)
     assert rig.master.stopping and rig.master.dispatcher.once_outcome == outcome
+
+
+# ----- one writer -------------------------------------------------------------------------
+def test_only_the_timetable_writes_the_scheduling_fields() -> None:
+    """The timetable keeps its heaps in step with the states because every change goes
+    through it: no other module of the master assigns a ``ScriptState`` field."""
+    fields = {f.name for f in dataclasses.fields(ScriptState)}
+    found = []
+    for path in sorted(MASTER.glob("*.py")):
+        if path.name == "timetable.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets = node.targets if isinstance(node, ast.Assign) else \
+                [node.target] if isinstance(node, ast.AugAssign | ast.AnnAssign) else []
+            found += [f"{path.name}:{node.lineno} .{t.attr}" for t in targets
+                      if isinstance(t, ast.Attribute) and t.attr in fields]
+    assert found == []
