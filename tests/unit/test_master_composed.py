@@ -276,18 +276,20 @@ def test_restart_workers_recycles_one_worker_at_a_time_a_busy_one_after_its_run(
 # ----- reload -----------------------------------------------------------------------------
 def test_reload_adds_removes_and_changes_scripts_and_leaves_running_ones_alone() -> None:
     rig = Rig([spec("keep", period=3600, timeout=7200), spec("gone", period=3600),
-               spec("busy", period=60, timeout=600), spec("shorter", period=3600)], n_proc=3)
+               dataclasses.replace(spec("args", period=3600), arguments=("old",)),
+               spec("busy", period=60, timeout=600), spec("shorter", period=3600)], n_proc=4)
     rig.start_workers()
     rig.turn()
-    assert set(rig.busy().values()) == {"busy", "gone", "keep"}
+    assert set(rig.busy().values()) == {"args", "busy", "gone", "keep"}
     rig.at(1001.0)
     for index, name in rig.busy().items():
-        if name in ("gone", "keep"):
+        if name in ("args", "gone", "keep"):
             rig.done(index)
     rig.turn()
     assert set(rig.busy().values()) == {"busy", "shorter"}
-    new = DaemonSettings(path="x.cfg", n_proc=3, scripts={s.name: s for s in [
+    new = DaemonSettings(path="x.cfg", n_proc=4, scripts={s.name: s for s in [
         spec("keep", period=3600, timeout=7200), spec("shorter", period=60),
+        dataclasses.replace(spec("args", period=3600), arguments=("new",)),
         spec("added", period=60)]})
     rig.at(1002.0)
     rig.master.apply_settings(new, rig.clock.now)
@@ -295,6 +297,9 @@ def test_reload_adds_removes_and_changes_scripts_and_leaves_running_ones_alone()
     assert "gone" not in scripts and scripts["busy"].disabled == REMOVED
     assert scripts["shorter"].next_due == 1001.0 + 60  # its last start + the new period
     assert scripts["keep"].next_due == 1000.0 + 3600  # unchanged spec: untouched
+    # new arguments, same period: its place in time is kept, the new spec used
+    assert scripts["args"].next_due == 1000.0 + 3600
+    assert scripts["args"].spec.arguments == ("new",)
     assert rig.processes.calls == []  # nothing running was killed
     rig.turn()
     assert "added" in rig.busy().values()  # added: due at once
@@ -314,6 +319,10 @@ def test_reload_with_fewer_workers_retires_the_extra_ones_after_their_run() -> N
     assert rig.slot(2).state is WorkerState.RETIRING and rig.slot(1).state is WorkerState.BUSY
     rig.done(2)
     assert rig.slot(2).state is WorkerState.EXITING
+    rig.exit(2, 0)
+    rig.at(1100.0)
+    assert sorted(rig.master.pool.slots) == [1], "a retired worker was replaced"
+    assert len(rig.processes.spawned) == 2
 
 
 # ----- stop and timeouts ------------------------------------------------------------------
