@@ -116,7 +116,8 @@ def test_a_renewal_not_confirmed_in_time_kills_the_run_before_its_lease_can_expi
     rig.at(fence)
     pid = rig.slot(1).pid
     assert rig.processes.calls[0] == ("term", pid, KILL_GRACE, "s run 1 fenced")
-    assert rig.slot(1).run is not None and rig.slot(1).run.fenced
+    run = rig.slot(1).run
+    assert run is not None and run.fenced
     rig.at(fence + KILL_GRACE)  # SIGKILL at the hard deadline, before the expiry
     assert rig.processes.calls[1] == ("kill", pid)
     assert fence + KILL_GRACE <= hard_deadline(1000.0, 30.0)
@@ -408,6 +409,6 @@ def test_only_the_timetable_writes_the_scheduling_fields() -> None:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             targets = node.targets if isinstance(node, ast.Assign) else \
                 [node.target] if isinstance(node, ast.AugAssign | ast.AnnAssign) else []
-            found += [f"{path.name}:{node.lineno} .{t.attr}" for t in targets
+            found += [f"{path.name}:{t.lineno} .{t.attr}" for t in targets
                       if isinstance(t, ast.Attribute) and t.attr in fields]
     assert found == []
