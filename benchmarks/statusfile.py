@@ -26,6 +26,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from pandaserver.config.scripts import DaemonSpec
+from pandaserver.daemons.fleet.contention import Contentions
 from pandaserver.daemons.master import statusfile as status
 from pandaserver.daemons.master.crashloop import CrashLoops
 from pandaserver.daemons.master.schedule import ScriptState
@@ -37,12 +38,16 @@ from pandaserver.web.fleetview import local_master_views
 def stand_in(count: int) -> Any:
     names = [f"s{i:04d}" for i in range(count)]
     return SimpleNamespace(
-        server="bench", started=0.0, stopping=False, n_proc=8, fleet=None, slots={},
-        scripts=Timetable({n: ScriptState(DaemonSpec(name=n, module="noop", period=10.0 + i,
-                                                     timeout=60.0), next_due=100.0 + i)
-                           for i, n in enumerate(names)}),
-        crashes=CrashLoops(60.0), unimportable=set(), paused={},
-        last_outcomes=dict.fromkeys(names, ("ok", 50.0)))
+        server="bench", started=0.0, fleet=None,
+        pool=SimpleNamespace(slots={}, stopping=False, n_proc=8),
+        dispatcher=SimpleNamespace(
+            scripts=Timetable({n: ScriptState(DaemonSpec(name=n, module="noop",
+                                                         period=10.0 + i, timeout=60.0),
+                                              next_due=100.0 + i)
+                               for i, n in enumerate(names)}),
+            unimportable=set(), contention=Contentions(),
+            last_outcomes=dict.fromkeys(names, ("ok", 50.0))),
+        controls=SimpleNamespace(crashes=CrashLoops(60.0), paused={}, drain_hold=None))
 
 
 def timed(call: Callable[[], object], times: int, pause: float = 0.0) -> dict[str, float]:

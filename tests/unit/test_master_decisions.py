@@ -14,7 +14,7 @@ from pandaserver.daemons.base.clock import SystemClock
 from pandaserver.daemons.master import schedule
 from pandaserver.daemons.master.loop import Master
 from pandaserver.daemons.master.schedule import ScriptState
-from pandaserver.daemons.master.supervise import MAX_SPAWN_BACKOFF
+from pandaserver.daemons.master.workers import MAX_SPAWN_BACKOFF
 
 
 def spec(name: str, period: float) -> DaemonSpec:
@@ -25,9 +25,9 @@ def test_spawn_backoff_doubles_from_1_s_to_at_most_30_s() -> None:
     master = Master(DaemonSettings(path="x.cfg", n_proc=2), server="t")
     waits = []
     for now in range(100, 108):
-        master._back_off(float(now))
-        waits.append(master.spawn_backoff)
-        assert master.spawn_not_before == now + master.spawn_backoff
+        master.pool.back_off(float(now))
+        waits.append(master.pool.spawn_backoff)
+        assert master.pool.spawn_not_before == now + master.pool.spawn_backoff
     assert waits == [1, 2, 4, 8, 16, 30, 30, 30]
     assert MAX_SPAWN_BACKOFF == 30
 
@@ -37,15 +37,14 @@ def test_late_warning_once_per_due_time_naming_cause_and_wall_time(
     with freeze_time("2024-02-29 23:59:30", tz_offset=0) as frozen:
         master = Master(DaemonSettings(path="x.cfg", n_proc=1), server="t", clock=SystemClock())
         due = master.clock.monotonic()
-        master.scripts = {
-            "slow": ScriptState(spec("slow", 60), next_due=due, running=7),  # still running
-            "queued": ScriptState(spec("queued", 60), next_due=due),  # no idle worker
-            "hourly": ScriptState(spec("hourly", 3600), next_due=due),  # threshold 1800 s
-        }
+        scripts = master.dispatcher.scripts
+        scripts["slow"] = ScriptState(spec("slow", 60), next_due=due, running=7)  # running
+        scripts["queued"] = ScriptState(spec("queued", 60), next_due=due)  # no idle worker
+        scripts["hourly"] = ScriptState(spec("hourly", 3600), next_due=due)  # 1800 s
         caplog.set_level(logging.WARNING, logger="panda.master")
 
         def warnings() -> list[str]:
-            master._warn_late(master.clock.monotonic())
+            master.dispatcher.warn_late(master.clock.monotonic())
             found = [r.getMessage() for r in caplog.records]
             caplog.clear()
             return found
@@ -53,8 +52,8 @@ def test_late_warning_once_per_due_time_naming_cause_and_wall_time(
         frozen.tick(299)
         assert warnings() == []  # not more than 300 s late yet
         # the master sleeps until the moment the warning is due, not longer
-        assert schedule.next_wakeup(master.scripts.values(), master.clock.monotonic(),
-                                    master.late_floor) == due + 300
+        assert schedule.next_wakeup(scripts.values(), master.clock.monotonic(),
+                                    scripts.floor) == due + 300
         frozen.tick(2)
         assert sorted(warnings()) == [
             "queued is 301 s late (due at 2024-02-29 23:59:30 UTC): all 1 workers are busy",
@@ -63,7 +62,7 @@ def test_late_warning_once_per_due_time_naming_cause_and_wall_time(
         ]
         frozen.tick(600)
         assert warnings() == []  # once per due time, however long it stays late
-        master.scripts["queued"].next_due = master.clock.monotonic()  # ran at +901 s; due again
+        scripts.set_due(scripts["queued"], master.clock.monotonic())  # ran at +901 s; due again
         frozen.tick(301)
         assert warnings() == [
             "queued is 301 s late (due at 2024-03-01 00:14:31 UTC): all 1 workers are busy"]

@@ -3,40 +3,24 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
+from fakemaster import Rig
 
 from pandaserver.config.scripts import DaemonSpec
-from pandaserver.daemons.base.runs import RunRecord
-from pandaserver.daemons.fleet.contention import Contentions
 from pandaserver.daemons.fleet.leasemanager import LeaseDecision
-from pandaserver.daemons.master.dispatch import Dispatching
-from pandaserver.daemons.master.schedule import ScriptState
 from pandaserver.service.hoststatus import render_local_status
-
-
-class NoHistory:
-    def record(self, record: RunRecord) -> None:
-        raise AssertionError(f"a refused attempt wrote a history row: {record}")
-
-
-def master() -> Any:
-    m = Dispatching.__new__(Dispatching)  # only what _lease_refused reads
-    m.contention, m.only, m.recorder = Contentions(), None, NoHistory()
-    m.run_counter, m.server = 0, "srv-b"
-    return m
 
 
 def test_refusals_are_counted_with_the_holder_and_write_no_history(
         caplog: pytest.LogCaptureFixture) -> None:
-    m = master()
-    state = ScriptState(DaemonSpec(name="shared", module="record", period=10, timeout=30,
-                                   sync=True), next_due=100.0)
+    rig = Rig([DaemonSpec(name="shared", module="record", period=10, timeout=30, sync=True)])
+    m = rig.master.dispatcher
+    state = m.scripts["shared"]
     caplog.set_level("INFO", logger="panda.master")
     for now, holder in ((100.0, "a"), (110.0, "a"), (120.0, None), (130.0, "b")):
         m._lease_refused(state, LeaseDecision(granted=False, wait=5.0, holder=holder), now)
     m._lease_refused(state, LeaseDecision(granted=False, wait=2.0, unavailable=True), 140.0)
+    assert rig.history.records == [] and rig.history.started == []  # no history row
     assert m.contention.total == 4  # the outage is no refusal
     assert m.contention.report("shared", 150.0) == {
         "refused": 4, "held_elsewhere": 3, "holder": "b", "holder_ago": 20.0, "last_ago": 20.0}

@@ -1,6 +1,7 @@
 """The status file: the loop captures, one thread writes (``pandaserver.daemons.master.statusfile``).
 
-A stand-in master of plain values (the status code reads attributes only); real files in
+A stand-in master of plain values (the status code reads the attributes of the master's
+collaborators only: the pool, the dispatcher and the controls); real files in
 ``tmp_path``. No timing is asserted: where a write must be held back, an event holds it.
 """
 
@@ -29,12 +30,14 @@ WAIT = 30.0  # a deadline for what takes milliseconds
 def fake_master(count: int = 3) -> Any:
     names = [f"s{i}" for i in range(count)]
     return SimpleNamespace(
-        server="srv", started=0.0, stopping=False, n_proc=2, fleet=None, slots={},
-        scripts=Timetable({n: ScriptState(DaemonSpec(name=n, module="m", period=10.0,
-                                                     timeout=30.0), next_due=100.0)
-                           for n in names}),
-        crashes=CrashLoops(60.0), unimportable=set(), last_outcomes={}, paused={},
-        contention=Contentions())
+        server="srv", started=0.0, fleet=None,
+        pool=SimpleNamespace(slots={}, stopping=False, n_proc=2),
+        dispatcher=SimpleNamespace(
+            scripts=Timetable({n: ScriptState(DaemonSpec(name=n, module="m", period=10.0,
+                                                         timeout=30.0), next_due=100.0)
+                               for n in names}),
+            unimportable=set(), last_outcomes={}, contention=Contentions()),
+        controls=SimpleNamespace(crashes=CrashLoops(60.0), paused={}, drain_hold=None))
 
 
 def hold(name: str, reason: str) -> Hold:
@@ -50,9 +53,9 @@ def scripts_of(path: Path) -> dict[str, dict[str, Any]]:
 
 def test_the_file_holds_the_state_redacted(tmp_path: Path) -> None:
     master = fake_master()
-    master.last_outcomes["s0"] = ("failed", 90.0)
-    master.paused["s1"] = hold("s1", "db at postgresql://panda:hunter2@db/x is moving")
-    master.crashes.crashed("s2", 95.0, "boom")
+    master.dispatcher.last_outcomes["s0"] = ("failed", 90.0)
+    master.controls.paused["s1"] = hold("s1", "db at postgresql://panda:hunter2@db/x is moving")
+    master.controls.crashes.crashed("s2", 95.0, "boom")
     path = tmp_path / "status-srv.json"
     sf = status.StatusFile(path)
     assert sf.tick(master, 98.0) is None
@@ -72,15 +75,16 @@ def test_the_file_holds_the_state_redacted(tmp_path: Path) -> None:
 
 def test_a_capture_shares_nothing_the_loop_changes_after(tmp_path: Path) -> None:
     master = fake_master()
-    master.contention.note("s2", "other", 40.0)
+    master.dispatcher.contention.note("s2", "other", 40.0)
     cap = status.capture(master, 50.0)
-    master.contention.note("s2", "third", 49.0)
-    master.contention.note("s0", None, 49.0)
-    master.scripts["s0"].next_due = 70.0
-    master.scripts["s1"].running = 7
-    master.last_outcomes["s2"] = ("ok", 49.0)
-    master.paused["s0"] = hold("s0", "later")
-    master.crashes.crashed("s1", 50.0, "boom")
+    master.dispatcher.contention.note("s2", "third", 49.0)
+    master.dispatcher.contention.note("s0", None, 49.0)
+    scripts = master.dispatcher.scripts
+    scripts.set_due(scripts["s0"], 70.0)
+    scripts.started(scripts["s1"], 7, 49.0, scripts["s1"].next_due)
+    master.dispatcher.last_outcomes["s2"] = ("ok", 49.0)
+    master.controls.paused["s0"] = hold("s0", "later")
+    master.controls.crashes.crashed("s1", 50.0, "boom")
     rows = {s["name"]: s for s in status.render(cap)["scripts"]}
     assert [rows[n]["next_due_in"] for n in ("s0", "s1", "s2")] == [50.0, 50.0, 50.0]
     assert rows["s2"]["last_outcome"] is None and not rows["s0"]["paused"]
@@ -129,8 +133,9 @@ def test_a_stop_writes_the_last_state(tmp_path: Path) -> None:
     path = tmp_path / "status-srv.json"
     sf = status.StatusFile(path)
     sf.tick(master, 1.0)
-    master.stopping = True
-    master.scripts["s0"].running = 3
+    master.pool.stopping = True
+    scripts = master.dispatcher.scripts
+    scripts.started(scripts["s0"], 3, 1.5, scripts["s0"].next_due)
     assert sf.tick(master, 1.5) == sf.next_write  # changed, but too soon: not written yet
     sf.close(master, 1.5)
     data = status.read_status(path)

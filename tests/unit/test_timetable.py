@@ -27,9 +27,9 @@ def test_pop_due_in_due_order_skipping_running_and_disabled() -> None:
     assert (first.spec.name, second.spec.name) == ("early", "late")
     assert table.pop_due(2.0) is None
     assert table.next_wakeup(2.0) == 9.0
-    second.next_due = 3.0  # changed after it was taken: due again at its new time
+    table.set_due(second, 3.0)  # changed after it was taken: due again at its new time
     assert table.next_wakeup(2.0) == 3.0
-    table["busy"].running = None  # its run ended: due at once (a past due time)
+    table.finished(table["busy"])  # its run ended: due at once (a past due time)
     state = table.pop_due(2.0)
     assert state is not None and state.spec.name == "busy"
     table.requeue(state)  # no worker took it after all
@@ -40,7 +40,7 @@ def test_a_dict_replaced_state_and_removal_leave_no_stale_entry() -> None:
     table = Timetable({"a": ScriptState(spec("a"), next_due=1.0)})
     old = table["a"]
     table["a"] = ScriptState(spec("a"), next_due=5.0)
-    old.next_due = 0.0  # the replaced state is no longer watched
+    table.set_due(old, 0.0)  # the replaced state is no longer the timetable's
     assert table.pop_due(2.0) is None
     del table["a"]
     assert table.pop_due(10.0) is None and table.next_wakeup(10.0) is None
@@ -64,24 +64,32 @@ def test_heaps_decide_as_the_reference_scan_under_random_changes() -> None:
             del reference[name]
             del table[name]
         elif action < 0.4:
-            reference[name].next_due = now + rng.uniform(-2, 10)
+            table.set_due(reference[name], now + rng.uniform(-2, 10))
         elif action < 0.6:
             state = reference[name]
-            state.running = None if state.running is not None else step
+            if state.running is not None:
+                table.finished(state)
+            else:
+                table.started(state, step, now, state.next_due)
         elif action < 0.7:
             state = reference[name]
-            state.disabled = None if state.disabled is not None else "broken"
+            if state.disabled is not None:
+                table.enable(state)
+            else:
+                table.disable(state, "broken")
         elif action < 0.8:
             state = reference[name]
-            state.acquiring = not state.acquiring
+            if state.acquiring:
+                table.answered(state)
+            else:
+                table.asking(state, state.next_due)
         else:
             expected = [s.spec.name for s in schedule.late_to_warn(reference.values(), now, 5.0)]
             got = [s.spec.name for s in table.late_to_warn(now)]
             assert sorted(got) == sorted(expected), step
             for state in table.late_to_warn(now):
                 raise AssertionError(f"warned twice: {state}")
-            for n in got:
-                reference[n].late_warned_for = reference[n].next_due
+            assert all(reference[n].late_warned_for == reference[n].next_due for n in got)
         expected_next = schedule.next_wakeup(reference.values(), now, 5.0)
         # the reference also names past late times it has not warned yet; the heap wakes
         # at once for those, and otherwise at the same moment
@@ -114,7 +122,6 @@ def test_cost_per_decision_does_not_scan_every_script() -> None:
     table.touch = counting  # type: ignore[method-assign]
     state = table.pop_due(1000.5)
     assert state is not None and state.spec.name == "s0"
-    state.running = 1
-    state.next_due = 4600.0
+    table.started(state, 1, 1000.5, 4600.0)
     assert table.next_wakeup(1000.5) == 1001.0
-    assert calls == 2  # one heap update per change, however many scripts there are
+    assert calls == 1  # one heap update per change, however many scripts there are

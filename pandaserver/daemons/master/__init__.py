@@ -1,3 +1,6 @@
-"""The master: one event loop and what it is composed of (worker pool, dispatch, supervision,
-operator controls, reload, timetable).
+"""The master: one event loop (``loop.Master``) and the collaborators it wires, each owning
+its state: the worker pool (``workers.WorkerPool`` over ``pool.Slot``), the dispatcher
+(``dispatch.Dispatcher``, with the ``timetable`` and the pure ``schedule``), the operator
+controls (``controls.Controls``, with ``crashloop``), the reload (``reload``) and the status
+file (``statusfile``).
 """

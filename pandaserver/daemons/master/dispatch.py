@@ -1,66 +1,117 @@
-"""The master's scheduling: which due script goes to which idle worker, the lease a sync
+"""The master's dispatcher: which due script goes to which idle worker, the lease a sync
 script asks for first (the answer arrives later; nothing waits for it), the run's hand-over
-with its lease deadline, and each run's outcome."""
+with its lease deadline, the renewals and fencing of the leases its runs hold, and each
+run's outcome.
+
+It owns the timetable (the scripts and their scheduling state: it is their one writer,
+with the reload), the leases its runs hold (``LeaseKeeper``), the run counter, the last
+outcomes, the refusals counted here and the scripts disabled because a worker could not
+import them. It asks the operator controls (its ``Gate``) whether a due script may start,
+takes idle workers from the pool, and hears from the pool when a run is over
+(``PoolEvents``).
+"""
 
 from __future__ import annotations
 
 import functools
 import logging
 import math
-import os
+from collections.abc import Callable, Collection
 from datetime import timedelta
+from typing import Protocol
 
 from pandaserver.daemons.base import protocol
-from pandaserver.daemons.base.lifeline import encode_deadline
-from pandaserver.daemons.base.runs import Run, RunRecord
+from pandaserver.daemons.base.clock import Clock
+from pandaserver.daemons.base.lifeline import KILL_GRACE
+from pandaserver.daemons.base.runs import Recorder, Run, RunRecord
 from pandaserver.daemons.base.states import WorkerState
-from pandaserver.daemons.fleet.leasemanager import LeaseDecision
+from pandaserver.daemons.fleet.contention import Contentions
+from pandaserver.daemons.fleet.keeper import LeaseKeeper
+from pandaserver.daemons.fleet.leasemanager import LeaseDecision, LeaseManager
 from pandaserver.daemons.master import schedule
-from pandaserver.daemons.master.core import MasterCore
-from pandaserver.daemons.master.pool import Slot
+from pandaserver.daemons.master.pool import RunContainment, Slot
 from pandaserver.daemons.master.schedule import REMOVED, ScriptState
+from pandaserver.daemons.master.timetable import Timetable
+from pandaserver.daemons.master.workers import WorkerPool
 
 log = logging.getLogger("panda.master")
 
 MIN_LEASE_RETRY = 0.05
 
 
-class Dispatching(MasterCore):
-    def _dispatch(self, now: float) -> None:
-        idle = sorted((s for s in self.slots.values() if s.state is WorkerState.IDLE
-                       and s.conn_open and s.reserved is None), key=lambda s: s.index)
+class Gate(Protocol):
+    """What the dispatcher asks of the operator's controls."""
+
+    def may_start(self, state: ScriptState, now: float) -> bool:
+        """Not paused, not draining (sync scripts), not backed off; or asked to run now."""
+
+    def asked_now(self, name: str) -> bool:
+        """An operator's run-now is pending for ``name``."""
+
+    def dispatched(self, name: str) -> None: ...
+
+    def note_outcome(self, name: str, crashed: str | None, now: float) -> None:
+        """After every run: ``crashed`` says why it was a crash (None: a clean run)."""
+
+
+class Dispatcher:
+    def __init__(self, *, clock: Clock, scripts: Timetable, pool: WorkerPool, gate: Gate,
+                 leases: LeaseManager, recorder: Recorder, containment: RunContainment,
+                 server: str, only: str | None,
+                 stop: Callable[[float, float | None], None]) -> None:
+        self.clock = clock
+        self.scripts = scripts
+        self.pool = pool
+        self.gate = gate
+        self.leases = leases
+        self.keeper = LeaseKeeper(leases, KILL_GRACE)
+        self.recorder = recorder
+        self.containment = containment
+        self.server = server
+        self.only = only
+        self.stop = stop  # the master's stop (run-once ends after its run)
+        self.run_counter = 0
+        self.once_outcome: str | None = None
+        self.last_outcomes: dict[str, tuple[str, float]] = {}
+        self.contention = Contentions()  # refused lease attempts here, per sync script
+        self.unimportable: set[str] = set()  # disabled: a worker could not import them
+        self.held_back: dict[str, ScriptState] = {}  # due, taken off the timetable
+
+    # ----- due scripts to idle workers ------------------------------------------------------
+    def dispatch(self, now: float) -> None:
+        idle = self.pool.idle()
         if not idle:
             return
         # due-time heap: the cost per dispatch does not grow with the number of scripts
         while idle and (state := self.scripts.pop_due(now)) is not None:
-            if not self._may_start(state, now):  # paused, draining, backed off (control.py)
-                self._hold_back(state)
+            if not self.gate.may_start(state, now):  # paused, draining, backed off
+                self.held_back[state.spec.name] = state  # off the timetable until it may
                 continue
             if not state.spec.sync:
                 if self._hand_over(idle, state, None, None) is None:
                     self.scripts.requeue(state)
                     break  # every idle worker's channel was broken
                 continue
-            if self.only is None and state.spec.name not in self.run_now:
+            due = state.next_due
+            if self.only is None and not self.gate.asked_now(state.spec.name):
                 # in a fleet, the script's preferred server asks; the others look later
                 # whether it was granted, and ask only if not (daemons/fleet/rank.py); an
                 # operator's run-now is asked for at once by the server that claimed it
                 turn = self.leases.turn(state.spec, state.next_due, now)
                 if not turn.ask:  # back in the heap until then (learned: its next due)
-                    state.next_due = turn.at  # later than now
+                    self.scripts.set_due(state, turn.at)  # later than now
                     continue
-                state.next_due = turn.due  # the due time, not the moment of the last look
+                due = turn.due  # the due time, not the moment of the last look
             # a sync script asks for its lease; a worker is kept for it meanwhile, and
             # nothing else waits for the answer
             slot = idle.pop(0)
             slot.reserved = state.spec.name
-            state.acquiring = True
+            self.scripts.asking(state, due)
             self.leases.acquire(state.spec, now, functools.partial(self._lease_reply, state, slot))
 
     def _lease_reply(self, state: ScriptState, slot: Slot, decision: LeaseDecision) -> None:
         """The database answered a grant (on the loop thread, maybe much later)."""
         now = self.clock.monotonic()
-        state.acquiring = False
         if slot.reserved == state.spec.name:
             slot.reserved = None
         spec = state.spec
@@ -68,23 +119,23 @@ class Dispatching(MasterCore):
             # Ask again when the database says it is due, and at least once a period: a
             # holder that stops cleanly releases early, and its lease must not leave a gap.
             retry = min(decision.wait, spec.period)
-            state.next_due = max(state.next_due, now + max(retry, MIN_LEASE_RETRY))
+            self.scripts.answered(state, max(state.next_due, now + max(retry, MIN_LEASE_RETRY)))
             self._lease_refused(state, decision, now)
             return
+        self.scripts.answered(state)
+        stopping = self.pool.stopping
         usable = self.scripts.get(spec.name) is state and state.disabled is None \
-            and not self.stopping
-        candidates = [slot] if slot.index in self.slots and self.slots[slot.index] is slot \
-            and slot.state is WorkerState.IDLE and slot.conn_open else []
-        candidates += sorted((s for s in self.slots.values() if s is not slot
-                              and s.state is WorkerState.IDLE and s.conn_open
-                              and s.reserved is None), key=lambda s: s.index)
+            and not stopping
+        candidates = [slot] if self.pool.holds(slot) and slot.state is WorkerState.IDLE \
+            and slot.conn_open else []
+        candidates += [s for s in self.pool.idle() if s is not slot]
         if not usable or not candidates or \
                 self._hand_over(candidates, state, decision.generation, decision.sent,
                                 None if decision.due_in is None else now + decision.due_in) \
                 is None:
             log.info("%s: lease generation %s granted but not used (%s); releasing it",
                      spec.name, decision.generation,
-                     "stopping" if self.stopping else "no worker free" if usable else
+                     "stopping" if stopping else "no worker free" if usable else
                      "removed or disabled meanwhile")
             self.leases.release(spec.name, decision.generation)
 
@@ -104,25 +155,23 @@ class Dispatching(MasterCore):
             if generation is not None and lease_sent is not None:
                 lease = self.keeper.hold(run.id, spec.name, generation, lease_sent)
             # the worker knows the lease's deadline before it starts the run
-            self._send_deadline(slot, lease.hard if lease is not None else None)
+            slot.send_deadline(lease.hard if lease is not None else None)
             if slot.send("run", run=run.id, name=spec.name, module=spec.module,
                          arguments=list(spec.arguments), loop=spec.loop, period=spec.period,
                          generation=generation):
                 slot.move(WorkerState.BUSY)
-                self._dispatched(spec.name)
+                self.gate.dispatched(spec.name)
                 slot.run = run
                 self.recorder.start(run)  # its history row, written by the batched writer
-                state.running = run.id
-                state.run_started = now
                 if self.only is not None:
-                    state.next_due = math.inf
+                    next_due = math.inf
                 elif generation is not None:
                     # the fleet-wide due time the grant just set (this grant + period, by
                     # the database clock; ``fleet_due`` when the database said when)
-                    state.next_due = fleet_due if fleet_due is not None else now + spec.period
+                    next_due = fleet_due if fleet_due is not None else now + spec.period
                 else:
-                    state.next_due = schedule.next_due_after_dispatch(state, now)
-                state.anchored = True
+                    next_due = schedule.next_due_after_dispatch(state, now)
+                self.scripts.started(state, run.id, now, next_due)
                 log.debug("%s dispatched to worker %d (due %.3f s ago)", run.label, slot.index,
                           now - run.due)
                 return slot
@@ -130,26 +179,70 @@ class Dispatching(MasterCore):
             slot.start_kill(now, "its channel to the master is broken", grace=0)
         return None
 
-    def _send_deadline(self, slot: Slot, deadline: float | None) -> None:
-        """Tell a worker its run's hard lease deadline (None: no deadline); never blocks."""
-        if slot.exited:
-            return
-        try:
-            os.write(slot.proc.lifeline, encode_deadline(deadline))
-        except (BlockingIOError, OSError) as exc:  # a full pipe: the worker is frozen
-            log.warning("worker %d (pid %d): cannot pass its lease deadline: %s",
-                        slot.index, slot.pid, exc)
+    def release_held(self, now: float) -> float | None:
+        """Put back on the timetable the held-back scripts that may start now (a timer of
+        the loop: ``now`` when one was, so that the loop dispatches it next)."""
+        if not self.held_back:
+            return None
+        released = False
+        for name, state in list(self.held_back.items()):
+            if self.scripts.get(name) is not state:  # removed or replaced by a reload
+                del self.held_back[name]
+            elif self.gate.may_start(state, now):
+                del self.held_back[name]
+                self.scripts.requeue(state)
+                released = True
+        return now if released else None
 
-    def _pass_deadlines(self) -> None:
+    def next_event(self, now: float, times: list[float]) -> None:
+        """Add to ``times`` when a script is next due (none while stopping) and when a held
+        lease must be renewed or fenced."""
+        if not self.pool.stopping:
+            nxt = self.scripts.next_wakeup(now)
+            if nxt is not None:
+                times.append(nxt)
+        when = self.keeper.next_event(now)
+        if when is not None:
+            times.append(when)
+
+    # ----- the leases runs hold -------------------------------------------------------------
+    def renew(self, now: float) -> None:
+        """Send the renewal of the held leases when it is due."""
+        self.keeper.tick(now)
+
+    def pass_deadlines(self) -> None:
         """Renewals confirmed: move the deadlines the workers hold."""
         if not self.keeper.moved:
             return
         moved, self.keeper.moved = self.keeper.moved, set()
-        for slot in self.slots.values():
+        for slot in self.pool.slots.values():
             if slot.run is not None and slot.run.id in moved:
                 lease = self.keeper.held.get(slot.run.id)
                 if lease is not None and not lease.fenced:
-                    self._send_deadline(slot, lease.hard)
+                    slot.send_deadline(lease.hard)
+
+    def fence(self, now: float) -> None:
+        """Kill runs whose lease cannot be confirmed before it may expire (self-fencing)."""
+        fences = set(self.keeper.due_fences(now))
+        if not fences:
+            return
+        for slot in self.pool.with_runs():
+            run = slot.run
+            if run is None or run.id not in fences:
+                continue
+            self.keeper.fenced(run.id)
+            run.fenced = True
+            lease = self.keeper.held.get(run.id)
+            why = ("its lease is no longer ours" if run.id in self.keeper.lost else
+                   f"its lease could not be renewed (last confirmed {now - lease.sent:.1f} s ago,"
+                   f" lease_ttl {lease.ttl:g} s)" if lease is not None else "lease lost")
+            run.notes.append(f"fenced: {why}")
+            log.error("%s fenced: %s; killing its processes before the lease can expire",
+                      run.label, why)
+            slot.start_kill(now, f"{run.label} fenced", grace=KILL_GRACE)
+        for run_id in fences:  # its worker gone: what it left must die now, not after a grace
+            self.keeper.fenced(run_id)
+            self.containment.hurry(run_id)
 
     def _lease_refused(self, state: ScriptState, decision: LeaseDecision, now: float) -> None:
         """Another server holds the lease or it is not due fleet-wide yet (we try again
@@ -170,31 +263,34 @@ class Dispatching(MasterCore):
             log.error("%s cannot run now: %s (--ignore-lease runs it without the lease)",
                       state.spec.name, why)
             self.once_outcome = protocol.SKIPPED
-            self.begin_stop(now, grace=0)
+            self.stop(now, 0)
 
-    def _warn_late(self, now: float) -> None:
-        busy = all(s.state is not WorkerState.IDLE for s in self.slots.values())
-        for state in self.scripts.late_to_warn(now):
-            state.late_warned_for = state.next_due
+    def warn_late(self, now: float) -> None:
+        late = self.scripts.late_to_warn(now)
+        if not late:
+            return
+        busy = self.pool.all_busy()
+        for state in late:
             why = ("its previous run is still going" if state.running is not None
-                   else f"all {self.n_proc} workers are busy" if busy else "waiting for a worker")
+                   else f"all {self.pool.n_proc} workers are busy" if busy else "waiting for a worker")
             due = self.clock.wall() - timedelta(seconds=now - state.next_due)
             log.warning("%s is %.0f s late (due at %s UTC): %s", state.spec.name,
                         now - state.next_due, f"{due:%Y-%m-%d %H:%M:%S}", why)
 
-    def _finish_run(self, run: Run, outcome: str, error: str | None,
-                    contained: bool = False) -> None:
+    # ----- what the pool tells ----------------------------------------------------------------
+    def run_over(self, run: Run, outcome: str, error: str | None,
+                 contained: bool = False) -> None:
         if not contained:  # end what the run left first: the run is over once that is gone,
             # and its lease, renewed meanwhile, is released only then
             lease = self.keeper.held.get(run.id)
-            self.containment.end_run(run, lambda: self._finish_run(run, outcome, error, True),
+            self.containment.end_run(run, lambda: self.run_over(run, outcome, error, True),
                                      deadline=lease.hard if lease is not None else None)
             return
         started = run.started if run.started is not None else run.dispatched
         ended = run.ended if run.ended is not None else self.clock.monotonic()
         state = self.scripts.get(run.script)
         if state is not None and state.running == run.id:
-            state.running = None
+            self.scripts.finished(state)
             over = schedule.overrun(started, ended, state.spec.period)
             if over > 0 and outcome != protocol.TIMEOUT:
                 log.warning("%s took %.1f s, %.1f s longer than its period of %g s;"
@@ -204,7 +300,7 @@ class Dispatching(MasterCore):
                 del self.scripts[run.script]
         self.keeper.drop(run.id)
         if run.crash is not None or outcome in (protocol.OK, protocol.FAILED):
-            self._note_outcome(run.script, run.crash, ended)
+            self.gate.note_outcome(run.script, run.crash, ended)
         if run.generation is not None:  # whatever the config says now: what was taken
             self.leases.release(run.script, run.generation)
         self.last_outcomes[run.script] = (outcome, ended)
@@ -216,5 +312,58 @@ class Dispatching(MasterCore):
             queued=run.dispatched - run.due, ended=ended))
         if self.only is not None:
             self.once_outcome = outcome
-            if not self.stopping:
-                self.begin_stop(self.clock.monotonic())
+            if not self.pool.stopping:
+                self.stop(self.clock.monotonic(), None)
+
+    def imports_reported(self, errors: dict[str, str]) -> None:
+        """Each worker reports which modules it could not import: a script is scheduled
+        again as soon as a worker imports its module (say, after a fix and a recycle)."""
+        for state in self.scripts.values():
+            error = errors.get(state.spec.module)
+            if error is not None and state.disabled is None:
+                self.scripts.disable(state, error)
+                self.unimportable.add(state.spec.name)
+                log.error("script %s will not run: %s", state.spec.name, error)
+                if self.only is not None:
+                    self.once_outcome = protocol.FAILED
+                    self.stop(self.clock.monotonic(), 0)
+            elif error is None and state.spec.name in self.unimportable:
+                self.unimportable.discard(state.spec.name)
+                self.scripts.enable(state)
+                log.info("script %s imports now: scheduled again", state.spec.name)
+
+    def import_crashed(self, module: str, why: str, now: float) -> None:
+        """A starting worker died importing ``module``: a crash of each script of it."""
+        for name, state in self.scripts.items():
+            if state.spec.module == module:
+                self.gate.note_outcome(name, why, now)
+
+    def timeout_of(self, script: str) -> float:
+        state = self.scripts.get(script)
+        return state.spec.timeout if state else 0.0
+
+    # ----- what the operator's controls ask ---------------------------------------------------
+    def script(self, name: str) -> ScriptState | None:
+        return self.scripts.get(name)
+
+    def modules(self, crashed: Collection[str]) -> list[str]:
+        """Modules new workers import at start: not those of scripts that crashed (their
+        import may be what kills a worker; they are imported by the run that needs them)."""
+        return sorted({state.spec.module for name, state in self.scripts.items()
+                       if name not in crashed})
+
+    def run_now(self, name: str, now: float) -> bool:
+        """Due at once (an operator's run-now); False when ``name`` is not scheduled here."""
+        state = self.scripts.get(name)
+        if state is None:
+            return False
+        self.scripts.set_due(state, min(state.next_due, now))
+        return True
+
+    def retry_import(self, name: str) -> None:
+        """An operator resumed ``name``: if its import failed, the next run tries again."""
+        state = self.scripts.get(name)
+        if name in self.unimportable and state is not None:
+            self.unimportable.discard(name)
+            self.scripts.enable(state)
+

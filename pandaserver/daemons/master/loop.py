@@ -1,8 +1,16 @@
-"""The master: one event loop that owns all scheduling state.
+"""The master: one event loop that wires its collaborators and owns the wait.
 
-It keeps ``n_proc`` workers, dispatches due scripts to idle ones, enforces timeouts and
-lifetimes, and sleeps in a single wait over worker pipes, worker pidfds and a signal
-self-pipe until its next event. Signal handlers only record; the loop acts.
+- ``WorkerPool`` (workers.py): the worker slots; spawning, messages, exits, deadlines,
+  recycling, and the stop's kills;
+- ``Dispatcher`` (dispatch.py): the timetable, leases, hand-over to idle workers, fencing,
+  outcomes;
+- ``Controls`` (controls.py): the operator's pause, drain, run-now, kill, restart-workers
+  and the crash-loop back-off;
+- ``reload.py``: a re-read configuration applied to the other three.
+
+``Master`` builds them, sleeps in a single wait over worker pipes, worker pidfds, the
+database's completions and a signal self-pipe until the earliest event any of them names,
+and handles signals, reload and stop. Signal handlers only record; the loop acts.
 
 ``python -m pandaserver.daemons.master`` (its ``__main__``) is the same as ``panda-daemon``.
 """
@@ -24,26 +32,23 @@ from typing import Any
 
 from pandaserver import exitcodes
 from pandaserver.config.daemon import DaemonSettings
+from pandaserver.config.scripts import DaemonSpec
 from pandaserver.daemons.base import protocol
 from pandaserver.daemons.base.clock import Clock, SystemClock
-from pandaserver.daemons.base.lifeline import KILL_GRACE
 from pandaserver.daemons.base.runs import LogRecorder, Recorder
-from pandaserver.daemons.base.states import WorkerState
 from pandaserver.daemons.containment.processes import set_title
 from pandaserver.daemons.containment.tracker import Containment
-from pandaserver.daemons.fleet.contention import Contentions
 from pandaserver.daemons.fleet.dbleases import DbLeases, DbRecorder
 from pandaserver.daemons.fleet.fleetdb import FleetDb
-from pandaserver.daemons.fleet.keeper import LeaseKeeper
 from pandaserver.daemons.fleet.leasemanager import LeaseManager, LocalLeases
-from pandaserver.daemons.master import schedule
-from pandaserver.daemons.master.controls import Controlling
-from pandaserver.daemons.master.dispatch import Dispatching
-from pandaserver.daemons.master.pool import Slot
-from pandaserver.daemons.master.reload import apply_settings
+from pandaserver.daemons.master import reload, schedule
+from pandaserver.daemons.master.controls import ControlLink, Controls, FleetControl
+from pandaserver.daemons.master.dispatch import Dispatcher
+from pandaserver.daemons.master.pool import ProcessLayer, RealProcesses, RunContainment, Slot
 from pandaserver.daemons.master.schedule import ScriptState
 from pandaserver.daemons.master.statusfile import StatusFile
-from pandaserver.daemons.master.supervise import Supervising
+from pandaserver.daemons.master.timetable import Timetable
+from pandaserver.daemons.master.workers import WorkerPool
 
 log = logging.getLogger("panda.master")
 # The loop shares the interpreter with threads (the status file's writer, history, database
@@ -56,7 +61,7 @@ ONCE_EXIT = {protocol.OK: exitcodes.RET_OK, protocol.FAILED: exitcodes.RET_FAILE
              protocol.FENCED: exitcodes.RET_LOST, protocol.SKIPPED: exitcodes.RET_LEASE}
 
 
-class Master(Supervising, Dispatching, Controlling):
+class Master:
     def __init__(
         self,
         settings: DaemonSettings,
@@ -74,35 +79,42 @@ class Master(Supervising, Dispatching, Controlling):
         config_path: str | None = None,
         status_file: Path | None = None,
         late_floor: float = schedule.LATE_FLOOR,
+        processes: ProcessLayer | None = None,
+        containment: RunContainment | None = None,
+        control: ControlLink | None = None,
     ) -> None:
+        """``processes``, ``containment`` and ``control`` replace the OS calls about
+        workers, the run containment and the operator-command rows (tests pass fakes)."""
         self.settings = settings
-        self.late_floor = late_floor  # the late warning's floor (PANDA_DAEMON_LATE_FLOOR)
         self.server = server
         self.clock = clock or SystemClock()
         self.fleet = fleet
-        self.config_path = config_path
-        # pinned at start: the workers' tbuf stays on the master's database (pool.new_slot)
-        self.database = (fleet.engine.url.render_as_string(hide_password=False)
-                         if fleet is not None else None)
-        self.recorder = recorder or (DbRecorder(fleet) if fleet else LogRecorder())
-        self.leases: LeaseManager = leases or (DbLeases(fleet) if fleet else LocalLeases())
-        self.keeper = LeaseKeeper(self.leases, KILL_GRACE)
         self.only = only
-        self.log_level = log_level
         self.reload_settings = reload_settings
-        self.containment = Containment(monotonic=self.clock.monotonic)  # a run's processes
+        self.containment: RunContainment = containment or Containment(
+            monotonic=self.clock.monotonic)  # a run's processes
         self.on_signal = {**(on_signal or {}), signal.SIGCHLD: self.containment.reap}
-        self.worker_log_file = worker_log_file
-        self.scripts = {}
-        self.slots: dict[int, Slot] = {}
-        self.draining: list[Slot] = []
-        self.stopping = False
-        self.stop_deadline = math.inf
-        self.once_outcome: str | None = None
-        self.run_counter = 0
-        self.spawn_backoff = 0.0
-        self.spawn_not_before = 0.0
-        self.first_generation = True
+        if control is None and fleet is not None and only is None:
+            control = FleetControl(fleet)
+        self.controls = Controls(clock=self.clock, settings=lambda: self.settings,
+                                 server=server, link=control,
+                                 crash_backoff_max=settings.crash_backoff_max)
+        self.pool = WorkerPool(
+            clock=self.clock, settings=lambda: self.settings, single=only is not None,
+            argv=worker_argv(server, log_level, worker_log_file, config_path),
+            # pinned at start: the workers' tbuf stays on the master's database (new_slot)
+            database=(fleet.engine.url.render_as_string(hide_password=False)
+                      if fleet is not None else None),
+            containment=self.containment, layer=processes or RealProcesses(),
+            preload=lambda: self.dispatcher.modules(self.controls.crashes.scripts))
+        self.dispatcher = Dispatcher(
+            clock=self.clock, scripts=Timetable(floor=late_floor), pool=self.pool,
+            gate=self.controls, containment=self.containment, server=server, only=only,
+            recorder=recorder or (DbRecorder(fleet) if fleet else LogRecorder()),
+            leases=leases or (DbLeases(fleet) if fleet else LocalLeases()),
+            stop=self.begin_stop)
+        self.pool.connect(self.dispatcher)
+        self.controls.connect(self.dispatcher, self.pool)
         self._signals: list[int] = []
         self._wakeup_r = -1
         self._wakeup_w = -1
@@ -115,16 +127,27 @@ class Master(Supervising, Dispatching, Controlling):
             if only is not None:  # run-once is not a fleet member: no heartbeat row
                 fleet.next_beat = math.inf
             self.extra_events.append(fleet.tick)
+        self.extra_events += [self.pool.recycle_next, self.dispatcher.release_held,
+                              self.controls.tick]
         self.started = self.clock.monotonic()
-        self.last_outcomes: dict[str, tuple[str, float]] = {}
-        self.contention = Contentions()
-        self.unimportable: set[str] = set()  # disabled because a worker could not import them
-        self._init_control()
-        self.extra_events.append(self._control_tick)
         self.status = StatusFile(status_file) if status_file is not None else None
         if self.status is not None:
             status = self.status
             self.extra_events.append(lambda now: status.tick(self, now))
+
+    @property
+    def stopping(self) -> bool:
+        return self.pool.stopping
+
+    @property
+    def n_proc(self) -> int:
+        return self.pool.n_proc
+
+    def _specs(self, settings: DaemonSettings) -> dict[str, DaemonSpec]:
+        """The scripts this master runs under ``settings``."""
+        if self.only is not None:
+            return {self.only: settings.scripts[self.only]}
+        return {spec.name: spec for spec in settings.enabled_scripts}
 
     # ----- set-up -------------------------------------------------------------------------
     def _install_signals(self) -> None:
@@ -141,37 +164,22 @@ class Master(Supervising, Dispatching, Controlling):
     def _record_signal(self, signum: int, frame: Any) -> None:
         self._signals.append(signum)
 
+    def begin(self, now: float) -> None:
+        """Every configured script is due at ``now`` (it runs once at start-up)."""
+        scripts = self.dispatcher.scripts
+        for spec in self._specs(self.settings).values():
+            scripts[spec.name] = ScriptState(spec=spec, next_due=schedule.first_due(now))
+
     # ----- the loop -----------------------------------------------------------------------
     def run(self) -> int:
         sys.setswitchinterval(SWITCH_INTERVAL)
         self._install_signals()
         self.containment.start()
         set_title(f"master{'' if self.only is None else ' run-once ' + self.only}")
-        now = self.clock.monotonic()
-        for spec in self._specs(self.settings).values():
-            self.scripts[spec.name] = ScriptState(spec=spec, next_due=schedule.first_due(now))
+        self.begin(self.clock.monotonic())
         log.info("master started on %s (pid %d): %d scripts, %d workers",
-                 self.server, os.getpid(), len(self.scripts), self.n_proc)
-        while True:
-            # every step below may take a moment (a spawn, a walk over /proc): each reads
-            # the clock afresh rather than trust a reading taken before it
-            self._handle_signals(self.clock.monotonic())
-            self._apply_reload(self.clock.monotonic())
-            if self.fleet is not None:
-                self.fleet.check_deadlines(self.clock.monotonic())
-            self.keeper.tick(self.clock.monotonic())
-            self._pass_deadlines()
-            self._check_deadlines(self.clock.monotonic())
-            if self.stopping and not self.slots and not self.draining and \
-                    not self.containment.busy:
-                break
-            if not self.stopping:
-                self._fill_slots(self.clock.monotonic())
-                self._dispatch(self.clock.monotonic())
-                self._warn_late(self.clock.monotonic())
-            # timers (history hand-over, heartbeats) may take a moment: measure the timeout
-            # from after them, or the master would wake late by that much
-            next_event = self._next_event(self.clock.monotonic())
+                 self.server, os.getpid(), len(self.dispatcher.scripts), self.n_proc)
+        while (next_event := self.turn()) is not None:
             self._wait(next_event - self.clock.monotonic())
         self.containment.close()
         if self.status is not None:
@@ -180,14 +188,39 @@ class Master(Supervising, Dispatching, Controlling):
             self.fleet.close()
         log.info("master stopped")
         if self.only is not None:
-            return ONCE_EXIT.get(self.once_outcome or protocol.LOST, exitcodes.RET_LOST)
+            return ONCE_EXIT.get(self.dispatcher.once_outcome or protocol.LOST,
+                                 exitcodes.RET_LOST)
         return exitcodes.RET_OK
+
+    def turn(self) -> float | None:
+        """One pass of the loop between two waits: act on what came in and what is due;
+        the moment of the next event (None: stopped, nothing left to wait for)."""
+        # every step below may take a moment (a spawn, a walk over /proc): each reads
+        # the clock afresh rather than trust a reading taken before it
+        self._handle_signals(self.clock.monotonic())
+        self._apply_reload(self.clock.monotonic())
+        if self.fleet is not None:
+            self.fleet.check_deadlines(self.clock.monotonic())
+        self.dispatcher.renew(self.clock.monotonic())
+        self.dispatcher.pass_deadlines()
+        now = self.clock.monotonic()
+        self.dispatcher.fence(now)
+        self.pool.check_deadlines(now)
+        if self.pool.stopping and self.pool.empty and not self.containment.busy:
+            return None
+        if not self.pool.stopping:
+            self.pool.fill(self.clock.monotonic())
+            self.dispatcher.dispatch(self.clock.monotonic())
+            self.dispatcher.warn_late(self.clock.monotonic())
+        # timers (history hand-over, heartbeats) may take a moment: measure the timeout
+        # from after them, or the master would wake late by that much
+        return self._next_event(self.clock.monotonic())
 
     def _watched(self) -> dict[int, tuple[str, Slot | None]]:
         fds: dict[int, tuple[str, Slot | None]] = {self._wakeup_r: ("signal", None)}
         if self.fleet is not None:
             fds[self.fleet.fileno()] = ("db", None)
-        for slot in self.slots.values():
+        for slot in self.pool.slots.values():
             fds[slot.proc.pidfd] = ("exit", slot)
             if slot.conn_open:
                 fds[slot.proc.conn.fileno()] = ("message", slot)
@@ -218,12 +251,13 @@ class Master(Supervising, Dispatching, Controlling):
             elif kind == "db" and self.fleet is not None:
                 self.fleet.collect()
             elif kind == "message" and slot is not None and slot.conn_open:
-                self._read_messages(slot)
+                self.pool.read_messages(slot)
             elif kind == "exit" and slot is not None:
                 exits.append(slot)
         for slot in exits:  # after its last messages were read
-            if slot.index in self.slots and self.slots[slot.index] is slot:
-                self._worker_gone(slot, self.clock.monotonic())
+            if self.pool.holds(slot):
+                self._forget_fds(slot)
+                self.pool.worker_gone(slot, self.clock.monotonic())
 
     def _forget_fds(self, slot: Slot) -> None:
         for fd in (slot.proc.pidfd, slot.proc.conn_fd):  # before they close and get reused
@@ -238,41 +272,23 @@ class Master(Supervising, Dispatching, Controlling):
             pass
 
     def _next_event(self, now: float) -> float:
-        times = [self.stop_deadline]
-        if not self.stopping:
-            nxt = self.scripts.next_wakeup(now)
-            if nxt is not None:
-                times.append(nxt)
-            if len(self.slots) < self.n_proc:
-                times.append(self.spawn_not_before)
-        for slot in [*self.slots.values(), *self.draining]:
-            if slot.run is not None and not slot.run.timed_out:
-                times.append(slot.run.timeout_at)
-            if slot.kill is not None and not slot.kill.killed:
-                times.append(slot.kill.deadline)
-            if slot.exit_deadline is not None:
-                times.append(slot.exit_deadline)
-            if slot.state in (WorkerState.IDLE, WorkerState.BUSY):
-                times.append(slot.expires)
+        times: list[float] = []
+        self.dispatcher.next_event(now, times)
+        self.pool.next_event(now, times)
         for event in self.extra_events:
             when = event(now)
             if when is not None:
                 times.append(when)
-        when = self.keeper.next_event(now)
-        if when is not None:
-            times.append(when)
-        if self.draining:
-            times.append(now + 0.05)  # trees killed with SIGKILL vanish within milliseconds
         return min(times)
 
-    # ----- signals ------------------------------------------------------------------------
+    # ----- signals, stop and reload -------------------------------------------------------
     def _handle_signals(self, now: float) -> None:
         while self._signals:
             signum = self._signals.pop(0)
             if signum in (signal.SIGTERM, signal.SIGINT):
-                if self.stopping:
+                if self.pool.stopping:
                     log.warning("second %s: killing what still runs", signal.Signals(signum).name)
-                    self.stop_deadline = now
+                    self.pool.end_grace(now)
                 else:
                     log.info("got %s: stopping", signal.Signals(signum).name)
                     self.begin_stop(now)
@@ -282,13 +298,7 @@ class Master(Supervising, Dispatching, Controlling):
                 self.on_signal[signum]()
 
     def begin_stop(self, now: float, grace: float | None = None) -> None:
-        self.stopping = True
-        self.stop_deadline = now + (self.settings.stop_grace if grace is None else grace)
-        for slot in self.slots.values():
-            if slot.state in (WorkerState.IDLE, WorkerState.STARTING):
-                slot.ask_exit(now)
-            elif slot.state is WorkerState.BUSY:
-                slot.move(WorkerState.RETIRING)
+        self.pool.stop(now, self.settings.stop_grace if grace is None else grace)
 
     def _reload(self, now: float) -> None:
         """SIGHUP: re-read and validate the config on a thread (the validation imports the
@@ -325,8 +335,33 @@ class Master(Supervising, Dispatching, Controlling):
         elif unusable := new.unusable():
             for problem in unusable:
                 log.error("reload refused, keeping the running configuration: %s", problem)
-        elif not self.stopping:
-            apply_settings(self, new, now)
+        elif not self.pool.stopping:
+            self.apply_settings(new, now)
         if self._reload_again:
             self._reload_again = False
             self._reload(now)
+
+    def apply_settings(self, new: DaemonSettings, now: float) -> None:
+        """A re-read configuration, validated: applied without killing running scripts."""
+        for problem in new.problems:
+            log.error("%s", problem)
+        scripts = self.dispatcher.scripts
+        plan = reload.plan_reload(scripts, self._specs(new), list(self.pool.slots), new.n_proc,
+                                  now)
+        reload.apply_plan(plan, scripts, self.pool,
+                          new.package if new.package != self.settings.package else None, now)
+        self.settings = new
+        if self.fleet is not None:
+            self.fleet.settings = new
+        reload.report(new, len(scripts), self.n_proc)
+
+
+def worker_argv(server: str, log_level: str, log_file: str | None,
+                config_path: str | None) -> list[str]:
+    """The command-line options of every worker this master starts."""
+    argv = ["--server-name", server, "--log-level", log_level]
+    if log_file:
+        argv += ["--log-file", log_file]
+    if config_path:
+        argv += ["--config", config_path]
+    return argv

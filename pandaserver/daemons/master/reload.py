@@ -7,6 +7,9 @@ so it never runs twice at once); changed ones keep their place in time, moved ea
 the new period is shorter; fewer workers: the extra ones retire after their current run; a
 new package replaces every worker so it is imported. What a running master cannot change (its
 database, its user: ``new.restart_needed``) is logged as needing a restart, never as applied.
+
+``apply_plan`` carries the plan out on the dispatcher's timetable (through its writers) and
+the worker pool; the master's loop reads the new settings and wires the steps together.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ from dataclasses import dataclass, field
 
 from pandaserver.config.daemon import DaemonSettings
 from pandaserver.config.scripts import DaemonSpec
-from pandaserver.daemons.base.states import WorkerState
-from pandaserver.daemons.master.core import MasterCore
 from pandaserver.daemons.master.schedule import REMOVED, ScriptState
+from pandaserver.daemons.master.timetable import Timetable
+from pandaserver.daemons.master.workers import WorkerPool
 
 log = logging.getLogger("panda.master")
 
@@ -58,50 +61,38 @@ def plan_reload(scripts: Mapping[str, ScriptState], new_specs: Mapping[str, Daem
     return plan
 
 
-def apply_settings(master: MasterCore, new: DaemonSettings, now: float) -> None:
-    for problem in new.problems:
-        log.error("%s", problem)
-    plan = plan_reload(master.scripts, master._specs(new), list(master.slots), new.n_proc, now)
+def apply_plan(plan: ReloadPlan, scripts: Timetable, pool: WorkerPool,
+               new_package: str | None, now: float) -> None:
+    """Carry out ``plan`` on the timetable (through its writers) and the worker pool;
+    ``new_package``: the script package, when the reload changed it."""
     for name in plan.removed:
-        del master.scripts[name]
+        del scripts[name]
         log.info("reload: script %s removed", name)
     for name in plan.removed_after_run:  # not scheduled until its run ends
-        master.scripts[name].disabled = REMOVED
+        scripts.disable(scripts[name], REMOVED)
         log.info("reload: script %s removed (after its run in progress)", name)
     for spec in plan.added:
-        master.scripts[spec.name] = ScriptState(spec=spec, next_due=now)
+        scripts[spec.name] = ScriptState(spec=spec, next_due=now)
         log.info("reload: script %s added", spec.name)
     for spec in plan.added_back:  # back while its old run still goes: it waits for it
-        state = master.scripts[spec.name]
-        state.disabled = None
-        state.spec = spec
+        scripts.respec(scripts[spec.name], spec, enable=True)
         log.info("reload: script %s added back", spec.name)
     for name, (spec, next_due) in plan.changed.items():
-        state = master.scripts[name]
-        if name in plan.module_changed:
-            state.disabled = None
-        state.next_due = next_due
-        state.spec = spec
+        scripts.respec(scripts[name], spec, next_due, enable=name in plan.module_changed)
         log.info("reload: script %s changed", name)
-    if new.package != master.settings.package:
+    if new_package is not None:
         log.warning("reload: package changed to %s; workers are replaced to import it",
-                    new.package)
-        for slot in master.slots.values():
-            slot.expires = now
-    for index in plan.retire:
-        slot = master.slots[index]
-        if slot.state in (WorkerState.IDLE, WorkerState.STARTING):
-            slot.ask_exit(now)
-        elif slot.state is WorkerState.BUSY:
-            slot.move(WorkerState.RETIRING)
-    master.settings = new
-    if master.fleet is not None:
-        master.fleet.settings = new
+                    new_package)
+        pool.expire_all(now)
+    pool.retire(plan.retire, now)
+
+
+def report(new: DaemonSettings, scripts: int, workers: int) -> None:
+    """The reload's last lines: what needs a restart, and what is in force now."""
     for change in new.restart_needed:
         log.warning("reload: NOT applied, needs a restart: %s", change)
     if new.restart_needed:
         log.info("reload: configuration applied except what needs a restart (%d scripts,"
-                 " %d workers)", len(master.scripts), master.n_proc)
+                 " %d workers)", scripts, workers)
     else:
-        log.info("reload: configuration applied (%d scripts, %d workers)",
-                 len(master.scripts), master.n_proc)
+        log.info("reload: configuration applied (%d scripts, %d workers)", scripts, workers)

@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
 
 from pandaserver.config.scripts import DaemonSpec
 
@@ -32,13 +31,14 @@ LATE_FLOOR = 300.0  # seconds: a script later than max(this, period / 2) is repo
 LATE_FLOOR_VARIABLE = "PANDA_DAEMON_LATE_FLOOR"
 
 
-class Watcher(Protocol):
-    def touch(self, state: ScriptState) -> None: ...
-
-
 @dataclass(eq=False)
 class ScriptState:
-    """What the master knows of one script (it owns these; workers are stateless)."""
+    """What the master knows of one script (it owns these; workers are stateless).
+
+    Plain data. Inside the master the ``Timetable`` holding a state is its one writer
+    (``timetable.py``): every change goes through one of its methods, which keeps the
+    due-time heaps in step, so nothing needs to watch the fields.
+    """
 
     spec: DaemonSpec
     next_due: float
@@ -48,14 +48,6 @@ class ScriptState:
     disabled: str | None = None  # why it cannot run (e.g. its module does not import)
     acquiring: bool = False  # a sync script whose lease request is in flight
     anchored: bool = False  # its grid is set (by its first run's start)
-    # the timetable that keeps this state in its due-time heaps (told of every change)
-    watcher: Watcher | None = field(default=None, repr=False)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        object.__setattr__(self, name, value)
-        watcher = self.__dict__.get("watcher")
-        if watcher is not None and name != "watcher":
-            watcher.touch(self)
 
     @property
     def waiting(self) -> bool:

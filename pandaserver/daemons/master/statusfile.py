@@ -24,14 +24,15 @@ import threading
 import time
 from operator import attrgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from pandaserver.config.secrets import redact
 from pandaserver.daemons.base import logsink
 from pandaserver.daemons.fleet.contention import Contention
-
-if TYPE_CHECKING:
-    from pandaserver.daemons.master.core import MasterCore as Master
+from pandaserver.daemons.fleet.fleetdb import FleetDb
+from pandaserver.daemons.master.controls import Controls
+from pandaserver.daemons.master.dispatch import Dispatcher
+from pandaserver.daemons.master.workers import WorkerPool
 
 log = logging.getLogger("panda.master")
 
@@ -41,6 +42,28 @@ CHUNK = 100  # scripts serialised per call (a call holds the interpreter: ~0.1 m
 CLOSE_TIMEOUT = 5.0  # a stop waits this long at most for the last write (a hung disk)
 _SCRIPT_FIELDS = attrgetter("spec", "running", "next_due", "disabled")
 _CONTENTION_FIELDS = attrgetter("refused", "held", "holder", "holder_at", "last_at")
+
+
+class Master(Protocol):
+    """What the status file reads of the master: its collaborators, read only."""
+
+    @property
+    def server(self) -> str: ...
+
+    @property
+    def started(self) -> float: ...
+
+    @property
+    def fleet(self) -> FleetDb | None: ...
+
+    @property
+    def pool(self) -> WorkerPool: ...
+
+    @property
+    def dispatcher(self) -> Dispatcher: ...
+
+    @property
+    def controls(self) -> Controls: ...
 
 
 class Capture(NamedTuple):
@@ -62,27 +85,27 @@ class Capture(NamedTuple):
 
 def capture(master: Master, now: float) -> Capture:
     """What the loop does per write: copies, no formatting (``render`` does that)."""
-    slots = master.slots.values()
+    pool, dispatcher, controls = master.pool, master.dispatcher, master.controls
     workers = tuple((s.index, s.pid, s.state.value, s.born, s.expires,
                      *((s.run.script, s.run.id, s.run.dispatched) if s.run else (None,) * 3))
-                    for s in slots)
-    states = master.scripts.states()
+                    for s in pool.slots.values())
+    states = dispatcher.scripts.states()
     fleet = master.fleet
-    refused = getattr(master, "contention", None)
-    contention = {} if refused is None else \
-        dict(zip(refused.scripts.keys(), map(_CONTENTION_FIELDS, refused.scripts.values()),
-                 strict=True))
+    refused = dispatcher.contention.scripts
+    contention = dict(zip(refused.keys(), map(_CONTENTION_FIELDS, refused.values()),
+                          strict=True))
+    crashes = controls.crashes
     return Capture(
         now=now, wall=time.time(),
-        head=(master.server, os.getpid(), master.started, master.stopping, master.n_proc,
-              getattr(master, "drain_hold", None) is not None),
+        head=(master.server, os.getpid(), master.started, pool.stopping, pool.n_proc,
+              controls.drain_hold is not None),
         workers=workers,
         scripts=list(zip(states.keys(), map(_SCRIPT_FIELDS, states.values()), strict=True)),
-        last_outcomes=dict(master.last_outcomes),
-        paused=dict(getattr(master, "paused", {})),
-        crashes={n: (c.failures, c.until) for n, c in master.crashes.scripts.items()},
+        last_outcomes=dict(dispatcher.last_outcomes),
+        paused=dict(controls.paused),
+        crashes={n: (c.failures, c.until) for n, c in crashes.scripts.items()},
         contention=contention,
-        looping=frozenset(master.crashes.looping()) | frozenset(master.unimportable),
+        looping=frozenset(crashes.looping()) | frozenset(dispatcher.unimportable),
         database=None if fleet is None
         else (fleet.down_since, fleet.outages, fleet.keeper.waiting),
         logging=log_health(),
@@ -155,17 +178,18 @@ def log_health() -> dict[str, Any]:
 
 def signature(master: Master) -> tuple[Any, ...]:
     """What changes the file's meaning (not the mere passing of time)."""
+    pool, dispatcher, controls = master.pool, master.dispatcher, master.controls
     return (
-        master.stopping,
+        pool.stopping,
         tuple((s.index, s.pid, s.state, s.run.id if s.run else None)
-              for s in master.slots.values()),
-        master.scripts.version,  # bumped by any change of a script's state: O(1), not O(n)
+              for s in pool.slots.values()),
+        dispatcher.scripts.version,  # bumped by any change of a script's state: O(1), not O(n)
         None if master.fleet is None else master.fleet.down_since,
-        tuple(sorted(getattr(master, "paused", {}))), getattr(master, "drain_hold", None),
-        tuple((n, c.failures) for n, c in sorted(master.crashes.scripts.items())),
+        tuple(sorted(controls.paused)), controls.drain_hold,
+        tuple((n, c.failures) for n, c in sorted(controls.crashes.scripts.items())),
         logsink.MASTER.dropped, logsink.MASTER.failing, logsink.WORKERS.dropped,
         bool(logsink.WORKERS.failing),
-        getattr(getattr(master, "contention", None), "total", 0),
+        dispatcher.contention.total,
     )
 
 
@@ -190,7 +214,8 @@ class StatusFile:
                 return self.next_write
         self.writer.submit(capture(master, now))
         self._written = current
-        self.next_write = now + MIN_INTERVAL * max(1.0, len(master.scripts) / SCRIPTS_PER_SECOND)
+        self.next_write = now + MIN_INTERVAL * max(
+            1.0, len(master.dispatcher.scripts) / SCRIPTS_PER_SECOND)
         return None
 
     def close(self, master: Master, now: float, timeout: float = CLOSE_TIMEOUT) -> None:

@@ -2,12 +2,13 @@
 O(log n) per change, not a scan of every configured script per event.
 
 Pure: no clock is read; every method that decides takes ``now``. A ``Timetable`` is the
-mapping ``name -> ScriptState`` the master holds; each state tells it of every change of
-its own (``ScriptState.__setattr__``), and it pushes a heap entry when the change makes
-the script wait for a new due time (or late-warning time). Entries are never removed from
-the middle of a heap: an entry is valid while it matches the latest key pushed for its
-script, and stale ones are dropped when they reach the top (the heap is rebuilt when
-stale entries outnumber the scripts).
+mapping ``name -> ScriptState`` the master holds, and the one writer of the states it
+holds: every change of a scheduling field goes through one of its methods (``set_due``,
+``asking``, ``answered``, ``started``, ``finished``, ``disable``, ``enable``, ``respec``),
+which pushes a heap entry when the change makes the script wait for a new due time (or
+late-warning time). Entries are never removed from the middle of a heap: an entry is valid
+while it matches the latest key pushed for its script, and stale ones are dropped when they
+reach the top (the heap is rebuilt when stale entries outnumber the scripts).
 
 Order and semantics are those of ``schedule.due_scripts``, ``schedule.late_to_warn`` and
 ``schedule.next_wakeup``, which stay the reference (and the unit tests compare the two).
@@ -19,6 +20,7 @@ import heapq
 from collections.abc import Iterator, Mapping, MutableMapping
 from types import MappingProxyType
 
+from pandaserver.config.scripts import DaemonSpec
 from pandaserver.daemons.master.schedule import LATE_FLOOR, ScriptState, late_threshold
 
 Entry = tuple[float, str]
@@ -43,18 +45,13 @@ class Timetable(MutableMapping[str, ScriptState]):
         return self._states[name]
 
     def __setitem__(self, name: str, state: ScriptState) -> None:
-        old = self._states.get(name)
-        if old is not None and old is not state:
-            old.watcher = None
         self._states[name] = state
-        state.watcher = self
         self._due_key.pop(name, None)
         self._late_key.pop(name, None)
         self.touch(state)
 
     def __delitem__(self, name: str) -> None:
-        state = self._states.pop(name)
-        state.watcher = None
+        self._states.pop(name)
         self._due_key.pop(name, None)
         self._late_key.pop(name, None)
         self.version += 1
@@ -70,9 +67,59 @@ class Timetable(MutableMapping[str, ScriptState]):
         the mapping's own ``keys()``/``values()`` go through Python-level calls)."""
         return MappingProxyType(self._states)
 
+    # ----- the one writer of the scheduling fields -------------------------------------------
+    def set_due(self, state: ScriptState, when: float) -> None:
+        """``state`` is next due at ``when``."""
+        state.next_due = when
+        self.touch(state)
+
+    def asking(self, state: ScriptState, due: float) -> None:
+        """A sync script's lease is being asked for the due time ``due``."""
+        state.next_due = due
+        state.acquiring = True
+        self.touch(state)
+
+    def answered(self, state: ScriptState, next_due: float | None = None) -> None:
+        """The lease answer came back; refused: due again at ``next_due``."""
+        state.acquiring = False
+        if next_due is not None:
+            state.next_due = next_due
+        self.touch(state)
+
+    def started(self, state: ScriptState, run_id: int, now: float, next_due: float) -> None:
+        """Run ``run_id`` was handed to a worker at ``now``; the grid is set."""
+        state.running = run_id
+        state.run_started = now
+        state.next_due = next_due
+        state.anchored = True
+        self.touch(state)
+
+    def finished(self, state: ScriptState) -> None:
+        state.running = None
+        self.touch(state)
+
+    def disable(self, state: ScriptState, why: str) -> None:
+        state.disabled = why
+        self.touch(state)
+
+    def enable(self, state: ScriptState) -> None:
+        state.disabled = None
+        self.touch(state)
+
+    def respec(self, state: ScriptState, spec: DaemonSpec, next_due: float | None = None,
+               enable: bool = False) -> None:
+        """A reload changed the script's spec (and maybe its due time)."""
+        if enable:
+            state.disabled = None
+        if next_due is not None:
+            state.next_due = next_due
+        state.spec = spec
+        self.touch(state)
+
     # ----- keeping the heaps ----------------------------------------------------------------
     def touch(self, state: ScriptState) -> None:
-        """A state changed: push what its new due and late-warning times are, if new."""
+        """A state changed (through the writers above): push what its new due and
+        late-warning times are, if new."""
         name = state.spec.name
         if self._states.get(name) is not state:
             return
@@ -127,14 +174,17 @@ class Timetable(MutableMapping[str, ScriptState]):
         self.touch(state)
 
     def late_to_warn(self, now: float) -> list[ScriptState]:
-        """Scripts that just crossed their late threshold (each once per due time, as long
-        as the caller sets ``late_warned_for``)."""
+        """Scripts that just crossed their late threshold, each once per due time (marked
+        warned for it: ``late_warned_for``)."""
         found = []
         while self._late and self._late[0][0] < now:
             at, name = heapq.heappop(self._late)
             if self._late_key.get(name) == at:
                 del self._late_key[name]
-                found.append(self._states[name])
+                state = self._states[name]
+                state.late_warned_for = state.next_due
+                self.version += 1
+                found.append(state)
         return found
 
     def next_wakeup(self, now: float) -> float | None:
