@@ -29,12 +29,6 @@ BARE = re.compile(_ALONE + r"([A-Za-z_]\w+\.py)\b")
 DOTTED = re.compile(r"(?<![\w.])(pandaserver(?:\.[A-Za-z_]\w*)+)")
 # names that stand for any value (versions/NNNN_what.py, <dir>/x.py)
 PLACEHOLDER = re.compile(r"NNNN|\.\.\.|<|\*")
-# References left in comments of the master's mixins, which are being rewritten into
-# collaborators (issue 18): each entry is (file, name). Remove an entry with its comment.
-KNOWN = {
-    ("pandaserver/daemons/master/core.py", "control.py"),
-    ("pandaserver/daemons/master/dispatch.py", "control.py"),
-}
 
 
 def _sources() -> list[Path]:
@@ -97,7 +91,7 @@ def _problems(source: Path, names: set[str]) -> list[str]:
         on_line = {m.group(1).rsplit("/", 1)[-1] for m in MODULE_PATH.finditer(line)}
         for match in BARE.finditer(line):
             name = match.group(1)
-            if name in on_line or (relative, name) in KNOWN:
+            if name in on_line:
                 continue
             if folder is not None:
                 if not (folder / name).is_file():
