@@ -147,6 +147,8 @@ def test_worker_dying_before_ready_is_restarted_with_backoff_not_spinning(
         Path(str(master.record) + ".alive").touch()  # the fourth attempt will live
         lived = master.wait_events(1, "start", "doomed", timeout=30)[0]["t"]
         attempts = master.events("import", "dies_on_import")
+        # the run's end (logged after its start event) says it ran cleanly
+        master.wait_log("script doomed ran cleanly: no longer crash-looping")
         log = master.log()
         workers = master.workers()
         assert len(workers) == 1
