@@ -5,7 +5,8 @@ A lease row per script name. ``try_acquire`` is one atomic statement::
     INSERT INTO daemon_lease (...)
       VALUES (name, 1, me, pid, now, now + ttl, now + period, ...)
     ON CONFLICT (name) DO UPDATE SET generation = generation + 1, owner = me, ...,
-        next_due = CASE WHEN next_due <= now THEN <next point of next_due's grid after now>
+        next_due = CASE WHEN next_due <= now
+                        THEN max(next_due + period, now + period - tolerance)
                         ELSE now + period END
       WHERE (next_due <= now OR acquired_at + :period <= now)
         AND (expires_at IS NULL OR expires_at <= now)
@@ -15,10 +16,13 @@ so of any number of servers racing for a due lease exactly one gets it. Every
 grant bumps ``generation``; ``release`` and ``renew`` must name it, so a holder that
 lost its lease (expired and re-granted, or force-released) changes nothing. A lease
 lives ``ttl`` seconds (``[daemon] lease_ttl``) and its holder renews it while its run
-lives; ``next_due`` is kept on release and moves on a grid (``next_due + k * period``,
-the first point after now: missed periods skipped, never run in a burst), so the period
-is counted due to due across the fleet, and the grant returns ``due_in`` for the master
-to keep its own due time on the same grid. The grant condition also honours the
+lives; ``next_due`` is kept on release. A grant on time (at most ``tolerance`` =
+``min(1 s, period / 10)`` after ``next_due``, ``db/servertime.py``: ``due_tolerance``)
+keeps the grid (``next_due + period``: no drift); a later one (a fallback server, an
+overrun, the first grant after the whole fleet was down) counts the period from itself,
+less the tolerance; so two grants are never closer than ``period - tolerance``, missed
+periods are never run in a burst, and the grant returns ``due_in`` for the master to keep
+its own due time in step. The grant condition also honours the
 *requesting* server's period (``acquired_at + period <= now``), so a period shortened by
 a reload takes effect at the next grant, not one old period later; such a grant (and the
 first) restarts the grid at now + period.
@@ -55,7 +59,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError
 
-from pandaserver.db.servertime import db_now_expr, db_now_plus, next_on_grid, seconds_between
+from pandaserver.db.servertime import (
+    db_now_expr,
+    db_now_plus,
+    due_tolerance,
+    next_due_after,
+    seconds_between,
+)
 from pandaserver.db.tables import daemon_lease
 from pandaserver.db.upsert import upsert_or_else
 
@@ -174,12 +184,13 @@ class LeaseStore:
 
         Due: ``next_due`` has come, or ``period`` (this server's, in force now) has passed
         since the last grant. A grant sets the owner, bumps the generation,
-        ``expires_at = now + ttl`` and ``next_due`` to the next point of the script's
-        fleet-wide grid (``next_due + k * period``, the first after now) when it was due by
-        ``next_due``, else (first grant, or due by a period shortened by a reload)
-        ``now + period``. A refusal adds one to ``contended`` and records this server and
-        the time; its answer (holder, wait) comes from the row as the refusal left it. One
-        statement on PostgreSQL, two on SQLite, the upsert and its read-back on MySQL.
+        ``expires_at = now + ttl`` and ``next_due`` to ``max(next_due + period, now +
+        period - due_tolerance(period))`` when it was due by ``next_due`` (on time: the
+        grid kept; late: never closer than that to this grant), else (first grant, or due
+        by a period shortened by a reload) ``now + period``. A refusal adds one to
+        ``contended`` and records this server and the time; its answer (holder, wait)
+        comes from the row as the refusal left it. One statement on PostgreSQL, two on
+        SQLite, the upsert and its read-back on MySQL.
         """
         _check_name(name)
         for what, value in (("period", period), ("ttl", ttl)):
@@ -196,8 +207,10 @@ class LeaseStore:
             "period": p_period,
             "updated_at": now,
         }
-        # the grid; uses only next_due itself (MySQL assigns in order: see upsert.py)
-        next_due = case((t.c.next_due <= now, next_on_grid(t.c.next_due, p_period)),
+        # the grid, or from now when late; uses only next_due itself (MySQL assigns in
+        # order: see upsert.py)
+        tolerance = bindparam("lease_tolerance", type_=Float())
+        next_due = case((t.c.next_due <= now, next_due_after(t.c.next_due, p_period, tolerance)),
                         else_=db_now_plus(p_period))
         period_passed = seconds_between(now, t.c.acquired_at) >= p_period
         due = and_(or_(t.c.next_due <= now, period_passed),
@@ -205,7 +218,8 @@ class LeaseStore:
         refused = {"contended": t.c.contended + 1, "contended_by": p_server,
                    "contended_at": now}
         params = {"lease_name": name, "lease_server": server, "lease_pid": pid,
-                  "lease_period": float(period), "lease_ttl": float(ttl)}
+                  "lease_period": float(period), "lease_ttl": float(ttl),
+                  "lease_tolerance": due_tolerance(float(period))}
 
         def attempt(conn: Connection) -> LeaseResult:
             granted, row = upsert_or_else(

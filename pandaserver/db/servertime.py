@@ -4,8 +4,9 @@ Anything compared across servers (lease expiry, the fleet-wide next due time,
 heartbeats) is computed *inside* the database from its clock, never from a
 server's clock, so skew between servers cannot cause a double run.
 
-``db_now_expr()``, ``db_now_plus(seconds)`` and ``next_on_grid(anchor, period)`` (the first
-point of a fleet-wide grid after now) are SQL expressions usable in any statement;
+``db_now_expr()``, ``db_now_plus(seconds)`` and ``next_due_after(due, period, tolerance)``
+(the fleet-wide next due time after a grant: ``due_tolerance`` states the rule) are SQL
+expressions usable in any statement;
 ``seconds_between(a, b)`` is ``a - b`` in seconds as a float. Each compiles per dialect:
 
 ============  =============================================  ==========================
@@ -207,43 +208,61 @@ def db_now(conn: Connection) -> datetime:
     return value
 
 
-class next_on_grid(FunctionElement[datetime]):
-    """``anchor + k * period`` for the smallest whole ``k >= 1`` that is after the database
-    clock: the first point of ``anchor``'s grid after now, for an ``anchor`` that is not in
-    the future. Whole missed periods are skipped.
+DUE_TOLERANCE = 1.0  # seconds: the most a run may start late and still keep its grid ...
+DUE_TOLERANCE_PARTS = 10  # ... and at most this part of its period (a tenth)
 
-    Computed in whole microseconds (milliseconds on SQLite, whose clock has millisecond
-    steps), so a point exactly on the grid is never rounded back to now; a period shorter
-    than that step counts as one step.
+
+def due_tolerance(period: float) -> float:
+    """How late a run may start and still keep its grid: ``min(1 s, period / 10)``.
+
+    The one rule for the next due time after a start, applied by the master to its own
+    scripts (``daemons/master/schedule.py``) and by the lease grant to sync scripts
+    fleet-wide (``next_due_after`` below): a run due at ``due`` that starts at ``started``
+    is next due at ``max(due + period, started + period - due_tolerance(period))``. A run
+    on time (late by at most the tolerance) keeps its grid; a later one, a first one, or
+    one after an idle fleet counts its period from its own start (less the tolerance). So
+    two consecutive runs are never closer than ``period - due_tolerance(period)``.
+    """
+    return min(DUE_TOLERANCE, period / DUE_TOLERANCE_PARTS)
+
+
+class next_due_after(FunctionElement[datetime]):
+    """``max(due + period, db now + period - tolerance)``: when a script due at ``due`` and
+    granted now is next due (``due_tolerance`` states the rule). ``period`` and
+    ``tolerance`` are seconds. Exact to the microsecond (the millisecond on SQLite, whose
+    clock has millisecond steps), so a run on time keeps its grid over any number of
+    periods.
     """
 
     type = UtcDateTime()
     inherit_cache = True
-    name = "next_on_grid"
+    name = "next_due_after"
 
 
-@compiles(next_on_grid, "postgresql")
-def _grid_pg(element: next_on_grid, compiler: SQLCompiler, **kw: Any) -> str:
-    anchor, period = _args(element, compiler, **kw)
-    step = f"GREATEST(CAST(ROUND(CAST({period} AS NUMERIC) * 1000000) AS BIGINT), 1)"
-    late = f"CAST(EXTRACT(EPOCH FROM (statement_timestamp() - {anchor})) * 1000000 AS BIGINT)"
-    return (f"({anchor} + CAST(({late} / {step} + 1) * {step} AS DOUBLE PRECISION)"
-            " * INTERVAL '1 microsecond')")
+@compiles(next_due_after, "postgresql")
+def _after_pg(element: next_due_after, compiler: SQLCompiler, **kw: Any) -> str:
+    due, period, tolerance = _args(element, compiler, **kw)
+
+    def micro(seconds: str) -> str:  # whole microseconds: exact, never rounded back
+        return (f"CAST(ROUND(CAST({seconds} AS NUMERIC) * 1000000) AS DOUBLE PRECISION)"
+                " * INTERVAL '1 microsecond'")
+
+    return (f"GREATEST({due} + {micro(period)},"
+            f" statement_timestamp() + {micro(f'({period}) - ({tolerance})')})")
 
 
-@compiles(next_on_grid, "sqlite")
-def _grid_sqlite(element: next_on_grid, compiler: SQLCompiler, **kw: Any) -> str:
-    anchor, period = _args(element, compiler, **kw)
-    step = f"max(CAST(round(({period}) * 1000.0) AS INTEGER), 1)"
-    late = (f"CAST(round((julianday('now') - julianday({anchor})) * 86400000.0)"
-            " AS INTEGER)")
-    return (f"strftime({_SQLITE_FORMAT}, {anchor},"
-            f" printf('%+.3f seconds', ({late} / {step} + 1) * {step} / 1000.0))")
+@compiles(next_due_after, "sqlite")
+def _after_sqlite(element: next_due_after, compiler: SQLCompiler, **kw: Any) -> str:
+    due, period, tolerance = _args(element, compiler, **kw)
+    # both texts in one format (ms and three zeros), so the greater text is the later time
+    return (f"max(strftime({_SQLITE_FORMAT}, {due}, printf('%+.3f seconds', {period})),"
+            f" strftime({_SQLITE_FORMAT}, 'now',"
+            f" printf('%+.3f seconds', ({period}) - ({tolerance}))))")
 
 
-@compiles(next_on_grid, "mysql")
-def _grid_mysql(element: next_on_grid, compiler: SQLCompiler, **kw: Any) -> str:
-    anchor, period = _args(element, compiler, **kw)
-    step = f"GREATEST(ROUND(({period}) * 1000000), 1)"
-    late = f"TIMESTAMPDIFF(MICROSECOND, {anchor}, UTC_TIMESTAMP(6))"
-    return f"({anchor} + INTERVAL (({late} DIV {step} + 1) * {step}) MICROSECOND)"
+@compiles(next_due_after, "mysql")
+def _after_mysql(element: next_due_after, compiler: SQLCompiler, **kw: Any) -> str:
+    due, period, tolerance = _args(element, compiler, **kw)
+    return (f"GREATEST({due} + INTERVAL ROUND(({period}) * 1000000) MICROSECOND,"
+            f" UTC_TIMESTAMP(6) + INTERVAL ROUND((({period}) - ({tolerance})) * 1000000)"
+            " MICROSECOND)")

@@ -1,6 +1,6 @@
-"""Leases on the fleet-wide grid, refusals counted on the lease row, and what a refused
-server learns from the same statement, on SQLite, PostgreSQL and MariaDB (``db_engine``,
-``db_url``)."""
+"""Leases on the fleet-wide grid (kept by a grant on time, counted from a late one),
+refusals counted on the lease row, and what a refused server learns from the same
+statement, on SQLite, PostgreSQL and MariaDB (``db_engine``, ``db_url``)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from sqlalchemy import URL, Engine, select, update
 from pandaserver.db.engine import engine_from_url
 from pandaserver.db.leases import LeaseResult, LeaseStore
 from pandaserver.db.schema import upgrade
+from pandaserver.db.servertime import db_now
 from pandaserver.db.tables import daemon_lease
 
 # clocks of two statements a few milliseconds apart (a loaded machine: generous)
@@ -44,6 +45,13 @@ def _shift(engine: Engine, name: str, back: float, *, release: bool = True) -> A
     return _row(engine, name)
 
 
+def _due_in(engine: Engine, name: str) -> float:
+    """Seconds from the database's clock now to the lease's ``next_due``."""
+    with engine.connect() as conn:
+        now = db_now(conn)
+    return (_row(engine, name).next_due - now).total_seconds()
+
+
 def _on_grid(point: datetime, anchor: datetime, period: float) -> bool:
     steps = (point - anchor) / timedelta(seconds=period)
     return steps == int(steps)
@@ -58,23 +66,48 @@ def test_a_first_grant_is_due_one_period_later_and_says_so(store: LeaseStore) ->
     assert row.contended == 0 and row.contended_by is None and row.contended_at is None
 
 
-def test_a_late_grant_skips_whole_periods_and_stays_on_the_grid(store: LeaseStore) -> None:
+def _granted_in(store: LeaseStore, name: str, period: float) -> float:
+    """Grant ``name`` and return seconds from the grant (the database's ``now``) to the new
+    ``next_due``, checking that the answer says the same."""
+    won = store.try_acquire(name, "srv-b", 2, period=period, ttl=30)
+    assert won.granted and won.due_in is not None
+    row = _row(store.engine, name)
+    assert won.next_due == row.next_due
+    assert won.due_in == pytest.approx((row.next_due - row.acquired_at).total_seconds(),
+                                       abs=1e-6)
+    return won.due_in
+
+
+@pytest.mark.parametrize("idle", [350.0, 195.8, 130.0],
+                         ids=["whole-periods-missed", "grid-point-4.2s-after", "late-30s"])
+def test_a_grant_after_an_idle_gap_is_due_a_period_later_less_the_tolerance(
+        store: LeaseStore, idle: float) -> None:
+    """The whole fleet was down for a while (the database clock moved on ``idle`` seconds
+    since the last grant): the next grant is due one period after it, less the tolerance
+    (1 s for 100 s), wherever the old grid would have put it (50 s, 4.2 s, 70 s later)."""
     assert store.try_acquire("x", "srv-a", 1, period=100, ttl=30).granted
-    # 350 s later: the due time was 250 s ago, two whole periods missed
-    late = _shift(store.engine, "x", 350)
+    _shift(store.engine, "x", idle)
+    assert _granted_in(store, "x", 100) == pytest.approx(100 - 1, abs=1e-3), \
+        "the next run would be closer to this one than the period less the tolerance"
+
+
+def test_a_grant_late_by_at_most_the_tolerance_keeps_the_grid(store: LeaseStore) -> None:
+    assert store.try_acquire("x", "srv-a", 1, period=100, ttl=30).granted
+    due = _shift(store.engine, "x", 100.5)  # due 0.5 s ago (tolerance: 1 s)
     won = store.try_acquire("x", "srv-b", 2, period=100, ttl=30)
-    assert won.granted and won.generation == 2 and won.next_due is not None
-    assert won.next_due == late.next_due + timedelta(seconds=300), \
-        "not the first point of the grid after now: a missed period run, or off the grid"
-    row = _row(store.engine, "x")
-    assert won.due_in == (row.next_due - row.acquired_at).total_seconds()
-    assert 50 - SLACK < won.due_in <= 50
-    # and again, from the new point: the grid stays the first grant's
-    later = _shift(store.engine, "x", 230)  # due 180 s ago: one whole period missed
-    again = store.try_acquire("x", "srv-a", 1, period=100, ttl=30)
-    assert again.granted and again.next_due is not None
-    assert again.next_due == later.next_due + timedelta(seconds=200)
-    assert again.due_in is not None and 20 - SLACK < again.due_in <= 20
+    assert won.granted and won.next_due == due.next_due + timedelta(seconds=100)
+    assert won.due_in is not None and 99.5 - SLACK < won.due_in <= 99.5
+
+
+def test_after_a_late_grant_on_time_grants_keep_its_new_grid(store: LeaseStore) -> None:
+    assert store.try_acquire("x", "srv-a", 1, period=10, ttl=30).granted
+    _shift(store.engine, "x", 14)  # due 4 s ago: counted from this grant, 9 s on
+    assert _granted_in(store, "x", 10) == pytest.approx(9, abs=1e-3)
+    for _ in range(3):  # then each 0.3 s late (tolerance: 1 s): one period due to due
+        row = _row(store.engine, "x")
+        due = _shift(store.engine, "x", (row.next_due - row.acquired_at).total_seconds() + 0.3)
+        won = store.try_acquire("x", "srv-a", 1, period=10, ttl=30)
+        assert won.granted and won.next_due == due.next_due + timedelta(seconds=10)
 
 
 def test_a_grant_just_on_time_is_one_period_later(store: LeaseStore) -> None:
@@ -172,8 +205,10 @@ def test_racing_servers_get_one_grant_per_due_time_and_learn_the_winner(db_url: 
         rnd = next(rounds)
         with setup.connect() as conn:
             exists = conn.execute(select(daemon_lease.c.name)).first() is not None
-        # round 0 races on the insert; later rounds on a lease made due (and released)
-        anchors[rnd] = _shift(setup, "race", 1.5 * PERIOD).next_due if exists else None
+        # round 0 races on the insert; later rounds on a lease made due (and released),
+        # on time (0.25 s ago; the tolerance is 1 s): the grant keeps the grid
+        anchors[rnd] = _shift(setup, "race", _due_in(setup, "race") + 0.25).next_due \
+            if exists else None
 
     barrier = threading.Barrier(CONTENDERS, action=make_due)
     answers: queue.Queue[Answer] = queue.Queue()

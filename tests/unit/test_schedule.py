@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import random
+from itertools import pairwise
+
+import pytest
+
 from pandaserver.config.scripts import DaemonSpec
 from pandaserver.daemons.master import schedule
 from pandaserver.daemons.master.pool import staggered_lifetime
 from pandaserver.daemons.master.schedule import ScriptState
+from pandaserver.db.servertime import due_tolerance
 
 
 def spec(name: str = "s", period: float = 10.0) -> DaemonSpec:
@@ -74,10 +80,57 @@ def test_next_due_is_one_period_after_the_due_time_not_after_the_start() -> None
     assert due == 100.0 + 5.0 * 10000
 
 
-def test_missed_periods_on_the_grid_are_skipped_not_burst() -> None:
-    # due at 100, started at 135 (waited for a worker): next at 140, not 110, 120, 130
-    assert schedule.next_due_on_grid(due=100.0, period=10, started=135.0) == 140.0
-    assert schedule.next_due_on_grid(due=100.0, period=10, started=140.0) == 150.0
+def test_missed_periods_are_skipped_and_the_period_counts_from_the_late_start() -> None:
+    # due at 100, started at 135 (waited for a worker): next at 144 (one period after the
+    # start, less the tolerance of 1 s), not 110, 120, 130 (a burst) nor 140 (5 s later)
+    assert schedule.next_due_on_grid(due=100.0, period=10, started=135.0) == 144.0
+    assert schedule.next_due_on_grid(due=100.0, period=10, started=140.0) == 149.0
+
+
+def test_the_tolerance_is_a_tenth_of_the_period_and_at_most_a_second() -> None:
+    assert [due_tolerance(p) for p in (0.1, 2.0, 10.0, 2400.0)] == [0.01, 0.2, 1.0, 1.0]
+
+
+def test_a_run_late_by_at_most_the_tolerance_keeps_the_grid() -> None:
+    assert schedule.next_due_on_grid(due=100.0, period=10, started=101.0) == 110.0
+    # a hair later: the period counts from the start (less the tolerance), 9 s after it
+    assert schedule.next_due_on_grid(due=100.0, period=10, started=101.5) == 110.5
+
+
+def _starts(period: float, delays: list[float], first: float = 0.0) -> list[float]:
+    """Where a script's runs start when each is handed over ``delays[i]`` after its due
+    time (the master's own bookkeeping: ``next_due_after_dispatch`` after each start)."""
+    state = ScriptState(spec(period=period), next_due=first)
+    starts = []
+    for delay in delays:
+        started = state.next_due + delay
+        starts.append(started)
+        state.next_due = schedule.next_due_after_dispatch(state, started)
+        state.anchored = True
+    return starts
+
+
+@pytest.mark.parametrize("period", [0.1, 2.0, 10.0, 2400.0])
+def test_consecutive_runs_are_never_closer_than_the_period_less_the_tolerance(
+        period: float) -> None:
+    rng = random.Random(19)
+    floor = period - due_tolerance(period)
+    for _ in range(200):
+        # on time, a little late, late, whole periods late (a long gap), in any order
+        delays = [rng.choice([0.0, rng.uniform(0, due_tolerance(period)),
+                              rng.uniform(0, period), rng.uniform(period, 50 * period)])
+                  for _ in range(30)]
+        starts = _starts(period, delays, first=rng.uniform(0, 1000))
+        gaps = [b - a for a, b in pairwise(starts)]
+        assert min(gaps) >= floor - 1e-9 * period, (delays, gaps)
+
+
+def test_on_time_runs_keep_the_grid_after_a_late_one() -> None:
+    # late by 4 s once: the period counts from there (9 s after it), then on time again:
+    # the grid (re-anchored once) holds with no drift
+    starts = _starts(10.0, [0.0, 0.0, 4.0] + [0.003] * 1000)
+    assert starts[2] == 24.0 and starts[3] == 33.003
+    assert starts[-1] == pytest.approx(33.0 + 10.0 * 999 + 0.003, abs=1e-6)
 
 
 def test_the_grid_is_anchored_on_the_first_start() -> None:

@@ -6,16 +6,19 @@ so tests drive it with plain numbers.
 Semantics:
 - A script is due at ``next_due``; it never starts earlier.
 - No drift: each script runs on a grid of its period anchored on its first run's start.
-  At dispatch the next due time is one period after the *due* time (not after the moment
-  the master got round to it), so a run handed over 3 ms late does not push every later
-  run by 3 ms. Scripts that all became due together (at start-up, say) and had to queue
-  for workers are anchored on their first starts, so they keep the spread the queue gave
-  them instead of colliding again every period. Missed periods are skipped, never run in a
-  burst: the next due time is the first grid point after the start. (A sync script's
-  grid is kept fleet-wide by its lease row, see db/leases.py.)
+  A run on time (late by at most ``due_tolerance(period)`` = ``min(1 s, period / 10)``)
+  is next due one period after its *due* time (not after the moment the master got round
+  to it), so a run handed over 3 ms late does not push every later run by 3 ms. Scripts
+  that all became due together (at start-up, say) and had to queue for workers are
+  anchored on their first starts, so they keep the spread the queue gave them instead of
+  colliding again every period. A later run (it waited for a worker, or an overrun)
+  counts its period from its start less the tolerance: consecutive runs are never closer
+  than ``period - tolerance``, and missed periods are skipped, never run in a burst. (A
+  sync script's due time is kept fleet-wide by its lease row with the same rule, see
+  db/leases.py.)
 - A script never runs twice at once on one server: a running script is not due.
 - A run that outlasts its period leaves ``next_due`` in the past, so the script runs once
-  right after the overrun ends, then keeps its period from that start.
+  right after the overrun ends, then counts its period from that start.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from pandaserver.config.scripts import DaemonSpec
+from pandaserver.db.servertime import due_tolerance
 
 REMOVED = "removed from the configuration by a reload"  # a ``disabled`` reason
 LATE_FLOOR = 300.0  # seconds: a script later than max(this, period / 2) is reported
@@ -73,15 +77,12 @@ def next_due_after_start(started: float, period: float) -> float:
 
 def next_due_on_grid(due: float, period: float, started: float) -> float:
     """The next due time of a run due at ``due`` that started at ``started``: one period
-    after ``due``, or, when whole periods were missed meanwhile, the first point of the
-    same grid after ``started`` (skipped, never run in a burst)."""
-    nxt = due + period
-    if nxt > started:
-        return nxt
-    nxt = due + period * (math.floor((started - due) / period) + 1)
-    while nxt <= started:  # rounding
-        nxt += period
-    return nxt
+    after ``due`` when it started on time (late by at most ``due_tolerance(period)``: the
+    grid is kept, no drift), else one period after its start less that tolerance (the
+    period counts from the run; missed periods are skipped, never run in a burst). So
+    consecutive runs are never closer than ``period - due_tolerance(period)``; the lease
+    grant applies the same rule fleet-wide (``db/servertime.py``)."""
+    return max(due + period, started + period - due_tolerance(period))
 
 
 def next_due_after_dispatch(state: ScriptState, started: float) -> float:
