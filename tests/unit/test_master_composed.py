@@ -60,6 +60,27 @@ def test_a_busy_pool_keeps_due_scripts_waiting_until_a_worker_is_free() -> None:
     assert (run.script, run.due, run.dispatched) == ("c", 1000.0, 1005.0)  # queued 5 s
 
 
+def test_a_run_started_late_is_next_due_a_period_after_its_start_less_the_tolerance() -> None:
+    # one worker: "a" (period 10 s, tolerance 1 s) waits 4 s behind "b" for its second run
+    rig = Rig([spec("a", period=10), spec("b", period=100)], n_proc=1)
+    rig.start_workers()
+    rig.turn()
+    assert rig.busy() == {1: "a"}
+    rig.done(1)
+    rig.turn()
+    assert rig.busy() == {1: "b"}
+    rig.at(1014.0)  # a was due at 1010
+    rig.done(1)
+    rig.turn()
+    assert rig.busy() == {1: "a"}
+    # 9 s after this late start, not 1020 (the next point of its old grid, 6 s after it)
+    assert rig.master.dispatcher.scripts["a"].next_due == 1023.0
+    rig.done(1)
+    rig.at(1023.2)  # on time (0.2 s late): the new grid is kept
+    assert rig.busy() == {1: "a"}
+    assert rig.master.dispatcher.scripts["a"].next_due == 1033.0
+
+
 def test_a_sync_script_asks_its_lease_first_and_runs_only_on_a_grant() -> None:
     rig = Rig([spec("s", period=20, sync=True)], n_proc=1)
     rig.start_workers()
