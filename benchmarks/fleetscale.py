@@ -1,9 +1,9 @@
 """The fleet part of benchmarks/scale.py: K masters (n_proc 1 each) on one throwaway
 PostgreSQL sharing sync scripts of period 10 s. Grants per second, lease statements per
 grant across the fleet by kind (from the server's statement log), duplicate and overlapping
-runs (from the history; grants in one period of the grid, from a log of grants the database
-keeps by trigger), sync dispatch delay of the runs in the window (from the masters'
-per-run log lines), history rows written per grant.
+runs (from the history; grants closer than the period less the tolerance, from a log of
+grants the database keeps by trigger), sync dispatch delay of the runs in the window (from
+the masters' per-run log lines), history rows written per grant.
 
 ``decide_per_grant`` counts what it takes the fleet to decide who runs a period: grant
 statements (won or lost), the loser's read and the bulk reads of the lease table that let

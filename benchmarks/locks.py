@@ -13,7 +13,7 @@ all of period 1 s, and prints:
   per grant: those that decide who runs a period, and with the releases and renewals;
 - dispatch delay, main() called minus due time, p50/p99, of sync and of non-sync runs
   (from the masters' per-run log lines), the difference being what a lease costs;
-- duplicate grants (two in one period of a script's grid, from a log of the grants the
+- duplicate grants (closer than the period less the tolerance, from a log of the grants the
   database keeps by trigger) and overlapping runs of sync scripts (one starting before the
   previous ended, from history): must be 0.
 """
@@ -80,7 +80,8 @@ def one(k: int, seconds: float, count_statements: bool = True) -> None:
         if values:
             print(f"  dispatch delay ms, {kind}: p50 {statistics.median(values):.2f}"
                   f"  p99 {pct(values, 99):.2f}  ({len(values)} runs)")
-    print(f"  grants in one period of the grid: {duplicates}; overlapping sync runs: {overlaps}"
+    print(f"  grants too close (under period - tolerance): {duplicates};"
+          f" overlapping sync runs: {overlaps}"
           f" (smallest start-to-start gap {smallest * 1000:.1f} ms)")
 
 

@@ -1,6 +1,6 @@
 """What benchmarks/locks.py and benchmarks/fleetscale.py share: K masters on one throwaway
 PostgreSQL (tests/pg.py) with its statement log on, the lease statements counted by kind,
-grants in one period of a script's grid (logged by trigger) and overlapping sync runs
+grants closer than the period less the tolerance (logged by trigger) and overlapping sync runs
 (from the history).
 
     with pg_fleet(k, scripts, n_proc=1, extra=(...)) as fleet:
@@ -27,6 +27,8 @@ from typing import Any
 
 from pg import PgCluster, url_text
 from scale import env, start_master, stop_all, write_config
+
+from pandaserver.db.servertime import due_tolerance
 
 # kinds of statements the lease path sends, by how each starts (see db/leases.py)
 KINDS = (
@@ -94,17 +96,17 @@ def bad_runs(rows: list[tuple[Any, ...]]) -> tuple[int, float]:
 
 
 def grid_duplicates(rows: list[tuple[Any, ...]], period: float) -> int:
-    """Grants in a period of the grid that already had one, from (name, microseconds since
-    the script's first grant) rows of ``GRANT_LOG``. The grid is counted due to due, so a
-    late grant may be followed by an on-time one less than a period later: no duplicate;
-    two grants in one period are."""
-    step = round(period * 1_000_000)
-    seen: set[tuple[str, int]] = set()
+    """Grants closer to the script's previous grant than the period less the tolerance
+    (``due_tolerance``: docs/scheduling.md), from (name, microseconds since the script's
+    first grant) rows of ``GRANT_LOG`` in order. A grant on time keeps the grid, a late one
+    counts the period from itself: either way the next is never closer than that."""
+    floor = round((period - due_tolerance(period)) * 1_000_000)
+    previous: dict[str, int] = {}
     duplicates = 0
     for name, since in rows:
-        cell = (str(name), int(since) // step)
-        duplicates += cell in seen
-        seen.add(cell)
+        key, at = str(name), int(since)
+        duplicates += key in previous and at - previous[key] < floor
+        previous[key] = at
     return duplicates
 
 
@@ -129,7 +131,7 @@ class PgFleet:
         return admin(self.cluster, self.dbname, sql)
 
     def duplicates(self, period: float) -> int:
-        """Grants in one period of a script's grid (must be 0), from ``GRANT_LOG``."""
+        """Grants closer than the period less the tolerance (must be 0), from ``GRANT_LOG``."""
         return grid_duplicates(self.query(
             "SELECT name, CAST(EXTRACT(EPOCH FROM at - min(at) OVER (PARTITION BY name))"
             " * 1000000 AS BIGINT) FROM bench_grant ORDER BY name, at"), period)
