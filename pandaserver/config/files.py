@@ -111,8 +111,19 @@ def _read_ini(parser: configparser.ConfigParser, path: Path) -> None:
     try:
         with path.open(encoding="utf-8") as handle:
             parser.read_file(handle, source=str(path))
+    except configparser.MissingSectionHeaderError as exc:
+        raise ConfigError([f"{path}: cannot parse: line {exc.lineno} comes before any"
+                           " [section] header (the line is not shown: it may hold a secret);"
+                           " start the file with a section such as [daemon]"]) from None
+    except configparser.ParsingError as exc:
+        numbers = [str(number) for number, _ in exc.errors]
+        which = (f"line {numbers[0]} is" if len(numbers) == 1
+                 else f"lines {', '.join(numbers)} are")
+        raise ConfigError([f"{path}: cannot parse: {which} not 'key = value' (nor a [section],"
+                           " a comment or an indented continuation; not shown: it may hold a"
+                           " secret); write each setting as 'key = value'"]) from None
     except (configparser.Error, UnicodeDecodeError, OSError) as exc:
-        raise ConfigError([f"{path}: cannot parse: {exc}"]) from exc
+        raise ConfigError([f"{path}: cannot parse: {exc}"]) from None
 
 
 def read_parser(path: Path) -> configparser.ConfigParser:

@@ -10,7 +10,12 @@ the service's log files). Three things are hidden:
 2. the userinfo of anything shaped like a URL (``scheme://user:PASSWORD@host`` keeps the
    user, ``scheme://TOKEN@host`` loses all of it), up to the last ``@`` of the address, so
    a password holding ``@`` or ``/`` is hidden whole;
-3. ``name=value``, ``name: value`` and ``"name": "value"`` where the name suggests a secret.
+3. ``name=value``, ``name: value``, ``"name": "value"`` and ``--name value`` where the
+   name suggests a secret.
+
+It hides nothing else: a path like ``db-secret.cfg: cannot parse`` keeps its words, a
+quote closing ``"--password=..."`` stays, and the user of a database URL without a
+password (``postgresql://postgres@host/db``) is a user name, not a token.
 """
 
 from __future__ import annotations
@@ -25,17 +30,30 @@ from urllib.parse import quote
 
 MASK = "***"
 
-# A key whose name suggests a secret: its value is never shown.
-SECRET_NAME = re.compile(r"pass|pwd|secret|token|key|credential", re.IGNORECASE)
+# A key whose name suggests a secret: its value is never shown ("pw" only as a word of
+# the name, as in db_pw: inside a word it is too common).
+SECRET_NAME = re.compile(r"pass|pwd|secret|token|key|credential|(?<![a-z])pw(?![a-z])",
+                         re.IGNORECASE)
 # Inside free text, "key" alone is too common a word ("key 'n_proc'"): only these forms.
-_SECRET_WORD = (r"[\w.\-]*(?:pass|pwd|secret|token|credential|api_?key|private_?key"
-                r"|access_?key)[\w.\-]*")
-_VALUE = r"(?P<value>\"[^\"]*\"|'[^']*'|[^\s,;}\]]+)"
-# name=value and name: value (an unquoted name), "name": value (JSON). A name in single
-# quotes followed by ":" is panda-daemon's own "key 'x': message" form, never a value.
+_SECRET_STEM = r"(?:pass|pwd|secret|token|credential|api_?key|private_?key|access_?key)"
+_SECRET_WORD = r"[\w.\-]*" + _SECRET_STEM + r"[\w.\-]*"
+# before "name:" (a colon is also how messages start: "FILE: cannot parse"), no dot: a
+# file name like db-secret.cfg is not a name
+_SECRET_LABEL = r"[\w\-]*" + _SECRET_STEM + r"[\w\-]*"
+# a name starts a token: not inside a path or a longer word
+_START = r"(?<![\w.\-/\\])"
+# an unquoted value ends at a space, a separator or a quote (the quote is not its own)
+_VALUE = r"(?P<value>\"[^\"]*\"|'[^']*'|[^\s,;}\]\"'<>]+)"
+# name=value and name: value (an unquoted name), "name": value (JSON), and a command-line
+# option followed by its value (--password VALUE). A name in single quotes followed by ":"
+# is panda-daemon's own "key 'x': message" form, never a value.
 _NAMED_VALUE = re.compile(
-    r"(?i)(?P<name>(?:\"" + _SECRET_WORD + r"\"\s*:|\b" + _SECRET_WORD + r"\s*[=:])\s*)"
-    + _VALUE)
+    r"(?i)(?P<name>(?:\"" + _SECRET_WORD + r"\"\s*:|" + _START + _SECRET_WORD + r"\s*="
+    + r"|" + _START + _SECRET_LABEL + r"\s*:|(?<![\w\-])--?" + _SECRET_WORD + r"[ \t]+(?=[^\s\-]))"
+    + r"\s*)" + _VALUE)
+# Database URLs: a userinfo without ":" is a user name, not a token.
+_DB_SCHEMES = {"postgresql", "postgres", "pgsql", "mysql", "mariadb", "sqlite", "oracle",
+               "mssql", "cockroachdb"}
 # scheme://userinfo@ : the userinfo runs to the last "@" before a space or quote.
 _USERINFO = re.compile(
     r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<info>[^\s\"'<>@]*(?:@[^\s\"'<>@]*)*)@")
@@ -65,6 +83,24 @@ def register(value: str | None) -> None:
         _secrets.update(form for form in forms if len(form) >= MIN_SECRET_LENGTH)
 
 
+def option_values(arguments: Iterable[object]) -> list[str]:
+    """The values of secret-named options in a command line: ``--password VALUE`` (the
+    item after the option) and ``--password=VALUE``."""
+    found: list[str] = []
+    items = [str(item) for item in arguments]
+    for index, item in enumerate(items):
+        if not item.startswith("-"):
+            continue
+        name, equals, value = item.partition("=")
+        if not is_secret_name(name.lstrip("-")):
+            continue
+        if equals:
+            found.append(value)
+        elif index + 1 < len(items) and not items[index + 1].startswith("-"):
+            found.append(items[index + 1])
+    return found
+
+
 def forget_all() -> None:
     """Forget every registered secret (for tests that load many configurations)."""
     with _lock:
@@ -84,7 +120,14 @@ def url_password(text: str) -> str | None:
         return None
     info = match.group("info")
     user, colon, password = info.partition(":")
-    return password if colon else (user or None)
+    if colon:
+        return password or None
+    return None if _is_database(match.group("scheme")) else (user or None)
+
+
+def _is_database(scheme: str) -> bool:
+    """``postgresql+psycopg2://`` and the like: their userinfo names a user first."""
+    return scheme[:-3].split("+", 1)[0].lower() in _DB_SCHEMES
 
 
 def url_secrets(text: str) -> list[str]:
@@ -109,6 +152,8 @@ def _mask_userinfo(match: re.Match[str]) -> str:
     user, colon, _ = info.partition(":")
     if colon and "@" not in user:
         return f"{match.group('scheme')}{user}:{MASK}@"
+    if not colon and "@" not in user and _is_database(match.group("scheme")):
+        return match.group(0)  # a user without a password
     return f"{match.group('scheme')}{MASK}@"
 
 
