@@ -176,6 +176,18 @@ def redact(text: str) -> str:
     return _NAMED_VALUE.sub(_mask_named, text)
 
 
+def redact_data(value: Any) -> Any:
+    """``value`` (JSON-like: dicts, lists, strings, numbers) with every string redacted on
+    its own, names included; the text as a whole is never scanned, so the structure stays."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {redact_data(k): redact_data(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_data(item) for item in value]
+    return value
+
+
 class RedactingFilter(logging.Filter):
     """Rewrites each record's message (and traceback) through ``redact``."""
 
