@@ -139,3 +139,46 @@ def test_secret_names() -> None:
                ("db_pw", "pw", "DB_PW", "dbpasswd", "api_token", "ssh-key"))
     assert not any(secrets.is_secret_name(name) for name in
                    ("n_proc", "upward", "stop_grace", "pwm_rate"))
+
+
+# ----- ${VAR} inside a value -----------------------------------------------------------------
+def test_a_variable_inside_a_value_is_expanded_and_its_password_hidden(tmp_path: Path) -> None:
+    body = daemon({"a": {"period": 60}},
+                  "db_url = postgresql+psycopg2://panda:${PANDA_PW}@db.example/panda")
+    cfg = load_config(str(write(tmp_path, body)), environ={"PANDA_PW": SECRET})
+    assert cfg.daemon.db_url == f"postgresql+psycopg2://panda:{SECRET}@db.example/panda"
+    assert redact(f"cannot connect to {cfg.daemon.db_url} as {SECRET}") == \
+        "cannot connect to postgresql+psycopg2://panda:***@db.example/panda as ***"
+
+
+def test_an_unset_variable_inside_a_value_is_named(tmp_path: Path) -> None:
+    body = daemon({"a": {"period": 60}}, "db_url = postgresql://panda:${PANDA_PW}@db/panda")
+    text = load_problems(write(tmp_path, body))
+    assert "key 'db_url': refers to environment variable $PANDA_PW, which is not set" in text
+
+
+def test_a_bare_dollar_inside_a_value_stays() -> None:
+    from pandaserver.config.files import expand_env
+
+    assert expand_env("postgresql://u:pa$word@h/db", {}) == "postgresql://u:pa$word@h/db"
+    assert expand_env("a${{B}}c$D", {"B": "1", "D": "2"}) == "a1c$D"
+    assert expand_env("$D", {"D": "2"}) == "2"
+
+
+def test_a_refused_password_is_told_from_an_outage() -> None:
+    from pandaserver.db.credentials import credentials_refused
+
+    class Orig(Exception):
+        pass
+
+    class Wrapped(Exception):
+        def __init__(self, orig: BaseException) -> None:
+            super().__init__(str(orig))
+            self.orig = orig
+
+    assert credentials_refused(Wrapped(Orig('connection to server at "h" failed: FATAL: '
+                                            ' password authentication failed for user "u"')))
+    assert credentials_refused(Wrapped(Orig(1045, "Access denied for user 'u'@'h'")))
+    assert credentials_refused(Orig('FATAL:  role "panda_daemon" does not exist'))
+    assert not credentials_refused(Wrapped(Orig("connection refused: is the server running")))
+    assert not credentials_refused(Wrapped(Orig(2003, "Can't connect to MySQL server")))
