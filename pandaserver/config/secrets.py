@@ -35,28 +35,27 @@ MASK = "***"
 SECRET_NAME = re.compile(r"pass|pwd|secret|token|key|credential|(?<![a-z])pw(?![a-z])",
                          re.IGNORECASE)
 # Inside free text, "key" alone is too common a word ("key 'n_proc'"): only these forms.
-_SECRET_STEM = r"(?:pass|pwd|secret|token|credential|api_?key|private_?key|access_?key)"
-_SECRET_WORD = r"[\w.\-]*" + _SECRET_STEM + r"[\w.\-]*"
-# before "name:" (a colon is also how messages start: "FILE: cannot parse"), no dot: a
-# file name like db-secret.cfg is not a name
-_SECRET_LABEL = r"[\w\-]*" + _SECRET_STEM + r"[\w\-]*"
-# a name starts a token: not inside a path or a longer word
-_START = r"(?<![\w.\-/\\])"
+_SECRET_STEM = re.compile(r"pass|pwd|secret|token|credential|api_?key|private_?key|access_?key",
+                          re.IGNORECASE)
+# A name before its value: "name": (JSON), name= , name: (no dot: "db-secret.cfg: cannot
+# parse" names no value) and an option before its value (--password VALUE). A name is taken
+# whole, only where a token starts (not inside a path or a longer word), and tested for a
+# secret word afterwards: each pattern runs in linear time, whatever a script's error holds.
+# A name in single quotes followed by ":" is panda-daemon's own "key 'x': message" form.
+_NAME = re.compile(
+    r"\"(?P<json>[\w.\-]{1,200}+)\"\s*:\s*"
+    r"|(?<![\w.\-/\\])(?P<assign>[\w.\-]++)\s*=\s*"
+    r"|(?<![\w.\-/\\])(?P<label>[\w\-]++)\s*:\s*"
+    r"|(?<![\w\-])(?P<option>--?[\w.\-]++)[ \t]+(?=[^\s\-])")
 # an unquoted value ends at a space, a separator or a quote (the quote is not its own)
-_VALUE = r"(?P<value>\"[^\"]*\"|'[^']*'|[^\s,;}\]\"'<>]+)"
-# name=value and name: value (an unquoted name), "name": value (JSON), and a command-line
-# option followed by its value (--password VALUE). A name in single quotes followed by ":"
-# is panda-daemon's own "key 'x': message" form, never a value.
-_NAMED_VALUE = re.compile(
-    r"(?i)(?P<name>(?:\"" + _SECRET_WORD + r"\"\s*:|" + _START + _SECRET_WORD + r"\s*="
-    + r"|" + _START + _SECRET_LABEL + r"\s*:|(?<![\w\-])--?" + _SECRET_WORD + r"[ \t]+(?=[^\s\-]))"
-    + r"\s*)" + _VALUE)
+_VALUE = re.compile(r"\"[^\"]*\"|'[^']*'|[^\s,;}\]\"'<>]++")
 # Database URLs: a userinfo without ":" is a user name, not a token.
 _DB_SCHEMES = {"postgresql", "postgres", "pgsql", "mysql", "mariadb", "sqlite", "oracle",
                "mssql", "cockroachdb"}
 # scheme://userinfo@ : the userinfo runs to the last "@" before a space or quote.
 _USERINFO = re.compile(
-    r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<info>[^\s\"'<>@]*(?:@[^\s\"'<>@]*)*)@")
+    r"(?P<scheme>(?<![A-Za-z0-9+.\-])[A-Za-z][A-Za-z0-9+.\-]*+://)"
+    r"(?P<info>[^\s\"'<>@]*+(?:@[^\s\"'<>@]*+)*)@")
 
 # Values too common to hide everywhere they appear (booleans, None, tiny values).
 _TRIVIAL = {"true", "false", "none", "null", "yes", "no", "fixme", "changeme", ""}
@@ -157,12 +156,27 @@ def _mask_userinfo(match: re.Match[str]) -> str:
     return f"{match.group('scheme')}{MASK}@"
 
 
-def _mask_named(match: re.Match[str]) -> str:
-    value = match.group("value")
-    if value.strip("\"'") == MASK:
-        return match.group(0)
-    quote_char = value[0] if value[:1] in ("'", '"') else ""
-    return f"{match.group('name')}{quote_char}{MASK}{quote_char}"
+def _mask_named(text: str) -> str:
+    """``text`` with the value after each secret-named name (see ``_NAME``) masked."""
+    parts: list[str] = []
+    pos = done = 0
+    while (found := _NAME.search(text, pos)) is not None:
+        pos = found.end()
+        name = next(group for group in found.group("json", "assign", "label", "option")
+                    if group)
+        if _SECRET_STEM.search(name) is None:
+            continue  # its value is read on: it may be "name=value" itself
+        value = _VALUE.match(text, pos)
+        if value is None:
+            continue
+        raw = value.group(0)
+        if raw.strip("\"'") != MASK:
+            quote_char = raw[0] if raw[:1] in ("'", '"') else ""
+            parts += [text[done:pos], quote_char, MASK, quote_char]
+            done = value.end()
+        pos = value.end()
+    parts.append(text[done:])
+    return "".join(parts)
 
 
 def redact(text: str) -> str:
@@ -173,7 +187,7 @@ def redact(text: str) -> str:
         if secret in text:
             text = text.replace(secret, MASK)
     text = _USERINFO.sub(_mask_userinfo, text)
-    return _NAMED_VALUE.sub(_mask_named, text)
+    return _mask_named(text)
 
 
 def redact_data(value: Any) -> Any:
