@@ -7,8 +7,9 @@ every secret it reads (``pandaserver.config.secrets``), so no message shows one.
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +66,27 @@ def _register_secrets(sections: Mapping[str, Mapping[str, str]],
                 secrets.register(value)
             for secret in secrets.url_secrets(value):
                 secrets.register(secret)
+            if key == "config":
+                for arguments in _lists(value):
+                    for secret in secrets.option_values(arguments):
+                        secrets.register(secret)
+
+
+def _lists(config: str) -> Iterator[list[object]]:
+    """Every JSON list in the ``config`` value (the scripts' arguments, and a mistyped
+    key's list): a ``--password VALUE`` in any of them is a secret."""
+    try:
+        data = json.loads(config)
+    except ValueError:
+        return
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            yield item
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
 
 
 def load_config(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> PandaConfig:

@@ -10,7 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from pandaserver.config.files import expand_env, key_line_numbers
-from pandaserver.config.problems import ConfigProblem, did_you_mean, shown_seconds, shown_value
+from pandaserver.config.problems import (
+    ConfigProblem,
+    did_you_mean,
+    masked_json_line,
+    shown_seconds,
+    shown_value,
+)
 from pandaserver.config.scripts import MODULE_RE, DaemonSpec, parse_script
 
 # PanDA's own parser (pandacommon's LiveConfigParser.expand_values) turns exactly "True" and
@@ -382,4 +388,4 @@ def _json_error(path: Path, text: str, exc: json.JSONDecodeError) -> str:
         column += len(raw) - len(raw.lstrip())
     else:
         column += raw.index("=") + 1 + (len(raw.split("=", 1)[1]) - len(raw.split("=", 1)[1].lstrip()))
-    return f"{message} (file line {file_line}, column {column}: {raw.strip()!r})"
+    return f"{message} (file line {file_line}, column {column}: {masked_json_line(raw.strip())!r})"

@@ -5,7 +5,8 @@ later file's key replacing an earlier one's (PanDA's ``LiveConfigParser.read``);
 JSON override ``$PANDA_HOME/etc/config_json/panda_server_config.json`` replaces keys of
 the sections it names (PanDA's ``config_utils.load_config_map``). ``-c FILE`` reads FILE
 alone; ``-c A:B:C`` reads those in that order (a ``.json`` one as an override): the master
-hands its workers the list it read, so they see what it saw.
+hands its workers the list it read, so they see what it saw. ``expand_env`` reads
+``$VAR`` values and ``${VAR}`` inside values from the environment.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ JSON_OVERRIDE = Path("etc") / "config_json" / "panda_server_config.json"
 
 _ENV_VALUE = re.compile(
     r"^\$(?:\{\{(?P<double>[A-Za-z_]\w*)\}\}|\{(?P<braced>[A-Za-z_]\w*)\}|(?P<plain>[A-Za-z_]\w*))$")
+_ENV_INSIDE = re.compile(r"\$(?:\{\{(?P<double>[A-Za-z_]\w*)\}\}|\{(?P<braced>[A-Za-z_]\w*)\})")
 
 
 def _env(environ: Mapping[str, str] | None) -> Mapping[str, str]:
@@ -111,8 +113,19 @@ def _read_ini(parser: configparser.ConfigParser, path: Path) -> None:
     try:
         with path.open(encoding="utf-8") as handle:
             parser.read_file(handle, source=str(path))
+    except configparser.MissingSectionHeaderError as exc:
+        raise ConfigError([f"{path}: cannot parse: line {exc.lineno} comes before any"
+                           " [section] header (the line is not shown: it may hold a secret);"
+                           " start the file with a section such as [daemon]"]) from None
+    except configparser.ParsingError as exc:
+        numbers = [str(number) for number, _ in exc.errors]
+        which = (f"line {numbers[0]} is" if len(numbers) == 1
+                 else f"lines {', '.join(numbers)} are")
+        raise ConfigError([f"{path}: cannot parse: {which} not 'key = value' (nor a [section],"
+                           " a comment or an indented continuation; not shown: it may hold a"
+                           " secret); write each setting as 'key = value'"]) from None
     except (configparser.Error, UnicodeDecodeError, OSError) as exc:
-        raise ConfigError([f"{path}: cannot parse: {exc}"]) from exc
+        raise ConfigError([f"{path}: cannot parse: {exc}"]) from None
 
 
 def read_parser(path: Path) -> configparser.ConfigParser:
@@ -176,15 +189,24 @@ def read_sources(sources: list[Path]) -> RawConfig:
 
 def expand_env(value: str, environ: Mapping[str, str] | None = None) -> str:
     """A value that is exactly ``$VAR``, ``${VAR}`` or ``${{VAR}}`` is read from the
-    environment. Raises KeyError with the variable name when it is unset."""
-    match = _ENV_VALUE.match(value.strip())
-    if match is None:
-        return value
-    name = match.group("double") or match.group("braced") or match.group("plain")
+    environment, and so is every ``${VAR}`` (or ``${{VAR}}``) inside a value, as in
+    ``postgresql+psycopg2://panda:${PASSWORD}@db/panda``. A bare ``$`` inside a value stays
+    (a password may hold one). Raises KeyError with the variable name when it is unset."""
     env = _env(environ)
-    if name not in env:
-        raise KeyError(name)
-    return env[name]
+    match = _ENV_VALUE.match(value.strip())
+    if match is not None:
+        name = match.group("double") or match.group("braced") or match.group("plain")
+        if name not in env:
+            raise KeyError(name)
+        return env[name]
+
+    def variable(found: re.Match[str]) -> str:
+        name = found.group("double") or found.group("braced")
+        if name not in env:
+            raise KeyError(name)
+        return env[name]
+
+    return _ENV_INSIDE.sub(variable, value)
 
 
 def key_line_numbers(path: Path, section: str) -> dict[str, int]:

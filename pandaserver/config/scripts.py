@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pandaserver.config.problems import did_you_mean, shown_seconds
+from pandaserver.config.problems import did_you_mean, shown_json, shown_seconds
 from pandaserver.config.secrets import is_secret_name, redact
 
 Argument = str | int | float
@@ -153,7 +153,7 @@ def parse_script(name: str, entry: object) -> tuple[DaemonSpec | None, list[tupl
         if check is None:
             allowed = ", ".join(sorted(SCRIPT_KEYS))
             shown = ("hidden: its name suggests a secret" if is_secret_name(key)
-                     else _shown(value))
+                     else shown_json(value))
             problems.append(
                 (
                     key,

@@ -10,7 +10,12 @@ the service's log files). Three things are hidden:
 2. the userinfo of anything shaped like a URL (``scheme://user:PASSWORD@host`` keeps the
    user, ``scheme://TOKEN@host`` loses all of it), up to the last ``@`` of the address, so
    a password holding ``@`` or ``/`` is hidden whole;
-3. ``name=value``, ``name: value`` and ``"name": "value"`` where the name suggests a secret.
+3. ``name=value``, ``name: value``, ``"name": "value"`` and ``--name value`` where the
+   name suggests a secret.
+
+It hides nothing else: a path like ``db-secret.cfg: cannot parse`` keeps its words, a
+quote closing ``"--password=..."`` stays, and the user of a database URL without a
+password (``postgresql://postgres@host/db``) is a user name, not a token.
 """
 
 from __future__ import annotations
@@ -25,20 +30,32 @@ from urllib.parse import quote
 
 MASK = "***"
 
-# A key whose name suggests a secret: its value is never shown.
-SECRET_NAME = re.compile(r"pass|pwd|secret|token|key|credential", re.IGNORECASE)
+# A key whose name suggests a secret: its value is never shown ("pw" only as a word of
+# the name, as in db_pw: inside a word it is too common).
+SECRET_NAME = re.compile(r"pass|pwd|secret|token|key|credential|(?<![a-z])pw(?![a-z])",
+                         re.IGNORECASE)
 # Inside free text, "key" alone is too common a word ("key 'n_proc'"): only these forms.
-_SECRET_WORD = (r"[\w.\-]*(?:pass|pwd|secret|token|credential|api_?key|private_?key"
-                r"|access_?key)[\w.\-]*")
-_VALUE = r"(?P<value>\"[^\"]*\"|'[^']*'|[^\s,;}\]]+)"
-# name=value and name: value (an unquoted name), "name": value (JSON). A name in single
-# quotes followed by ":" is panda-daemon's own "key 'x': message" form, never a value.
-_NAMED_VALUE = re.compile(
-    r"(?i)(?P<name>(?:\"" + _SECRET_WORD + r"\"\s*:|\b" + _SECRET_WORD + r"\s*[=:])\s*)"
-    + _VALUE)
+_SECRET_STEM = re.compile(r"pass|pwd|secret|token|credential|api_?key|private_?key|access_?key",
+                          re.IGNORECASE)
+# A name before its value: "name": (JSON), name= , name: (no dot: "db-secret.cfg: cannot
+# parse" names no value) and an option before its value (--password VALUE). A name is taken
+# whole, only where a token starts (not inside a path or a longer word), and tested for a
+# secret word afterwards: each pattern runs in linear time, whatever a script's error holds.
+# A name in single quotes followed by ":" is panda-daemon's own "key 'x': message" form.
+_NAME = re.compile(
+    r"\"(?P<json>[\w.\-]{1,200}+)\"\s*:\s*"
+    r"|(?<![\w.\-/\\])(?P<assign>[\w.\-]++)\s*=\s*"
+    r"|(?<![\w.\-/\\])(?P<label>[\w\-]++)\s*:\s*"
+    r"|(?<![\w\-])(?P<option>--?[\w.\-]++)[ \t]+(?=[^\s\-])")
+# an unquoted value ends at a space, a separator or a quote (the quote is not its own)
+_VALUE = re.compile(r"\"[^\"]*\"|'[^']*'|[^\s,;}\]\"'<>]++")
+# Database URLs: a userinfo without ":" is a user name, not a token.
+_DB_SCHEMES = {"postgresql", "postgres", "pgsql", "mysql", "mariadb", "sqlite", "oracle",
+               "mssql", "cockroachdb"}
 # scheme://userinfo@ : the userinfo runs to the last "@" before a space or quote.
 _USERINFO = re.compile(
-    r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<info>[^\s\"'<>@]*(?:@[^\s\"'<>@]*)*)@")
+    r"(?P<scheme>(?<![A-Za-z0-9+.\-])[A-Za-z][A-Za-z0-9+.\-]*+://)"
+    r"(?P<info>[^\s\"'<>@]*+(?:@[^\s\"'<>@]*+)*)@")
 
 # Values too common to hide everywhere they appear (booleans, None, tiny values).
 _TRIVIAL = {"true", "false", "none", "null", "yes", "no", "fixme", "changeme", ""}
@@ -65,6 +82,24 @@ def register(value: str | None) -> None:
         _secrets.update(form for form in forms if len(form) >= MIN_SECRET_LENGTH)
 
 
+def option_values(arguments: Iterable[object]) -> list[str]:
+    """The values of secret-named options in a command line: ``--password VALUE`` (the
+    item after the option) and ``--password=VALUE``."""
+    found: list[str] = []
+    items = [str(item) for item in arguments]
+    for index, item in enumerate(items):
+        if not item.startswith("-"):
+            continue
+        name, equals, value = item.partition("=")
+        if not is_secret_name(name.lstrip("-")):
+            continue
+        if equals:
+            found.append(value)
+        elif index + 1 < len(items) and not items[index + 1].startswith("-"):
+            found.append(items[index + 1])
+    return found
+
+
 def forget_all() -> None:
     """Forget every registered secret (for tests that load many configurations)."""
     with _lock:
@@ -84,7 +119,14 @@ def url_password(text: str) -> str | None:
         return None
     info = match.group("info")
     user, colon, password = info.partition(":")
-    return password if colon else (user or None)
+    if colon:
+        return password or None
+    return None if _is_database(match.group("scheme")) else (user or None)
+
+
+def _is_database(scheme: str) -> bool:
+    """``postgresql+psycopg2://`` and the like: their userinfo names a user first."""
+    return scheme[:-3].split("+", 1)[0].lower() in _DB_SCHEMES
 
 
 def url_secrets(text: str) -> list[str]:
@@ -109,15 +151,32 @@ def _mask_userinfo(match: re.Match[str]) -> str:
     user, colon, _ = info.partition(":")
     if colon and "@" not in user:
         return f"{match.group('scheme')}{user}:{MASK}@"
+    if not colon and "@" not in user and _is_database(match.group("scheme")):
+        return match.group(0)  # a user without a password
     return f"{match.group('scheme')}{MASK}@"
 
 
-def _mask_named(match: re.Match[str]) -> str:
-    value = match.group("value")
-    if value.strip("\"'") == MASK:
-        return match.group(0)
-    quote_char = value[0] if value[:1] in ("'", '"') else ""
-    return f"{match.group('name')}{quote_char}{MASK}{quote_char}"
+def _mask_named(text: str) -> str:
+    """``text`` with the value after each secret-named name (see ``_NAME``) masked."""
+    parts: list[str] = []
+    pos = done = 0
+    while (found := _NAME.search(text, pos)) is not None:
+        pos = found.end()
+        name = next(group for group in found.group("json", "assign", "label", "option")
+                    if group)
+        if _SECRET_STEM.search(name) is None:
+            continue  # its value is read on: it may be "name=value" itself
+        value = _VALUE.match(text, pos)
+        if value is None:
+            continue
+        raw = value.group(0)
+        if raw.strip("\"'") != MASK:
+            quote_char = raw[0] if raw[:1] in ("'", '"') else ""
+            parts += [text[done:pos], quote_char, MASK, quote_char]
+            done = value.end()
+        pos = value.end()
+    parts.append(text[done:])
+    return "".join(parts)
 
 
 def redact(text: str) -> str:
@@ -128,7 +187,19 @@ def redact(text: str) -> str:
         if secret in text:
             text = text.replace(secret, MASK)
     text = _USERINFO.sub(_mask_userinfo, text)
-    return _NAMED_VALUE.sub(_mask_named, text)
+    return _mask_named(text)
+
+
+def redact_data(value: Any) -> Any:
+    """``value`` (JSON-like: dicts, lists, strings, numbers) with every string redacted on
+    its own, names included; the text as a whole is never scanned, so the structure stays."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {redact_data(k): redact_data(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_data(item) for item in value]
+    return value
 
 
 class RedactingFilter(logging.Filter):

@@ -32,6 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError
 
+from pandaserver.config.secrets import redact
 from pandaserver.db import pruning, runwrites
 from pandaserver.db.servertime import db_now_expr, db_now_plus
 from pandaserver.db.tables import daemon_run
@@ -77,6 +78,9 @@ class RunRecord:
     master_pid: int | None = None
     run_id: int | None = None
 
+    def __post_init__(self) -> None:
+        _redact_error(self)
+
     def aged(self, seconds: float) -> RunRecord:
         """The same run, written ``seconds`` later."""
         return replace(self, ended_ago=self.ended_ago + max(0.0, seconds))
@@ -113,6 +117,9 @@ class RunEnd:
     error: str | None = None
     ended_ago: float = 0.0
 
+    def __post_init__(self) -> None:
+        _redact_error(self)
+
     def aged(self, seconds: float) -> RunEnd:
         return replace(self, ended_ago=self.ended_ago + max(0.0, seconds))
 
@@ -132,6 +139,9 @@ class RunRow:
     master_id: str | None = None
     master_pid: int | None = None
     run_id: int | None = None
+
+    def __post_init__(self) -> None:  # a row written raw by an older version
+        _redact_error(self)
 
     @property
     def duration(self) -> float | None:
@@ -154,7 +164,19 @@ def _check_seconds(what: str, value: float) -> None:
         raise ValueError(f"{what} must be a finite number of seconds >= 0, got: {value!r}")
 
 
+def _redact_error(item: RunRecord | RunEnd | RunRow) -> None:
+    """A run's error text is a script's exception: it may quote a secret of the
+    configuration. It is redacted when a record is made (so neither the spool file nor the
+    database ever holds it) and when a row is read (rows written before this rule)."""
+    if item.error:
+        object.__setattr__(item, "error", redact(item.error))
+
+
 def _clip(error: str | None) -> str | None:
+    """The error as stored: redacted (again: ``record_end`` takes a bare text), then cut to
+    its last ``MAX_ERROR_CHARS`` characters (after, so no cut leaves half a secret)."""
+    if error:
+        error = redact(error)
     if error is None or len(error) <= MAX_ERROR_CHARS:
         return error
     cut = len(error) - MAX_ERROR_CHARS

@@ -112,6 +112,7 @@ def _connect(url: object, place: str) -> list[Finding]:
     from sqlalchemy import URL
     from sqlalchemy.exc import SQLAlchemyError
 
+    from pandaserver.db.credentials import credentials_refused
     from pandaserver.db.engine import describe_db_error, engine_from_url
     from pandaserver.db.schema import SchemaError, check_schema
 
@@ -127,6 +128,13 @@ def _connect(url: object, place: str) -> list[Finding]:
             return []  # a private SQLite file is upgraded at start
         return [(ERROR, f"{place}: {exc}", exitcodes.RET_SCHEMA)]
     except SQLAlchemyError as exc:
+        if credentials_refused(exc):
+            return [(ERROR, f"{place}: the database refused the credentials:"
+                            f" {describe_db_error(exc, url)}; this is the configuration, not an"
+                            " outage: run and start refuse it too (exit"
+                            f" {exitcodes.RET_CONFIG}); fix the user or password (a ${{VAR}} in"
+                            " the value: is the variable set, to the right value, where the"
+                            " daemon starts?)", exitcodes.RET_CONFIG)]
         return [(ERROR, f"{place}: cannot connect: {describe_db_error(exc, url)}",
                  exitcodes.RET_DATABASE)]
     finally:

@@ -33,7 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.exc import SQLAlchemyError
 
 from pandaserver.config import PandaConfig
-from pandaserver.config.secrets import redact
+from pandaserver.config.secrets import redact, redact_data
 from pandaserver.db.engine import DatabaseConfigError, describe_db_error
 from pandaserver.db.schema import SchemaError
 from pandaserver.web import pages
@@ -75,7 +75,7 @@ class Response:
 
 
 def _json(data: Any, status: str = "200 OK") -> Response:
-    body = json.dumps(jsonable(data), indent=1, sort_keys=True).encode("utf-8")
+    body = json.dumps(redact_data(jsonable(data)), indent=1, sort_keys=True).encode("utf-8")
     return Response(status, body, "application/json", [("Cache-Control", "no-store")])
 
 

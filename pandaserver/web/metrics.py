@@ -18,6 +18,7 @@ The history's families, most of the page's lines, are written straight from thos
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -37,6 +38,7 @@ from prometheus_client.utils import floatToGoString
 from sqlalchemy import ColumnElement, Connection, case, func, literal, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from pandaserver.config.secrets import redact
 from pandaserver.db.history import FAILED, OK, RUNNING, SKIPPED, TIMEOUT
 from pandaserver.db.servertime import db_now, seconds_between
 from pandaserver.db.tables import daemon_run
@@ -161,7 +163,7 @@ class FleetCollector(Collector):
         return Scrape(overview, sums, self.db_errors, overview.local)
 
     def collect(self) -> Iterator[Metric]:
-        yield from self.families(self.read())
+        yield from _redacted(self.families(self.read()))
 
     def families(self, scrape: Scrape) -> Iterator[Metric]:
         yield from _head_metrics(scrape)
@@ -196,7 +198,15 @@ class _Families(Collector):
         self._families = families
 
     def collect(self) -> Iterable[Metric]:
-        return self._families
+        return _redacted(self._families)
+
+
+def _redacted(families: Iterable[Metric]) -> Iterator[Metric]:
+    """The families with every label value redacted."""
+    for family in families:
+        family.samples = [sample._replace(labels={k: _clean(v) for k, v in sample.labels.items()})
+                          for sample in family.samples]
+        yield family
 
 
 def _head_metrics(scrape: Scrape) -> Iterator[Metric]:
@@ -216,7 +226,14 @@ def _go(value: float) -> str:
     return str(floatToGoString(value))  # type: ignore[no-untyped-call]
 
 
+@functools.lru_cache(maxsize=4096)
+def _clean(value: str) -> str:
+    """A label value as shown: redacted (cached: a scrape repeats the same few values)."""
+    return redact(value)
+
+
 def _label(value: str) -> str:
+    value = _clean(value)
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
 
 

@@ -9,6 +9,7 @@ from html import escape
 from urllib.parse import quote
 
 from pandaserver import __version__
+from pandaserver.config.secrets import redact
 from pandaserver.db.history import SKIPPED, RunRow
 from pandaserver.fmt import offset, relative, span, when
 from pandaserver.web.fleetview import Overview, ScriptDetail
@@ -21,7 +22,8 @@ SKEW_WARN = 1.0  # seconds of clock offset worth a highlight
 
 
 def _e(value: object) -> str:
-    return escape(str(value))
+    """Every value a page shows: redacted, then escaped."""
+    return escape(redact(str(value)))
 
 
 def _cls(*names: str | None) -> str:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from html import escape
+from html import escape as _escape
 
+from pandaserver.config.secrets import redact
 from pandaserver.db.history import RUNNING, SKIPPED, RunRow
 
 WIDTH = 960
@@ -27,6 +28,11 @@ MIN_SPAN = 10.0  # seconds shown at least
 PAD = 0.03  # of the span, before the first run
 NICE_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600,
               43200, 86400, 172800, 604800)
+
+
+def escape(value: str) -> str:
+    """Every text the timeline shows (tooltips, lanes, labels): redacted, then escaped."""
+    return _escape(redact(value))
 
 
 def _fmt_tick(t: float, span: float) -> str:

@@ -158,6 +158,25 @@ def test_the_workers_log_lines_hide_the_configurations_secrets(tmp_path: Path) -
     assert SECRET not in log
 
 
+def test_a_positional_password_argument_is_hidden_in_the_scripts_labelled_output(
+        tmp_path: Path) -> None:
+    """``--password VALUE`` in a script's arguments: the value is a secret wherever the
+    script prints, logs or writes it (its fd 2 too), and in check-config's table."""
+    cfg = write_config(tmp_path, {"echo": {"module": "echo", "period": 60,
+                                           "arguments": ["--password", SECRET, "--verbose"]}})
+    check = cli(tmp_path, "-c", str(cfg), "check-config")
+    assert check.returncode == 0, check.stdout
+    assert "--password *** --verbose" in check.stdout
+    with running_master(cfg, tmp_path) as master:
+        master.wait_events(1, "end", "echo")
+        master.wait_log("echo writes")
+        assert master.stop() == 0
+    log = master.log()
+    for verb in ("says", "logs", "writes"):
+        assert f"echo {verb} --password *** --verbose" in log, log
+    assert SECRET not in log + check.stdout + check.stderr
+
+
 def test_fleet_says_sync_leases_are_local_to_this_host(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, {"shared": {"module": "record", "period": 60, "sync": True}})
     assert cli(tmp_path, "-c", str(cfg), "db", "upgrade").returncode == 0

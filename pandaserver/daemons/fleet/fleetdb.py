@@ -43,6 +43,7 @@ from pandaserver.daemons.fleet.history_spool import Spool, spool_path
 from pandaserver.daemons.fleet.lanes import Completions, ConnectionTracker, Lane, Op
 from pandaserver.daemons.fleet.pruner import PruneSchedule
 from pandaserver.db import history as dbhistory
+from pandaserver.db.credentials import credentials_refused
 from pandaserver.db.engine import (
     DatabaseConfigError,
     default_state_dir,
@@ -366,6 +367,10 @@ def open_fleet(cfg: PandaConfig, server: str, clock: Clock, member: bool = True)
         fleet.schema_ok = True
     elif isinstance(error, SchemaError):
         raise StartupError(exitcodes.RET_SCHEMA, str(error)) from None
+    elif isinstance(error, SQLAlchemyError) and credentials_refused(error):
+        raise StartupError(exitcodes.RET_CONFIG, "the database refused the credentials:"
+                           f" {describe_db_error(error, engine.url)}; fix the user or password"
+                           " of the configuration (not an outage: retrying would not heal it)")
     elif isinstance(error, SQLAlchemyError | TimeoutError):
         fleet._down(clock.monotonic(), error)
     else:
