@@ -78,7 +78,7 @@ def test_fleet_check_critical_for_a_stale_script_warning_for_config_mismatch(
                          and r, 30, "fleet --check to report the stale script")
         lines = check.stdout.splitlines()
         assert lines[0].startswith("CRITICAL: 1 stale, 0 late of 2 scripts")
-        assert "stale: broken (no successful run anywhere for ever, limit 3 x 400ms)" in lines
+        assert "stale: broken (never a successful run anywhere, limit 3 x 400ms)" in lines
         assert {"config differs: a", "config differs: b"} <= {line.split(" (")[0]
                                                               for line in lines}
         relaxed = cli(cfg_a, "fleet", "--check", "--stale-factor", "1000")
@@ -89,6 +89,16 @@ def test_fleet_check_critical_for_a_stale_script_warning_for_config_mismatch(
         assert cli(cfg_a, "fleet", "--check").returncode == WARNING
         bad = cli(cfg_a, "fleet", "--check", "--stale-factor", "0.5")
         assert bad.returncode == 2 and "--stale-factor" in bad.stderr  # argparse: usage error
+        # paused fleet-wide, "broken" is expected not to run: not stale, and said so
+        cfg_a.write_text(section.replace("stale_factor = 1000", "stale_factor = 3"))
+        paused = cli(cfg_a, "pause", "broken")
+        assert paused.returncode == 0, paused.stdout + paused.stderr
+        check = cli(cfg_a, "fleet", "--check")
+        assert check.returncode == WARNING, check.stdout  # the config mismatch only
+        lines = check.stdout.splitlines()
+        assert lines[0].startswith("WARNING: 0 stale, 0 late, 1 paused of 2 scripts"), lines
+        assert "paused: broken (fleet-wide; not judged stale or late)" in lines
+        assert not [line for line in lines if line.startswith("stale:")]
 
 
 def test_fleet_check_unknown_when_the_database_cannot_be_read(tmp_path: Path) -> None:
