@@ -155,3 +155,32 @@ def test_logs_shows_one_scripts_records_from_the_worker_log(tmp_path: Path) -> N
             os.kill(pid, signal.SIGKILL)
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert not pid_alive(pid)
+
+
+def test_operator_commands_refuse_a_server_the_fleet_never_saw_and_say_where_they_act(
+        tmp_path: Path) -> None:
+    url = URL.create("sqlite", database=str(tmp_path / "fleet.sqlite"))
+    cfg = write_config(tmp_path, {"tick": {"module": "record", "period": 0.5}},
+                       db_url=str(url), heartbeat_interval=1)
+    with running_master(cfg, tmp_path, server="alpha") as master:
+        wait_for(lambda: "alpha" in cli(cfg, "fleet").stdout, 30, "alpha's heartbeat")
+        for argv in (["pause", "tick", "--server", "alpah"], ["drain", "alpah"],
+                     ["run-now", "tick", "--server", "alpah"]):
+            typo = cli(cfg, *argv)
+            assert typo.returncode == 2, typo.stdout + typo.stderr
+            assert ("no server 'alpah' has ever run on this database (did you mean"
+                    ' "alpha"?); known servers: alpha. Nothing was recorded') in typo.stderr
+        listing = cli(cfg, "commands").stdout  # no command recorded, no hold left behind
+        assert "in force: nothing paused or drained" in listing and "alpah" not in listing
+        forced = cli(cfg, "pause", "tick", "--server", "newbox", "--force")
+        assert forced.returncode == 0, forced.stderr
+        assert "no new run of it starts on newbox" in forced.stdout
+        assert "note: newbox is not live now; it acts when it runs again" in forced.stdout
+        fleet_wide = cli(cfg, "pause", "tick")
+        assert "no new run of it starts on any server; a run in progress finishes" in (
+            fleet_wide.stdout)
+        extra = cli(cfg, "run-now", "tick")
+        assert "one extra run, on the first server that takes it\n" in extra.stdout
+        on_alpha = cli(cfg, "resume", "tick", "--server", "alpha")
+        assert on_alpha.returncode == 0 and "it is scheduled again on alpha" in on_alpha.stdout
+        assert master.stop() == 0
