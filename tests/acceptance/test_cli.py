@@ -220,3 +220,25 @@ def test_a_bad_diagnostic_knob_refuses_the_start(tmp_path: Path) -> None:
         result = cli(tmp_path, "-c", str(cfg), "run", env=env)
         assert result.returncode == 2 and f"cannot start: {message}" in result.stderr
         assert not (tmp_path / "record.jsonl").exists()
+
+
+def test_status_reports_a_master_started_with_run(tmp_path: Path) -> None:
+    """`run` holds no pid file, but writes its status file: `status` finds it there (exit
+    0, as for a running service) and says how to stop it."""
+    cfg = write_config(tmp_path, {"tick": {"module": "record", "period": 60}})
+    pidfile = str(tmp_path / "run" / "panda-daemon.pid")
+    before = cli(tmp_path, "-c", str(cfg), "status", "--pidfile", pidfile)
+    assert before.returncode == 3 and "not running (no pid file" in before.stdout
+    with running_master(cfg, tmp_path, server="fg") as master:
+        master.wait_events(1, "end", "tick")
+        shown = wait_for(lambda: (r := cli(tmp_path, "-c", str(cfg), "status", "--pidfile",
+                                           pidfile)).returncode == 0 and r, 15,
+                         "status to find the foreground master")
+        assert (f"running in the foreground (started with `run`, so it holds no pid file;"
+                f" {pidfile} is not its): master pid {master.proc.pid}, server fg") in (
+            shown.stdout), shown.stdout
+        assert f"kill -TERM {master.proc.pid}" in shown.stdout
+        assert "master fg" in shown.stdout and "tick" in shown.stdout
+        assert master.stop() == 0
+    after = cli(tmp_path, "-c", str(cfg), "status", "--pidfile", pidfile)
+    assert after.returncode == 3, after.stdout
