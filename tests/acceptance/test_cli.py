@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -242,3 +243,16 @@ def test_status_reports_a_master_started_with_run(tmp_path: Path) -> None:
         assert master.stop() == 0
     after = cli(tmp_path, "-c", str(cfg), "status", "--pidfile", pidfile)
     assert after.returncode == 3, after.stdout
+
+
+def test_a_commands_own_log_records_name_the_command_not_a_master(tmp_path: Path) -> None:
+    cfg = tmp_path / "broken.cfg"
+    cfg.write_text("[daemon\n")
+    checked = cli(tmp_path, "-c", str(cfg), "check-config")
+    assert checked.returncode == 2
+    assert re.search(r" ERROR check-config pid \d+ panda\.cli: .*cannot parse", checked.stderr), (
+        checked.stderr)
+    assert "master pid" not in checked.stderr
+    run = cli(tmp_path, "-c", str(cfg), "run")  # a master's records say master
+    assert run.returncode == 2
+    assert re.search(r" ERROR master pid \d+ panda\.cli: .*cannot parse", run.stderr), run.stderr
