@@ -463,3 +463,20 @@ def test_a_bad_module_map_is_a_usage_error_naming_its_line(tmp_path: Path) -> No
     status, out, err = cli(["--module-map", str(path)], ADD)
     assert (status, out) == (RET_CONFIG, "")
     assert f"{path}:2: error: expected 'name = module'" in err
+
+
+@pytest.mark.parametrize(("line", "options", "reason"), [
+    ("@yearly /opt/bin/job", Options(), "a period of 365d 6h (31557600 s), longer than"),
+    ("0 0 29 2 * /opt/bin/job", Options(), "a period of 1461d (126230400 s), longer than"),
+    ("0 0 29 2 * /opt/bin/job", Options(servers=4), "(31557600 s) shared by 4 servers"),
+    ("* * * * * /opt/bin/job", Options(servers=2000, sync=frozenset({"job"})),
+     "a period of 0.03 s shared by 2000 servers, shorter than the daemon's shortest, 0.1 s"),
+])
+def test_a_period_the_config_refuses_is_not_converted(line: str, options: Options,
+                                                      reason: str) -> None:
+    entries, notes = converted([line], options)
+    assert entries == {}
+    assert len(notes) == 1 and "crontab:1: error: the schedule" in notes[0], notes
+    assert reason in notes[0] and "not converted" in notes[0]
+    # within the bounds: converted, as check-config accepts it (8 servers: 182 d 15 h)
+    assert "job" in converted(["0 0 29 2 * /opt/bin/job"], Options(servers=8))[0]
