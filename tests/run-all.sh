@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 # System packages the tests use: PostgreSQL and MariaDB server binaries (the tests start
 # their own servers), Chromium (the web page tests), logrotate (the shipped logrotate
-# config's test), faketime (libfaketime: masters whose wall clocks really disagree).
+# config's test), faketime (libfaketime: masters whose wall clocks really disagree), prometheus
+# (promtool: the shipped alert rules' check and unit tests).
 missing=""
 command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
     || missing="$missing postgresql"
@@ -15,6 +16,7 @@ command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || missing="$mi
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || missing="$missing logrotate"
 command -v faketime >/dev/null 2>&1 || missing="$missing faketime"
+command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
 if [ -n "$missing" ]; then
     echo "== installing with apt-get:$missing"
     SUDO=""

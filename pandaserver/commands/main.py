@@ -95,14 +95,26 @@ def _add_optional_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
     add_control_subcommands(sub)
 
 
-def setup_logging(level: str) -> None:
+# the commands whose process is (or becomes) a master; any other command's records name it
+MASTER_COMMANDS = frozenset({"run", "start", "restart", "run-once"})
+
+
+def log_format(command: str | None) -> str:
+    """The master's record format for a master; for another command (``check-config``,
+    ``fleet`` ...), the same with the command's name where the master's says ``master``."""
+    if command is None or command in MASTER_COMMANDS:
+        return MASTER_LOG_FORMAT
+    return MASTER_LOG_FORMAT.replace("master pid", f"{command} pid", 1)
+
+
+def setup_logging(level: str, command: str | None = None) -> None:
     """Records go to stderr, each line one write; a line that cannot be written is dropped
     and counted (``logsink.MASTER``, shown by ``status``), never raised."""
     from pandaserver.config.secrets import redact_handler
     from pandaserver.daemons.base.logsink import MASTER, SafeHandler
 
     handler = redact_handler(SafeHandler(stream="stderr", counter=MASTER))
-    handler.setFormatter(logging.Formatter(MASTER_LOG_FORMAT))
+    handler.setFormatter(logging.Formatter(log_format(command)))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -214,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pandaserver.config.secrets import redact_std_streams
 
     redact_std_streams()  # no secret leaves through print() either
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, getattr(args, "command", None))
     plain = getattr(args, "plain", None)
     if plain is not None:
         return int(plain(args))

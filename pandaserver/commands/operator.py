@@ -26,11 +26,12 @@ from pandaserver.db.heartbeat import HeartbeatStore
 from pandaserver.exitcodes import RET_CONFIG, RET_FAILED, RET_OK
 from pandaserver.fmt import table, when
 
+# {where}: " on S" for one server, "" fleet-wide; {anywhere}: " on S", or the fleet-wide words
 EFFECT = {
-    dbcontrol.PAUSE: "it will not be started{where}; a run in progress finishes",
-    dbcontrol.RESUME: "it is scheduled again{where}",
-    dbcontrol.RUN_NOW: "one extra run, on the first server that takes it{where}",
-    dbcontrol.KILL: "its run in progress{where} is killed (SIGTERM, then SIGKILL) and"
+    dbcontrol.PAUSE: "no new run of it starts{anywhere}; a run in progress finishes",
+    dbcontrol.RESUME: "it is scheduled again{anywhere}",
+    dbcontrol.RUN_NOW: "one extra run{anywhere}",
+    dbcontrol.KILL: "its run in progress{anywhere} is killed (SIGTERM, then SIGKILL) and"
                     " recorded as killed",
     dbcontrol.DRAIN: "it finishes what it runs and takes no new sync lease; the other"
                      " servers take its sync scripts",
@@ -38,6 +39,15 @@ EFFECT = {
     dbcontrol.RESTART_WORKERS: "every worker{where} is replaced, one at a time (a busy one"
                                " after its run)",
 }
+FLEET_WIDE = {
+    dbcontrol.PAUSE: " on any server",
+    dbcontrol.RESUME: " on every server",
+    dbcontrol.RUN_NOW: ", on the first server that takes it",
+    dbcontrol.KILL: " on whichever server runs it",
+}
+# the commands that name a server of the fleet (--server, or drain's SERVER)
+NAMES_A_SERVER = (dbcontrol.PAUSE, dbcontrol.RESUME, dbcontrol.RUN_NOW, dbcontrol.KILL,
+                  dbcontrol.DRAIN, dbcontrol.UNDRAIN)
 
 
 def requester() -> str:
@@ -87,17 +97,26 @@ def _issue(cfg: PandaConfig, args: argparse.Namespace, engine: Engine,
     """Record the command, say what it does and who will act; ``--wait`` for them."""
     from pandaserver.web.model import ALIVE_BEATS  # live as the pages and fleet count it
 
-    live = [s.server for s in HeartbeatStore(engine).list_servers()
-            if s.age <= ALIVE_BEATS * cfg.daemon.heartbeat_interval]
+    rows = HeartbeatStore(engine).list_servers()
+    live = [s.server for s in rows if s.age <= ALIVE_BEATS * cfg.daemon.heartbeat_interval]
+    if server is not None and verb in NAMES_A_SERVER and not getattr(args, "force", False):
+        known = {s.server for s in rows} | {h.server for h in store.holds()} - {dbcontrol.EVERY}
+        if server not in known:
+            _err(f"no server {server!r} has ever run on this database"
+                 f"{did_you_mean(server, known)}; known servers:"
+                 f" {', '.join(sorted(known)) or 'none'}. Nothing was recorded: give a"
+                 " known name, or --force to record it for a server that has not started yet")
+            return RET_CONFIG
     command = store.issue(verb, target, server, getattr(args, "reason", None), requester())
     expected = [server] if server is not None else live
     where = f" on {server}" if server is not None and verb not in (
-        dbcontrol.DRAIN, dbcontrol.UNDRAIN) else " on every server"
+        dbcontrol.DRAIN, dbcontrol.UNDRAIN) else ""
+    anywhere = where or FLEET_WIDE.get(verb, "")
     subject = f"server {target}" if verb in (dbcontrol.DRAIN, dbcontrol.UNDRAIN) else \
         "the local master's workers" if verb == dbcontrol.RESTART_WORKERS else target
     print(f"{verb} {subject}: recorded as command {command.id} by {command.requested_by}"
           f" at {when(command.requested_at)} UTC")
-    print(f"  {EFFECT[verb].format(where=where)}")
+    print(f"  {EFFECT[verb].format(where=where, anywhere=anywhere)}")
     print(f"  live servers: {', '.join(live) or 'none'}; each acts within"
           f" {cfg.daemon.command_interval:g} s (command_interval)")
     if server is not None and server not in live:
@@ -148,6 +167,12 @@ def _list_commands(store: dbcontrol.ControlStore, limit: int) -> int:
     return RET_OK
 
 
+def _force(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--force", action="store_true",
+                        help="record it even for a server that has never run on this database"
+                             " (one not started yet); without it such a name is refused")
+
+
 def add_control_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     def common(parser: argparse.ArgumentParser, verb: str, reason: bool = False) -> None:
         if reason:
@@ -171,12 +196,14 @@ def add_control_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentPar
         parser.add_argument("target", metavar="NAME", help="the script's name")
         parser.add_argument("--server", default=None, metavar="S",
                             help="only on this server (default: every server)")
+        _force(parser)
         common(parser, verb, reason)
     for verb, helptext, reason in (
             (dbcontrol.DRAIN, "a server takes no new sync lease (patch it without a gap)", True),
             (dbcontrol.UNDRAIN, "a drained server takes sync leases again", False)):
         parser = sub.add_parser(verb, help=helptext)
         parser.add_argument("target", metavar="SERVER", help="the server's name in the fleet")
+        _force(parser)
         common(parser, verb, reason)
     parser = sub.add_parser(dbcontrol.RESTART_WORKERS,
                             help="recycle every worker of the local master (--server-name),"

@@ -220,15 +220,20 @@ def check_text(ov: Overview) -> tuple[int, str]:
     """The monitoring status (code, text) of the fleet."""
     details = []
     for s in ov.stale:
-        details.append(f"stale: {s.name} (no successful run anywhere for"
-                       f" {span(s.since_success) if s.since_success is not None else 'ever'},"
-                       f" limit {ov.stale_factor:g} x {span(s.period)})")
+        since = (f"no successful run anywhere for {span(s.since_success)}"
+                 if s.since_success is not None else "never a successful run anywhere")
+        details.append(f"stale: {s.name} ({since}, limit {ov.stale_factor:g} x"
+                       f" {span(s.period)})")
     for s in ov.late:
         details.append(f"late: {s.name} (due {relative(-(s.overdue or 0.0))})")
     for v in ov.mismatched:
         details.append(f"config differs: {v.server} (hash {v.config_hash[:12]})")
     for name, where in sorted(ov.crash_looping.items()):
         details.append(f"crash-looping: {name} on {', '.join(where)}")
+    for s in ov.scripts:
+        if s.paused:  # expected not to run: never stale or late, said so (not a problem)
+            scope = "fleet-wide" if "*" in s.paused_on else "on every live server"
+            details.append(f"paused: {s.name} ({scope}; not judged stale or late)")
     for m in ov.log_failing:
         details.append(f"log lines dropped: {m.server} on this host ({m.log_failing};"
                        f" {m.log_dropped} so far)")
@@ -240,6 +245,8 @@ def check_text(ov: Overview) -> tuple[int, str]:
         code, word = CHECK_OK, "OK"
     alive = sum(1 for v in ov.servers if v.alive)
     looping = f", {len(ov.crash_looping)} crash-looping" if ov.crash_looping else ""
+    paused = sum(1 for s in ov.scripts if s.paused)
+    looping += f", {paused} paused" if paused else ""
     head = (f"{word}: {len(ov.stale)} stale, {len(ov.late)} late{looping} of"
             f" {len(ov.scripts)} scripts;"
             f" {alive} of {len(ov.servers)} servers alive")

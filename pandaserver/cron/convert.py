@@ -17,6 +17,8 @@ from itertools import pairwise
 
 from croniter import CroniterError, croniter
 
+from pandaserver.config.problems import shown_seconds
+from pandaserver.config.scripts import PERIOD_MAX, PERIOD_MIN
 from pandaserver.cron.parse import CronJob, Diagnostic, read_command
 
 DAY = 86400
@@ -205,6 +207,10 @@ def convert(jobs: Iterable[CronJob], options: Options) -> Conversion:
             notes.append(Diagnostic(job.line, "error", _bad_name(command.name)))
             continue
         sync, period = sync_rule(command.name, schedule.period, options)
+        out_of_bounds = _period_out_of_bounds(job.schedule_text, period, sync, options)
+        if out_of_bounds is not None:
+            notes.append(Diagnostic(job.line, "error", out_of_bounds))
+            continue
         script = Script(command.name, module, period, sync, command.arguments, job.line,
                         job.schedule, job.user)
         earlier = by_name.get(command.name)
@@ -236,6 +242,28 @@ def sync_rule(name: str, cron_period: float, options: Options) -> tuple[bool, fl
     if name in options.no_sync or fleet_period < options.min_sync_period:
         return False, cron_period
     return True, fleet_period
+
+
+def _period_out_of_bounds(
+    schedule_text: str, period: float, sync: bool, options: Options
+) -> str | None:
+    """Why the period, as printed, is one the config refuses; None when it is accepted."""
+    printed = period_value(period)
+    if PERIOD_MIN <= printed <= PERIOD_MAX:
+        return None
+    shared = f" shared by {options.servers} servers" if sync and options.servers > 1 else ""
+    if printed > PERIOD_MAX:
+        return (
+            f"the schedule {schedule_text!r} gives a period of {format_duration(period)}"
+            f" ({printed} s){shared}, longer than the daemon's longest,"
+            f" {shown_seconds(PERIOD_MAX)}: not converted; keep this line in cron, or give"
+            " the script a shorter schedule"
+        )
+    return (
+        f"the schedule {schedule_text!r} gives a period of {printed} s{shared}, shorter than"
+        f" the daemon's shortest, {shown_seconds(PERIOD_MIN)}: not converted; leave it"
+        " out of --sync, or give it a longer schedule"
+    )
 
 
 def _bad_name(name: str) -> str:

@@ -11,7 +11,9 @@ import posixpath
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Literal
+
+from pandaserver.cron.shell import Token, shell_tokens
 
 Severity = Literal["error", "warning"]
 UserField = Literal["auto", "yes", "no"]
@@ -45,12 +47,7 @@ _PYTHON = re.compile(r"^python(\d+(\.\d+)*)?$")
 _ASSIGNMENT_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*=")
 _ASSIGNMENT_WORD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 _USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*\$?$")
-_OPERATORS = sorted(
-    ["&>>", "<<<", "&&", "&>", "||", "|&", ">>", ">&", ">|", "<<", "<&", "<>", ";", "|", "&",
-     ">", "<"],
-    key=len,
-    reverse=True,
-)
+
 
 
 @dataclass(frozen=True)
@@ -89,12 +86,6 @@ class Command:
     name: str
     arguments: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
-
-
-class _Token(NamedTuple):
-    kind: Literal["word", "control", "redirect"]
-    text: str
-    start: int
 
 
 def read_crontab(
@@ -213,7 +204,7 @@ def _cut_percent(command: str, warnings: list[str]) -> str:
 
 
 def _read_shell_text(text: str, warnings: list[str], depth: int) -> Command:
-    commands = _simple_commands(text)
+    commands = _simple_commands(text, warnings)
     if not commands:
         raise ValueError("has no command")
     words, rest = commands[0][0], commands[1:]
@@ -223,6 +214,7 @@ def _read_shell_text(text: str, warnings: list[str], depth: int) -> Command:
             " the script runs in the daemon's working directory"
         )
         words, rest = rest[0][0], rest[1:]
+    _refuse_expansions(text, commands[len(commands) - len(rest) - 1], rest)
     if rest:
         warnings.append(
             f"only the first command is converted; dropped: {text[rest[0][1]:].strip()!r}"
@@ -230,97 +222,53 @@ def _read_shell_text(text: str, warnings: list[str], depth: int) -> Command:
     return _script_command(words, warnings, depth)
 
 
-def _simple_commands(text: str) -> list[tuple[list[str], int]]:
+_Simple = tuple[list[str], int, list[Token]]
+
+
+def _simple_commands(text: str, warnings: list[str]) -> list[_Simple]:
     """The words of each simple command (redirections and their targets removed), with
-    the offset of the operator in front of it; empty commands are left out."""
-    tokens = _shell_tokens(text)
-    commands: list[tuple[list[str], int]] = [([], 0)]
+    the offset of the operator in front of it and its word tokens; empty commands are
+    left out. A redirection to a file (not /dev/null) is warned about."""
+    tokens = shell_tokens(text)
+    commands: list[_Simple] = [([], 0, [])]
     target = -1
     for index, token in enumerate(tokens):
         if token.kind == "control":
-            commands.append(([], token.start))
+            commands.append(([], token.start, []))
         elif token.kind == "redirect":
             following = tokens[index + 1] if index + 1 < len(tokens) else None
             if following is None or following.kind != "word":
                 raise ValueError(f"the redirection {token.text!r} has no target")
             target = index + 1
+            if following.text != "/dev/null" and not _is_descriptor(token, following):
+                shown = text[token.start : following.start] + following.text
+                warnings.append(
+                    f"the redirection {shown!r} is not carried over:"
+                    " the daemon writes the script's output to its own log"
+                )
         elif index != target:
             commands[-1][0].append(token.text)
+            commands[-1][2].append(token)
     return [command for command in commands if command[0]]
 
 
-def _shell_tokens(text: str) -> list[_Token]:
-    """Split shell text into words, control operators and redirections (with fd digits)."""
-    tokens: list[_Token] = []
-    word: list[str] = []
-    start = -1  # where the open word began; -1 when none is open
-    quoted = False
-    index = 0
-
-    def close() -> None:
-        nonlocal start, quoted
-        if start >= 0:
-            tokens.append(_Token("word", "".join(word), start))
-        word.clear()
-        start, quoted = -1, False
-
-    while index < len(text):
-        char = text[index]
-        if char in " \t":
-            close()
-            index += 1
-            continue
-        if char == "#" and start < 0:
-            break
-        operator = next((op for op in _OPERATORS if text.startswith(op, index)), None)
-        if operator is not None:
-            is_redirect = operator[0] in "<>" or operator.startswith("&>")
-            if is_redirect and start >= 0 and not quoted and "".join(word).isdigit():
-                at = start  # "2>": the digits name the file descriptor
-                word.clear()
-                start = -1
-            else:
-                close()
-                at = index
-            tokens.append(_Token("redirect" if is_redirect else "control", operator, at))
-            index += len(operator)
-            continue
-        if start < 0:
-            start = index
-        if char == "\\":
-            word.append(text[index + 1 : index + 2])
-            quoted, index = True, index + 2
-        elif char == "'":
-            end = text.find("'", index + 1)
-            if end < 0:
-                raise ValueError("has an unterminated single quote")
-            word.append(text[index + 1 : end])
-            quoted, index = True, end + 1
-        elif char == '"':
-            part, index = _double_quoted(text, index + 1)
-            word.append(part)
-            quoted = True
-        else:
-            word.append(char)
-            index += 1
-    close()
-    return tokens
+def _is_descriptor(operator: Token, target: Token) -> bool:
+    """``2>&1``, ``<&0``, ``>&-``: a file descriptor duplicated or closed, not a file."""
+    return operator.text.endswith("&") and (target.text.isdigit() or target.text == "-")
 
 
-def _double_quoted(text: str, index: int) -> tuple[str, int]:
-    """The text of a double-quoted string starting after its quote, and the index after it."""
-    out: list[str] = []
-    while index < len(text):
-        char = text[index]
-        if char == '"':
-            return "".join(out), index + 1
-        if char == "\\" and text[index + 1 : index + 2] in ('"', "\\", "$", "`"):
-            out.append(text[index + 1])
-            index += 2
-            continue
-        out.append(char)
-        index += 1
-    raise ValueError("has an unterminated double quote")
+def _refuse_expansions(text: str, command: _Simple, rest: list[_Simple]) -> None:
+    """Raise ValueError when the converted command holds a shell expansion."""
+    expanding = [token for token in command[2] if token.expansion]
+    if not expanding:
+        return
+    end = rest[0][1] if rest else len(text)
+    raise ValueError(
+        f"uses {expanding[0].expansion} ({expanding[0].text!r} in"
+        f" {text[command[1]:end].strip(' ;|&')!r}), which the shell expands when cron runs"
+        " it: the daemon passes arguments as written, without a shell, so this line is not"
+        " converted; compute the value in the script, or write its entry by hand"
+    )
 
 
 def _drop_assignments(words: list[str], warnings: list[str]) -> None:

@@ -99,6 +99,8 @@ def status(pidfile: Path, out: TextIO) -> int:
         if lock_holder(pidfile) == -1:
             out.write(f"panda-daemon is running in another pid namespace (pid file {pidfile})\n")
             return exitcodes.RET_OK
+        if _foreground_masters(pidfile, out):
+            return exitcodes.RET_OK
         return _not_running(pidfile, out)
     try:
         with master.oneshot():
@@ -120,6 +122,36 @@ def status(pidfile: Path, out: TextIO) -> int:
     if not workers:
         out.write("  no workers running\n")
     return exitcodes.RET_OK
+
+
+def _foreground_masters(pidfile: Path, out: TextIO) -> bool:
+    """Report the live masters of this host that hold no pid file (started with ``run``),
+    found by their status files; False when there is none."""
+    try:
+        from pandaserver.service.hoststatus import local_masters, render_local_status
+    except ImportError:
+        return False
+    found = False
+    for data in local_masters():
+        pid = data.get("pid")
+        if not data.get("master_alive") or not isinstance(pid, int) or not _is_master(pid):
+            continue
+        found = True
+        out.write(f"panda-daemon is running in the foreground (started with `run`, so it holds"
+                  f" no pid file; {pidfile} is not its): master pid {pid}, server"
+                  f" {data.get('server', '?')}. `stop` does not reach it: stop it where it"
+                  f" runs (Ctrl-C) or with kill -TERM {pid}\n")
+        out.write(render_local_status(data))
+    return found
+
+
+def _is_master(pid: int) -> bool:
+    """The process ``pid`` is a panda-daemon master (not a process that reused the pid)."""
+    try:
+        command = " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return False
+    return "panda" in command and "pandaserver.daemons.worker" not in command
 
 
 def _published_status(pid: int) -> str | None:

@@ -192,12 +192,12 @@ class FleetReader:
     def overview(self) -> Overview:
         snap = queries.read_fleet(self.engine)
         servers = server_views(snap.servers, self.cfg.daemon.heartbeat_interval)
+        holds = ControlStore(self.engine).holds()
         scripts = script_views(self.specs, snap.last_runs, snap.facts, snap.leases, servers,
-                               snap.db_now, self.settings.stale_factor)
+                               snap.db_now, self.settings.stale_factor, holds)
         return Overview(db_now=snap.db_now, stale_factor=self.settings.stale_factor,
                         servers=servers, scripts=scripts, leases=snap.leases,
-                        local=local_master_views(self.state_dir),
-                        holds=ControlStore(self.engine).holds())
+                        local=local_master_views(self.state_dir), holds=holds)
 
     def script(self, name: str, limit: int) -> ScriptDetail:
         """One script's view (as ``overview()`` has it, from that script's rows only) and its
@@ -206,7 +206,8 @@ class FleetReader:
         servers = server_views(snap.servers, self.cfg.daemon.heartbeat_interval)
         specs = {name: self.specs[name]} if name in self.specs else {}
         views = script_views(specs, snap.last_runs, snap.facts, snap.leases, servers,
-                             snap.db_now, self.settings.stale_factor)
+                             snap.db_now, self.settings.stale_factor,
+                             [h for h in ControlStore(self.engine).holds() if h.name == name])
         view = next((s for s in views if s.name == name), None)
         now, runs = queries.read_runs(self.engine, name, limit)
         return ScriptDetail(db_now=now, script=view, runs=runs)

@@ -15,7 +15,9 @@ call them with plain values:
   server that ran it (due one period after its last start there);
 - a script is **stale** when no server of the fleet finished a successful run of it for
   ``stale_factor`` x its period; one that never succeeded counts from its first run in
-  the history, or else from the start of the longest-running live master.
+  the history, or else from the start of the longest-running live master;
+- a script is **paused** when an operator paused it fleet-wide, or on every live server:
+  it is expected not to run, so it is never stale or late (it shows as paused instead).
 
 Scripts disabled or not in this server's configuration are shown but never flagged.
 """
@@ -34,6 +36,7 @@ from pandaserver.daemons.master.schedule import late_threshold
 from pandaserver.db.heartbeat import ServerRow
 from pandaserver.db.history import SKIPPED, RunRow
 from pandaserver.db.leases import LeaseRow
+from pandaserver.db.operator_commands import EVERY, Hold
 
 ALIVE_BEATS = 3.0
 
@@ -133,6 +136,9 @@ class ScriptView:
     stale_after: float | None  # stale_factor x period
     stale: bool
     lease_holder: str | None
+    paused_on: tuple[str, ...] = ()  # where an operator paused it ("*": fleet-wide)
+    paused: bool = False  # paused fleet-wide or on every live server: not expected to run
+    crash_looping_on: tuple[str, ...] = ()  # live servers where it is crash-looping
 
 
 @dataclass(frozen=True)
@@ -197,10 +203,19 @@ def script_views(
     servers: Iterable[ServerView],
     now: datetime,
     stale_factor: float,
+    holds: Iterable[Hold] = (),
 ) -> list[ScriptView]:
     """One view per script named by the configuration, the history or a lease."""
     servers = list(servers)
     alive = {s.server for s in servers if s.alive}
+    paused_on: dict[str, set[str]] = {}
+    for hold in holds:
+        if hold.kind == "pause":
+            paused_on.setdefault(hold.name, set()).add(hold.server)
+    looping: dict[str, list[str]] = {}
+    for server in servers:
+        for looping_name in server.crash_looping if server.alive else ():
+            looping.setdefault(looping_name, []).append(server.server)
     uptimes = [s.uptime for s in servers if s.alive]
     fleet_uptime = max(uptimes) if uptimes else None
     by_lease = {lease.name: lease for lease in leases}
@@ -223,6 +238,10 @@ def script_views(
         next_due, overdue, late = _fleet_due(runs, lease if sync else None, holder, period,
                                              judge, alive, now)
         since_success = seconds(now, fact.last_success) if fact.last_success else None
+        where_paused = paused_on.get(name, set())
+        paused = is_paused(where_paused, alive)
+        judge = judge and not paused
+        late = late and not paused
         limit = stale_factor * period if period is not None and judge else None
         views.append(ScriptView(
             name=name, configured=spec is not None, enabled=bool(spec and spec.enable),
@@ -234,5 +253,12 @@ def script_views(
                                  seconds(now, fact.first_seen) if fact.first_seen else None,
                                  fleet_uptime),
             lease_holder=holder,
+            paused_on=tuple(sorted(where_paused)), paused=paused,
+            crash_looping_on=tuple(looping.get(name, ())),
         ))
     return views
+
+
+def is_paused(where: set[str], alive: set[str]) -> bool:
+    """Paused fleet-wide, or on every live server (and at least one is live)."""
+    return EVERY in where or (bool(alive) and alive <= where)

@@ -162,6 +162,12 @@ def _flags(s: ScriptView) -> str:
         flags.append('<span class="badge off">disabled</span>')
     if s.lease_holder:
         flags.append(f'<span class="badge held">running on {_e(s.lease_holder)}</span>')
+    if s.paused_on:
+        where = "" if "*" in s.paused_on else " on " + ", ".join(s.paused_on)
+        flags.append(f'<span class="badge off">PAUSED{_e(where)}</span>')
+    if s.crash_looping_on:
+        flags.append('<span class="badge stale">CRASH-LOOPING on'
+                     f" {_e(', '.join(s.crash_looping_on))}</span>")
     return " ".join(flags)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -220,3 +221,38 @@ def test_a_bad_diagnostic_knob_refuses_the_start(tmp_path: Path) -> None:
         result = cli(tmp_path, "-c", str(cfg), "run", env=env)
         assert result.returncode == 2 and f"cannot start: {message}" in result.stderr
         assert not (tmp_path / "record.jsonl").exists()
+
+
+def test_status_reports_a_master_started_with_run(tmp_path: Path) -> None:
+    """`run` holds no pid file, but writes its status file: `status` finds it there (exit
+    0, as for a running service) and says how to stop it."""
+    cfg = write_config(tmp_path, {"tick": {"module": "record", "period": 60}})
+    pidfile = str(tmp_path / "run" / "panda-daemon.pid")
+    before = cli(tmp_path, "-c", str(cfg), "status", "--pidfile", pidfile)
+    assert before.returncode == 3 and "not running (no pid file" in before.stdout
+    with running_master(cfg, tmp_path, server="fg") as master:
+        master.wait_events(1, "end", "tick")
+        shown = wait_for(lambda: (r := cli(tmp_path, "-c", str(cfg), "status", "--pidfile",
+                                           pidfile)).returncode == 0 and r, 15,
+                         "status to find the foreground master")
+        assert (f"running in the foreground (started with `run`, so it holds no pid file;"
+                f" {pidfile} is not its): master pid {master.proc.pid}, server fg") in (
+            shown.stdout), shown.stdout
+        assert f"kill -TERM {master.proc.pid}" in shown.stdout
+        assert "master fg" in shown.stdout and "tick" in shown.stdout
+        assert master.stop() == 0
+    after = cli(tmp_path, "-c", str(cfg), "status", "--pidfile", pidfile)
+    assert after.returncode == 3, after.stdout
+
+
+def test_a_commands_own_log_records_name_the_command_not_a_master(tmp_path: Path) -> None:
+    cfg = tmp_path / "broken.cfg"
+    cfg.write_text("[daemon\n")
+    checked = cli(tmp_path, "-c", str(cfg), "check-config")
+    assert checked.returncode == 2
+    assert re.search(r" ERROR check-config pid \d+ panda\.cli: .*cannot parse", checked.stderr), (
+        checked.stderr)
+    assert "master pid" not in checked.stderr
+    run = cli(tmp_path, "-c", str(cfg), "run")  # a master's records say master
+    assert run.returncode == 2
+    assert re.search(r" ERROR master pid \d+ panda\.cli: .*cannot parse", run.stderr), run.stderr

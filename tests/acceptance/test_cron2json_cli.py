@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -141,3 +142,44 @@ def test_usage_errors_exit_2_and_print_no_config(argv: list[str], message: str) 
     result = cron2json(*argv, stdin=CRONTAB)
     assert (result.returncode, result.stdout) == (2, "")
     assert message in result.stderr
+
+
+AWKWARD_CRONTAB = """\
+*/5 * * * * atlpan /opt/panda/usr/bin/panda_server-dummy_test.py > /dev/null 2>&1
+@yearly atlpan /opt/panda/usr/bin/panda_server-tmp_cleanup --all
+0 0 29 2 * atlpan /opt/panda/usr/bin/panda_server-dummy_loop
+17 3 * * * atlpan /opt/panda/usr/bin/panda_server-tmp_cleanup --date $(date +\\%Y\\%m\\%d)
+@weekly atlpan /opt/panda/usr/bin/panda_server-tmp_cleanup --keep "$DAYS" >> /var/log/t.log
+@monthly atlpan /opt/panda/usr/bin/panda_server-tmp_cleanup --keep 7 >> /var/log/t.log 2>&1
+"""
+
+
+def test_every_emitted_entry_passes_the_real_check_config(tmp_path: Path) -> None:
+    """A period over the config's bound or a shell expansion in the arguments is reported
+    as not convertible; what is printed, the real check-config accepts."""
+    result = cron2json("--section", stdin=AWKWARD_CRONTAB)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if ": error: " in line]
+    assert [line.split(": error: ")[0] for line in errors] == [
+        "<stdin>:2", "<stdin>:3", "<stdin>:4", "<stdin>:5"
+    ]
+    assert "gives a period of 365d 6h (31557600 s), longer than the daemon's longest" in errors[0]
+    assert "gives a period of 1461d (126230400 s)" in errors[1]
+    assert "a command substitution ('$(date' in" in errors[2]
+    assert "a variable ('$DAYS' in" in errors[3]
+    assert "<stdin>:6: warning: the redirection '>> /var/log/t.log' is not carried over" in (
+        result.stderr
+    )
+    config = tmp_path / "panda_server.cfg"
+    config.write_text(result.stdout)
+    env = {**os.environ, "PANDA_NO_ROOT": "1"}
+    checked = subprocess.run(
+        [sys.executable, "-m", "pandaserver.daemons.master", "-c", str(config), "check-config"],
+        capture_output=True, text=True, timeout=60, check=False, env=env, cwd=tmp_path,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "error(s)" not in checked.stdout and "problem(s)" not in checked.stdout
+    assert "verdict: run starts 2 script(s)" in checked.stdout
+    rows = {words[0]: words for line in checked.stdout.splitlines() if (words := line.split())}
+    assert rows["dummy_test"][3] == "300"
+    assert rows["tmp_cleanup"][3] == "2.6298e+06"  # the monthly line: the only one converted

@@ -78,7 +78,7 @@ def test_fleet_check_critical_for_a_stale_script_warning_for_config_mismatch(
                          and r, 30, "fleet --check to report the stale script")
         lines = check.stdout.splitlines()
         assert lines[0].startswith("CRITICAL: 1 stale, 0 late of 2 scripts")
-        assert "stale: broken (no successful run anywhere for ever, limit 3 x 400ms)" in lines
+        assert "stale: broken (never a successful run anywhere, limit 3 x 400ms)" in lines
         assert {"config differs: a", "config differs: b"} <= {line.split(" (")[0]
                                                               for line in lines}
         relaxed = cli(cfg_a, "fleet", "--check", "--stale-factor", "1000")
@@ -89,6 +89,16 @@ def test_fleet_check_critical_for_a_stale_script_warning_for_config_mismatch(
         assert cli(cfg_a, "fleet", "--check").returncode == WARNING
         bad = cli(cfg_a, "fleet", "--check", "--stale-factor", "0.5")
         assert bad.returncode == 2 and "--stale-factor" in bad.stderr  # argparse: usage error
+        # paused fleet-wide, "broken" is expected not to run: not stale, and said so
+        cfg_a.write_text(section.replace("stale_factor = 1000", "stale_factor = 3"))
+        paused = cli(cfg_a, "pause", "broken")
+        assert paused.returncode == 0, paused.stdout + paused.stderr
+        check = cli(cfg_a, "fleet", "--check")
+        assert check.returncode == WARNING, check.stdout  # the config mismatch only
+        lines = check.stdout.splitlines()
+        assert lines[0].startswith("WARNING: 0 stale, 0 late, 1 paused of 2 scripts"), lines
+        assert "paused: broken (fleet-wide; not judged stale or late)" in lines
+        assert not [line for line in lines if line.startswith("stale:")]
 
 
 def test_fleet_check_unknown_when_the_database_cannot_be_read(tmp_path: Path) -> None:
@@ -145,3 +155,32 @@ def test_logs_shows_one_scripts_records_from_the_worker_log(tmp_path: Path) -> N
             os.kill(pid, signal.SIGKILL)
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert not pid_alive(pid)
+
+
+def test_operator_commands_refuse_a_server_the_fleet_never_saw_and_say_where_they_act(
+        tmp_path: Path) -> None:
+    url = URL.create("sqlite", database=str(tmp_path / "fleet.sqlite"))
+    cfg = write_config(tmp_path, {"tick": {"module": "record", "period": 0.5}},
+                       db_url=str(url), heartbeat_interval=1)
+    with running_master(cfg, tmp_path, server="alpha") as master:
+        wait_for(lambda: "alpha" in cli(cfg, "fleet").stdout, 30, "alpha's heartbeat")
+        for argv in (["pause", "tick", "--server", "alpah"], ["drain", "alpah"],
+                     ["run-now", "tick", "--server", "alpah"]):
+            typo = cli(cfg, *argv)
+            assert typo.returncode == 2, typo.stdout + typo.stderr
+            assert ("no server 'alpah' has ever run on this database (did you mean"
+                    ' "alpha"?); known servers: alpha. Nothing was recorded') in typo.stderr
+        listing = cli(cfg, "commands").stdout  # no command recorded, no hold left behind
+        assert "in force: nothing paused or drained" in listing and "alpah" not in listing
+        forced = cli(cfg, "pause", "tick", "--server", "newbox", "--force")
+        assert forced.returncode == 0, forced.stderr
+        assert "no new run of it starts on newbox" in forced.stdout
+        assert "note: newbox is not live now; it acts when it runs again" in forced.stdout
+        fleet_wide = cli(cfg, "pause", "tick")
+        assert "no new run of it starts on any server; a run in progress finishes" in (
+            fleet_wide.stdout)
+        extra = cli(cfg, "run-now", "tick")
+        assert "one extra run, on the first server that takes it\n" in extra.stdout
+        on_alpha = cli(cfg, "resume", "tick", "--server", "alpha")
+        assert on_alpha.returncode == 0 and "it is scheduled again on alpha" in on_alpha.stdout
+        assert master.stop() == 0

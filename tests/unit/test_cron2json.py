@@ -197,18 +197,15 @@ def test_user_field_can_be_forced() -> None:
     ("command", "name", "arguments"),
     [
         ("/opt/panda/usr/bin/panda_server-copyArchive > /dev/null 2>&1", "copyArchive", ()),
-        (
-            "/opt/bin/panda_server-add.py -n 3 >>/var/log/add.log 2>&1 </dev/null",
-            "add",
-            ("-n", "3"),
-        ),
+        ("/opt/bin/panda_server-add.py -n 3 >>/dev/null 2>&1 </dev/null", "add", ("-n", "3")),
         ("python /opt/panda/tidy.py --days 3", "tidy", ("--days", "3")),
         ("/usr/bin/python3.11 -u -W ignore /opt/tidy.py x", "tidy", ("x",)),
         ("python3 -m pandaserver.daemons.scripts.tidy --fast", "tidy", ("--fast",)),
         ('bash /opt/bin/cleanup.sh \'two words\' "a \\"q\\""', "cleanup", ("two words", 'a "q"')),
         ("bash -lc '/opt/bin/panda_server-add a > /dev/null'", "add", ("a",)),
         ("/usr/bin/env python3 /opt/x.py", "x", ()),
-        ("exec /opt/bin/job 2> /tmp/err &", "job", ()),
+        ("exec /opt/bin/job 2>&- &", "job", ()),
+        ("/opt/bin/job '$HOME' \\$(x) \"\\`y\\`\"", "job", ("$HOME", "$(x)", "`y`")),
         ("/opt/bin/job arg # a comment", "job", ("arg",)),
         ("/opt/bin/job 50\\% 2>/dev/null", "job", ("50%",)),
     ],
@@ -226,6 +223,9 @@ def test_command_gives_script_name_and_arguments(
         ("/opt/bin/add; /opt/bin/other", "add", "dropped: '; /opt/bin/other'"),
         ("/opt/bin/add 2>&1 | logger -t add", "add", "dropped: '| logger -t add'"),
         ("/opt/bin/add && touch /tmp/done", "add", "dropped: '&& touch /tmp/done'"),
+        ("/opt/bin/add -n 3 >>/var/log/add.log 2>&1", "add", "'>>/var/log/add.log' is not"),
+        ("exec /opt/bin/job 2> /tmp/err &", "job", "redirection '2> /tmp/err' is not carried"),
+        ("/opt/bin/add | tee $HOME/log", "add", "dropped: '| tee $HOME/log'"),
         ("cd /opt/panda && ./run_tidy.sh", "run_tidy", "working directory (/opt/panda)"),
         ("X509_USER_PROXY=/tmp/p /opt/bin/add", "add", "X509_USER_PROXY=/tmp/p is not carried"),
         (
@@ -252,6 +252,12 @@ def test_what_is_dropped_is_warned_about(command: str, name: str, warning: str) 
         ("/opt/bin/add >", "has no target"),
         ("> /dev/null", "has no command"),
         ("/opt/bin/", "gives no script name"),
+        ("/opt/bin/job --date $(date +%Y%m%d)", r"command substitution \('\$\(date' in"),
+        ("/opt/bin/job `hostname`", r"command substitution \('`hostname`'"),
+        ('/opt/bin/job "$HOME/x"', r"a variable \('\$HOME/x'"),
+        ("/opt/bin/job ${DAYS:-3}", "a variable"),
+        ("bash -c '/opt/bin/job $1' x", "a variable"),
+        ("cd /opt && /opt/bin/job $?", "a variable"),
     ],
 )
 def test_commands_without_a_script_are_errors(command: str, reason: str) -> None:
@@ -457,3 +463,20 @@ def test_a_bad_module_map_is_a_usage_error_naming_its_line(tmp_path: Path) -> No
     status, out, err = cli(["--module-map", str(path)], ADD)
     assert (status, out) == (RET_CONFIG, "")
     assert f"{path}:2: error: expected 'name = module'" in err
+
+
+@pytest.mark.parametrize(("line", "options", "reason"), [
+    ("@yearly /opt/bin/job", Options(), "a period of 365d 6h (31557600 s), longer than"),
+    ("0 0 29 2 * /opt/bin/job", Options(), "a period of 1461d (126230400 s), longer than"),
+    ("0 0 29 2 * /opt/bin/job", Options(servers=4), "(31557600 s) shared by 4 servers"),
+    ("* * * * * /opt/bin/job", Options(servers=2000, sync=frozenset({"job"})),
+     "a period of 0.03 s shared by 2000 servers, shorter than the daemon's shortest, 0.1 s"),
+])
+def test_a_period_the_config_refuses_is_not_converted(line: str, options: Options,
+                                                      reason: str) -> None:
+    entries, notes = converted([line], options)
+    assert entries == {}
+    assert len(notes) == 1 and "crontab:1: error: the schedule" in notes[0], notes
+    assert reason in notes[0] and "not converted" in notes[0]
+    # within the bounds: converted, as check-config accepts it (8 servers: 182 d 15 h)
+    assert "job" in converted(["0 0 29 2 * /opt/bin/job"], Options(servers=8))[0]
