@@ -169,6 +169,10 @@ class Master:
         scripts = self.dispatcher.scripts
         for spec in self._specs(self.settings).values():
             scripts[spec.name] = ScriptState(spec=spec, next_due=schedule.first_due(now))
+        for name, why in self.settings.waiting_imports.items():  # said by the preflight
+            if (state := scripts.get(name)) is not None and self.only is None:
+                scripts.disable(state, why)
+                self.dispatcher.unimportable.add(name)
 
     # ----- the loop -----------------------------------------------------------------------
     def run(self) -> int:
@@ -177,8 +181,10 @@ class Master:
         self.containment.start()
         set_title(f"master{'' if self.only is None else ' run-once ' + self.only}")
         self.begin(self.clock.monotonic())
-        log.info("master started on %s (pid %d): %d scripts, %d workers",
-                 self.server, os.getpid(), len(self.dispatcher.scripts), self.n_proc)
+        held = len(self.dispatcher.unimportable)
+        log.info("master started on %s (pid %d): %d scripts%s, %d workers", self.server,
+                 os.getpid(), len(self.dispatcher.scripts) - held,
+                 f" ({held} more wait until their module imports)" if held else "", self.n_proc)
         while (next_event := self.turn()) is not None:
             self._wait(next_event - self.clock.monotonic())
         self.containment.close()
