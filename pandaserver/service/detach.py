@@ -146,6 +146,7 @@ def become_master(plan: Plan, ready: Callable[[int], None]) -> int:
         except PrivilegeError as exc:
             raise StartError(exitcodes.RET_USER, str(exc)) from None
     pidfile = PidFile(plan.pidfile)
+    code, reason = exitcodes.RET_OK, ""
     try:
         stale = pidfile.acquire()
     except PidFileBusy as exc:
@@ -175,12 +176,14 @@ def become_master(plan: Plan, ready: Callable[[int], None]) -> int:
         except StartupError as exc:
             raise StartError(exc.code, str(exc)) from None
         ready(os.getpid())
-        return master.run()
+        code = master.run()
+        reason = master.exit_reason
+        return code
     except StartError as exc:
         log.error("cannot start: %s", exc)  # in the log file as well, once it is open
         raise
     finally:
-        pidfile.release()
+        pidfile.release(code, reason)  # a failure status stays in the file, for stop
 
 
 # ----- the fleet database ------------------------------------------------------------------

@@ -130,6 +130,7 @@ class Master:
         self.extra_events += [self.pool.recycle_next, self.dispatcher.release_held,
                               self.controls.tick]
         self.started = self.clock.monotonic()
+        self.exit_reason = ""  # why run() returns a failure status, for the pid file
         self.status = StatusFile(status_file) if status_file is not None else None
         if self.status is not None:
             status = self.status
@@ -192,10 +193,16 @@ class Master:
             self.status.close(self, self.clock.monotonic())
         if self.fleet is not None:
             self.fleet.close()
-        log.info("master stopped")
         if self.only is not None:
+            log.info("master stopped")
             return ONCE_EXIT.get(self.dispatcher.once_outcome or protocol.LOST,
                                  exitcodes.RET_LOST)
+        if self.fleet is not None and self.fleet.keeper.lost:  # said by the exit status
+            self.exit_reason = "; ".join(self.fleet.keeper.lost)
+            log.error("master stopped, exit %d: %s", exitcodes.RET_HISTORY_LOST,
+                      self.exit_reason)
+            return exitcodes.RET_HISTORY_LOST
+        log.info("master stopped")
         return exitcodes.RET_OK
 
     def turn(self) -> float | None:
