@@ -248,3 +248,20 @@ def test_scripts_whose_module_does_not_import_are_not_counted_as_running(
     assert log.count("cannot import testscripts.no_such_module_q") == 1, log
     assert "will not run" not in log
     assert master.events("start", "gone") == []
+
+
+def test_a_database_that_refuses_check_config_connect_is_not_a_verdict_that_run_starts(
+        tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, {"tick": {"module": "record", "period": 60}},
+                       db_url=f"postgresql+psycopg2://panda:{SECRET}@127.0.0.1:1/panda")
+    check = cli(tmp_path, "-c", str(cfg), "check-config", "--connect")
+    assert check.returncode == 9, check.stdout
+    assert "1 error(s): the database did not accept the connection (run and start would" \
+           " start and wait for it)" in check.stdout
+    assert "what run or start refuses to start with" not in check.stdout
+    verdict = next(x for x in check.stdout.splitlines() if x.startswith("verdict:"))
+    assert verdict.startswith("verdict: check-config refuses (exit 9): the database did not"
+                              " accept the connection (above); as it is, run starts 1"
+                              " script(s)"), verdict
+    assert verdict.endswith("no sync script runs and no history is recorded until it does")
+    assert SECRET not in check.stdout + check.stderr
