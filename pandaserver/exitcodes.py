@@ -31,6 +31,9 @@ RET_LEASE = 7  # run-once: a sync script whose lease another server holds
 RET_SCHEMA = 8  # the database schema is newer than this code, or not upgraded
 RET_DATABASE = 9  # the database does not answer, or fails
 RET_TIMEOUT = 10  # run-once: the script was killed at its timeout
+# run, start --no-detach (the master's own status), stop: the master stopped, but history of
+# runs it could neither write to the database nor keep in its spool file is lost
+RET_HISTORY_LOST = 11
 
 # status only: LSB "program is dead and the pid file exists" (RET_FAILED's value)
 RET_STALE_PIDFILE = 1

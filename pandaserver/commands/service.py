@@ -215,9 +215,9 @@ def cmd_restart(cfg: PandaConfig, args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return exc.code
     code = cmd_stop(cfg, args)
-    if code != exitcodes.RET_OK:
+    if code not in (exitcodes.RET_OK, exitcodes.RET_HISTORY_LOST):  # lost: it did stop
         return code
-    return cmd_start(cfg, args)
+    return cmd_start(cfg, args) or code
 
 
 @_pidfile_errors

@@ -17,7 +17,7 @@ from pandaserver.config.problems import (
     shown_seconds,
     shown_value,
 )
-from pandaserver.config.scripts import MODULE_RE, DaemonSpec, parse_script
+from pandaserver.config.scripts import MODULE_RE, DaemonSpec, default_timeout, parse_script
 
 # PanDA's own parser (pandacommon's LiveConfigParser.expand_values) turns exactly "True" and
 # "False" into booleans; any other spelling stays a string, which PanDA's daemon treats as
@@ -221,6 +221,9 @@ class DaemonSettings:
     raw_config: str = ""
     # set by a reload: settings that changed but take effect only at the next start
     restart_needed: list[str] = field(default_factory=list)
+    # set by the preflight: scripts whose module did not import there (script -> why); the
+    # master holds them until a worker imports the module
+    waiting_imports: dict[str, str] = field(default_factory=dict)
 
     def unusable(self) -> list[ConfigProblem]:
         """What keeps this config from starting a master or replacing a running one's: the
@@ -364,12 +367,25 @@ def _parse_scripts(path: Path, settings: DaemonSettings, text: str) -> None:
                           key="config")
         )
         return
+    if not data:
+        settings.problems.append(
+            ConfigProblem(where, "is an empty object ({}): no scripts will run; name at least"
+                                 ' one script, as {"dummy_test": {"period": 60}}', key="config"))
+        return
     for name, entry in data.items():
         spec, problems = parse_script(name, entry)
         for key, message in problems:
             settings.problems.append(ConfigProblem(where, message, script=name, key=key))
         if spec is not None:
             settings.scripts[name] = spec
+            if spec.loop and spec.timeout <= spec.period:
+                settings.warnings.append(ConfigProblem(
+                    where, f"timeout {spec.timeout:g} s is not longer than the period"
+                           f" {spec.period:g} s of this loop script: a loop runs up to its"
+                           " period, so a run whose main() keeps returning a true value is"
+                           " killed at its timeout every time; set timeout above the period"
+                           " (or leave it out: the default is"
+                           f" {default_timeout(spec.period):g} s)", script=name, key="timeout"))
 
 
 def _json_error(path: Path, text: str, exc: json.JSONDecodeError) -> str:

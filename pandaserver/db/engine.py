@@ -243,11 +243,42 @@ def socket_of(dbapi_connection: Any) -> int | None:
     return None
 
 
+SQLITE_ELSEWHERE = (f"choose another place: {STATE_DIR_ENV}=DIR in the environment (a"
+                    " directory this user can write), or [daemon] db_url ="
+                    " sqlite:////DIR/panda_daemon.sqlite")
+
+
+def sqlite_unusable(database: str, note: str = "") -> str | None:
+    """Why the SQLite file ``database`` can be neither opened nor created by this user (a
+    line naming the path, ``note`` on where it comes from, and how to choose another), or
+    None when it looks usable."""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        return None
+    path = Path(database).expanduser()
+    if path.exists():
+        return None
+    missing, parent = path, path.parent
+    while not parent.exists() and parent != parent.parent:
+        missing, parent = parent, parent.parent
+    if not parent.is_dir():
+        why = f"{parent} is not a directory"
+    elif not os.access(parent, os.W_OK | os.X_OK):
+        why = f"this user (uid {os.geteuid()}) cannot create {missing} in {parent}"
+    else:
+        return None
+    return f"the SQLite database {path}{note} cannot be created: {why}; {SQLITE_ELSEWHERE}"
+
+
 def _prepare_sqlite_file(url: URL) -> None:
     database = url.database or ""
     if database in ("", ":memory:") or database.startswith("file:"):
         return
-    Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    try:
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatabaseConfigError(
+            f"the SQLite database {database} cannot be created: {exc.strerror} ({exc.filename});"
+            f" {SQLITE_ELSEWHERE}") from None
 
 
 def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:

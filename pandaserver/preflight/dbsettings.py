@@ -6,6 +6,7 @@ answers and has this code's schema. Messages never show a password.
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 from pandaserver import exitcodes
@@ -44,7 +45,13 @@ def database_findings(cfg: PandaConfig, *, connect: bool = False,
     """(where the database is, without a password; what is wrong or worth a warning)."""
     from sqlalchemy.exc import ArgumentError
 
-    from pandaserver.db.engine import DatabaseConfigError, database_url, safe_url
+    from pandaserver.db.engine import (
+        STATE_DIR_ENV,
+        DatabaseConfigError,
+        database_url,
+        safe_url,
+        sqlite_unusable,
+    )
 
     raw = cfg.daemon.db_url.strip()
     place = cfg.where("daemon", "db_url") if raw else f"{cfg.path} [server]"
@@ -90,6 +97,15 @@ def database_findings(cfg: PandaConfig, *, connect: bool = False,
                         exitcodes.RET_CONFIG)]
     findings: list[Finding] = []
     if backend == "sqlite":
+        note = "" if raw else (
+            f" (no database is configured: the default, in {STATE_DIR_ENV})"
+            if os.environ.get(STATE_DIR_ENV, "").strip() else
+            " (no database is configured: the default, in the state directory under"
+            f" HOME={os.environ.get('HOME', '')})")
+        unusable = sqlite_unusable(url.database or "", note)
+        if unusable is not None:
+            return where, [(ERROR, f"{place if raw else cfg.path}: {unusable}",
+                            exitcodes.RET_CONFIG)]
         findings += _local_sqlite(cfg, url.database or "", raw, sync_scripts or [])
     if connect:
         findings += _connect(url, place)

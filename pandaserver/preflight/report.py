@@ -36,17 +36,33 @@ def _sources(cfg: PandaConfig) -> list[str]:
     return lines
 
 
+def _outage(verdict: Verdict) -> list[Finding]:
+    """Errors of check-config's own connection that do not stop run or start (they start
+    in a database outage and wait for it)."""
+    return [f for f in verdict.errors(CHECK) if RUN not in f.stops and START not in f.stops]
+
+
 def _verdict_line(cfg: PandaConfig, verdict: Verdict) -> str:
     settings = cfg.daemon
+    scheduled = [s for s in settings.enabled_scripts if s.name not in verdict.dropped()]
+    waiting = [s.name for s in scheduled if verdict.imports.get(s.module) == "FAILED"]
+    count = len(scheduled) - len(waiting)
     parts = []
     for command in (RUN, START):
         errors = verdict.errors(command)
         if errors:
             parts.append(f"{command} refuses to start (exit {errors[0].code})")
         else:
-            count = len([s for s in settings.enabled_scripts if s.name not in verdict.dropped()])
             parts.append(f"{command} starts {count} script(s) on {settings.n_proc} worker(s)")
+    if waiting and not (verdict.errors(RUN) and verdict.errors(START)):
+        parts.append(f"{len(waiting)} more script(s) ({', '.join(waiting)}) wait until their"
+                     " module imports (the problems above)")
     line = "verdict: " + "; ".join(parts)
+    outage = _outage(verdict)
+    if outage:
+        line = (f"verdict: check-config refuses (exit {outage[0].code}): the database did not"
+                " accept the connection (above); as it is, " + "; ".join(parts)
+                + "; no sync script runs and no history is recorded until it does")
     if not settings.enable and not any(p.key == "enable" for p in settings.fatal):
         line = ("verdict: the daemon is disabled (enable = False): run and start exit 0 without"
                 " starting anything; with enable = True: " + "; ".join(parts))
@@ -89,7 +105,12 @@ def render_check(cfg: PandaConfig, try_import: bool = True, connect: bool = Fals
     errors = verdict.errors(CHECK)
     problems = verdict.problems()
     warnings = verdict.warnings(CHECK)
-    lines += _listed(f"{len(errors)} error(s): what run or start refuses to start with", errors)
+    outage = _outage(verdict)
+    refusals = [f for f in errors if f not in outage]
+    lines += _listed(f"{len(refusals)} error(s): what run or start refuses to start with",
+                     refusals)
+    lines += _listed(f"{len(outage)} error(s): the database did not accept the connection (run and"
+                     " start would start and wait for it)", outage)
     lines += _listed(f"{len(problems)} problem(s): these scripts or keys are left out; the"
                      " rest runs", problems)
     lines += _listed(f"{len(warnings)} warning(s):", warnings)

@@ -184,6 +184,12 @@ def _check_imports(cfg: PandaConfig, verdict: Verdict, cwd: str | None,
 
 
 def drop_scripts(cfg: PandaConfig, verdict: Verdict) -> None:
-    """Take out of the schedule the scripts whose every run would fail at the call."""
+    """Take out of the schedule the scripts whose every run would fail at the call, and note
+    those whose module did not import (``DaemonSettings.waiting_imports``): the master holds
+    them until a worker imports it, without counting them as running."""
     for name in verdict.dropped():
         cfg.daemon.scripts.pop(name, None)
+    why = {f.script: f.message for f in verdict.problems() if f.script is not None}
+    cfg.daemon.waiting_imports = {
+        spec.name: why.get(spec.name, f"cannot import {spec.module}")
+        for spec in cfg.daemon.enabled_scripts if verdict.imports.get(spec.module) == "FAILED"}

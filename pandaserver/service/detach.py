@@ -31,7 +31,7 @@ from pandaserver import exitcodes
 from pandaserver.config import ConfigProblem, DaemonSettings, PandaConfig
 from pandaserver.service.logfiles import MASTER_LOG_FORMAT, LogFiles, log_records_to_stdout, logdir_of
 from pandaserver.service.notify import sd_notify
-from pandaserver.service.pidfile import PidFile, PidFileBusy, lock_holder
+from pandaserver.service.pidfile import LOCK_DIR_VARIABLE, PidFile, PidFileBusy, lock_holder
 from pandaserver.service.privileges import (
     PrivilegeError,
     ServiceUser,
@@ -102,19 +102,24 @@ def plan_start(cfg: PandaConfig, log_level: str, pidfile: Path,
         if holder is not None:
             raise StartError(exitcodes.RET_PIDFILE, str(PidFileBusy(pidfile, holder)))
     directories = [(pidfile.parent, exitcodes.RET_PIDFILE), (logs.directory, exitcodes.RET_FAILED)]
+    elsewhere = {pidfile.parent: f"choose another pid file: --pidfile FILE, or {LOCK_DIR_VARIABLE}=DIR"
+                                 " in the environment (a directory this user can write)",
+                 logs.directory: "choose another log directory: [server] logdir in the"
+                                 f" configuration {cfg.path}"}
     database = sqlite_file(cfg)
     if database is not None and user is not None:
-        from pandaserver.db.engine import STATE_DIR_ENV
+        from pandaserver.db.engine import SQLITE_ELSEWHERE, STATE_DIR_ENV
 
         # the user's master must find the directory root found, not one of its own
         os.environ.setdefault(STATE_DIR_ENV, str(database.parent))
         directories.append((database.parent, exitcodes.RET_FAILED))
+        elsewhere.setdefault(database.parent, SQLITE_ELSEWHERE)
     for directory, code in directories:
         try:
             prepare_directory(directory, user)
         except OSError as exc:
-            raise StartError(code, f"cannot create the directory {directory}: {exc.strerror}"
-                             ) from None
+            raise StartError(code, f"cannot create the directory {directory}: {exc.strerror};"
+                                   f" {elsewhere.get(directory, '')}".rstrip("; ")) from None
     return Plan(cfg=cfg, log_level=log_level, pidfile=pidfile, logs=logs, user=user,
                 build=build)
 
@@ -141,6 +146,7 @@ def become_master(plan: Plan, ready: Callable[[int], None]) -> int:
         except PrivilegeError as exc:
             raise StartError(exitcodes.RET_USER, str(exc)) from None
     pidfile = PidFile(plan.pidfile)
+    code, reason = exitcodes.RET_OK, ""
     try:
         stale = pidfile.acquire()
     except PidFileBusy as exc:
@@ -170,12 +176,14 @@ def become_master(plan: Plan, ready: Callable[[int], None]) -> int:
         except StartupError as exc:
             raise StartError(exc.code, str(exc)) from None
         ready(os.getpid())
-        return master.run()
+        code = master.run()
+        reason = master.exit_reason
+        return code
     except StartError as exc:
         log.error("cannot start: %s", exc)  # in the log file as well, once it is open
         raise
     finally:
-        pidfile.release()
+        pidfile.release(code, reason)  # a failure status stays in the file, for stop
 
 
 # ----- the fleet database ------------------------------------------------------------------

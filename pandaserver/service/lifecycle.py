@@ -24,7 +24,7 @@ import psutil
 from pandaserver import exitcodes
 from pandaserver.daemons.containment import cgroups, proctable
 from pandaserver.daemons.containment import tracker as containment
-from pandaserver.service.pidfile import lock_holder, read_pid, remove_stale
+from pandaserver.service.pidfile import exit_note, lock_holder, read_pid, remove_stale
 
 LEFTOVER_GRACE = 3.0  # seconds the family has to end after the master, before SIGKILL
 KILL_WAIT = 5.0  # seconds to wait for SIGKILLed processes to vanish
@@ -79,6 +79,9 @@ def _not_running(pidfile: Path, out: TextIO) -> int:
     named = f"names pid {stale}" if stale is not None else "names no pid"
     out.write(f"panda-daemon is not running: the pid file {pidfile} is stale (it {named},"
               " and no process holds its lock)\n")
+    note = exit_note(pidfile)
+    if note is not None:
+        out.write(f"its master exited with status {note[0]}: {note[1]}\n")
     return exitcodes.RET_STALE_PIDFILE
 
 
@@ -231,14 +234,16 @@ def stop(pidfile: Path, timeout: float, out: TextIO, err: TextIO) -> int:
                       " stop it from there\n")
             return exitcodes.RET_FAILED
         stale = read_pid(pidfile)
+        note = exit_note(pidfile)
         if pidfile.exists() and remove_stale(pidfile, stale):
             out.write(f"panda-daemon is not running; removed the stale pid file {pidfile}"
                       f" (it named pid {stale}, which held no lock)\n")
         else:
             out.write("panda-daemon is not running\n")
+        code = exitcodes.RET_OK
         if stale is not None:  # what the runs of that dead master left, if anything
-            return _end_leftovers({}, f"{stale}.", None, 0.0, out, err)
-        return exitcodes.RET_OK
+            code = _end_leftovers({}, f"{stale}.", None, 0.0, out, err)
+        return _reported(note, code, err)
     identity = proctable.identity_of(master.pid) or f"{master.pid}."  # its runs' marker
     subtree = cgroups.master_subtree(master.pid)
     family = _family(master)
@@ -270,9 +275,19 @@ def stop(pidfile: Path, timeout: float, out: TextIO, err: TextIO) -> int:
     deadline = time.monotonic() + KILL_WAIT
     while lock_holder(pidfile) == master.pid and time.monotonic() < deadline:
         time.sleep(0.05)
+    note = exit_note(pidfile) if read_pid(pidfile) == master.pid else None
     remove_stale(pidfile, master.pid)
     out.write(f"panda-daemon stopped (master pid {master.pid})\n")
-    return exitcodes.RET_OK
+    return _reported(note, exitcodes.RET_OK, err)
+
+
+def _reported(note: tuple[int, str] | None, code: int, err: TextIO) -> int:
+    """The status ``stop`` ends with: a failure the master left in its pid file (history it
+    lost at its stop, say: ``PidFile.release``) is said and returned, else ``code``."""
+    if note is None or code != exitcodes.RET_OK:
+        return code
+    err.write(f"panda-daemon: the master exited with status {note[0]}: {note[1]}\n")
+    return note[0]
 
 
 def _end_leftovers(family: dict[int, psutil.Process], identity: str, subtree: Path | None,

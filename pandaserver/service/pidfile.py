@@ -91,12 +91,27 @@ def lock_holder(path: Path) -> int | None:
 
 
 def read_pid(path: Path) -> int | None:
-    """The pid written in the file, or None when there is no file or no number in it."""
+    """The pid written in the file (its first line), or None when there is no file or no
+    number in it."""
     try:
         text = path.read_text(encoding="ascii", errors="replace").strip()
     except (FileNotFoundError, IsADirectoryError):
         return None
-    return int(text) if text.isdigit() else None
+    first = text.splitlines()[0].strip() if text else ""
+    return int(first) if first.isdigit() else None
+
+
+def exit_note(path: Path) -> tuple[int, str] | None:
+    """(status, reason) a master that ended with a failure status left in its pid file
+    (``PidFile.release``), or None."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        return None
+    if len(lines) < 2 or not lines[1].startswith("exit "):
+        return None
+    code, _, reason = lines[1][len("exit "):].partition(":")
+    return (int(code), reason.strip()) if code.isdigit() else None
 
 
 class PidFile:
@@ -144,15 +159,24 @@ class PidFile:
         mine = os.fstat(fd)
         return (mine.st_dev, mine.st_ino) == (on_disk.st_dev, on_disk.st_ino)
 
-    def release(self) -> None:
+    def release(self, code: int = 0, reason: str = "") -> None:
         """Remove the file while still holding the lock, then let the lock go.
 
-        Removal may be refused (a directory the master, after dropping privileges, cannot
-        write); the file is then stale, which the next start and ``stop`` handle.
+        A master that ends with a failure status (``code``) leaves the file with that status
+        and ``reason`` on its second line (``exit_note``): ``stop`` reports them, since a
+        detached master's status reaches no one else; the file is then stale, and ``start``
+        replaces it. Removal may be refused (a directory the master, after dropping
+        privileges, cannot write); the file is then stale, which the next start and ``stop``
+        handle.
         """
         if self.fd is None:
             return
-        if self._still_at_path(self.fd):
+        if code and self._still_at_path(self.fd):
+            line = " ".join(f"exit {code}: {reason}".split())
+            with contextlib.suppress(OSError):
+                os.pwrite(self.fd, f"{os.getpid()}\n{line}\n".encode("utf-8", "replace"), 0)
+                os.fsync(self.fd)
+        elif self._still_at_path(self.fd):
             with contextlib.suppress(OSError):
                 self.path.unlink()
         os.close(self.fd)
@@ -161,7 +185,8 @@ class PidFile:
 
 def _parse_pid(data: bytes) -> int | None:
     text = data.decode("ascii", errors="replace").strip()
-    return int(text) if text.isdigit() else None
+    first = text.splitlines()[0].strip() if text else ""
+    return int(first) if first.isdigit() else None
 
 
 def remove_stale(path: Path, expected: int | None) -> bool:

@@ -222,3 +222,70 @@ def test_bundled_example_is_clean_on_one_host(tmp_path: Path) -> None:
     assert "warning(s)" not in result.stdout and "error(s)" not in result.stdout
     assert "verdict: run starts 3 script(s) on 2 worker(s); start starts 3 script(s)" in (
         result.stdout)
+
+
+def test_an_empty_config_is_refused_by_check_config_run_and_reload(tmp_path: Path) -> None:
+    """``config = {}`` would run nothing (or, on reload, remove every script): refused."""
+    cfg = write_config(tmp_path, {})
+    assert "config = {}" in cfg.read_text()
+    check = cli(tmp_path, "-c", str(cfg), "check-config")
+    assert check.returncode == 2, check.stdout
+    assert "key 'config': is an empty object ({}): no scripts will run" in check.stdout
+    assert "verdict: run refuses to start (exit 2); start refuses to start (exit 2)" \
+        in check.stdout
+    run = cli(tmp_path, "-c", str(cfg), "run")
+    assert run.returncode == 2, run.stderr
+    assert "is an empty object ({})" in run.stderr and "master started" not in run.stderr
+    scripts = {"tick": {"module": "record", "period": 0.3}}
+    write_config(tmp_path, scripts)
+    with running_master(cfg, tmp_path) as master:
+        master.wait_events(1, "end", "tick")
+        write_config(tmp_path, {})
+        refused = cli(tmp_path, "-c", str(cfg), "reload", "--pidfile", str(tmp_path / "none.pid"))
+        assert refused.returncode == 2, refused.stderr
+        assert "is an empty object ({})" in refused.stderr and "not reloading" in refused.stderr
+        master.signal(signal.SIGHUP)  # the master itself refuses it too
+        master.wait_log("reload refused, keeping the running configuration")
+        assert "is an empty object ({})" in master.log()
+        ended = len(master.events("end", "tick"))
+        master.wait_events(ended + 2, "end", "tick")  # tick was not removed
+        assert master.stop() == 0
+
+
+def test_scripts_whose_module_does_not_import_are_not_counted_as_running(
+        tmp_path: Path) -> None:
+    """check-config and run count what runs; a script whose module does not import waits
+    for it, said once by the preflight, not once more by the master."""
+    scripts = {"tick": {"module": "record", "period": 0.3},
+               "gone": {"module": "no_such_module_q", "period": 0.3}}
+    cfg = write_config(tmp_path, scripts, n_proc=1)
+    check = cli(tmp_path, "-c", str(cfg), "check-config")
+    assert check.returncode == 2, check.stdout  # a problem: the script is left out
+    assert ("verdict: run starts 1 script(s) on 1 worker(s); start starts 1 script(s) on 1"
+            " worker(s); 1 more script(s) (gone) wait until their module imports") \
+        in check.stdout
+    with running_master(cfg, tmp_path) as master:
+        master.wait_events(3, "end", "tick")
+        assert master.stop() == 0
+        log = master.log()
+    assert "1 scripts (1 more wait until their module imports), 1 workers" in log
+    assert log.count("cannot import testscripts.no_such_module_q") == 1, log
+    assert "will not run" not in log
+    assert master.events("start", "gone") == []
+
+
+def test_a_database_that_refuses_check_config_connect_is_not_a_verdict_that_run_starts(
+        tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, {"tick": {"module": "record", "period": 60}},
+                       db_url=f"postgresql+psycopg2://panda:{SECRET}@127.0.0.1:1/panda")
+    check = cli(tmp_path, "-c", str(cfg), "check-config", "--connect")
+    assert check.returncode == 9, check.stdout
+    assert "1 error(s): the database did not accept the connection (run and start would" \
+           " start and wait for it)" in check.stdout
+    assert "what run or start refuses to start with" not in check.stdout
+    verdict = next(x for x in check.stdout.splitlines() if x.startswith("verdict:"))
+    assert verdict.startswith("verdict: check-config refuses (exit 9): the database did not"
+                              " accept the connection (above); as it is, run starts 1"
+                              " script(s)"), verdict
+    assert verdict.endswith("no sync script runs and no history is recorded until it does")
+    assert SECRET not in check.stdout + check.stderr

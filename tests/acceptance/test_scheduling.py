@@ -121,6 +121,18 @@ def test_loop_mode_stops_when_period_has_passed(tmp_path: Path) -> None:
         assert len(first) >= 5
 
 
+def test_loop_runs_that_end_at_their_period_are_not_reported_as_overruns(
+        tmp_path: Path) -> None:
+    # each loop run calls main() until its period is over: it ends a call's length after it
+    cfg = write_config(tmp_path, {"lp": {"module": "looper", "period": 1.0, "loop": True,
+                                         "timeout": 10, "arguments": [-1, 0.01]}})
+    with running_master(cfg, tmp_path) as master:
+        wait_for(lambda: len(master.runs("lp")) >= 3, 30, "3 loop runs")
+        assert master.stop() == 0
+    assert [run["outcome"] for run in master.runs("lp")[:3]] == ["ok"] * 3
+    assert "longer than its period" not in master.log()
+
+
 def test_worker_recycling_loses_no_run(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, {"tick": {"module": "record", "period": 1.0}},
                        n_proc=2, proc_lifetime=2)

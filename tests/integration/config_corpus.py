@@ -171,6 +171,13 @@ CASES = [
     Case("config-missing", scripts=None, check=2, run=2, start=2,
          fragment="key 'config': is missing: no scripts will run"),
     Case("config-empty", scripts="", check=2, run=2, fragment="is empty: no scripts will run"),
+    Case("config-empty-object", scripts="{}", check=2, run=2, start=2, reload=2,
+         fragment="key 'config': is an empty object ({}): no scripts will run"),
+    Case("loop-timeout-not-above-period",
+         scripts='{"lp": {"module": "looper", "period": 30, "loop": true, "timeout": 10,'
+                 ' "arguments": [3]}}', check=0,
+         fragment="script 'lp' key 'timeout': timeout 10 s is not longer than the period 30 s"
+                  " of this loop script"),
     Case("config-invalid-json", scripts='{"ok": {"module": "record", "period": 60,}}',
          check=2, run=2, reload=2, fragment="invalid JSON at line 1"),
     Case("config-not-an-object", scripts="[1, 2]", check=2, run=2,

@@ -63,3 +63,8 @@ def test_the_command_layer_has_no_table_of_its_own() -> None:
     offenders = [hit for layer in COMMAND_LAYER for path in sorted((package / layer).glob("*.py"))
                  for hit in _constants_and_literal_returns(path)]
     assert offenders == []
+
+
+def test_history_lost_has_its_own_code() -> None:
+    # the master's stop lost history (no database, no writable spool): said by the status
+    assert exitcodes.RET_HISTORY_LOST == 11

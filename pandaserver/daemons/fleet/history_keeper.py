@@ -22,17 +22,19 @@ Used only from the master's loop (``FleetDb`` owns one); the writes themselves r
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 
+from pandaserver import exitcodes
 from pandaserver.daemons.base import runs
 from pandaserver.daemons.fleet.history_spool import Spool
 from pandaserver.daemons.fleet.history_writer import HistoryWriter, Stamped, Written, is_outage
 from pandaserver.db import history as dbhistory
-from pandaserver.db.engine import describe_db_error
+from pandaserver.db.engine import STATE_DIR_ENV, describe_db_error
 from pandaserver.db.pending import PendingWrites
 
 log = logging.getLogger("panda.master")
@@ -73,6 +75,7 @@ class HistoryKeeper:
         self.mark_lost_due = False
         self.next_resubmit = 0.0
         self.written = 0  # rows written since the start (for status)
+        self.lost: list[str] = []  # history lost at stop, one line each (the exit status)
 
     # ----- what the loop records ----------------------------------------------------------
     def start(self, run: runs.Run) -> None:
@@ -110,6 +113,14 @@ class HistoryKeeper:
         """Replay what the last master of this server spooled; close its open runs."""
         rows = spool.load(self.monotonic())
         self.spool = spool if rows is not None else None  # never overwrite an unread file
+        why = spool.unwritable()
+        if why is not None:
+            log.warning("history: cannot write in the state directory %s (%s): runs the master"
+                        " has not written to the database when it stops (during an outage)"
+                        " could not be kept for the next start and would be lost (exit %d);"
+                        " make the directory writable by uid %d with free space, or set %s to"
+                        " one that is", spool.path.parent, why, exitcodes.RET_HISTORY_LOST,
+                        os.geteuid(), STATE_DIR_ENV)
         if rows:
             log.info("replaying %d history write(s) kept in %s at the last stop", len(rows),
                      spool.path)
@@ -235,15 +246,17 @@ class HistoryKeeper:
         runs_left = len({_key(item)[1:] if getattr(item, "run_id", None) is not None
                          else id(item) for _, item in left})
         if self.spool is None:
-            log.error("history of %d run(s) (%d write(s)) not written at stop (%s): lost",
-                      runs_left, len(left), reason)
+            self.lost.append(f"history of {runs_left} run(s) ({len(left)} write(s)) not written"
+                             f" at stop ({reason}): lost")
+            log.error("%s", self.lost[-1])
             return
         try:
             self.spool.save(left, self.monotonic())
         except OSError as exc:
-            log.error("history of %d run(s) (%d write(s)) not written at stop (%s), and it"
-                      " cannot be kept in %s: %s: lost", runs_left, len(left), reason,
-                      self.spool.path, exc)
+            self.lost.append(f"history of {runs_left} run(s) ({len(left)} write(s)) not written"
+                             f" at stop ({reason}), and it cannot be kept in {self.spool.path}:"
+                             f" {exc.strerror or exc}: lost")
+            log.error("%s", self.lost[-1])
             return
         log.error("history of %d run(s) (%d write(s)) not written at stop (%s): kept in %s,"
                   " written at the next start", runs_left, len(left), reason, self.spool.path)

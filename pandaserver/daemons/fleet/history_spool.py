@@ -12,6 +12,7 @@ so a row replayed twice (the master was killed before it removed the file) is st
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -110,7 +111,26 @@ class Spool:
             log.error("history spool %s: %d malformed line(s) skipped", self.path, bad)
         return rows
 
+    def unwritable(self) -> str | None:
+        """Why the spool file could not be written now (its directory cannot be created or
+        written: read-only, full, not ours), or None when a probe write succeeds."""
+        probe = self.path.with_name(self.path.name + ".probe")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(probe, "w", encoding="utf-8") as handle:
+                handle.write("panda-daemon history spool probe\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            return exc.strerror or str(exc)
+        finally:
+            with contextlib.suppress(OSError):
+                probe.unlink()
+        return None
+
     def remove(self) -> None:
+        if not os.path.lexists(self.path):  # on a read-only directory unlink says EROFS
+            return
         try:
             self.path.unlink()
         except FileNotFoundError:

@@ -130,6 +130,7 @@ class Master:
         self.extra_events += [self.pool.recycle_next, self.dispatcher.release_held,
                               self.controls.tick]
         self.started = self.clock.monotonic()
+        self.exit_reason = ""  # why run() returns a failure status, for the pid file
         self.status = StatusFile(status_file) if status_file is not None else None
         if self.status is not None:
             status = self.status
@@ -169,6 +170,10 @@ class Master:
         scripts = self.dispatcher.scripts
         for spec in self._specs(self.settings).values():
             scripts[spec.name] = ScriptState(spec=spec, next_due=schedule.first_due(now))
+        for name, why in self.settings.waiting_imports.items():  # said by the preflight
+            if (state := scripts.get(name)) is not None and self.only is None:
+                scripts.disable(state, why)
+                self.dispatcher.unimportable.add(name)
 
     # ----- the loop -----------------------------------------------------------------------
     def run(self) -> int:
@@ -177,8 +182,10 @@ class Master:
         self.containment.start()
         set_title(f"master{'' if self.only is None else ' run-once ' + self.only}")
         self.begin(self.clock.monotonic())
-        log.info("master started on %s (pid %d): %d scripts, %d workers",
-                 self.server, os.getpid(), len(self.dispatcher.scripts), self.n_proc)
+        held = len(self.dispatcher.unimportable)
+        log.info("master started on %s (pid %d): %d scripts%s, %d workers", self.server,
+                 os.getpid(), len(self.dispatcher.scripts) - held,
+                 f" ({held} more wait until their module imports)" if held else "", self.n_proc)
         while (next_event := self.turn()) is not None:
             self._wait(next_event - self.clock.monotonic())
         self.containment.close()
@@ -186,10 +193,16 @@ class Master:
             self.status.close(self, self.clock.monotonic())
         if self.fleet is not None:
             self.fleet.close()
-        log.info("master stopped")
         if self.only is not None:
+            log.info("master stopped")
             return ONCE_EXIT.get(self.dispatcher.once_outcome or protocol.LOST,
                                  exitcodes.RET_LOST)
+        if self.fleet is not None and self.fleet.keeper.lost:  # said by the exit status
+            self.exit_reason = "; ".join(self.fleet.keeper.lost)
+            log.error("master stopped, exit %d: %s", exitcodes.RET_HISTORY_LOST,
+                      self.exit_reason)
+            return exitcodes.RET_HISTORY_LOST
+        log.info("master stopped")
         return exitcodes.RET_OK
 
     def turn(self) -> float | None:

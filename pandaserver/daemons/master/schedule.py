@@ -33,6 +33,10 @@ from pandaserver.db.servertime import due_tolerance
 REMOVED = "removed from the configuration by a reload"  # a ``disabled`` reason
 LATE_FLOOR = 300.0  # seconds: a script later than max(this, period / 2) is reported
 LATE_FLOOR_VARIABLE = "PANDA_DAEMON_LATE_FLOOR"
+# a run that ends this little past its period did not overrun it (a loop run stops at its
+# period, after the call that crossed it): 0.1 s, or 1 % of a period longer than 10 s
+OVERRUN_TOLERANCE = 0.1
+OVERRUN_TOLERANCE_SHARE = 0.01
 
 
 @dataclass(eq=False)
@@ -94,8 +98,10 @@ def next_due_after_dispatch(state: ScriptState, started: float) -> float:
 
 
 def overrun(started: float, ended: float, period: float) -> float:
-    """Seconds by which a run outlasted its period (0 when it did not)."""
-    return max(0.0, (ended - started) - period)
+    """Seconds by which a run outlasted its period, reported as an overrun; 0 when it ended
+    within ``OVERRUN_TOLERANCE`` of its period (a loop run ends at its period by design)."""
+    over = (ended - started) - period
+    return over if over > max(OVERRUN_TOLERANCE, period * OVERRUN_TOLERANCE_SHARE) else 0.0
 
 
 def late_threshold(period: float, floor: float = LATE_FLOOR) -> float:
