@@ -35,18 +35,30 @@ from pandaserver.db.engine import engine_from_url
 from pandaserver.db.schema import upgrade
 
 BACKENDS = ["sqlite", "postgresql", "mysql"]
+XDIST_COUNT_VAR = "PYTEST_XDIST_WORKER_COUNT"  # set by pytest-xdist in its workers
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """Before any test: a scratch directory for the database servers, and the guard that
     ends every process the session started and removes the directory when pytest ends, even
-    by SIGKILL (tests/guard.py). A pytest run by a test gets a guard of its own."""
+    by SIGKILL (tests/guard.py). A pytest run by a test gets a guard of its own, and so does
+    each worker of a parallel run (pytest-xdist), each with a cgroup of its own where one
+    can be made."""
     import guard
 
     scratch = Path(tempfile.mkdtemp(prefix="panda-tests-"))
     scratch.chmod(0o755)  # the servers run as their own users below it
     os.environ[SCRATCH_VAR] = str(scratch)
     guard.start(scratch)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test marked ``serial`` fails at once in a parallel run instead of running beside
+    others, where its timing bound would prove less (tests/run-all.sh runs it alone)."""
+    if item.get_closest_marker("serial") and int(os.environ.get(XDIST_COUNT_VAR, "1")) > 1:
+        pytest.fail(f"{item.nodeid} is marked serial: it must run alone, not beside"
+                    f" {os.environ[XDIST_COUNT_VAR]} parallel workers; run it with -m serial"
+                    " and without -n (tests/run-all.sh does)", pytrace=False)
 
 
 class _Server(Protocol):

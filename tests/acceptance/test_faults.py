@@ -28,6 +28,7 @@ from sqlalchemy import URL
 
 from pandaserver.config.daemon import LEASE_TTL_MIN
 
+pytestmark = pytest.mark.serial  # self-fencing margins of the smallest lease: run alone (tests/README.md)
 TTL = LEASE_TTL_MIN  # the smallest lease the config accepts: the tightest margins
 TAKEOVER_SLACK = 8.0  # generous: grant retries, worker start-up, a loaded 2-core machine
 

@@ -11,6 +11,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+import pytest
 from harness import MasterProcess, pid_alive, running_master, wait_for, write_config
 from pgfleet import cli, fleet_config, fleet_events
 from sqlalchemy import URL
@@ -160,6 +161,7 @@ def test_kill_ends_the_tree_and_records_killed(tmp_path: Path, pg_url: URL) -> N
             master.stop()
 
 
+@pytest.mark.serial  # a 2-s bound on gaps: run alone
 def test_drain_moves_sync_scripts_with_no_gap_and_no_overlap(tmp_path: Path,
                                                              pg_url: URL) -> None:
     period = 0.5

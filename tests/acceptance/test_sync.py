@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2
+import pytest
 from harness import MasterProcess, running_master, wait_for
 from pg import PgCluster
 from pgfleet import cli, cut, fleet_config, fleet_events, restore
@@ -76,6 +77,7 @@ def granted(cluster: PgCluster, url: URL) -> list[tuple[int, Any, str]]:
     return [(int(g), at, str(owner)) for g, at, owner in rows]
 
 
+@pytest.mark.serial  # 0.2-s periods, every one served: run alone
 def test_each_period_served_once_across_masters_whose_clocks_disagree(
         tmp_path: Path, pg_url: URL, pg_cluster: PgCluster) -> None:
     """Three masters whose wall clocks are minutes and hours apart, and are stepped while
@@ -129,6 +131,7 @@ def test_each_period_served_once_across_masters_whose_clocks_disagree(
         offsets
 
 
+@pytest.mark.serial  # a 2-s bound: run alone
 def test_overrun_sync_runs_never_overlap_and_follow_at_once(tmp_path: Path, pg_url: URL) -> None:
     cfg = fleet_config(tmp_path, pg_url, {"slow": {"module": "record", "period": 0.5,
                                                    "sync": True, "timeout": 10,
