@@ -52,6 +52,23 @@ def pytest_configure(config: pytest.Config) -> None:
     guard.start(scratch)
 
 
+LAYERS = ("acceptance", "integration", "unit")  # slowest first
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In a parallel run, hand out the slow layers first: a minute-long acceptance test
+    picked up last would run on after every other worker has finished. (Every worker
+    collects the same order: xdist requires it.)"""
+    if XDIST_COUNT_VAR not in os.environ:
+        return
+
+    def layer(item: pytest.Item) -> int:
+        parts = item.path.parts
+        return next((i for i, name in enumerate(LAYERS) if name in parts), len(LAYERS))
+
+    items.sort(key=layer)  # stable: the order within a layer stays
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """A test marked ``serial`` fails at once in a parallel run instead of running beside
     others, where its timing bound would prove less (tests/run-all.sh runs it alone)."""

@@ -4,7 +4,7 @@
 # the tests side by side in parallel processes, then the tests marked `serial` alone
 # (timing bounds a busy neighbour could break; see tests/README.md).
 # Usage: tests/run-all.sh [pytest arguments...]   (given to both passes)
-# PANDA_TEST_WORKERS: the parallel pass's processes (default 4; 0 runs it in one process).
+# PANDA_TEST_WORKERS: the parallel pass's processes (default 6; 0 runs it in one process).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,7 +51,7 @@ pass_status() {
 }
 failed=""
 empty=0
-WORKERS=${PANDA_TEST_WORKERS:-4}
+WORKERS=${PANDA_TEST_WORKERS:-6}
 echo "== pytest, parallel pass: $WORKERS processes, every test not marked serial"
 pass_status .venv/bin/python -m pytest -n "$WORKERS" --dist load -m "not serial" \
     --durations=25 "$@"

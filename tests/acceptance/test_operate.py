@@ -67,6 +67,7 @@ def starts_after(masters: list[MasterProcess], name: str, t: float) -> list[dict
     return [e for e in fleet_events(masters, "start", name) if e["t"] > t]
 
 
+@pytest.mark.serial  # never early on gaps of 0.5 s between runs: run alone
 def test_pause_stops_new_runs_fleet_wide_and_resume_restores_the_period(
         tmp_path: Path, pg_url: URL) -> None:
     cfg = fleet_config(tmp_path, pg_url, {

@@ -77,7 +77,6 @@ def granted(cluster: PgCluster, url: URL) -> list[tuple[int, Any, str]]:
     return [(int(g), at, str(owner)) for g, at, owner in rows]
 
 
-@pytest.mark.serial  # 0.2-s periods, every one served: run alone
 def test_each_period_served_once_across_masters_whose_clocks_disagree(
         tmp_path: Path, pg_url: URL, pg_cluster: PgCluster) -> None:
     """Three masters whose wall clocks are minutes and hours apart, and are stepped while
