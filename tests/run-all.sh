@@ -36,7 +36,7 @@ echo "== installing panda-daemon and its test dependencies"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 \
     | grep -v "is ignored: it is neither a file nor a directory" || true
 
-# The suite starts a few thousand interpreters (masters, workers, commands); where
+# The suite starts many interpreters (masters, workers, commands, probes); where
 # PYTHONDONTWRITEBYTECODE is set, each would compile the project's modules again.
 .venv/bin/python -m compileall -q pandaserver tests >/dev/null
 

@@ -96,6 +96,7 @@ def test_a_clean_stop_releases_the_lease_at_once(tmp_path: Path, pg_url: URL) ->
     assert [r["outcome"] for r in lost] == ["lost"] and lost[0]["generation"] == held["generation"]
 
 
+@pytest.mark.serial  # it must end within the 60-s period of its grant: alone
 def test_run_once_takes_the_lease_and_exits_7_when_another_server_holds_it(
         tmp_path: Path, pg_url: URL) -> None:
     job = {"period": 60, "sync": True, **LEASE}
