@@ -147,11 +147,10 @@ class MasterProcess:
 
     def tree(self) -> list[psutil.Process]:
         """The master and every descendant; remembered so teardown can check them."""
-        try:
-            root = psutil.Process(self.proc.pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            procs = []
+        procs = []
+        for pid in descendants(self.proc.pid):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                procs.append(psutil.Process(pid))
         with self._seen_lock:
             for proc in procs:
                 self.seen.setdefault(proc.pid, proc)
@@ -224,6 +223,37 @@ class MasterProcess:
                 time.sleep(0.05)
         self._log.close()
         return left
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it, parents before children: read down the tree
+    from ``/proc/PID/task/TID/children``, so the cost grows with the tree, where psutil's
+    ``children(recursive=True)`` reads the parent of every process on the machine (the
+    watch thread of each master does this ten times a second). [] when ``pid`` is gone."""
+    if not _PROC_CHILDREN:
+        try:
+            root = psutil.Process(pid)
+            return [pid, *(p.pid for p in root.children(recursive=True))]
+        except psutil.NoSuchProcess:
+            return []
+    if not os.path.exists(f"/proc/{pid}"):
+        return []
+    found = [pid]
+    for parent in found:  # grows while it is read: breadth first
+        try:
+            tids = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{parent}/task/{tid}/children") as children:
+                    found.extend(int(word) for word in children.read().split())
+            except (OSError, ValueError):
+                continue
+    return found
+
+
+_PROC_CHILDREN = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
 
 
 @contextmanager

@@ -180,6 +180,48 @@ class MariaDbServer:
         self._admin(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
         return self.url(name)
 
+    def seal_template(self, name: str) -> None:
+        """Check that ``copy_template`` can copy all of ``name``: base tables only (MariaDB
+        has no database templates; the copy is made table by table)."""
+        conn = self.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT CONCAT(table_type, ' ', table_name) FROM information_schema.tables"
+                    " WHERE table_schema = %s AND table_type <> 'BASE TABLE' UNION ALL"
+                    " SELECT CONCAT('TRIGGER ', trigger_name) FROM information_schema.triggers"
+                    " WHERE trigger_schema = %s UNION ALL"
+                    " SELECT CONCAT(routine_type, ' ', routine_name)"
+                    " FROM information_schema.routines WHERE routine_schema = %s",
+                    (name, name, name))
+                others = [str(row[0]) for row in cur.fetchall()]
+        finally:
+            conn.close()
+        if others:
+            raise MySqlUnavailable(f"the template database {name} holds what copy_template"
+                                   f" does not copy: {', '.join(others)}")
+
+    def copy_template(self, template: str, name: str) -> None:
+        """Fill the fresh, empty database ``name`` with a copy of ``template``: each table
+        created by the statement that ``SHOW CREATE TABLE`` gives (keys, indexes, foreign
+        keys and options included), then its rows copied."""
+        conn = self.connect(name)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT table_name FROM information_schema.tables"
+                            " WHERE table_schema = %s AND table_type = 'BASE TABLE'",
+                            (template,))
+                tables = sorted(str(row[0]) for row in cur.fetchall())
+                cur.execute("SET SESSION foreign_key_checks = 0")  # tables in any order
+                for table in tables:
+                    cur.execute(f"SHOW CREATE TABLE `{template}`.`{table}`")
+                    row = cur.fetchone()
+                    assert row is not None, table
+                    cur.execute(str(row[1]))
+                    cur.execute(f"INSERT INTO `{table}` SELECT * FROM `{template}`.`{table}`")
+        finally:
+            conn.close()
+
     def drop_database(self, name: str) -> None:
         self._admin(f"DROP DATABASE IF EXISTS `{name}`")
 

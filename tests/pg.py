@@ -200,9 +200,20 @@ class PgCluster:
     def _admin(self, sql: str) -> None:
         self.sql(sql)
 
-    def create_database(self, name: str) -> URL:
-        self._admin(f'CREATE DATABASE "{name}" TEMPLATE template0')
+    def create_database(self, name: str, template: str = "template0") -> URL:
+        self._admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
         return self.url(name)
+
+    def seal_template(self, name: str) -> None:
+        """Make ``name`` a template nobody may connect to: a copy fails while anyone is
+        connected to its template, so nothing may be."""
+        self._admin(f'ALTER DATABASE "{name}" WITH IS_TEMPLATE true ALLOW_CONNECTIONS false')
+
+    def copy_template(self, template: str, name: str) -> None:
+        """Replace the fresh, empty, unused database ``name`` by a copy of ``template``
+        (the file-level copy of ``CREATE DATABASE ... TEMPLATE``)."""
+        self._admin(f'DROP DATABASE "{name}"')
+        self.create_database(name, template)
 
     def drop_database(self, name: str) -> None:
         self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Install what the tests need (system packages below, a virtualenv with the project and
-# its test dependencies), then run lint, types and the whole test suite.
-# Usage: tests/run-all.sh [pytest arguments...]
+# its test dependencies), then run lint, types and the whole test suite in two passes:
+# the tests side by side in parallel processes, then the tests marked `serial` alone
+# (timing bounds a busy neighbour could break; see tests/README.md).
+# Usage: tests/run-all.sh [pytest arguments...]   (given to both passes)
+# PANDA_TEST_WORKERS: the parallel pass's processes (default 6; 0 runs it in one process).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,11 +38,36 @@ echo "== installing panda-daemon and its test dependencies"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 \
     | grep -v "is ignored: it is neither a file nor a directory" || true
 
+# The suite starts many interpreters (masters, workers, commands, probes); where
+# PYTHONDONTWRITEBYTECODE is set, each would compile the project's modules again.
+.venv/bin/python -m compileall -q pandaserver tests >/dev/null
+
 echo "== ruff"
 .venv/bin/ruff check pandaserver tests benchmarks
 echo "== mypy"
 .venv/bin/mypy pandaserver
 echo "== import layers"
 .venv/bin/lint-imports
-echo "== pytest"
-exec .venv/bin/python -m pytest "$@"
+# pytest's exit status 5 is "no test selected": a selection may leave one pass empty
+pass_status() {
+    local code=0
+    "$@" || code=$?
+    if [ "$code" -eq 5 ]; then empty=$((empty + 1)); code=0; fi
+    [ "$code" -eq 0 ] || failed="$failed $code"
+}
+failed=""
+empty=0
+WORKERS=${PANDA_TEST_WORKERS:-6}
+echo "== pytest, parallel pass: $WORKERS processes, every test not marked serial"
+pass_status .venv/bin/python -m pytest -n "$WORKERS" --dist load -m "not serial" \
+    --durations=25 "$@"
+echo "== pytest, serial pass: the tests marked serial, one at a time"
+pass_status .venv/bin/python -m pytest -p no:xdist -m serial --durations=25 "$@"
+if [ -n "$failed" ]; then
+    echo "== FAILED: pytest exit status$failed" >&2
+    exit 1
+fi
+if [ "$empty" -eq 2 ]; then
+    echo "== no test was selected" >&2
+    exit 5
+fi

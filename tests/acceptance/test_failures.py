@@ -8,6 +8,7 @@ import signal
 from itertools import pairwise
 from pathlib import Path
 
+import pytest
 from harness import pid_alive, running_master, wait_for, write_config
 
 
@@ -139,6 +140,7 @@ def test_a_module_fixed_in_place_runs_once_a_fresh_worker_imports_it(tmp_path: P
         master.wait_events(1, "start", "flaky")
 
 
+@pytest.mark.serial  # back-off timing: run alone
 def test_worker_dying_before_ready_is_restarted_with_backoff_not_spinning(
         tmp_path: Path) -> None:
     # Importing "dies_on_import" kills the worker, until a file says otherwise. The first

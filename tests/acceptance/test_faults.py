@@ -169,6 +169,7 @@ def test_a_frozen_holder_cannot_keep_its_run_past_the_lease(tmp_path: Path, pg_u
     assert taken["pid"] != found[0]["pid"] and found[-1]["server"] == "b"
 
 
+@pytest.mark.serial  # gaps under 1.9 s for a 1-s period: run alone
 @pytest.mark.parametrize("fault", ["database-frozen", "partition"])
 def test_local_schedules_keep_every_period_whatever_the_database_does(
         tmp_path: Path, pg_url: URL, pg_cluster: PgCluster, fault: str) -> None:
@@ -205,6 +206,7 @@ def test_local_schedules_keep_every_period_whatever_the_database_does(
     assert len(warnings) == 1, warnings
 
 
+@pytest.mark.serial  # a 5-s bound after a reload: run alone
 def test_a_shortened_period_is_honoured_fleet_wide_at_the_next_grant(
         tmp_path: Path, pg_url: URL) -> None:
     long = {"g": guarded(0, period=86400)}

@@ -17,6 +17,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import pytest
 from harness import running_master, script_env, wait_for, write_config
 from pg import PgCluster, url_text
 from pgfleet import cut, restore
@@ -95,6 +96,7 @@ def test_a_clean_stop_releases_the_lease_at_once(tmp_path: Path, pg_url: URL) ->
     assert [r["outcome"] for r in lost] == ["lost"] and lost[0]["generation"] == held["generation"]
 
 
+@pytest.mark.serial  # it must end within the 60-s period of its grant: alone
 def test_run_once_takes_the_lease_and_exits_7_when_another_server_holds_it(
         tmp_path: Path, pg_url: URL) -> None:
     job = {"period": 60, "sync": True, **LEASE}
@@ -171,6 +173,7 @@ def test_a_master_started_during_an_outage_runs_and_recovers_by_itself(
     assert {r["outcome"] for r in history(tmp_path, cfg, "sync_s")} == {"ok"}
 
 
+@pytest.mark.serial  # the lease read and the cut must come within the 5-s run: alone
 def test_a_release_that_failed_in_an_outage_is_retried_when_it_returns(
         tmp_path: Path, pg_url: URL, pg_cluster: PgCluster) -> None:
     cfg = upgraded(tmp_path, fleet_config(tmp_path, pg_url, {

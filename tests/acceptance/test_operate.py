@@ -11,6 +11,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+import pytest
 from harness import MasterProcess, pid_alive, running_master, wait_for, write_config
 from pgfleet import cli, fleet_config, fleet_events
 from sqlalchemy import URL
@@ -66,6 +67,7 @@ def starts_after(masters: list[MasterProcess], name: str, t: float) -> list[dict
     return [e for e in fleet_events(masters, "start", name) if e["t"] > t]
 
 
+@pytest.mark.serial  # never early on gaps of 0.5 s between runs: run alone
 def test_pause_stops_new_runs_fleet_wide_and_resume_restores_the_period(
         tmp_path: Path, pg_url: URL) -> None:
     cfg = fleet_config(tmp_path, pg_url, {
@@ -160,6 +162,7 @@ def test_kill_ends_the_tree_and_records_killed(tmp_path: Path, pg_url: URL) -> N
             master.stop()
 
 
+@pytest.mark.serial  # a 2-s bound on gaps: run alone
 def test_drain_moves_sync_scripts_with_no_gap_and_no_overlap(tmp_path: Path,
                                                              pg_url: URL) -> None:
     period = 0.5

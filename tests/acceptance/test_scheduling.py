@@ -7,6 +7,7 @@ import signal
 from itertools import pairwise
 from pathlib import Path
 
+import pytest
 from harness import MasterProcess, running_master, wait_for, write_config
 
 # Exact guarantees are checked exactly: "never early" on the master's own figure (the delay
@@ -14,6 +15,7 @@ from harness import MasterProcess, running_master, wait_for, write_config
 # never on gaps between the times scripts record, which include dispatch and worker wake-up.
 # Timing bounds (how soon, how late) are generous: a loaded 2-core machine lags by tenths
 # of a second; the real figures are in benchmarks/.
+pytestmark = pytest.mark.serial  # timing bounds of 0.8 s: run alone (tests/README.md)
 SLACK = 0.8  # seconds of lag a bound tolerates
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from harness import MasterProcess, pid_alive, running_master, wait_for, write_config
 
+pytestmark = pytest.mark.serial  # timing bounds of 0.8 s: run alone (tests/README.md)
 SLACK = 0.8  # seconds of lag a lower bound tolerates (a loaded 2-core machine)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2
+import pytest
 from harness import MasterProcess, running_master, wait_for
 from pg import PgCluster
 from pgfleet import cli, cut, fleet_config, fleet_events, restore
@@ -130,6 +131,7 @@ def test_each_period_served_once_across_masters_whose_clocks_disagree(
         offsets
 
 
+@pytest.mark.serial  # a 2-s bound: run alone
 def test_overrun_sync_runs_never_overlap_and_follow_at_once(tmp_path: Path, pg_url: URL) -> None:
     cfg = fleet_config(tmp_path, pg_url, {"slow": {"module": "record", "period": 0.5,
                                                    "sync": True, "timeout": 10,

@@ -81,7 +81,7 @@ def fleet_db(db_engine: Engine) -> Engine:
     with db_engine.connect() as conn:
         now = db_now(conn)
     history.record(RunRecord("fresh", "srv-a", 10, "ok", duration=0.25, ended_ago=2,
-                             due_at=now - timedelta(seconds=2.35)))
+                             due_before_start=0.1))  # exact on the database clock
     history.record(RunRecord("fresh", "srv-b", 20, "failed", duration=1.5, ended_ago=1,
                              error="Traceback (most recent call last):\nValueError: bad row"))
     history.record(RunRecord("old", "srv-a", 10, "ok", duration=3.0, ended_ago=1000))
