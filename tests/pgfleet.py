@@ -52,3 +52,30 @@ def cut(pg_cluster: PgCluster, dbname: str) -> None:
 
 def restore(pg_cluster: PgCluster, dbname: str) -> None:
     admin(pg_cluster, f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
+
+
+# Every grant of every lease, logged by the database itself (a trigger on daemon_lease).
+GRANT_LOG = """
+CREATE TABLE test_grant_log (name text, generation int, owner text, at timestamptz);
+CREATE FUNCTION test_log_grant() RETURNS trigger AS $$ BEGIN
+  IF TG_OP = 'INSERT' OR NEW.generation <> OLD.generation THEN
+    INSERT INTO test_grant_log VALUES (NEW.name, NEW.generation, NEW.owner_server,
+                                       NEW.acquired_at);
+  END IF;
+  RETURN NEW;
+END $$ LANGUAGE plpgsql;
+CREATE TRIGGER test_grant_log AFTER INSERT OR UPDATE ON daemon_lease
+  FOR EACH ROW EXECUTE FUNCTION test_log_grant();
+"""
+
+
+def log_grants(cluster: PgCluster, url: URL) -> None:
+    """Log every grant of the fleet's database ``url`` in ``test_grant_log`` from now on."""
+    cluster.sql(GRANT_LOG, str(url.database))
+
+
+def granted(cluster: PgCluster, url: URL) -> list[tuple[int, Any, str]]:
+    """The grants logged so far: (generation, the database's time, server), in order."""
+    rows = cluster.sql("SELECT generation, at, owner FROM test_grant_log ORDER BY generation",
+                       str(url.database))
+    return [(int(g), at, str(owner)) for g, at, owner in rows]

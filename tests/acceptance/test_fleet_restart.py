@@ -12,9 +12,8 @@ from pathlib import Path
 
 from harness import MasterProcess, running_master, wait_for
 from pg import PgCluster
-from pgfleet import fleet_config, fleet_events
+from pgfleet import fleet_config, fleet_events, granted, log_grants
 from sqlalchemy import URL
-from test_sync import granted, log_grants
 
 from pandaserver.db.servertime import due_tolerance
 

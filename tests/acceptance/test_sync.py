@@ -8,13 +8,12 @@ from contextlib import ExitStack
 from datetime import timedelta
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
 
 import psycopg2
 import pytest
 from harness import MasterProcess, running_master, wait_for
 from pg import PgCluster
-from pgfleet import cli, cut, fleet_config, fleet_events, restore
+from pgfleet import cli, cut, fleet_config, fleet_events, granted, log_grants, restore
 from sqlalchemy import URL
 
 from pandaserver.db.servertime import due_tolerance
@@ -46,37 +45,6 @@ def start_fleet(stack: ExitStack, cfg: Path, tmp_path: Path, servers: dict[str, 
         masters.append(stack.enter_context(running_master(
             cfg, tmp_path, server=name, extra_env=faked_clock_env(clock_file))))
     return masters
-
-
-GRANT_LOG = """
-CREATE TABLE test_grant_log (name text, generation int, owner text, at timestamptz);
-CREATE FUNCTION test_log_grant() RETURNS trigger AS $$ BEGIN
-  IF TG_OP = 'INSERT' OR NEW.generation <> OLD.generation THEN
-    INSERT INTO test_grant_log VALUES (NEW.name, NEW.generation, NEW.owner_server,
-                                       NEW.acquired_at);
-  END IF;
-  RETURN NEW;
-END $$ LANGUAGE plpgsql;
-CREATE TRIGGER test_grant_log AFTER INSERT OR UPDATE ON daemon_lease
-  FOR EACH ROW EXECUTE FUNCTION test_log_grant();
-"""
-
-
-def log_grants(cluster: PgCluster, url: URL) -> None:
-    conn = psycopg2.connect(**cluster.dsn(str(url.database)))
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(GRANT_LOG)
-    conn.close()
-
-
-def granted(cluster: PgCluster, url: URL) -> list[tuple[int, Any, str]]:
-    conn = psycopg2.connect(**cluster.dsn(str(url.database)))
-    with conn.cursor() as cur:
-        cur.execute("SELECT generation, at, owner FROM test_grant_log ORDER BY generation")
-        rows = cur.fetchall()
-    conn.close()
-    return [(int(g), at, str(owner)) for g, at, owner in rows]
 
 
 def test_each_period_served_once_across_masters_whose_clocks_disagree(
