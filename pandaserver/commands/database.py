@@ -24,7 +24,7 @@ from pandaserver.config.problems import did_you_mean
 from pandaserver.db.engine import DatabaseConfigError, describe_db_error, make_engine, safe_url
 from pandaserver.db.history import HistoryStore, RunRow
 from pandaserver.db.leases import LeaseRow, LeaseStore
-from pandaserver.db.schema import SchemaError, check_schema, upgrade
+from pandaserver.db.schema import SchemaError, check_schema, head_revision, known_revisions, upgrade
 from pandaserver.exitcodes import RET_CONFIG, RET_DATABASE, RET_FAILED, RET_OK, RET_SCHEMA
 from pandaserver.fmt import span, table, when
 
@@ -216,7 +216,12 @@ def cmd_db_upgrade(cfg: PandaConfig, args: argparse.Namespace) -> int:
         with open_database(cfg, check=False) as engine:
             before, after = upgrade(engine)
             where = safe_url(engine.url)
-        if before == after:
+        if before == after and after not in known_revisions():
+            print(f"database {where}: schema {after} is newer than this panda-daemon (head"
+                  f" {head_revision()}) and records that it works with it: nothing to do"
+                  " (a newer release migrated it; upgrade panda-daemon on this server in its"
+                  " turn)")
+        elif before == after:
             print(f"database {where}: schema already at {after}")
         else:
             print(f"database {where}: schema upgraded from {before or 'nothing'} to {after}")

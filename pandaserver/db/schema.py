@@ -1,8 +1,11 @@
 """Schema version checks and upgrades (Alembic, run in-process, no alembic.ini).
 
-The version is kept in the table ``daemon_schema``. ``check_schema`` refuses a
-database whose revision this code does not know (a newer panda-daemon migrated it)
-and one that is behind (run ``panda-daemon db upgrade``). ``upgrade`` is safe to run
+The version is kept in the table ``daemon_schema``. ``check_schema`` accepts this code's
+head, and a newer revision when the database records (table ``daemon_schema_compat``,
+written by ``panda-daemon db upgrade``) that code of this head works with it: every
+migration since was additive (rolling upgrades, docs/database.md). It refuses a newer
+revision without that record or one that needs newer code, and one that is behind (run
+``panda-daemon db upgrade``). ``upgrade`` is safe to run
 from several processes at once: it holds a PostgreSQL advisory lock, or on SQLite a
 ``BEGIN IMMEDIATE`` write lock, for the whole migration, which runs in one
 transaction on both. On MySQL/MariaDB, where every DDL statement commits by itself,
@@ -21,7 +24,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, inspect, text
 
-from pandaserver.db.tables import VERSION_TABLE
+from pandaserver.db.tables import COMPAT_TABLE, VERSION_TABLE
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +43,8 @@ _TRANSACTIONAL = {"postgresql": "READ COMMITTED", "sqlite": "SERIALIZABLE",
 class SchemaError(Exception):
     """The database schema does not match this panda-daemon (the message says what to do).
 
-    ``kind`` is ``"missing"`` (no panda-daemon tables), ``"older"`` or ``"newer"``.
+    ``kind`` is ``"missing"`` (no panda-daemon tables), ``"older"`` or ``"newer"`` (newer,
+    and not recorded as working with this code).
     """
 
     def __init__(self, message: str, kind: str, current: str | None, head: str) -> None:
@@ -85,15 +89,42 @@ def _current(conn: Connection) -> str | None:
     return rows[0] if rows else None
 
 
+def _oldest_code(conn: Connection, current: str) -> str | None:
+    """The oldest code revision recorded as working with schema ``current``; None when
+    nothing is recorded (a database migrated before rolling upgrades, or by hand)."""
+    if not inspect(conn).has_table(COMPAT_TABLE):
+        return None
+    found = conn.execute(text(f"SELECT oldest_code FROM {COMPAT_TABLE} WHERE revision = :rev"),
+                         {"rev": current}).scalar()
+    return None if found is None else str(found)
+
+
+def _read(conn: Connection) -> tuple[str | None, str | None]:
+    """(the database's revision, the oldest code recorded for it when it is newer than this
+    code's head; else None)."""
+    current = _current(conn)
+    if current is None or current in known_revisions():
+        return current, None
+    return current, _oldest_code(conn, current)
+
+
 def current_revision(engine: Engine) -> str | None:
     """The database's revision, None when panda-daemon's tables were never created."""
     with engine.connect() as conn:
         return _current(conn)
 
 
-def _verdict(current: str | None) -> SchemaError | None:
+def newer_but_compatible(current: str | None, oldest_code: str | None) -> bool:
+    """A revision this code does not know, recorded as working with code this old or older:
+    some server of the fleet ran ``db upgrade`` with a newer release (a rolling upgrade)."""
+    known = known_revisions()
+    return (current is not None and current not in known and oldest_code is not None
+            and oldest_code in known)
+
+
+def _verdict(current: str | None, oldest_code: str | None = None) -> SchemaError | None:
     head = head_revision()
-    if current == head:
+    if current == head or newer_but_compatible(current, oldest_code):
         return None
     if current is None:
         return SchemaError(
@@ -101,9 +132,15 @@ def _verdict(current: str | None) -> SchemaError | None:
             "missing", current, head,
         )
     if current not in known_revisions():
+        if oldest_code is None:
+            why = (" and does not record which older code works with it (it was migrated"
+                   " by a release before rolling upgrades, or by hand)")
+        else:
+            why = f" and works only with code of schema {oldest_code} or later"
         return SchemaError(
-            f"database schema {current} is newer than this panda-daemon knows (head {head});"
-            " upgrade panda-daemon",
+            f"database schema {current} is newer than this panda-daemon knows (head {head}){why};"
+            f" upgrade panda-daemon on this server to a release that knows schema"
+            f" {oldest_code or current}",
             "newer", current, head,
         )
     return SchemaError(
@@ -114,18 +151,22 @@ def _verdict(current: str | None) -> SchemaError | None:
 
 
 def check_schema(engine: Engine) -> str:
-    """Return the revision when it is exactly this code's head; else raise SchemaError."""
-    current = current_revision(engine)
-    problem = _verdict(current)
+    """Return the database's revision when this code works with it: its head, or a newer
+    revision recorded as compatible with it; else raise SchemaError."""
+    with engine.connect() as conn:
+        current, oldest_code = _read(conn)
+    problem = _verdict(current, oldest_code)
     if problem is not None:
         raise problem
-    return head_revision()
+    assert current is not None
+    return current
 
 
 def upgrade(engine: Engine) -> tuple[str | None, str]:
     """Migrate the database to this code's head; returns (revision before, after).
 
-    Refuses (SchemaError) a database that is newer than this code.
+    Refuses (SchemaError) a database that is newer than this code and not recorded as
+    working with it; leaves one that is (a newer release migrated it) as it is.
     """
     level = _TRANSACTIONAL.get(engine.dialect.name)
     transactional = engine.execution_options(isolation_level=level) if level else engine
@@ -134,8 +175,9 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
         try:
             with conn.begin():
                 _lock_for_migration(conn)
-                before = _current(conn)  # read under the lock: another process may have upgraded
-                problem = _verdict(before)
+                # read under the lock: another process may have upgraded
+                before, oldest_code = _read(conn)
+                problem = _verdict(before, oldest_code)
                 if problem is not None and problem.kind == "newer":
                     raise problem
                 if problem is not None:
@@ -189,12 +231,19 @@ def ensure_schema(engine: Engine, auto_upgrade: bool | None = None) -> str:
 
     ``auto_upgrade`` None means: upgrade automatically on SQLite (a file private to
     this host), never on a shared server database, where ``panda-daemon db upgrade``
-    is an operator's decision. A newer schema is always refused.
+    is an operator's decision. A newer schema is used when recorded as working with this
+    code (logged), refused otherwise.
     """
     if auto_upgrade is None:
         auto_upgrade = engine.dialect.name == "sqlite"
     try:
-        return check_schema(engine)
+        current = check_schema(engine)
+        if current != head_revision():
+            log.info("database schema %s is newer than this panda-daemon (head %s) and"
+                     " records that it works with it: running on it (a rolling upgrade;"
+                     " upgrade panda-daemon on this server in its turn)", current,
+                     head_revision())
+        return current
     except SchemaError as problem:
         if problem.kind == "newer" or not auto_upgrade:
             raise

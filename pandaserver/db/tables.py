@@ -32,6 +32,11 @@ from pandaserver.db.servertime import UtcDateTime
 NOT_SKIPPED_SQL = "outcome <> 'skipped'"
 
 VERSION_TABLE = "daemon_schema"
+# Which code a schema revision works with: one row per revision that `db upgrade` reached,
+# (revision, oldest_code): code whose newest known revision is oldest_code or later runs on
+# it (rolling upgrades, pandaserver/db/schema.py). Read by name, with plain SQL, so that a
+# release can read it before it knows the migration that creates it.
+COMPAT_TABLE = "daemon_schema_compat"
 
 # A 64-bit id on real servers; SQLite only autoincrements an INTEGER PRIMARY KEY.
 BigId = BigInteger().with_variant(Integer(), "sqlite")

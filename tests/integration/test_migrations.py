@@ -48,7 +48,7 @@ from pandaserver.db.schema import (
     known_revisions,
     upgrade,
 )
-from pandaserver.db.tables import OWNED_TABLES, VERSION_TABLE, metadata
+from pandaserver.db.tables import COMPAT_TABLE, OWNED_TABLES, VERSION_TABLE, metadata
 from pandaserver.exitcodes import RET_CONFIG, RET_DATABASE, RET_SCHEMA
 
 # --- migrations ---------------------------------------------------------------------------
@@ -81,7 +81,54 @@ def test_check_schema_refuses_a_newer_revision(db_engine: Engine) -> None:
         assert caught.value.kind == "newer"
         assert str(caught.value) == (
             f"database schema 9999_future is newer than this panda-daemon knows"
-            f" (head {head_revision()}); upgrade panda-daemon"
+            f" (head {head_revision()}) and does not record which older code works with it"
+            " (it was migrated by a release before rolling upgrades, or by hand); upgrade"
+            " panda-daemon on this server to a release that knows schema 9999_future"
+        )
+    assert current_revision(db_engine) == "9999_future"  # untouched
+
+
+def record_compat(engine: Engine, revision: str, oldest_code: str) -> None:
+    """Stamp ``revision`` as a newer release's `db upgrade` does: the revision, and the
+    oldest code that works with it (creating the table when the schema has none)."""
+    with engine.begin() as conn:
+        if not inspect(conn).has_table(COMPAT_TABLE):
+            conn.execute(text(f"CREATE TABLE {COMPAT_TABLE} (revision VARCHAR(32) PRIMARY KEY,"
+                              " oldest_code VARCHAR(32) NOT NULL)"))
+        conn.execute(text(f"INSERT INTO {COMPAT_TABLE} (revision, oldest_code)"
+                          " VALUES (:rev, :oldest)"), {"rev": revision, "oldest": oldest_code})
+        conn.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = :rev"), {"rev": revision})
+
+
+def test_a_newer_revision_recorded_as_working_with_this_code_is_used_untouched(
+        db_engine: Engine, config_for: Callable[..., PandaConfig],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # a newer release migrated it with expand steps only: this code's head still works
+    record_compat(db_engine, "9999_future", head_revision())
+    assert check_schema(db_engine) == "9999_future"
+    assert ensure_schema(db_engine, auto_upgrade=True) == "9999_future"
+    assert upgrade(db_engine) == ("9999_future", "9999_future")
+    assert current_revision(db_engine) == "9999_future"  # untouched
+    config = config_for(db_engine.url)
+    assert cmd_db_upgrade(config, argparse.Namespace()) == 0
+    assert (f"schema 9999_future is newer than this panda-daemon (head {head_revision()}) and"
+            " records that it works with it: nothing to do") in capsys.readouterr().out
+    assert cmd_locks(config, argparse.Namespace(json=False)) == 0  # commands work on it
+
+
+def test_a_newer_revision_that_needs_newer_code_is_refused_naming_both(
+        db_engine: Engine) -> None:
+    # a contract step: only code of 9998_contract or later works with it
+    record_compat(db_engine, "9999_future", "9998_contract")
+    for attempt in (check_schema, upgrade, lambda e: ensure_schema(e, auto_upgrade=True)):
+        with pytest.raises(SchemaError) as caught:
+            attempt(db_engine)
+        assert caught.value.kind == "newer"
+        assert str(caught.value) == (
+            f"database schema 9999_future is newer than this panda-daemon knows"
+            f" (head {head_revision()}) and works only with code of schema 9998_contract or"
+            " later; upgrade panda-daemon on this server to a release that knows schema"
+            " 9998_contract"
         )
     assert current_revision(db_engine) == "9999_future"  # untouched
 
