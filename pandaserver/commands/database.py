@@ -24,7 +24,16 @@ from pandaserver.config.problems import did_you_mean
 from pandaserver.db.engine import DatabaseConfigError, describe_db_error, make_engine, safe_url
 from pandaserver.db.history import HistoryStore, RunRow
 from pandaserver.db.leases import LeaseRow, LeaseStore
-from pandaserver.db.schema import SchemaError, check_schema, head_revision, known_revisions, upgrade
+from pandaserver.db.schema import (
+    SchemaError,
+    UpgradeBlocked,
+    check_schema,
+    head_revision,
+    known_revisions,
+    recorded_oldest_code,
+    steps,
+    upgrade,
+)
 from pandaserver.exitcodes import RET_CONFIG, RET_DATABASE, RET_FAILED, RET_OK, RET_SCHEMA
 from pandaserver.fmt import span, table, when
 
@@ -210,21 +219,35 @@ def cmd_unlock(cfg: PandaConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_db_upgrade(cfg: PandaConfig, args: argparse.Namespace) -> int:
-    """``db upgrade``: create or migrate panda-daemon's tables to this version's schema."""
+    """``db upgrade``: create or migrate panda-daemon's tables to this version's schema; say
+    each step applied (expand or contract) and which code works with the result."""
 
     def body() -> int:
         with open_database(cfg, check=False) as engine:
-            before, after = upgrade(engine)
+            try:
+                before, after = upgrade(engine)
+            except UpgradeBlocked as exc:
+                raise CommandFailed(f"database {safe_url(engine.url)}: {exc}",
+                                    RET_DATABASE) from None
+            oldest = recorded_oldest_code(engine, after)
             where = safe_url(engine.url)
         if before == after and after not in known_revisions():
             print(f"database {where}: schema {after} is newer than this panda-daemon (head"
                   f" {head_revision()}) and records that it works with it: nothing to do"
                   " (a newer release migrated it; upgrade panda-daemon on this server in its"
                   " turn)")
-        elif before == after:
+            return RET_OK
+        if before == after:
             print(f"database {where}: schema already at {after}")
         else:
             print(f"database {where}: schema upgraded from {before or 'nothing'} to {after}")
+            for step in steps(after, before):
+                print(f"  {step.revision} {step.compatibility:<8} {step.summary}")
+        if oldest is not None:
+            print(f"works with panda-daemon code of schema {oldest} to {after}: servers still"
+                  f" on a release of schema {oldest} or later keep running and may restart"
+                  " as they are (releases before rolling upgrades refuse any newer schema:"
+                  " docs/database.md, \"Rolling upgrades\")")
         return RET_OK
 
     return run_command(body)

@@ -16,6 +16,9 @@ read until after the new one is committed.
 from __future__ import annotations
 
 import logging
+import socket
+import time
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -23,8 +26,11 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy.exc import OperationalError
 
-from pandaserver.db.tables import COMPAT_TABLE, VERSION_TABLE
+from pandaserver import __version__
+from pandaserver.db.servertime import db_now_expr
+from pandaserver.db.tables import COMPAT_TABLE, VERSION_TABLE, daemon_schema_compat
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +41,18 @@ _PG_LOCK_KEY = int.from_bytes(b"panda-sc", "big") & 0x7FFF_FFFF_FFFF_FFFF
 _MYSQL_LOCK_NAME = "panda_daemon_schema"
 _MYSQL_LOCK_WAIT = 300
 UPGRADE_HINT = "run `panda-daemon db upgrade`"
+# PostgreSQL: how long one statement of a migration waits for a table lock before the whole
+# migration rolls back and is tried again. A statement waiting for a lock blocks every later
+# statement on that table (masters' grants and renewals) while it waits: a running fleet
+# then waits at most this long, never behind a long transaction (docs/database.md).
+LOCK_TIMEOUT = 1.0
+LOCK_ATTEMPTS = 30
+LOCK_PAUSE = 1.0  # between attempts: the fleet's statements run meanwhile
+# What each migration declares (module attribute ``compatibility``): "expand", code of the
+# revisions before it keeps working (additive only); "contract", it removes or changes
+# something older code used; it may name (``oldest_code``) the revision of the release
+# whose code no longer uses it, shipped before it (the two releases of a contract).
+EXPAND, CONTRACT = "expand", "contract"
 # a real transaction for the migration, even on an autocommit engine
 _TRANSACTIONAL = {"postgresql": "READ COMMITTED", "sqlite": "SERIALIZABLE",
                   "mysql": "REPEATABLE READ"}
@@ -52,6 +70,20 @@ class SchemaError(Exception):
         self.kind = kind
         self.current = current
         self.head = head
+
+
+class UpgradeBlocked(Exception):
+    """The migration could not take its locks in LOCK_ATTEMPTS tries (nothing changed)."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One migration: its revision, ``expand`` or ``contract``, what it does (the first line
+    of its docstring)."""
+
+    revision: str
+    compatibility: str
+    summary: str
 
 
 def _config(connection: Connection | None = None) -> Config:
@@ -162,12 +194,84 @@ def check_schema(engine: Engine) -> str:
     return current
 
 
+def compatibility(revision: str) -> str:
+    """``expand`` or ``contract``, as the migration declares (undeclared counts as contract:
+    the safe side; tests/unit/test_migration_rollout.py asks every migration to say)."""
+    module = _scripts().get_revision(revision).module
+    declared = getattr(module, "compatibility", None)
+    return declared if declared in (EXPAND, CONTRACT) else CONTRACT
+
+
+def steps(after: str, before: str | None) -> list[Step]:
+    """The migrations from ``before`` (excluded; None: from nothing) up to ``after``, oldest
+    first."""
+    found = []
+    for script in _scripts().iterate_revisions(after, before or "base"):
+        doc = (script.module.__doc__ or "").strip().splitlines()
+        found.append(Step(script.revision, compatibility(script.revision),
+                          doc[0] if doc else ""))
+    return found[::-1]
+
+
+def oldest_code_for(revision: str) -> str:
+    """The oldest code revision that works with schema ``revision``: what its newest contract
+    migration declares (``oldest_code``: the release before it stopped using what it
+    removes; undeclared, the contract migration itself), else the first revision (every step
+    since the first is additive)."""
+    chain = steps(revision, None)
+    contracts = [step.revision for step in chain if step.compatibility == CONTRACT]
+    if not contracts:
+        return chain[0].revision
+    module = _scripts().get_revision(contracts[-1]).module
+    return str(getattr(module, "oldest_code", None) or contracts[-1])
+
+
+def recorded_oldest_code(engine: Engine, revision: str) -> str | None:
+    """What the database records as the oldest code of ``revision`` (None: nothing)."""
+    with engine.connect() as conn:
+        return _oldest_code(conn, revision)
+
+
+def _record(conn: Connection, revision: str) -> None:
+    """Record which code works with ``revision`` (once: the first ``db upgrade`` to reach
+    it), in the transaction of the migration; older code reads it (``_oldest_code``)."""
+    if not inspect(conn).has_table(COMPAT_TABLE) or _oldest_code(conn, revision) is not None:
+        return  # a revision before the table (an older head), or recorded already
+    conn.execute(daemon_schema_compat.insert().values(
+        revision=revision, oldest_code=oldest_code_for(revision), recorded_at=db_now_expr(),
+        recorded_by=f"panda-daemon {__version__} on {socket.gethostname()}"[:255]))
+
+
 def upgrade(engine: Engine) -> tuple[str | None, str]:
     """Migrate the database to this code's head; returns (revision before, after).
 
     Refuses (SchemaError) a database that is newer than this code and not recorded as
-    working with it; leaves one that is (a newer release migrated it) as it is.
+    working with it; leaves one that is (a newer release migrated it) as it is. Records
+    which code works with the new revision (``daemon_schema_compat``). On PostgreSQL a
+    statement that waits LOCK_TIMEOUT for a table lock rolls the migration back, and it is
+    tried again after LOCK_PAUSE, LOCK_ATTEMPTS times at most (then UpgradeBlocked).
     """
+    for attempt in range(1, LOCK_ATTEMPTS + 1):
+        try:
+            return _upgrade_once(engine)
+        except OperationalError as exc:
+            if getattr(exc.orig, "pgcode", None) != "55P03":  # lock_not_available
+                raise
+            if attempt == LOCK_ATTEMPTS:
+                raise UpgradeBlocked(
+                    f"the migration waited {LOCK_TIMEOUT:g} s for a table lock {attempt} times"
+                    " and was rolled back each time: a long transaction holds a lock on"
+                    " panda-daemon's tables (see pg_stat_activity); nothing was changed; run"
+                    " `panda-daemon db upgrade` again when it has ended") from None
+            log.warning("the migration waited %g s for a table lock held by another session"
+                        " and was rolled back (so the fleet's statements do not queue behind"
+                        " it); trying again in %g s (attempt %d of %d)", LOCK_TIMEOUT,
+                        LOCK_PAUSE, attempt + 1, LOCK_ATTEMPTS)
+            time.sleep(LOCK_PAUSE)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _upgrade_once(engine: Engine) -> tuple[str | None, str]:
     level = _TRANSACTIONAL.get(engine.dialect.name)
     transactional = engine.execution_options(isolation_level=level) if level else engine
     with transactional.connect() as conn:
@@ -185,6 +289,8 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
                              problem.head)
                     command.upgrade(_config(conn), "head")
                 after = _current(conn)
+                if after == head_revision():
+                    _record(conn, after)
         finally:
             if named_lock:
                 _mysql_unlock(conn)
@@ -220,6 +326,8 @@ def _lock_for_migration(conn: Connection) -> None:
     dialect = conn.dialect.name
     if dialect == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
+        # taken: from here on, no statement waits long for a lock the fleet holds
+        conn.execute(text(f"SET LOCAL lock_timeout = '{int(LOCK_TIMEOUT * 1000)}ms'"))
     elif dialect == "sqlite":
         # pysqlite has not begun yet (it begins lazily before DML); take the write lock now,
         # so DDL runs in this transaction and a concurrent upgrader waits (busy_timeout).

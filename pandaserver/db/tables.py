@@ -176,5 +176,16 @@ daemon_hold = Table(
     Column("since", UtcDateTime, nullable=False),
 )
 
+# Which code works with each schema revision `db upgrade` reached (migration 0012): code
+# whose newest revision is ``oldest_code`` or later (docs/database.md, "Rolling upgrades").
+daemon_schema_compat = Table(
+    COMPAT_TABLE,
+    metadata,
+    Column("revision", String(32), primary_key=True),
+    Column("oldest_code", String(32), nullable=False),
+    Column("recorded_at", UtcDateTime, nullable=False),  # database clock
+    Column("recorded_by", String(255), nullable=False),  # panda-daemon VERSION on HOST
+)
+
 OWNED_TABLES = (daemon_lease, daemon_run, daemon_server, panda_process_lock, daemon_command,
-                daemon_command_ack, daemon_hold)
+                daemon_command_ack, daemon_hold, daemon_schema_compat)

@@ -48,7 +48,8 @@ from pandaserver.db.schema import (
     known_revisions,
     upgrade,
 )
-from pandaserver.db.tables import COMPAT_TABLE, OWNED_TABLES, VERSION_TABLE, metadata
+from pandaserver.db.servertime import db_now_expr
+from pandaserver.db.tables import OWNED_TABLES, VERSION_TABLE, daemon_schema_compat, metadata
 from pandaserver.exitcodes import RET_CONFIG, RET_DATABASE, RET_SCHEMA
 
 # --- migrations ---------------------------------------------------------------------------
@@ -90,13 +91,11 @@ def test_check_schema_refuses_a_newer_revision(db_engine: Engine) -> None:
 
 def record_compat(engine: Engine, revision: str, oldest_code: str) -> None:
     """Stamp ``revision`` as a newer release's `db upgrade` does: the revision, and the
-    oldest code that works with it (creating the table when the schema has none)."""
+    oldest code that works with it."""
     with engine.begin() as conn:
-        if not inspect(conn).has_table(COMPAT_TABLE):
-            conn.execute(text(f"CREATE TABLE {COMPAT_TABLE} (revision VARCHAR(32) PRIMARY KEY,"
-                              " oldest_code VARCHAR(32) NOT NULL)"))
-        conn.execute(text(f"INSERT INTO {COMPAT_TABLE} (revision, oldest_code)"
-                          " VALUES (:rev, :oldest)"), {"rev": revision, "oldest": oldest_code})
+        conn.execute(daemon_schema_compat.insert().values(
+            revision=revision, oldest_code=oldest_code, recorded_at=db_now_expr(),
+            recorded_by="a newer panda-daemon"))
         conn.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = :rev"), {"rev": revision})
 
 

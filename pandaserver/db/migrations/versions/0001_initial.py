@@ -15,6 +15,7 @@ revision = "0001"
 down_revision: str | None = None
 branch_labels: tuple[str, ...] | None = None
 depends_on: tuple[str, ...] | None = None
+compatibility = "expand"  # the first schema: nothing older to keep working
 
 
 def upgrade() -> None:

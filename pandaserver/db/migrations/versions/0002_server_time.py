@@ -19,6 +19,7 @@ revision = "0002"
 down_revision: str | None = "0001"
 branch_labels: tuple[str, ...] | None = None
 depends_on: tuple[str, ...] | None = None
+compatibility = "expand"  # a nullable column: older code leaves it empty
 
 
 def upgrade() -> None:

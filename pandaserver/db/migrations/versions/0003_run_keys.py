@@ -20,6 +20,8 @@ revision = "0003"
 down_revision: str | None = "0002"
 branch_labels: tuple[str, ...] | None = None
 depends_on: tuple[str, ...] | None = None
+# nullable columns and indexes on them: older code leaves them NULL (NULLs never collide)
+compatibility = "expand"
 
 
 def upgrade() -> None:

@@ -19,6 +19,7 @@ revision = "0004"
 down_revision: str | None = "0003"
 branch_labels: tuple[str, ...] | None = None
 depends_on: tuple[str, ...] | None = None
+compatibility = "expand"  # new tables and a nullable column: older code ignores them
 
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 

@@ -21,6 +21,8 @@ revision = "0005"
 down_revision: str | None = "0004"
 branch_labels: tuple[str, ...] | None = None
 depends_on: tuple[str, ...] | None = None
+# columns with a server default or nullable: older code's inserts get the default
+compatibility = "expand"
 
 
 def upgrade() -> None:

@@ -29,6 +29,8 @@ revision = "0006"
 down_revision: str | None = "0005"
 branch_labels: tuple[str, ...] | None = None
 depends_on: tuple[str, ...] | None = None
+# new indexes; the two dropped ones are prefixes of new ones, which serve older code's reads
+compatibility = "expand"
 
 NOT_SKIPPED = "outcome <> 'skipped'"
 
