@@ -25,6 +25,7 @@ from pandaserver.db.engine import DatabaseConfigError, describe_db_error, make_e
 from pandaserver.db.history import HistoryStore, RunRow
 from pandaserver.db.leases import LeaseRow, LeaseStore
 from pandaserver.db.schema import (
+    ContractStep,
     SchemaError,
     UpgradeBlocked,
     check_schema,
@@ -225,10 +226,13 @@ def cmd_db_upgrade(cfg: PandaConfig, args: argparse.Namespace) -> int:
     def body() -> int:
         with open_database(cfg, check=False) as engine:
             try:
-                before, after = upgrade(engine)
+                before, after = upgrade(engine, allow_contract=getattr(args, "contract", False))
             except UpgradeBlocked as exc:
                 raise CommandFailed(f"database {safe_url(engine.url)}: {exc}",
                                     RET_DATABASE) from None
+            except ContractStep as exc:
+                raise CommandFailed(f"database {safe_url(engine.url)}: {exc}",
+                                    RET_FAILED) from None
             oldest = recorded_oldest_code(engine, after)
             where = safe_url(engine.url)
         if before == after and after not in known_revisions():
@@ -275,4 +279,8 @@ def add_db_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     db = subparsers.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", metavar="COMMAND", required=True)
     db_upgrade = db_sub.add_parser("upgrade", help="create or migrate panda-daemon's tables")
+    db_upgrade.add_argument(
+        "--contract", action="store_true",
+        help="also apply contract steps (after which older releases refuse the schema):"
+             " only once every server runs a release that works with the result")
     db_upgrade.set_defaults(func=cmd_db_upgrade)

@@ -76,6 +76,10 @@ class UpgradeBlocked(Exception):
     """The migration could not take its locks in LOCK_ATTEMPTS tries (nothing changed)."""
 
 
+class ContractStep(Exception):
+    """The upgrade holds a contract step and was not allowed one (nothing changed)."""
+
+
 @dataclass(frozen=True)
 class Step:
     """One migration: its revision, ``expand`` or ``contract``, what it does (the first line
@@ -242,8 +246,12 @@ def _record(conn: Connection, revision: str) -> None:
         recorded_by=f"panda-daemon {__version__} on {socket.gethostname()}"[:255]))
 
 
-def upgrade(engine: Engine) -> tuple[str | None, str]:
+def upgrade(engine: Engine, *, allow_contract: bool = False) -> tuple[str | None, str]:
     """Migrate the database to this code's head; returns (revision before, after).
+
+    A migration that raises the oldest code that works with the database (a contract step)
+    is applied only with ``allow_contract`` (else ContractStep, nothing changed): servers
+    of older code refuse the result.
 
     Refuses (SchemaError) a database that is newer than this code and not recorded as
     working with it; leaves one that is (a newer release migrated it) as it is. Records
@@ -253,7 +261,7 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
     """
     for attempt in range(1, LOCK_ATTEMPTS + 1):
         try:
-            return _upgrade_once(engine)
+            return _upgrade_once(engine, allow_contract)
         except OperationalError as exc:
             if getattr(exc.orig, "pgcode", None) != "55P03":  # lock_not_available
                 raise
@@ -271,7 +279,21 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _upgrade_once(engine: Engine) -> tuple[str | None, str]:
+def _check_contract(before: str, allow_contract: bool) -> None:
+    was, will = oldest_code_for(before), oldest_code_for(head_revision())
+    if will == was or allow_contract:
+        return
+    contracts = [step.revision for step in steps(head_revision(), before)
+                 if step.compatibility == CONTRACT]
+    raise ContractStep(
+        f"the upgrade from {before} to {head_revision()} holds contract step(s)"
+        f" {', '.join(contracts)}: afterwards only code of schema {will} or later works with"
+        f" the database (now: {was} or later); servers of older releases refuse it at their"
+        " next start and may fail while they run; nothing was changed. When every server runs"
+        f" a release of schema {will} or later, run `panda-daemon db upgrade --contract`")
+
+
+def _upgrade_once(engine: Engine, allow_contract: bool) -> tuple[str | None, str]:
     level = _TRANSACTIONAL.get(engine.dialect.name)
     transactional = engine.execution_options(isolation_level=level) if level else engine
     with transactional.connect() as conn:
@@ -285,6 +307,8 @@ def _upgrade_once(engine: Engine) -> tuple[str | None, str]:
                 if problem is not None and problem.kind == "newer":
                     raise problem
                 if problem is not None:
+                    if before is not None:
+                        _check_contract(before, allow_contract)
                     log.info("upgrading panda-daemon schema from %s to %s", before or "nothing",
                              problem.head)
                     command.upgrade(_config(conn), "head")

@@ -8,6 +8,7 @@ import argparse
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import psycopg2
 import pytest
@@ -19,6 +20,7 @@ from pandaserver.config import PandaConfig
 from pandaserver.db import schema
 from pandaserver.db.engine import engine_from_url
 from pandaserver.db.schema import (
+    CONTRACT,
     EXPAND,
     UpgradeBlocked,
     current_revision,
@@ -29,6 +31,7 @@ from pandaserver.db.schema import (
     upgrade,
 )
 from pandaserver.db.tables import daemon_schema_compat
+from pandaserver.exitcodes import RET_FAILED
 
 
 def _upgrade_to(engine: Engine, revision: str) -> None:
@@ -186,3 +189,31 @@ def test_a_migration_that_never_gets_its_lock_gives_up_unchanged(
         holder.rollback()
         holder.close()
     assert current_revision(at_first_revision) == known_revisions()[-1]  # nothing changed
+
+
+def test_a_contract_step_needs_db_upgrade_contract(
+        tmp_path: Path, config_for: Callable[..., PandaConfig],
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # on SQLite: the guard is the same on every backend, decided before any DDL
+    chain = known_revisions()[::-1]
+    engine = engine_from_url(URL.create("sqlite", database=str(tmp_path / "x.sqlite")))
+    try:
+        _upgrade_to(engine, chain[-2])
+        head = head_revision()
+        monkeypatch.setattr(schema, "compatibility",
+                            lambda rev: CONTRACT if rev == head else EXPAND)
+        config = config_for(engine.url)
+        assert cmd_db_upgrade(config, argparse.Namespace(contract=False)) == RET_FAILED
+        err = capsys.readouterr().err
+        assert (f"the upgrade from {chain[-2]} to {head} holds contract step(s) {head}:"
+                f" afterwards only code of schema {head} or later works with the database"
+                f" (now: {chain[0]} or later)") in err
+        assert err.rstrip().endswith("run `panda-daemon db upgrade --contract`")
+        assert current_revision(engine) == chain[-2]  # nothing changed
+        assert cmd_db_upgrade(config, argparse.Namespace(contract=True)) == 0
+        out = capsys.readouterr().out
+        assert f"  {head} contract " in out
+        assert f"works with panda-daemon code of schema {head} to {head}" in out
+        assert _recorded(engine)[0][:2] == (head, head)
+    finally:
+        engine.dispose()
