@@ -379,5 +379,5 @@ def ensure_schema(engine: Engine, auto_upgrade: bool | None = None) -> str:
     except SchemaError as problem:
         if problem.kind == "newer" or not auto_upgrade:
             raise
-    upgrade(engine)
+    upgrade(engine, allow_contract=True)  # SQLite: no other server reads the file
     return check_schema(engine)

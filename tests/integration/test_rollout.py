@@ -24,6 +24,7 @@ from pandaserver.db.schema import (
     EXPAND,
     UpgradeBlocked,
     current_revision,
+    ensure_schema,
     head_revision,
     known_revisions,
     oldest_code_for,
@@ -215,5 +216,10 @@ def test_a_contract_step_needs_db_upgrade_contract(
         assert f"  {head} contract " in out
         assert f"works with panda-daemon code of schema {head} to {head}" in out
         assert _recorded(engine)[0][:2] == (head, head)
+        # a master's own SQLite file (no other server reads it) is upgraded at start anyway
+        private = engine_from_url(URL.create("sqlite", database=str(tmp_path / "own.sqlite")))
+        _upgrade_to(private, chain[-2])
+        assert ensure_schema(private) == head
+        private.dispose()
     finally:
         engine.dispose()
