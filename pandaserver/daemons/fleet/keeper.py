@@ -88,10 +88,11 @@ class LeaseKeeper:
                         " if no renewal is confirmed in time", self.failures)
             return
         self.failures = 0
+        self._failed_over()
         for run_id, (name, generation) in asked.items():
             clock = self.held.get(run_id)
-            if clock is None or clock.generation != generation:
-                continue  # the run ended meanwhile
+            if clock is None or clock.generation != generation or run_id in self.lost:
+                continue  # the run ended meanwhile, or was lost to a failover
             if name in names:
                 clock.confirm(sent)
                 self.moved.add(run_id)
