@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import create_engine
 
 from pandaserver.config import load_config, secrets
+from pandaserver.config.secrets import redact
 from pandaserver.db import multihost
 from pandaserver.db.engine import DatabaseConfigError, database_url, safe_url
 from pandaserver.preflight.dbsettings import database_findings
@@ -36,6 +37,7 @@ def test_both_spellings_reach_libpq_as_one_host_list(tmp_path: Path, url: str) -
     assert kwargs["target_session_attrs"] == "read-write"
     assert kwargs["password"] == PW
     assert PW not in safe_url(parsed)
+    assert PW not in redact(f"cannot connect to {url}")
     secrets.forget_all()
 
 
