@@ -2,7 +2,8 @@
 
 Where the database is, first match wins:
 
-1. ``[daemon] db_url``: any SQLAlchemy URL (``$VAR`` is expanded by the config loader).
+1. ``[daemon] db_url``: any SQLAlchemy URL (``$VAR`` is expanded by the config loader);
+   for PostgreSQL it may list a primary and its standbys (``db/multihost.py``).
 2. The ``[server]`` keys of the original PanDA configuration: ``backend`` (postgres,
    mysql or sqlite), ``dbhost``, ``dbport``, ``dbuser``, ``dbpasswd``, ``dbname``;
    each may be ``$VAR``. Used as soon as ``backend`` or ``dbhost`` is present, so a
@@ -30,6 +31,7 @@ from sqlalchemy import URL, Engine, create_engine, event, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from pandaserver.config import PandaConfig
+from pandaserver.db import multihost
 
 STATE_DIR_ENV = "PANDA_DAEMON_STATE_DIR"
 SYSTEM_STATE_DIR = Path("/var/lib/panda-daemon")
@@ -87,13 +89,17 @@ def database_url(cfg: PandaConfig, state_dir: Path | None = None) -> URL:
     """The URL of the database panda-daemon uses (see the module docstring for the order)."""
     raw = cfg.daemon.db_url.strip()
     if raw:
+        several = multihost.problem(raw)  # a primary and its standbys: db/multihost.py
+        if several is not None:
+            raise DatabaseConfigError(f"{cfg.path} [daemon] key 'db_url': {several}")
         try:
-            return make_url(raw)
+            return make_url(multihost.normalize(raw))
         except (ArgumentError, ValueError):
             # never echo the value: it may hold a password
             raise DatabaseConfigError(
                 f"{cfg.path} [daemon] key 'db_url' is not a valid SQLAlchemy URL; expected"
-                " dialect+driver://user:password@host:port/dbname or sqlite:////path/file"
+                " dialect+driver://user:password@host:port/dbname (several hosts:"
+                f" {multihost.EXAMPLE}) or sqlite:////path/file"
             ) from None
     backend = (_server(cfg, "backend") or "").lower()
     host = _server(cfg, "dbhost")

@@ -14,7 +14,11 @@ A lease row per script name. ``try_acquire`` is one atomic statement::
 
 so of any number of servers racing for a due lease exactly one gets it. Every
 grant bumps ``generation``; ``release`` and ``renew`` must name it, so a holder that
-lost its lease (expired and re-granted, or force-released) changes nothing. A lease
+lost its lease (expired and re-granted, or force-released) changes nothing. A master also
+names itself (``Holder``: server, pid and its random id per process, recorded by the grant
+in ``owner_token``): after a failover to a standby that missed a grant, the same
+generation can be granted again to another server, and the old holder's renewal must not
+renew that lease. A lease
 lives ``ttl`` seconds (``[daemon] lease_ttl``) and its holder renews it while its run
 lives; ``next_due`` is kept on release. A grant on time (at most ``tolerance`` =
 ``min(1 s, period / 10)`` after ``next_due``, ``db/servertime.py``: ``due_tolerance``)
@@ -138,6 +142,25 @@ class LeaseRow:
         return (self.next_due - self.db_now).total_seconds()
 
 
+@dataclass(frozen=True)
+class Holder:
+    """The master process a lease is granted to: its server, pid, and random id per process."""
+
+    server: str
+    pid: int
+    token: str
+
+
+def _held_by(holder: Holder | None) -> list[Any]:
+    """The terms that make a renewal or release match only ``holder``'s own grant (none
+    without one: ``panda-daemon``'s commands and older callers)."""
+    if holder is None:
+        return []
+    t = daemon_lease
+    return [t.c.owner_server == holder.server, t.c.owner_pid == holder.pid,
+            t.c.owner_token == holder.token]
+
+
 def _check_seconds(what: str, value: float) -> None:
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{what} must be a finite number of seconds >= 0, got: {value!r}")
@@ -159,6 +182,9 @@ class LeaseStore:
         self.engine = engine
         self._auto = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._grant_statements: dict[str, Any] = {}  # by dialect: built once (see upsert.py)
+        # called on each connection before a statement runs: a master's failover gate
+        # refuses a server it has not acted on yet (daemons/fleet/failover.py)
+        self.guard: Callable[[], None] | None = None
 
     def _run(self, operation: Callable[[Connection], T]) -> T:
         """Run on an autocommit connection; once more on a fresh one after a disconnect.
@@ -170,6 +196,8 @@ class LeaseStore:
         for attempt in (1, 2):
             try:
                 with self._auto.connect() as conn:
+                    if self.guard is not None:
+                        self.guard()
                     return operation(conn)
             except DBAPIError as exc:
                 if attempt == 2 or not exc.connection_invalidated:
@@ -178,7 +206,8 @@ class LeaseStore:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def try_acquire(
-        self, name: str, server: str, pid: int, period: float, ttl: float
+        self, name: str, server: str, pid: int, period: float, ttl: float,
+        token: str | None = None,
     ) -> LeaseResult:
         """Take the lease if it is due and not held; when not, count the refusal.
 
@@ -202,6 +231,7 @@ class LeaseStore:
         owner = {
             "owner_server": p_server,
             "owner_pid": bindparam("lease_pid", type_=t.c.owner_pid.type),
+            "owner_token": bindparam("lease_token", type_=t.c.owner_token.type),  # 0011
             "acquired_at": now,
             "expires_at": db_now_plus(bindparam("lease_ttl", type_=Float())),
             "period": p_period,
@@ -218,7 +248,7 @@ class LeaseStore:
         refused = {"contended": t.c.contended + 1, "contended_by": p_server,
                    "contended_at": now}
         params = {"lease_name": name, "lease_server": server, "lease_pid": pid,
-                  "lease_period": float(period), "lease_ttl": float(ttl),
+                  "lease_token": token, "lease_period": float(period), "lease_ttl": float(ttl),
                   "lease_tolerance": due_tolerance(float(period))}
 
         def attempt(conn: Connection) -> LeaseResult:
@@ -246,16 +276,16 @@ class LeaseStore:
 
         return self._run(attempt)
 
-    def release(self, name: str, generation: int) -> bool:
+    def release(self, name: str, generation: int, holder: Holder | None = None) -> bool:
         """End the holder's lease (``expires_at`` cleared, ``next_due`` kept).
 
-        Only when ``generation`` is still current; a stale one changes nothing and
-        returns False.
+        Only when ``generation`` is still current (and granted to ``holder``, when given);
+        a stale one changes nothing and returns False.
         """
         t = daemon_lease
         stmt = (
             update(t)
-            .where(t.c.name == name, t.c.generation == generation)
+            .where(t.c.name == name, t.c.generation == generation, *_held_by(holder))
             .values(expires_at=None, updated_at=db_now_expr())
         )
         return self._run(lambda conn: conn.execute(stmt).rowcount == 1)
@@ -267,11 +297,13 @@ class LeaseStore:
         """
         return name in self.renew_many([(name, generation)], extend)
 
-    def renew_many(self, leases: list[tuple[str, int]], extend: float) -> set[str]:
+    def renew_many(self, leases: list[tuple[str, int]], extend: float,
+                   holder: Holder | None = None) -> set[str]:
         """``renew`` each (name, generation) on one connection; the names renewed.
 
-        A lease is renewed only while it is still that generation's and not released;
-        an expired one that nobody took since is revived (still fenced by generation).
+        A lease is renewed only while it is still that generation's (granted to
+        ``holder``, when given) and not released; an expired one that nobody took since is
+        revived (still fenced by generation and holder).
         """
         _check_seconds("extend", extend)
         t = daemon_lease
@@ -282,7 +314,7 @@ class LeaseStore:
                 stmt = (
                     update(t)
                     .where(t.c.name == name, t.c.generation == generation,
-                           t.c.expires_at.is_not(None))
+                           t.c.expires_at.is_not(None), *_held_by(holder))
                     .values(expires_at=db_now_plus(extend), updated_at=db_now_expr())
                 )
                 if conn.execute(stmt).rowcount == 1:

@@ -70,6 +70,9 @@ daemon_lease = Table(
     Column("contended", BigInteger, nullable=False, server_default="0"),
     Column("contended_by", String(255), nullable=True),
     Column("contended_at", UtcDateTime, nullable=True),
+    # the master process holding it (its random id per process, recorded at the grant; NULL
+    # from older versions): renewals and releases name it (migration 0011)
+    Column("owner_token", String(32), nullable=True),
 )
 
 # One row per run (or per skipped attempt), for `panda-daemon history`.

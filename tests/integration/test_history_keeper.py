@@ -16,7 +16,7 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from pandaserver.daemons.base import runs
-from pandaserver.daemons.fleet.history_keeper import HistoryKeeper
+from pandaserver.daemons.fleet.history_keeper import RESEND_WINDOW, HistoryKeeper
 from pandaserver.daemons.fleet.history_spool import Spool, decode, encode
 from pandaserver.daemons.fleet.history_writer import HistoryWriter
 from pandaserver.db.history import (
@@ -135,6 +135,40 @@ def test_outage_keeps_rows_then_resume_writes_them_once(engine: Engine, tmp_path
     h.settle()
     assert [(r.run_id, r.outcome) for r in rows(h.store)] == [(1, OK), (2, RUNNING)]
     assert h.keeper.waiting == 0
+
+
+def test_after_a_failover_recent_rows_are_sent_again_and_none_is_doubled(
+        engine: Engine, tmp_path: Path) -> None:
+    """The promoted standby lacks the last rows written to the old primary (here: run 3's
+    end and run 4), has the older ones: the re-send restores the missing ones, with their
+    own times, and adds no second row; rows older than the window are not sent again."""
+    h = Harness(engine, tmp_path)
+    old = h.run(1)
+    h.keeper.start(old)
+    h.keeper.end(h.ended(old))
+    h.settle()
+    h.clock.now += RESEND_WINDOW + 1  # run 1 is out of the window
+    kept = [h.run(2), h.run(3)]
+    for run in kept:
+        h.keeper.start(run)
+    h.keeper.end(h.ended(kept[0]))
+    h.settle()
+    h.keeper.end(h.ended(kept[1]))
+    h.keeper.start(h.run(4))
+    h.settle()
+    before = {r.run_id: (r.outcome, r.started_at, r.ended_at) for r in rows(h.store)}
+    with engine.begin() as conn:  # what the standby had not replayed when it was promoted
+        conn.exec_driver_sql("DELETE FROM daemon_run WHERE run_id IN (1, 4)")
+        conn.exec_driver_sql("UPDATE daemon_run SET outcome = 'running', ended_at = NULL"
+                             " WHERE run_id = 3")
+    h.keeper.resend_recent(True)
+    h.settle()
+    after = {r.run_id: (r.outcome, r.started_at, r.ended_at) for r in rows(h.store)}
+    assert set(after) == {2, 3, 4} and len(rows(h.store)) == 3
+    for run_id in (2, 3, 4):  # the same rows, the same times (the test's clock stood still)
+        assert after[run_id][0] == before[run_id][0]
+        assert abs((after[run_id][1] - before[run_id][1]).total_seconds()) < 1.0
+    assert h.keeper.resent == 5  # starts of 2, 3, 4; ends of 2, 3
 
 
 def test_pending_rows_are_retried_by_tick_without_a_new_outage_ending(

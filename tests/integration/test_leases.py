@@ -18,8 +18,10 @@ from sqlalchemy import URL, Engine, event
 from pandaserver.commands.database import cmd_locks, cmd_unlock
 from pandaserver.config import PandaConfig
 from pandaserver.db.engine import engine_from_url
-from pandaserver.db.leases import LeaseResult, LeaseStore
+from pandaserver.db.leases import Holder, LeaseResult, LeaseStore
 from pandaserver.db.schema import upgrade
+from pandaserver.db.servertime import db_now_plus
+from pandaserver.db.tables import daemon_lease
 from pandaserver.exitcodes import RET_FAILED
 
 # clocks of two statements a few milliseconds apart; SQLite's 'now' has millisecond steps
@@ -187,6 +189,31 @@ def test_renew_many_renews_only_current_generations(store: LeaseStore) -> None:
     rows = {row.name: row for row in store.list_leases()}
     assert rows["a"].expires_in is not None and rows["a"].expires_in > 100
     assert rows["b"].expires_in is not None and rows["b"].expires_in < 10
+
+
+def test_a_generation_granted_again_after_a_lost_grant_is_not_the_old_holders(
+        store: LeaseStore) -> None:
+    """A standby promoted before it received A's grant of generation 2 shows generation 1,
+    expired: B is granted generation 2 there. A's renewal and release, naming the same
+    generation, must change nothing of B's lease (they name their holder too)."""
+    a, b = Holder("srv-a", 11, "a" * 32), Holder("srv-b", 22, "b" * 32)
+    assert store.try_acquire("x", "srv-x", 9, period=0, ttl=5).generation == 1
+    store.release("x", 1)
+    assert store.try_acquire("x", a.server, a.pid, period=0, ttl=60, token=a.token).generation == 2
+    assert store.renew_many([("x", 2)], 60, a) == {"x"}
+    t = daemon_lease
+    with store.engine.begin() as conn:  # the promoted standby's view: A's grant never came
+        conn.execute(t.update().where(t.c.name == "x").values(
+            generation=1, owner_server="srv-x", owner_pid=9, owner_token=None,
+            expires_at=db_now_plus(-1), next_due=db_now_plus(-1)))
+    assert store.try_acquire("x", b.server, b.pid, period=0, ttl=60, token=b.token).generation == 2
+    assert store.renew_many([("x", 2)], 600, a) == set()
+    assert not store.release("x", 2, a)
+    row = store.get("x")
+    assert row is not None and row.held and row.owner_server == "srv-b"
+    assert row.expires_in is not None and row.expires_in <= 60
+    assert store.renew_many([("x", 2)], 120, b) == {"x"}
+    assert store.release("x", 2, b)
 
 
 def test_a_grant_is_one_statement_and_so_is_a_refusal_on_postgresql(db_engine: Engine) -> None:

@@ -152,6 +152,7 @@ class FakeLeases:
 
     def __init__(self, ttl: float | None = 30.0) -> None:
         self.ttl = ttl
+        self.epoch = 0  # bumped by a test: the database failed over
         self.turns: dict[str, Turn] = {}  # a script's answer to ``turn`` (default: ask)
         self.asked: list[tuple[str, float, AcquireReply]] = []
         self.renewals: list[tuple[list[tuple[str, int]], float, RenewReply]] = []

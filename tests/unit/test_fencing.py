@@ -19,6 +19,7 @@ from pandaserver.daemons.master.schedule import ScriptState
 class FakeLeases:
     def __init__(self, ttl: float = 30.0) -> None:
         self.ttl: float | None = ttl
+        self.epoch = 0
         self.asked: list[tuple[list[tuple[str, int]], float, RenewReply]] = []
 
     def turn(self, spec: DaemonSpec, due: float, now: float) -> Turn:

@@ -103,6 +103,10 @@ class DbLeases:
     def ttl(self) -> float | None:
         return self.fleet.settings.lease_ttl
 
+    @property
+    def epoch(self) -> int:
+        return self.fleet.gate.epoch
+
     # ----- who asks -------------------------------------------------------------------------
     def rank(self, name: str) -> int:
         found = self._ranks.get(name)
@@ -196,7 +200,12 @@ class DbLeases:
             reply(LeaseDecision(granted=False, wait=max(fleet.next_probe - now, 0.05),
                                 unavailable=True, sent=now))
             return
-        sent = now
+        gate = fleet.gate
+        if gate.closed(now):  # the database failed over: old leases are not all dead yet
+            reply(LeaseDecision(granted=False, wait=max(gate.remaining(now), 0.05),
+                                unavailable=True, sent=now))
+            return
+        sent, epoch = now, gate.epoch
         ttl = fleet.settings.lease_ttl
 
         def done(result: Any, error: BaseException | None, late: bool) -> None:
@@ -207,8 +216,15 @@ class DbLeases:
                     fleet.release(spec.name, result.generation)
                 return
             if error is not None:
-                reply(LeaseDecision(granted=False, wait=fleet.probe_interval, unavailable=True,
-                                    sent=sent))
+                reply(LeaseDecision(granted=False, wait=max(fleet.probe_interval,
+                                                            gate.remaining(fleet.monotonic())),
+                                    unavailable=True, sent=sent))
+                return
+            if gate.epoch != epoch:  # granted, maybe by the server that is gone: not used
+                log.warning("%s: a lease grant came back across a failover of the database;"
+                            " not used", spec.name)
+                reply(LeaseDecision(granted=False, wait=max(gate.remaining(fleet.monotonic()),
+                                                            0.05), unavailable=True, sent=sent))
                 return
             if not result.granted and result.holder not in (None, fleet.server, *self.live):
                 # a server we did not know of: read the list again soon
@@ -218,20 +234,29 @@ class DbLeases:
                                 due_in=result.due_in))
 
         fleet._submit("lease", "lease", lambda: fleet.leases.try_acquire(
-            spec.name, fleet.server, fleet.pid, spec.period, ttl), done)
+            spec.name, fleet.server, fleet.pid, spec.period, ttl, token=fleet.holder.token), done)
 
     def renew(self, held: list[tuple[str, int]], now: float, reply: RenewReply) -> None:
         """Renew every held lease in one call; ``reply(renewed names or None, sent)``."""
         sent = now
         ttl = self.fleet.settings.lease_ttl
+        gate = self.fleet.gate
+        epoch = gate.epoch
+        if gate.closed(now):  # held across a failover: refused, so fenced at once
+            reply(set(), now)
+            return
 
         def done(result: Any, error: BaseException | None, late: bool) -> None:
             if late:
                 return  # too late to count: the master fenced on its own clock meanwhile
+            if gate.epoch != epoch:  # the database failed over meanwhile: not ours any more
+                reply(set(), sent)
+                return
             reply(None if error is not None else set(result), sent)
 
         self.fleet._submit("renew", "lease renewal",
-                           lambda: self.fleet.leases.renew_many(list(held), ttl), done)
+                           lambda: self.fleet.leases.renew_many(list(held), ttl,
+                                                                self.fleet.holder), done)
 
     def release(self, name: str, generation: int | None) -> None:
         self.fleet.release(name, generation)

@@ -55,6 +55,7 @@ class LeaseClock:
     sent: float  # when the last *confirmed* grant or renewal was sent
     ttl: float
     fenced: bool = False  # the run is being killed: its lease is no longer renewed
+    epoch: int = 0  # the lease store's epoch at the grant (a failover since: lost)
 
     def confirm(self, sent: float) -> None:
         self.sent = max(self.sent, sent)

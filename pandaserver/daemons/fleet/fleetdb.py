@@ -38,6 +38,7 @@ from pandaserver.config import PandaConfig
 from pandaserver.config.daemon import DaemonSettings
 from pandaserver.daemons.base.clock import Clock
 from pandaserver.daemons.base.runs import Run, RunRecord
+from pandaserver.daemons.fleet.failover import FailoverGate
 from pandaserver.daemons.fleet.history_keeper import HistoryKeeper
 from pandaserver.daemons.fleet.history_spool import Spool, spool_path
 from pandaserver.daemons.fleet.lanes import Completions, ConnectionTracker, Lane, Op
@@ -52,8 +53,9 @@ from pandaserver.db.engine import (
     safe_url,
 )
 from pandaserver.db.heartbeat import HeartbeatStore, config_hash
-from pandaserver.db.leases import LeaseStore
+from pandaserver.db.leases import Holder, LeaseStore
 from pandaserver.db.schema import SchemaError, ensure_schema
+from pandaserver.db.serverid import IdentityWatch, ServerChanged
 
 log = logging.getLogger("panda.master")
 T = TypeVar("T")
@@ -87,6 +89,10 @@ class FleetDb:
         self.call_timeout = call_timeout
         self.member = member  # a master of the fleet (not run-once)
         self.leases = LeaseStore(engine)
+        # which server each new connection reached (PostgreSQL): a failover closes the gate
+        self.identity = IdentityWatch(engine) if engine.dialect.name == "postgresql" else None
+        self.gate = FailoverGate(self.identity, lambda: self.settings.lease_ttl)
+        self.leases.guard = self.gate.check
         self.history = dbhistory.HistoryStore(engine)
         self.beats = HeartbeatStore(engine)
         self.failed_releases: list[tuple[str, int]] = []
@@ -98,6 +104,7 @@ class FleetDb:
         self.next_beat = 0.0
         self.pruner = PruneSchedule(engine, lambda: self.settings)  # pruner.py
         self.master_id = uuid.uuid4().hex  # this master's runs in the history
+        self.holder = Holder(server, self.pid, self.master_id)  # ... and its leases
         self.keeper = HistoryKeeper(
             self.history, server=server, master_id=self.master_id, master_pid=self.pid,
             monotonic=monotonic, heartbeat_interval=lambda: self.settings.heartbeat_interval,
@@ -115,6 +122,7 @@ class FleetDb:
 
     def collect(self) -> None:
         """Act on every call that came back (on the loop thread)."""
+        self.notice_failover(self.monotonic())  # before the answers: they may predate it
         for lane, op in self.completions.drain():
             now = self.monotonic()
             current = lane.finished(op, now)
@@ -165,7 +173,7 @@ class FleetDb:
                                 self.monotonic())
 
     def _failed(self, what: str, exc: BaseException, now: float) -> None:
-        if isinstance(exc, Unavailable):
+        if isinstance(exc, Unavailable | ServerChanged):  # the gate acts on ServerChanged
             return
         if isinstance(exc, SchemaError):
             if self.schema_problem != str(exc):
@@ -177,6 +185,13 @@ class FleetDb:
             self._down(now, exc)
         else:  # a bug or bad data: retrying would fail again; never an outage
             log.error("database %s failed", what, exc_info=exc)
+
+    # ----- failover of the database (failover.py) ----------------------------------------
+    def notice_failover(self, now: float) -> None:
+        """When a connection reached another server than before: close the lease gate and
+        re-send the history the new server may lack."""
+        if self.gate.notice(now):
+            self.keeper.resend_recent(self.history_usable())
 
     # ----- outage handling ----------------------------------------------------------------
     def usable(self, now: float) -> bool:
@@ -231,7 +246,8 @@ class FleetDb:
         if self.down_since is not None and not self.usable(self.monotonic()):
             self.failed_releases.append((name, generation))
             return
-        self._submit("lease", "release", lambda: self.leases.release(name, generation), done)
+        self._submit("lease", "release",
+                     lambda: self.leases.release(name, generation, self.holder), done)
 
     # ----- history (``HistoryKeeper``: batched on a writer thread, spooled at stop) -------
     def history_usable(self) -> bool:
@@ -287,6 +303,7 @@ class FleetDb:
     def tick(self, now: float) -> float:
         """Write queued history, heartbeat and prune when due; returns when to be called next.
         Never waits for the database: the calls run on the ``house`` lane."""
+        self.notice_failover(now)
         history_wake = self.keeper.tick(now, self.history_usable())
         house = self.lanes["house"]
         probe = self.down_since is not None and now >= self.next_probe  # back yet?

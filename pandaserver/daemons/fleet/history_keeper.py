@@ -17,12 +17,17 @@ Used only from the master's loop (``FleetDb`` owns one); the writes themselves r
   a new lease generation closes the older generation's open run (``write_many``).
 - At stop, whatever is not written after ``close``'s wait is saved in the spool file and
   reported with its count; the next start replays it (``history_spool.py``).
+- The writes of the last ``RESEND_WINDOW`` seconds are kept after they are written: when
+  the database fails over to a standby that may not have received them
+  (``failover.py``), they are written again (``resend_recent``); being keyed, those the
+  standby had are not doubled.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +47,10 @@ log = logging.getLogger("panda.master")
 HISTORY_BATCH = 0.25
 LOST_AFTER_BEATS = 3.0  # a master silent for this many heartbeat intervals is dead
 RESUBMIT = 2.0  # pending rows are retried at least this often while the database is usable
+# writes kept after they are written, to re-send after a failover of the database: an
+# asynchronous standby is normally well under a second behind; this covers minutes
+RESEND_WINDOW = 300.0
+RESEND_MAX = 20000
 
 
 def _key(item: Any) -> tuple[str, Any, Any]:
@@ -75,6 +84,8 @@ class HistoryKeeper:
         self.mark_lost_due = False
         self.next_resubmit = 0.0
         self.written = 0  # rows written since the start (for status)
+        self.recent: deque[tuple[float, Stamped]] = deque(maxlen=RESEND_MAX)  # (written at, row)
+        self.resent = 0  # rows re-sent after failovers of the database
         self.lost: list[str] = []  # history lost at stop, one line each (the exit status)
 
     # ----- what the loop records ----------------------------------------------------------
@@ -196,6 +207,7 @@ class HistoryKeeper:
                       self._describe(exc))
         done = result.written + [row for row, _ in result.refused]
         self.written += len(result.written)
+        self._remember(result.written)
         if self.spooled:
             self.spooled.difference_update(_key(item) for _, item in done)
             if not self.spooled and self.spool is not None:
@@ -219,6 +231,26 @@ class HistoryKeeper:
         if dropped:
             log.error("%d history write(s) dropped: more than %d kept during the outage",
                       dropped, self.pending.max_items)
+
+    # ----- failover of the database -----------------------------------------------------------
+    def _remember(self, rows: list[Stamped]) -> None:
+        now = self.monotonic()
+        self.recent.extend((now, row) for row in rows)
+        while self.recent and self.recent[0][0] < now - RESEND_WINDOW:
+            self.recent.popleft()
+
+    def resend_recent(self, usable: bool) -> None:
+        """The database is another server now (a promoted standby): write again what was
+        written in the last ``RESEND_WINDOW`` seconds, which it may lack."""
+        self._remember([])
+        rows = [row for _, row in self.recent]
+        if not rows:
+            return
+        self.resent += len(rows)
+        log.warning("history: re-sending the %d write(s) of the last %.0f s after the database"
+                    " failover (the new server may not have them; none is doubled)", len(rows),
+                    min(RESEND_WINDOW, self.monotonic() - self.recent[0][0]))
+        self._send(rows, usable)
 
     def _describe(self, exc: BaseException) -> str:
         if isinstance(exc, SQLAlchemyError):

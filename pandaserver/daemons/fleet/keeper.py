@@ -4,7 +4,9 @@ One ``LeaseKeeper`` per master, used only on its loop thread. Each sync run in p
 a ``LeaseClock``; all held leases are renewed together by one call (on the database's
 ``renew`` lane) whenever the oldest confirmation is ``ttl/3`` old. A renewal that fails is
 retried every ``RENEW_RETRY`` seconds; a lease the database says is no longer ours
-(expired and taken, or force-released) is fenced at once. ``due_fences`` names the runs the
+(expired and taken, or force-released) is fenced at once, and so is every lease held when
+the database fails over to another server (the lease store's ``epoch`` changed:
+daemons/fleet/failover.py). ``due_fences`` names the runs the
 master must kill now; ``moved`` the runs whose hard deadline changed (the master passes it
 to their worker). See ``fencing.py`` for the arithmetic.
 """
@@ -35,7 +37,7 @@ class LeaseKeeper:
         ttl = self.leases.ttl
         if ttl is None:
             return None
-        clock = LeaseClock(name, generation, sent, ttl)
+        clock = LeaseClock(name, generation, sent, ttl, epoch=self.leases.epoch)
         self.held[run_id] = clock
         return clock
 
@@ -50,7 +52,18 @@ class LeaseKeeper:
             clock.fenced = True
 
     # ----- renewals -----------------------------------------------------------------------
+    def _failed_over(self) -> None:
+        """Leases granted before the database became another server are lost."""
+        epoch = self.leases.epoch
+        for run_id, clock in self.held.items():
+            if clock.epoch != epoch and run_id not in self.lost and not clock.fenced:
+                log.error("%s: lease generation %d was granted by the database server before"
+                          " its failover, and may not exist on the new one: fencing its run",
+                          clock.name, clock.generation)
+                self.lost.add(run_id)
+
     def _live(self) -> list[tuple[int, LeaseClock]]:
+        self._failed_over()
         return [(rid, c) for rid, c in self.held.items() if not c.fenced and rid not in self.lost]
 
     def tick(self, now: float) -> None:
@@ -75,10 +88,11 @@ class LeaseKeeper:
                         " if no renewal is confirmed in time", self.failures)
             return
         self.failures = 0
+        self._failed_over()
         for run_id, (name, generation) in asked.items():
             clock = self.held.get(run_id)
-            if clock is None or clock.generation != generation:
-                continue  # the run ended meanwhile
+            if clock is None or clock.generation != generation or run_id in self.lost:
+                continue  # the run ended meanwhile, or was lost to a failover
             if name in names:
                 clock.confirm(sent)
                 self.moved.add(run_id)
@@ -90,6 +104,7 @@ class LeaseKeeper:
     # ----- fencing ------------------------------------------------------------------------
     def due_fences(self, now: float) -> list[int]:
         """Runs to kill now: their lease was lost, or cannot be confirmed before it expires."""
+        self._failed_over()
         return [rid for rid, clock in self.held.items() if not clock.fenced
                 and (rid in self.lost or now >= clock.fence(self.kill_grace))]
 

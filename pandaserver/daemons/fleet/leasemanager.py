@@ -50,6 +50,11 @@ class LeaseManager(Protocol):
     def ttl(self) -> float | None:
         """How long a granted or renewed lease lives (None: for ever)."""
 
+    @property
+    def epoch(self) -> int:
+        """How many times the lease store was seen to become another server (a failover of
+        the database, daemons/fleet/failover.py): a lease held since an older epoch is lost."""
+
     def turn(self, spec: DaemonSpec, due: float, now: float) -> Turn:
         """Whether to ask for ``spec``'s lease, due at ``due``, now (never blocks)."""
 
@@ -64,6 +69,7 @@ class LocalLeases:
     """Every script may run: the right answer for one server with no shared database."""
 
     ttl: float | None = None
+    epoch = 0
 
     def turn(self, spec: DaemonSpec, due: float, now: float) -> Turn:
         return Turn(ask=True, due=due)
