@@ -23,6 +23,7 @@ revision = "0011"
 down_revision: str | None = "0006"
 branch_labels: tuple[str, ...] | None = None
 depends_on: tuple[str, ...] | None = None
+compatibility = "expand"  # a nullable column: code of every earlier revision ignores it
 
 
 def upgrade() -> None:

@@ -10,7 +10,7 @@ it knows reads this row, by name, and runs on it when it knows ``oldest_code``
 Locks: none on existing tables (a new table only); safe while the fleet runs.
 
 Revision ID: 0012
-Revises: 0006
+Revises: 0011
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from alembic import op
 from pandaserver.db.servertime import UtcDateTime
 
 revision = "0012"
-down_revision: str | None = "0006"
+down_revision: str | None = "0011"
 branch_labels: tuple[str, ...] | None = None
 depends_on: tuple[str, ...] | None = None
 compatibility = "expand"  # a new table: code of every earlier revision ignores it
