@@ -65,6 +65,8 @@ daemon_lease = Table(
     Column("contended", BigInteger, nullable=False, server_default="0"),
     Column("contended_by", String(255), nullable=True),
     Column("contended_at", UtcDateTime, nullable=True),
+    # a cron script's lease: the latest firing the fleet served (migration 0009)
+    Column("firing", UtcDateTime, nullable=True),
 )
 
 # One row per run (or per skipped attempt), for `panda-daemon history`.

@@ -77,11 +77,28 @@ class Dispatcher:
         self.unimportable: set[str] = set()  # disabled: a worker could not import them
         self.held_back: dict[str, ScriptState] = {}  # due, taken off the timetable
 
+    # ----- cron scripts: the wall clock, read for them only ----------------------------------
+    def read_clocks(self) -> None:
+        """Give the timetable the wall clock's offset from the monotonic clock (cron firings
+        are wall-clock times; a step moves them with it: ``Timetable.rebase``)."""
+        wall = self.clock.wall().timestamp()
+        self.scripts.rebase(wall - self.clock.monotonic())
+
+    def _learn_skew(self, decision: LeaseDecision, now: float) -> None:
+        """The database's clock, as a cron lease answer showed it: sync cron firings are
+        judged by it, whatever this server's wall clock says."""
+        if decision.db_now is None or self.scripts.offset is None:
+            return
+        wall = (decision.sent + now) / 2 + self.scripts.offset  # when the statement ran
+        self.scripts.rebase(self.scripts.offset, decision.db_now - wall)
+
     # ----- due scripts to idle workers ------------------------------------------------------
     def dispatch(self, now: float) -> None:
         idle = self.pool.idle()
         if not idle:
             return
+        if self.scripts.has_cron:
+            self.read_clocks()
         # due-time heap: the cost per dispatch does not grow with the number of scripts
         while idle and (state := self.scripts.pop_due(now)) is not None:
             if not self.gate.may_start(state, now):  # paused, draining, backed off
@@ -99,15 +116,23 @@ class Dispatcher:
                 # operator's run-now is asked for at once by the server that claimed it
                 turn = self.leases.turn(state.spec, state.next_due, now)
                 if not turn.ask:  # back in the heap until then (learned: its next due)
-                    self.scripts.set_due(state, turn.at)  # later than now
+                    cron, firing = state.spec.cron, None
+                    if turn.learned and cron is not None and state.firing is not None:
+                        firing = cron.next_after(state.firing)  # the fleet served it
+                    self.scripts.set_due(state, turn.at, firing)  # later than now
                     continue
                 due = turn.due  # the due time, not the moment of the last look
             # a sync script asks for its lease; a worker is kept for it meanwhile, and
             # nothing else waits for the answer
             slot = idle.pop(0)
             slot.reserved = state.spec.name
-            self.scripts.asking(state, due)
-            self.leases.acquire(state.spec, now, functools.partial(self._lease_reply, state, slot))
+            firing = None
+            if state.spec.cron is not None and state.firing is not None:
+                firing = schedule.firing_to_ask(state.spec.cron, state.firing,
+                                                self.scripts.wall_of(state, now))
+            self.scripts.asking(state, due, firing)
+            self.leases.acquire(state.spec, now, functools.partial(self._lease_reply, state, slot),
+                                firing=firing)
 
     def _lease_reply(self, state: ScriptState, slot: Slot, decision: LeaseDecision) -> None:
         """The database answered a grant (on the loop thread, maybe much later)."""
@@ -115,11 +140,18 @@ class Dispatcher:
         if slot.reserved == state.spec.name:
             slot.reserved = None
         spec = state.spec
+        self._learn_skew(decision, now)
         if not decision.granted:
             # Ask again when the database says it is due, and at least once a period: a
             # holder that stops cleanly releases early, and its lease must not leave a gap.
             retry = min(decision.wait, spec.period)
-            self.scripts.answered(state, max(state.next_due, now + max(retry, MIN_LEASE_RETRY)))
+            next_due = max(state.next_due, now + max(retry, MIN_LEASE_RETRY))
+            firing = state.firing
+            if spec.cron is not None and firing is not None:
+                if decision.served is not None and decision.served >= firing:
+                    firing = spec.cron.next_after(decision.served)  # served: the next one
+                next_due = max(next_due, self.scripts.due_of(state, firing))
+            self.scripts.answered(state, next_due, firing)
             self._lease_refused(state, decision, now)
             return
         self.scripts.answered(state)
@@ -163,15 +195,27 @@ class Dispatcher:
                 self.gate.dispatched(spec.name)
                 slot.run = run
                 self.recorder.start(run)  # its history row, written by the batched writer
+                firing = None
+                if spec.cron is not None and generation is not None \
+                        and state.firing is not None:  # granted for this firing
+                    firing = spec.cron.next_after(state.firing)
+                elif spec.cron is not None:  # its firing is served by this start
+                    firing = schedule.next_firing_after_start(
+                        spec.cron, state.firing, self.scripts.wall_of(state, now))
                 if self.only is not None:
                     next_due = math.inf
                 elif generation is not None:
-                    # the fleet-wide due time the grant just set (this grant + period, by
-                    # the database clock; ``fleet_due`` when the database said when)
-                    next_due = fleet_due if fleet_due is not None else now + spec.period
+                    # the fleet-wide due time the grant just set (this grant + period, or
+                    # the next firing, by the database clock; ``fleet_due`` when the
+                    # database said when)
+                    next_due = fleet_due if fleet_due is not None else \
+                        self.scripts.due_of(state, firing) if firing is not None else \
+                        now + spec.period
+                elif firing is not None:
+                    next_due = self.scripts.due_of(state, firing)
                 else:
                     next_due = schedule.next_due_after_dispatch(state, now)
-                self.scripts.started(state, run.id, now, next_due)
+                self.scripts.started(state, run.id, now, next_due, firing)
                 log.debug("%s dispatched to worker %d (due %.3f s ago)", run.label, slot.index,
                           now - run.due)
                 return slot

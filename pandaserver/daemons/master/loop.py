@@ -166,8 +166,10 @@ class Master:
         self._signals.append(signum)
 
     def begin(self, now: float) -> None:
-        """Every configured script is due at ``now`` (it runs once at start-up)."""
+        """Every configured script is due at ``now`` (it runs once at start-up); a cron
+        script at its first firing (``schedule.first_firing``)."""
         scripts = self.dispatcher.scripts
+        self.dispatcher.read_clocks()  # cron firings are wall-clock times
         for spec in self._specs(self.settings).values():
             scripts[spec.name] = ScriptState(spec=spec, next_due=schedule.first_due(now))
         for name, why in self.settings.waiting_imports.items():  # said by the preflight

@@ -1,0 +1,116 @@
+"""Cron scripts in a real ``Master`` driven in-process (``fakemaster.py``): due at their
+wall-clock firings, never early, a missed firing run once late and the rest skipped, a
+clock step moving the firings without running one twice, and a sync script asking its
+lease for a firing, judged by the database's clock."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+
+from fakemaster import Rig, spec
+
+from pandaserver.config.cronspec import parse
+from pandaserver.config.scripts import DaemonSpec
+from pandaserver.daemons.fleet.leasemanager import LeaseDecision
+
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC).timestamp()  # FakeClock's wall at monotonic 0
+
+
+def cron(name: str, expression: str = "* * * * *", sync: bool = False) -> DaemonSpec:
+    schedule = parse(expression)
+    return dataclasses.replace(spec(name, period=schedule.shortest_interval, sync=sync),
+                               cron=schedule)
+
+
+def test_a_cron_script_runs_at_its_firings_never_before_and_not_at_start_up() -> None:
+    rig = Rig([cron("c")], n_proc=1)
+    rig.start_workers()
+    assert rig.busy() == {}  # a period runs at start-up; a cron script waits for a firing
+    assert rig.at(1019.9) == 1020.0  # asleep until the firing (wall 00:17:00)
+    assert rig.busy() == {}
+    rig.at(1020.0)
+    assert rig.busy() == {1: "c"}
+    state = rig.master.dispatcher.scripts["c"]
+    assert (state.firing, state.next_due) == (EPOCH + 1080, 1080.0)
+    rig.done(1)
+    assert rig.at(1079.0) == 1080.0 and rig.busy() == {}
+
+
+def test_a_missed_firing_runs_once_late_and_the_ones_beyond_it_are_skipped() -> None:
+    rig = Rig([cron("c"), spec("long", period=3600)], n_proc=1)
+    rig.start_workers()
+    rig.turn()
+    assert rig.busy() == {1: "long"}  # the only worker, until 1150: c misses 1020 and 1080
+    rig.at(1150.0)
+    rig.done(1)
+    rig.turn()
+    assert rig.busy() == {1: "c"}  # once, late
+    run = rig.history.started[-1]
+    assert (run.script, run.due, run.dispatched) == ("c", 1020.0, 1150.0)
+    rig.done(1)
+    rig.turn()
+    assert rig.busy() == {}, "a missed firing ran in a burst"
+    assert rig.master.dispatcher.scripts["c"].next_due == 1200.0  # the grid of firings again
+    rig.at(1200.0)
+    assert rig.busy() == {1: "c"}
+
+
+def test_a_clock_stepped_back_over_a_firing_never_runs_it_twice() -> None:
+    rig = Rig([cron("c")], n_proc=1)
+    rig.start_workers()
+    rig.at(1020.0)
+    rig.done(1)
+    rig.clock.step = -50.0  # NTP steps the wall clock back 50 s: 00:17:00 comes again
+    rig.at(1030.0)
+    state = rig.master.dispatcher.scripts["c"]
+    assert state.next_due == 1130.0  # 00:18:00 moved with the clock
+    for t in (1070.0, 1071.0, 1129.0):  # the wall reads 00:17:00 again at 1070: not run
+        rig.at(t)
+        assert rig.busy() == {}, f"ran again at {t}"
+    rig.at(1130.0)
+    assert rig.busy() == {1: "c"} and len(rig.history.started) == 2
+
+
+def test_a_clock_stepped_forward_runs_the_passed_firing_once() -> None:
+    rig = Rig([cron("c")], n_proc=1)
+    rig.start_workers()
+    rig.clock.step = 3600.0  # an hour forward, over sixty firings
+    rig.at(1001.0)
+    assert rig.busy() == {1: "c"}
+    rig.done(1)
+    rig.turn()
+    assert rig.busy() == {}
+    state = rig.master.dispatcher.scripts["c"]
+    assert state.firing == EPOCH + 4620 and state.next_due == 1020.0
+
+
+def test_a_sync_cron_script_asks_for_the_latest_firing_and_the_database_judges() -> None:
+    rig = Rig([cron("s", sync=True)], n_proc=1)
+    rig.start_workers()
+    rig.turn()
+    # at start-up it asks for the latest firing (00:16:00): the fleet may have missed it
+    assert rig.leases.firings == [EPOCH + 960]
+    _, sent, reply = rig.leases.asked.pop(0)
+    # served already (the row was made at 00:16:40): it waits for 00:17:00
+    reply(LeaseDecision(granted=False, wait=0.0, sent=sent, db_now=EPOCH + 1000,
+                        served=EPOCH + 1000))
+    state = rig.master.dispatcher.scripts["s"]
+    assert (state.firing, state.next_due) == (EPOCH + 1020, 1020.0)
+    rig.at(1020.0)
+    assert rig.leases.firings[-1] == EPOCH + 1020
+    # the database's clock is 30 s behind this server's: not yet, it says, for 30 s
+    _, sent, reply = rig.leases.asked.pop(0)
+    reply(LeaseDecision(granted=False, wait=30.0, sent=sent, db_now=EPOCH + 990,
+                        served=EPOCH + 1000))
+    assert (state.firing, state.next_due) == (EPOCH + 1020, 1050.0)
+    rig.at(1050.0)
+    generation = rig.leases.grant()
+    assert rig.busy() == {1: "s"} and generation == 1
+    # the next firing, 00:18:00, by the database's clock: 30 s after this server's
+    assert (state.firing, state.next_due) == (EPOCH + 1080, 1110.0)
+    rig.done(1)
+    rig.at(1080.0)
+    assert len(rig.leases.asked) == 0  # not before the database's 00:18:00
+    rig.at(1110.0)
+    assert rig.leases.firings[-1] == EPOCH + 1080
