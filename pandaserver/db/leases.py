@@ -313,7 +313,7 @@ class LeaseStore:
             granted, row = upsert_or_else(
                 conn, t,
                 {"name": key, "generation": 1, **owner, "next_due": p_next, "contended": 0,
-                 "firing": p_firing},
+                 "contended_by": None, "contended_at": None, "firing": p_firing},
                 key=["name"],
                 set_={"generation": t.c.generation + 1, **owner, "next_due": p_next,
                       "firing": p_firing},
