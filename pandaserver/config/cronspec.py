@@ -204,6 +204,15 @@ def parse(expression: object, zone: object = DEFAULT_ZONE) -> CronSchedule:
     return schedule
 
 
-def shown(t: float, zone: tzinfo = UTC) -> str:
-    """An instant for humans: ``2026-03-29 03:00:00 CEST``."""
-    return datetime.fromtimestamp(t, tz=UTC).astimezone(zone).strftime("%Y-%m-%d %H:%M:%S %Z")
+def firing_text(t: float, zone: str = DEFAULT_ZONE) -> str:
+    """A firing for humans, in its zone and in UTC: ``2026-03-29 03:00:00 CEST (01:00:00
+    UTC)``; UTC alone for a schedule in UTC (or a zone unknown here)."""
+    utc = datetime.fromtimestamp(t, tz=UTC)
+    plain = f"{utc:%Y-%m-%d %H:%M:%S} UTC"
+    if zone.upper() == "UTC":
+        return plain
+    try:
+        local = utc.astimezone(zone_of(zone))
+    except CronError:
+        return plain
+    return f"{local:%Y-%m-%d %H:%M:%S %Z} ({utc:%H:%M:%S} UTC)"

@@ -201,6 +201,11 @@ CASES = [
          check=2, run=2, fragment="key 'timeout': must be between"),
     Case("period-string", scripts='{"ok": {"module": "record", "period": "60"}}', check=2,
          run=2, fragment='key \'period\': must be a number of seconds, got a string: "60"'),
+    Case("cron-timezone-shown", scripts='{"ok": {"module": "record", "cron": "0 2 * * *",'
+                                        ' "timezone": "Europe/Zurich"}}',
+         fragment="cron 0 2 * * * (Europe/Zurich)", run_fragment=""),
+    Case("cron-default-utc-shown", scripts='{"ok": {"module": "record", "cron": "@daily"}}',
+         fragment="cron @daily (UTC)", run_fragment=""),
     Case("cron-and-period", scripts='{"ok": {"module": "record", "period": 60,'
                                     ' "cron": "0 2 * * *"}, "b": {"period": 5}}',
          check=2, fragment="script 'ok' key 'cron': and period are both set"),

@@ -20,6 +20,7 @@ from collections.abc import Callable, Collection
 from datetime import timedelta
 from typing import Protocol
 
+from pandaserver.config.cronspec import firing_text
 from pandaserver.daemons.base import protocol
 from pandaserver.daemons.base.clock import Clock
 from pandaserver.daemons.base.lifeline import KILL_GRACE
@@ -318,8 +319,11 @@ class Dispatcher:
             why = ("its previous run is still going" if state.running is not None
                    else f"all {self.pool.n_proc} workers are busy" if busy else "waiting for a worker")
             due = self.clock.wall() - timedelta(seconds=now - state.next_due)
-            log.warning("%s is %.0f s late (due at %s UTC): %s", state.spec.name,
-                        now - state.next_due, f"{due:%Y-%m-%d %H:%M:%S}", why)
+            cron = state.spec.cron
+            when = f"{due:%Y-%m-%d %H:%M:%S} UTC" if cron is None or state.firing is None \
+                else f"its firing of {firing_text(state.firing, cron.zone)}"
+            log.warning("%s is %.0f s late (due at %s): %s", state.spec.name,
+                        now - state.next_due, when, why)
 
     # ----- what the pool tells ----------------------------------------------------------------
     def run_over(self, run: Run, outcome: str, error: str | None,
