@@ -12,7 +12,8 @@ from fakemaster import Rig, spec
 
 from pandaserver.config.cronspec import parse
 from pandaserver.config.scripts import DaemonSpec
-from pandaserver.daemons.fleet.leasemanager import LeaseDecision
+from pandaserver.daemons.fleet.leasemanager import LeaseDecision, LocalLeases
+from pandaserver.daemons.master.loop import Master
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC).timestamp()  # FakeClock's wall at monotonic 0
 
@@ -114,3 +115,17 @@ def test_a_sync_cron_script_asks_for_the_latest_firing_and_the_database_judges()
     assert len(rig.leases.asked) == 0  # not before the database's 00:18:00
     rig.at(1110.0)
     assert rig.leases.firings[-1] == EPOCH + 1080
+
+
+def test_without_a_fleet_a_sync_cron_script_waits_for_its_next_firing() -> None:
+    # no shared database remembers what was served: a restart must not run the latest
+    # firing again, so it waits for the next one like any cron script
+    rig = Rig([cron("s", expression="0 2 * * *", sync=True)], n_proc=1)
+    local = Master(rig.settings, server="here", clock=rig.clock, recorder=rig.history,
+                   leases=LocalLeases(), processes=rig.processes,
+                   containment=rig.containment, control=rig.link)
+    local.begin(rig.clock.now)
+    alone = local.dispatcher.scripts["s"]
+    in_fleet = rig.master.dispatcher.scripts["s"]
+    assert alone.firing == EPOCH + 2 * 3600  # 2026-01-01 02:00, the next
+    assert in_fleet.firing == EPOCH - 22 * 3600  # 2025-12-31 02:00, the latest: asked for

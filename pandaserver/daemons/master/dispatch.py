@@ -28,7 +28,7 @@ from pandaserver.daemons.base.runs import Recorder, Run, RunRecord
 from pandaserver.daemons.base.states import WorkerState
 from pandaserver.daemons.fleet.contention import Contentions
 from pandaserver.daemons.fleet.keeper import LeaseKeeper
-from pandaserver.daemons.fleet.leasemanager import LeaseDecision, LeaseManager
+from pandaserver.daemons.fleet.leasemanager import LeaseDecision, LeaseManager, LocalLeases
 from pandaserver.daemons.master import schedule
 from pandaserver.daemons.master.pool import RunContainment, Slot
 from pandaserver.daemons.master.schedule import REMOVED, ScriptState
@@ -65,6 +65,9 @@ class Dispatcher:
         self.pool = pool
         self.gate = gate
         self.leases = leases
+        # a sync cron script catches up a firing the fleet missed only where a lease row
+        # remembers what was served (not for a master without a shared database)
+        scripts.catch_up = not isinstance(leases, LocalLeases)
         self.keeper = LeaseKeeper(leases, KILL_GRACE)
         self.recorder = recorder
         self.containment = containment

@@ -54,6 +54,9 @@ class Timetable(MutableMapping[str, ScriptState]):
         self.offset: float | None = None  # wall minus monotonic clock (cron scripts)
         self.skew = 0.0  # the database's clock minus the wall clock (sync cron scripts)
         self._cron: set[str] = set()  # names of the cron scripts
+        # sync cron scripts start from the latest firing (the fleet's lease says whether it
+        # was served); without a fleet (no shared database) from the next, like the others
+        self.catch_up = True
         for name, state in (states or {}).items():
             self[name] = state
 
@@ -112,7 +115,7 @@ class Timetable(MutableMapping[str, ScriptState]):
         self._cron.add(state.spec.name)
         if state.firing is None:
             state.firing = first_firing(cron, self.wall_of(state, state.next_due),
-                                        state.spec.sync)
+                                        state.spec.sync and self.catch_up)
         state.next_due = self.due_of(state, state.firing)
 
     def rebase(self, offset: float, skew: float | None = None) -> bool:
