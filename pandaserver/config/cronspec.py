@@ -25,6 +25,7 @@ import functools
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
+from itertools import pairwise
 from typing import Any
 
 MACROS = {
@@ -176,7 +177,7 @@ def _shortest(fields: str) -> float:
     minutes = range(60) if expanded[0] == ["*"] else sorted(int(m) for m in expanded[0])
     hours = range(24) if expanded[1] == ["*"] else sorted(int(h) for h in expanded[1])
     times = sorted(h * 3600 + m * 60 for h in hours for m in minutes)
-    within = min((b - a for a, b in zip(times, times[1:], strict=False)), default=math.inf)
+    within = min((b - a for a, b in pairwise(times)), default=math.inf)
     if all(values == ["*"] for values in expanded[2:5]):
         day_gap = 1
     else:
