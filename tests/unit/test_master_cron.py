@@ -6,7 +6,9 @@ lease for a firing, judged by the database's clock."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 from fakemaster import Rig, spec
 
@@ -129,3 +131,30 @@ def test_without_a_fleet_a_sync_cron_script_waits_for_its_next_firing() -> None:
     in_fleet = rig.master.dispatcher.scripts["s"]
     assert alone.firing == EPOCH + 2 * 3600  # 2026-01-01 02:00, the next
     assert in_fleet.firing == EPOCH - 22 * 3600  # 2025-12-31 02:00, the latest: asked for
+
+
+def test_a_firing_missed_while_no_master_ran_runs_once_late(tmp_path: Path) -> None:
+    # the previous master here waited for 00:10 (its status file says so), and stopped;
+    # this one starts at 00:16:40: 00:10 to 00:16 were missed, so the latest runs once now
+    rig = Rig([cron("c"), cron("d"), cron("e", expression="*/5 * * * *")], n_proc=1)
+    status = tmp_path / "status-here.json"
+    status.write_text(json.dumps({"scripts": [
+        {"name": "c", "cron": "* * * * *", "timezone": "UTC", "next_firing": EPOCH + 600},
+        {"name": "d", "cron": "* * * * *", "timezone": "UTC", "next_firing": EPOCH + 1020},
+        # another schedule then: nothing is owed under this one
+        {"name": "e", "cron": "0 * * * *", "timezone": "UTC", "next_firing": EPOCH + 600}]}))
+    master = Master(rig.settings, server="here", clock=rig.clock, recorder=rig.history,
+                    leases=rig.leases, processes=rig.processes, containment=rig.containment,
+                    control=rig.link, status_file=status)
+    master.begin(rig.clock.now)
+    scripts = master.dispatcher.scripts
+    assert (scripts["c"].firing, scripts["c"].next_due) == (EPOCH + 960, 960.0)  # due now
+    assert scripts["d"].firing == EPOCH + 1020  # nothing missed: the next one
+    assert scripts["e"].firing == EPOCH + 1200
+    rig.master = master
+    rig.start_workers()
+    rig.turn()
+    assert rig.busy() == {1: "c"}
+    rig.done(1)
+    rig.turn()
+    assert rig.busy() == {} and scripts["c"].firing == EPOCH + 1020  # once, no burst

@@ -315,6 +315,19 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
+def remembered_firings(path: Path) -> dict[str, tuple[str, str, float]]:
+    """What a previous master on this host said its cron scripts waited for (name ->
+    expression, zone, next firing): a firing it waited for that has passed since was
+    missed while no master ran (it is run once, late: ``Timetable``)."""
+    found = {}
+    for s in (read_status(path) or {}).get("scripts", []):
+        if isinstance(s, dict) and isinstance(s.get("cron"), str) \
+                and isinstance(s.get("next_firing"), int | float):
+            found[str(s.get("name"))] = (s["cron"], str(s.get("timezone") or "UTC"),
+                                         float(s["next_firing"]))
+    return found
+
+
 def read_status(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

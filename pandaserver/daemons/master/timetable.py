@@ -57,6 +57,9 @@ class Timetable(MutableMapping[str, ScriptState]):
         # sync cron scripts start from the latest firing (the fleet's lease says whether it
         # was served); without a fleet (no shared database) from the next, like the others
         self.catch_up = True
+        # the others: what a previous master on this host waited for (its status file:
+        # name -> expression, zone, firing), so a firing missed while it was down runs once
+        self.remembered: dict[str, tuple[str, str, float]] = {}
         for name, state in (states or {}).items():
             self[name] = state
 
@@ -114,8 +117,13 @@ class Timetable(MutableMapping[str, ScriptState]):
         assert cron is not None
         self._cron.add(state.spec.name)
         if state.firing is None:
-            state.firing = first_firing(cron, self.wall_of(state, state.next_due),
-                                        state.spec.sync and self.catch_up)
+            wall = self.wall_of(state, state.next_due)
+            fleet = state.spec.sync and self.catch_up
+            state.firing = first_firing(cron, wall, fleet)
+            before = self.remembered.pop(state.spec.name, None)
+            if not fleet and before is not None and before[:2] == (cron.expression, cron.zone) \
+                    and before[2] <= wall:  # missed while no master ran: once, late
+                state.firing = cron.latest_at(wall) or before[2]
         state.next_due = self.due_of(state, state.firing)
 
     def rebase(self, offset: float, skew: float | None = None) -> bool:
