@@ -13,6 +13,7 @@ from pathlib import Path
 from fakemaster import Rig, spec
 
 from pandaserver.config.cronspec import parse
+from pandaserver.config.daemon import DaemonSettings
 from pandaserver.config.scripts import DaemonSpec
 from pandaserver.daemons.fleet.leasemanager import LeaseDecision, LocalLeases
 from pandaserver.daemons.master.loop import Master
@@ -158,3 +159,32 @@ def test_a_firing_missed_while_no_master_ran_runs_once_late(tmp_path: Path) -> N
     rig.done(1)
     rig.turn()
     assert rig.busy() == {} and scripts["c"].firing == EPOCH + 1020  # once, no burst
+
+
+def test_a_reload_moves_a_script_between_a_period_and_a_cron_schedule() -> None:
+    rig = Rig([spec("p", period=3600), cron("c", expression="*/5 * * * *")], n_proc=1)
+    rig.start_workers()
+    rig.turn()
+    assert rig.busy() == {1: "p"}  # the period runs at start-up; c waits for 00:20
+    rig.done(1)
+    scripts = rig.master.dispatcher.scripts
+    new = DaemonSettings(path="x.cfg", n_proc=1, scripts={s.name: s for s in [
+        cron("p", expression="30 * * * *"), spec("c", period=600)]})
+    rig.at(1010.0)
+    rig.master.apply_settings(new, rig.clock.now)
+    # p now waits for 00:30 (not its period's due time); c is a period script again
+    assert (scripts["p"].firing, scripts["p"].next_due) == (EPOCH + 1800, 1800.0)
+    # c keeps its place in time (00:20, before the reload + 600 s), as a period script
+    assert scripts["c"].firing is None and scripts["c"].spec.cron is None
+    assert scripts["c"].next_due == 1200.0
+    rig.at(1200.0)
+    assert rig.busy() == {1: "c"}
+    rig.done(1)
+    assert scripts["c"].next_due == 1800.0  # its grid: anchored on this first run
+    rig.at(1799.0)
+    assert rig.busy() == {}
+    rig.at(1800.0)
+    assert rig.busy() == {1: "c"}  # by name: c before p, both due at 1800
+    rig.done(1)
+    rig.turn()
+    assert rig.busy() == {1: "p"}
