@@ -17,6 +17,7 @@ from pandaserver.config.daemon import DaemonSettings
 from pandaserver.config.scripts import DaemonSpec
 from pandaserver.daemons.fleet.leasemanager import LeaseDecision, LocalLeases
 from pandaserver.daemons.master.loop import Master
+from pandaserver.db import operator_commands as dbcontrol
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC).timestamp()  # FakeClock's wall at monotonic 0
 
@@ -188,3 +189,26 @@ def test_a_reload_moves_a_script_between_a_period_and_a_cron_schedule() -> None:
     rig.done(1)
     rig.turn()
     assert rig.busy() == {1: "p"}
+
+
+def test_run_now_of_a_sync_cron_script_serves_no_firing() -> None:
+    rig = Rig([cron("s", sync=True)], n_proc=1)
+    rig.start_workers()
+    rig.turn()
+    _, sent, reply = rig.leases.asked.pop(0)  # the latest firing, 00:16: served already
+    rig.leases.firings.clear()
+    reply(LeaseDecision(granted=False, sent=sent, db_now=EPOCH + 1000, served=EPOCH + 1000))
+    rig.turn()
+    rig.link.answer((), [rig.link.command(dbcontrol.RUN_NOW, "s")])
+    [(_, lease, done)] = rig.link.claims
+    assert lease == "s"  # the claim makes the lease due (db/operator_commands.py)
+    done("here", None, False)
+    rig.at(1005.0)
+    assert rig.leases.firings == [None]  # asked for no firing
+    rig.leases.grant()
+    assert rig.busy() == {1: "s"}
+    state = rig.master.dispatcher.scripts["s"]
+    assert (state.firing, state.next_due) == (EPOCH + 1020, 1020.0)  # 00:17 still runs
+    rig.done(1)
+    rig.at(1020.0)
+    assert rig.leases.firings == [None, EPOCH + 1020]

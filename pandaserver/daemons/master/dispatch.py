@@ -119,26 +119,29 @@ class Dispatcher:
                 # whether it was granted, and ask only if not (daemons/fleet/rank.py); an
                 # operator's run-now is asked for at once by the server that claimed it
                 turn = self.leases.turn(state.spec, state.next_due, now)
-                if not turn.ask:  # back in the heap until then (learned: its next due)
-                    cron, firing = state.spec.cron, None
-                    if turn.learned and cron is not None and state.firing is not None:
-                        firing = cron.next_after(state.firing)  # the fleet served it
-                    self.scripts.set_due(state, turn.at, firing)  # later than now
+                if not turn.ask:  # back in the heap until then (learned: its next due; a
+                    # cron script then asks for the latest firing: firing_to_ask)
+                    self.scripts.set_due(state, turn.at)  # later than now
                     continue
                 due = turn.due  # the due time, not the moment of the last look
             # a sync script asks for its lease; a worker is kept for it meanwhile, and
             # nothing else waits for the answer
             slot = idle.pop(0)
             slot.reserved = state.spec.name
+            # a cron script asks for a firing; an operator's run-now for none (the claim
+            # made its lease due: it serves no firing, the next still runs)
             firing = None
-            if state.spec.cron is not None and state.firing is not None:
+            if state.spec.cron is not None and state.firing is not None \
+                    and not self.gate.asked_now(state.spec.name):
                 firing = schedule.firing_to_ask(state.spec.cron, state.firing,
                                                 self.scripts.wall_of(state, now))
             self.scripts.asking(state, due, firing)
-            self.leases.acquire(state.spec, now, functools.partial(self._lease_reply, state, slot),
+            self.leases.acquire(state.spec, now,
+                                functools.partial(self._lease_reply, state, slot, firing),
                                 firing=firing)
 
-    def _lease_reply(self, state: ScriptState, slot: Slot, decision: LeaseDecision) -> None:
+    def _lease_reply(self, state: ScriptState, slot: Slot, firing: float | None,
+                     decision: LeaseDecision) -> None:
         """The database answered a grant (on the loop thread, maybe much later)."""
         now = self.clock.monotonic()
         if slot.reserved == state.spec.name:
@@ -167,8 +170,8 @@ class Dispatcher:
         candidates += [s for s in self.pool.idle() if s is not slot]
         if not usable or not candidates or \
                 self._hand_over(candidates, state, decision.generation, decision.sent,
-                                None if decision.due_in is None else now + decision.due_in) \
-                is None:
+                                None if decision.due_in is None else now + decision.due_in,
+                                firing) is None:
             log.info("%s: lease generation %s granted but not used (%s); releasing it",
                      spec.name, decision.generation,
                      "stopping" if stopping else "no worker free" if usable else
@@ -176,9 +179,11 @@ class Dispatcher:
             self.leases.release(spec.name, decision.generation)
 
     def _hand_over(self, idle: list[Slot], state: ScriptState, generation: int | None,
-                   lease_sent: float | None, fleet_due: float | None = None) -> Slot | None:
+                   lease_sent: float | None, fleet_due: float | None = None,
+                   granted_firing: float | None = None) -> Slot | None:
         """Send the run to the first idle worker that takes it; a worker whose channel is
-        broken is killed (and replaced) rather than tried again."""
+        broken is killed (and replaced) rather than tried again. ``granted_firing``: the
+        cron firing the lease was granted for (None: no lease, or a run-now's)."""
         spec = state.spec
         while idle:
             slot = idle.pop(0)
@@ -200,14 +205,15 @@ class Dispatcher:
                 slot.run = run
                 self.recorder.start(run)  # its history row, written by the batched writer
                 firing = None
-                if spec.cron is not None and generation is not None \
-                        and state.firing is not None:  # granted for this firing
-                    firing = spec.cron.next_after(state.firing)
-                elif spec.cron is not None:  # its firing is served by this start
+                if spec.cron is not None and granted_firing is not None:
+                    firing = spec.cron.next_after(granted_firing)  # granted for this one
+                elif spec.cron is not None:  # its firing is served by this start (if due)
                     firing = schedule.next_firing_after_start(
                         spec.cron, state.firing, self.scripts.wall_of(state, now))
                 if self.only is not None:
                     next_due = math.inf
+                elif spec.cron is not None and granted_firing is None and firing is not None:
+                    next_due = self.scripts.due_of(state, firing)  # not the lease's period
                 elif generation is not None:
                     # the fleet-wide due time the grant just set (this grant + period, or
                     # the next firing, by the database clock; ``fleet_due`` when the

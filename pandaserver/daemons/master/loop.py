@@ -174,6 +174,8 @@ class Master:
             scripts.remembered = remembered_firings(self.status.path)
         for spec in self._specs(self.settings).values():
             scripts[spec.name] = ScriptState(spec=spec, next_due=schedule.first_due(now))
+            if self.only is not None and spec.cron is not None:  # run-once: now, too
+                scripts.set_due(scripts[spec.name], now)
         for name, why in self.settings.waiting_imports.items():  # said by the preflight
             if (state := scripts.get(name)) is not None and self.only is None:
                 scripts.disable(state, why)
