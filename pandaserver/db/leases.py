@@ -35,20 +35,9 @@ newest committed version. On PostgreSQL grant and refusal are one statement (a C
 MySQL/MariaDB fold both into ``INSERT ... ON DUPLICATE KEY UPDATE`` plus a read-back.
 See docs/database.md.
 
-A sync script on a ``cron`` schedule asks for a *firing* (``try_acquire(..., firing=,
-next_firing=)``) and its grant is judged on the database's clock alone::
-
-      WHERE firing IS NOT NULL AND firing < :firing         -- not served yet
-        AND :firing <= now AND now < :next_firing            -- its time has come, not gone
-        AND (expires_at IS NULL OR expires_at <= now)        -- nobody runs it now
-      SET firing = :firing, next_due = :next_firing, ...
-
-``firing`` is the latest firing the fleet served: each firing is granted once, whatever
-the asking server's clock says, and a firing whose successor has come is never granted
-(the asker is behind: it asks again for the latest, so missed firings are skipped, not run
-in a burst). The row is made first (once per store and name) with ``firing`` set to the
-database's ``now``: a new schedule starts with its next firing, and a whole fleet that
-was down over a firing runs it once, late, when it is back.
+A sync script on a ``cron`` schedule asks for a *firing* instead (``try_acquire(...,
+firing=, next_firing=)``), granted once per firing on the database's clock alone: the
+statement and its rule are in ``pandaserver/db/leasefirings.py``.
 """
 
 from __future__ import annotations
@@ -74,8 +63,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError
 
+from pandaserver.db.leasefirings import FiringGrants, refusal_wait
 from pandaserver.db.servertime import (
-    UtcDateTime,
     db_now_expr,
     db_now_plus,
     due_tolerance,
@@ -83,7 +72,7 @@ from pandaserver.db.servertime import (
     seconds_between,
 )
 from pandaserver.db.tables import daemon_lease
-from pandaserver.db.upsert import conditional_upsert, upsert_or_else
+from pandaserver.db.upsert import upsert_or_else
 
 FORCE_RELEASE_ATTEMPTS = 5
 T = TypeVar("T")
@@ -179,9 +168,7 @@ class LeaseStore:
         self.engine = engine
         self._auto = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._grant_statements: dict[str, Any] = {}  # by dialect: built once (see upsert.py)
-        self._cron_statements: dict[str, Any] = {}  # the same for a cron firing's grant
-        self._seed_statements: dict[str, Any] = {}
-        self._seeded: set[str] = set()  # cron leases whose row is known to exist
+        self._firings = FiringGrants()  # a cron script's grants (statements, rows made)
 
     def _run(self, operation: Callable[[Connection], T]) -> T:
         """Run on an autocommit connection; once more on a fresh one after a disconnect.
@@ -277,57 +264,21 @@ class LeaseStore:
 
     def _try_firing(self, name: str, server: str, pid: int, period: float, ttl: float,
                     firing: datetime, next_firing: datetime) -> LeaseResult:
-        """``try_acquire`` for a cron script's ``firing`` (the module docstring's rule)."""
-        t = daemon_lease
-        now = db_now_expr()
-        p_server = bindparam("lease_server", type_=t.c.owner_server.type)
-        p_firing = bindparam("lease_firing", type_=UtcDateTime())
-        p_next = bindparam("lease_next", type_=UtcDateTime())
-        owner = {
-            "owner_server": p_server,
-            "owner_pid": bindparam("lease_pid", type_=t.c.owner_pid.type),
-            "acquired_at": now,
-            "expires_at": db_now_plus(bindparam("lease_ttl", type_=Float())),
-            "period": bindparam("lease_period", type_=Float()),
-            "updated_at": now,
-        }
-        due = and_(t.c.firing.is_not(None), t.c.firing < p_firing, p_firing <= now,
-                   now < p_next, or_(t.c.expires_at.is_(None), t.c.expires_at <= now))
-        refused = {"contended": t.c.contended + 1, "contended_by": p_server,
-                   "contended_at": now}
-        params = {"lease_name": name, "lease_server": server, "lease_pid": pid,
-                  "lease_period": float(period), "lease_ttl": float(ttl),
-                  "lease_firing": firing, "lease_next": next_firing}
-        key = bindparam("lease_name", type_=t.c.name.type)
+        """``try_acquire`` for a cron script's ``firing`` (``leasefirings.py``)."""
 
         def attempt(conn: Connection) -> LeaseResult:
-            if name not in self._seeded:  # the row first: the grant below is never an insert
-                conditional_upsert(
-                    conn, t,
-                    {"name": key, "generation": 0, "next_due": p_firing,
-                     "period": owner["period"], "updated_at": now, "contended": 0,
-                     "firing": now},
-                    key=["name"], set_={"firing": now}, where=t.c.firing.is_(None),
-                    returning=[t.c.name], params=params, cache=self._seed_statements)
-                self._seeded.add(name)
-            granted, row = upsert_or_else(
-                conn, t,
-                {"name": key, "generation": 1, **owner, "next_due": p_next, "contended": 0,
-                 "contended_by": None, "contended_at": None, "firing": p_firing},
-                key=["name"],
-                set_={"generation": t.c.generation + 1, **owner, "next_due": p_next,
-                      "firing": p_firing},
-                where=due, otherwise=refused,
-                returning=[t.c.generation, t.c.owner_server, t.c.next_due, t.c.expires_at,
-                           t.c.acquired_at, t.c.contended_at, t.c.firing],
-                params=params, cache=self._cron_statements)
+            granted, row = self._firings.attempt(conn, name, server, pid, period, ttl, firing,
+                                                 next_firing)
             if row is None:  # pragma: no cover - rows are never deleted
                 return LeaseResult(False, None, 0.0, None, None, None)
             if granted:
                 return LeaseResult(True, int(row.generation), 0.0, server, row.next_due,
                                    row.expires_at, _seconds(row.next_due, row.acquired_at),
                                    firing=row.firing, db_now=row.acquired_at)
-            return _losing_firing(row, firing)
+            wait, live = refusal_wait(row, firing)
+            return LeaseResult(False, None, wait, row.owner_server if live else None,
+                               row.next_due, row.expires_at, firing=row.firing,
+                               db_now=row.contended_at)
 
         return self._run(attempt)
 
@@ -443,25 +394,6 @@ def _losing(row: Row[Any], period: float) -> LeaseResult:
     wait = max(0.0, due_in, expires_in or 0.0)
     return LeaseResult(False, None, wait, row.owner_server if live else None, row.next_due,
                        row.expires_at)
-
-
-def _losing_firing(row: Row[Any], firing: datetime) -> LeaseResult:
-    """A refused cron grant's answer. ``wait``: until the row's next firing when ``firing``
-    was served already, until ``firing`` when it has not come yet by the database's clock,
-    and at least until a live lease expires; 0 when the asker is behind (it asks again for
-    the latest firing, learning the database's clock from ``db_now``)."""
-    now: datetime = row.contended_at
-    wait = 0.0
-    if row.firing is not None and row.firing >= firing:
-        wait = max(0.0, _seconds(row.next_due, now) or 0.0)
-    elif firing > now:
-        wait = (firing - now).total_seconds()
-    expires_in = _seconds(row.expires_at, now)
-    live = expires_in is not None and expires_in > 0
-    if live and expires_in is not None:
-        wait = max(wait, expires_in)
-    return LeaseResult(False, None, wait, row.owner_server if live else None, row.next_due,
-                       row.expires_at, firing=row.firing, db_now=now)
 
 
 def _select_rows() -> Any:
