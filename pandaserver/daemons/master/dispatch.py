@@ -81,20 +81,11 @@ class Dispatcher:
         self.unimportable: set[str] = set()  # disabled: a worker could not import them
         self.held_back: dict[str, ScriptState] = {}  # due, taken off the timetable
 
-    # ----- cron scripts: the wall clock, read for them only ----------------------------------
     def read_clocks(self) -> None:
         """Give the timetable the wall clock's offset from the monotonic clock (cron firings
         are wall-clock times; a step moves them with it: ``Timetable.rebase``)."""
         wall = self.clock.wall().timestamp()
         self.scripts.rebase(wall - self.clock.monotonic())
-
-    def _learn_skew(self, decision: LeaseDecision, now: float) -> None:
-        """The database's clock, as a cron lease answer showed it: sync cron firings are
-        judged by it, whatever this server's wall clock says."""
-        if decision.db_now is None or self.scripts.offset is None:
-            return
-        wall = (decision.sent + now) / 2 + self.scripts.offset  # when the statement ran
-        self.scripts.rebase(self.scripts.offset, decision.db_now - wall)
 
     # ----- due scripts to idle workers ------------------------------------------------------
     def dispatch(self, now: float) -> None:
@@ -147,16 +138,16 @@ class Dispatcher:
         if slot.reserved == state.spec.name:
             slot.reserved = None
         spec = state.spec
-        self._learn_skew(decision, now)
+        if decision.db_now is not None:  # a cron lease's answer: the database's clock
+            self.scripts.learn_skew(decision.db_now, (decision.sent + now) / 2)
         if not decision.granted:
             # Ask again when the database says it is due, and at least once a period: a
             # holder that stops cleanly releases early, and its lease must not leave a gap.
             retry = min(decision.wait, spec.period)
             next_due = max(state.next_due, now + max(retry, MIN_LEASE_RETRY))
             firing = state.firing
-            if spec.cron is not None and firing is not None:
-                if decision.served is not None and decision.served >= firing:
-                    firing = spec.cron.next_after(decision.served)  # served: the next one
+            if spec.cron is not None and firing is not None:  # served: the next one
+                firing = schedule.firing_after_refusal(spec.cron, firing, decision.served)
                 next_due = max(next_due, self.scripts.due_of(state, firing))
             self.scripts.answered(state, next_due, firing)
             self._lease_refused(state, decision, now)
@@ -204,12 +195,8 @@ class Dispatcher:
                 self.gate.dispatched(spec.name)
                 slot.run = run
                 self.recorder.start(run)  # its history row, written by the batched writer
-                firing = None
-                if spec.cron is not None and granted_firing is not None:
-                    firing = spec.cron.next_after(granted_firing)  # granted for this one
-                elif spec.cron is not None:  # its firing is served by this start (if due)
-                    firing = schedule.next_firing_after_start(
-                        spec.cron, state.firing, self.scripts.wall_of(state, now))
+                firing = None if spec.cron is None else schedule.next_firing_after_start(
+                    spec.cron, state.firing, self.scripts.wall_of(state, now), granted_firing)
                 if self.only is not None:
                     next_due = math.inf
                 elif spec.cron is not None and granted_firing is None and firing is not None:

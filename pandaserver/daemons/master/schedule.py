@@ -95,13 +95,26 @@ def firing_to_ask(cron: CronSchedule, firing: float, db_now: float) -> float:
     return firing if latest is None or latest <= firing else latest
 
 
-def next_firing_after_start(cron: CronSchedule, firing: float | None, wall: float) -> float:
+def next_firing_after_start(cron: CronSchedule, firing: float | None, wall: float,
+                            granted: float | None = None) -> float:
     """The firing a cron script waits for after a run started at the wall-clock instant
-    ``wall``: the one it waited for if that is still ahead (an operator's run-now serves
-    no firing), else the first after the start (the one served, and any missed)."""
+    ``wall``: after a lease ``granted`` for a firing, the one after it; else the one it
+    waited for if that is still ahead (an operator's run-now serves no firing), else the
+    first after the start (the one served, and any missed)."""
+    if granted is not None:
+        return cron.next_after(granted)
     if firing is not None and firing > wall:
         return firing
     return cron.next_after(wall)
+
+
+def firing_after_refusal(cron: CronSchedule, firing: float, served: float | None) -> float:
+    """The firing a sync cron script waits for after its lease for ``firing`` was refused:
+    the one after the latest the fleet ``served`` when that is ``firing`` or later (None:
+    the answer did not say), else ``firing`` still."""
+    if served is not None and served >= firing:
+        return cron.next_after(served)
+    return firing
 
 
 def due_scripts(states: Iterable[ScriptState], now: float) -> list[ScriptState]:

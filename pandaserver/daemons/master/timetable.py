@@ -144,6 +144,13 @@ class Timetable(MutableMapping[str, ScriptState]):
                     self.touch(state)
         return moved
 
+    def learn_skew(self, db_now: float, at: float) -> None:
+        """A lease answer showed the database's clock at ``db_now`` (POSIX seconds) at the
+        monotonic moment ``at``: sync cron firings are timed by it, whatever this server's
+        wall clock says."""
+        if self.offset is not None:
+            self.rebase(self.offset, db_now - (at + self.offset))
+
     # ----- the one writer of the scheduling fields -------------------------------------------
     def set_due(self, state: ScriptState, when: float, firing: float | None = None) -> None:
         """``state`` is next due at ``when`` (a cron script: for ``firing``, if given)."""
