@@ -42,8 +42,9 @@ DEFAULT_ZONE = "UTC"
 # judged never to fire: beyond 28 years the Gregorian calendar's weekdays repeat
 SEARCH_YEARS = 29
 # the shortest interval between two firings: over this many firing days from a fixed
-# reference (a leap year's first day), and at most over SAMPLE_YEARS
-SAMPLE_FIRINGS = 400
+# reference (a leap year's first day: weeks, month ends and Feb 29 all come round), and at
+# most over SAMPLE_YEARS
+SAMPLE_FIRINGS = 60
 SAMPLE_YEARS = 8
 REFERENCE = datetime(2000, 1, 1)  # noqa: DTZ001 - naive on purpose: a local wall time
 
@@ -190,6 +191,8 @@ def _shortest(fields: str) -> float:
             if day > limit:
                 break
             day_gap = min(day_gap, (day - previous).days)
+            if day_gap == 1:  # the least there is
+                break
             previous = day
     across = day_gap * 86400 - times[-1] + times[0]
     return float(min(within, across))
