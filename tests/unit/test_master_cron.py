@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from fakemaster import Rig, spec
 
 from pandaserver.config.cronspec import parse
@@ -212,3 +214,22 @@ def test_run_now_of_a_sync_cron_script_serves_no_firing() -> None:
     rig.done(1)
     rig.at(1020.0)
     assert rig.leases.firings == [None, EPOCH + 1020]
+
+
+def test_the_late_warning_names_the_firing_in_its_zone_and_in_utc(
+        caplog: pytest.LogCaptureFixture) -> None:
+    zurich = dataclasses.replace(cron("c"), cron=parse("* * * * *", "Europe/Zurich"))
+    rig = Rig([zurich, spec("long", period=3600)], n_proc=1)
+    master = Master(rig.settings, server="here", clock=rig.clock, recorder=rig.history,
+                    leases=rig.leases, processes=rig.processes, containment=rig.containment,
+                    control=rig.link, late_floor=10.0)
+    master.begin(rig.clock.now)
+    rig.master = master
+    rig.start_workers()
+    rig.turn()
+    assert rig.busy() == {1: "long"}  # c's 00:17 firing waits for the only worker
+    caplog.set_level(logging.WARNING, logger="panda.master")
+    rig.at(1051.0)  # late by more than max(10 s, 60 s / 2)
+    assert [r.getMessage() for r in caplog.records] == [
+        "c is 31 s late (due at its firing of 2026-01-01 01:17:00 CET (00:17:00 UTC)):"
+        " all 1 workers are busy"]
