@@ -97,3 +97,18 @@ def test_metrics_show_the_next_firing_time() -> None:
     assert sample.labels == {"script": "nightly", "cron": "0 2 * * *",
                              "timezone": "Europe/Zurich"}
     assert sample.value == datetime(2026, 3, 31, 0, 0, tzinfo=UTC).timestamp()
+
+
+def test_fleet_check_counts_a_cron_script_stale_in_firings() -> None:
+    from pandaserver.commands.web import check_text
+    from pandaserver.exitcodes import CHECK_CRITICAL
+    from pandaserver.web.fleetview import Overview
+
+    started = datetime(2026, 3, 27, 1, 0, 3, tzinfo=UTC)
+    stale = view(started, started, now=datetime(2026, 3, 31, 0, 1, tzinfo=UTC))
+    ov = Overview(db_now=datetime(2026, 3, 31, 0, 1, tzinfo=UTC), stale_factor=3.0,
+                  servers=[server()], scripts=[stale], leases=[])
+    code, text = check_text(ov)
+    assert code == CHECK_CRITICAL and text.startswith("CRITICAL: 1 stale")
+    assert "stale: nightly (no successful run anywhere for 4.0d, limit 3 firings of cron" \
+           " 0 2 * * * (Europe/Zurich))" in text
