@@ -273,13 +273,15 @@ def leases_page(ov: Overview, prefix: str, refresh: float) -> str:
             f"<td>{lease.owner_pid if lease.held and lease.owner_pid else '-'}</td>"
             f"<td>{lease.generation}</td><td>{when(lease.acquired_at)}</td>"
             f"<td>{relative(lease.expires_in)}</td><td>{relative(lease.due_in)}</td>"
-            f"<td>{span(lease.period)}</td>"
+            # a cron script's lease: the latest firing it served, instead of a period
+            f"<td>{span(lease.period) if lease.firing is None else 'served ' + when(lease.firing)}"
+            "</td>"
             f'<td class="contended">{lease.contended}</td>'
             f"<td>{_e(lease.contended_by or '-')}</td>"
             f"<td>{relative(-lease.contended_ago if lease.contended_ago is not None else None)}"
             "</td></tr>\n")
-    body = (_table(["script", "state", "holder", "pid", "generation", "last granted", "expires",
-                    "next due", "period", "refused", "latest refused server", "latest refusal"],
+    body = (_table(["script", "state", "holder", "pid", "generation", "last granted",
+                    "expires", "next due", "period (cron: last firing)", "refused", "latest refused server", "latest refusal"],
                    rows, "leases")
             + '<p class="note">One lease per sync script; times are the database clock.'
               " Refused: grant attempts the lease turned down, ever (another server held it or"
