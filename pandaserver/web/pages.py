@@ -281,7 +281,8 @@ def leases_page(ov: Overview, prefix: str, refresh: float) -> str:
             f"<td>{relative(-lease.contended_ago if lease.contended_ago is not None else None)}"
             "</td></tr>\n")
     body = (_table(["script", "state", "holder", "pid", "generation", "last granted",
-                    "expires", "next due", "period (cron: last firing)", "refused", "latest refused server", "latest refusal"],
+                    "expires", "next due", "period (cron: last firing)", "refused",
+                    "latest refused server", "latest refusal"],
                    rows, "leases")
             + '<p class="note">One lease per sync script; times are the database clock.'
               " Refused: grant attempts the lease turned down, ever (another server held it or"
