@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from harness import MasterProcess, script_env, write_config
+from harness import MasterProcess, running_master, script_env, write_config
 from pg import PgCluster, url_text
 from sqlalchemy import URL
 
@@ -27,6 +28,32 @@ def cli(tmp_path: Path, cfg: Path, *args: str) -> subprocess.CompletedProcess[st
     return subprocess.run([sys.executable, "-m", "pandaserver.daemons.master", "-c", str(cfg),
                            *args], capture_output=True, text=True, timeout=60,
                           env=script_env(tmp_path / "cli.jsonl"), stdin=subprocess.DEVNULL)
+
+
+LIBFAKETIME = next((p for p in ("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+                                  "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+                                  "/usr/lib/faketime/libfaketime.so.1") if Path(p).exists()), None)
+
+
+def faked_clock_env(clock_file: Path) -> dict[str, str]:
+    """libfaketime for a master and its workers: the wall clock (time.time, datetime.now)
+    follows ``clock_file`` (re-read every second); the monotonic clock is left alone."""
+    assert LIBFAKETIME is not None, "libfaketime is needed (apt-get install faketime)"
+    return {"LD_PRELOAD": LIBFAKETIME, "FAKETIME_TIMESTAMP_FILE": str(clock_file),
+            "FAKETIME_CACHE_DURATION": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+
+def start_fleet(stack: ExitStack, cfg: Path, tmp_path: Path, servers: dict[str, str]
+                ) -> list[MasterProcess]:
+    """One master per server; ``servers`` maps each name to its wall-clock offset, in
+    libfaketime's notation ("+300", "-2h"), written to a file the test may rewrite."""
+    masters = []
+    for name, offset in servers.items():
+        clock_file = tmp_path / f"clock-{name}"
+        clock_file.write_text(offset + "\n")
+        masters.append(stack.enter_context(running_master(
+            cfg, tmp_path, server=name, extra_env=faked_clock_env(clock_file))))
+    return masters
 
 
 def fleet_events(masters: list[MasterProcess], event: str, name: str) -> list[dict[str, Any]]:

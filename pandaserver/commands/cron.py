@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from pandaserver.commands.argtypes import positive_int
+from pandaserver.config.cronspec import CronError, zone_of
 from pandaserver.cron.convert import (
     DEFAULT_MIN_SYNC_PERIOD,
     Options,
@@ -30,8 +31,10 @@ from pandaserver.exitcodes import RET_CONFIG, RET_FAILED, RET_OK
 PROG = "cron2json"
 DESCRIPTION = (
     "Convert crontab lines (a user crontab, or a system crontab with a user field) into the"
-    " [daemon] config JSON. The period is the interval between cron firings; scripts are"
-    " synchronised across the servers unless that makes the fleet-wide period too short."
+    " [daemon] config JSON. A schedule that is a plain interval (evenly spaced, an hour"
+    " apart or less) becomes a period; any other keeps its cron expression (--periods:"
+    " approximate it by a period). Scripts are synchronised across the servers unless that"
+    " makes the fleet-wide period too short."
 )
 
 
@@ -83,6 +86,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " (default: auto, decided line by line)",
     )
     parser.add_argument(
+        "--periods", action="store_true",
+        help="approximate every schedule by a period (the average interval), as before cron"
+        " schedules existed, instead of keeping cron expressions",
+    )
+    parser.add_argument(
+        "--timezone", metavar="ZONE",
+        help="the IANA time zone the crontab's times were in, written into each cron entry"
+        " (default: none, so UTC)",
+    )
+    parser.add_argument(
         "--section", action="store_true",
         help="print a whole [daemon] section instead of the config JSON alone",
     )
@@ -128,12 +141,20 @@ def _options(args: argparse.Namespace) -> Options:
         module_map, problems = read_module_map(lines)
         if problems:
             raise UsageError(*(note.render(path) for note in problems))
+    timezone = getattr(args, "timezone", None)
+    if timezone is not None:
+        try:
+            zone_of(timezone)
+        except CronError as exc:
+            raise UsageError(f"--timezone: {exc}") from None
     return Options(
         servers=args.servers,
         sync=sync,
         no_sync=no_sync,
         min_sync_period=args.min_sync_period,
         module_map=module_map,
+        cron=not getattr(args, "periods", False),
+        timezone=timezone,
     )
 
 

@@ -147,6 +147,7 @@ def _lease_json(lease: LeaseRow) -> dict[str, Any]:
         "due_in": lease.due_in, "period": lease.period, "db_now": _iso(lease.db_now),
         "contended": lease.contended, "contended_by": lease.contended_by,
         "contended_at": _iso(lease.contended_at), "contended_ago": lease.contended_ago,
+        "firing": _iso(lease.firing),  # a cron script's latest firing served (else null)
     }
 
 

@@ -218,12 +218,15 @@ def _fail(args: argparse.Namespace, message: str, code: int) -> int:
 
 def check_text(ov: Overview) -> tuple[int, str]:
     """The monitoring status (code, text) of the fleet."""
+    from pandaserver.web.model import schedule_label
+
     details = []
     for s in ov.stale:
         since = (f"no successful run anywhere for {span(s.since_success)}"
                  if s.since_success is not None else "never a successful run anywhere")
-        details.append(f"stale: {s.name} ({since}, limit {ov.stale_factor:g} x"
-                       f" {span(s.period)})")
+        limit = (f"{ov.stale_factor:g} x {span(s.period)}" if s.cron is None else
+                 f"{ov.stale_factor:g} firings of {schedule_label(s)}")
+        details.append(f"stale: {s.name} ({since}, limit {limit})")
     for s in ov.late:
         details.append(f"late: {s.name} (due {relative(-(s.overdue or 0.0))})")
     for v in ov.mismatched:
@@ -258,6 +261,8 @@ def _columns(rows: list[list[str]]) -> str:
 
 
 def fleet_text(ov: Overview) -> str:
+    from pandaserver.web.model import schedule_label
+
     local = {m.server: m for m in ov.local if m.alive}
     servers = [["SERVER", "STATE", "HEARTBEAT", "VERSION", "PID", "CONFIG", "CLOCK OFFSET",
                 "WORKERS"]]
@@ -269,7 +274,7 @@ def fleet_text(ov: Overview) -> str:
                         v.config_hash[:12] + (" DIFFERS" if v.config_mismatch else ""),
                         offset(v.clock_offset),
                         f"{m.workers_alive}/{m.n_proc}" if m is not None else "-"])
-    scripts = [["SCRIPT", "PERIOD", "SYNC", "LAST RUN", "NEXT DUE", "LAST SUCCESS", "STATE"]]
+    scripts = [["SCRIPT", "PERIOD/CRON", "SYNC", "LAST RUN", "NEXT DUE", "LAST SUCCESS", "STATE"]]
     for s in ov.scripts:
         newest = max(s.runs, key=lambda r: r.started_at, default=None)
         last = "-"
@@ -285,7 +290,7 @@ def fleet_text(ov: Overview) -> str:
                   f"{': ' + h.reason if h.reason else ''}" for h in ov.paused if h.name == s.name]
         if s.name in ov.crash_looping:
             flags.append(f"CRASH-LOOPING on {', '.join(ov.crash_looping[s.name])}")
-        scripts.append([s.name, span(s.period), "?" if s.sync is None else "yes" if s.sync
+        scripts.append([s.name, schedule_label(s), "?" if s.sync is None else "yes" if s.sync
                         else "no", last, relative(-s.overdue if s.overdue is not None else None),
                         relative(-s.since_success) if s.since_success is not None else "never",
                         " ".join(flags) or "ok"])
@@ -295,7 +300,8 @@ def fleet_text(ov: Overview) -> str:
         + f"{m.log_dropped} line(s) dropped since its start\n"
         for m in local.values() if m.log_failing or m.log_dropped)
     return (f"fleet at {when(ov.db_now)} UTC (database clock); stale after"
-            f" {ov.stale_factor:g} x period\n\n" + _columns(servers) + notes + "\n"
+            f" {ov.stale_factor:g} x period (a cron script: {ov.stale_factor:g} firings)\n\n"
+            + _columns(servers) + notes + "\n"
             + _columns(scripts))
 
 

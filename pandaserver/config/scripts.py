@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pandaserver.config.cronspec import CronError, CronSchedule
+from pandaserver.config.cronspec import parse as parse_cron
 from pandaserver.config.problems import did_you_mean, shown_json, shown_seconds
 from pandaserver.config.secrets import is_secret_name, redact
 
@@ -18,7 +20,13 @@ MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 @dataclass(frozen=True)
 class DaemonSpec:
-    """One script as it will run, defaults filled in."""
+    """One script as it will run, defaults filled in.
+
+    A script runs on a ``period`` or on a ``cron`` schedule. For a cron script ``period``
+    is the shortest interval between two of its firings: what a period stands for wherever
+    one is only a measure (the default timeout, the late warning's threshold, the grid's
+    tolerance, the fleet's fallback steps); its due times come from ``cron``.
+    """
 
     name: str
     module: str
@@ -28,6 +36,14 @@ class DaemonSpec:
     loop: bool = False
     arguments: tuple[Argument, ...] = ()
     enable: bool = True
+    cron: CronSchedule | None = None
+
+    @property
+    def schedule_text(self) -> str:
+        """The schedule for humans: ``every 60 s`` or ``cron 0 2 * * * (Europe/Zurich)``."""
+        if self.cron is not None:
+            return self.cron.describe()
+        return f"every {shown_seconds(self.period)}"
 
     @property
     def argv(self) -> tuple[str | int | float, ...]:
@@ -43,11 +59,15 @@ class DaemonSpec:
             "sync": self.sync,
             "loop": self.loop,
             "arguments": list(self.arguments),
+            # only for cron scripts, so a config on periods hashes exactly as before
+            **({"cron": self.cron.expression, "timezone": self.cron.zone}
+               if self.cron is not None else {}),
         }
 
 
 def default_timeout(period: float) -> float:
-    return min(period * 3, period + 3600)
+    """Three periods, at most one more hour (a cron script: its shortest interval)."""
+    return min(period * 3, period + 3600, TIMEOUT_MAX)
 
 
 def _kind(value: object) -> str:
@@ -122,11 +142,34 @@ def _check_arguments(value: object) -> str | None:
     return None
 
 
+def _check_cron(value: object) -> str | None:
+    if not isinstance(value, str):
+        return (f"must be a cron expression (a string like '0 2 * * *'), got {_kind(value)}:"
+                f" {_shown(value)}")
+    try:
+        parse_cron(value)
+    except CronError as exc:
+        return str(exc)
+    return None
+
+
+def _check_zone(value: object) -> str | None:
+    if not isinstance(value, str):
+        return f"must be an IANA time zone name (a string), got {_kind(value)}: {_shown(value)}"
+    try:
+        parse_cron("@daily", value)
+    except CronError as exc:
+        return str(exc)
+    return None
+
+
 MAX_NAME = 128
 
 SCRIPT_KEYS: dict[str, Callable[[object], str | None]] = {
     "enable": _check_bool,
     "period": _seconds_check(PERIOD_MIN, PERIOD_MAX),
+    "cron": _check_cron,
+    "timezone": _check_zone,
     "timeout": _seconds_check(TIMEOUT_MIN, TIMEOUT_MAX),
     "sync": _check_bool,
     "loop": _check_bool,
@@ -165,11 +208,24 @@ def parse_script(name: str, entry: object) -> tuple[DaemonSpec | None, list[tupl
         message = check(value)
         if message is not None:
             problems.append((key, message))
-    if "period" not in entry:
-        problems.append(("period", "is required: the number of seconds between runs"))
+    if "period" in entry and "cron" in entry:
+        problems.append(("cron", "and period are both set: a script runs on one schedule;"
+                                 " keep period (seconds between runs) or cron (wall-clock"
+                                 " times), not both"))
+    elif "period" not in entry and "cron" not in entry:
+        problems.append(("period", "is required (the number of seconds between runs), or"
+                                   " cron (wall-clock times, like \"0 2 * * *\")"))
+    if "timezone" in entry and "cron" not in entry:
+        problems.append(("timezone", "applies to a cron schedule only: set cron, or drop"
+                                     " timezone (a period does not depend on the clock)"))
     if problems:
         return None, problems
-    period = float(entry["period"])
+    cron = None
+    if "cron" in entry:
+        cron = parse_cron(entry["cron"], entry.get("timezone", "UTC"))
+        period = min(cron.shortest_interval, PERIOD_MAX)  # a measure: see DaemonSpec
+    else:
+        period = float(entry["period"])
     module = entry.get("module", name)
     if "module" not in entry and (message := _check_module(name)) is not None:
         return None, [("module", f"defaults to the script name, which {message}")]
@@ -182,5 +238,6 @@ def parse_script(name: str, entry: object) -> tuple[DaemonSpec | None, list[tupl
         loop=bool(entry.get("loop", False)),
         arguments=tuple(entry.get("arguments", [])),
         enable=bool(entry.get("enable", True)),
+        cron=cron,
     )
     return spec, []

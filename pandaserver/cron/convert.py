@@ -1,7 +1,11 @@
-"""Turn crontab jobs into ``config`` entries: the period, the sync rule, the JSON text.
+"""Turn crontab jobs into ``config`` entries: the schedule, the sync rule, the JSON text.
 
-The period of a cron schedule is the interval between consecutive firings, found with
-croniter over one whole calendar cycle so that the answer never depends on today's date.
+A schedule that is a plain interval (firings evenly spaced, an hour apart or less) becomes
+a ``period``; any other (a time of day, irregular firings, days of the week or month)
+becomes a ``cron`` entry with the same expression, unless ``Options.cron`` is off
+(``cron2json --periods``), which approximates it by a period as before. The period of a
+cron schedule is the interval between consecutive firings, found with croniter over one
+whole calendar cycle so that the answer never depends on today's date.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ CYCLE_DAYS = 10227
 DEFAULT_MIN_SYNC_PERIOD = 60.0
 DEFAULT_PACKAGE = "pandaserver.daemons.scripts"
 MAX_N_PROC = 4
+PLAIN_INTERVAL_MAX = 3600  # seconds: an even schedule this fine is a period, not a time of day
 INDENT = "    "
 _MODULE_PART = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -54,6 +59,8 @@ class Options:
     no_sync: frozenset[str] = frozenset()
     min_sync_period: float = DEFAULT_MIN_SYNC_PERIOD
     module_map: Mapping[str, str] = field(default_factory=dict)
+    cron: bool = False  # emit ``cron`` for what a period cannot express (the command's default)
+    timezone: str | None = None  # the zone the crontab's times were in (None: UTC)
 
 
 @dataclass(frozen=True)
@@ -68,14 +75,21 @@ class Script:
     line: int
     schedule: str
     user: str | None = None
+    cron: str | None = None  # the cron expression, when it is kept (then no period)
+    timezone: str | None = None
 
     def entry(self) -> dict[str, object]:
-        """The JSON entry: default-valued keys left out, in the order module, period,
-        sync, arguments."""
+        """The JSON entry: default-valued keys left out, in the order module, period (or
+        cron and timezone), sync, arguments."""
         entry: dict[str, object] = {}
         if self.module != self.name:
             entry["module"] = self.module
-        entry["period"] = period_value(self.period)
+        if self.cron is not None:
+            entry["cron"] = self.cron
+            if self.timezone is not None:
+                entry["timezone"] = self.timezone
+        else:
+            entry["period"] = period_value(self.period)
         if self.sync:
             entry["sync"] = True
         if self.arguments:
@@ -206,18 +220,25 @@ def convert(jobs: Iterable[CronJob], options: Options) -> Conversion:
         if command.name not in options.module_map and not is_identifier(command.name):
             notes.append(Diagnostic(job.line, "error", _bad_name(command.name)))
             continue
-        sync, period = sync_rule(command.name, schedule.period, options)
-        out_of_bounds = _period_out_of_bounds(job.schedule_text, period, sync, options)
-        if out_of_bounds is not None:
-            notes.append(Diagnostic(job.line, "error", out_of_bounds))
-            continue
+        keep_cron = options.cron and not plain_interval(schedule)
+        if keep_cron:  # once per firing fleet-wide when sync: no server count correction
+            sync = cron_sync_rule(command.name, min(schedule.intervals), options)
+            period = schedule.period
+        else:
+            sync, period = sync_rule(command.name, schedule.period, options)
+            out_of_bounds = _period_out_of_bounds(job.schedule_text, period, sync, options)
+            if out_of_bounds is not None:
+                notes.append(Diagnostic(job.line, "error", out_of_bounds))
+                continue
         script = Script(command.name, module, period, sync, command.arguments, job.line,
-                        job.schedule, job.user)
+                        job.schedule, job.user,
+                        cron=job.schedule_text if keep_cron else None,
+                        timezone=options.timezone if keep_cron else None)
         earlier = by_name.get(command.name)
         if earlier is not None:
             notes.append(_duplicate(script, earlier))
             continue
-        if not schedule.regular:
+        if not schedule.regular and not keep_cron:
             notes.append(Diagnostic(job.line, "warning", _irregular(job.schedule_text, schedule)))
         users = result.users
         if job.user is not None and users and job.user not in users:
@@ -226,6 +247,22 @@ def convert(jobs: Iterable[CronJob], options: Options) -> Conversion:
         result.scripts.append(script)
     notes.extend(_unused(options, names_seen))
     return result
+
+
+def plain_interval(schedule: Schedule) -> bool:
+    """Firings evenly spaced, at most ``PLAIN_INTERVAL_MAX`` apart: a period says it all.
+    Anything else has a time of day, a weekday or a date a period would lose."""
+    return schedule.regular and schedule.intervals[0] <= PLAIN_INTERVAL_MAX
+
+
+def cron_sync_rule(name: str, shortest: float, options: Options) -> bool:
+    """``sync`` for a script kept on its cron schedule: once per firing across the fleet
+    (what staggered crontabs aimed at), unless named by ``--no-sync`` or its firings are
+    closer than ``min_sync_period``. No division by the server count: a firing is a time,
+    not a rate."""
+    if name in options.sync:
+        return True
+    return name not in options.no_sync and shortest >= options.min_sync_period
 
 
 def sync_rule(name: str, cron_period: float, options: Options) -> tuple[bool, float]:

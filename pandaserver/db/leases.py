@@ -38,6 +38,10 @@ newest committed version. On PostgreSQL grant and refusal are one statement (a C
 ``pandaserver/db/upsert.py``); SQLite adds an ``UPDATE ... RETURNING`` on a refusal;
 MySQL/MariaDB fold both into ``INSERT ... ON DUPLICATE KEY UPDATE`` plus a read-back.
 See docs/database.md.
+
+A sync script on a ``cron`` schedule asks for a *firing* instead (``try_acquire(...,
+firing=, next_firing=)``), granted once per firing on the database's clock alone: the
+statement and its rule are in ``pandaserver/db/leasefirings.py``.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError
 
+from pandaserver.db.leasefirings import FiringGrants, refusal_wait
 from pandaserver.db.servertime import (
     db_now_expr,
     db_now_plus,
@@ -96,6 +101,9 @@ class LeaseResult:
     next_due: datetime | None
     expires: datetime | None
     due_in: float | None = None
+    # a cron lease: the latest firing served (as the answer left the row), the database's now
+    firing: datetime | None = None
+    db_now: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +124,7 @@ class LeaseRow:
     contended: int = 0
     contended_by: str | None = None
     contended_at: datetime | None = None
+    firing: datetime | None = None  # a cron script's: the latest firing served
 
     @property
     def contended_ago(self) -> float | None:
@@ -185,6 +194,7 @@ class LeaseStore:
         # called on each connection before a statement runs: a master's failover gate
         # refuses a server it has not acted on yet (daemons/fleet/failover.py)
         self.guard: Callable[[], None] | None = None
+        self._firings = FiringGrants()  # a cron script's grants (statements, rows made)
 
     def _run(self, operation: Callable[[Connection], T]) -> T:
         """Run on an autocommit connection; once more on a fresh one after a disconnect.
@@ -207,6 +217,7 @@ class LeaseStore:
 
     def try_acquire(
         self, name: str, server: str, pid: int, period: float, ttl: float,
+        firing: datetime | None = None, next_firing: datetime | None = None,
         token: str | None = None,
     ) -> LeaseResult:
         """Take the lease if it is due and not held; when not, count the refusal.
@@ -224,6 +235,11 @@ class LeaseStore:
         _check_name(name)
         for what, value in (("period", period), ("ttl", ttl)):
             _check_seconds(what, value)
+        if firing is not None:
+            if next_firing is None or next_firing <= firing:
+                raise ValueError(f"a cron grant needs the firing after {firing!r}, got:"
+                                 f" {next_firing!r}")
+            return self._try_firing(name, server, pid, period, ttl, firing, next_firing, token)
         t = daemon_lease
         now = db_now_expr()
         p_period = bindparam("lease_period", type_=Float())
@@ -273,6 +289,27 @@ class LeaseStore:
                 return LeaseResult(True, int(row.generation), 0.0, server, row.next_due,
                                    row.expires_at, _seconds(row.next_due, row.acquired_at))
             return _losing(row, period)
+
+        return self._run(attempt)
+
+    def _try_firing(self, name: str, server: str, pid: int, period: float, ttl: float,
+                    firing: datetime, next_firing: datetime,
+                    token: str | None) -> LeaseResult:
+        """``try_acquire`` for a cron script's ``firing`` (``leasefirings.py``)."""
+
+        def attempt(conn: Connection) -> LeaseResult:
+            granted, row = self._firings.attempt(conn, name, server, pid, period, ttl, firing,
+                                                 next_firing, token)
+            if row is None:  # pragma: no cover - rows are never deleted
+                return LeaseResult(False, None, 0.0, None, None, None)
+            if granted:
+                return LeaseResult(True, int(row.generation), 0.0, server, row.next_due,
+                                   row.expires_at, _seconds(row.next_due, row.acquired_at),
+                                   firing=row.firing, db_now=row.acquired_at)
+            wait, live = refusal_wait(row, firing)
+            return LeaseResult(False, None, wait, row.owner_server if live else None,
+                               row.next_due, row.expires_at, firing=row.firing,
+                               db_now=row.contended_at)
 
         return self._run(attempt)
 
@@ -412,4 +449,5 @@ def _lease_row(row: Row[Any]) -> LeaseRow:
         contended=int(m["contended"] or 0),
         contended_by=m["contended_by"],
         contended_at=m["contended_at"],
+        firing=m["firing"],
     )

@@ -73,6 +73,8 @@ daemon_lease = Table(
     # the master process holding it (its random id per process, recorded at the grant; NULL
     # from older versions): renewals and releases name it (migration 0011)
     Column("owner_token", String(32), nullable=True),
+    # a cron script's lease: the latest firing the fleet served (migration 0009)
+    Column("firing", UtcDateTime, nullable=True),
 )
 
 # One row per run (or per skipped attempt), for `panda-daemon history`.

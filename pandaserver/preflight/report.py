@@ -94,7 +94,10 @@ def render_check(cfg: PandaConfig, try_import: bool = True, connect: bool = Fals
     rows: list[tuple[str, ...]] = []
     for spec in settings.scripts.values():
         status = verdict.imports.get(spec.module, "-") if spec.enable else "-"
-        rows.append((spec.name, str(spec.enable).lower(), spec.module, _fmt(spec.period),
+        # a cron schedule shows its zone, UTC when none is set (the default, stated)
+        every = _fmt(spec.period) if spec.cron is None else \
+            f"cron {spec.cron.expression} ({spec.cron.zone})"
+        rows.append((spec.name, str(spec.enable).lower(), spec.module, every,
                      _fmt(spec.timeout), str(spec.sync).lower(), str(spec.loop).lower(),
                      redact(" ".join(str(a) for a in spec.arguments)) or "-", status))
     if rows:

@@ -16,6 +16,7 @@ from typing import Any
 
 import psutil
 
+from pandaserver.config.cronspec import firing_text
 from pandaserver.daemons.master.statusfile import read_status, status_path
 from pandaserver.db.engine import default_state_dir
 from pandaserver.fmt import span, table
@@ -163,12 +164,23 @@ def render_local_status(data: dict[str, Any], now: float | None = None) -> str:
             due = f"backed off {span(_aged(s.get('backoff_left'), age, -1))}, {due}"
         last = s.get("last_outcome")
         ended = _aged(s.get("last_ended_ago"), age, +1)
-        rows.append([str(s.get("name", "?")), span(_number(s.get("period"))),
+        rows.append([str(s.get("name", "?")), _schedule(s),
                      "yes" if s.get("sync") else "no", due,
                      f"{last} {span(ended)} ago" if last else "-"])
     lines.extend("  " + line for line in table(rows))
     lines.extend(_contention_lines(scripts, age))
     return "\n".join(lines) + "\n"
+
+
+def _schedule(s: dict[str, Any]) -> str:
+    """The PERIOD column: a period, or a cron schedule with its zone and next firing."""
+    if not s.get("cron"):
+        return span(_number(s.get("period")))
+    text = f"cron {s['cron']} ({s.get('timezone') or 'UTC'})"
+    firing = _number(s.get("next_firing"))
+    if firing is not None:
+        text += f", next {firing_text(firing, str(s.get('timezone') or 'UTC'))}"
+    return text
 
 
 def _contention_lines(scripts: list[dict[str, Any]], age: float) -> list[str]:

@@ -343,9 +343,15 @@ def _fleet_metrics(ov: Overview) -> Iterator[Metric]:
                   " fleet (absent: none in the history)", ["script"],
                   (([v.name], v.since_success) for v in ov.scripts))
     yield _gauges("panda_daemon_script_period_seconds", "the script's period (this server's"
-                  " configuration)", ["script"], (([v.name], v.period) for v in judged))
+                  " configuration; a cron script: the shortest interval between two firings)",
+                  ["script"], (([v.name], v.period) for v in judged))
+    yield _gauges("panda_daemon_script_next_firing_timestamp_seconds", "a cron script's next"
+                  " due firing (UNIX time; sync: fleet-wide, by its lease), with its schedule"
+                  " and zone", ["script", "cron", "timezone"],
+                  (([v.name, v.cron, v.timezone or "UTC"], v.next_due.timestamp())
+                   for v in judged if v.cron is not None and v.next_due is not None))
     yield _gauges("panda_daemon_script_stale", "1 when no successful run anywhere for"
-                  " stale_factor x period", ["script"],
+                  " stale_factor x period (a cron script: stale_factor firings)", ["script"],
                   (([v.name], float(v.stale)) for v in judged))
     yield _gauges("panda_daemon_script_late", "1 when past due by more than max(300 s,"
                   " period/2) and not running", ["script"],

@@ -16,6 +16,10 @@ call them with plain values:
 - a script is **stale** when no server of the fleet finished a successful run of it for
   ``stale_factor`` x its period; one that never succeeded counts from its first run in
   the history, or else from the start of the longest-running live master;
+- a **cron** script is due at its next firing after its last start (on each server that
+  ran it; a sync one by its lease), late past the same threshold (its period being the
+  shortest interval between two firings), and stale once ``stale_factor`` firings (rounded
+  up) passed since its last success (or the same reference as above), not k periods;
 - a script is **paused** when an operator paused it fleet-wide, or on every live server:
   it is expected not to run, so it is never stale or late (it shows as paused instead).
 
@@ -25,18 +29,21 @@ Scripts disabled or not in this server's configuration are shown but never flagg
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pandaserver.config.cronspec import CronSchedule, firing_text
 from pandaserver.config.scripts import DaemonSpec
 from pandaserver.daemons.master.schedule import late_threshold
 from pandaserver.db.heartbeat import ServerRow
 from pandaserver.db.history import SKIPPED, RunRow
 from pandaserver.db.leases import LeaseRow
 from pandaserver.db.operator_commands import EVERY, Hold
+from pandaserver.fmt import span
 
 ALIVE_BEATS = 3.0
 
@@ -139,6 +146,8 @@ class ScriptView:
     paused_on: tuple[str, ...] = ()  # where an operator paused it ("*": fleet-wide)
     paused: bool = False  # paused fleet-wide or on every live server: not expected to run
     crash_looping_on: tuple[str, ...] = ()  # live servers where it is crash-looping
+    cron: str | None = None  # a cron script's expression (then ``period`` is its shortest
+    timezone: str | None = None  # interval), and the zone its firings are read in
 
 
 @dataclass(frozen=True)
@@ -154,11 +163,12 @@ def _judged(spec: DaemonSpec | None) -> bool:
 
 
 def _server_run(row: RunRow, period: float | None, judge: bool, sync: bool, alive: bool,
-                now: datetime) -> ServerRun:
+                now: datetime, cron: CronSchedule | None = None) -> ServerRun:
     next_due = overdue = None
     late = False
     if period is not None and not sync and row.ended_at is not None:
-        next_due = row.started_at + timedelta(seconds=period)
+        next_due = row.started_at + timedelta(seconds=period) if cron is None else \
+            datetime.fromtimestamp(cron.next_after(row.started_at.timestamp()), tz=UTC)
         overdue = seconds(now, next_due)
         late = judge and alive and overdue > late_threshold(period)
     return ServerRun(server=row.server, run_id=row.id, started_at=row.started_at,
@@ -193,6 +203,38 @@ def stale_decision(limit: float | None, since_success: float | None,
         return since_success > limit
     reference = since_first_seen if since_first_seen is not None else fleet_uptime
     return reference is not None and reference > limit
+
+
+def schedule_label(view: ScriptView) -> str:
+    """How a script's schedule is shown: its period, or ``cron EXPR (ZONE)``."""
+    if view.cron is not None:
+        return f"cron {view.cron} ({view.timezone or 'UTC'})"
+    return span(view.period)
+
+
+def next_due_label(view: ScriptView) -> str | None:
+    """A cron script's next due firing in its zone and in UTC (None: not a cron script, or
+    no due time known)."""
+    if view.cron is None or view.next_due is None:
+        return None
+    return firing_text(view.next_due.timestamp(), view.timezone or "UTC")
+
+
+def cron_stale_limit(cron: CronSchedule, factor: float, since_success: float | None,
+                     since_first_seen: float | None, fleet_uptime: float | None,
+                     now: datetime) -> float | None:
+    """``stale_decision``'s limit for a cron script: the seconds from the reference (last
+    success, else first run, else the fleet's uptime) to the ``ceil(factor)``-th firing
+    after it, so a script is stale after k firings, not k periods."""
+    reference = next((r for r in (since_success, since_first_seen, fleet_uptime)
+                      if r is not None), None)
+    if reference is None:
+        return None
+    start = now.timestamp() - reference
+    at = start
+    for _ in range(max(1, math.ceil(factor))):
+        at = cron.next_after(at)
+    return at - start
 
 
 def script_views(
@@ -232,7 +274,8 @@ def script_views(
         judge = _judged(spec)
         period = spec.period if spec is not None else (lease.period if lease else None)
         sync = spec.sync if spec is not None else (True if lease is not None else None)
-        runs = [_server_run(row, period, judge, bool(sync), row.server in alive, now)
+        cron = spec.cron if spec is not None else None
+        runs = [_server_run(row, period, judge, bool(sync), row.server in alive, now, cron)
                 for row in sorted(by_script.get(name, []), key=lambda r: r.server)]
         holder = lease.owner_server if lease is not None and lease.held else None
         next_due, overdue, late = _fleet_due(runs, lease if sync else None, holder, period,
@@ -243,6 +286,10 @@ def script_views(
         judge = judge and not paused
         late = late and not paused
         limit = stale_factor * period if period is not None and judge else None
+        if cron is not None and judge:  # k firings, not k periods
+            limit = cron_stale_limit(cron, stale_factor, since_success,
+                                     seconds(now, fact.first_seen) if fact.first_seen else None,
+                                     fleet_uptime, now)
         views.append(ScriptView(
             name=name, configured=spec is not None, enabled=bool(spec and spec.enable),
             period=period, timeout=spec.timeout if spec else None, sync=sync, runs=runs,
@@ -255,6 +302,8 @@ def script_views(
             lease_holder=holder,
             paused_on=tuple(sorted(where_paused)), paused=paused,
             crash_looping_on=tuple(looping.get(name, ())),
+            cron=cron.expression if cron is not None else None,
+            timezone=cron.zone if cron is not None else None,
         ))
     return views
 

@@ -13,7 +13,7 @@ from pandaserver.config.secrets import redact
 from pandaserver.db.history import SKIPPED, RunRow
 from pandaserver.fmt import offset, relative, span, when
 from pandaserver.web.fleetview import Overview, ScriptDetail
-from pandaserver.web.model import ScriptView, ServerView
+from pandaserver.web.model import ScriptView, ServerView, next_due_label, schedule_label
 from pandaserver.web.timeline import timeline_svg
 
 NAV = (("", "Fleet"), ("scripts", "Scripts"), ("leases", "Leases"), ("api", "API"),
@@ -183,7 +183,7 @@ def _script_rows(s: ScriptView, prefix: str) -> str:
     sync = "yes" if s.sync else "no" if s.sync is not None else "?"
     success = span(s.since_success) + " ago" if s.since_success is not None else "never"
     left = (f'<td{span_n}><a href="{prefix}/scripts/{quote(s.name)}">{_e(s.name)}</a></td>'
-            f"<td{span_n}>{span(s.period)}</td><td{span_n}>{sync}</td>")
+            f"<td{span_n}>{_e(schedule_label(s))}</td><td{span_n}>{sync}</td>")
     right = (f'<td{span_n}{_cls("success", "stale" if s.stale else None)}>{success}</td>'
              f'<td{span_n} class="flags">{_flags(s)}</td>')
     fleet_due = _due(s.overdue, s.late).replace("<td", f"<td{span_n}", 1)
@@ -212,14 +212,16 @@ def _script_rows(s: ScriptView, prefix: str) -> str:
 
 def scripts_page(ov: Overview, prefix: str, refresh: float) -> str:
     body = (_alerts(ov, prefix)
-            + _table(["script", "period", "sync", "server", "last start", "outcome", "duration",
+            + _table(["script", "period or cron", "sync", "server", "last start", "outcome", "duration",
                       "next due", "last success anywhere", "flags"],
                      (_script_rows(s, prefix) for s in ov.scripts), "scripts")
             + f'<p class="note">Late: past due by more than max(300 s, period/2) and not running.'
               f" Stale: no successful run anywhere in the fleet for {ov.stale_factor:g} x the"
               " period. Periods are this server's configuration; a sync script is due"
               " fleet-wide (its lease), another on each server one period after its last"
-              " start there.</p>")
+              " start there. A cron script is due at its next firing (in its zone, UTC by"
+              " default), late past max(300 s, half its shortest interval), stale after"
+              f" {ov.stale_factor:g} firings without a success.</p>")
     return _page("scripts", "scripts", body, ov.db_now, prefix, refresh)
 
 
@@ -241,9 +243,12 @@ def script_page(detail: ScriptDetail, name: str, prefix: str, refresh: float) ->
     s = detail.script
     facts = ""
     if s is not None:
-        facts = (f'<p class="facts">period {span(s.period)}, timeout {span(s.timeout)},'
+        firing = next_due_label(s)
+        every = f"period {span(s.period)}" if s.cron is None else _e(schedule_label(s))
+        facts = (f'<p class="facts">{every}, timeout {span(s.timeout)},'
                  f" {'sync' if s.sync else 'per server'};"
-                 f" next due {relative(-s.overdue if s.overdue is not None else None)};"
+                 f" next due {relative(-s.overdue if s.overdue is not None else None)}"
+                 f"{'' if firing is None else ' (' + _e(firing) + ')'};"
                  f" last success anywhere"
                  f" {span(s.since_success) + ' ago' if s.since_success is not None else 'never'}"
                  f" {_flags(s)}</p>")
@@ -268,13 +273,16 @@ def leases_page(ov: Overview, prefix: str, refresh: float) -> str:
             f"<td>{lease.owner_pid if lease.held and lease.owner_pid else '-'}</td>"
             f"<td>{lease.generation}</td><td>{when(lease.acquired_at)}</td>"
             f"<td>{relative(lease.expires_in)}</td><td>{relative(lease.due_in)}</td>"
-            f"<td>{span(lease.period)}</td>"
+            # a cron script's lease: the latest firing it served, instead of a period
+            f"<td>{span(lease.period) if lease.firing is None else 'served ' + when(lease.firing)}"
+            "</td>"
             f'<td class="contended">{lease.contended}</td>'
             f"<td>{_e(lease.contended_by or '-')}</td>"
             f"<td>{relative(-lease.contended_ago if lease.contended_ago is not None else None)}"
             "</td></tr>\n")
-    body = (_table(["script", "state", "holder", "pid", "generation", "last granted", "expires",
-                    "next due", "period", "refused", "latest refused server", "latest refusal"],
+    body = (_table(["script", "state", "holder", "pid", "generation", "last granted",
+                    "expires", "next due", "period (cron: last firing)", "refused",
+                    "latest refused server", "latest refusal"],
                    rows, "leases")
             + '<p class="note">One lease per sync script; times are the database clock.'
               " Refused: grant attempts the lease turned down, ever (another server held it or"

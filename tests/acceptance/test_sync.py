@@ -11,40 +11,23 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-from harness import MasterProcess, running_master, wait_for
+from harness import running_master, wait_for
 from pg import PgCluster
-from pgfleet import cli, cut, fleet_config, fleet_events, granted, log_grants, restore
+from pgfleet import (
+    cli,
+    cut,
+    fleet_config,
+    fleet_events,
+    granted,
+    log_grants,
+    restore,
+    start_fleet,
+)
 from sqlalchemy import URL
 
 from pandaserver.db.servertime import due_tolerance
 
 EPS = 0.05
-
-
-LIBFAKETIME = next((p for p in ("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
-                                  "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
-                                  "/usr/lib/faketime/libfaketime.so.1") if Path(p).exists()), None)
-
-
-def faked_clock_env(clock_file: Path) -> dict[str, str]:
-    """libfaketime for a master and its workers: the wall clock (time.time, datetime.now)
-    follows ``clock_file`` (re-read every second); the monotonic clock is left alone."""
-    assert LIBFAKETIME is not None, "libfaketime is needed (apt-get install faketime)"
-    return {"LD_PRELOAD": LIBFAKETIME, "FAKETIME_TIMESTAMP_FILE": str(clock_file),
-            "FAKETIME_CACHE_DURATION": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
-
-
-def start_fleet(stack: ExitStack, cfg: Path, tmp_path: Path, servers: dict[str, str]
-                ) -> list[MasterProcess]:
-    """One master per server; ``servers`` maps each name to its wall-clock offset, in
-    libfaketime's notation ("+300", "-2h"), written to a file the test may rewrite."""
-    masters = []
-    for name, offset in servers.items():
-        clock_file = tmp_path / f"clock-{name}"
-        clock_file.write_text(offset + "\n")
-        masters.append(stack.enter_context(running_master(
-            cfg, tmp_path, server=name, extra_env=faked_clock_env(clock_file))))
-    return masters
 
 
 def test_each_period_served_once_across_masters_whose_clocks_disagree(

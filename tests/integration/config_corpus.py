@@ -201,6 +201,20 @@ CASES = [
          check=2, run=2, fragment="key 'timeout': must be between"),
     Case("period-string", scripts='{"ok": {"module": "record", "period": "60"}}', check=2,
          run=2, fragment='key \'period\': must be a number of seconds, got a string: "60"'),
+    Case("cron-timezone-shown", scripts='{"ok": {"module": "record", "cron": "0 2 * * *",'
+                                        ' "timezone": "Europe/Zurich"}}',
+         fragment="cron 0 2 * * * (Europe/Zurich)", run_fragment=""),
+    Case("cron-default-utc-shown", scripts='{"ok": {"module": "record", "cron": "@daily"}}',
+         fragment="cron @daily (UTC)", run_fragment=""),
+    Case("cron-and-period", scripts='{"ok": {"module": "record", "period": 60,'
+                                    ' "cron": "0 2 * * *"}, "b": {"period": 5}}',
+         check=2, fragment="script 'ok' key 'cron': and period are both set"),
+    Case("cron-four-fields", scripts='{"ok": {"module": "record", "cron": "0 2 * *"},'
+                                     ' "b": {"period": 5}}',
+         check=2, fragment="script 'ok' key 'cron': must have five fields"),
+    Case("timezone-unknown", scripts='{"ok": {"module": "record", "cron": "0 2 * * *",'
+                                     ' "timezone": "Europe/Zurch"}, "b": {"period": 5}}',
+         check=2, fragment="script 'ok' key 'timezone': unknown time zone 'Europe/Zurch'"),
     Case("period-missing", scripts='{"ok": {"module": "record"}, "b": {"period": 5}}',
          check=2, fragment="script 'ok' key 'period': is required"),
     Case("period-negative", scripts='{"ok": {"module": "record", "period": -5},'

@@ -40,12 +40,13 @@ FIRST_PID = 10_000_000  # above any pid_max: never a real process
 class FakeClock:
     def __init__(self, now: float = 1000.0) -> None:
         self.now = now
+        self.step = 0.0  # seconds the wall clock was stepped by (NTP), monotonic unmoved
 
     def monotonic(self) -> float:
         return self.now
 
     def wall(self) -> datetime:
-        return datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=self.now)
+        return datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=self.now + self.step)
 
 
 class FakePopen:
@@ -155,6 +156,7 @@ class FakeLeases:
         self.epoch = 0  # bumped by a test: the database failed over
         self.turns: dict[str, Turn] = {}  # a script's answer to ``turn`` (default: ask)
         self.asked: list[tuple[str, float, AcquireReply]] = []
+        self.firings: list[float | None] = []  # the firing each ask was for (cron scripts)
         self.renewals: list[tuple[list[tuple[str, int]], float, RenewReply]] = []
         self.released: list[tuple[str, int | None]] = []
         self.generation = itertools.count(1)
@@ -162,8 +164,10 @@ class FakeLeases:
     def turn(self, spec: DaemonSpec, due: float, now: float) -> Turn:
         return self.turns.get(spec.name, Turn(ask=True, due=due))
 
-    def acquire(self, spec: DaemonSpec, now: float, reply: AcquireReply) -> None:
+    def acquire(self, spec: DaemonSpec, now: float, reply: AcquireReply,
+                firing: float | None = None) -> None:
         self.asked.append((spec.name, now, reply))
+        self.firings.append(firing)
 
     def grant(self, sent: float | None = None) -> int:
         _, asked_at, reply = self.asked.pop(0)

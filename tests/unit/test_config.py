@@ -46,7 +46,7 @@ def test_defaults_are_filled_in(tmp_path: Path) -> None:
     ('{"period": 60, "sync": "yes"}', "sync", 'must be true or false, got a string: "yes"'),
     ('{"period": 60, "module": "a-b"}', "module", "must be a Python module name"),
     ('{"period": 60, "perod": 5}', "perod", 'unknown key (value 5) (did you mean "period"?)'),
-    ('{"period": 60, "zzz": 1}', "zzz", "allowed keys: arguments, enable, loop"),
+    ('{"period": 60, "zzz": 1}', "zzz", "allowed keys: arguments, cron, enable, loop"),
 ])
 def test_bad_script_entries(tmp_path: Path, entry: str, key: str, fragment: str) -> None:
     found = problems(tmp_path, '{"s": ' + entry + ', "good": {"period": 1}}')

@@ -62,7 +62,18 @@ def converted(lines: list[str], options: Options | None = None) -> tuple[dict[st
     ("line", "argv", "module_map", "name", "expected"),
     [
         (ADD, ["--no-sync", "add"], None, "add", '{"period": 240}'),
-        (COPY, ["--servers", "9"], None, "copyArchive", '{"period": 2400, "sync": true}'),
+        (COPY, ["--servers", "9"], None, "copyArchive", '{"cron": "5 1-19/6 * * *", "sync": true}'),
+        # --periods: the approximation of the guide before cron schedules, unchanged
+        (ADD, ["--no-sync", "add", "--periods"], None, "add", '{"period": 240}'),
+        (COPY, ["--servers", "9", "--periods"], None, "copyArchive",
+         '{"period": 2400, "sync": true}'),
+        (
+            PILOT,
+            ["--servers", "9", "--periods"],
+            "pilot_streaming = pilotStreaming\n",
+            "pilot_streaming",
+            '{"module": "pilotStreaming", "period": 300}',
+        ),
         (
             PILOT,
             ["--servers", "9"],
@@ -82,6 +93,53 @@ def test_worked_examples(
     status, out, err = cli(argv, line + "\n")
     assert (status, err) == (RET_OK, "")
     assert entry_lines(out) == {name: expected}
+
+
+# -- cron entries for what a period cannot express ---------------------------------------------
+
+NIGHTLY = "0 2 * * * atlpan /opt/panda/usr/bin/panda_server-nightly > /dev/null 2>&1"
+TWICE = "0 9,17 * * * atlpan /opt/panda/usr/bin/panda_server-report > /dev/null 2>&1"
+
+
+def test_times_of_day_stay_cron_entries_that_check_config_accepts_and_that_fire_then(
+        tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    status, out, err = cli(["--servers", "9", "--section"], "\n".join([NIGHTLY, TWICE, COPY, ADD]))
+    # no "irregular" warning and no server count correction for the cron entries
+    assert (status, err) == (RET_OK, "")
+    config = out.split("config = ", 1)[1]
+    assert entry_lines(config) == {
+        "nightly": '{"cron": "0 2 * * *", "sync": true}',
+        "report": '{"cron": "0 9,17 * * *", "sync": true}',
+        "copyArchive": '{"cron": "5 1-19/6 * * *", "sync": true}',
+        "add": '{"period": 240}',  # a plain interval: a period, per server (240/9 < 60 s)
+    }
+    path = tmp_path / "panda_server.cfg"
+    path.write_text(out.replace("package = pandaserver.daemons.scripts", "package = testscripts"))
+    settings = load_config(str(path)).daemon
+    assert not settings.problems, settings.problems
+    start = datetime(2026, 5, 1, tzinfo=UTC).timestamp()
+    for name, times in (("nightly", ["02:00", "02:00"]), ("report", ["09:00", "17:00"]),
+                        ("copyArchive", ["01:05", "07:05"])):
+        cron = settings.scripts[name].cron
+        assert cron is not None
+        first = cron.next_after(start)
+        shown = [datetime.fromtimestamp(t, tz=UTC).strftime("%H:%M")
+                 for t in (first, cron.next_after(first))]
+        assert shown == times, name
+
+
+def test_periods_keeps_the_approximation_and_timezone_goes_into_cron_entries() -> None:
+    status, out, err = cli(["--periods"], TWICE)
+    assert status == RET_OK and entry_lines(out) == {"report": '{"period": 43200, "sync": true}'}
+    assert "irregular schedule '0 9,17 * * *'" in err
+    status, out, err = cli(["--timezone", "Europe/Zurich"], NIGHTLY)
+    assert (status, err) == (RET_OK, "")
+    assert entry_lines(out) == {
+        "nightly": '{"cron": "0 2 * * *", "timezone": "Europe/Zurich", "sync": true}'}
+    status, out, err = cli(["--timezone", "Europe/Zurch"], NIGHTLY)
+    assert status == RET_CONFIG and out == "" and "--timezone: unknown time zone" in err
 
 
 # -- periods from schedules -----------------------------------------------------------------

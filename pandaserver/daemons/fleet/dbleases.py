@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pandaserver.config.scripts import DaemonSpec
@@ -81,6 +82,14 @@ def wait_from(seen: Seen | None) -> float | None:
     if seen.held:  # an overrun: its holder asks again when done; look again soon
         return max(0.05, min(seen.expires_in or 0.0, OVERRUN_LOOK))
     return None
+
+
+def _utc(t: float) -> datetime:
+    return datetime.fromtimestamp(t, tz=UTC)
+
+
+def _posix(when: datetime | None) -> float | None:
+    return None if when is None else when.timestamp()
 
 
 class DbLeases:
@@ -192,9 +201,10 @@ class DbLeases:
         fleet._submit("house", "server list", fleet.beats.list_servers, done)
 
     # ----- grants, renewals, releases --------------------------------------------------------
-    def acquire(self, spec: DaemonSpec, now: float, reply: AcquireReply) -> None:
-        """Ask for ``spec``'s lease; ``reply`` gets the decision on the loop thread (at once
-        while the database is known to be down)."""
+    def acquire(self, spec: DaemonSpec, now: float, reply: AcquireReply,
+                firing: float | None = None) -> None:
+        """Ask for ``spec``'s lease (a cron script: for its ``firing``); ``reply`` gets the
+        decision on the loop thread (at once while the database is known to be down)."""
         fleet = self.fleet
         if not fleet.usable(now):
             reply(LeaseDecision(granted=False, wait=max(fleet.next_probe - now, 0.05),
@@ -231,10 +241,16 @@ class DbLeases:
                 self._next_servers = min(self._next_servers, self._servers_sent + SETTLE)
             reply(LeaseDecision(granted=result.granted, generation=result.generation,
                                 wait=result.wait, holder=result.holder, sent=sent,
-                                due_in=result.due_in))
+                                due_in=result.due_in, db_now=_posix(result.db_now),
+                                served=_posix(result.firing)))
 
+        # a cron script's lease is granted once per firing (db/leases.py)
+        when = after = None
+        if firing is not None and spec.cron is not None:
+            when, after = _utc(firing), _utc(spec.cron.next_after(firing))
         fleet._submit("lease", "lease", lambda: fleet.leases.try_acquire(
-            spec.name, fleet.server, fleet.pid, spec.period, ttl, token=fleet.holder.token), done)
+            spec.name, fleet.server, fleet.pid, spec.period, ttl, when, after,
+            token=fleet.holder.token), done)
 
     def renew(self, held: list[tuple[str, int]], now: float, reply: RenewReply) -> None:
         """Renew every held lease in one call; ``reply(renewed names or None, sent)``."""

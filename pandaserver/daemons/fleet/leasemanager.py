@@ -26,6 +26,10 @@ class LeaseDecision:
     sent: float = 0.0  # the master's monotonic clock when the statement was handed over
     # granted: seconds (database clock) from the grant to the next fleet-wide due time
     due_in: float | None = None
+    # a cron script's lease: the database's clock at the statement and the latest firing
+    # the fleet has served (POSIX seconds; None: unknown, or not a cron lease)
+    db_now: float | None = None
+    served: float | None = None
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,9 @@ class LeaseManager(Protocol):
     def turn(self, spec: DaemonSpec, due: float, now: float) -> Turn:
         """Whether to ask for ``spec``'s lease, due at ``due``, now (never blocks)."""
 
-    def acquire(self, spec: DaemonSpec, now: float, reply: AcquireReply) -> None: ...
+    def acquire(self, spec: DaemonSpec, now: float, reply: AcquireReply,
+                firing: float | None = None) -> None:
+        """Ask for ``spec``'s lease (a cron script: for its ``firing``, POSIX seconds)."""
 
     def renew(self, held: list[tuple[str, int]], now: float, reply: RenewReply) -> None: ...
 
@@ -74,7 +80,8 @@ class LocalLeases:
     def turn(self, spec: DaemonSpec, due: float, now: float) -> Turn:
         return Turn(ask=True, due=due)
 
-    def acquire(self, spec: DaemonSpec, now: float, reply: AcquireReply) -> None:
+    def acquire(self, spec: DaemonSpec, now: float, reply: AcquireReply,
+                firing: float | None = None) -> None:
         reply(LeaseDecision(granted=True, sent=now))
 
     def renew(self, held: list[tuple[str, int]], now: float, reply: RenewReply) -> None:

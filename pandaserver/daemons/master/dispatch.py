@@ -20,6 +20,7 @@ from collections.abc import Callable, Collection
 from datetime import timedelta
 from typing import Protocol
 
+from pandaserver.config.cronspec import firing_text
 from pandaserver.daemons.base import protocol
 from pandaserver.daemons.base.clock import Clock
 from pandaserver.daemons.base.lifeline import KILL_GRACE
@@ -27,7 +28,7 @@ from pandaserver.daemons.base.runs import Recorder, Run, RunRecord
 from pandaserver.daemons.base.states import WorkerState
 from pandaserver.daemons.fleet.contention import Contentions
 from pandaserver.daemons.fleet.keeper import LeaseKeeper
-from pandaserver.daemons.fleet.leasemanager import LeaseDecision, LeaseManager
+from pandaserver.daemons.fleet.leasemanager import LeaseDecision, LeaseManager, LocalLeases
 from pandaserver.daemons.master import schedule
 from pandaserver.daemons.master.pool import RunContainment, Slot
 from pandaserver.daemons.master.schedule import REMOVED, ScriptState
@@ -64,6 +65,9 @@ class Dispatcher:
         self.pool = pool
         self.gate = gate
         self.leases = leases
+        # a sync cron script catches up a firing the fleet missed only where a lease row
+        # remembers what was served (not for a master without a shared database)
+        scripts.catch_up = not isinstance(leases, LocalLeases)
         self.keeper = LeaseKeeper(leases, KILL_GRACE)
         self.recorder = recorder
         self.containment = containment
@@ -77,11 +81,19 @@ class Dispatcher:
         self.unimportable: set[str] = set()  # disabled: a worker could not import them
         self.held_back: dict[str, ScriptState] = {}  # due, taken off the timetable
 
+    def read_clocks(self) -> None:
+        """Give the timetable the wall clock's offset from the monotonic clock (cron firings
+        are wall-clock times; a step moves them with it: ``Timetable.rebase``)."""
+        wall = self.clock.wall().timestamp()
+        self.scripts.rebase(wall - self.clock.monotonic())
+
     # ----- due scripts to idle workers ------------------------------------------------------
     def dispatch(self, now: float) -> None:
         idle = self.pool.idle()
         if not idle:
             return
+        if self.scripts.has_cron:
+            self.read_clocks()
         # due-time heap: the cost per dispatch does not grow with the number of scripts
         while idle and (state := self.scripts.pop_due(now)) is not None:
             if not self.gate.may_start(state, now):  # paused, draining, backed off
@@ -98,7 +110,8 @@ class Dispatcher:
                 # whether it was granted, and ask only if not (daemons/fleet/rank.py); an
                 # operator's run-now is asked for at once by the server that claimed it
                 turn = self.leases.turn(state.spec, state.next_due, now)
-                if not turn.ask:  # back in the heap until then (learned: its next due)
+                if not turn.ask:  # back in the heap until then (learned: its next due; a
+                    # cron script then asks for the latest firing: firing_to_ask)
                     self.scripts.set_due(state, turn.at)  # later than now
                     continue
                 due = turn.due  # the due time, not the moment of the last look
@@ -106,20 +119,37 @@ class Dispatcher:
             # nothing else waits for the answer
             slot = idle.pop(0)
             slot.reserved = state.spec.name
-            self.scripts.asking(state, due)
-            self.leases.acquire(state.spec, now, functools.partial(self._lease_reply, state, slot))
+            # a cron script asks for a firing; an operator's run-now for none (the claim
+            # made its lease due: it serves no firing, the next still runs)
+            firing = None
+            if state.spec.cron is not None and state.firing is not None \
+                    and not self.gate.asked_now(state.spec.name):
+                firing = schedule.firing_to_ask(state.spec.cron, state.firing,
+                                                self.scripts.wall_of(state, now))
+            self.scripts.asking(state, due, firing)
+            self.leases.acquire(state.spec, now,
+                                functools.partial(self._lease_reply, state, slot, firing),
+                                firing=firing)
 
-    def _lease_reply(self, state: ScriptState, slot: Slot, decision: LeaseDecision) -> None:
+    def _lease_reply(self, state: ScriptState, slot: Slot, firing: float | None,
+                     decision: LeaseDecision) -> None:
         """The database answered a grant (on the loop thread, maybe much later)."""
         now = self.clock.monotonic()
         if slot.reserved == state.spec.name:
             slot.reserved = None
         spec = state.spec
+        if decision.db_now is not None:  # a cron lease's answer: the database's clock
+            self.scripts.learn_skew(decision.db_now, (decision.sent + now) / 2)
         if not decision.granted:
             # Ask again when the database says it is due, and at least once a period: a
             # holder that stops cleanly releases early, and its lease must not leave a gap.
             retry = min(decision.wait, spec.period)
-            self.scripts.answered(state, max(state.next_due, now + max(retry, MIN_LEASE_RETRY)))
+            next_due = max(state.next_due, now + max(retry, MIN_LEASE_RETRY))
+            firing = state.firing
+            if spec.cron is not None and firing is not None:  # served: the next one
+                firing = schedule.firing_after_refusal(spec.cron, firing, decision.served)
+                next_due = max(next_due, self.scripts.due_of(state, firing))
+            self.scripts.answered(state, next_due, firing)
             self._lease_refused(state, decision, now)
             return
         self.scripts.answered(state)
@@ -131,8 +161,8 @@ class Dispatcher:
         candidates += [s for s in self.pool.idle() if s is not slot]
         if not usable or not candidates or \
                 self._hand_over(candidates, state, decision.generation, decision.sent,
-                                None if decision.due_in is None else now + decision.due_in) \
-                is None:
+                                None if decision.due_in is None else now + decision.due_in,
+                                firing) is None:
             log.info("%s: lease generation %s granted but not used (%s); releasing it",
                      spec.name, decision.generation,
                      "stopping" if stopping else "no worker free" if usable else
@@ -140,9 +170,11 @@ class Dispatcher:
             self.leases.release(spec.name, decision.generation)
 
     def _hand_over(self, idle: list[Slot], state: ScriptState, generation: int | None,
-                   lease_sent: float | None, fleet_due: float | None = None) -> Slot | None:
+                   lease_sent: float | None, fleet_due: float | None = None,
+                   granted_firing: float | None = None) -> Slot | None:
         """Send the run to the first idle worker that takes it; a worker whose channel is
-        broken is killed (and replaced) rather than tried again."""
+        broken is killed (and replaced) rather than tried again. ``granted_firing``: the
+        cron firing the lease was granted for (None: no lease, or a run-now's)."""
         spec = state.spec
         while idle:
             slot = idle.pop(0)
@@ -163,15 +195,24 @@ class Dispatcher:
                 self.gate.dispatched(spec.name)
                 slot.run = run
                 self.recorder.start(run)  # its history row, written by the batched writer
+                firing = None if spec.cron is None else schedule.next_firing_after_start(
+                    spec.cron, state.firing, self.scripts.wall_of(state, now), granted_firing)
                 if self.only is not None:
                     next_due = math.inf
+                elif spec.cron is not None and granted_firing is None and firing is not None:
+                    next_due = self.scripts.due_of(state, firing)  # not the lease's period
                 elif generation is not None:
-                    # the fleet-wide due time the grant just set (this grant + period, by
-                    # the database clock; ``fleet_due`` when the database said when)
-                    next_due = fleet_due if fleet_due is not None else now + spec.period
+                    # the fleet-wide due time the grant just set (this grant + period, or
+                    # the next firing, by the database clock; ``fleet_due`` when the
+                    # database said when)
+                    next_due = fleet_due if fleet_due is not None else \
+                        self.scripts.due_of(state, firing) if firing is not None else \
+                        now + spec.period
+                elif firing is not None:
+                    next_due = self.scripts.due_of(state, firing)
                 else:
                     next_due = schedule.next_due_after_dispatch(state, now)
-                self.scripts.started(state, run.id, now, next_due)
+                self.scripts.started(state, run.id, now, next_due, firing)
                 log.debug("%s dispatched to worker %d (due %.3f s ago)", run.label, slot.index,
                           now - run.due)
                 return slot
@@ -274,8 +315,11 @@ class Dispatcher:
             why = ("its previous run is still going" if state.running is not None
                    else f"all {self.pool.n_proc} workers are busy" if busy else "waiting for a worker")
             due = self.clock.wall() - timedelta(seconds=now - state.next_due)
-            log.warning("%s is %.0f s late (due at %s UTC): %s", state.spec.name,
-                        now - state.next_due, f"{due:%Y-%m-%d %H:%M:%S}", why)
+            cron = state.spec.cron
+            when = f"{due:%Y-%m-%d %H:%M:%S} UTC" if cron is None or state.firing is None \
+                else f"its firing of {firing_text(state.firing, cron.zone)}"
+            log.warning("%s is %.0f s late (due at %s): %s", state.spec.name,
+                        now - state.next_due, when, why)
 
     # ----- what the pool tells ----------------------------------------------------------------
     def run_over(self, run: Run, outcome: str, error: str | None,

@@ -46,7 +46,7 @@ from pandaserver.daemons.master.controls import ControlLink, Controls, FleetCont
 from pandaserver.daemons.master.dispatch import Dispatcher
 from pandaserver.daemons.master.pool import ProcessLayer, RealProcesses, RunContainment, Slot
 from pandaserver.daemons.master.schedule import ScriptState
-from pandaserver.daemons.master.statusfile import StatusFile
+from pandaserver.daemons.master.statusfile import StatusFile, remembered_firings
 from pandaserver.daemons.master.timetable import Timetable
 from pandaserver.daemons.master.workers import WorkerPool
 
@@ -166,10 +166,16 @@ class Master:
         self._signals.append(signum)
 
     def begin(self, now: float) -> None:
-        """Every configured script is due at ``now`` (it runs once at start-up)."""
+        """Every configured script is due at ``now`` (it runs once at start-up); a cron
+        script at its first firing (``schedule.first_firing``)."""
         scripts = self.dispatcher.scripts
+        self.dispatcher.read_clocks()  # cron firings are wall-clock times
+        if self.status is not None:  # what a previous master here waited for (cron)
+            scripts.remembered = remembered_firings(self.status.path)
         for spec in self._specs(self.settings).values():
             scripts[spec.name] = ScriptState(spec=spec, next_due=schedule.first_due(now))
+            if self.only is not None and spec.cron is not None:  # run-once: now, too
+                scripts.set_due(scripts[spec.name], now)
         for name, why in self.settings.waiting_imports.items():  # said by the preflight
             if (state := scripts.get(name)) is not None and self.only is None:
                 scripts.disable(state, why)

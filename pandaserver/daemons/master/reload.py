@@ -54,7 +54,9 @@ def plan_reload(scripts: Mapping[str, ScriptState], new_specs: Mapping[str, Daem
             plan.added_back.append(spec)
         elif state.spec != spec:
             anchor = state.run_started if state.run_started is not None else now
-            plan.changed[name] = (spec, min(state.next_due, anchor + spec.period))
+            # a cron script's due time is its firing's: placed from now (timetable.respec)
+            plan.changed[name] = (spec, now if spec.cron is not None else
+                                  min(state.next_due, anchor + spec.period))
             if state.spec.module != spec.module:
                 plan.module_changed.add(name)
     plan.retire = sorted(index for index in slots if index > n_proc)

@@ -19,6 +19,12 @@ Semantics:
 - A script never runs twice at once on one server: a running script is not due.
 - A run that outlasts its period leaves ``next_due`` in the past, so the script runs once
   right after the overrun ends, then counts its period from that start.
+- A ``cron`` script is due at its firings (wall-clock instants, ``config/cronspec.py``):
+  ``firing`` is the one it waits for, and the timetable maps it onto the monotonic clock
+  (``Timetable.rebase``). After a run the next firing is the first after both the one run
+  and the start, so missed firings are skipped, never run in a burst, and a clock stepped
+  back never brings a served firing round again. The wall-clock functions below take the
+  instant as POSIX seconds, like ``now``, and never read a clock.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from pandaserver.config.cronspec import CronSchedule
 from pandaserver.config.scripts import DaemonSpec
 from pandaserver.db.servertime import due_tolerance
 
@@ -56,6 +63,7 @@ class ScriptState:
     disabled: str | None = None  # why it cannot run (e.g. its module does not import)
     acquiring: bool = False  # a sync script whose lease request is in flight
     anchored: bool = False  # its grid is set (by its first run's start)
+    firing: float | None = None  # a cron script: the firing it is due for (POSIX seconds)
 
     @property
     def waiting(self) -> bool:
@@ -65,6 +73,48 @@ class ScriptState:
 def first_due(now: float) -> float:
     """Every script runs once at start-up."""
     return now
+
+
+def first_firing(cron: CronSchedule, wall: float, sync: bool) -> float:
+    """The firing a cron script waits for when it is added at the wall-clock instant
+    ``wall``: the next one; a sync script asks for the latest that has come (the fleet's
+    lease row says whether it was served, and refuses it then), so a firing the whole fleet
+    missed while it was down is run once, late."""
+    if sync:
+        latest = cron.latest_at(wall)
+        if latest is not None:
+            return latest
+    return cron.next_after(wall)
+
+
+def firing_to_ask(cron: CronSchedule, firing: float, db_now: float) -> float:
+    """The firing a sync cron script asks its lease for at ``db_now`` (the database's clock,
+    as this master estimates it): the one it waits for, or the latest that has come if
+    later ones have (missed firings are skipped, never run in a burst)."""
+    latest = cron.latest_at(db_now)
+    return firing if latest is None or latest <= firing else latest
+
+
+def next_firing_after_start(cron: CronSchedule, firing: float | None, wall: float,
+                            granted: float | None = None) -> float:
+    """The firing a cron script waits for after a run started at the wall-clock instant
+    ``wall``: after a lease ``granted`` for a firing, the one after it; else the one it
+    waited for if that is still ahead (an operator's run-now serves no firing), else the
+    first after the start (the one served, and any missed)."""
+    if granted is not None:
+        return cron.next_after(granted)
+    if firing is not None and firing > wall:
+        return firing
+    return cron.next_after(wall)
+
+
+def firing_after_refusal(cron: CronSchedule, firing: float, served: float | None) -> float:
+    """The firing a sync cron script waits for after its lease for ``firing`` was refused:
+    the one after the latest the fleet ``served`` when that is ``firing`` or later (None:
+    the answer did not say), else ``firing`` still."""
+    if served is not None and served >= firing:
+        return cron.next_after(served)
+    return firing
 
 
 def due_scripts(states: Iterable[ScriptState], now: float) -> list[ScriptState]:

@@ -40,7 +40,7 @@ MIN_INTERVAL = 1.0
 SCRIPTS_PER_SECOND = 500
 CHUNK = 100  # scripts serialised per call (a call holds the interpreter: ~0.1 ms)
 CLOSE_TIMEOUT = 5.0  # a stop waits this long at most for the last write (a hung disk)
-_SCRIPT_FIELDS = attrgetter("spec", "running", "next_due", "disabled")
+_SCRIPT_FIELDS = attrgetter("spec", "running", "next_due", "disabled", "firing")
 _CONTENTION_FIELDS = attrgetter("refused", "held", "holder", "holder_at", "last_at")
 
 
@@ -121,7 +121,7 @@ def render(cap: Capture) -> dict[str, Any]:
         "running_for": round(now - dispatched, 3) if run is not None else None,
     } for index, pid, state, born, expires, script, run, dispatched in sorted(cap.workers)]
     scripts = []
-    for name, (spec, running, next_due, disabled) in sorted(cap.scripts):
+    for name, (spec, running, next_due, disabled, firing) in sorted(cap.scripts):
         last = cap.last_outcomes.get(name)
         hold = cap.paused.get(name)
         crash = cap.crashes.get(name)
@@ -142,6 +142,9 @@ def render(cap: Capture) -> dict[str, Any]:
             if crash is not None and crash[1] > now else None,
             # refused lease attempts here since the start (sync scripts; None: none)
             "contention": Contention(*refused).report(now) if refused is not None else None,
+            # a cron script: its schedule and the firing it waits for (POSIX seconds, UTC)
+            **({"cron": spec.cron.expression, "timezone": spec.cron.zone,
+                "next_firing": firing} if spec.cron is not None else {}),
         })
     server, pid, started, stopping, n_proc, draining = cap.head
     db = cap.database
@@ -310,6 +313,19 @@ class StatusWriter:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
+
+
+def remembered_firings(path: Path) -> dict[str, tuple[str, str, float]]:
+    """What a previous master on this host said its cron scripts waited for (name ->
+    expression, zone, next firing): a firing it waited for that has passed since was
+    missed while no master ran (it is run once, late: ``Timetable``)."""
+    found = {}
+    for s in (read_status(path) or {}).get("scripts", []):
+        if isinstance(s, dict) and isinstance(s.get("cron"), str) \
+                and isinstance(s.get("next_firing"), int | float):
+            found[str(s.get("name"))] = (s["cron"], str(s.get("timezone") or "UTC"),
+                                         float(s["next_firing"]))
+    return found
 
 
 def read_status(path: Path) -> dict[str, Any] | None:

@@ -11,7 +11,7 @@ Additive and nullable: a previous release, which does not know the column, grant
 and releases as before (its grants leave the column as it was; its renewals do not look).
 
 Revision ID: 0011
-Revises: 0006
+Revises: 0009
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0011"
-down_revision: str | None = "0006"
+down_revision: str | None = "0009"
 branch_labels: tuple[str, ...] | None = None
 depends_on: tuple[str, ...] | None = None
 compatibility = "expand"  # a nullable column: code of every earlier revision ignores it

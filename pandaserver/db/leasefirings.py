@@ -1,0 +1,109 @@
+"""A cron script's lease grant: once per firing fleet-wide, judged on the database's clock.
+
+A sync script on a ``cron`` schedule asks for a *firing* (``LeaseStore.try_acquire(...,
+firing=, next_firing=)``, both computed by the master from the schedule), and its grant is
+the lease statement of ``leases.py`` with another condition::
+
+      WHERE firing IS NOT NULL AND firing < :firing         -- not served yet
+        AND :firing <= now AND now < :next_firing            -- its time has come, not gone
+        AND (expires_at IS NULL OR expires_at <= now)        -- nobody runs it now
+      SET firing = :firing, next_due = :next_firing, ...
+
+``firing`` is the latest firing the fleet served: each firing is granted once, whatever
+the asking server's clock says, and a firing whose successor has come is never granted
+(the asker is behind: it asks again for the latest, so missed firings are skipped, not run
+in a burst). The row is made first (once per store and name) with ``firing`` set to the
+database's ``now`` (or, for a row of a script that ran on a period, set then): a new
+schedule starts with its next firing, and a whole fleet that was down over a firing runs it
+once, late, when it is back. So the grant itself is never an insert.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Float, Row, and_, bindparam, or_
+
+from pandaserver.db.servertime import UtcDateTime, db_now_expr, db_now_plus
+from pandaserver.db.tables import daemon_lease
+from pandaserver.db.upsert import conditional_upsert, upsert_or_else
+
+RETURNED = ("generation", "owner_server", "next_due", "expires_at", "acquired_at",
+            "contended_at", "firing")
+
+
+class FiringGrants:
+    """The statements of one ``LeaseStore`` for firings (built once per dialect), and the
+    names whose row is known to exist."""
+
+    def __init__(self) -> None:
+        self._statements: dict[str, Any] = {}
+        self._seed_statements: dict[str, Any] = {}
+        self._seeded: set[str] = set()
+
+    def attempt(self, conn: Connection, name: str, server: str, pid: int, period: float,
+                ttl: float, firing: datetime, next_firing: datetime,
+                token: str | None = None) -> tuple[bool, Row[Any] | None]:
+        """Grant ``name``'s lease for ``firing`` if the rule allows, else count the
+        refusal; (granted, the row's ``RETURNED`` columns as the statement left it)."""
+        t = daemon_lease
+        now = db_now_expr()
+        p_server = bindparam("lease_server", type_=t.c.owner_server.type)
+        p_firing = bindparam("lease_firing", type_=UtcDateTime())
+        p_next = bindparam("lease_next", type_=UtcDateTime())
+        p_period = bindparam("lease_period", type_=Float())
+        key = bindparam("lease_name", type_=t.c.name.type)
+        owner = {
+            "owner_server": p_server,
+            "owner_pid": bindparam("lease_pid", type_=t.c.owner_pid.type),
+            "owner_token": bindparam("lease_token", type_=t.c.owner_token.type),  # 0011
+            "acquired_at": now,
+            "expires_at": db_now_plus(bindparam("lease_ttl", type_=Float())),
+            "period": p_period,
+            "updated_at": now,
+        }
+        params = {"lease_name": name, "lease_server": server, "lease_pid": pid,
+                  "lease_token": token, "lease_period": float(period), "lease_ttl": float(ttl),
+                  "lease_firing": firing, "lease_next": next_firing}
+        if name not in self._seeded:  # the row first: the grant below is never an insert
+            conditional_upsert(
+                conn, t,
+                {"name": key, "generation": 0, "next_due": p_firing, "period": p_period,
+                 "updated_at": now, "contended": 0, "firing": now},
+                key=["name"], set_={"firing": now}, where=t.c.firing.is_(None),
+                returning=[t.c.name], params=params, cache=self._seed_statements)
+            self._seeded.add(name)
+        due = and_(t.c.firing.is_not(None), t.c.firing < p_firing, p_firing <= now,
+                   now < p_next, or_(t.c.expires_at.is_(None), t.c.expires_at <= now))
+        return upsert_or_else(
+            conn, t,
+            {"name": key, "generation": 1, **owner, "next_due": p_next, "contended": 0,
+             "contended_by": None, "contended_at": None, "firing": p_firing},
+            key=["name"],
+            set_={"generation": t.c.generation + 1, **owner, "next_due": p_next,
+                  "firing": p_firing},
+            where=due,
+            otherwise={"contended": t.c.contended + 1, "contended_by": p_server,
+                       "contended_at": now},
+            returning=[t.c[column] for column in RETURNED],
+            params=params, cache=self._statements)
+
+
+def refusal_wait(row: Row[Any], firing: datetime) -> tuple[float, bool]:
+    """A refused firing's (wait, lease live): until the row's next firing when ``firing``
+    was served already, until ``firing`` when it has not come yet by the database's clock,
+    and at least until a live lease expires; 0 when the asker is behind (it asks again for
+    the latest firing, learning the database's clock from the answer's ``db_now``).
+    ``contended_at`` is the refusing statement's database time."""
+    now: datetime = row.contended_at
+    wait = 0.0
+    if row.firing is not None and row.firing >= firing:
+        wait = max(0.0, (row.next_due - now).total_seconds())
+    elif firing > now:
+        wait = (firing - now).total_seconds()
+    expires_in = None if row.expires_at is None else (row.expires_at - now).total_seconds()
+    live = expires_in is not None and expires_in > 0
+    if live and expires_in is not None:
+        wait = max(wait, expires_in)
+    return wait, live
