@@ -54,8 +54,16 @@ def make_tbuf(config_path: str | None, database: str | None = None) -> Any:
 
 def set_context(tbuf: Any, script: str | None, run_id: int | None,
                 generation: int | None) -> None:
+    """The run ``tbuf`` now serves; ``script`` None when a run has ended: then the database
+    connections the run left checked out (maybe in a transaction holding locks) are closed,
+    so the next run starts on clean ones."""
+    real = getattr(tbuf, "_real", None)
+    if script is None and real is not None:
+        try:
+            real.close_leftovers()
+        except Exception as exc:  # never the worker's end: the next run gets fresh ones
+            log.warning("closing the connections a run left open failed: %s", exc)
     context = RunContext(script=script, run_id=run_id, generation=generation)
     tbuf.context = context
-    real = getattr(tbuf, "_real", None)
     if real is not None:
         real.context = context
