@@ -5,6 +5,7 @@ MariaDB."""
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 from pathlib import Path
 from typing import Any
@@ -53,3 +54,30 @@ def test_a_run_that_dies_in_a_transaction_leaves_the_next_run_clean(
         worker.tbuf.dispose()
         parent.close()
         child.close()
+
+
+def test_the_bundled_examples(db_engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    """history_report reads the run history with querySQLS; config_report a value with
+    getConfigValue (and its default without one)."""
+    from pandaserver.daemons.scripts import config_report, history_report
+    from pandaserver.db.servertime import db_now_plus
+    from pandaserver.db.tables import daemon_run
+    from pandaserver.taskbuffer import RunContext, TaskBuffer
+    from pandaserver.taskbuffer.configtable import ConfigStore
+
+    with db_engine.begin() as conn:
+        for script, outcome, hours_ago in (("a", "ok", 1), ("a", "ok", 2), ("a", "failed", 3),
+                                           ("b", "ok", 30)):
+            conn.execute(daemon_run.insert().values(
+                script=script, server="s1", outcome=outcome,
+                started_at=db_now_plus(-3600.0 * hours_ago)))
+    tbuf = TaskBuffer(db_engine, RunContext("report", run_id=1))
+    caplog.set_level(logging.INFO)
+    history_report.main(("history_report", "24"), tbuf=tbuf)
+    assert "last 24 hours: a: failed 1, ok 2" in caplog.text and " b: " not in caplog.text
+    config_report.main(("config_report",), tbuf=tbuf)
+    assert "config_report MESSAGE = 'no value set' (str)" in caplog.text
+    ConfigStore(db_engine).set(app="pandaserver", component="config_report", key="MESSAGE",
+                               vo=None, value="3", type_name="int", descr=None, who="t@h")
+    config_report.main(("config_report",), tbuf=tbuf)
+    assert "config_report MESSAGE = 3 (int)" in caplog.text
