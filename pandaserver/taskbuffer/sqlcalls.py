@@ -182,14 +182,18 @@ def _bounded(conn: Connection, seconds: float) -> Iterator[None]:
 
 @contextmanager
 def _mysql_session(conn: Connection, seconds: float) -> Iterator[None]:
-    """MariaDB's ``max_statement_time`` (MySQL: ``max_execution_time``, SELECT only) and
-    the UTC time zone for the session, put back to the server's defaults afterwards."""
+    """MariaDB's ``max_statement_time`` (MySQL: ``max_execution_time``, SELECT only), the
+    InnoDB lock wait (which neither bounds) and the UTC time zone for the session, put back
+    to the server's defaults afterwards."""
     if getattr(conn.dialect, "is_mariadb", False):
         limit = f"@@session.max_statement_time = {seconds:.3f}"
         reset = "@@session.max_statement_time = DEFAULT"
     else:
         limit = f"@@session.max_execution_time = {max(1, round(seconds * 1000))}"
         reset = "@@session.max_execution_time = DEFAULT"
+    lock_wait = max(1, math.ceil(seconds))
+    limit += f", @@session.innodb_lock_wait_timeout = {lock_wait}"
+    reset += ", @@session.innodb_lock_wait_timeout = DEFAULT"
     conn.exec_driver_sql(f"SET {limit}, @@session.time_zone = '+00:00'")
     try:
         yield

@@ -52,7 +52,7 @@ from pandaserver.db.upsert import conditional_upsert
 from pandaserver.taskbuffer import configtable
 from pandaserver.taskbuffer.context import RunContext
 from pandaserver.taskbuffer.oraclesql import SCHEMA_KEYS
-from pandaserver.taskbuffer.sqlcalls import SqlCalls, check_timeout
+from pandaserver.taskbuffer.sqlcalls import STATEMENT_TIMEOUT, SqlCalls, check_timeout
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,12 @@ class TaskBuffer:
         event.listen(engine, "checkout", checkout)
         event.listen(engine, "checkin", checkin)
         event.listen(engine, "invalidate", lambda dbapi, entry, exc: checkin(dbapi, entry))
+
+    def end_run(self) -> None:
+        """What a worker calls when a run ends: the run's settings put back, its leftover
+        connections closed."""
+        self._sql.statement_timeout = STATEMENT_TIMEOUT
+        self.close_leftovers()
 
     def close_leftovers(self) -> int:
         """Close the connections still checked out (a run that kept one, maybe inside a

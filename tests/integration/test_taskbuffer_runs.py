@@ -50,7 +50,13 @@ def test_a_run_that_dies_in_a_transaction_leaves_the_next_run_clean(
         (event,) = [json.loads(line) for line in record.read_text().splitlines()]
         assert event["status"] is None and event["count"] == 1
         assert event["rows"] == [[1, "healthy"]]  # the dead run's insert was rolled back
+        # the run's own statement timeout applied to it, and not to the runs after it
+        assert event["timeout"] == 3 and worker.tbuf.statement_timeout == 600
     finally:
+        # should the worker not have closed it, the dead run's connection would keep the
+        # test's database from being dropped
+        for conn in getattr(worker.modules.get("txn"), "KEPT", []):
+            conn.invalidate()
         worker.tbuf.dispose()
         parent.close()
         child.close()

@@ -145,5 +145,7 @@ def test_statement_timeout_bounds_a_call_and_is_put_back(tbuf: TaskBuffer,
             assert conn.execute(text("SHOW statement_timeout")).scalar() == "0"
         if db_engine.dialect.name == "mysql":
             assert conn.execute(text("SELECT @@session.max_statement_time")).scalar() == 0
+            assert conn.execute(text("SELECT @@session.innodb_lock_wait_timeout ="
+                                     " @@global.innodb_lock_wait_timeout")).scalar() == 1
     with pytest.raises(ValueError, match="statement_timeout must be a positive number"):
         tbuf.statement_timeout = 0
