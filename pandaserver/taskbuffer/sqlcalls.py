@@ -143,11 +143,16 @@ class SqlCalls:
         if isinstance(exc, Refused):
             reason = str(exc)
         else:
-            reason = f"database error: {describe_db_error(exc, self._engine().url)}"
-            hint = untranslated_hint(translate(sql, self._engine().dialect, self.schemas)) \
-                if isinstance(sql, str) else None
-            if hint:
-                reason = f"{reason}; {hint}"
+            try:
+                engine: Engine | None = self._engine()
+            except Exception:  # the engine itself could not be made: the error says why
+                engine = None
+            url = engine.url if engine is not None else None
+            reason = f"database error: {describe_db_error(exc, url)}"
+            if engine is not None and isinstance(sql, str):
+                hint = untranslated_hint(translate(sql, engine.dialect, self.schemas))
+                if hint:
+                    reason = f"{reason}; {hint}"
         log.error("%s %s: %s [SQL: %s]", self._label(), call, reason, _short(sql))
 
 

@@ -207,8 +207,9 @@ class TaskBuffer:
         try:
             rows = self._sql.read(configtable.lookup(component, key, app, vo))
         except Exception as exc:
+            url = self._engine.url if self._engine is not None else None
             log.warning("%s: cannot read the config table, giving the default: %s", where,
-                        describe_db_error(exc, self.engine.url))
+                        describe_db_error(exc, url))
             return default
         if not rows:
             log.debug("%s: no such row, giving the default", where)
