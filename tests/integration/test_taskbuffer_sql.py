@@ -11,10 +11,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+from harness import write_config
+from pg import url_text
 from sqlalchemy import URL, Column, DateTime, Engine, Integer, MetaData, String, Table, text
 
+from pandaserver.config import load_config
 from pandaserver.taskbuffer import RunContext, TaskBuffer
 
 JOBS = MetaData()
@@ -106,11 +110,21 @@ def test_a_call_is_committed_for_other_connections(tbuf: TaskBuffer, db_engine: 
     assert tbuf.close_leftovers() == 0
 
 
-def test_oracle_schema_prefixes_and_dates(tbuf: TaskBuffer, db_engine: Engine) -> None:
-    # the schema prefix becomes [server] schemaPANDA where set (dropped on SQLite)
-    own_schema = {"postgresql": "public", "mysql": db_engine.url.database}.get(
-        db_engine.dialect.name)
-    tbuf._sql.schemas = {"ATLAS_PANDA": own_schema}
+def test_oracle_schema_prefixes_and_dates(db_engine: Engine, tmp_path: Path) -> None:
+    # the schema prefix becomes [server] schemaPANDA where set (dropped on SQLite): on
+    # PostgreSQL a schema of its own, where the table is not found without the rename
+    own_schema = {"postgresql": "doma_panda", "mysql": db_engine.url.database}.get(
+        db_engine.dialect.name, "main")
+    if db_engine.dialect.name == "postgresql":
+        with db_engine.begin() as conn:
+            conn.execute(text("CREATE SCHEMA doma_panda"))
+            conn.execute(text("CREATE TABLE doma_panda.t_jobs (pandaid INTEGER PRIMARY KEY,"
+                              " status VARCHAR(32) NOT NULL, modtime TIMESTAMP)"))
+    else:
+        JOBS.create_all(db_engine)
+    cfg = write_config(tmp_path, {"a": {"module": "record", "period": 60}},
+                       extra=f"[server]\nschemaPANDA = {own_schema}\n")
+    tbuf = TaskBuffer.from_config(load_config(str(cfg)), url=url_text(db_engine.url))
     assert insert(tbuf, 1, "a", timedelta(hours=2)) == (None, 1)
     assert insert(tbuf, 2, "b", timedelta(days=2)) == (None, 1)
     assert insert(tbuf, 3, "c", timedelta(days=-1)) == (None, 1)  # tomorrow
@@ -128,6 +142,7 @@ def test_oracle_schema_prefixes_and_dates(tbuf: TaskBuffer, db_engine: Engine) -
     assert ids("modtime BETWEEN SYSDATE - (:hours/24) AND SYSDATE + 0.5", {":hours": 3}) == [1]
     # inside a literal nothing changes
     assert tbuf.querySQL("SELECT 'SYSDATE ATLAS_PANDA.x'", {}) == [("SYSDATE ATLAS_PANDA.x",)]
+    tbuf.dispose()
 
 
 def test_statement_timeout_bounds_a_call_and_is_put_back(tbuf: TaskBuffer,
