@@ -22,6 +22,13 @@ class LocalServices:
     def __init__(self) -> None:
         self.context: Any = RunContext()
 
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise AttributeError(
+            f"tbuf.{name} is not available: this worker has no database (its master was"
+            " started without a configuration file); only tbuf.context is")
+
 
 class LazyTaskBuffer:
     """Stands in for ``TaskBuffer``: builds it at the first use of anything but ``context``."""
