@@ -2,6 +2,8 @@
 ``panda-daemon config-value`` manages (app, component, key, vo, value, value_json, type,
 descr as in PanDA; who changed a row last, and when). Additive: a new table only.
 
+Locks: none on existing tables (a new table only); safe while the fleet runs.
+
 Revision ID: 0008
 Revises: 0006
 """
@@ -17,6 +19,7 @@ revision = "0008"
 down_revision: str | None = "0006"
 branch_labels: tuple[str, ...] | None = None
 depends_on: tuple[str, ...] | None = None
+compatibility = "expand"  # a new table: code of every earlier revision ignores it
 
 
 def upgrade() -> None:
