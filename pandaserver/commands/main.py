@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from pandaserver import __version__, exitcodes
+from pandaserver.commands.configvalue import add_config_value
 from pandaserver.commands.launch import build_master, disabled, server_name
 from pandaserver.config import ConfigError, PandaConfig, load_config
 from pandaserver.config.users import NO_ROOT_VARIABLE
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     once.set_defaults(func=cmd_run_once)
 
     _add_optional_commands(sub)
+    add_config_value(sub)
     return parser
 
 

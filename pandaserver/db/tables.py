@@ -181,6 +181,24 @@ daemon_hold = Table(
     Column("since", UtcDateTime, nullable=False),
 )
 
+# PanDA's CONFIG table, read by TaskBuffer.getConfigValue and managed by ``panda-daemon
+# config-value``: one row per (app, component, key); ``vo`` NULL is for every VO. A "json"
+# value is kept in ``value_json`` (as in PanDA). Who set it last, and when (migration 0008).
+panda_config = Table(
+    "panda_config",
+    metadata,
+    Column("app", String(64), primary_key=True),
+    Column("component", String(64), primary_key=True),
+    Column("key", String(64), primary_key=True),
+    Column("vo", String(32), nullable=True),
+    Column("value", Text, nullable=False),
+    Column("value_json", Text, nullable=True),
+    Column("type", String(16), nullable=False),
+    Column("descr", Text, nullable=True),
+    Column("modified_by", String(255), nullable=True),
+    Column("modified_at", UtcDateTime, nullable=True),
+)
+
 # Which code works with each schema revision `db upgrade` reached (migration 0012): code
 # whose newest revision is ``oldest_code`` or later (docs/database.md, "Rolling upgrades").
 daemon_schema_compat = Table(
@@ -193,4 +211,4 @@ daemon_schema_compat = Table(
 )
 
 OWNED_TABLES = (daemon_lease, daemon_run, daemon_server, panda_process_lock, daemon_command,
-                daemon_command_ack, daemon_hold, daemon_schema_compat)
+                daemon_command_ack, daemon_hold, daemon_schema_compat, panda_config)

@@ -1,8 +1,11 @@
 """``TaskBuffer``: what a script's ``main(tbuf=...)`` gets.
 
 It carries an SQLAlchemy engine (``tbuf.engine``), the context of the run
-(``tbuf.context``: script name, run id, lease generation) and PanDA's process-lock
-calls with their original arguments, meaning and return values:
+(``tbuf.context``: script name, run id, lease generation), PanDA's generic SQL and
+configuration calls (``querySQLS``, ``querySQL``, ``executemanySQL``, ``getConfigValue``:
+``pandaserver/taskbuffer/sqlcalls.py``, ``pandaserver/taskbuffer/configtable.py``;
+docs/database.md, "SQL from scripts") and PanDA's
+process-lock calls with their original arguments, meaning and return values:
 
 ``lockProcess_PANDA(component, pid, time_limit=5, force=False) -> bool``
     Take the lock of ``component`` for ``pid`` (any string; PanDA scripts use
@@ -31,19 +34,25 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Engine, delete, event, select
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from pandaserver.config import PandaConfig
 from pandaserver.db.engine import describe_db_error, engine_from_url, make_engine
 from pandaserver.db.servertime import db_now_expr, db_now_plus
 from pandaserver.db.tables import panda_process_lock
 from pandaserver.db.upsert import conditional_upsert
+from pandaserver.taskbuffer import configtable
 from pandaserver.taskbuffer.context import RunContext
+from pandaserver.taskbuffer.oraclesql import SCHEMA_KEYS
+from pandaserver.taskbuffer.sqlcalls import STATEMENT_TIMEOUT, SqlCalls, check_timeout
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +64,23 @@ class TaskBuffer:
         context: RunContext | None = None,
         *,
         engine_factory: Callable[[], Engine] | None = None,
+        schemas: Mapping[str, str | None] | None = None,
     ) -> None:
-        """Use ``engine`` (owned by the caller), or build one lazily with ``engine_factory``."""
+        """Use ``engine`` (owned by the caller), or build one lazily with ``engine_factory``.
+        ``schemas``: what PanDA's schema prefixes (``ATLAS_PANDA`` ...) become in SQL
+        (None or absent: dropped)."""
         if (engine is None) == (engine_factory is None):
             raise TypeError("give exactly one of engine and engine_factory")
         self.context = context if context is not None else RunContext()
         self._engine = engine
         self._factory = engine_factory
         self._engine_pid = os.getpid() if engine is not None else None
+        self._sql = SqlCalls(lambda: self.engine, self._label, schemas)
+        # connections handed out and not yet back (pool events; any thread)
+        self._out: set[ConnectionPoolEntry] = set()
+        self._out_lock = threading.Lock()
+        if engine is not None:
+            self._watch(engine)
 
     @classmethod
     def from_config(
@@ -79,7 +97,7 @@ class TaskBuffer:
                 return engine_from_url(url, pool_size=pool_size)
             return make_engine(cfg, state_dir, pool_size=pool_size)
 
-        return cls(context=context, engine_factory=factory)
+        return cls(context=context, engine_factory=factory, schemas=schemas_of(cfg))
 
     @property
     def engine(self) -> Engine:
@@ -97,7 +115,43 @@ class TaskBuffer:
             assert self._factory is not None
             self._engine = self._factory()
             self._engine_pid = pid
+            with self._out_lock:
+                self._out.clear()  # the parent's
+            self._watch(self._engine)
         return self._engine
+
+    def _watch(self, engine: Engine) -> None:
+        def checkout(dbapi: Any, entry: ConnectionPoolEntry, proxy: Any) -> None:
+            with self._out_lock:
+                self._out.add(entry)
+
+        def checkin(dbapi: Any, entry: ConnectionPoolEntry) -> None:
+            with self._out_lock:
+                self._out.discard(entry)
+
+        event.listen(engine, "checkout", checkout)
+        event.listen(engine, "checkin", checkin)
+        event.listen(engine, "invalidate", lambda dbapi, entry, exc: checkin(dbapi, entry))
+
+    def end_run(self) -> None:
+        """What a worker calls when a run ends: the run's settings put back, its leftover
+        connections closed."""
+        self._sql.statement_timeout = STATEMENT_TIMEOUT
+        self.close_leftovers()
+
+    def close_leftovers(self) -> int:
+        """Close the connections still checked out (a run that kept one, maybe inside a
+        transaction holding locks): the server rolls their work back, and the pool opens
+        fresh ones. Called when a run ends; returns how many were closed."""
+        with self._out_lock:
+            leftovers = list(self._out)
+            self._out.clear()
+        for entry in leftovers:
+            entry.invalidate()
+        if leftovers:
+            log.warning("%s: %d database connection(s) left open by the run closed (their"
+                        " uncommitted work rolled back)", self._label(), len(leftovers))
+        return len(leftovers)
 
     def dispose(self) -> None:
         """Close the pooled connections of an engine this TaskBuffer created."""
@@ -108,10 +162,65 @@ class TaskBuffer:
                 self._engine.dispose(close=False)
             self._engine = None
 
-    def _where(self, call: str, component: str, pid: str | int) -> str:
+    def _label(self) -> str:
         ctx = self.context
-        return (f"script={ctx.script} run={ctx.run_id} {call}"
-                f" component={component} pid={pid}")
+        return f"script={ctx.script} run={ctx.run_id}"
+
+    def _where(self, call: str, component: str, pid: str | int) -> str:
+        return f"{self._label()} {call} component={component} pid={pid}"
+
+    # --- PanDA's generic SQL and config calls (names and arguments as in PanDA) -----
+
+    @property
+    def statement_timeout(self) -> float:
+        """Seconds one statement of the calls below may run (a script may change it)."""
+        return self._sql.statement_timeout
+
+    @statement_timeout.setter
+    def statement_timeout(self, seconds: float) -> None:
+        self._sql.statement_timeout = check_timeout(seconds)
+
+    def querySQLS(self, sql: str, varMap: Mapping[str, Any] | None, arraySize: int = 1000
+                  ) -> tuple[None, list[tuple[Any, ...]] | int] | tuple[int, None]:
+        """``(None, rows)`` (a list of tuples); ``(None, rowcount)`` for a statement that
+        starts with INSERT, UPDATE or DELETE; ``(-1, None)`` on an error (logged).
+        Committed. ``arraySize`` is accepted for PanDA's sake: every row is returned."""
+        return self._sql.query("querySQLS", sql, varMap)
+
+    def querySQL(self, sql: str, varMap: Mapping[str, Any] | None, arraySize: int = 1000
+                 ) -> list[tuple[Any, ...]] | int | None:
+        """``querySQLS``'s rows (or row count) alone; None on an error."""
+        return self._sql.query("querySQL", sql, varMap)[1]
+
+    def executemanySQL(self, sql: str, varMaps: Sequence[Mapping[str, Any]],
+                       arraySize: int = 1000) -> int | None:
+        """INSERT, UPDATE or DELETE once per map, in one transaction: the row count; None
+        on an error or for another statement (logged; nothing applied)."""
+        return self._sql.execute_many("executemanySQL", sql, varMaps)
+
+    def getConfigValue(self, component: str, key: str, app: str = configtable.DEFAULT_APP,
+                       vo: str | None = None, default: Any = None) -> Any:
+        """The value of (app, component, key) in ``panda_config`` converted by its type (a
+        row of another VO is not seen when ``vo`` is given); ``default`` when there is no
+        such row, no table, a database error or a value that does not read as its type."""
+        where = f"{self._label()} getConfigValue component={component} key={key} app={app}"
+        try:
+            rows = self._sql.read(configtable.lookup(component, key, app, vo))
+        except Exception as exc:
+            url = self._engine.url if self._engine is not None else None
+            log.warning("%s: cannot read the config table, giving the default: %s", where,
+                        describe_db_error(exc, url))
+            return default
+        if not rows:
+            log.debug("%s: no such row, giving the default", where)
+            return default
+        value, value_json, type_name = rows[0]
+        try:
+            result = configtable.convert(type_name, value, value_json)
+        except configtable.BadValue as exc:
+            log.warning("%s: %s; giving the default", where, exc)
+            return default
+        return default if result is None and default is not None else result
 
     def _failed(self, where: str, exc: SQLAlchemyError) -> None:
         log.error("%s: database error: %s", where, describe_db_error(exc, self.engine.url))
@@ -172,6 +281,18 @@ class TaskBuffer:
             return False, None
         log.debug("%s: locked by %s at %s", where, locked_by, locked_time)
         return True, locked_time
+
+
+def schemas_of(cfg: PandaConfig) -> dict[str, str | None]:
+    """PanDA's schema names as the ``[server]`` section renames them (None: not set)."""
+    schemas: dict[str, str | None] = {}
+    for name, key in SCHEMA_KEYS.items():
+        try:
+            value = cfg.server_value(key)
+        except KeyError:  # an unset $VAR: the prefix is dropped
+            value = None
+        schemas[name] = value.strip() if value and value.strip() else None
+    return schemas
 
 
 def _check_minutes(time_limit: float) -> None:

@@ -28,6 +28,7 @@ NEEDS_CONFIG = [
     ("fleet",), ("web",), ("commands",),
     ("run-once", "tick"), ("unlock", "tick"), ("db", "upgrade"), ("logs", "tick"),
     ("restart",), ("reload",), ("resume", "tick"), ("drain", "srv"),
+    ("config-value", "list"),
 ]
 # the commands that open the database before they do anything (run and start refuse a
 # schema; an unreachable database does not keep a master from starting: it starts in an
@@ -35,6 +36,7 @@ NEEDS_CONFIG = [
 OPEN_DATABASE = [
     ("history",), ("locks",), ("unlock", "tick"), ("pause", "tick"), ("resume", "tick"),
     ("run-now", "tick"), ("drain", "srv"), ("commands",), ("fleet",),
+    ("config-value", "get", "comp", "KEY"),
 ]
 
 

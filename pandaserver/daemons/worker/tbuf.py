@@ -22,6 +22,13 @@ class LocalServices:
     def __init__(self) -> None:
         self.context: Any = RunContext()
 
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise AttributeError(
+            f"tbuf.{name} is not available: this worker has no database (its master was"
+            " started without a configuration file); only tbuf.context is")
+
 
 class LazyTaskBuffer:
     """Stands in for ``TaskBuffer``: builds it at the first use of anything but ``context``."""
@@ -46,6 +53,13 @@ class LazyTaskBuffer:
             raise AttributeError(name)
         return getattr(self._load(), name)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Settings a script makes (``tbuf.statement_timeout = 60``) reach the real one."""
+        if name.startswith("_") or name == "context":
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._load(), name, value)
+
 
 def make_tbuf(config_path: str | None, database: str | None = None) -> Any:
     """``database``: the URL to use instead of the config's (the master's own)."""
@@ -54,8 +68,17 @@ def make_tbuf(config_path: str | None, database: str | None = None) -> Any:
 
 def set_context(tbuf: Any, script: str | None, run_id: int | None,
                 generation: int | None) -> None:
+    """The run ``tbuf`` now serves; ``script`` None when a run has ended: then the database
+    connections the run left checked out (maybe in a transaction holding locks) are closed,
+    so the next run starts on clean ones, and what the run set (the statement timeout) is
+    put back."""
+    real = getattr(tbuf, "_real", None)
+    if script is None and real is not None:
+        try:
+            real.end_run()
+        except Exception as exc:  # never the worker's end: the next run gets fresh ones
+            log.warning("closing the connections a run left open failed: %s", exc)
     context = RunContext(script=script, run_id=run_id, generation=generation)
     tbuf.context = context
-    real = getattr(tbuf, "_real", None)
     if real is not None:
         real.context = context

@@ -8,7 +8,7 @@ judged on the database's clock: ``pandaserver/db/leases.py``). Additive: a relea
 knows nothing of it leaves it alone.
 
 Revision ID: 0009
-Revises: 0006
+Revises: 0008
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from alembic import op
 from pandaserver.db.servertime import UtcDateTime
 
 revision = "0009"
-down_revision: str | None = "0006"
+down_revision: str | None = "0008"
 branch_labels: tuple[str, ...] | None = None
 depends_on: tuple[str, ...] | None = None
 compatibility = "expand"  # a nullable column: code of every earlier revision ignores it
