@@ -36,11 +36,20 @@ from sqlalchemy.exc import SQLAlchemyError
 from pandaserver import __version__, exitcodes
 from pandaserver.config import PandaConfig
 from pandaserver.config.daemon import DaemonSettings
-from pandaserver.daemons.base.clock import Clock
+from pandaserver.daemons.base.clock import Clock, slack_due
 from pandaserver.daemons.base.runs import Run, RunRecord
 from pandaserver.daemons.fleet.history_keeper import HistoryKeeper
 from pandaserver.daemons.fleet.history_spool import Spool, spool_path
-from pandaserver.daemons.fleet.lanes import Completions, ConnectionTracker, Lane, Op
+from pandaserver.daemons.fleet.lanes import (
+    Chore,
+    Completions,
+    ConnectionTracker,
+    Lane,
+    Op,
+    Unavailable,
+    run_chores,
+)
+from pandaserver.daemons.fleet.listener import CommandListener
 from pandaserver.daemons.fleet.pruner import PruneSchedule
 from pandaserver.db import history as dbhistory
 from pandaserver.db.credentials import credentials_refused
@@ -64,10 +73,6 @@ IO_TIMEOUT = 4.0  # client side: a connection with no answer (tcp_user_timeout, 
 CALL_TIMEOUT = 5.0  # the master's own bound on a lease, renewal or heartbeat call
 HOUSE_TIMEOUT = 30.0  # a pruning step and replaying a backlog may take longer
 STARTUP_SCHEMA_TIMEOUT = 15.0  # a migration of SQLite at start may take a moment
-
-
-class Unavailable(Exception):
-    """A call not made: the database is known to be down (an outage began meanwhile)."""
 
 
 class FleetDb:
@@ -107,6 +112,10 @@ class FleetDb:
         tracker = ConnectionTracker(engine)
         self.lanes = {name: Lane(name, self.completions, tracker)
                       for name in ("lease", "renew", "house", "look")}
+        # PostgreSQL pushes the operators' commands to the fleet's masters (listener.py)
+        self.listener = (CommandListener(engine, probe_interval)
+                         if member and CommandListener.supported(engine) else None)
+        self.chores: list[Chore] = []  # house calls sent with the next tick's (``house``)
 
     # ----- the loop's side of the lanes ---------------------------------------------------
     def fileno(self) -> int:
@@ -279,6 +288,8 @@ class FleetDb:
             for op in lane.drop_pending():
                 log.error("database %s not done at stop", op.what)
             lane.close()
+        if self.listener is not None:
+            self.listener.close()
         # what is not written in time is kept in the spool file and reported
         self.keeper.close(self.history_usable(), max(0.1, deadline - self.monotonic()))
         self.completions.close()
@@ -286,13 +297,30 @@ class FleetDb:
     # ----- periodic work: heartbeat and pruning --------------------------------------------
     def tick(self, now: float) -> float:
         """Write queued history, heartbeat and prune when due; returns when to be called next.
-        Never waits for the database: the calls run on the ``house`` lane."""
+        Never waits for the database: the calls run on the ``house`` lane. The heartbeat
+        goes out early when the loop is awake anyway within its slack (``slack_due``), so
+        that it shares a wake-up with the command read and the history sweep."""
         history_wake = self.keeper.tick(now, self.history_usable())
         house = self.lanes["house"]
         probe = self.down_since is not None and now >= self.next_probe  # back yet?
-        if (now >= self.next_beat or probe) and self.usable(now) and not house.busy:
-            self._beat()
-            self.next_beat = now + self.settings.heartbeat_interval
+        interval = self.settings.heartbeat_interval
+        chores, self.chores = self.chores, []
+        if ((slack_due(now, self.next_beat, interval) or probe) and self.usable(now)
+                and not house.busy):
+            chores.insert(0, self._beat())
+            self.next_beat = now + interval
+        sweep = self.keeper.sweep_due(now, self.history_usable()) if chores else None
+        if sweep is not None:  # due with the heartbeat (same interval and slack)
+            chores.append(Chore("sweep of dead masters' runs", sweep,
+                                lambda closed, error, late: self.keeper.swept(closed)))
+        if chores:
+            self.house(chores)
+        listener = self.listener
+        if listener is not None and listener.wanted(now) and self.usable(now):
+            listener.connecting = True
+            self._submit("house", "listen", listener.open,
+                         lambda raw, error, late: listener.opened(raw, error, late,
+                                                                  self.monotonic()))
         if self.pruner.due(now) and self.down_since is None and not house.busy:
             self._prune(now)
         wake = min(self.next_beat, history_wake)
@@ -300,17 +328,42 @@ class FleetDb:
             wake = min(wake, self.pruner.next_at)
         if self.down_since is not None:
             wake = min(wake, self.next_probe)
+        if (listener is not None and listener.conn is None and not listener.connecting
+                and self.down_since is None):  # during an outage: its probe wakes the loop
+            wake = min(wake, listener.next_try)
         deadline = self.next_deadline()
         if deadline is not None:
             wake = min(wake, deadline)
         return max(wake, now + 0.001)
 
-    def _beat(self) -> None:
+    def _beat(self) -> Chore:
         digest = config_hash(self.settings.fingerprint())
         wall = self.wall() if self.wall is not None else None
-        self._submit("house", "heartbeat", lambda: self.beats.beat(
+        return Chore("heartbeat", lambda: self.beats.beat(
             self.server, self.pid, __version__, self.started_wall, digest, server_time=wall),
             lambda result, error, late: None)
+
+    def house(self, chores: list[Chore]) -> None:
+        """``chores`` as one call of the ``house`` lane: one wake-up of the lane and one
+        answer for all (a heartbeat, the sweep, the command read); each ``done`` as if
+        it had been a call of its own."""
+        if len(chores) == 1:
+            self._submit("house", chores[0].what, chores[0].run, chores[0].done)
+            return
+
+        def done(results: Any, error: BaseException | None, late: bool) -> None:
+            if error is not None or results is None:  # the call as a whole (its deadline)
+                for chore in chores:
+                    chore.done(None, error, late)
+                return
+            now = self.monotonic()
+            for chore, (result, failed) in zip(chores, results, strict=True):
+                if failed is not None and not late:
+                    self._failed(chore.what, failed, now)
+                chore.done(result, failed, late)
+
+        self._submit("house", " + ".join(c.what for c in chores), lambda: run_chores(chores),
+                     done)
 
     def _prune(self, now: float) -> None:
         """One step of a pruning pass (at most a batch of rows; pruner.py)."""

@@ -51,6 +51,37 @@ class Op:
     error: BaseException | None = None
 
 
+class Unavailable(Exception):
+    """A call not made: the database is known to be down (an outage began meanwhile)."""
+
+
+@dataclass(eq=False)
+class Chore:
+    """One of several calls sent as one op (``run_chores``): ``done`` as an ``Op``'s."""
+
+    what: str
+    run: Callable[[], Any]
+    done: Callable[[Any, BaseException | None, bool], None]
+
+
+def run_chores(chores: list[Chore]) -> list[tuple[Any, BaseException | None]]:
+    """On a lane thread: each chore in turn, one wake-up of the lane (and of the loop, for
+    the answer) for all. After a failure the rest are not tried (the database is likely
+    down: each would wait out its own timeout); they fail as ``Unavailable``."""
+    results: list[tuple[Any, BaseException | None]] = []
+    failed: str | None = None
+    for chore in chores:
+        if failed is not None:
+            results.append((None, Unavailable(f"{chore.what}: not tried after {failed} failed")))
+            continue
+        try:
+            results.append((chore.run(), None))
+        except Exception as exc:  # reported to the loop, which decides
+            results.append((None, exc))
+            failed = chore.what
+    return results
+
+
 class Completions:
     """Where lane threads post finished ops; ``fileno`` is readable while any wait."""
 
