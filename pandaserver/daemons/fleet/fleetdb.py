@@ -309,7 +309,7 @@ class FleetDb:
                 and not house.busy):
             chores.insert(0, self._beat())
             self.next_beat = now + interval
-        sweep = self.keeper.sweep_due(now, self.history_usable()) if chores else None
+        sweep = self.keeper.sweep_due(now, self.history_usable())
         if sweep is not None:  # due with the heartbeat (same interval and slack)
             chores.append(Chore("sweep of dead masters' runs", sweep,
                                 lambda closed, error, late: self.keeper.swept(closed)))
@@ -324,6 +324,8 @@ class FleetDb:
         if self.pruner.due(now) and self.down_since is None and not house.busy:
             self._prune(now)
         wake = min(self.next_beat, history_wake)
+        if self.keeper.member and self.history_usable():
+            wake = min(wake, self.keeper.next_sweep)
         if self.down_since is None and not house.busy:  # else its end wakes the loop anyway
             wake = min(wake, self.pruner.next_at)
         if self.down_since is not None:

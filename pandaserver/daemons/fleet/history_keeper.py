@@ -147,8 +147,8 @@ class HistoryKeeper:
             self.writer.submit(call=lambda h: h.mark_lost(self.server, self.master_id, why),
                                what="runs of the previous master of this server")
         interval = self.heartbeat_interval()
-        wake = min(self.next_sweep if self.member else now + interval,
-                   self.flush_at if self.flush_at is not None else now + interval)
+        # the sweep's time is the fleet's to wake for (``sweep_due``, sent with a heartbeat)
+        wake = self.flush_at if self.flush_at is not None else now + interval
         if self.writer.busy:  # look for the writer's answer soon (it needs no wake-up of ours)
             wake = min(wake, now + HISTORY_BATCH)
         if self.pending and usable:

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 from typing import Any
 
 from sqlalchemy import Engine
@@ -32,6 +34,24 @@ from sqlalchemy import Engine
 from pandaserver.db.operator_commands import CHANNEL
 
 log = logging.getLogger("panda.master")
+
+
+def _at_end(fd: int) -> bool:
+    """Whether the peer closed the socket (what is left to read is its end). The driver may
+    take a server's last words (a FATAL: terminated) without failing; the socket then stays
+    readable, and the loop's wait would spin on it."""
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return True
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
+    finally:
+        sock.close()
 
 
 class CommandListener:
@@ -107,13 +127,15 @@ class CommandListener:
             return
         try:
             self.conn.poll()
-            ended = bool(self.conn.closed)
+            ended = bool(self.conn.closed) or _at_end(self.conn.fileno())
         except Exception as exc:
             ended = True
-            log.info("listening for operator commands ended (%s): listening again; the"
-                     " commands recorded meanwhile are read then", str(exc).strip() or
-                     type(exc).__name__)
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        else:
+            why = "closed by the server"
         if ended:
+            log.info("listening for operator commands ended (%s): listening again; the"
+                     " commands recorded meanwhile are read then", why)
             self.lost += 1
             self.close()
             self.next_try = now  # opened again on the next turn
