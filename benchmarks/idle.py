@@ -53,6 +53,7 @@ class Sample:
 
     cpu: dict[tuple[int, int], float] = field(default_factory=dict)
     switches: dict[tuple[int, int], int] = field(default_factory=dict)
+    forced: dict[tuple[int, int], int] = field(default_factory=dict)  # non-voluntary
     names: dict[tuple[int, int], str] = field(default_factory=dict)
 
 
@@ -71,12 +72,15 @@ def sample(pids: list[int]) -> Sample:
                 comm = base.joinpath("comm").read_text().strip()
             except (OSError, ValueError, IndexError):
                 continue
-            switches = 0
+            switches = forced = 0
             for line in status.splitlines():
                 if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
                     switches += int(line.split()[1])
+                if line.startswith("nonvoluntary_ctxt_switches"):
+                    forced += int(line.split()[1])
             out.cpu[(pid, tid)] = ns * TICK
             out.switches[(pid, tid)] = switches
+            out.forced[(pid, tid)] = forced
             out.names[(pid, tid)] = comm
     return out
 
@@ -122,11 +126,12 @@ def measure(masters: list[subprocess.Popen[bytes]], seconds: float,
     after = sample(list(roles))
     elapsed = time.monotonic() - started
     cpu, sw = delta(before, after)
-    by_role: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    by_role: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
     for key in cpu:
         role = roles[key[0]]
         by_role[role][0] += cpu[key]
         by_role[role][1] += sw[key]
+        by_role[role][2] += after.forced[key] - before.forced.get(key, 0)
     result: dict[str, Any] = {"elapsed": elapsed, "roles": dict(by_role), "threads": [
         (roles[k[0]], k[0], k[1], after.names[k], cpu[k], sw[k]) for k in sorted(cpu)]}
     if backends and pg_before is not None:
@@ -208,14 +213,16 @@ def show(backend: str, result: dict[str, Any], threads: bool) -> None:
     elapsed = result["elapsed"]
     print(f"{backend}: {result['masters']} master(s), n_proc {N_PROC}, {SCRIPTS} scripts of"
           f" {PERIOD:g} s, {elapsed:.1f} s window")
-    print(f"  {'who':<22} {'CPU % of a core':>16} {'wake-ups/s':>11}")
-    total_cpu = total_sw = 0.0
-    for role, (cpu, sw) in sorted(result["roles"].items()):
+    print(f"  {'who':<22} {'CPU % of a core':>16} {'wake-ups/s':>11} {'(forced)':>9}")
+    total_cpu = total_sw = total_forced = 0.0
+    for role, (cpu, sw, forced) in sorted(result["roles"].items()):
         total_cpu += cpu
         total_sw += sw
-        print(f"  {role:<22} {100 * cpu / elapsed:>16.4f} {sw / elapsed:>11.2f}")
+        total_forced += forced
+        print(f"  {role:<22} {100 * cpu / elapsed:>16.4f} {sw / elapsed:>11.2f}"
+              f" {forced / elapsed:>9.2f}")
     print(f"  {'master + workers':<22} {100 * total_cpu / elapsed:>16.4f}"
-          f" {total_sw / elapsed:>11.2f}")
+          f" {total_sw / elapsed:>11.2f} {total_forced / elapsed:>9.2f}")
     if "pg" in result:
         cpu, sw, n = result["pg"]
         print(f"  {f'PostgreSQL ({n} backends)':<22} {100 * cpu / elapsed:>16.4f}"
