@@ -47,7 +47,7 @@ from pandaserver.daemons.fleet.lanes import (
     Lane,
     Op,
     Unavailable,
-    run_chores,
+    chores_call,
 )
 from pandaserver.daemons.fleet.listener import CommandListener
 from pandaserver.daemons.fleet.pruner import PruneSchedule
@@ -349,23 +349,8 @@ class FleetDb:
         """``chores`` as one call of the ``house`` lane: one wake-up of the lane and one
         answer for all (a heartbeat, the sweep, the command read); each ``done`` as if
         it had been a call of its own."""
-        if len(chores) == 1:
-            self._submit("house", chores[0].what, chores[0].run, chores[0].done)
-            return
-
-        def done(results: Any, error: BaseException | None, late: bool) -> None:
-            if error is not None or results is None:  # the call as a whole (its deadline)
-                for chore in chores:
-                    chore.done(None, error, late)
-                return
-            now = self.monotonic()
-            for chore, (result, failed) in zip(chores, results, strict=True):
-                if failed is not None and not late:
-                    self._failed(chore.what, failed, now)
-                chore.done(result, failed, late)
-
-        self._submit("house", " + ".join(c.what for c in chores), lambda: run_chores(chores),
-                     done)
+        self._submit("house", *chores_call(chores, lambda what, exc: self._failed(
+            what, exc, self.monotonic())))
 
     def _prune(self, now: float) -> None:
         """One step of a pruning pass (at most a batch of rows; pruner.py)."""
