@@ -316,7 +316,8 @@ class FleetDb:
         if chores:
             self.house(chores)
         listener = self.listener
-        if listener is not None and listener.wanted(now) and self.usable(now):
+        # not during an outage: the heartbeat probes; listening begins once it answers
+        if listener is not None and listener.wanted(now) and self.down_since is None:
             listener.connecting = True
             self._submit("house", "listen", listener.open,
                          lambda raw, error, late: listener.opened(raw, error, late,
