@@ -2,8 +2,9 @@
 ``restart-workers``, and ``commands`` (the recent ones, and who acted).
 
 Each records one row in the shared database (who asked, when) and exits 0; every master
-reads it within ``[daemon] command_interval`` seconds and records when it acted. ``--wait``
-blocks until every live server (or the one named) has acted, or says which has not.
+reads it at once on PostgreSQL (notified), else within ``[daemon] command_interval``
+seconds, and records when it acted. ``--wait`` blocks until every live server (or the one
+named) has acted, or says which has not.
 """
 
 from __future__ import annotations
@@ -117,8 +118,10 @@ def _issue(cfg: PandaConfig, args: argparse.Namespace, engine: Engine,
     print(f"{verb} {subject}: recorded as command {command.id} by {command.requested_by}"
           f" at {when(command.requested_at)} UTC")
     print(f"  {EFFECT[verb].format(where=where, anywhere=anywhere)}")
-    print(f"  live servers: {', '.join(live) or 'none'}; each acts within"
-          f" {cfg.daemon.command_interval:g} s (command_interval)")
+    pushed = engine.dialect.name == "postgresql"  # LISTEN/NOTIFY: docs/multi-server.md
+    print(f"  live servers: {', '.join(live) or 'none'}; each acts "
+          + ("at once (notified by the database)" if pushed else
+             f"within {cfg.daemon.command_check(False):g} s (command_interval)"))
     if server is not None and server not in live:
         print(f"  note: {server} is not live now; it acts when it runs again"
               if verb in (dbcontrol.PAUSE, dbcontrol.DRAIN, dbcontrol.RESUME,

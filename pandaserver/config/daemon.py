@@ -157,6 +157,11 @@ RETENTION_ROWS_MAX = 100_000_000
 LEASE_GRACE_MAX = 86400.0
 COMMAND_INTERVAL_MIN = 0.2
 COMMAND_INTERVAL_MAX = 300.0
+# command_interval when not set: where the database pushes the commands (PostgreSQL's
+# LISTEN/NOTIFY) the read is only a safety net; elsewhere it is the poll, read in the same
+# wake-up as the default heartbeat (docs/multi-server.md, "How fast a command acts")
+COMMAND_CHECK_PUSHED = 60.0
+COMMAND_CHECK_POLLED = 30.0
 CRASH_BACKOFF_MIN = 1.0
 CRASH_BACKOFF_MAX = 86400.0
 
@@ -212,7 +217,9 @@ class DaemonSettings:
     # configs load, with a warning
     lease_grace: float = 0.0
     heartbeat_interval: float = 30.0
-    command_interval: float = 2.0  # how often each master reads the operators' commands
+    # how often each master reads the operators' commands (None: by backend, see
+    # command_check)
+    command_interval: float | None = None
     crash_backoff_max: float = 300.0  # the longest wait before a crash-looping script's retry
     scripts: dict[str, DaemonSpec] = field(default_factory=dict)
     problems: list[ConfigProblem] = field(default_factory=list)
@@ -233,6 +240,14 @@ class DaemonSettings:
         whole = [problem for problem in self.problems
                  if problem.key == "config" and problem.script is None]
         return [*self.fatal, *(problem for problem in whole if problem not in self.fatal)]
+
+    def command_check(self, pushed: bool) -> float:
+        """Seconds between two reads of the operators' commands: the key when it is set,
+        else ``COMMAND_CHECK_PUSHED`` where the database pushes them (``pushed``: a
+        safety net) and ``COMMAND_CHECK_POLLED`` where it is the only way they arrive."""
+        if self.command_interval is not None:
+            return self.command_interval
+        return COMMAND_CHECK_PUSHED if pushed else COMMAND_CHECK_POLLED
 
     @property
     def enabled_scripts(self) -> list[DaemonSpec]:

@@ -7,6 +7,12 @@ acknowledgements of what it acted on since the last poll (``daemon_command_ack``
 this server acted, and what it did), reports its own state (``daemon_server.state``) and
 reads the holds that concern it and the commands it has not seen. A ``run-now`` is taken by
 one server only (``claim``: a conditional update, so two servers never both run it).
+
+On PostgreSQL ``issue`` also sends ``NOTIFY panda_daemon_command`` (``CHANNEL``) in the
+command's own transaction, so the notification leaves only if the row is committed; every
+master ``LISTEN``s for it (daemons/fleet/listener.py) and reads at once, instead of waiting
+for its next poll. The payload is the command's id; a notification carries no command: the
+poll stays the one way commands are read.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, insert, or_, select, update
+from sqlalchemy import Engine, and_, delete, func, insert, or_, select, update
 
 from pandaserver.db.servertime import db_now_expr
 from pandaserver.db.tables import (
@@ -36,6 +42,7 @@ UNDRAIN = "undrain"
 RESTART_WORKERS = "restart-workers"
 VERBS = (PAUSE, RESUME, RUN_NOW, KILL, DRAIN, UNDRAIN, RESTART_WORKERS)
 EVERY = "*"  # daemon_hold.server of a pause that holds on every server
+CHANNEL = "panda_daemon_command"  # PostgreSQL: notified when a command is recorded
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,8 @@ class ControlStore:
                     conn.execute(insert(h).values(
                         kind=kind, name=target, server=scope, command_id=new_id,
                         requested_by=requested_by, reason=reason, since=row.requested_at))
+            if conn.dialect.name == "postgresql":  # delivered at commit, with the row
+                conn.execute(select(func.pg_notify(CHANNEL, str(new_id))))
         return Command(**row._mapping)
 
     def command(self, command_id: int) -> Command | None:

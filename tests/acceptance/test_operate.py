@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from harness import MasterProcess, pid_alive, running_master, wait_for, write_config
+from pg import PgCluster
 from pgfleet import cli, fleet_config, fleet_events
 from sqlalchemy import URL
 
@@ -268,3 +269,39 @@ def test_commands_say_the_schema_is_missing_and_exit_8_until_db_upgrade(tmp_path
     command(tmp_path, cfg, "db", "upgrade")
     assert "recorded as command 1" in command(tmp_path, cfg, "pause", "tick").stdout
     assert "pause tick by" in command(tmp_path, cfg, "commands").stdout
+
+
+def test_a_command_row_wakes_a_listening_master_and_one_not_notified_is_read_on_reconnect(
+        tmp_path: Path, pg_url: URL, pg_cluster: PgCluster) -> None:
+    """PostgreSQL pushes the commands: with the safety-net read 300 s away, only the
+    notification explains an acknowledgement within seconds. A command recorded without
+    one (an older release's CLI, or a notification sent while the master did not listen)
+    is read when the master listens again, after its listening connection is cut."""
+    cfg = fleet_config(tmp_path, pg_url, {"tick": {"module": "record", "period": 600}},
+                       n_proc=1, heartbeat_interval=1, command_interval=300)
+    db = pg_url.database
+
+    def listeners() -> list[int]:
+        return [int(pid) for (pid,) in pg_cluster.sql(
+            "SELECT pid FROM pg_stat_activity WHERE query = 'LISTEN panda_daemon_command'"
+            f" AND datname = '{db}'")]
+
+    with ExitStack() as stack:
+        (master,) = start(stack, cfg, tmp_path, "a")
+        [listening] = wait_for(listeners, 30, "the master listening")
+        # the reads at start and after listening may still see this one: the next cannot
+        command(tmp_path, cfg, "pause", "tick", "--wait", "--timeout", "20")
+        out = command(tmp_path, cfg, "resume", "tick", "--wait", "--timeout", "20")
+        assert "a: running" in out.stdout, out.stdout
+        assert "each acts at once (notified by the database)" in out.stdout, out.stdout
+
+        # recorded as an older CLI does, with no NOTIFY; then the listening connection ends
+        [(command_id,)] = pg_cluster.sql(
+            "INSERT INTO daemon_command (verb, target, requested_by, requested_at)"
+            " VALUES ('resume', 'tick', 'old-cli', now()) RETURNING id", db)
+        pg_cluster.sql(f"SELECT pg_terminate_backend({listening})", db)
+        wait_for(lambda: pg_cluster.sql(
+            f"SELECT note FROM daemon_command_ack WHERE command_id = {command_id}", db), 20,
+            "the command read after listening again")
+        assert [pid for pid in wait_for(listeners, 20, "listening again") if pid != listening]
+        assert master.stop() == 0

@@ -205,16 +205,26 @@ class Records:
 class FakeLink:
     """The operator-command rows: polls and claims are kept for the test to answer."""
 
-    def __init__(self) -> None:
-        self.polls: list[tuple[list[tuple[int, str]], dict[str, Any], Done]] = []
+    def __init__(self, pushed: bool = False) -> None:
+        self.polls: list[tuple[list[tuple[int, str]], dict[str, Any] | None, Done]] = []
         self.claims: list[tuple[int, str | None, Done]] = []
         self.ids = itertools.count(1)
+        self.pushed = pushed  # as PostgreSQL's LISTEN/NOTIFY: ``notify`` wakes the master
+        self.notified = False
 
     def ready(self, now: float) -> bool:
         return True
 
+    def notify(self) -> None:
+        """A command was recorded (PostgreSQL's notification, or a new listening connection)."""
+        self.notified = True
+
+    def woken(self) -> bool:
+        notified, self.notified = self.notified, False
+        return notified
+
     def poll(self, server: str, pid: int, after: int | None, acks: list[tuple[int, str]],
-             state: dict[str, Any], done: Done) -> None:
+             state: dict[str, Any] | None, done: Done) -> None:
         self.polls.append((acks, state, done))
 
     def claim(self, command_id: int, server: str, lease: str | None, done: Done) -> None:

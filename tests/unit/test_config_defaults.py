@@ -7,7 +7,13 @@ import dataclasses
 import re
 from pathlib import Path
 
-from pandaserver.config.daemon import SECTION_KEYS, DaemonSettings, parse_daemon_section
+from pandaserver.config.daemon import (
+    COMMAND_CHECK_POLLED,
+    COMMAND_CHECK_PUSHED,
+    SECTION_KEYS,
+    DaemonSettings,
+    parse_daemon_section,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,4 +43,18 @@ def test_docs_reference_states_the_fields_defaults() -> None:
             value = shown == "True" if isinstance(field.default, bool) else float(shown)
             assert value == field.default, (field.name, shown, field.default)
             checked += 1
+    # command_interval's default is by backend: its row names both, pushed first
+    row = re.search(r"^\| `command_interval` \| ([^|]*) \|", section, re.MULTILINE)
+    assert row is not None and DaemonSettings.command_interval is None
+    assert re.findall(r"\d+(?:\.\d+)?", row.group(1))[:2] == [
+        f"{COMMAND_CHECK_PUSHED:g}", f"{COMMAND_CHECK_POLLED:g}"], row.group(1)
+    checked += 1
     assert checked >= 12  # every numeric and boolean key of the table
+
+
+def test_command_interval_is_the_key_when_set_else_by_backend() -> None:
+    assert DaemonSettings(path="x").command_check(pushed=True) == COMMAND_CHECK_PUSHED
+    assert DaemonSettings(path="x").command_check(pushed=False) == COMMAND_CHECK_POLLED
+    settings = parse_daemon_section(Path("x.cfg"), {"package": "p", "config": "{}",
+                                                    "command_interval": "2"})
+    assert settings.command_check(pushed=True) == settings.command_check(pushed=False) == 2.0

@@ -189,7 +189,7 @@ def test_drain_keeps_sync_scripts_from_asking_and_undrain_lets_them() -> None:
     rig = Rig([spec("s", sync=True), spec("local")], n_proc=2)
     held_from_the_start(rig, [rig.link.hold(dbcontrol.DRAIN, "here")])
     assert rig.leases.asked == [] and rig.busy() == {1: "local"}
-    rig.at(1000.0 + rig.settings.command_interval)
+    rig.at(1000.0 + rig.master.controls.interval)
     assert rig.link.polls[-1][1]["draining"] is True  # reported to the fleet
     rig.link.answer([])  # undrained
     rig.turn()
@@ -202,7 +202,7 @@ def test_a_paused_script_is_not_started_and_runs_as_soon_as_it_is_resumed() -> N
     assert rig.busy() == {1: "q"}
     rig.at(1500.0)
     assert rig.busy() == {1: "q"}, "a paused script started"
-    rig.at(1500.0 + rig.settings.command_interval)
+    rig.at(1500.0 + rig.master.controls.interval)
     rig.link.answer([])  # resumed
     rig.turn()
     assert rig.busy() == {1: "q", 2: "p"}

@@ -6,6 +6,16 @@ import time
 from datetime import UTC, datetime
 from typing import Protocol
 
+# A periodic chore (heartbeat, command read, history sweep) may go out this share of its
+# interval early when the loop is awake anyway: chores whose moments are close then share
+# one wake-up instead of each waking the master on its own
+TIMER_SLACK = 0.2
+
+
+def slack_due(now: float, at: float, interval: float) -> bool:
+    """Whether a chore due ``at``, repeated every ``interval``, may go out at ``now``."""
+    return now >= at - TIMER_SLACK * interval
+
 
 class Clock(Protocol):
     def monotonic(self) -> float:

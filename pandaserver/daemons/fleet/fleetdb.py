@@ -36,12 +36,21 @@ from sqlalchemy.exc import SQLAlchemyError
 from pandaserver import __version__, exitcodes
 from pandaserver.config import PandaConfig
 from pandaserver.config.daemon import DaemonSettings
-from pandaserver.daemons.base.clock import Clock
+from pandaserver.daemons.base.clock import Clock, slack_due
 from pandaserver.daemons.base.runs import Run, RunRecord
 from pandaserver.daemons.fleet.failover import FailoverGate
 from pandaserver.daemons.fleet.history_keeper import HistoryKeeper
 from pandaserver.daemons.fleet.history_spool import Spool, spool_path
-from pandaserver.daemons.fleet.lanes import Completions, ConnectionTracker, Lane, Op
+from pandaserver.daemons.fleet.lanes import (
+    Chore,
+    Completions,
+    ConnectionTracker,
+    Lane,
+    Op,
+    Unavailable,
+    chores_call,
+)
+from pandaserver.daemons.fleet.listener import CommandListener
 from pandaserver.daemons.fleet.pruner import PruneSchedule
 from pandaserver.db import history as dbhistory
 from pandaserver.db.credentials import credentials_refused
@@ -66,10 +75,6 @@ IO_TIMEOUT = 4.0  # client side: a connection with no answer (tcp_user_timeout, 
 CALL_TIMEOUT = 5.0  # the master's own bound on a lease, renewal or heartbeat call
 HOUSE_TIMEOUT = 30.0  # a pruning step and replaying a backlog may take longer
 STARTUP_SCHEMA_TIMEOUT = 15.0  # a migration of SQLite at start may take a moment
-
-
-class Unavailable(Exception):
-    """A call not made: the database is known to be down (an outage began meanwhile)."""
 
 
 class FleetDb:
@@ -114,6 +119,10 @@ class FleetDb:
         tracker = ConnectionTracker(engine)
         self.lanes = {name: Lane(name, self.completions, tracker)
                       for name in ("lease", "renew", "house", "look")}
+        # PostgreSQL pushes the operators' commands to the fleet's masters (listener.py)
+        self.listener = (CommandListener(engine, probe_interval)
+                         if member and CommandListener.supported(engine) else None)
+        self.chores: list[Chore] = []  # house calls sent with the next tick's (``house``)
 
     # ----- the loop's side of the lanes ---------------------------------------------------
     def fileno(self) -> int:
@@ -192,6 +201,9 @@ class FleetDb:
         re-send the history the new server may lack."""
         if self.gate.notice(now):
             self.keeper.resend_recent(self.history_usable())
+            if self.listener is not None:  # it may still listen on the demoted server
+                self.listener.close()
+                self.listener.next_try = now  # listening again (and a read) on the next turn
 
     # ----- outage handling ----------------------------------------------------------------
     def usable(self, now: float) -> bool:
@@ -295,6 +307,8 @@ class FleetDb:
             for op in lane.drop_pending():
                 log.error("database %s not done at stop", op.what)
             lane.close()
+        if self.listener is not None:
+            self.listener.close()
         # what is not written in time is kept in the spool file and reported
         self.keeper.close(self.history_usable(), max(0.1, deadline - self.monotonic()))
         self.completions.close()
@@ -302,32 +316,62 @@ class FleetDb:
     # ----- periodic work: heartbeat and pruning --------------------------------------------
     def tick(self, now: float) -> float:
         """Write queued history, heartbeat and prune when due; returns when to be called next.
-        Never waits for the database: the calls run on the ``house`` lane."""
+        Never waits for the database: the calls run on the ``house`` lane. The heartbeat
+        goes out early when the loop is awake anyway within its slack (``slack_due``), so
+        that it shares a wake-up with the command read and the history sweep."""
         self.notice_failover(now)
         history_wake = self.keeper.tick(now, self.history_usable())
         house = self.lanes["house"]
         probe = self.down_since is not None and now >= self.next_probe  # back yet?
-        if (now >= self.next_beat or probe) and self.usable(now) and not house.busy:
-            self._beat()
-            self.next_beat = now + self.settings.heartbeat_interval
+        interval = self.settings.heartbeat_interval
+        chores, self.chores = self.chores, []
+        if ((slack_due(now, self.next_beat, interval) or probe) and self.usable(now)
+                and not house.busy):
+            chores.insert(0, self._beat())
+            self.next_beat = now + interval
+        sweep = self.keeper.sweep_due(now, self.history_usable())
+        if sweep is not None:  # due with the heartbeat (same interval and slack)
+            chores.append(Chore("sweep of dead masters' runs", sweep,
+                                lambda closed, error, late: self.keeper.swept(closed)))
+        if chores:
+            self.house(chores)
+        listener = self.listener
+        # not during an outage: the heartbeat probes; listening begins once it answers
+        if listener is not None and listener.wanted(now) and self.down_since is None:
+            listener.connecting = True
+            self._submit("house", "listen", listener.open,
+                         lambda raw, error, late: listener.opened(raw, error, late,
+                                                                  self.monotonic()))
         if self.pruner.due(now) and self.down_since is None and not house.busy:
             self._prune(now)
         wake = min(self.next_beat, history_wake)
+        if self.keeper.member and self.history_usable():
+            wake = min(wake, self.keeper.next_sweep)
         if self.down_since is None and not house.busy:  # else its end wakes the loop anyway
             wake = min(wake, self.pruner.next_at)
         if self.down_since is not None:
             wake = min(wake, self.next_probe)
+        if (listener is not None and listener.conn is None and not listener.connecting
+                and self.down_since is None):  # during an outage: its probe wakes the loop
+            wake = min(wake, listener.next_try)
         deadline = self.next_deadline()
         if deadline is not None:
             wake = min(wake, deadline)
         return max(wake, now + 0.001)
 
-    def _beat(self) -> None:
+    def _beat(self) -> Chore:
         digest = config_hash(self.settings.fingerprint())
         wall = self.wall() if self.wall is not None else None
-        self._submit("house", "heartbeat", lambda: self.beats.beat(
+        return Chore("heartbeat", lambda: self.beats.beat(
             self.server, self.pid, __version__, self.started_wall, digest, server_time=wall),
             lambda result, error, late: None)
+
+    def house(self, chores: list[Chore]) -> None:
+        """``chores`` as one call of the ``house`` lane: one wake-up of the lane and one
+        answer for all (a heartbeat, the sweep, the command read); each ``done`` as if
+        it had been a call of its own."""
+        self._submit("house", *chores_call(chores, lambda what, exc: self._failed(
+            what, exc, self.monotonic())))
 
     def _prune(self, now: float) -> None:
         """One step of a pruning pass (at most a batch of rows; pruner.py)."""

@@ -13,7 +13,8 @@ Used only from the master's loop (``FleetDb`` owns one); the writes themselves r
   while nothing is in flight) they are written.
 - Runs of dead masters are closed as ``lost``: at this master's start those of earlier
   masters of its server (``mark_lost``), and every heartbeat interval those of any master
-  with no heartbeat for ``LOST_AFTER_BEATS`` intervals (``close_abandoned``). A start under
+  with no heartbeat for ``LOST_AFTER_BEATS`` intervals (``close_abandoned``, sent by the
+  fleet in its heartbeat's call: ``sweep_due``). A start under
   a new lease generation closes the older generation's open run (``write_many``).
 - At stop, whatever is not written after ``close``'s wait is saved in the spool file and
   reported with its count; the next start replays it (``history_spool.py``).
@@ -36,6 +37,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from pandaserver import exitcodes
 from pandaserver.daemons.base import runs
+from pandaserver.daemons.base.clock import slack_due
 from pandaserver.daemons.fleet.history_spool import Spool
 from pandaserver.daemons.fleet.history_writer import HistoryWriter, Stamped, Written, is_outage
 from pandaserver.db import history as dbhistory
@@ -80,7 +82,6 @@ class HistoryKeeper:
         self.spool: Spool | None = None
         self.spooled: set[tuple[str, Any, Any]] = set()  # keys replayed, not yet written
         self.next_sweep = 0.0
-        self.sweep_job: int | None = None
         self.mark_lost_due = False
         self.next_resubmit = 0.0
         self.written = 0  # rows written since the start (for status)
@@ -157,20 +158,31 @@ class HistoryKeeper:
             self.writer.submit(call=lambda h: h.mark_lost(self.server, self.master_id, why),
                                what="runs of the previous master of this server")
         interval = self.heartbeat_interval()
-        if usable and self.member and now >= self.next_sweep:
-            if self.sweep_job not in self.writer.inflight:  # never two queued (a slow write)
-                stale = LOST_AFTER_BEATS * interval
-                self.sweep_job = self.writer.submit(
-                    call=lambda h: h.close_abandoned(stale, self.master_id),
-                    what=f"runs of masters silent for {stale:g} s")
-            self.next_sweep = now + interval
-        wake = min(self.next_sweep if self.member else now + interval,
-                   self.flush_at if self.flush_at is not None else now + interval)
+        # the sweep's time is the fleet's to wake for (``sweep_due``, sent with a heartbeat)
+        wake = self.flush_at if self.flush_at is not None else now + interval
         if self.writer.busy:  # look for the writer's answer soon (it needs no wake-up of ours)
             wake = min(wake, now + HISTORY_BATCH)
         if self.pending and usable:
             wake = min(wake, self.next_resubmit)
         return wake
+
+    def sweep_due(self, now: float, usable: bool) -> Callable[[], int] | None:
+        """The sweep of dead masters' open runs when it is due (then the next is set): one
+        statement, which the fleet sends with its heartbeat (one wake-up for both)."""
+        interval = self.heartbeat_interval()
+        if not (usable and self.member and slack_due(now, self.next_sweep, interval)):
+            return None
+        self.next_sweep = now + interval
+        stale = LOST_AFTER_BEATS * interval
+        history, master_id = self.history, self.master_id
+        return lambda: history.close_abandoned(stale, master_id)
+
+    def swept(self, closed: int | None) -> None:
+        """The sweep's answer (None: it failed; the fleet said why)."""
+        if closed:
+            stale = LOST_AFTER_BEATS * self.heartbeat_interval()
+            log.info("closed %d open run(s) as lost: runs of masters silent for %g s", closed,
+                     stale)
 
     def flush(self, usable: bool) -> None:
         """Hand the queued writes to the writer thread (or keep them, during an outage)."""

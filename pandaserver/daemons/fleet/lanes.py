@@ -51,6 +51,61 @@ class Op:
     error: BaseException | None = None
 
 
+class Unavailable(Exception):
+    """A call not made: the database is known to be down (an outage began meanwhile)."""
+
+
+@dataclass(eq=False)
+class Chore:
+    """One of several calls sent as one op (``run_chores``): ``done`` as an ``Op``'s."""
+
+    what: str
+    run: Callable[[], Any]
+    done: Callable[[Any, BaseException | None, bool], None]
+
+
+def run_chores(chores: list[Chore]) -> list[tuple[Any, BaseException | None]]:
+    """On a lane thread: each chore in turn, one wake-up of the lane (and of the loop, for
+    the answer) for all. After a failure the rest are not tried (the database is likely
+    down: each would wait out its own timeout); they fail as ``Unavailable``."""
+    results: list[tuple[Any, BaseException | None]] = []
+    failed: str | None = None
+    for chore in chores:
+        if failed is not None:
+            results.append((None, Unavailable(f"{chore.what}: not tried after {failed} failed")))
+            continue
+        try:
+            results.append((chore.run(), None))
+        except Exception as exc:  # reported to the loop, which decides
+            results.append((None, exc))
+            failed = chore.what
+    return results
+
+
+Done = Callable[[Any, BaseException | None, bool], None]
+
+
+def chores_call(chores: list[Chore], failed: Callable[[str, BaseException], None]
+                ) -> tuple[str, Callable[[], Any], Done]:
+    """(what, run, done) of one op that runs ``chores`` (``run_chores``) and answers each
+    as if it had been an op of its own; ``failed(what, error)`` is told of each failure
+    first (the caller's outage handling)."""
+    if len(chores) == 1:
+        return chores[0].what, chores[0].run, chores[0].done
+
+    def done(results: Any, error: BaseException | None, late: bool) -> None:
+        if error is not None or results is None:  # the op as a whole (its deadline)
+            for chore in chores:
+                chore.done(None, error, late)
+            return
+        for chore, (result, error_of) in zip(chores, results, strict=True):
+            if error_of is not None and not late:
+                failed(chore.what, error_of)
+            chore.done(result, error_of, late)
+
+    return " + ".join(c.what for c in chores), lambda: run_chores(chores), done
+
+
 class Completions:
     """Where lane threads post finished ops; ``fileno`` is readable while any wait."""
 

@@ -1,10 +1,19 @@
 """The master's side of the operators' commands, and its crash-loop back-off.
 
-Every ``[daemon] command_interval`` seconds (default 2) the master polls the shared
-database on its ``house`` lane, never on its loop (``ControlStore.poll``): it writes when it
-acted on the commands seen at the last poll, reports its state (draining, crash-looping
-scripts) and reads the pauses and drains in force and the new commands meant for it. The
-answer is applied on the loop thread:
+The master reads the shared database on its ``house`` lane, never on its loop
+(``ControlStore.poll``): it writes when it acted on the commands seen at the last read,
+reports its state (draining, crash-looping scripts) and reads the pauses and drains in
+force and the new commands meant for it. It reads:
+
+- at once when PostgreSQL notifies it (a command was recorded) or its listening connection
+  is new (a notification may have been lost meanwhile): ``ControlLink.woken``;
+- at once when it has something to say: the acknowledgements of what it just did, a change
+  of its reported state;
+- else every ``command_interval`` seconds (``DaemonSettings.command_check``: 60 s beside
+  PostgreSQL's notifications, a safety net; 30 s where the read is the only way, MySQL/MariaDB
+  and SQLite), early by up to the timer slack when the loop is awake anyway (a heartbeat).
+
+The answer is applied on the loop thread:
 
 - pause / resume: the set of paused scripts is the database's (``daemon_hold``); a paused
   script is not started here, a run in progress finishes;
@@ -30,8 +39,9 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from pandaserver.config.daemon import DaemonSettings
-from pandaserver.daemons.base.clock import Clock
+from pandaserver.daemons.base.clock import Clock, slack_due
 from pandaserver.daemons.fleet.fleetdb import FleetDb
+from pandaserver.daemons.fleet.lanes import Chore
 from pandaserver.daemons.master import crashloop
 from pandaserver.daemons.master.schedule import ScriptState
 from pandaserver.db import operator_commands as dbcontrol
@@ -48,8 +58,16 @@ class ControlLink(Protocol):
     def ready(self, now: float) -> bool:
         """Whether a poll may be sent now (the database is up, its lane free)."""
 
+    @property
+    def pushed(self) -> bool:
+        """Whether the database notifies this master of new commands."""
+
+    def woken(self) -> bool:
+        """Whether the commands should be read now (a notification since the last call)."""
+
     def poll(self, server: str, pid: int, after: int | None, acks: list[tuple[int, str]],
-             state: dict[str, Any], done: Done) -> None: ...
+             state: dict[str, Any] | None, done: Done) -> None:
+        """Write ``acks`` and ``state`` (None: unchanged), read holds and commands."""
 
     def claim(self, command_id: int, server: str, lease: str | None, done: Done) -> None: ...
 
@@ -64,11 +82,19 @@ class FleetControl:
     def ready(self, now: float) -> bool:
         return self.fleet.usable(now) and not self.fleet.lanes["house"].busy
 
+    @property
+    def pushed(self) -> bool:
+        return self.fleet.listener is not None
+
+    def woken(self) -> bool:
+        return self.fleet.listener is not None and self.fleet.listener.take_wake()
+
     def poll(self, server: str, pid: int, after: int | None, acks: list[tuple[int, str]],
-             state: dict[str, Any], done: Done) -> None:
+             state: dict[str, Any] | None, done: Done) -> None:
         store = self.store
-        self.fleet._submit("house", "operator commands",
-                           lambda: store.poll(server, pid, after, acks, state), done)
+        # sent by the fleet's tick of this turn, with its heartbeat when that is due
+        self.fleet.chores.append(Chore("operator commands",
+                                       lambda: store.poll(server, pid, after, acks, state), done))
 
     def claim(self, command_id: int, server: str, lease: str | None, done: Done) -> None:
         store = self.store
@@ -116,6 +142,9 @@ class Controls:
         self.control_acks: list[tuple[int, str]] = []
         self.next_poll = 0.0
         self.polling = False
+        self.read_soon = False  # something to say, or a notification: read at once
+        self.reported: dict[str, Any] | None = None  # the state last sent
+        self.stored: dict[str, Any] | None = None  # the state the database has
 
     def connect(self, scripts: Scripts, workers: Workers) -> None:
         self.scripts = scripts
@@ -155,25 +184,43 @@ class Controls:
                   "; it is crash-looping" if record.looping else "")
 
     # ----- the poll ------------------------------------------------------------------------
+    @property
+    def interval(self) -> float:
+        """Seconds between two reads when nothing asks for one sooner."""
+        return self.settings().command_check(self.link is not None and self.link.pushed)
+
     def tick(self, now: float) -> float | None:
-        """Poll when due; returns when to be called again (a back-off ending included)."""
+        """Read when due; returns when to be called again (a back-off ending included):
+        the next read or back-off end, never a shorter tick."""
         until = self.crashes.next_event(now)
         if self.link is None:
             return until
         link = self.link
-        if now >= self.next_poll and not self.polling and link.ready(now):
+        report = self._report()
+        if link.woken() or report != self.reported:
+            self.read_soon = True
+        interval = self.interval
+        due = self.read_soon or slack_due(now, self.next_poll, interval)
+        if due and not self.polling and link.ready(now):
             self.polling = True
-            self.next_poll = now + self.settings().command_interval
+            self.read_soon = False
+            self.reported = report
+            self.next_poll = now + interval
             acks, self.control_acks = self.control_acks, []
+            state = report if report != self.stored else None  # written when it changed
 
             def done(result: Any, error: BaseException | None, late: bool) -> None:
                 self.polling = False
                 if error is not None or result is None:
                     self.control_acks = acks + self.control_acks  # written at the next poll
                     return
+                if state is not None:
+                    self.stored = state
                 self.apply_poll(result, self.clock.monotonic())
 
-            link.poll(self.server, os.getpid(), self.control_after, acks, self._report(), done)
+            link.poll(self.server, os.getpid(), self.control_after, acks, state, done)
+        # a read wanted soon but not sent (the lane is busy, the database down) waits for the
+        # lane's answer or the outage's probe, which wake the loop anyway
         poll = self.next_poll if not self.polling else math.inf
         return poll if until is None else min(until, poll)
 
@@ -203,6 +250,8 @@ class Controls:
             except Exception:  # a bad row must never end the master's loop
                 log.exception("operator command %d (%s) failed", command.id, command.verb)
                 self.control_acks.append((command.id, "failed: see the master's log"))
+        if self.control_acks:  # said at once, not at the next read
+            self.read_soon = True
 
     def _act(self, command: dbcontrol.Command, now: float) -> None:
         scripts, workers = self._parts()
@@ -244,6 +293,7 @@ class Controls:
         lease = name if state is not None and state.spec.sync else None
 
         def done(holder: Any, error: BaseException | None, late: bool) -> None:
+            self.read_soon = True  # the acknowledgement below is written at once
             if error is not None or late:
                 self.control_acks.append((command.id, "not taken: the database failed"))
                 return

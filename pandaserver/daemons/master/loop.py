@@ -9,8 +9,12 @@
 - ``reload.py``: a re-read configuration applied to the other three.
 
 ``Master`` builds them, sleeps in a single wait over worker pipes, worker pidfds, the
-database's completions and a signal self-pipe until the earliest event any of them names,
-and handles signals, reload and stop. Signal handlers only record; the loop acts.
+database's completions, the PostgreSQL connection that listens for operator commands and a
+signal self-pipe until the earliest event any of them names, and handles signals, reload
+and stop. With nothing due it sleeps until the earliest real deadline: every timer
+(heartbeat, command read, history sweep, status file) names the moment it has work, and
+periodic chores close to each other share a wake-up (``slack_due`` in the clock module).
+Signal handlers only record; the loop acts.
 
 ``python -m pandaserver.daemons.master`` (its ``__main__``) is the same as ``panda-daemon``.
 """
@@ -122,13 +126,15 @@ class Master:
         self._reload_again = False
         self._reloaded: queue.SimpleQueue[DaemonSettings | BaseException] = queue.SimpleQueue()
         self._selector = selectors.DefaultSelector()
-        self.extra_events: list[Callable[[float], float | None]] = [self.containment.tick]
+        # the controls' command read before the fleet's tick: the tick sends it, with the
+        # heartbeat when that is due too (one database call, one wake-up)
+        self.extra_events: list[Callable[[float], float | None]] = [self.containment.tick,
+                                                                    self.controls.tick]
         if fleet is not None:
             if only is not None:  # run-once is not a fleet member: no heartbeat row
                 fleet.next_beat = math.inf
             self.extra_events.append(fleet.tick)
-        self.extra_events += [self.pool.recycle_next, self.dispatcher.release_held,
-                              self.controls.tick]
+        self.extra_events += [self.pool.recycle_next, self.dispatcher.release_held]
         self.started = self.clock.monotonic()
         self.exit_reason = ""  # why run() returns a failure status, for the pid file
         self.status = StatusFile(status_file) if status_file is not None else None
@@ -239,6 +245,10 @@ class Master:
         fds: dict[int, tuple[str, Slot | None]] = {self._wakeup_r: ("signal", None)}
         if self.fleet is not None:
             fds[self.fleet.fileno()] = ("db", None)
+            listener = self.fleet.listener
+            if listener is not None and (fd := listener.fileno()) is not None:
+                # by generation: a new connection may reuse the descriptor's number
+                fds[fd] = (f"notify {listener.generation}", None)
         for slot in self.pool.slots.values():
             fds[slot.proc.pidfd] = ("exit", slot)
             if slot.conn_open:
@@ -269,6 +279,9 @@ class Master:
                 self._drain_wakeup()
             elif kind == "db" and self.fleet is not None:
                 self.fleet.collect()
+            elif kind.startswith("notify") and self.fleet is not None:
+                if self.fleet.listener is not None:  # the commands are read on this turn
+                    self.fleet.listener.read(self.clock.monotonic())
             elif kind == "message" and slot is not None and slot.conn_open:
                 self.pool.read_messages(slot)
             elif kind == "exit" and slot is not None:
