@@ -46,6 +46,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import (
+    BigInteger,
     Connection,
     Engine,
     Float,
@@ -178,7 +179,8 @@ class LeaseStore:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def try_acquire(
-        self, name: str, server: str, pid: int, period: float, ttl: float
+        self, name: str, server: str, pid: int, period: float, ttl: float,
+        finished: int | None = None,
     ) -> LeaseResult:
         """Take the lease if it is due and not held; when not, count the refusal.
 
@@ -191,6 +193,12 @@ class LeaseStore:
         ``contended`` and records this server and the time; its answer (holder, wait)
         comes from the row as the refusal left it. One statement on PostgreSQL, two on
         SQLite, the upsert and its read-back on MySQL.
+
+        ``finished``: a generation of this lease that this very holder (``server`` and
+        ``pid``) ran and finished but has not released yet (a deferred release, see
+        daemons/fleet/dbleases.py): while it is still the current one, the lease counts as
+        not held, so the grant is also its release, in the same statement. Never another
+        holder's: the row must still name this server and pid.
         """
         _check_name(name)
         for what, value in (("period", period), ("ttl", ttl)):
@@ -213,13 +221,18 @@ class LeaseStore:
         next_due = case((t.c.next_due <= now, next_due_after(t.c.next_due, p_period, tolerance)),
                         else_=db_now_plus(p_period))
         period_passed = seconds_between(now, t.c.acquired_at) >= p_period
+        # released by this very grant: this holder's own finished generation (NULL: none)
+        own_finished = and_(t.c.generation == bindparam("lease_finished", type_=BigInteger()),
+                            t.c.owner_server == p_server,
+                            t.c.owner_pid == bindparam("lease_pid", type_=t.c.owner_pid.type))
         due = and_(or_(t.c.next_due <= now, period_passed),
-                   or_(t.c.expires_at.is_(None), t.c.expires_at <= now))
+                   or_(t.c.expires_at.is_(None), t.c.expires_at <= now, own_finished))
         refused = {"contended": t.c.contended + 1, "contended_by": p_server,
                    "contended_at": now}
         params = {"lease_name": name, "lease_server": server, "lease_pid": pid,
                   "lease_period": float(period), "lease_ttl": float(ttl),
-                  "lease_tolerance": due_tolerance(float(period))}
+                  "lease_tolerance": due_tolerance(float(period)),
+                  "lease_finished": finished}
 
         def attempt(conn: Connection) -> LeaseResult:
             granted, row = upsert_or_else(
@@ -259,6 +272,20 @@ class LeaseStore:
             .values(expires_at=None, updated_at=db_now_expr())
         )
         return self._run(lambda conn: conn.execute(stmt).rowcount == 1)
+
+    def release_many(self, leases: list[tuple[str, int]]) -> int:
+        """``release`` each (name, generation) in one statement; how many were released
+        (a stale generation changes nothing and is not counted)."""
+        if not leases:
+            return 0
+        t = daemon_lease
+        stmt = (
+            update(t)
+            .where(or_(*(and_(t.c.name == name, t.c.generation == generation)
+                         for name, generation in leases)))
+            .values(expires_at=None, updated_at=db_now_expr())
+        )
+        return self._run(lambda conn: max(0, conn.execute(stmt).rowcount))
 
     def renew(self, name: str, generation: int, extend: float) -> bool:
         """Push ``expires_at`` to now + ``extend`` while the lease is still this generation's.

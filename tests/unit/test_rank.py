@@ -76,9 +76,20 @@ class FakeFleet:
     calls: list[tuple[str, str, Any]] = field(default_factory=list)
     leases: Any = field(default_factory=lambda: SimpleNamespace(list_leases=lambda: []))
     beats: Any = field(default_factory=lambda: SimpleNamespace(list_servers=lambda: []))
+    pid: int = 1
+    probe_interval: float = 2.0
+    at_close: list[Any] = field(default_factory=list)
+    failed_releases: list[tuple[str, int]] = field(default_factory=list)
+    released: list[tuple[str, int | None]] = field(default_factory=list)  # at once
 
     def monotonic(self) -> float:
         return self.clock
+
+    def usable(self, now: float) -> bool:
+        return self.down_since is None
+
+    def release(self, name: str, generation: int | None) -> None:
+        self.released.append((name, generation))
 
     def _submit(self, lane: str, what: str, operation: Any, done: Any,
                 timeout: float | None = None) -> None:

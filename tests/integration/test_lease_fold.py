@@ -1,0 +1,77 @@
+"""A finished lease released by its holder's next grant statement (``finished`` in
+``LeaseStore.try_acquire``) and by one batched release (``release_many``), on every backend;
+a holder that never comes back to release (it crashed) blocks nobody past the lease's
+expiry."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from sqlalchemy import Engine
+
+from pandaserver.db.leases import LeaseStore
+
+
+@pytest.fixture
+def store(db_engine: Engine) -> LeaseStore:
+    return LeaseStore(db_engine)
+
+
+def wait_due(store: LeaseStore, name: str) -> None:
+    row = store.get(name)
+    assert row is not None
+    time.sleep(max(0.0, row.due_in) + 0.01)  # the database's due time, then a hair
+
+
+def test_the_holders_next_grant_releases_its_finished_generation(store: LeaseStore) -> None:
+    first = store.try_acquire("fold", "srv-a", 11, period=0.3, ttl=60)
+    assert first.granted and first.generation is not None
+    wait_due(store, "fold")
+    # still held (no release was sent): without naming it, the holder is refused too
+    assert not store.try_acquire("fold", "srv-a", 11, period=0.3, ttl=60).granted
+    again = store.try_acquire("fold", "srv-a", 11, period=0.3, ttl=60,
+                              finished=first.generation)
+    assert again.granted and again.generation == first.generation + 1
+    row = store.get("fold")
+    assert row is not None and row.held and row.generation == again.generation
+
+
+def test_a_finished_generation_frees_only_its_own_holders_lease(store: LeaseStore) -> None:
+    first = store.try_acquire("own", "srv-a", 11, period=0.3, ttl=60)
+    assert first.generation is not None
+    wait_due(store, "own")
+    for server, pid, generation in (("srv-b", 11, first.generation),  # another server
+                                    ("srv-a", 12, first.generation),  # another master
+                                    ("srv-a", 11, first.generation - 1)):  # an older one
+        assert not store.try_acquire("own", server, pid, period=0.3, ttl=60,
+                                     finished=generation).granted
+    row = store.get("own")
+    assert row is not None and row.generation == first.generation and row.held
+
+
+def test_one_statement_releases_several_and_skips_a_stale_generation(
+        store: LeaseStore) -> None:
+    a = store.try_acquire("a", "srv-a", 1, period=60, ttl=60)
+    b = store.try_acquire("b", "srv-a", 1, period=60, ttl=60)
+    assert a.generation is not None and b.generation is not None
+    assert store.release_many([("a", a.generation), ("b", b.generation + 5)]) == 1
+    row_a, row_b = store.get("a"), store.get("b")
+    assert row_a is not None and not row_a.held and row_a.next_due == a.next_due
+    assert row_b is not None and row_b.held
+
+
+def test_a_crashed_holders_unreleased_lease_is_taken_at_its_expiry(store: LeaseStore) -> None:
+    """The holder finished its run, deferred the release and died: the lease is taken
+    once it expires (the lease's time to live after the grant, as for a holder that died
+    during its run), not later."""
+    first = store.try_acquire("crash", "srv-a", 1, period=0.2, ttl=1.5)
+    assert first.granted and first.expires is not None
+    wait_due(store, "crash")
+    refused = store.try_acquire("crash", "srv-b", 2, period=0.2, ttl=1.5)
+    assert not refused.granted and refused.holder == "srv-a"
+    row = store.get("crash")
+    assert row is not None and row.expires_in is not None
+    time.sleep(row.expires_in + 0.05)
+    taken = store.try_acquire("crash", "srv-b", 2, period=0.2, ttl=1.5)
+    assert taken.granted and taken.generation == first.generation + 1
