@@ -293,6 +293,8 @@ class HistoryStore:
         generation are closed as ``lost`` (their lease was taken over). Keyed writes are
         idempotent (see ``runwrites``); unkeyed ``RunRecord``s are inserted as they are and
         ``RunEnd``s update their row by id. Returns how many runs were closed as lost.
+        The runs the batch ended are added to the run counters (``runcounts.py``) in the
+        same transaction (a real one, even on the master's autocommit engine).
         A write that met a dropped connection is retried once on a fresh one.
         """
         finals: list[dict[str, Any]] = []
@@ -322,7 +324,8 @@ class HistoryStore:
             for end in by_id:
                 conn.execute(_end_stmt(end.run_id, end.outcome, end.error, end.ended_ago))
             lost = runwrites.close_taken_over(conn, grants)
-            runcounts.count_ended(conn)  # the runs this batch ended, counted with it
+            if finals or plain or by_id or lost:  # the runs this batch ended, counted with it
+                runcounts.count_ended(conn)
             return lost
 
         return self._transaction(body)
