@@ -93,6 +93,9 @@ class LeaseResult:
     next_due: datetime | None
     expires: datetime | None
     due_in: float | None = None
+    # refused: the lease is held past its due time (an overrun, or a finished run whose
+    # holder has not released it yet: daemons/fleet/dbleases.py)
+    held_past_due: bool = False
 
 
 @dataclass(frozen=True)
@@ -384,7 +387,7 @@ def _losing(row: Row[Any], period: float) -> LeaseResult:
     live = expires_in is not None and expires_in > 0
     wait = max(0.0, due_in, expires_in or 0.0)
     return LeaseResult(False, None, wait, row.owner_server if live else None, row.next_due,
-                       row.expires_at)
+                       row.expires_at, held_past_due=live and due_in <= 0)
 
 
 def _select_rows() -> Any:

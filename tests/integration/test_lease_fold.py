@@ -67,9 +67,12 @@ def test_a_crashed_holders_unreleased_lease_is_taken_at_its_expiry(store: LeaseS
     during its run), not later."""
     first = store.try_acquire("crash", "srv-a", 1, period=0.2, ttl=1.5)
     assert first.granted and first.expires is not None
+    early = store.try_acquire("crash", "srv-b", 2, period=60, ttl=1.5)
+    assert not early.granted and not early.held_past_due  # not due yet
     wait_due(store, "crash")
     refused = store.try_acquire("crash", "srv-b", 2, period=0.2, ttl=1.5)
     assert not refused.granted and refused.holder == "srv-a"
+    assert refused.held_past_due  # the refused server asks again soon (dbleases.py)
     row = store.get("crash")
     assert row is not None and row.expires_in is not None
     time.sleep(row.expires_in + 0.05)

@@ -60,7 +60,7 @@ def test_a_refused_grant_releases_the_finished_lease_at_once() -> None:
     fleet.clock = 40.0
     gate.acquire(spec, fleet.clock, lambda decision: None)
     fleet.answer("lease", SimpleNamespace(granted=False, generation=None, wait=1.0,
-                                          holder="srv01", due_in=None))
+                                          holder="srv01", due_in=None, held_past_due=False))
     assert fleet.released == [(spec.name, 7)] and gate.folded == 0
 
 
@@ -124,3 +124,27 @@ def test_while_the_database_is_down_a_release_waits_with_the_failed_ones() -> No
     fleet.down_since = 35.0
     gate.send_releases(45.0)
     assert fleet.failed_releases == [(spec.name, 7)] and not fleet.calls
+
+
+def test_a_refusal_past_due_asks_again_soon_once() -> None:
+    """Another server (a rank disagreement, this one draining) finds the lease held past its
+    due time: maybe a deferred release, sent within half of rank 1's fallback offset. It
+    asks again one offset later, not at the lease's expiry; a second refusal is an
+    overrun and waits as the database says."""
+    gate, fleet = gate_with(["srv01"])
+    spec = script_ranked(gate, 0)
+    offset = fallback_offset(1, spec.period)
+
+    def refused(past_due: bool, holder: str = "srv01") -> float:
+        replies: list[LeaseDecision] = []
+        gate.acquire(spec, fleet.clock, replies.append)
+        fleet.answer("lease", SimpleNamespace(granted=False, generation=None, wait=25.0,
+                                              holder=holder, due_in=None,
+                                              held_past_due=past_due))
+        return replies[0].wait
+
+    assert refused(True) == offset
+    assert refused(True) == 25.0  # still held: an overrun
+    assert refused(False) == 25.0  # a new period
+    assert refused(True, holder=fleet.server) == 25.0  # our own lease: no release to wait for
+    assert refused(True) == offset

@@ -112,6 +112,7 @@ class DbLeases:
         self._granted: dict[str, Granted] = {}  # the leases this master holds, by name
         self.finished: dict[str, tuple[int, float]] = {}  # name -> (generation, release by)
         self.folded = 0  # releases made by a grant statement (status, tests, benchmarks)
+        self._looked_again: set[str] = set()  # refused past due: asked again soon, once
         fleet.at_close.append(lambda: self.send_releases(fleet.monotonic(), everything=True))
 
     @property
@@ -242,8 +243,8 @@ class DbLeases:
                 # a server we did not know of: read the list again soon
                 self._next_servers = min(self._next_servers, self._servers_sent + SETTLE)
             reply(LeaseDecision(granted=result.granted, generation=result.generation,
-                                wait=result.wait, holder=result.holder, sent=sent,
-                                due_in=result.due_in))
+                                wait=self._wait(spec, result), holder=result.holder,
+                                sent=sent, due_in=result.due_in))
 
         fleet._submit("lease", "lease", lambda: fleet.leases.try_acquire(
             name, fleet.server, fleet.pid, spec.period, ttl, finished), done)
@@ -267,6 +268,20 @@ class DbLeases:
 
         self.fleet._submit("renew", "lease renewal",
                            lambda: self.fleet.leases.renew_many(list(held), ttl), done)
+
+    def _wait(self, spec: DaemonSpec, result: Any) -> float:
+        """How long a refused asker waits. A lease held past its due time may be a finished
+        run whose holder defers its release (below) and sends it within half of rank 1's
+        fallback offset: so the first such refusal asks again one offset later, not at the
+        lease's expiry; a second one is an overrun, and waits as the database says."""
+        name = spec.name
+        if result.granted or not result.held_past_due:
+            self._looked_again.discard(name)
+            return float(result.wait)
+        if name in self._looked_again or result.holder == self.fleet.server:
+            return float(result.wait)
+        self._looked_again.add(name)
+        return min(float(result.wait), max(rank.fallback_offset(1, spec.period), POLL))
 
     # ----- releases: deferred, and folded into the next grant ---------------------------------
     def release(self, name: str, generation: int | None) -> None:
