@@ -19,21 +19,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import (
     Connection,
     Engine,
+    case,
     insert,
+    or_,
     select,
     update,
 )
 from sqlalchemy.exc import DBAPIError
 
 from pandaserver.config.secrets import redact
-from pandaserver.db import pruning, runwrites
+from pandaserver.db import pruning, runcounts, runwrites
 from pandaserver.db.servertime import db_now_expr, db_now_plus
 from pandaserver.db.tables import daemon_run
 
@@ -139,6 +141,8 @@ class RunRow:
     master_id: str | None = None
     master_pid: int | None = None
     run_id: int | None = None
+    # 1 while the ended run waits to be counted (runcounts.py); not shown anywhere
+    tally: int = field(default=0, repr=False, compare=False)
 
     def __post_init__(self) -> None:  # a row written raw by an older version
         _redact_error(self)
@@ -151,6 +155,12 @@ class RunRow:
 
 
 PendingItem = RunStart | RunRecord | RunEnd
+
+
+def _transaction_level(engine: Engine) -> str:
+    """Read committed where the database has it (MySQL's default, repeatable read, takes
+    gap locks that make concurrent writers deadlock); SQLite has one writer anyway."""
+    return "SERIALIZABLE" if engine.dialect.name == "sqlite" else "READ COMMITTED"
 T = TypeVar("T")
 
 
@@ -184,9 +194,16 @@ def _clip(error: str | None) -> str | None:
 
 
 def _end_stmt(run_id: int, outcome: str, error: str | None, ended_ago: float) -> Any:
-    return (update(daemon_run)
-            .where(daemon_run.c.id == run_id)
-            .values(ended_at=db_now_plus(-ended_ago), outcome=outcome, error=_clip(error)))
+    """End a run by id; it is counted (``tally``) only if this ends it (a re-sent end
+    of an ended run changes no counter). ``tally`` before ``outcome``: MySQL assigns in
+    order, and the test must see the old outcome."""
+    r = daemon_run
+    ends = or_(r.c.outcome == RUNNING, r.c.outcome == LOST)
+    return (update(r)
+            .where(r.c.id == run_id)
+            .ordered_values((r.c.tally, case((ends, 1), else_=r.c.tally)),
+                            (r.c.ended_at, db_now_plus(-ended_ago)),
+                            (r.c.error, _clip(error)), (r.c.outcome, outcome)))
 
 
 def _start_params(item: RunStart) -> dict[str, Any]:
@@ -220,6 +237,9 @@ class HistoryStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # writes that end runs run in a real transaction (the master's engine autocommits
+        # each statement otherwise): the rows and their counts commit together
+        self._tx = engine.execution_options(isolation_level=_transaction_level(engine))
 
     def record_start(
         self,
@@ -247,13 +267,16 @@ class HistoryStore:
         """Close a run; False when no such run exists (it may have been pruned)."""
         _check_outcome(outcome, END_OUTCOMES)
         _check_seconds("ended_ago", ended_ago)
-        with self.engine.begin() as conn:
-            return conn.execute(_end_stmt(run_id, outcome, error, ended_ago)).rowcount == 1
+        with self._tx.begin() as conn:
+            ended = conn.execute(_end_stmt(run_id, outcome, error, ended_ago)).rowcount == 1
+            runcounts.count_ended(conn)
+            return ended
 
     def record(self, run: RunRecord) -> int:
         """Insert a whole run (see ``RunRecord``); returns its id."""
-        with self.engine.begin() as conn:
+        with self._tx.begin() as conn:
             key = conn.execute(self._insert(run)).inserted_primary_key
+            runcounts.count_ended(conn)
         if key is None:  # pragma: no cover
             raise RuntimeError("the database did not report the new run's id")
         return int(key[0])
@@ -270,6 +293,8 @@ class HistoryStore:
         generation are closed as ``lost`` (their lease was taken over). Keyed writes are
         idempotent (see ``runwrites``); unkeyed ``RunRecord``s are inserted as they are and
         ``RunEnd``s update their row by id. Returns how many runs were closed as lost.
+        The runs the batch ended are added to the run counters (``runcounts.py``) in the
+        same transaction (a real one, even on the master's autocommit engine).
         A write that met a dropped connection is retried once on a fresh one.
         """
         finals: list[dict[str, Any]] = []
@@ -298,14 +323,17 @@ class HistoryStore:
             runwrites.insert_absent(conn, starts)
             for end in by_id:
                 conn.execute(_end_stmt(end.run_id, end.outcome, end.error, end.ended_ago))
-            return runwrites.close_taken_over(conn, grants)
+            lost = runwrites.close_taken_over(conn, grants)
+            if finals or plain or by_id or lost:  # the runs this batch ended, counted with it
+                runcounts.count_ended(conn)
+            return lost
 
         return self._transaction(body)
 
     def _transaction(self, body: Callable[[Connection], T]) -> T:
         for attempt in (1, 2):
             try:
-                with self.engine.begin() as conn:
+                with self._tx.begin() as conn:
                     return body(conn)
             except DBAPIError as exc:
                 if attempt == 2 or not exc.connection_invalidated:
@@ -325,7 +353,7 @@ class HistoryStore:
             started_at=db_now_plus(-(run.ended_ago + run.duration)),
             ended_at=db_now_plus(-run.ended_ago),
             outcome=run.outcome, error=_clip(run.error),
-            master_id=run.master_id, master_pid=run.master_pid, run_id=run.run_id,
+            master_id=run.master_id, master_pid=run.master_pid, run_id=run.run_id, tally=1,
         )
         return stmt
 
@@ -362,8 +390,11 @@ class HistoryStore:
         return self._closed(runwrites.lost_of_lease(script, generation, why))
 
     def _closed(self, stmt: Any) -> int:
-        with self.engine.begin() as conn:
-            return max(0, conn.execute(stmt).rowcount)
+        with self._tx.begin() as conn:
+            closed = max(0, conn.execute(stmt).rowcount)
+            if closed:
+                runcounts.count_ended(conn)
+            return closed
 
     def prune(self, older_than_days: float | None = None, rows: int = 0,
               batch: int = pruning.BATCH_ROWS) -> int:

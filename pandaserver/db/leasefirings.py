@@ -23,7 +23,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Float, Row, and_, bindparam, or_
+from sqlalchemy import BigInteger, Connection, Float, Row, and_, bindparam, or_
 
 from pandaserver.db.servertime import UtcDateTime, db_now_expr, db_now_plus
 from pandaserver.db.tables import daemon_lease
@@ -31,6 +31,19 @@ from pandaserver.db.upsert import conditional_upsert, upsert_or_else
 
 RETURNED = ("generation", "owner_server", "next_due", "expires_at", "acquired_at",
             "contended_at", "firing")
+
+
+def finished_by_holder(p_server: Any) -> Any:
+    """A grant's term: the lease is still held under ``:lease_finished``, a generation this
+    very holder ran and finished (a deferred release: daemons/fleet/dbleases.py), so the
+    grant may take it. The row must name this server and pid, and this master process's
+    token when one is given (after a failover another server may hold that generation)."""
+    t = daemon_lease
+    p_token = bindparam("lease_token", type_=t.c.owner_token.type)
+    return and_(t.c.generation == bindparam("lease_finished", type_=BigInteger()),
+                t.c.owner_server == p_server,
+                t.c.owner_pid == bindparam("lease_pid", type_=t.c.owner_pid.type),
+                or_(p_token.is_(None), t.c.owner_token == p_token))
 
 
 class FiringGrants:
@@ -44,7 +57,8 @@ class FiringGrants:
 
     def attempt(self, conn: Connection, name: str, server: str, pid: int, period: float,
                 ttl: float, firing: datetime, next_firing: datetime,
-                token: str | None = None) -> tuple[bool, Row[Any] | None]:
+                token: str | None = None, finished: int | None = None
+                ) -> tuple[bool, Row[Any] | None]:
         """Grant ``name``'s lease for ``firing`` if the rule allows, else count the
         refusal; (granted, the row's ``RETURNED`` columns as the statement left it)."""
         t = daemon_lease
@@ -64,7 +78,8 @@ class FiringGrants:
             "updated_at": now,
         }
         params = {"lease_name": name, "lease_server": server, "lease_pid": pid,
-                  "lease_token": token, "lease_period": float(period), "lease_ttl": float(ttl),
+                  "lease_token": token, "lease_finished": finished,
+                  "lease_period": float(period), "lease_ttl": float(ttl),
                   "lease_firing": firing, "lease_next": next_firing}
         if name not in self._seeded:  # the row first: the grant below is never an insert
             conditional_upsert(
@@ -75,7 +90,8 @@ class FiringGrants:
                 returning=[t.c.name], params=params, cache=self._seed_statements)
             self._seeded.add(name)
         due = and_(t.c.firing.is_not(None), t.c.firing < p_firing, p_firing <= now,
-                   now < p_next, or_(t.c.expires_at.is_(None), t.c.expires_at <= now))
+                   now < p_next, or_(t.c.expires_at.is_(None), t.c.expires_at <= now,
+                                     finished_by_holder(p_server)))
         return upsert_or_else(
             conn, t,
             {"name": key, "generation": 1, **owner, "next_due": p_next, "contended": 0,

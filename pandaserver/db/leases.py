@@ -67,7 +67,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError
 
-from pandaserver.db.leasefirings import FiringGrants, refusal_wait
+from pandaserver.db.leasefirings import FiringGrants, finished_by_holder, refusal_wait
 from pandaserver.db.servertime import (
     db_now_expr,
     db_now_plus,
@@ -104,6 +104,9 @@ class LeaseResult:
     # a cron lease: the latest firing served (as the answer left the row), the database's now
     firing: datetime | None = None
     db_now: datetime | None = None
+    # refused: the lease is held past its due time (an overrun, or a finished run whose
+    # holder has not released it yet: daemons/fleet/dbleases.py)
+    held_past_due: bool = False
 
 
 @dataclass(frozen=True)
@@ -219,6 +222,7 @@ class LeaseStore:
         self, name: str, server: str, pid: int, period: float, ttl: float,
         firing: datetime | None = None, next_firing: datetime | None = None,
         token: str | None = None,
+        finished: int | None = None,
     ) -> LeaseResult:
         """Take the lease if it is due and not held; when not, count the refusal.
 
@@ -231,6 +235,12 @@ class LeaseStore:
         ``contended`` and records this server and the time; its answer (holder, wait)
         comes from the row as the refusal left it. One statement on PostgreSQL, two on
         SQLite, the upsert and its read-back on MySQL.
+
+        ``finished``: a generation of this lease that this very holder (``server`` and
+        ``pid``) ran and finished but has not released yet (a deferred release, see
+        daemons/fleet/dbleases.py): while it is still the current one, the lease counts as
+        not held, so the grant is also its release, in the same statement. Never another
+        holder's: the row must still name this server and pid.
         """
         _check_name(name)
         for what, value in (("period", period), ("ttl", ttl)):
@@ -239,7 +249,8 @@ class LeaseStore:
             if next_firing is None or next_firing <= firing:
                 raise ValueError(f"a cron grant needs the firing after {firing!r}, got:"
                                  f" {next_firing!r}")
-            return self._try_firing(name, server, pid, period, ttl, firing, next_firing, token)
+            return self._try_firing(name, server, pid, period, ttl, firing, next_firing, token,
+                                    finished)
         t = daemon_lease
         now = db_now_expr()
         p_period = bindparam("lease_period", type_=Float())
@@ -259,13 +270,16 @@ class LeaseStore:
         next_due = case((t.c.next_due <= now, next_due_after(t.c.next_due, p_period, tolerance)),
                         else_=db_now_plus(p_period))
         period_passed = seconds_between(now, t.c.acquired_at) >= p_period
+        # released by this very grant: this holder's own finished generation (NULL: none)
+        own_finished = finished_by_holder(p_server)
         due = and_(or_(t.c.next_due <= now, period_passed),
-                   or_(t.c.expires_at.is_(None), t.c.expires_at <= now))
+                   or_(t.c.expires_at.is_(None), t.c.expires_at <= now, own_finished))
         refused = {"contended": t.c.contended + 1, "contended_by": p_server,
                    "contended_at": now}
         params = {"lease_name": name, "lease_server": server, "lease_pid": pid,
                   "lease_token": token, "lease_period": float(period), "lease_ttl": float(ttl),
-                  "lease_tolerance": due_tolerance(float(period))}
+                  "lease_tolerance": due_tolerance(float(period)),
+                  "lease_finished": finished}
 
         def attempt(conn: Connection) -> LeaseResult:
             granted, row = upsert_or_else(
@@ -294,12 +308,12 @@ class LeaseStore:
 
     def _try_firing(self, name: str, server: str, pid: int, period: float, ttl: float,
                     firing: datetime, next_firing: datetime,
-                    token: str | None) -> LeaseResult:
+                    token: str | None, finished: int | None) -> LeaseResult:
         """``try_acquire`` for a cron script's ``firing`` (``leasefirings.py``)."""
 
         def attempt(conn: Connection) -> LeaseResult:
             granted, row = self._firings.attempt(conn, name, server, pid, period, ttl, firing,
-                                                 next_firing, token)
+                                                 next_firing, token, finished)
             if row is None:  # pragma: no cover - rows are never deleted
                 return LeaseResult(False, None, 0.0, None, None, None)
             if granted:
@@ -326,6 +340,21 @@ class LeaseStore:
             .values(expires_at=None, updated_at=db_now_expr())
         )
         return self._run(lambda conn: conn.execute(stmt).rowcount == 1)
+
+    def release_many(self, leases: list[tuple[str, int]], holder: Holder | None = None) -> int:
+        """``release`` each (name, generation) in one statement; how many were released
+        (a stale generation, or one granted to another holder, changes nothing and is not
+        counted)."""
+        if not leases:
+            return 0
+        t = daemon_lease
+        stmt = (
+            update(t)
+            .where(or_(*(and_(t.c.name == name, t.c.generation == generation)
+                         for name, generation in leases)), *_held_by(holder))
+            .values(expires_at=None, updated_at=db_now_expr())
+        )
+        return self._run(lambda conn: max(0, conn.execute(stmt).rowcount))
 
     def renew(self, name: str, generation: int, extend: float) -> bool:
         """Push ``expires_at`` to now + ``extend`` while the lease is still this generation's.
@@ -426,7 +455,7 @@ def _losing(row: Row[Any], period: float) -> LeaseResult:
     live = expires_in is not None and expires_in > 0
     wait = max(0.0, due_in, expires_in or 0.0)
     return LeaseResult(False, None, wait, row.owner_server if live else None, row.next_due,
-                       row.expires_at)
+                       row.expires_at, held_past_due=live and due_in <= 0)
 
 
 def _select_rows() -> Any:

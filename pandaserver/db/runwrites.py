@@ -6,6 +6,8 @@ once, a skipped attempt) inserts the complete row or, when the row exists, overw
 while it is still ``running`` or was closed as ``lost`` by someone who found its master
 gone (the master's own account of how it ended wins; a finished row is never touched).
 So any write can be applied twice, late, or in any order: one row per run, always.
+A write that ends a row sets ``tally = 1`` on it (only when it ends it), for the run
+counters (``runcounts.py``) to count it once in the same transaction.
 
 PostgreSQL and SQLite spell both as ``INSERT ... ON CONFLICT (master_id, run_id) DO
 NOTHING / DO UPDATE ... WHERE``; MySQL/MariaDB as ``INSERT ... ON DUPLICATE KEY UPDATE``
@@ -46,9 +48,10 @@ from pandaserver.db.upsert import UnsupportedDatabase
 RUNNING = "running"
 LOST = "lost"
 KEY = ("master_id", "run_id")
-# overwritten by an end: everything but the id and the key
+# overwritten by an end: everything but the id and the key (``tally``: 1, to be counted
+# by runcounts.count_ended in the same transaction)
 _UPDATED = ("script", "server", "pid", "generation", "due_at", "started_at", "ended_at",
-            "error", "outcome")  # outcome last (MySQL assigns left to right)
+            "error", "tally", "outcome")  # outcome last (MySQL assigns left to right)
 
 
 def _values() -> dict[str, Any]:
@@ -64,6 +67,7 @@ def _values() -> dict[str, Any]:
         "ended_at": case((bindparam("p_has_end", type_=Boolean),
                           db_now_plus(bindparam("p_ended_ago", type_=Float))), else_=null()),
         "outcome": bindparam("p_outcome"), "error": bindparam("p_error"),
+        "tally": bindparam("p_tally"),
     }
 
 
@@ -79,6 +83,7 @@ def row_params(*, script: str, server: str, pid: int | None, generation: int | N
         "p_started_ago": -started_ago,
         "p_has_end": ended_ago is not None, "p_ended_ago": -(ended_ago or 0.0),
         "p_outcome": outcome, "p_error": error,
+        "p_tally": 0 if outcome == RUNNING else 1,  # an ended row waits to be counted
     }
 
 
@@ -147,7 +152,7 @@ def close_taken_over(conn: Connection, grants: Sequence[tuple[str, int, str]]) -
         update(t)
         .where(t.c.script == bindparam("p_script"), t.c.outcome == RUNNING,
                t.c.generation < bindparam("p_generation"))
-        .values(outcome=LOST, ended_at=db_now_expr(), error=bindparam("p_why"))
+        .values(outcome=LOST, ended_at=db_now_expr(), error=bindparam("p_why"), tally=1)
     )
     params = [{"p_script": script, "p_generation": generation,
                "p_why": f"its lease was taken over (generation {generation} went to {server}):"
@@ -165,7 +170,7 @@ def insert_plain(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
 
 def _lost(where: list[Any], why: str) -> Any:
     return (update(daemon_run).where(daemon_run.c.outcome == RUNNING, *where)
-            .values(outcome=LOST, ended_at=db_now_expr(), error=why))
+            .values(outcome=LOST, ended_at=db_now_expr(), error=why, tally=1))
 
 
 def _not_of(master: str | None) -> list[Any]:

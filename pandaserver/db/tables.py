@@ -19,6 +19,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -37,6 +38,10 @@ VERSION_TABLE = "daemon_schema"
 # it (rolling upgrades, pandaserver/db/schema.py). Read by name, with plain SQL, so that a
 # release can read it before it knows the migration that creates it.
 COMPAT_TABLE = "daemon_schema_compat"
+TALLY_SQL = "tally = 1"  # the partial index's predicate, spelt as runcounts.py queries it
+# the bucket columns of daemon_run_count: as many as runcounts.py's bucket edges
+RUN_COUNT_DURATION_BUCKETS = 11
+RUN_COUNT_DELAY_BUCKETS = 10
 
 # A 64-bit id on real servers; SQLite only autoincrements an INTEGER PRIMARY KEY.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -98,6 +103,8 @@ daemon_run = Table(
     Column("master_id", String(32), nullable=True),
     Column("master_pid", Integer, nullable=True),
     Column("run_id", BigInteger, nullable=True),
+    # 1: ended and not yet added to daemon_run_count (runcounts.py; migration 0007)
+    Column("tally", SmallInteger, nullable=False, server_default="0"),
     # the indexes of migration 0006: each read of the history pages walks one of them
     # (docs/database.md, "Sizing the history"): the newest runs (`panda-daemon history`,
     # /metrics' window, pruning by age) ...
@@ -112,6 +119,29 @@ daemon_run = Table(
     Index("ix_daemon_run_script_outcome_ended_at", "script", "outcome", "ended_at"),
     Index("uq_daemon_run_master_id_run_id", "master_id", "run_id", unique=True),
     Index("ix_daemon_run_outcome", "outcome"),  # finds the few runs still open
+    # ... and the few ended runs not yet counted (partial where the database can)
+    Index("ix_daemon_run_tally", "tally", postgresql_where=text(TALLY_SQL),
+          sqlite_where=text(TALLY_SQL)),
+)
+
+# Counters of ended runs per script, server and outcome, kept as runs end (runcounts.py):
+# /metrics reads these few rows, not the history. Never pruned (counters only go up).
+daemon_run_count = Table(
+    "daemon_run_count",
+    metadata,
+    Column("script", String(128), primary_key=True),
+    Column("server", String(255), primary_key=True),
+    Column("outcome", String(16), primary_key=True),
+    Column("runs", BigInteger, nullable=False, server_default="0"),
+    # durations (of rows with an end): sum in microseconds, cumulative count per bucket
+    Column("duration_us", BigInteger, nullable=False, server_default="0"),
+    *(Column(f"duration_le_{i}", BigInteger, nullable=False, server_default="0")
+      for i in range(RUN_COUNT_DURATION_BUCKETS)),
+    # dispatch delays (of rows with a due time): count, sum in microseconds, buckets
+    Column("delays", BigInteger, nullable=False, server_default="0"),
+    Column("delay_us", BigInteger, nullable=False, server_default="0"),
+    *(Column(f"delay_le_{i}", BigInteger, nullable=False, server_default="0")
+      for i in range(RUN_COUNT_DELAY_BUCKETS)),
 )
 
 # One row per master process of the fleet, refreshed every heartbeat_interval.
@@ -211,4 +241,5 @@ daemon_schema_compat = Table(
 )
 
 OWNED_TABLES = (daemon_lease, daemon_run, daemon_server, panda_process_lock, daemon_command,
-                daemon_command_ack, daemon_hold, daemon_schema_compat, panda_config)
+                daemon_command_ack, daemon_hold, daemon_schema_compat, panda_config,
+                daemon_run_count)

@@ -1,17 +1,12 @@
 """``/metrics``: the fleet in the Prometheus text format, read from the database per scrape.
 
-Counters must never go down, but the history they come from is pruned. So counts are
-kept as *offsets plus a window*: rows started before ``base`` were counted once into
-``offsets`` and are never read again; rows since ``base`` are counted at each scrape.
-Once ``base`` is two windows old it moves up one window (rows that old are complete:
-runs are written when they end). The window is a day, or a third of
-``history_retention_days`` when that is shorter, so pruning never reaches it. A web
-process starts its counters from the rows of its first window (a counter reset to
-Prometheus), so keep one process serving ``/metrics`` (gunicorn ``--workers 1``; mod_wsgi
-``processes=1``), with threads for concurrency.
+The history's families (runs by outcome, the duration and dispatch-delay histograms) come
+from the run counters the masters keep as runs end (``daemon_run_count``,
+pandaserver/db/runcounts.py): one small read per scrape, whatever the history holds, and
+counters that never go down, history pruned or web process restarted (they live in the
+database, not in this process). Prometheus sees one series per script, server and outcome,
+as before.
 
-Each count is one statement grouped by (script, server, outcome), the database doing the
-histograms' bucketing and sums: Python gets one row per group whatever the window holds.
 The history's families, most of the page's lines, are written straight from those sums
 (``FleetCollector.text``), byte for byte what ``generate_latest`` makes of ``collect()``.
 """
@@ -23,8 +18,6 @@ import math
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -35,48 +28,29 @@ from prometheus_client.core import (
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
-from sqlalchemy import ColumnElement, Connection, case, func, literal, select
+from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from pandaserver.config.secrets import redact
-from pandaserver.db.history import FAILED, OK, RUNNING, SKIPPED, TIMEOUT
-from pandaserver.db.servertime import db_now, seconds_between
-from pandaserver.db.tables import daemon_run
+from pandaserver.db import runcounts
+from pandaserver.db.history import FAILED, OK, SKIPPED, TIMEOUT
+from pandaserver.db.runcounts import DELAY_BUCKETS, DURATION_BUCKETS
 from pandaserver.web.fleetview import FleetReader, LocalMaster, Overview, local_master_views
 
-DURATION_BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0)
-DELAY_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0)
 DURATION_OUTCOMES = (OK, FAILED, TIMEOUT)
 Key = tuple[str, ...]
 Sums = dict[Key, list[float]]
 
 
-def _window_groups(conn: Connection, since: datetime, until: datetime | None
-                   ) -> list[tuple[Key, list[float]]]:
-    """One read of the window, grouped by (script, server, outcome): per group its count,
-    then the duration's sum and cumulative bucket counts, then the delay's count (rows with
-    a due time), sum and cumulative bucket counts. The database does the bucketing and the
-    sums, so Python gets one row per group whatever the rows in the window."""
-    r = daemon_run
-    where = [r.c.started_at >= since, r.c.outcome != RUNNING]
-    if until is not None:
-        where.append(r.c.started_at < until)
-    keys = [r.c.script, r.c.server, r.c.outcome]
-    duration = seconds_between(r.c.ended_at, r.c.started_at)
-    delay = seconds_between(r.c.started_at, r.c.due_at)
-    columns: list[ColumnElement[Any]] = [func.count()]
-    columns.append(func.coalesce(func.sum(duration), literal(0.0)))
-    columns.extend(func.sum(case((duration <= b, 1), else_=0)) for b in DURATION_BUCKETS)
-    columns.append(func.count(delay))
-    columns.append(func.coalesce(func.sum(delay), literal(0.0)))
-    columns.extend(func.sum(case((delay <= b, 1), else_=0)) for b in DELAY_BUCKETS)
-    stmt = select(*keys, *columns).where(*where).group_by(*keys)
-    return [(tuple(str(v) for v in row[:3]), [float(v or 0) for v in row[3:]])
-            for row in conn.execute(stmt).all()]
+def _count_groups(conn: Connection) -> list[tuple[Key, list[float]]]:
+    """The counters as groups by (script, server, outcome), as ``fold`` takes them: per
+    group its count, then the duration's sum (microseconds) and cumulative bucket counts,
+    then the delay's count, sum (microseconds) and cumulative bucket counts."""
+    return [(key, [float(v) for v in values]) for key, values in runcounts.read_counts(conn)]
 
 
 def fold(groups: Iterable[tuple[Key, list[float]]]) -> dict[str, Sums]:
-    """The families from the groups of ``_window_groups``: ``runs`` per (script, server,
+    """The families from the groups of ``_count_groups``: ``runs`` per (script, server,
     outcome) [count]; ``durations`` per script over ok, failed and timeout runs and
     ``delays`` per script over runs with a due time that are not skipped attempts, each
     [count, sum, cumulative count per bucket...]."""
@@ -103,31 +77,15 @@ def _add(into: Sums, more: Sums) -> Sums:
 
 
 class HistoryCounters:
-    """Counts from ``daemon_run`` that only go up (see the module docstring)."""
-
-    def __init__(self, window: float) -> None:
-        self.window = timedelta(seconds=window)
-        self.base: datetime | None = None
-        self.offsets: dict[str, Sums] = {"runs": {}, "durations": {}, "delays": {}}
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def _families(conn: Connection, since: datetime, until: datetime | None) -> dict[str, Sums]:
-        return fold(_window_groups(conn, since, until))
+    """The history's counters (``runs``, ``durations``, ``delays``: see ``fold``), read from
+    ``daemon_run_count``: they only go up, and pruning the history leaves them alone."""
 
     def read(self, conn: Connection) -> dict[str, Sums]:
-        with self._lock:
-            now = db_now(conn)
-            if self.base is None:
-                self.base = now - self.window
-            elif now - self.base > 2 * self.window:
-                new_base = now - self.window
-                for name, sums in self._families(conn, self.base, new_base).items():
-                    _add(self.offsets[name], sums)
-                self.base = new_base
-            current = self._families(conn, self.base, None)
-            return {name: _add({k: list(v) for k, v in self.offsets[name].items()}, sums)
-                    for name, sums in current.items()}
+        sums = fold(_count_groups(conn))
+        for family in ("durations", "delays"):  # microseconds, added exactly: seconds now
+            for values in sums[family].values():
+                values[1] /= 1_000_000
+        return sums
 
 
 def _histogram(name: str, doc: str, sums: Sums, buckets: Sequence[float]) -> HistogramMetricFamily:
@@ -142,8 +100,7 @@ def _histogram(name: str, doc: str, sums: Sums, buckets: Sequence[float]) -> His
 class FleetCollector(Collector):
     def __init__(self, reader: FleetReader) -> None:
         self.reader = reader
-        retention = reader.cfg.daemon.history_retention_days * 86400.0
-        self.counters = HistoryCounters(min(86400.0, retention / 3))
+        self.counters = HistoryCounters()
         self.db_errors = 0
         self._lock = threading.Lock()
 

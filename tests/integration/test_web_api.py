@@ -18,12 +18,13 @@ from harness import running_master, wait_for, write_config
 from pg import url_text
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import URL, Engine, insert, select, update
+from sqlalchemy import URL, Engine, select, update
 
 from pandaserver.config import load_config
 from pandaserver.db.heartbeat import HeartbeatStore
 from pandaserver.db.history import HistoryStore, RunRecord
 from pandaserver.db.leases import LeaseStore
+from pandaserver.db.runcounts import insert_counted
 from pandaserver.db.schema import upgrade
 from pandaserver.db.servertime import db_now
 from pandaserver.db.tables import daemon_lease, daemon_run
@@ -241,7 +242,7 @@ def test_metrics_from_the_history(app: FleetApp) -> None:
 
 def test_counters_never_go_down_when_history_is_pruned(db_engine: Engine) -> None:
     history = HistoryStore(db_engine)
-    counters = HistoryCounters(window=0.5)
+    counters = HistoryCounters()
     history.record(RunRecord("s", "srv", 1, "ok", duration=0.1))
 
     def total() -> float:
@@ -249,13 +250,20 @@ def test_counters_never_go_down_when_history_is_pruned(db_engine: Engine) -> Non
             return sum(v[0] for v in counters.read(conn)["runs"].values())
 
     assert total() == 1
-    first_base = counters.base
-    wait_for(lambda: total() and counters.base != first_base, 10, "the window to move")
-    history.record(RunRecord("s", "srv", 1, "ok", duration=0.1))
+    history.record(RunRecord("s", "srv", 1, "ok", duration=0.1, ended_ago=3600))
     assert total() == 2
-    # prune what is older than the window (as history_retention_days > 3 windows does)
-    assert history.prune(older_than_days=0.6 / 86400) >= 1
+    # prune what is older than half an hour, then every row
+    assert history.prune(older_than_days=1800 / 86400) == 1
     assert total() == 2
+    assert history.prune(older_than_days=0) == 1
+    assert total() == 2
+    # a new web process (new counters object) starts from the same counts, not from zero
+    assert sum(v[0] for v in _read(db_engine)["runs"].values()) == 2
+
+
+def _read(engine: Engine) -> dict[str, dict[tuple[str, ...], list[float]]]:
+    with engine.connect() as conn:
+        return HistoryCounters().read(conn)
 
 
 def _python_families(rows: list[Any]) -> dict[str, dict[tuple[str, ...], list[float]]]:
@@ -288,7 +296,7 @@ def _python_families(rows: list[Any]) -> dict[str, dict[tuple[str, ...], list[fl
 def test_metrics_sums_in_sql_equal_a_python_count_of_the_rows(db_engine: Engine) -> None:
     """Durations and delays exactly on every bucket's edge and one microsecond each side,
     on several servers and outcomes, NULL due times, skipped and running rows: the
-    database's bucketing and sums equal a plain count over the same rows."""
+    counters' bucketing and sums equal a plain count over the same rows."""
     with db_engine.connect() as conn:
         now = db_now(conn).replace(microsecond=0) - timedelta(hours=1)
     us = timedelta(microseconds=1)
@@ -303,10 +311,10 @@ def test_metrics_sums_in_sql_equal_a_python_count_of_the_rows(db_engine: Engine)
                          "started_at": started,
                          "ended_at": None if outcome == "running" else started + length,
                          "due_at": None if (i + j) % 5 == 0 else started - length})
-    with db_engine.begin() as conn:
-        conn.execute(insert(daemon_run), rows)
+    with db_engine.begin() as conn:  # inserted and counted as a writer does it
+        insert_counted(conn, rows)
     with db_engine.connect() as conn:
-        got = HistoryCounters(window=86400).read(conn)
+        got = HistoryCounters().read(conn)
         stored = conn.execute(select(daemon_run)).all()
     want = _python_families(list(stored))
     assert set(got) == set(want)

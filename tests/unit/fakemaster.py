@@ -186,6 +186,12 @@ class FakeLeases:
     def release(self, name: str, generation: int | None) -> None:
         self.released.append((name, generation))
 
+    def next_release(self) -> float | None:
+        return None
+
+    def send_releases(self, now: float, everything: bool = False) -> None:
+        return None
+
 
 class Records:
     def __init__(self) -> None:

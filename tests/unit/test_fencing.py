@@ -34,6 +34,12 @@ class FakeLeases:
     def release(self, name: str, generation: int | None) -> None:
         return None
 
+    def next_release(self) -> float | None:
+        return None
+
+    def send_releases(self, now: float, everything: bool = False) -> None:
+        return None
+
 
 def test_the_smallest_accepted_ttl_leaves_room_for_a_slow_renewal_and_the_kill() -> None:
     assert minimum_ttl(KILL_GRACE, CALL_TIMEOUT) <= LEASE_TTL_MIN

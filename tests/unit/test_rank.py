@@ -14,6 +14,7 @@ import pytest
 from pandaserver.config.scripts import DaemonSpec
 from pandaserver.daemons.fleet import rank
 from pandaserver.daemons.fleet.dbleases import DbLeases, Seen, wait_from
+from pandaserver.daemons.fleet.failover import FailoverGate
 from pandaserver.daemons.fleet.leasemanager import Turn
 from pandaserver.db.heartbeat import ServerRow
 from pandaserver.db.leases import LeaseRow
@@ -76,9 +77,23 @@ class FakeFleet:
     calls: list[tuple[str, str, Any]] = field(default_factory=list)
     leases: Any = field(default_factory=lambda: SimpleNamespace(list_leases=lambda: []))
     beats: Any = field(default_factory=lambda: SimpleNamespace(list_servers=lambda: []))
+    pid: int = 1
+    probe_interval: float = 2.0
+    at_close: list[Any] = field(default_factory=list)
+    failed_releases: list[tuple[str, int]] = field(default_factory=list)
+    released: list[tuple[str, int | None]] = field(default_factory=list)  # at once
+    # no failover is ever noticed: the gate stays open (tests/unit/test_failover.py)
+    gate: FailoverGate = field(default_factory=lambda: FailoverGate(None, lambda: 30.0))
+    holder: Any = field(default_factory=lambda: SimpleNamespace(token="t0"))
 
     def monotonic(self) -> float:
         return self.clock
+
+    def usable(self, now: float) -> bool:
+        return self.down_since is None
+
+    def release(self, name: str, generation: int | None) -> None:
+        self.released.append((name, generation))
 
     def _submit(self, lane: str, what: str, operation: Any, done: Any,
                 timeout: float | None = None) -> None:

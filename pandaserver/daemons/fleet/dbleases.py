@@ -58,6 +58,16 @@ class Seen:
 
 
 @dataclass
+class Granted:
+    """A lease this master was granted, as its own clock bounds it."""
+
+    generation: int
+    period: float
+    due: float | None  # the next fleet-wide due time, early by the grant's latency at most
+    expires: float  # by this moment (monotonic) the lease has expired, unless renewed
+
+
+@dataclass
 class Read:
     sent: float  # the loop's clock when the read was handed to the lane
     done: float  # ... and when its answer came back
@@ -107,6 +117,12 @@ class DbLeases:
         self._last_sent = -1e18
         self._deferred: dict[str, tuple[float, float]] = {}  # name -> (due, look again at)
         self.reads = 0  # lease-table reads made (status, tests)
+        # deferred releases (see "Releases" below)
+        self._granted: dict[str, Granted] = {}  # the leases this master holds, by name
+        self.finished: dict[str, tuple[int, float]] = {}  # name -> (generation, release by)
+        self.folded = 0  # releases made by a grant statement (status, tests, benchmarks)
+        self._looked_again: set[str] = set()  # refused past due: asked again soon, once
+        fleet.at_close.append(lambda: self.send_releases(fleet.monotonic(), everything=True))
 
     @property
     def ttl(self) -> float | None:
@@ -217,13 +233,21 @@ class DbLeases:
             return
         sent, epoch = now, gate.epoch
         ttl = fleet.settings.lease_ttl
+        name = spec.name
+        # this master's own finished generation of this lease, released by this statement
+        finished = self.finished.pop(name, (None, 0.0))[0]
 
         def done(result: Any, error: BaseException | None, late: bool) -> None:
+            granted = error is None and result is not None and result.granted
+            if finished is not None and not granted:  # not released by it: release now
+                fleet.release(name, finished)
+            elif finished is not None:
+                self.folded += 1
             if late:  # we gave up on it: a grant that arrived anyway is handed back
-                if error is None and result is not None and result.granted:
+                if granted:
                     log.info("%s: a lease grant came back after the call was abandoned;"
-                             " releasing generation %d", spec.name, result.generation)
-                    fleet.release(spec.name, result.generation)
+                             " releasing generation %d", name, result.generation)
+                    fleet.release(name, result.generation)
                 return
             if error is not None:
                 reply(LeaseDecision(granted=False, wait=max(fleet.probe_interval,
@@ -236,12 +260,18 @@ class DbLeases:
                 reply(LeaseDecision(granted=False, wait=max(gate.remaining(fleet.monotonic()),
                                                             0.05), unavailable=True, sent=sent))
                 return
+            if granted:
+                self._granted[name] = Granted(
+                    int(result.generation), spec.period,
+                    None if result.due_in is None else sent + result.due_in,
+                    fleet.monotonic() + ttl)
             if not result.granted and result.holder not in (None, fleet.server, *self.live):
                 # a server we did not know of: read the list again soon
                 self._next_servers = min(self._next_servers, self._servers_sent + SETTLE)
             reply(LeaseDecision(granted=result.granted, generation=result.generation,
-                                wait=result.wait, holder=result.holder, sent=sent,
-                                due_in=result.due_in, db_now=_posix(result.db_now),
+                                wait=self._wait(spec, result), holder=result.holder,
+                                sent=sent, due_in=result.due_in,
+                                db_now=_posix(result.db_now),
                                 served=_posix(result.firing)))
 
         # a cron script's lease is granted once per firing (db/leases.py)
@@ -249,8 +279,8 @@ class DbLeases:
         if firing is not None and spec.cron is not None:
             when, after = _utc(firing), _utc(spec.cron.next_after(firing))
         fleet._submit("lease", "lease", lambda: fleet.leases.try_acquire(
-            spec.name, fleet.server, fleet.pid, spec.period, ttl, when, after,
-            token=fleet.holder.token), done)
+            name, fleet.server, fleet.pid, spec.period, ttl, when, after,
+            token=fleet.holder.token, finished=finished), done)
 
     def renew(self, held: list[tuple[str, int]], now: float, reply: RenewReply) -> None:
         """Renew every held lease in one call; ``reply(renewed names or None, sent)``."""
@@ -263,6 +293,13 @@ class DbLeases:
             return
 
         def done(result: Any, error: BaseException | None, late: bool) -> None:
+            if error is None and result is not None:
+                expires = self.fleet.monotonic() + ttl  # renewed by then at the latest
+                for name, generation in held:
+                    granted = self._granted.get(name)
+                    if name in result and granted is not None \
+                            and granted.generation == generation:
+                        granted.expires = max(granted.expires, expires)
             if late:
                 return  # too late to count: the master fenced on its own clock meanwhile
             if gate.epoch != epoch:  # the database failed over meanwhile: not ours any more
@@ -274,8 +311,87 @@ class DbLeases:
                            lambda: self.fleet.leases.renew_many(list(held), ttl,
                                                                 self.fleet.holder), done)
 
+    def _wait(self, spec: DaemonSpec, result: Any) -> float:
+        """How long a refused asker waits. A lease held past its due time may be a finished
+        run whose holder defers its release (below) and sends it within half of rank 1's
+        fallback offset: so the first such refusal asks again one offset later, not at the
+        lease's expiry; a second one is an overrun, and waits as the database says."""
+        name = spec.name
+        if result.granted or not result.held_past_due:
+            self._looked_again.discard(name)
+            return float(result.wait)
+        if name in self._looked_again or result.holder == self.fleet.server:
+            return float(result.wait)
+        self._looked_again.add(name)
+        return min(float(result.wait), max(rank.fallback_offset(1, spec.period), POLL))
+
+    # ----- releases: deferred, and folded into the next grant ---------------------------------
     def release(self, name: str, generation: int | None) -> None:
-        self.fleet.release(name, generation)
+        """A run under ``name``'s lease ended: release it, now or by folding.
+
+        Nobody else needs a finished lease before its next due time, and the server that
+        asks first then is its preferred one. So when this master is that server (rank 0),
+        the release waits for its own next grant statement for the script, which counts
+        its finished generation as free (one statement for both: ``finished`` in
+        ``LeaseStore.try_acquire``). Should that grant not come by the time the next
+        server would look (``release_by``: half of rank 1's fallback offset after the due
+        time), one statement releases every such lease then (``send_releases``); a lease
+        that has expired by then on its own needs no release at all. Otherwise (not the
+        preferred server, an overrun past the due time, no fleet, the database down)
+        it is released at once, as before.
+        """
+        if generation is None:
+            return
+        fleet = self.fleet
+        now = fleet.monotonic()
+        granted = self._granted.pop(name, None)
+        if granted is None or granted.generation != generation or granted.due is None:
+            fleet.release(name, generation)
+            return
+        by = release_by(granted.due, granted.period, self.rank(name), fleet.member)
+        if by is None or by <= now or fleet.down_since is not None:
+            fleet.release(name, generation)
+        elif granted.expires > by:  # else it expires on its own before anyone asks
+            self.finished[name] = (generation, by)
+
+    def next_release(self) -> float | None:
+        """When ``send_releases`` has a deferred release to send (monotonic)."""
+        return min((by for _, by in self.finished.values()), default=None)
+
+    def send_releases(self, now: float, everything: bool = False) -> None:
+        """Release in one statement the deferred leases due by ``now`` (all: at the stop)."""
+        due = sorted((name, gen) for name, (gen, by) in self.finished.items()
+                     if everything or by <= now)
+        if not due:
+            return
+        fleet = self.fleet
+        for name, _ in due:
+            del self.finished[name]
+        if fleet.down_since is not None and not fleet.usable(now):
+            fleet.failed_releases.extend(due)
+            return
+
+        def done(result: Any, error: BaseException | None, late: bool) -> None:
+            if late:
+                return
+            if error is not None:
+                fleet.failed_releases.extend(due)
+            elif result < len(due):
+                log.warning("%d of %d finished lease(s) were no longer ours at release"
+                            " (expired and taken, or force-released)", len(due) - result,
+                            len(due))
+
+        fleet._submit("lease", "release", lambda: fleet.leases.release_many(due, fleet.holder), done)
+
+
+def release_by(due: float, period: float, rank_: int, member: bool) -> float | None:
+    """The latest moment to release a finished lease that this master would ask for again
+    (rank 0) at ``due``: half-way to the moment the next server looks (rank 1's fallback
+    offset). None: release at once (not the preferred server, or not a fleet member).
+    Pure."""
+    if rank_ != 0 or not member:
+        return None
+    return due + rank.fallback_offset(1, period) / 2
 
 
 class DbRecorder:

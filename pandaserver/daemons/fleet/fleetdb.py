@@ -101,6 +101,7 @@ class FleetDb:
         self.history = dbhistory.HistoryStore(engine)
         self.beats = HeartbeatStore(engine)
         self.failed_releases: list[tuple[str, int]] = []
+        self.at_close: list[Callable[[], None]] = []  # first thing at close (deferred releases)
         self.down_since: float | None = None
         self.outages = 0
         self.next_probe = 0.0
@@ -292,6 +293,8 @@ class FleetDb:
         import selectors
 
         deadline = self.monotonic() + timeout
+        for hook in self.at_close:
+            hook()
         self.flush_history()
         with selectors.DefaultSelector() as sel:
             sel.register(self.fileno(), selectors.EVENT_READ)

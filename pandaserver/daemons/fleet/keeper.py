@@ -67,7 +67,9 @@ class LeaseKeeper:
         return [(rid, c) for rid, c in self.held.items() if not c.fenced and rid not in self.lost]
 
     def tick(self, now: float) -> None:
-        """Send a renewal of every live lease when the oldest is due (one call in flight)."""
+        """Send a renewal of every live lease when the oldest is due (one call in flight),
+        and the deferred releases that are due."""
+        self.leases.send_releases(now)
         live = self._live()
         if self.renewing or not live or now < self.retry_at:
             return
@@ -116,4 +118,7 @@ class LeaseKeeper:
         times += [clock.fence(self.kill_grace) for _, clock in live]
         if self.lost:
             times.append(now)
+        release = self.leases.next_release()
+        if release is not None:
+            times.append(release)
         return min(times) if times else None

@@ -5,6 +5,9 @@ Every call is asynchronous: the master asks, and the answer comes back later as 
 at once and grants everything: a single server needs no fleet agreement, and its leases
 never expire (``ttl`` None), so nothing is renewed or fenced. ``turn`` says whether this
 server should ask at all (in a fleet, one preferred server per script asks: daemons/fleet/rank.py).
+A release may be deferred and folded into the next grant statement (daemons/fleet/dbleases.py):
+``next_release`` says when the deferred ones must go out at the latest, ``send_releases``
+sends them (the ``LeaseKeeper`` calls both with its renewals).
 """
 
 from __future__ import annotations
@@ -68,7 +71,14 @@ class LeaseManager(Protocol):
 
     def renew(self, held: list[tuple[str, int]], now: float, reply: RenewReply) -> None: ...
 
-    def release(self, name: str, generation: int | None) -> None: ...
+    def release(self, name: str, generation: int | None) -> None:
+        """A run under the lease ended: release it (at once, or deferred: see below)."""
+
+    def next_release(self) -> float | None:
+        """When a deferred release must be sent (monotonic); None: none waits."""
+
+    def send_releases(self, now: float, everything: bool = False) -> None:
+        """Send the deferred releases due by ``now`` (``everything``: all of them)."""
 
 
 class LocalLeases:
@@ -88,4 +98,10 @@ class LocalLeases:
         reply({name for name, _ in held}, now)
 
     def release(self, name: str, generation: int | None) -> None:
+        return None
+
+    def next_release(self) -> float | None:
+        return None
+
+    def send_releases(self, now: float, everything: bool = False) -> None:
         return None

@@ -5,7 +5,7 @@ descr as in PanDA; who changed a row last, and when). Additive: a new table only
 Locks: none on existing tables (a new table only); safe while the fleet runs.
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from alembic import op
 from pandaserver.db.servertime import UtcDateTime
 
 revision = "0008"
-down_revision: str | None = "0006"
+down_revision: str | None = "0007"
 branch_labels: tuple[str, ...] | None = None
 depends_on: tuple[str, ...] | None = None
 compatibility = "expand"  # a new table: code of every earlier revision ignores it
