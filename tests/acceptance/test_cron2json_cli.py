@@ -47,18 +47,30 @@ def module_map(tmp_path: Path) -> Path:
 
 
 def test_the_worked_examples_from_stdin(module_map: Path) -> None:
+    """``--periods``: the guide's approximation, as before cron schedules."""
+    result = cron2json("--servers", "9", "--no-sync", "add", "--module-map", str(module_map),
+                       "--periods", stdin=CRONTAB)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == EXPECTED
+
+
+def test_by_default_a_schedule_no_period_expresses_stays_a_cron_entry(module_map: Path) -> None:
+    """copyArchive's 01:05, 07:05, 13:05, 19:05 are kept; the plain intervals stay periods."""
     result = cron2json(
         "--servers", "9", "--no-sync", "add", "--module-map", str(module_map), stdin=CRONTAB
     )
     assert (result.returncode, result.stderr) == (0, "")
-    assert result.stdout == EXPECTED
+    assert result.stdout == EXPECTED.replace('{"period": 2400, "sync": true}',
+                                             '{"cron": "5 1-19/6 * * *", "sync": true}')
 
 
 @pytest.mark.parametrize(
     ("argv", "with_map", "line_number", "expected"),
     [
         (["--no-sync", "add"], False, 3, '"add": {"period": 240}'),
-        (["--servers", "9"], False, 4, '"copyArchive": {"period": 2400, "sync": true}'),
+        (["--servers", "9", "--periods"], False, 4,
+         '"copyArchive": {"period": 2400, "sync": true}'),
+        (["--servers", "9"], False, 4, '"copyArchive": {"cron": "5 1-19/6 * * *", "sync": true}'),
         (
             ["--servers", "9"],
             True,
@@ -92,24 +104,27 @@ def test_a_bad_line_names_file_and_line_and_the_rest_is_converted(tmp_path: Path
         "@reboot /opt/panda/usr/bin/panda_server-boot\n"
         "0 9,17 * * * /opt/panda/usr/bin/panda_server-report 2>&1 | mail -s report ops\n"
     )
-    result = cron2json(str(crontab))
-    assert result.returncode == 1
-    assert result.stderr.splitlines() == [
+    messages = [
         f"{crontab}:2: error: invalid schedule '61 * * * *': [61 * * * *] is not acceptable,"
         " out of range",
         f"{crontab}:3: error: @reboot runs once at boot and has no period: start that command"
         " with the service instead",
         f"{crontab}:4: warning: only the first command is converted; dropped:"
         " '| mail -s report ops'",
+    ]
+    tidy = '        "tidy": {"period": 600, "sync": true, "arguments": ["--days", "3"]},\n'
+    result = cron2json(str(crontab))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == messages
+    assert result.stdout == "{\n" + tidy + '        "report": {"cron": "0 9,17 * * *", "sync": true}\n    }\n'
+    result = cron2json("--periods", str(crontab))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        *messages,
         f"{crontab}:4: warning: irregular schedule '0 9,17 * * *': the intervals between runs"
         " are 8h, 16h; using their average, 12h (43200 s)",
     ]
-    assert result.stdout == (
-        "{\n"
-        '        "tidy": {"period": 600, "sync": true, "arguments": ["--days", "3"]},\n'
-        '        "report": {"period": 43200, "sync": true}\n'
-        "    }\n"
-    )
+    assert result.stdout == "{\n" + tidy + '        "report": {"period": 43200, "sync": true}\n    }\n'
 
 
 def test_section_output_passes_the_config_loader(tmp_path: Path, module_map: Path) -> None:
@@ -122,11 +137,14 @@ def test_section_output_passes_the_config_loader(tmp_path: Path, module_map: Pat
     config.write_text(result.stdout)
     daemon = load_config(str(config)).daemon
     assert daemon.problems == []
-    assert {name: (s.module, s.period, s.sync) for name, s in daemon.scripts.items()} == {
+    scripts = daemon.scripts
+    assert {name: (s.module, s.period, s.sync) for name, s in scripts.items()} == {
         "add": ("add", 240.0, False),  # 240 s / 9 is under the 60 s threshold
-        "copyArchive": ("copyArchive", 2400.0, True),
+        # a cron schedule's period is its shortest interval between firings (6 h)
+        "copyArchive": ("copyArchive", 21600.0, True),
         "pilot_streaming": ("pilotStreaming", 300.0, False),
     }
+    assert scripts["copyArchive"].cron is not None and scripts["add"].cron is None
 
 
 @pytest.mark.parametrize(
@@ -157,7 +175,7 @@ AWKWARD_CRONTAB = """\
 def test_every_emitted_entry_passes_the_real_check_config(tmp_path: Path) -> None:
     """A period over the config's bound or a shell expansion in the arguments is reported
     as not convertible; what is printed, the real check-config accepts."""
-    result = cron2json("--section", stdin=AWKWARD_CRONTAB)
+    result = cron2json("--section", "--periods", stdin=AWKWARD_CRONTAB)
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if ": error: " in line]
     assert [line.split(": error: ")[0] for line in errors] == [
@@ -183,3 +201,29 @@ def test_every_emitted_entry_passes_the_real_check_config(tmp_path: Path) -> Non
     rows = {words[0]: words for line in checked.stdout.splitlines() if (words := line.split())}
     assert rows["dummy_test"][3] == "300"
     assert rows["tmp_cleanup"][3] == "2.6298e+06"  # the monthly line: the only one converted
+
+
+def test_by_default_yearly_and_leap_day_lines_become_cron_entries_check_config_accepts(
+        tmp_path: Path) -> None:
+    """No period bound stops a cron entry: @yearly and Feb 29 are kept as written; the
+    shell expansions are still refused, and the monthly line finds its name taken."""
+    result = cron2json("--section", stdin=AWKWARD_CRONTAB)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if ": error: " in line]
+    assert [line.split(": error: ")[0] for line in errors] == [
+        "<stdin>:4", "<stdin>:5", "<stdin>:6"
+    ]
+    assert '"tmp_cleanup": {"cron": "@yearly", "sync": true, "arguments": ["--all"]}' in (
+        result.stdout)
+    assert '"dummy_loop": {"cron": "0 0 29 2 *", "sync": true}' in result.stdout
+    config = tmp_path / "panda_server.cfg"
+    config.write_text(result.stdout)
+    checked = subprocess.run(
+        [sys.executable, "-m", "pandaserver.daemons.master", "-c", str(config), "check-config"],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "PANDA_NO_ROOT": "1"}, cwd=tmp_path,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "verdict: run starts 3 script(s)" in checked.stdout
+    rows = {words[0]: line for line in checked.stdout.splitlines() if (words := line.split())}
+    assert "cron @yearly" in rows["tmp_cleanup"] and "cron 0 0 29 2 *" in rows["dummy_loop"]

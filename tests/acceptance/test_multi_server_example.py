@@ -26,10 +26,11 @@ VARIABLE = "PANDA_DAEMON_DB_PASSWORD"
 
 
 def example_db_url() -> str:
-    """The ``db_url = ...`` line of the page's ``[daemon]`` example, as written there."""
+    """The ``db_url = ...`` line of the page's first ``[daemon]`` example (the set-up one;
+    the failover section's later one lists a primary and a standby), as written there."""
     text = (REPO / "docs" / "multi-server.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```ini\n(.*?)```", text, re.DOTALL)
-    (block,) = [b for b in blocks if b.startswith("[daemon]\n") and "db_url" in b]
+    block = next(b for b in blocks if b.startswith("[daemon]\n") and "db_url" in b)
     (line,) = [line for line in block.splitlines() if line.startswith("db_url = ")]
     assert "${" + VARIABLE + "}" in line, line
     return line.split(" = ", 1)[1]

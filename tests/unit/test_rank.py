@@ -82,7 +82,7 @@ class FakeFleet:
     at_close: list[Any] = field(default_factory=list)
     failed_releases: list[tuple[str, int]] = field(default_factory=list)
     released: list[tuple[str, int | None]] = field(default_factory=list)  # at once
-    # no failover is ever noticed: the gate stays open (tests/unit/test_failover.py)
+    # no failover is ever noticed: the gate stays open (tests/unit/test_failover_gate.py)
     gate: FailoverGate = field(default_factory=lambda: FailoverGate(None, lambda: 30.0))
     holder: Any = field(default_factory=lambda: SimpleNamespace(token="t0"))
 
