@@ -13,15 +13,16 @@ read until after the new one is committed.
 from __future__ import annotations
 
 import logging
-from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, inspect, text
 
+from pandaserver.db import revisions
 from pandaserver.db.tables import VERSION_TABLE
+
+if TYPE_CHECKING:  # Alembic is imported only to migrate: a check reads the files (revisions)
+    from alembic.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ class SchemaError(Exception):
 
 
 def _config(connection: Connection | None = None) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     if connection is not None:
@@ -58,21 +61,14 @@ def _config(connection: Connection | None = None) -> Config:
     return cfg
 
 
-@lru_cache(maxsize=1)
-def _scripts() -> ScriptDirectory:
-    return ScriptDirectory.from_config(_config())
-
-
 def head_revision() -> str:
     """The newest revision this code knows."""
-    head = _scripts().get_current_head()
-    if head is None:  # pragma: no cover - there is always a first revision
-        raise RuntimeError(f"no migrations found in {MIGRATIONS_DIR}")
-    return head
+    return revisions.head()
 
 
 def known_revisions() -> list[str]:
-    return [script.revision for script in _scripts().walk_revisions()]
+    """Every revision this code knows, the newest first."""
+    return revisions.walk()
 
 
 def _current(conn: Connection) -> str | None:
@@ -141,6 +137,8 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
                 if problem is not None:
                     log.info("upgrading panda-daemon schema from %s to %s", before or "nothing",
                              problem.head)
+                    from alembic import command
+
                     command.upgrade(_config(conn), "head")
                 after = _current(conn)
         finally:

@@ -17,7 +17,7 @@ from typing import Any
 import psutil
 
 from pandaserver.daemons.master.statusfile import read_status, status_path
-from pandaserver.db.engine import default_state_dir
+from pandaserver.db.statedir import default_state_dir
 from pandaserver.fmt import span, table
 
 STATUS_GLOB = "status-*.json"
