@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ from pandaserver.config import ConfigError, PandaConfig, load_config
 from pandaserver.service.logfiles import MASTER_LOG_FORMAT
 
 if TYPE_CHECKING:
+    from pandaserver.commands.prespawn import Prespawned
     from pandaserver.preflight.validate import Verdict
 
 log = logging.getLogger("panda.cli")
@@ -106,16 +108,32 @@ def report(verdict: Verdict, command: str, logger: logging.Logger = log) -> None
 
 
 def cmd_run(cfg: PandaConfig, args: argparse.Namespace) -> int:
-    from pandaserver.commands.launch import build_master, disabled
-    from pandaserver.config.users import NO_ROOT_VARIABLE
-    from pandaserver.preflight.validate import RUN, drop_scripts, validate
+    from pandaserver.commands.launch import disabled
 
     settings = cfg.daemon
     if disabled(settings):
         log.warning("the daemon is disabled (enable = False in [daemon] of %s); nothing to run",
                     cfg.path)
         return exitcodes.RET_OK
+    from pandaserver.commands.launch import server_name
+    from pandaserver.commands.prespawn import Prespawned, worker_argv
+
+    early = Prespawned()  # worker 1 boots while the master is checked and built
+    early.start(worker_argv(server_name(args), args.log_level, cfg.origin, 1))
+    try:
+        return _run_master(cfg, args, early)
+    finally:
+        early.discard()
+
+
+def _run_master(cfg: PandaConfig, args: argparse.Namespace, early: Prespawned) -> int:
+    from pandaserver.commands.launch import build_master
+    from pandaserver.config.users import NO_ROOT_VARIABLE
+    from pandaserver.preflight.validate import RUN, drop_scripts, validate
+
+    prefetch = _prefetch_master()  # meanwhile: the preflight's import check is a subprocess
     verdict = validate(cfg, RUN, cwd=os.getcwd())
+    prefetch.join()
     report(verdict, RUN)
     code = verdict.exit_code(RUN)
     if code != exitcodes.RET_OK:
@@ -129,11 +147,25 @@ def cmd_run(cfg: PandaConfig, args: argparse.Namespace) -> int:
         log.warning("running scripts as root: 'run' keeps the user it is started as; 'start'"
                     " switches to uname/gname (set PANDA_NO_ROOT=1 to silence this)")
     try:
-        master = build_master(cfg, args)
+        master = build_master(cfg, args, processes=early)
     except StartupError as exc:
         log.error("cannot start: %s", exc)
         return exc.code
     return master.run()
+
+
+def _import_master() -> None:
+    import pandaserver.daemons.fleet.fleetdb
+    import pandaserver.daemons.master.loop  # noqa: F401
+
+
+def _prefetch_master() -> threading.Thread:
+    """Import the master's modules on a thread while the preflight waits for its import
+    check (a fresh interpreter, on the other core): the first run starts that much sooner.
+    Only where the process does not fork after (``run``, not ``start``)."""
+    thread = threading.Thread(target=_import_master, name="prefetch-imports", daemon=True)
+    thread.start()
+    return thread
 
 
 def cmd_run_once(cfg: PandaConfig, args: argparse.Namespace) -> int:
