@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -131,9 +130,7 @@ def _run_master(cfg: PandaConfig, args: argparse.Namespace, early: Prespawned) -
     from pandaserver.config.users import NO_ROOT_VARIABLE
     from pandaserver.preflight.validate import RUN, drop_scripts, validate
 
-    prefetch = _prefetch_master()  # meanwhile: the preflight's import check is a subprocess
     verdict = validate(cfg, RUN, cwd=os.getcwd())
-    prefetch.join()
     report(verdict, RUN)
     code = verdict.exit_code(RUN)
     if code != exitcodes.RET_OK:
@@ -152,20 +149,6 @@ def _run_master(cfg: PandaConfig, args: argparse.Namespace, early: Prespawned) -
         log.error("cannot start: %s", exc)
         return exc.code
     return master.run()
-
-
-def _import_master() -> None:
-    import pandaserver.daemons.fleet.fleetdb
-    import pandaserver.daemons.master.loop  # noqa: F401
-
-
-def _prefetch_master() -> threading.Thread:
-    """Import the master's modules on a thread while the preflight waits for its import
-    check (a fresh interpreter, on the other core): the first run starts that much sooner.
-    Only where the process does not fork after (``run``, not ``start``)."""
-    thread = threading.Thread(target=_import_master, name="prefetch-imports", daemon=True)
-    thread.start()
-    return thread
 
 
 def cmd_run_once(cfg: PandaConfig, args: argparse.Namespace) -> int:
