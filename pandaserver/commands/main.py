@@ -15,7 +15,7 @@ from pandaserver.config import ConfigError, PandaConfig, load_config
 from pandaserver.service.logfiles import MASTER_LOG_FORMAT
 
 if TYPE_CHECKING:
-    from pandaserver.commands.prespawn import Prespawned
+    from pandaserver.daemons.master.loop import Master
     from pandaserver.preflight.validate import Verdict
 
 log = logging.getLogger("panda.cli")
@@ -108,28 +108,14 @@ def report(verdict: Verdict, command: str, logger: logging.Logger = log) -> None
 
 def cmd_run(cfg: PandaConfig, args: argparse.Namespace) -> int:
     from pandaserver.commands.launch import disabled
+    from pandaserver.config.users import NO_ROOT_VARIABLE
+    from pandaserver.preflight.validate import RUN, drop_scripts, validate
 
     settings = cfg.daemon
     if disabled(settings):
         log.warning("the daemon is disabled (enable = False in [daemon] of %s); nothing to run",
                     cfg.path)
         return exitcodes.RET_OK
-    from pandaserver.commands.launch import server_name
-    from pandaserver.commands.prespawn import Prespawned, worker_argv
-
-    early = Prespawned()  # worker 1 boots while the master is checked and built
-    early.start(worker_argv(server_name(args), args.log_level, cfg.origin, 1))
-    try:
-        return _run_master(cfg, args, early)
-    finally:
-        early.discard()
-
-
-def _run_master(cfg: PandaConfig, args: argparse.Namespace, early: Prespawned) -> int:
-    from pandaserver.commands.launch import build_master
-    from pandaserver.config.users import NO_ROOT_VARIABLE
-    from pandaserver.preflight.validate import RUN, drop_scripts, validate
-
     verdict = validate(cfg, RUN, cwd=os.getcwd())
     report(verdict, RUN)
     code = verdict.exit_code(RUN)
@@ -137,18 +123,42 @@ def _run_master(cfg: PandaConfig, args: argparse.Namespace, early: Prespawned) -
         log.error("cannot start: fix the problems above (panda-daemon check-config lists them)")
         return code
     drop_scripts(cfg, verdict)
-
-    from pandaserver.daemons.fleet.fleetdb import StartupError
-
     if os.geteuid() == 0 and not os.environ.get(NO_ROOT_VARIABLE):
         log.warning("running scripts as root: 'run' keeps the user it is started as; 'start'"
                     " switches to uname/gname (set PANDA_NO_ROOT=1 to silence this)")
     try:
-        master = build_master(cfg, args, processes=early)
-    except StartupError as exc:
+        master = build_master(cfg, args)  # imports the master's modules after worker 1 starts
+    except Exception as exc:
+        from pandaserver.daemons.fleet.fleetdb import StartupError
+
+        if not isinstance(exc, StartupError):
+            raise
         log.error("cannot start: %s", exc)
         return exc.code
-    return master.run()
+    try:
+        return master.run()
+    finally:
+        from pandaserver.commands.prespawn import Prespawned
+
+        layer = getattr(getattr(master, "pool", None), "layer", None)
+        if isinstance(layer, Prespawned):
+            layer.discard()  # had the master stopped before it started worker 1
+
+
+def build_master(cfg: PandaConfig, args: argparse.Namespace) -> Master:
+    """``run``'s master (``launch.build_master``), worker 1 started first: it boots on the
+    other core while the master imports its modules and opens its database
+    (``pandaserver.commands.prespawn``)."""
+    from pandaserver.commands import launch
+    from pandaserver.commands.prespawn import Prespawned, worker_argv
+
+    early = Prespawned()
+    early.start(worker_argv(launch.server_name(args), args.log_level, cfg.origin, 1))
+    try:
+        return launch.build_master(cfg, args, processes=early)
+    except BaseException:
+        early.discard()
+        raise
 
 
 def cmd_run_once(cfg: PandaConfig, args: argparse.Namespace) -> int:
