@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import select
 import signal
 import statistics
 import subprocess
@@ -27,6 +28,8 @@ from typing import Any
 
 import psutil
 from benchmaster import start_master, write_config
+
+from pandaserver.daemons.base.lifeline import KILL_GRACE
 
 DELAY = re.compile(r" run \d+ outcome=(\w+) duration=[-0-9.]+s delay=(-?[0-9.]+)s"
                    r" queued=(-?[0-9.]+)s")
@@ -111,12 +114,96 @@ def idle(seconds: float, count: int, period: float, n_proc: int) -> None:
     print(f"  RSS of master + workers: {rss:.1f} MB")
 
 
+def probe_starts(path: Path, count: int, timeout: float = 60) -> list[tuple[str, float, int]]:
+    """The first ``count`` starts the probe scripts wrote: (argument, monotonic time, pid)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = path.read_text().split("\n") if path.exists() else []
+        starts = [(words[0], float(words[1]), int(words[2]) if len(words) > 2 else 0)
+                  for words in (line.split() for line in lines if line)]
+        if len(starts) >= count:
+            return starts[:count]
+        time.sleep(0.002)
+    raise TimeoutError(f"the probe scripts did not start {count} time(s) in {timeout:g} s")
+
+
+def death_of(pid: int, timeout: float = 30) -> float:
+    """The monotonic time process ``pid`` (not our child) ended, to a millisecond or so."""
+    fd = os.pidfd_open(pid)
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        if not ready:
+            raise TimeoutError(f"pid {pid} did not end in {timeout:g} s")
+        return time.monotonic()
+    finally:
+        os.close(fd)
+
+
+def timeout_kill(rounds: int, n_proc: int) -> None:
+    """A script that hangs past its timeout (ignoring SIGTERM) with its next run due: from
+    the SIGKILL that ends the hung run to main() of the next run, on the other, idle worker."""
+    gaps = []
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = Path(tmp) / "probe.txt"
+        cfg = write_config(Path(tmp), {"hang": {"module": "hang", "period": 0.5,
+                                                "timeout": 0.5, "arguments": ["hang"]}},
+                           n_proc)
+        os.environ["PANDA_BENCH_PROBE"] = str(probe)
+        proc = start_master(cfg, Path(tmp) / "master.log", Path(tmp) / "state")
+        try:
+            for count in range(1, rounds + 1):
+                _, _, pid = probe_starts(probe, count)[-1]
+                died = death_of(pid)
+                gaps.append(probe_starts(probe, count + 1)[-1][1] - died)
+        finally:
+            stop(proc)
+    print(f"timeout kill: {rounds} runs hung past their timeout (0.5 s; SIGTERM ignored,"
+          f" SIGKILL {KILL_GRACE:g} s later), n_proc {n_proc}")
+    print(f"  SIGKILL of the hung run to main() of its next run, ms: median"
+          f" {statistics.median(gaps) * 1000:.1f}  min {min(gaps) * 1000:.1f}"
+          f"  max {max(gaps) * 1000:.1f}")
+
+
+def first_run(launches: int, n_proc: int) -> None:
+    """From the exec of a master to main() of the first run of a script due at start: the
+    first launch makes the SQLite file (and migrates it), the others find it made."""
+    delays = []
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = Path(tmp) / "probe.txt"
+        cfg = write_config(Path(tmp), {"first": {"module": "probe", "period": 600,
+                                                 "arguments": ["first"]}}, n_proc)
+        os.environ["PANDA_BENCH_PROBE"] = str(probe)
+        for _ in range(launches):
+            probe.unlink(missing_ok=True)
+            launched = time.monotonic()
+            proc = start_master(cfg, Path(tmp) / "master.log", Path(tmp) / "state")
+            try:
+                delays.append(probe_starts(probe, 1)[0][1] - launched)
+            finally:
+                stop(proc)
+    print(f"first run after launch: {launches} launches, n_proc {n_proc}, SQLite")
+    print(f"  exec of the master to main() of the first run, ms: first launch (makes the"
+          f" database) {delays[0] * 1000:.0f}")
+    if len(delays) > 1:
+        again = delays[1:]
+        print(f"  later launches: median {statistics.median(again) * 1000:.0f}"
+              f"  min {min(again) * 1000:.0f}  max {max(again) * 1000:.0f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--busy-seconds", type=float, default=60)
     parser.add_argument("--idle-seconds", type=float, default=60)
+    parser.add_argument("--launches", type=int, default=7,
+                        help="masters launched for the first-run figure (0: skip it)")
+    parser.add_argument("--timeouts", type=int, default=5,
+                        help="hung runs killed for the timeout figure (0: skip it)")
     args = parser.parse_args()
+    if args.launches > 0:
+        first_run(args.launches, 4)
+    if args.timeouts > 0:
+        timeout_kill(args.timeouts, 2)
     if args.busy_seconds > 0:
         busy(args.busy_seconds, 50, 1.0, 4)
     if args.idle_seconds > 0:

@@ -52,6 +52,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def add_cron_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``cron2json`` on the ``panda-daemon`` parser: run without a configuration."""
+    cron = sub.add_parser(PROG, help="convert crontab lines into daemon config JSON")
+    add_arguments(cron)
+    cron.set_defaults(func=None, plain=run)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the cron2json options and the input argument to ``parser``."""
     if parser.description is None:

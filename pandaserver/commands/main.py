@@ -10,13 +10,12 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from pandaserver import __version__, exitcodes
-from pandaserver.commands.configvalue import add_config_value
-from pandaserver.commands.launch import build_master, disabled, server_name
+from pandaserver.commands.registry import BY_NAME, add_commands, parse
 from pandaserver.config import ConfigError, PandaConfig, load_config
-from pandaserver.config.users import NO_ROOT_VARIABLE
 from pandaserver.service.logfiles import MASTER_LOG_FORMAT
 
 if TYPE_CHECKING:
+    from pandaserver.daemons.master.loop import Master
     from pandaserver.preflight.validate import Verdict
 
 log = logging.getLogger("panda.cli")
@@ -27,7 +26,9 @@ DATABASE_COMMANDS = {"history", "locks", "unlock", "db", "web", "pause", "resume
                      "kill", "drain", "undrain", "restart-workers", "commands", "fleet"}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``panda-daemon`` parser: every command listed, ``command``'s own arguments added
+    (its module imported: ``pandaserver.commands.registry``); None: none added."""
     parser = argparse.ArgumentParser(
         prog="panda-daemon",
         description="Run PanDA server housekeeping scripts on a schedule, one server or a fleet.",
@@ -44,57 +45,30 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--version", action="version", version=f"panda-daemon {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    run = sub.add_parser("run", help="run the master in the foreground, logging to stderr")
-    run.set_defaults(func=cmd_run)
-    check = sub.add_parser("check-config",
-                           help="show the scripts as they will run and every problem")
-    check.add_argument("--no-import", action="store_true",
-                       help="do not try to import the script modules")
-    check.add_argument("--connect", action="store_true",
-                       help="also connect to the database and check its schema")
-    check.set_defaults(func=cmd_check_config)
-    once = sub.add_parser("run-once", help="run one script once in the foreground")
-    once.add_argument("name", help="the script's name in the config")
-    once.add_argument("--ignore-lease", action="store_true",
-                      help="run a sync script without taking its fleet-wide lease")
-    once.set_defaults(func=cmd_run_once)
-
-    _add_optional_commands(sub)
-    add_config_value(sub)
+    add_commands(sub, command, _add_own_command)
     return parser
 
 
-def _add_optional_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Commands of the cron converter and the database and service layers."""
-    try:
-        from pandaserver.commands import cron as cron_cli
-    except ImportError:
-        pass
+def _add_own_command(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+                     name: str) -> None:
+    """The commands this module defines: ``run``, ``check-config``, ``run-once``."""
+    helptext = BY_NAME[name].help
+    if name == "run":
+        run = sub.add_parser("run", help=helptext)
+        run.set_defaults(func=cmd_run)
+    elif name == "check-config":
+        check = sub.add_parser("check-config", help=helptext)
+        check.add_argument("--no-import", action="store_true",
+                           help="do not try to import the script modules")
+        check.add_argument("--connect", action="store_true",
+                           help="also connect to the database and check its schema")
+        check.set_defaults(func=cmd_check_config)
     else:
-        cron = sub.add_parser("cron2json", help="convert crontab lines into daemon config JSON")
-        cron_cli.add_arguments(cron)
-        cron.set_defaults(func=None, plain=cron_cli.run)
-    try:
-        from pandaserver.commands.service import add_service_subcommands
-    except ImportError:
-        pass
-    else:
-        add_service_subcommands(sub)
-    try:
-        from pandaserver.commands.web import add_web_subcommands
-    except ImportError:
-        pass
-    else:
-        add_web_subcommands(sub)
-    try:
-        from pandaserver.commands.database import add_db_subcommands
-    except ImportError:
-        return
-    add_db_subcommands(sub)
-    from pandaserver.commands.operator import add_control_subcommands
-
-    add_control_subcommands(sub)
+        once = sub.add_parser("run-once", help=helptext)
+        once.add_argument("name", help="the script's name in the config")
+        once.add_argument("--ignore-lease", action="store_true",
+                          help="run a sync script without taking its fleet-wide lease")
+        once.set_defaults(func=cmd_run_once)
 
 
 # the commands whose process is (or becomes) a master; any other command's records name it
@@ -133,6 +107,8 @@ def report(verdict: Verdict, command: str, logger: logging.Logger = log) -> None
 
 
 def cmd_run(cfg: PandaConfig, args: argparse.Namespace) -> int:
+    from pandaserver.commands.launch import disabled
+    from pandaserver.config.users import NO_ROOT_VARIABLE
     from pandaserver.preflight.validate import RUN, drop_scripts, validate
 
     settings = cfg.daemon
@@ -147,21 +123,46 @@ def cmd_run(cfg: PandaConfig, args: argparse.Namespace) -> int:
         log.error("cannot start: fix the problems above (panda-daemon check-config lists them)")
         return code
     drop_scripts(cfg, verdict)
-
-    from pandaserver.daemons.fleet.fleetdb import StartupError
-
     if os.geteuid() == 0 and not os.environ.get(NO_ROOT_VARIABLE):
         log.warning("running scripts as root: 'run' keeps the user it is started as; 'start'"
                     " switches to uname/gname (set PANDA_NO_ROOT=1 to silence this)")
     try:
-        master = build_master(cfg, args)
-    except StartupError as exc:
+        master = build_master(cfg, args)  # imports the master's modules after worker 1 starts
+    except Exception as exc:
+        from pandaserver.daemons.fleet.fleetdb import StartupError
+
+        if not isinstance(exc, StartupError):
+            raise
         log.error("cannot start: %s", exc)
         return exc.code
-    return master.run()
+    try:
+        return master.run()
+    finally:
+        from pandaserver.commands.prespawn import Prespawned
+
+        layer = getattr(getattr(master, "pool", None), "layer", None)
+        if isinstance(layer, Prespawned):
+            layer.discard()  # had the master stopped before it started worker 1
+
+
+def build_master(cfg: PandaConfig, args: argparse.Namespace) -> Master:
+    """``run``'s master (``launch.build_master``), worker 1 started first: it boots on the
+    other core while the master imports its modules and opens its database
+    (``pandaserver.commands.prespawn``)."""
+    from pandaserver.commands import launch
+    from pandaserver.commands.prespawn import Prespawned, worker_argv
+
+    early = Prespawned()
+    early.start(worker_argv(launch.server_name(args), args.log_level, cfg.origin, 1))
+    try:
+        return launch.build_master(cfg, args, processes=early)
+    except BaseException:
+        early.discard()
+        raise
 
 
 def cmd_run_once(cfg: PandaConfig, args: argparse.Namespace) -> int:
+    from pandaserver.commands.launch import server_name
     from pandaserver.config.problems import did_you_mean
     from pandaserver.daemons.master.loop import Master
     from pandaserver.preflight.validate import RUN_ONCE, validate
@@ -219,8 +220,7 @@ def _unusable_config(args: argparse.Namespace, problems: list[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    parser, args = parse(build_parser, argv)
     name = args.server_name
     if name is not None and not (0 < len(name.strip()) == len(name) <= 255):
         parser.error(f"--server-name must be 1 to 255 characters without surrounding spaces,"

@@ -31,12 +31,11 @@ from sqlalchemy import URL, Engine, create_engine, event, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from pandaserver.config import PandaConfig
-from pandaserver.db import multihost
+from pandaserver.db import multihost, statedir
+from pandaserver.db.statedir import SQLITE_FILENAME as SQLITE_FILENAME
+from pandaserver.db.statedir import STATE_DIR_ENV as STATE_DIR_ENV
 
-STATE_DIR_ENV = "PANDA_DAEMON_STATE_DIR"
-SYSTEM_STATE_DIR = Path("/var/lib/panda-daemon")
-USER_STATE_DIR = Path("~/.local/state/panda-daemon")
-SQLITE_FILENAME = "panda_daemon.sqlite"
+SYSTEM_STATE_DIR = statedir.SYSTEM_STATE_DIR  # a module attribute: tests move it
 
 CONNECT_TIMEOUT = 5.0  # seconds to establish a connection
 SQLITE_BUSY_TIMEOUT = 5.0  # seconds SQLite waits for another writer
@@ -50,28 +49,9 @@ class DatabaseConfigError(Exception):
 
 
 def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """Where the default SQLite file lives.
-
-    ``$PANDA_DAEMON_STATE_DIR`` if set; else ``/var/lib/panda-daemon`` when it is (or
-    could be created) writable; else ``~/.local/state/panda-daemon``.
-    """
-    env = os.environ if environ is None else environ
-    explicit = env.get(STATE_DIR_ENV, "").strip()
-    if explicit:
-        return Path(explicit).expanduser()
-    if _writable(SYSTEM_STATE_DIR):
-        return SYSTEM_STATE_DIR
-    home = env.get("HOME")
-    if home:
-        return Path(home) / ".local" / "state" / "panda-daemon"
-    return USER_STATE_DIR.expanduser()
-
-
-def _writable(path: Path) -> bool:
-    if path.exists():
-        return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
-    parent = path.parent
-    return parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)
+    """Where the default SQLite file lives (``pandaserver.db.statedir``, with this module's
+    ``SYSTEM_STATE_DIR``)."""
+    return statedir.default_state_dir(environ, SYSTEM_STATE_DIR)
 
 
 def _server(cfg: PandaConfig, key: str) -> str | None:

@@ -21,16 +21,19 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import OperationalError
 
 from pandaserver import __version__
+from pandaserver.db import revisions
 from pandaserver.db.servertime import db_now_expr
 from pandaserver.db.tables import COMPAT_TABLE, VERSION_TABLE, daemon_schema_compat
+
+if TYPE_CHECKING:  # Alembic is imported only to migrate: a check reads the files (revisions)
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +94,8 @@ class Step:
 
 
 def _config(connection: Connection | None = None) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     if connection is not None:
@@ -100,19 +105,21 @@ def _config(connection: Connection | None = None) -> Config:
 
 @lru_cache(maxsize=1)
 def _scripts() -> ScriptDirectory:
+    """The migrations as Alembic loads them (imports Alembic and every migration module):
+    for what only a module tells (its ``compatibility``, its docstring), never for a check."""
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(_config())
 
 
 def head_revision() -> str:
     """The newest revision this code knows."""
-    head = _scripts().get_current_head()
-    if head is None:  # pragma: no cover - there is always a first revision
-        raise RuntimeError(f"no migrations found in {MIGRATIONS_DIR}")
-    return head
+    return revisions.head()
 
 
 def known_revisions() -> list[str]:
-    return [script.revision for script in _scripts().walk_revisions()]
+    """Every revision this code knows, the newest first."""
+    return revisions.walk()
 
 
 def _current(conn: Connection) -> str | None:
@@ -311,6 +318,8 @@ def _upgrade_once(engine: Engine, allow_contract: bool) -> tuple[str | None, str
                         _check_contract(before, allow_contract)
                     log.info("upgrading panda-daemon schema from %s to %s", before or "nothing",
                              problem.head)
+                    from alembic import command
+
                     command.upgrade(_config(conn), "head")
                 after = _current(conn)
                 if after == head_revision():

@@ -93,10 +93,24 @@ def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> None:
     proc.wait()
 
 
-def run_probe(package: str, modules: list[str], *, cwd: str | None = None,
-              env: Mapping[str, str] | None = None,
-              timeout: float = PROBE_TIMEOUT) -> ProbeResult:
-    """Run ``probe`` in a fresh interpreter (killed with its process group at ``timeout``)."""
+@dataclass
+class StartedProbe:
+    """A probe running beside the caller (``start_probe``); ``finish_probe`` collects it."""
+
+    package: str
+    timeout: float
+    proc: subprocess.Popen[bytes] | None = None
+    read_fd: int = -1
+    deadline: float = 0.0
+    failure: str | None = None  # it could not be started
+
+
+def start_probe(package: str, modules: list[str], *, cwd: str | None = None,
+                env: Mapping[str, str] | None = None,
+                timeout: float = PROBE_TIMEOUT) -> StartedProbe:
+    """Start ``probe`` in a fresh interpreter and hand it its request; the caller may do
+    other work (on the other core) before ``finish_probe``."""
+    started = StartedProbe(package=package, timeout=timeout)
     read_fd, write_fd = os.pipe()
     request = json.dumps({"package": package, "modules": modules, "fd": write_fd})
     try:
@@ -108,22 +122,36 @@ def run_probe(package: str, modules: list[str], *, cwd: str | None = None,
     except OSError as exc:
         os.close(read_fd)
         os.close(write_fd)
-        return ProbeResult(failure=f"cannot start {sys.executable} to import the scripts: {exc}")
+        started.failure = f"cannot start {sys.executable} to import the scripts: {exc}"
+        return started
     os.close(write_fd)
-    deadline = time.monotonic() + timeout
+    started.proc, started.read_fd = proc, read_fd
+    started.deadline = time.monotonic() + timeout
     try:
         assert proc.stdin is not None
         proc.stdin.write(request.encode())
         proc.stdin.close()
-        data = _read_all(read_fd, deadline)
-        _wait_exit(proc, max(0.1, deadline - time.monotonic()))
-    except (subprocess.TimeoutExpired, TimeoutError, BrokenPipeError):
+    except BrokenPipeError:
+        pass  # it ended at once: finish_probe says how
+    return started
+
+
+def finish_probe(started: StartedProbe) -> ProbeResult:
+    """The answer of a probe from ``start_probe`` (killed with its process group at its
+    timeout, counted from its start)."""
+    if started.failure is not None or started.proc is None:
+        return ProbeResult(failure=started.failure)
+    proc, package, timeout = started.proc, started.package, started.timeout
+    try:
+        data = _read_all(started.read_fd, started.deadline)
+        _wait_exit(proc, max(0.1, started.deadline - time.monotonic()))
+    except (subprocess.TimeoutExpired, TimeoutError):
         _kill_group(proc)
         return ProbeResult(failure=f"importing the script modules of {package} did not finish"
                                    f" within {timeout:g} s (a module that waits or works at"
                                    " import would hold every worker the same way)")
     finally:
-        os.close(read_fd)
+        os.close(started.read_fd)
     try:
         answer = json.loads(data)
     except ValueError:
@@ -133,6 +161,21 @@ def run_probe(package: str, modules: list[str], *, cwd: str | None = None,
     return ProbeResult(package_error=answer.get("package"),
                        module_errors=dict(answer.get("modules", {})),
                        signature_errors=dict(answer.get("signatures", {})))
+
+
+def abandon_probe(started: StartedProbe) -> None:
+    """End a probe whose answer is no longer wanted (its caller failed meanwhile)."""
+    if started.proc is not None:
+        _kill_group(started.proc)
+        os.close(started.read_fd)
+        started.proc = None
+
+
+def run_probe(package: str, modules: list[str], *, cwd: str | None = None,
+              env: Mapping[str, str] | None = None,
+              timeout: float = PROBE_TIMEOUT) -> ProbeResult:
+    """Run ``probe`` in a fresh interpreter (killed with its process group at ``timeout``)."""
+    return finish_probe(start_probe(package, modules, cwd=cwd, env=env, timeout=timeout))
 
 
 def _read_all(fd: int, deadline: float) -> bytes:

@@ -13,11 +13,15 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pandaserver import exitcodes
 from pandaserver.config import PandaConfig
 from pandaserver.config.secrets import redact
 from pandaserver.preflight.dbsettings import database_findings
+
+if TYPE_CHECKING:
+    from pandaserver.preflight.imports import StartedProbe
 
 ERROR = "error"
 PROBLEM = "problem"
@@ -95,16 +99,26 @@ def validate(cfg: PandaConfig, command: str, *, try_import: bool = True, connect
                             stops=(CHECK, RUN, START, RELOAD)))
     for problem in settings.warnings:
         verdict.add(Finding(WARNING, str(problem)))
-    sync = [spec.name for spec in settings.enabled_scripts if spec.sync]
-    where, findings = database_findings(cfg, connect=connect, sync_scripts=sync)
-    verdict.database = where
-    for level, message, code in findings:  # an unreachable database stops check-config
-        # --connect only: the master starts in an outage and resumes by itself
-        verdict.add(Finding(level, message, code=code,
-                            stops=(CHECK,) if code == exitcodes.RET_DATABASE else ALL_COMMANDS))
-    _check_users(cfg, verdict, euid, env)
-    if try_import and command != RUN_ONCE:
-        _check_imports(cfg, verdict, cwd, env, import_timeout)
+    # the import check runs in a subprocess: started first, it works beside the checks below
+    probe = _start_imports(cfg, cwd, env, import_timeout) \
+        if try_import and command != RUN_ONCE else None
+    try:
+        sync = [spec.name for spec in settings.enabled_scripts if spec.sync]
+        where, findings = database_findings(cfg, connect=connect, sync_scripts=sync)
+        verdict.database = where
+        for level, message, code in findings:  # an unreachable database stops check-config
+            # --connect only: the master starts in an outage and resumes by itself
+            verdict.add(Finding(level, message, code=code,
+                                stops=(CHECK,) if code == exitcodes.RET_DATABASE else ALL_COMMANDS))
+        _check_users(cfg, verdict, euid, env)
+    except BaseException:
+        if probe is not None:
+            from pandaserver.preflight.imports import abandon_probe
+
+            abandon_probe(probe[1])
+        raise
+    if probe is not None:
+        _check_imports(cfg, verdict, probe)
     return verdict
 
 
@@ -149,17 +163,27 @@ def _check_users(cfg: PandaConfig, verdict: Verdict, euid: int | None,
                                          f" {exitcodes.RET_USER})"))
 
 
-def _check_imports(cfg: PandaConfig, verdict: Verdict, cwd: str | None,
-                   env: Mapping[str, str], timeout: float | None) -> None:
-    from pandaserver.preflight.imports import PROBE_TIMEOUT, run_probe
+def _start_imports(cfg: PandaConfig, cwd: str | None, env: Mapping[str, str],
+                   timeout: float | None) -> tuple[list[str], StartedProbe] | None:
+    """The import check of the enabled scripts' modules, started (None: nothing to check)."""
+    from pandaserver.preflight.imports import PROBE_TIMEOUT, start_probe
 
     settings = cfg.daemon
     if not settings.package or any(p.key == "package" for p in settings.fatal):
-        return
+        return None
+    modules = sorted({spec.module for spec in settings.enabled_scripts})
+    return modules, start_probe(settings.package, modules, cwd=cwd, env=env,
+                                timeout=PROBE_TIMEOUT if timeout is None else timeout)
+
+
+def _check_imports(cfg: PandaConfig, verdict: Verdict,
+                   probe: tuple[list[str], StartedProbe]) -> None:
+    from pandaserver.preflight.imports import finish_probe
+
+    settings = cfg.daemon
     specs = settings.enabled_scripts
-    modules = sorted({spec.module for spec in specs})
-    result = run_probe(settings.package, modules, cwd=cwd, env=env,
-                       timeout=PROBE_TIMEOUT if timeout is None else timeout)
+    modules, started = probe
+    result = finish_probe(started)
     where = cfg.where("daemon", "package")
     if result.failure is not None:
         verdict.add(Finding(ERROR, f"{where}: {result.failure}"))

@@ -408,6 +408,31 @@ def test_a_run_past_its_timeout_is_killed_and_recorded_as_timed_out() -> None:
     assert "slow" not in rig.master.controls.crashes.scripts  # a timeout is no crash
 
 
+def test_the_next_due_run_goes_to_an_idle_worker_before_a_replacement_is_spawned() -> None:
+    """A timed-out run's worker is killed: the script's next run (overdue) is handed to the
+    worker that is already idle first; the killed worker's replacement is spawned after."""
+    rig = Rig([spec("slow", period=10, timeout=30)], n_proc=2)
+    rig.start_workers()
+    rig.turn()
+    assert rig.busy() == {1: "slow"}
+    rig.at(1030.0)
+    rig.at(1030.0 + KILL_GRACE)
+    assert rig.processes.calls[-1] == ("kill", rig.slot(1).pid)
+    busy_at_spawn: list[dict[int, str]] = []
+    spawn = rig.processes.spawn
+
+    def spawning(argv: list[str]) -> object:
+        busy_at_spawn.append(rig.busy())
+        return spawn(argv)
+
+    rig.processes.spawn = spawning  # type: ignore[method-assign,assignment]
+    rig.exit(1, -9)
+    rig.turn()
+    assert rig.history.outcomes() == [("slow", protocol.TIMEOUT)]
+    assert busy_at_spawn == [{2: "slow"}]  # handed over, then the replacement spawned
+    assert rig.slot(1).state is WorkerState.STARTING
+
+
 @pytest.mark.parametrize("outcome", [protocol.OK, protocol.FAILED])
 def test_run_once_stops_after_its_one_run(outcome: str) -> None:
     rig = Rig([spec("one")], n_proc=4, only="one")

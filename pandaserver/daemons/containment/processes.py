@@ -23,6 +23,8 @@ from multiprocessing.connection import Connection
 
 import psutil
 
+from pandaserver.daemons.containment import proctable
+
 
 @dataclass
 class Spawned:
@@ -95,6 +97,36 @@ def spawn_worker(argv: list[str], env: dict[str, str] | None = None) -> Spawned:
 
 def tree_of(pid: int) -> list[psutil.Process]:
     """The process and all its descendants, plus anything left in its process group."""
+    pids = _tree_below_us(pid)
+    if pids is None:
+        return _tree_by_walk(pid)
+    found = []
+    for member in [pid, *sorted(pids - {pid})]:
+        with contextlib.suppress(psutil.Error):
+            found.append(psutil.Process(member))
+    return found
+
+
+def _tree_below_us(pid: int) -> set[int] | None:
+    """``tree_of`` without a walk of the whole process table, when ``pid`` is below this
+    process and this process is a subreaper: then whatever ``pid``'s group left (orphans
+    included) is still in our subtree, which the kernel lists child by child. None when
+    that cannot be said."""
+    if not proctable.is_child_subreaper():
+        return None
+    ours = proctable.subtree(os.getpid())
+    below = proctable.subtree(pid)
+    if ours is None or below is None or pid not in ours:
+        return None
+    for other in ours - below - {os.getpid()}:
+        with contextlib.suppress(OSError):
+            if os.getpgid(other) == pid:
+                below.add(other)
+    return below
+
+
+def _tree_by_walk(pid: int) -> list[psutil.Process]:
+    """``tree_of`` by a walk of every process."""
     found: dict[int, psutil.Process] = {}
     try:
         root = psutil.Process(pid)

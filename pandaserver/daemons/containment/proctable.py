@@ -225,6 +225,33 @@ def identity_of(pid: int) -> str | None:
     return None if proc is None or proc.ended else proc.identity
 
 
+def subtree(root: int) -> set[int] | None:
+    """``root`` and its descendants from the ``children`` files (a few small reads per
+    process of the subtree, no walk of the whole table); None where the kernel has none."""
+    found = {root}
+    pending = [root]
+    while pending:
+        children = children_of(pending.pop())
+        if children is None:
+            return None
+        fresh = [pid for pid in children if pid not in found]
+        found.update(fresh)
+        pending.extend(fresh)
+    return found
+
+
+def is_child_subreaper() -> bool:
+    """Whether this process reaps its orphaned descendants (``set_child_subreaper``)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        flag = ctypes.c_int(0)
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(37, ctypes.byref(flag), 0, 0, 0) == 0:  # PR_GET_CHILD_SUBREAPER
+            return flag.value != 0
+    return False
+
+
 def set_child_subreaper() -> bool:
     """Make this process the reaper of its orphaned descendants (Linux 3.4+): a double fork
     or a dead worker then leaves its processes under us, not under init."""

@@ -175,7 +175,11 @@ class Containment:
         ``known``: pids found before. Looking again while the worker lives (it may run
         another run by then, in the same cgroup and session), only the marker and descent
         from ``known`` count. A process marked with another run is never this run's.
+        The first look walks the process table only when the cheap check cannot say that
+        nothing is there (``_surely_nothing_left``).
         """
+        if known is None and self._surely_nothing_left(run):
+            return []
         table = proctable.scan()
         kids = proctable.children_map(table)
         live_workers = {pid for pid, w in self.workers.items()

@@ -234,8 +234,10 @@ class Master:
         if self.pool.stopping and self.pool.empty and not self.containment.busy:
             return None
         if not self.pool.stopping:
-            self.pool.fill(self.clock.monotonic())
+            # hand due runs to idle workers first: a new worker cannot take one before it
+            # is ready anyway, and its spawn (a fork) would delay the hand-over
             self.dispatcher.dispatch(self.clock.monotonic())
+            self.pool.fill(self.clock.monotonic())
             self.dispatcher.warn_late(self.clock.monotonic())
         # timers (history hand-over, heartbeats) may take a moment: measure the timeout
         # from after them, or the master would wake late by that much

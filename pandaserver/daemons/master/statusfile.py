@@ -24,15 +24,17 @@ import threading
 import time
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from pandaserver.config.secrets import redact
 from pandaserver.daemons.base import logsink
 from pandaserver.daemons.fleet.contention import Contention
-from pandaserver.daemons.fleet.fleetdb import FleetDb
-from pandaserver.daemons.master.controls import Controls
-from pandaserver.daemons.master.dispatch import Dispatcher
-from pandaserver.daemons.master.workers import WorkerPool
+
+if TYPE_CHECKING:  # ``status`` reads the file through this module: no database layer here
+    from pandaserver.daemons.fleet.fleetdb import FleetDb
+    from pandaserver.daemons.master.controls import Controls
+    from pandaserver.daemons.master.dispatch import Dispatcher
+    from pandaserver.daemons.master.workers import WorkerPool
 
 log = logging.getLogger("panda.master")
 
