@@ -37,7 +37,8 @@ class FakeLeases:
     def next_release(self) -> float | None:
         return None
 
-    def send_releases(self, now: float, everything: bool = False) -> None:
+    def send_releases(self, now: float, everything: bool = False,
+                      only: str | None = None) -> None:
         return None
 
 

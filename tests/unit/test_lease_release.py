@@ -84,6 +84,30 @@ def test_without_a_grant_in_time_one_statement_releases_every_due_lease() -> Non
     assert gate.finished == {} and gate.next_release() is None
 
 
+def test_an_operators_run_now_releases_that_scripts_finished_lease_at_once() -> None:
+    """Another server may take the run-now: it must not be refused until the lease
+    expires (the deferred release is due only near the next due time)."""
+    gate, fleet = gate_with(["srv01"])
+    spec = script_ranked(gate, 0)
+    fleet.clock = 30.0
+    granted(gate, fleet, spec, 7, due_in=3600.0)
+    gate.release(spec.name, 7)
+    # it expires long before its release would be due: no statement of its own
+    assert gate.next_release() is None and not fleet.calls and not fleet.released
+    gate.send_releases(fleet.clock, only="another script")
+    assert not fleet.calls
+    gate.send_releases(fleet.clock, only=spec.name)
+    assert [what for _, what, _ in fleet.calls] == ["release"]
+    assert gate.finished == {} and gate.expiring == {}
+    # one deferred until near its due time: released at once too
+    granted(gate, fleet, spec, 8, due_in=10.0)
+    gate.release(spec.name, 8)
+    assert spec.name in gate.finished
+    gate.send_releases(fleet.clock, only=spec.name)
+    assert [what for _, what, _ in fleet.calls] == ["release", "release"]
+    assert gate.finished == {}
+
+
 def test_released_at_once_where_another_server_may_need_it_sooner() -> None:
     gate, fleet = gate_with(["srv01"])
     spec = script_ranked(gate, 1)  # a fallback's grant: the preferred server asks at due

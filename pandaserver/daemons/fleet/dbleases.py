@@ -120,6 +120,9 @@ class DbLeases:
         # deferred releases (see "Releases" below)
         self._granted: dict[str, Granted] = {}  # the leases this master holds, by name
         self.finished: dict[str, tuple[int, float]] = {}  # name -> (generation, release by)
+        # finished leases that expire before any release would be due: never released by
+        # a statement of their own, unless an operator's run-now needs them free sooner
+        self.expiring: dict[str, tuple[int, float]] = {}  # name -> (generation, expires)
         self.folded = 0  # releases made by a grant statement (status, tests, benchmarks)
         self._looked_again: set[str] = set()  # refused past due: asked again soon, once
         fleet.at_close.append(lambda: self.send_releases(fleet.monotonic(), everything=True))
@@ -235,7 +238,8 @@ class DbLeases:
         ttl = fleet.settings.lease_ttl
         name = spec.name
         # this master's own finished generation of this lease, released by this statement
-        finished = self.finished.pop(name, (None, 0.0))[0]
+        kept = self.finished.pop(name, None) or self.expiring.pop(name, None)
+        finished = None if kept is None else kept[0]
 
         def done(result: Any, error: BaseException | None, late: bool) -> None:
             granted = error is None and result is not None and result.granted
@@ -353,20 +357,34 @@ class DbLeases:
             fleet.release(name, generation)
         elif granted.expires > by:  # else it expires on its own before anyone asks
             self.finished[name] = (generation, by)
+        else:
+            self.expiring[name] = (generation, granted.expires)
 
     def next_release(self) -> float | None:
         """When ``send_releases`` has a deferred release to send (monotonic)."""
         return min((by for _, by in self.finished.values()), default=None)
 
-    def send_releases(self, now: float, everything: bool = False) -> None:
-        """Release in one statement the deferred leases due by ``now`` (all: at the stop)."""
-        due = sorted((name, gen) for name, (gen, by) in self.finished.items()
-                     if everything or by <= now)
+    def send_releases(self, now: float, everything: bool = False,
+                      only: str | None = None) -> None:
+        """Release in one statement the deferred leases due by ``now`` (all: at the stop;
+        ``only``: that script's now, whenever it was due: an operator's run-now, which
+        another server may take before the release was due)."""
+        if only is not None:
+            self.expiring = {n: e for n, e in self.expiring.items() if e[1] > now}
+            found = self.finished.get(only) or self.expiring.pop(only, None)
+            due = [] if found is None else [(only, found[0])]
+        else:
+            due = sorted((name, gen) for name, (gen, by) in self.finished.items()
+                         if everything or by <= now)
+            if everything:  # a stopping master leaves no lease of its own held
+                due += sorted((name, gen) for name, (gen, expires) in self.expiring.items()
+                              if expires > now)
+                self.expiring = {}
         if not due:
             return
         fleet = self.fleet
         for name, _ in due:
-            del self.finished[name]
+            self.finished.pop(name, None)
         if fleet.down_since is not None and not fleet.usable(now):
             fleet.failed_releases.extend(due)
             return
@@ -381,7 +399,8 @@ class DbLeases:
                             " (expired and taken, or force-released)", len(due) - result,
                             len(due))
 
-        fleet._submit("lease", "release", lambda: fleet.leases.release_many(due, fleet.holder), done)
+        fleet._submit("lease", "release", lambda: fleet.leases.release_many(due, fleet.holder),
+                      done)
 
 
 def release_by(due: float, period: float, rank_: int, member: bool) -> float | None:

@@ -77,7 +77,8 @@ class LeaseManager(Protocol):
     def next_release(self) -> float | None:
         """When a deferred release must be sent (monotonic); None: none waits."""
 
-    def send_releases(self, now: float, everything: bool = False) -> None:
+    def send_releases(self, now: float, everything: bool = False,
+                      only: str | None = None) -> None:
         """Send the deferred releases due by ``now`` (``everything``: all of them)."""
 
 
@@ -103,5 +104,6 @@ class LocalLeases:
     def next_release(self) -> float | None:
         return None
 
-    def send_releases(self, now: float, everything: bool = False) -> None:
+    def send_releases(self, now: float, everything: bool = False,
+                      only: str | None = None) -> None:
         return None

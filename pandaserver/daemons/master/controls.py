@@ -109,6 +109,8 @@ class Scripts(Protocol):
 
     def run_now(self, name: str, now: float) -> bool: ...
 
+    def release_finished(self, name: str) -> None: ...
+
     def retry_import(self, name: str) -> None: ...
 
 
@@ -291,6 +293,8 @@ class Controls:
             return
         server = self.server
         lease = name if state is not None and state.spec.sync else None
+        if lease is not None:  # whoever takes it, this master's deferred release must not
+            self._parts()[0].release_finished(name)  # hold that server back
 
         def done(holder: Any, error: BaseException | None, late: bool) -> None:
             self.read_soon = True  # the acknowledgement below is written at once

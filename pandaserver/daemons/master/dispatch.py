@@ -404,6 +404,13 @@ class Dispatcher:
         self.scripts.set_due(state, min(state.next_due, now))
         return True
 
+    def release_finished(self, name: str) -> None:
+        """An operator's run-now of ``name`` reached this master: a finished lease of it
+        whose release waits for this master's next grant (daemons/fleet/dbleases.py) is
+        released now, so that the server taking the run-now is not refused until it
+        expires."""
+        self.leases.send_releases(self.clock.monotonic(), only=name)
+
     def retry_import(self, name: str) -> None:
         """An operator resumed ``name``: if its import failed, the next run tries again."""
         state = self.scripts.get(name)
