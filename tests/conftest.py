@@ -15,6 +15,7 @@ FAIL with the reason (they are never skipped: a skipped lease test proves nothin
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -53,20 +54,29 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 LAYERS = ("acceptance", "integration", "unit")  # slowest first
+DURATIONS = Path(__file__).resolve().parent / "durations.json"  # tests/durations.py writes it
+NEW_TEST_SECONDS = 5.0  # a test not in it yet: as if it took this long
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """In a parallel run, hand out the slow layers first: a minute-long acceptance test
-    picked up last would run on after every other worker has finished. (Every worker
+    """In a parallel run, hand out the slow tests first: the slow layers first and, within
+    a layer, the tests that took longest last time (tests/durations.json): a minute-long
+    test picked up last would run on after every other worker has finished. (Every worker
     collects the same order: xdist requires it.)"""
     if XDIST_COUNT_VAR not in os.environ:
         return
+    try:
+        seconds: dict[str, float] = json.loads(DURATIONS.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        seconds = {}
 
-    def layer(item: pytest.Item) -> int:
+    def order(item: pytest.Item) -> tuple[int, float]:
         parts = item.path.parts
-        return next((i for i, name in enumerate(LAYERS) if name in parts), len(LAYERS))
+        layer = next((i for i, name in enumerate(LAYERS) if name in parts), len(LAYERS))
+        default = NEW_TEST_SECONDS if layer == 0 else 0.0
+        return layer, -seconds.get(item.nodeid, default)
 
-    items.sort(key=layer)  # stable: the order within a layer stays
+    items.sort(key=order)  # stable: tests of equal weight keep their order
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

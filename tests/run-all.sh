@@ -59,8 +59,9 @@ failed=""
 empty=0
 WORKERS=${PANDA_TEST_WORKERS:-6}
 echo "== pytest, parallel pass: $WORKERS processes, every test not marked serial"
-pass_status .venv/bin/python -m pytest -n "$WORKERS" --dist load -m "not serial" \
-    --durations=25 "$@"
+# two tests at a time per process, slowest first (tests/conftest.py, tests/durations.json)
+pass_status .venv/bin/python -m pytest -n "$WORKERS" --dist load --maxschedchunk 2 \
+    -m "not serial" --durations=25 "$@"
 echo "== pytest, serial pass: the tests marked serial, one at a time"
 pass_status .venv/bin/python -m pytest -p no:xdist -m serial --durations=25 "$@"
 if [ -n "$failed" ]; then
