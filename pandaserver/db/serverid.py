@@ -22,14 +22,30 @@ lane's and the history writer's reconnects) and counts the changes of *history*:
 A change of system identifier or timeline bumps ``epoch``; the master then holds its lease
 statements until every lease granted on the old server must have fenced itself
 (``daemons/fleet/failover.py``). Reading it costs one statement per new connection, none
-per statement. Only PostgreSQL has it: on MySQL/MariaDB and SQLite nothing is attached
-(docs/database.md, "Failover of the database").
+per statement.
+
+A master that *starts* after a failover (or reaches the database for the first time after
+one) has no earlier identity to compare with. So the first connection to each history
+(system identifier and timeline) also records it in ``daemon_db_timeline`` on that very
+server (``INSERT ... ON CONFLICT DO NOTHING``, the database's clock) and reads back when a
+master of the fleet first saw it: the promotion came before that, whatever the standby
+missed (the row is written on the new primary, never replicated to it). With the time of
+the last checkpoint when it was taken on this timeline (after the promotion, too), that
+gives ``elapsed``: at least this many seconds have passed since the server's history began
+(``history_elapsed``, pure). The gate waits out the rest of ``lease_ttl + SAFETY``. A
+server on timeline 1 whose table names no other history was never promoted: no wait. Two
+statements per new history per master, none per lease statement. Only PostgreSQL has it:
+on MySQL/MariaDB and SQLite nothing is attached (docs/database.md, "Failover of the
+database").
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -44,6 +60,19 @@ IDENTITY_SQL = (
     " ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END,"
     " pg_postmaster_start_time()"
     " FROM pg_control_system() s"
+)
+
+
+# the first master to reach a history records it; every master reads when that was
+RECORD_SQL = ("INSERT INTO daemon_db_timeline (system_id, timeline, first_seen, seen_by)"
+              " VALUES (%s, %s, now(), %s) ON CONFLICT (system_id, timeline) DO NOTHING")
+FIRST_SEEN_SQL = (
+    "SELECT t.first_seen, now(),"
+    " (SELECT count(*) FROM daemon_db_timeline o"
+    "  WHERE o.system_id <> t.system_id OR o.timeline <> t.timeline),"
+    " c.timeline_id, c.checkpoint_time"
+    " FROM daemon_db_timeline t, pg_control_checkpoint() c"
+    " WHERE t.system_id = %s AND t.timeline = %s"
 )
 
 
@@ -66,6 +95,48 @@ class ServerIdentity:
         return f"system {self.system_id} timeline {self.timeline}"
 
 
+@dataclass(frozen=True)
+class HistoryAge:
+    """What a master knows of when the server's current history began, read at ``measured``
+    (its monotonic clock): at least ``elapsed`` seconds before (``math.inf``: never promoted)."""
+
+    identity: ServerIdentity
+    elapsed: float
+    measured: float
+
+
+def history_elapsed(timeline: int, first_seen: datetime, now: datetime, others: int,
+                    checkpoint_timeline: int | None, checkpoint_time: datetime | None) -> float:
+    """Seconds that have passed at least since the server began its current history, from
+    the database's own clock: the promotion that started ``timeline`` happened before the
+    first master recorded it (``first_seen``) and before any checkpoint on that timeline.
+    Timeline 1 with no other history recorded: the server was never promoted (``inf``)."""
+    if timeline == 1 and others == 0:
+        return math.inf
+    latest = first_seen
+    if checkpoint_timeline == timeline and checkpoint_time is not None:
+        latest = min(latest, checkpoint_time)
+    return max(0.0, (now - latest).total_seconds())
+
+
+def read_history_age(dbapi_connection: Any, identity: ServerIdentity, seen_by: str) -> float:
+    """Record ``identity``'s history as seen (if no master did before) and return
+    ``history_elapsed`` for it; the statements are committed."""
+    assert identity.timeline is not None
+    key = (str(identity.system_id), identity.timeline)
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(RECORD_SQL, (*key, seen_by[:255]))
+        cursor.execute(FIRST_SEEN_SQL, key)
+        first_seen, now, others, checkpoint_timeline, checkpoint_time = cursor.fetchone()
+    finally:
+        cursor.close()
+        if not getattr(dbapi_connection, "autocommit", True):
+            dbapi_connection.commit()
+    return history_elapsed(identity.timeline, first_seen, now, int(others),
+                           checkpoint_timeline, checkpoint_time)
+
+
 def read_identity(dbapi_connection: Any) -> ServerIdentity:
     """The identity of the server a fresh psycopg2 connection reached (one statement; the
     transaction it opened, if any, is ended)."""
@@ -84,8 +155,12 @@ class IdentityWatch:
     """Reads the server's identity on every new connection of an engine; thread-safe (the
     lanes and the history writer connect on their own threads)."""
 
-    def __init__(self, engine: Engine | None = None) -> None:
+    def __init__(self, engine: Engine | None = None,
+                 monotonic: Callable[[], float] = time.monotonic, seen_by: str = "") -> None:
         self._lock = threading.Lock()
+        self.monotonic = monotonic
+        self.seen_by = seen_by
+        self.age: HistoryAge | None = None  # of the current history, once read
         self.current: ServerIdentity | None = None
         self.epoch = 0  # changes of history seen (failovers); read from any thread
         self.restarts = 0  # the same server seen with a new start time
@@ -102,12 +177,40 @@ class IdentityWatch:
                 log.warning("database: cannot read the server's identity (%s: %s); a failover"
                             " to a standby would not be noticed", type(exc).__name__, exc)
             self.unreadable = True
-            try:
-                dbapi_connection.rollback()
-            except Exception:
-                log.debug("rollback after the identity read failed", exc_info=True)
+            self._rollback(dbapi_connection)
             return
         self.seen(identity)
+        if identity.timeline is None or not self.needs_age(identity):
+            return
+        measured = self.monotonic()
+        try:
+            elapsed = read_history_age(dbapi_connection, identity, self.seen_by)
+        except Exception as exc:  # counted as just begun: the gate waits a full window
+            log.warning("database: cannot read when this server's history (%s) began (%s: %s);"
+                        " counted as a failover just now (is the schema upgraded? `panda-daemon"
+                        " db upgrade`)", identity, type(exc).__name__, exc)
+            self._rollback(dbapi_connection)
+            elapsed = 0.0
+        self.aged(HistoryAge(identity, elapsed, measured))
+
+    @staticmethod
+    def _rollback(dbapi_connection: Any) -> None:
+        try:
+            dbapi_connection.rollback()
+        except Exception:
+            log.debug("rollback after a failed identity read", exc_info=True)
+
+    def needs_age(self, identity: ServerIdentity) -> bool:
+        """True until the history of ``identity`` has been aged (once per history)."""
+        age = self.age
+        return age is None or not age.identity.same_history(identity)
+
+    def aged(self, age: HistoryAge) -> None:
+        """When the current history began, read on a connection (keeps the latest read)."""
+        with self._lock:
+            current = self.current
+            if current is None or age.identity.same_history(current):
+                self.age = age
 
     def seen(self, identity: ServerIdentity) -> None:
         """A connection reached ``identity``: bump ``epoch`` when its history differs."""
