@@ -34,9 +34,14 @@ the last checkpoint when it was taken on this timeline (after the promotion, too
 gives ``elapsed``: at least this many seconds have passed since the server's history began
 (``history_elapsed``, pure). The gate waits out the rest of ``lease_ttl + SAFETY``. A
 server on timeline 1 whose table names no other history was never promoted: no wait. Two
-statements per new history per master, none per lease statement. Only PostgreSQL has it:
-on MySQL/MariaDB and SQLite nothing is attached (docs/database.md, "Failover of the
-database").
+statements per new history per master, none per lease statement.
+
+MySQL/MariaDB have no timeline: a server is ``@@server_id`` (unique within a replication
+topology, which refuses two servers with one id), ``@@hostname`` and ``@@port``, with one
+history of its own ("timeline" 1; none while ``@@read_only``). Another server is a
+failover; a server on which no master arrived before, in a table that names other servers,
+waits a window from the first arrival. No restart is told apart (no start time read). On
+SQLite nothing is attached (docs/database.md, "Failover of the database").
 """
 
 from __future__ import annotations
@@ -63,17 +68,29 @@ IDENTITY_SQL = (
 )
 
 
+# MySQL/MariaDB: no timeline; a server is its server_id (unique in a replication topology),
+# host name and port; one "timeline" (1) per server, none for a read-only replica
+MYSQL_IDENTITY_SQL = ("SELECT CONCAT(@@server_id, '@', @@hostname, ':', @@port),"
+                      " IF(@@read_only, NULL, '00000001'), NULL")
+
 # the first master to reach a history records it; every master reads when that was
 RECORD_SQL = ("INSERT INTO daemon_db_timeline (system_id, timeline, first_seen, seen_by)"
               " VALUES (%s, %s, now(), %s) ON CONFLICT (system_id, timeline) DO NOTHING")
+MYSQL_RECORD_SQL = ("INSERT IGNORE INTO daemon_db_timeline (system_id, timeline, first_seen,"
+                    " seen_by) VALUES (%s, %s, UTC_TIMESTAMP(6), %s)")
+_OTHERS = ("(SELECT count(*) FROM daemon_db_timeline o"
+           " WHERE o.system_id <> t.system_id OR o.timeline <> t.timeline)")
 FIRST_SEEN_SQL = (
-    "SELECT t.first_seen, now(),"
-    " (SELECT count(*) FROM daemon_db_timeline o"
-    "  WHERE o.system_id <> t.system_id OR o.timeline <> t.timeline),"
-    " c.timeline_id, c.checkpoint_time"
+    f"SELECT t.first_seen, now(), {_OTHERS}, c.timeline_id, c.checkpoint_time"
     " FROM daemon_db_timeline t, pg_control_checkpoint() c"
     " WHERE t.system_id = %s AND t.timeline = %s"
 )
+MYSQL_FIRST_SEEN_SQL = (
+    f"SELECT t.first_seen, UTC_TIMESTAMP(6), {_OTHERS}, NULL, NULL"
+    " FROM daemon_db_timeline t WHERE t.system_id = %s AND t.timeline = %s"
+)
+SQL = {"postgresql": (IDENTITY_SQL, RECORD_SQL, FIRST_SEEN_SQL),
+       "mysql": (MYSQL_IDENTITY_SQL, MYSQL_RECORD_SQL, MYSQL_FIRST_SEEN_SQL)}
 
 
 class ServerChanged(Exception):
@@ -83,8 +100,8 @@ class ServerChanged(Exception):
 
 @dataclass(frozen=True)
 class ServerIdentity:
-    system_id: int
-    timeline: int | None  # None: a standby (in recovery)
+    system_id: int | str  # MySQL/MariaDB: SERVER_ID@HOST:PORT
+    timeline: int | None  # None: a standby (in recovery; MySQL: read-only)
     started: datetime | None
 
     def same_history(self, other: ServerIdentity) -> bool:
@@ -119,36 +136,48 @@ def history_elapsed(timeline: int, first_seen: datetime, now: datetime, others: 
     return max(0.0, (now - latest).total_seconds())
 
 
-def read_history_age(dbapi_connection: Any, identity: ServerIdentity, seen_by: str) -> float:
+def _in_transaction(dbapi_connection: Any) -> bool:
+    """Whether a statement on this DB-API connection opened a transaction to end
+    (psycopg2: an ``autocommit`` attribute; PyMySQL: ``get_autocommit()``)."""
+    mode = getattr(dbapi_connection, "autocommit", True)
+    if callable(mode):
+        mode = dbapi_connection.get_autocommit()
+    return not mode
+
+
+def read_history_age(dbapi_connection: Any, identity: ServerIdentity, seen_by: str,
+                     dialect: str = "postgresql") -> float:
     """Record ``identity``'s history as seen (if no master did before) and return
     ``history_elapsed`` for it; the statements are committed."""
     assert identity.timeline is not None
+    _, record_sql, first_seen_sql = SQL[dialect]
     key = (str(identity.system_id), identity.timeline)
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute(RECORD_SQL, (*key, seen_by[:255]))
-        cursor.execute(FIRST_SEEN_SQL, key)
+        cursor.execute(record_sql, (*key, seen_by[:255]))
+        cursor.execute(first_seen_sql, key)
         first_seen, now, others, checkpoint_timeline, checkpoint_time = cursor.fetchone()
     finally:
         cursor.close()
-        if not getattr(dbapi_connection, "autocommit", True):
+        if _in_transaction(dbapi_connection):
             dbapi_connection.commit()
     return history_elapsed(identity.timeline, first_seen, now, int(others),
                            checkpoint_timeline, checkpoint_time)
 
 
-def read_identity(dbapi_connection: Any) -> ServerIdentity:
-    """The identity of the server a fresh psycopg2 connection reached (one statement; the
+def read_identity(dbapi_connection: Any, dialect: str = "postgresql") -> ServerIdentity:
+    """The identity of the server a fresh connection reached (one statement; the
     transaction it opened, if any, is ended)."""
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute(IDENTITY_SQL)
+        cursor.execute(SQL[dialect][0])
         system_id, timeline, started = cursor.fetchone()
     finally:
         cursor.close()
-        if not getattr(dbapi_connection, "autocommit", True):
+        if _in_transaction(dbapi_connection):
             dbapi_connection.rollback()
-    return ServerIdentity(int(system_id), int(timeline, 16) if timeline else None, started)
+    system = str(system_id) if dialect == "mysql" else int(system_id)
+    return ServerIdentity(system, int(timeline, 16) if timeline else None, started)
 
 
 class IdentityWatch:
@@ -166,12 +195,14 @@ class IdentityWatch:
         self.restarts = 0  # the same server seen with a new start time
         self.changes: list[tuple[ServerIdentity, ServerIdentity]] = []
         self.unreadable = False
+        self.dialect = "postgresql"
         if engine is not None:
+            self.dialect = engine.dialect.name
             event.listen(engine, "connect", self._connected)
 
     def _connected(self, dbapi_connection: Any, record: Any) -> None:
         try:
-            identity = read_identity(dbapi_connection)
+            identity = read_identity(dbapi_connection, self.dialect)
         except Exception as exc:  # not fatal: the connection is used as before
             if not self.unreadable:
                 log.warning("database: cannot read the server's identity (%s: %s); a failover"
@@ -184,7 +215,7 @@ class IdentityWatch:
             return
         measured = self.monotonic()
         try:
-            elapsed = read_history_age(dbapi_connection, identity, self.seen_by)
+            elapsed = read_history_age(dbapi_connection, identity, self.seen_by, self.dialect)
         except Exception as exc:  # counted as just begun: the gate waits a full window
             log.warning("database: cannot read when this server's history (%s) began (%s: %s);"
                         " counted as a failover just now (is the schema upgraded? `panda-daemon"

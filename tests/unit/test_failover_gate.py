@@ -24,6 +24,7 @@ from pandaserver.db.serverid import (
     ServerChanged,
     ServerIdentity,
     history_elapsed,
+    read_identity,
 )
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -266,3 +267,39 @@ def test_an_unreadable_age_counts_as_a_failover_just_now() -> None:
     assert watch.age is not None and watch.age.elapsed == 0.0
     assert conn.statements[-1] == "ROLLBACK"
     assert FailoverGate(watch, lambda: 15.0, lambda: 70.0).closed(70.0 + 15.0 + SAFETY - 0.1)
+
+
+class FakePyMySql:
+    """PyMySQL's shape: ``autocommit`` is a method, the mode is ``get_autocommit()``."""
+
+    def __init__(self, rows: list[tuple[Any, ...]]) -> None:
+        self.rows = rows
+        self.ended: list[str] = []
+
+    def cursor(self) -> Any:
+        rows = self.rows
+        return SimpleNamespace(execute=lambda sql, params=(): None,
+                               fetchone=lambda: rows.pop(0), close=lambda: None)
+
+    def autocommit(self, value: bool) -> None:  # pragma: no cover - the shape only
+        raise AssertionError("not called")
+
+    def get_autocommit(self) -> bool:
+        return False
+
+    def rollback(self) -> None:
+        self.ended.append("rollback")
+
+
+def test_a_mysql_server_is_its_server_id_host_and_port_and_a_replica_is_read_only() -> None:
+    conn = FakePyMySql([("1@db1:3306", "00000001", None), ("2@db2:3306", None, None)])
+    primary = read_identity(conn, "mysql")
+    assert primary == ServerIdentity("1@db1:3306", 1, None)
+    assert read_identity(conn, "mysql") == ServerIdentity("2@db2:3306", None, None)
+    assert conn.ended == ["rollback", "rollback"]  # no transaction left open by the reads
+    watch = IdentityWatch()
+    watch.seen(primary)
+    watch.seen(ServerIdentity("1@db1:3306", 1, None))  # reconnected to the same server
+    assert watch.epoch == 0
+    watch.seen(ServerIdentity("2@db2:3306", 1, None))  # the replica, promoted
+    assert watch.epoch == 1

@@ -30,7 +30,7 @@ compatibility = "expand"  # a new table: code of every earlier revision ignores 
 def upgrade() -> None:
     op.create_table(
         "daemon_db_timeline",
-        sa.Column("system_id", sa.String(32), nullable=False),
+        sa.Column("system_id", sa.String(128), nullable=False),
         sa.Column("timeline", sa.Integer(), nullable=False),
         sa.Column("first_seen", UtcDateTime(), nullable=False),
         sa.Column("seen_by", sa.String(255), nullable=False),
