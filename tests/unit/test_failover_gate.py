@@ -303,3 +303,21 @@ def test_a_mysql_server_is_its_server_id_host_and_port_and_a_replica_is_read_onl
     assert watch.epoch == 0
     watch.seen(ServerIdentity("2@db2:3306", 1, None))  # the replica, promoted
     assert watch.epoch == 1
+
+
+def test_the_age_is_logged_by_a_master_that_noticed_nothing_and_not_twice_by_one_that_did(
+        caplog: pytest.LogCaptureFixture) -> None:
+    late = IdentityWatch()
+    late.seen(PROMOTED)
+    late.aged(HistoryAge(PROMOTED, 1.5, 100.0))
+    FailoverGate(late, lambda: 15.0).notice(100.0)
+    running = IdentityWatch()
+    running.seen(PRIMARY)
+    gate = FailoverGate(running, lambda: 15.0)
+    running.seen(PROMOTED)
+    running.aged(HistoryAge(PROMOTED, 0.0, 100.0))
+    assert gate.notice(100.5)  # its own window ends later than the history's: one ERROR
+    said = [(r.levelname, r.getMessage()) for r in caplog.records
+            if "began at most" in r.getMessage() or "failover noticed" in r.getMessage()]
+    assert [level for level, _ in said] == ["WARNING", "ERROR"]
+    assert "began at most 1.5 s ago" in said[0][1]

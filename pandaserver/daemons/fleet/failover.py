@@ -56,31 +56,32 @@ class FailoverGate:
     def notice(self, now: float) -> bool:
         """True (once per change) when the database became another server since the last
         call: the gate closes until ``now + lease_ttl + SAFETY``. (A history that began
-        recently, read by the watch, closes it by itself: ``closed``; logged here once.)"""
+        recently, read by the watch, closes it by itself: ``closed``; logged here once,
+        unless this master's own notice already holds the gate at least as long.)"""
         if self.watch is None:
             return False
+        changed = self.watch.epoch != self.epoch
+        if changed:
+            self.epoch = self.watch.epoch
+            self.failovers += 1
+            self.noticed_at = now
+            wait = self.ttl() + SAFETY
+            self.until = now + wait
+            log.error("database failover noticed (%s): running sync scripts are fenced now, and"
+                      " no sync lease is asked for or renewed for %.0f s (lease_ttl + %.0f s),"
+                      " until every lease granted on the old server has fenced itself",
+                      self.watch.current, wait, SAFETY)
         age = self.watch.age
         if age is not None and age is not self.aged:
             self.aged = age
             end = self._history_end(age)
-            if now < end:
+            if now < end and (self.until is None or end > self.until):
                 log.warning("database: this server's history (%s) began at most %.1f s ago"
                             " (a promoted standby); no sync lease is asked for or renewed for"
                             " %.1f s more, until every lease granted on its old primary has"
                             " fenced itself (lease_ttl + %.0f s after the promotion)",
                             age.identity, age.elapsed, end - now, SAFETY)
-        if self.watch.epoch == self.epoch:
-            return False
-        self.epoch = self.watch.epoch
-        self.failovers += 1
-        self.noticed_at = now
-        wait = self.ttl() + SAFETY
-        self.until = now + wait
-        log.error("database failover noticed (%s): running sync scripts are fenced now, and no"
-                  " sync lease is asked for or renewed for %.0f s (lease_ttl + %.0f s), until"
-                  " every lease granted on the old server has fenced itself",
-                  self.watch.current, wait, SAFETY)
-        return True
+        return changed
 
     def _history_end(self, age: HistoryAge) -> float:
         """When the leases of the server before this history have all fenced (monotonic)."""
