@@ -213,7 +213,6 @@ class IdentityWatch:
         self.seen(identity)
         if identity.timeline is None or not self.needs_age(identity):
             return
-        measured = self.monotonic()
         try:
             elapsed = read_history_age(dbapi_connection, identity, self.seen_by, self.dialect)
         except Exception as exc:  # counted as just begun: the gate waits a full window
@@ -222,7 +221,9 @@ class IdentityWatch:
                         " db upgrade`)", identity, type(exc).__name__, exc)
             self._rollback(dbapi_connection)
             elapsed = 0.0
-        self.aged(HistoryAge(identity, elapsed, measured))
+        # read after the statements: ``elapsed`` held when they ran, so at least as much has
+        # passed by now (a reading taken before them would shorten the wait by their time)
+        self.aged(HistoryAge(identity, elapsed, self.monotonic()))
 
     @staticmethod
     def _rollback(dbapi_connection: Any) -> None:

@@ -217,6 +217,7 @@ class FakeCursor:
 
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> None:
         self.conn.statements.append(sql.split()[0])
+        self.conn.clock[0] += self.conn.statement_time
         if "daemon_db_timeline" in sql and self.conn.no_table:
             raise RuntimeError('relation "daemon_db_timeline" does not exist')
         if sql.startswith("INSERT"):
@@ -240,6 +241,8 @@ class FakeConnection:
     autocommit: bool = True
     statements: list[str] = field(default_factory=list)
     first_seen: dict[tuple[Any, ...], datetime] = field(default_factory=dict)
+    clock: list[float] = field(default_factory=lambda: [0.0])  # the master's monotonic
+    statement_time: float = 0.0
 
     def cursor(self) -> FakeCursor:
         return FakeCursor(self)
@@ -321,3 +324,13 @@ def test_the_age_is_logged_by_a_master_that_noticed_nothing_and_not_twice_by_one
             if "began at most" in r.getMessage() or "failover noticed" in r.getMessage()]
     assert [level for level, _ in said] == ["WARNING", "ERROR"]
     assert "began at most 1.5 s ago" in said[0][1]
+
+
+def test_the_age_is_dated_after_its_statements_not_before() -> None:
+    # slow statements (1 s each): the age held when they ran, so the master's reading of its
+    # clock must come after them, or the window would end their time too early
+    conn = FakeConnection(now=at(0), clock=[70.0], statement_time=1.0)
+    conn.first_seen[("7001", 2)] = at(-4)
+    watch = IdentityWatch(monotonic=lambda: conn.clock[0])
+    watch._connected(conn, None)
+    assert watch.age is not None and watch.age.measured == 73.0
