@@ -52,7 +52,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, event
@@ -67,6 +67,8 @@ IDENTITY_SQL = (
     " FROM pg_control_system() s"
 )
 
+
+CHECKPOINT_RESOLUTION = timedelta(seconds=1)
 
 # MySQL/MariaDB: no timeline; a server is its server_id (unique in a replication topology),
 # host name and port; one "timeline" (1) per server, none for a read-only replica
@@ -132,7 +134,8 @@ def history_elapsed(timeline: int, first_seen: datetime, now: datetime, others: 
         return math.inf
     latest = first_seen
     if checkpoint_timeline == timeline and checkpoint_time is not None:
-        latest = min(latest, checkpoint_time)
+        # pg_control keeps the checkpoint's start in whole seconds, rounded down
+        latest = min(latest, checkpoint_time + CHECKPOINT_RESOLUTION)
     return max(0.0, (now - latest).total_seconds())
 
 

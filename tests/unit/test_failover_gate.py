@@ -158,8 +158,9 @@ def test_how_long_ago_the_history_began_from_the_first_arrival_and_the_checkpoin
     assert history_elapsed(1, at(10), at(13), 1, None, None) == 3.0
     # a promoted standby: first reached by a master 3 s ago; a later checkpoint changes nothing
     assert history_elapsed(2, at(10), at(13), 1, 2, at(12)) == 3.0
-    # ... an earlier checkpoint on this timeline proves the promotion older
-    assert history_elapsed(2, at(10), at(100), 0, 2, at(5)) == 95.0
+    # ... an earlier checkpoint on this timeline proves the promotion older (its time is
+    # kept in whole seconds, rounded down: one more second is counted)
+    assert history_elapsed(2, at(10), at(100), 0, 2, at(5)) == 94.0
     # ... a checkpoint of the timeline before proves nothing
     assert history_elapsed(2, at(10), at(13), 0, 1, at(-500)) == 3.0
     # just recorded by this master (the database's clock: never negative)
