@@ -240,6 +240,19 @@ daemon_schema_compat = Table(
     Column("recorded_by", String(255), nullable=False),  # panda-daemon VERSION on HOST
 )
 
+# When a master of the fleet first reached each history of a database server (migration
+# 0013): a master started soon after a failover waits until the old leases have fenced
+# (pandaserver/db/serverid.py). Written and read with plain SQL on a fresh connection.
+TIMELINE_TABLE = "daemon_db_timeline"
+daemon_db_timeline = Table(
+    TIMELINE_TABLE,
+    metadata,
+    Column("system_id", String(128), primary_key=True),  # MySQL: SERVER_ID@HOST:PORT
+    Column("timeline", Integer, primary_key=True),
+    Column("first_seen", UtcDateTime, nullable=False),  # database clock
+    Column("seen_by", String(255), nullable=False),  # HOST/SERVER pid PID
+)
+
 OWNED_TABLES = (daemon_lease, daemon_run, daemon_server, panda_process_lock, daemon_command,
                 daemon_command_ack, daemon_hold, daemon_schema_compat, panda_config,
-                daemon_run_count)
+                daemon_run_count, daemon_db_timeline)

@@ -9,7 +9,9 @@ asynchronous standby misses its primary's last commits when the primary dies. On
 promoted standby the lease was never granted: any master could be granted the same
 generation at once, beside the run still going on the other. The masters must notice that
 the database is another server, fence that run, grant nothing for lease_ttl + SAFETY, and
-re-send the history the new primary lacks.
+re-send the history the new primary lacks. A third master, started right after the
+promotion, has no earlier server to compare with: it must learn from the new primary that
+its history began moments ago and grant nothing before lease_ttl has passed since.
 """
 
 from __future__ import annotations
@@ -102,20 +104,25 @@ def test_a_failover_to_a_standby_that_missed_the_grant_runs_nothing_twice(
         time.sleep(2)  # the scenario, not a wait: the standby is promoted 2 s after the crash
         standby.promote()
         promoted = time.monotonic()
-        taken = wait_for(lambda: [r for r in starts([a, b], tmp_path, "g") if r["t"] > promoted],
+        # started after the failover: nothing to compare with but what the server tells
+        late = stack.enter_context(running_master(cfg, tmp_path, server="c"))
+        fleet = [a, b, late]
+        taken = wait_for(lambda: [r for r in starts(fleet, tmp_path, "g") if r["t"] > promoted],
                          2 * TTL + 10, "a run of g after the promotion")[0]
         holder.wait_log(" fenced", timeout=10)  # by the failover, or by a refused renewal
-        found = starts([a, b], tmp_path, "g")
+        found = starts(fleet, tmp_path, "g")
         recorded = [(master.record.stem.removeprefix("record-"), event["run"])
-                    for master in (a, b) for event in master.events("start")]
-        for master in (a, b):
+                    for master in fleet for event in master.events("start")]
+        for master in fleet:
             master.signal(signal.SIGTERM)
-        for master in (a, b):
+        for master in fleet:
             assert master.stop() == 0, master.log()[-3000:]
         logs = {master.record.stem: master.log() for master in (a, b)}
-        holder_log = holder.log()
+        holder_log, late_log = holder.log(), late.log()
         rows = standby.sql("SELECT server, run_id, outcome FROM daemon_run"
                            " ORDER BY started_at", "fleet")
+        new_grants = granted(standby, url)
+        arrivals = standby.sql("SELECT timeline, first_seen FROM daemon_db_timeline", "fleet")
 
     # never two runs at once, across the failover
     for run in found:
@@ -129,6 +136,19 @@ def test_a_failover_to_a_standby_that_missed_the_grant_runs_nothing_twice(
         "a renewal reached the new primary"
     # the holder's run ended when its master noticed, not a lease_ttl later
     assert found[0]["last"] < promoted + TTL
+    # the first master to reach the new primary recorded its timeline; no grant there, by
+    # any master, before lease_ttl had passed since (the database's clock)
+    first_seen = dict(arrivals)
+    assert set(first_seen) >= {2}, f"the new timeline was not recorded: {arrivals}"
+    early = [(g, at, server) for g, at, server in new_grants
+             if (at - first_seen[2]).total_seconds() < TTL]
+    assert new_grants and not early, f"granted on the new primary before the window: {early}"
+    # the master started after the promotion granted nothing before the old leases fenced
+    late_runs = [run["t"] - promoted for run in found if run["server"] == "c"]
+    assert all(t >= TTL for t in late_runs), \
+        f"the master started after the failover ran g {min(late_runs):.1f} s after the" \
+        f" promotion, before lease_ttl ({TTL:g} s) had passed"
+    assert "began at most" in late_log, "the late master did not say why it waited"
     # taken over within 2 x lease_ttl of the promotion (lease_ttl + SAFETY of the gate)
     assert taken["t"] - promoted <= 2 * TTL, \
         f"taken over {taken['t'] - promoted:.1f} s after the promotion (lease_ttl {TTL:g} s)"

@@ -31,18 +31,23 @@ Used on the loop thread only, but ``check`` on lane threads (reads two integers)
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Callable
 
 from pandaserver.daemons.fleet.fencing import SAFETY
-from pandaserver.db.serverid import IdentityWatch
+from pandaserver.db.serverid import HistoryAge, IdentityWatch, ServerChanged
 
 log = logging.getLogger("panda.master")
 
 
 class FailoverGate:
-    def __init__(self, watch: IdentityWatch | None, ttl: Callable[[], float]) -> None:
+    def __init__(self, watch: IdentityWatch | None, ttl: Callable[[], float],
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.watch = watch
         self.ttl = ttl
+        self.monotonic = monotonic  # for ``check`` on the lane threads
+        self.aged: HistoryAge | None = None  # the history age the loop has logged
         self.epoch = watch.epoch if watch is not None else 0  # the history the loop acts on
         self.until: float | None = None  # no lease statement before then (monotonic)
         self.noticed_at: float | None = None
@@ -50,28 +55,60 @@ class FailoverGate:
 
     def notice(self, now: float) -> bool:
         """True (once per change) when the database became another server since the last
-        call: the gate closes until ``now + lease_ttl + SAFETY``."""
-        if self.watch is None or self.watch.epoch == self.epoch:
+        call: the gate closes until ``now + lease_ttl + SAFETY``. (A history that began
+        recently, read by the watch, closes it by itself: ``closed``; logged here once,
+        unless this master's own notice already holds the gate at least as long.)"""
+        if self.watch is None:
             return False
-        self.epoch = self.watch.epoch
-        self.failovers += 1
-        self.noticed_at = now
-        wait = self.ttl() + SAFETY
-        self.until = now + wait
-        log.error("database failover noticed (%s): running sync scripts are fenced now, and no"
-                  " sync lease is asked for or renewed for %.0f s (lease_ttl + %.0f s), until"
-                  " every lease granted on the old server has fenced itself",
-                  self.watch.current, wait, SAFETY)
-        return True
+        changed = self.watch.epoch != self.epoch
+        if changed:
+            self.epoch = self.watch.epoch
+            self.failovers += 1
+            self.noticed_at = now
+            wait = self.ttl() + SAFETY
+            self.until = now + wait
+            log.error("database failover noticed (%s): running sync scripts are fenced now, and"
+                      " no sync lease is asked for or renewed for %.0f s (lease_ttl + %.0f s),"
+                      " until every lease granted on the old server has fenced itself",
+                      self.watch.current, wait, SAFETY)
+        age = self.watch.age
+        if age is not None and age is not self.aged:
+            self.aged = age
+            end = self._history_end(age)
+            if now < end and (self.until is None or end > self.until):
+                log.warning("database: this server's history (%s) began at most %.1f s ago"
+                            " (a promoted standby); no sync lease is asked for or renewed for"
+                            " %.1f s more, until every lease granted on its old primary has"
+                            " fenced itself (lease_ttl + %.0f s after the promotion)",
+                            age.identity, age.elapsed, end - now, SAFETY)
+        return changed
+
+    def _history_end(self, age: HistoryAge) -> float:
+        """When the leases of the server before this history have all fenced (monotonic)."""
+        return age.measured + self.ttl() + SAFETY - age.elapsed
+
+    def end(self) -> float:
+        """No lease statement before then (monotonic; ``-inf``: none held back)."""
+        end = self.until if self.until is not None else -math.inf
+        age = self.watch.age if self.watch is not None else None
+        if age is not None and not math.isinf(age.elapsed):
+            end = max(end, self._history_end(age))
+        return end
 
     def closed(self, now: float) -> bool:
-        return self.until is not None and now < self.until
+        return now < self.end()
 
     def remaining(self, now: float) -> float:
-        return max(0.0, self.until - now) if self.until is not None else 0.0
+        return max(0.0, self.end() - now)
 
     def check(self) -> None:
         """On a lane thread, after the connection is made: raise ``ServerChanged`` when it
-        reached a server the loop has not acted on yet."""
-        if self.watch is not None:
-            self.watch.check(self.epoch)
+        reached a server the loop has not acted on yet, or one whose history began less
+        than ``lease_ttl + SAFETY`` ago (the first connection of a master after a failover)."""
+        if self.watch is None:
+            return
+        self.watch.check(self.epoch)
+        if self.closed(self.monotonic()):
+            raise ServerChanged(f"the database ({self.watch.current}) became the primary"
+                                " recently; lease statements wait until the old leases"
+                                " have fenced")

@@ -95,8 +95,9 @@ class FleetDb:
         self.member = member  # a master of the fleet (not run-once)
         self.leases = LeaseStore(engine)
         # which server each new connection reached (PostgreSQL): a failover closes the gate
-        self.identity = IdentityWatch(engine) if engine.dialect.name == "postgresql" else None
-        self.gate = FailoverGate(self.identity, lambda: self.settings.lease_ttl)
+        self.identity = (IdentityWatch(engine, monotonic, f"{server} pid {self.pid}")
+                         if engine.dialect.name in ("postgresql", "mysql") else None)
+        self.gate = FailoverGate(self.identity, lambda: self.settings.lease_ttl, monotonic)
         self.leases.guard = self.gate.check
         self.history = dbhistory.HistoryStore(engine)
         self.beats = HeartbeatStore(engine)
