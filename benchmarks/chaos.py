@@ -5,7 +5,7 @@ Usage (prints the fault log, the invariants and figures; exits 1 on a violation)
     .venv/bin/python benchmarks/chaos.py --minutes 1.5 --seed 7 --json   # + one JSON line
     .venv/bin/python benchmarks/chaos.py --minutes 2 --seed 3 --only partition master-kill
 
-Three masters (a, b, c; n_proc 4, lease_ttl 15, heartbeat every second) on a throwaway
+Three masters (a, b, c; n_proc 6, lease_ttl 15, heartbeat every second) on a throwaway
 PostgreSQL (tests/pg.py), each through a fault proxy of its own (tests/faultproxy.py), run
 three sync scripts of a few seconds (the tests' ``guarded`` script: it stamps its start with
 run id and generation, the last moment its code ran, and children of earlier runs still
@@ -19,6 +19,7 @@ between two. Kinds (``FAULTS``):
 - partition: one master's proxy goes silent (no error) for 3 to 25 s;
 - master-stop: one master SIGSTOPped for 3 to 25 s (its workers keep their deadlines);
 - master-kill: one master killed with kill -9, started again 1 to 10 s later;
+  (these three hit the holder of the long sync run 7 times in 10, when one holds it)
 - worker-kill: one worker of one master killed with kill -9, with its children.
 
 A failover of the database to a standby is not a kind yet: it is added as one more entry
@@ -65,12 +66,16 @@ from pg import PgCluster
 
 SERVERS = ("a", "b", "c")
 TTL = 15
-SYNC = {"g1": (2.0, 3), "g2": (4.0, 6), "g3": (1.0, 2)}  # name: (seconds a run takes, period)
+N_PROC = 6  # a worker for every script: a non-sync run never waits for a busy pool
+# name: (seconds a run takes, period); "long" outlives a lease (TTL) and lives by renewals:
+# a partition or a stop of its holder must fence it
+SYNC = {"g1": (2.0, 3), "g2": (4.0, 6), "g3": (1.0, 2), "long": (40.0, 5)}
 LOCAL = {"tick": {"module": "record", "period": 1},
          "tock": {"module": "record", "period": 4, "arguments": [1.5]}}
 SETTLE = 3.0  # seconds after a master's own fault still counted as that fault's
 PAUSE = (2.0, 6.0)  # healthy seconds between two faults
 RECOVERY = 90.0  # after the heal: every script runs again within this (a liveness bound)
+HIT_HOLDER = 0.7  # how often a partition, stop or kill hits the holder of "long"
 KILLED_WITH_ITS_START = 1.0  # a run's start row may die with its master this long after it
 
 
@@ -107,6 +112,19 @@ class Chaos:
         time.sleep(seconds)  # the fault's window itself: nothing to wait for
 
 
+    def target(self, rng: random.Random) -> str:
+        """A master to hit: most often the holder of the long sync run (the one whose
+        fencing matters), else any."""
+        server = rng.choice(SERVERS)
+        if rng.random() < HIT_HOLDER:
+            held = self.cluster.sql("SELECT owner_server FROM daemon_lease WHERE name = 'long'"
+                                    " AND expires_at > statement_timestamp()",
+                                    str(self.fleet.url.database))
+            if held and held[0][0] in SERVERS:
+                return str(held[0][0])
+        return server
+
+
 # ----- the faults: each injects, holds, heals, and says what it did ---------------------------
 def db_freeze(chaos: Chaos, rng: random.Random) -> Fault:
     seconds = rng.uniform(2, 20)
@@ -124,7 +142,7 @@ def db_restart(chaos: Chaos, rng: random.Random) -> Fault:
 
 
 def partition(chaos: Chaos, rng: random.Random) -> Fault:
-    server, seconds = rng.choice(SERVERS), rng.uniform(3, 25)
+    server, seconds = chaos.target(rng), rng.uniform(3, 25)
     fault = Fault("partition", server, time.monotonic())
     chaos.proxies[server].set_mode("hang")
     try:
@@ -135,7 +153,7 @@ def partition(chaos: Chaos, rng: random.Random) -> Fault:
 
 
 def master_stop(chaos: Chaos, rng: random.Random) -> Fault:
-    server, seconds = rng.choice(SERVERS), rng.uniform(3, 25)
+    server, seconds = chaos.target(rng), rng.uniform(3, 25)
     fault = Fault("master-stop", server, time.monotonic())
     with frozen([chaos.fleet.masters[server].proc.pid]):
         chaos.hold(seconds)
@@ -143,7 +161,7 @@ def master_stop(chaos: Chaos, rng: random.Random) -> Fault:
 
 
 def master_kill(chaos: Chaos, rng: random.Random) -> Fault:
-    server, seconds = rng.choice(SERVERS), rng.uniform(1, 10)
+    server, seconds = chaos.target(rng), rng.uniform(1, 10)
     fault = Fault("master-kill", server, time.monotonic())
     chaos.fleet.masters[server].signal(signal.SIGKILL)
     chaos.hold(seconds)
@@ -297,7 +315,8 @@ def run_chaos(minutes: float, seed: int, kinds: list[str] | None = None,
     try:
         for server in SERVERS:
             url = fleet.url.set(host="127.0.0.1", port=proxies[server].port)
-            fleet.config(server, scripts(), url, n_proc=4, lease_ttl=TTL, heartbeat_interval=1)
+            fleet.config(server, scripts(), url, n_proc=N_PROC, lease_ttl=TTL,
+                         heartbeat_interval=1)
             fleet.start(server)
         wait_for(lambda: all(fleet.starts(s, n) for s in SERVERS for n in LOCAL)
                  and all(any(fleet.starts(s, n) for s in SERVERS) for n in SYNC),
