@@ -20,7 +20,8 @@ between two. Kinds (``FAULTS``):
 - master-stop: one master SIGSTOPped for 3 to 25 s (its workers keep their deadlines);
 - master-kill: one master killed with kill -9, started again 1 to 10 s later;
   (these three hit the holder of the long sync run 7 times in 10, when one holds it)
-- worker-kill: one worker of one master killed with kill -9, with its children.
+- worker-kill: one worker of one master killed with kill -9, with its children (a worker in
+  a run that started a child when there is one).
 
 A failover of the database to a standby is not a kind yet: it is added as one more entry
 of ``FAULTS`` (a function ``(chaos, rng) -> Fault``) once the suite can start a standby.
@@ -54,6 +55,8 @@ from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, TextIO
+
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -181,12 +184,20 @@ def worker_kill(chaos: Chaos, rng: random.Random) -> Fault:
     server = rng.choice(SERVERS)
     fault = Fault("worker-kill", server, time.monotonic())
     workers = sorted(chaos.fleet.masters[server].workers(), key=lambda p: p.pid)
+    busy = [w for w in workers if _has_children(w)]  # in a run that started a child
     if not workers:
         fault.detail = "no worker to kill"
     else:
-        killed = kill_tree(rng.choice(workers).pid)
+        killed = kill_tree(rng.choice(busy or workers).pid)
         fault.detail = f"{len(killed)} process(es): {killed}"
     return fault
+
+
+def _has_children(proc: psutil.Process) -> bool:
+    try:
+        return bool(proc.children())
+    except psutil.Error:
+        return False
 
 
 FAULTS: dict[str, Callable[[Chaos, random.Random], Fault]] = {
