@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -41,18 +43,33 @@ def postgres_pids(cluster: PgCluster) -> list[int]:
     return [postmaster, *(p.pid for p in psutil.Process(postmaster).children(recursive=True))]
 
 
-def restart_postgres(cluster: PgCluster) -> None:
-    """``pg_ctl restart -m fast``: every session is ended, the server comes back with the
-    same options on the same port; returns once it accepts connections."""
-    # -l: the new postmaster logs to its file, not to a pipe that would then never close
-    done = subprocess.run(
-        [*cluster._run_as, str(cluster.bindir / "pg_ctl"), "-D", str(cluster.datadir),
-         "-l", str(cluster.logfile), "-m", "fast", "-w", "-t", "60", "restart"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=90, check=False,
-        env={**os.environ, "LC_ALL": "C", "LANG": "C"})
-    if done.returncode != 0:
-        raise RuntimeError(f"pg_ctl restart failed ({done.returncode}): {done.stderr.strip()}")
+def restart_postgres(cluster: PgCluster, down: float = 0.0) -> None:
+    """``pg_ctl restart -m fast`` (every session ended), or with ``down`` seconds a fast
+    stop, that long with no server, and a start with the same options on the same port;
+    returns once it accepts connections."""
+    pg_ctl = [*cluster._run_as, str(cluster.bindir / "pg_ctl"), "-D", str(cluster.datadir),
+              "-l", str(cluster.logfile), "-w", "-t", "60"]
+    if down <= 0:
+        _pg_ctl(pg_ctl, "-m", "fast", "restart")
+    else:
+        # the options the server was started with, as ``restart`` would reuse them
+        words = shlex.split((cluster.datadir / "postmaster.opts").read_text())[1:]
+        options = [w for i, w in enumerate(words)
+                   if w != "-D" and (i == 0 or words[i - 1] != "-D")]
+        _pg_ctl(pg_ctl, "-m", "fast", "stop")
+        time.sleep(down)  # the outage itself
+        _pg_ctl(pg_ctl, "-o", shlex.join(options), "start")
     cluster._wait_ready()
+
+
+def _pg_ctl(command: list[str], *args: str) -> None:
+    # -l in command: the new postmaster logs to its file, not to a pipe that never closes
+    done = subprocess.run([*command, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True, timeout=90, check=False,
+                          env={**os.environ, "LC_ALL": "C", "LANG": "C"})
+    if done.returncode != 0:
+        raise RuntimeError(f"pg_ctl {' '.join(args)} failed ({done.returncode}):"
+                           f" {done.stderr.strip()}")
 
 
 @dataclass
@@ -64,12 +81,12 @@ class ServerUnderTest:
     url: URL
     port: int
     pids: Callable[[], list[int]]
-    restart: Callable[[], None]
+    restart: Callable[[float], None]  # the seconds with no server between stop and start
 
 
 def postgres_under_test(cluster: PgCluster, url: URL) -> ServerUnderTest:
     return ServerUnderTest("postgresql", url, cluster.port, lambda: postgres_pids(cluster),
-                           lambda: restart_postgres(cluster))
+                           lambda down: restart_postgres(cluster, down))
 
 
 def mariadb_under_test(server: MariaDbServer, url: URL) -> ServerUnderTest:

@@ -141,10 +141,12 @@ class MariaDbServer:
         root = psutil.Process(self._proc.pid)
         return [root.pid, *(p.pid for p in root.children(recursive=True))]
 
-    def restart(self) -> None:
-        """A clean shutdown (SIGTERM: every connection is cut), then the same server again on
-        the same port and data; returns once it accepts connections."""
+    def restart(self, down: float = 0.0) -> None:
+        """A clean shutdown (SIGTERM: every connection is cut), ``down`` seconds with no
+        server, then the same server again on the same port and data; returns once it
+        accepts connections."""
         self._shutdown()
+        time.sleep(down)  # the outage itself
         self._launch()
         self._wait_ready(root_password=self.password)
 
