@@ -19,7 +19,8 @@ between two. Kinds (``FAULTS``):
 - partition: one master's proxy goes silent (no error) for 3 to 25 s;
 - master-stop: one master SIGSTOPped for 3 to 25 s (its workers keep their deadlines);
 - master-kill: one master killed with kill -9, started again 1 to 10 s later;
-  (these three hit the holder of the long sync run 7 times in 10, when one holds it)
+  (these three hit the holder of the long sync run 7 times in 10, waiting up to 20 s for
+  one)
 - worker-kill: one worker of one master killed with kill -9, with its children (a worker in
   a run that started a child when there is one).
 
@@ -43,6 +44,7 @@ sync script's longest time with no run fleet-wide (with the faults it overlapped
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import shutil
@@ -78,7 +80,8 @@ LOCAL = {"tick": {"module": "record", "period": 1},
 SETTLE = 3.0  # seconds after a master's own fault still counted as that fault's
 PAUSE = (2.0, 6.0)  # healthy seconds between two faults
 RECOVERY = 90.0  # after the heal: every script runs again within this (a liveness bound)
-HIT_HOLDER = 0.7  # how often a partition, stop or kill hits the holder of "long"
+HIT_HOLDER = 0.7  # how often a partition, stop or kill hits the holder of "long" ...
+HOLDER_WAIT = 20.0  # ... waited for this long when nobody holds it
 KILLED_WITH_ITS_START = 1.0  # a run's start row may die with its master this long after it
 
 
@@ -117,15 +120,19 @@ class Chaos:
 
     def target(self, rng: random.Random) -> str:
         """A master to hit: most often the holder of the long sync run (the one whose
-        fencing matters), else any."""
+        fencing matters; waited for up to HOLDER_WAIT seconds), else any."""
         server = rng.choice(SERVERS)
         if rng.random() < HIT_HOLDER:
-            held = self.cluster.sql("SELECT owner_server FROM daemon_lease WHERE name = 'long'"
-                                    " AND expires_at > statement_timestamp()",
-                                    str(self.fleet.url.database))
-            if held and held[0][0] in SERVERS:
-                return str(held[0][0])
+            with contextlib.suppress(AssertionError):
+                return str(wait_for(self.holder, HOLDER_WAIT, "a holder of long", interval=0.5))
         return server
+
+    def holder(self) -> str | None:
+        held = self.cluster.sql(  # granted a second ago at least: its run has started
+            "SELECT owner_server FROM daemon_lease WHERE name = 'long' AND expires_at >"
+            " statement_timestamp() AND acquired_at < statement_timestamp() - interval '1 s'",
+            str(self.fleet.url.database))
+        return str(held[0][0]) if held and held[0][0] in SERVERS else None
 
 
 # ----- the faults: each injects, holds, heals, and says what it did ---------------------------
