@@ -31,31 +31,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import re
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-import psutil
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(REPO / "tests"))
+from dbfaults import frozen, postgres_pids
+from faultkit import fleet_of, note
+from faultproxy import FaultProxy
+from harness import wait_for
+from pg import PgCluster
 
-from faultproxy import FaultProxy  # noqa: E402
-from harness import MasterProcess, script_env, wait_for, write_config  # noqa: E402
-from pg import PgCluster, url_text  # noqa: E402
-from sqlalchemy import URL  # noqa: E402
-
-RUN_LINE = re.compile(r"panda\.master: (\w+) run (\d+) outcome=(\w+) duration=[-0-9.]+s"
-                      r" delay=(-?[0-9.]+)s queued=(-?[0-9.]+)s")
 SCENARIOS = ("db-hang", "partition", "partition-overlap", "kill-takeover", "lease-cost")
 PERIOD = 1.0
 AFTER = 5.0  # seconds watched after a fault heals
@@ -63,10 +54,6 @@ TICK = {"module": "record", "period": PERIOD}
 SYNC = {"module": "record", "period": PERIOD, "sync": True}
 GUARDED = {"module": "guarded", "sync": True, "arguments": [600], "period": PERIOD,
            "timeout": 3600}
-
-
-def note(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -79,121 +66,6 @@ def stats_ms(values: list[float]) -> dict[str, Any]:
         return {"n": 0}
     return {"n": len(values), "p50": round(percentile(values, 50) * 1000, 2),
             "p99": round(percentile(values, 99) * 1000, 2), "max": round(max(values) * 1000, 2)}
-
-
-class Fleet:
-    """Masters of one scenario: one working directory (shared by the guarded script's
-    evidence), one database; ``close`` stops them and kills anything left."""
-
-    def __init__(self, cluster: PgCluster, name: str) -> None:
-        self.cluster = cluster
-        self.url = cluster.create_database(name.replace("-", "_"))
-        self.dir = Path(tempfile.mkdtemp(prefix=f"panda-faults-{name}-"))
-        self.masters: dict[str, MasterProcess] = {}
-        self.upgraded = False
-        self.stopped = False
-        self.left: list[int] = []
-
-    def config(self, server: str, scripts: dict[str, Any], url: URL | None = None,
-               **daemon: Any) -> Path:
-        where = self.dir / server
-        where.mkdir()
-        cfg = write_config(where, scripts, db_url=url_text(url or self.url), **daemon)
-        if not self.upgraded:
-            subprocess.run([sys.executable, "-m", "pandaserver.daemons.master", "-c", str(cfg),
-                            "db", "upgrade"], check=True, capture_output=True, timeout=120,
-                           env=script_env(self.dir / "cli.jsonl"))
-            self.upgraded = True
-        return cfg
-
-    def start(self, server: str, cfg: Path) -> MasterProcess:
-        master = MasterProcess(cfg, self.dir, server=server, log_level="INFO")
-        self.masters[server] = master
-        return master
-
-    def first_start(self, name: str, servers: list[str], timeout: float) -> str:
-        """The server that starts ``name`` first (among ``servers``)."""
-        found = wait_for(lambda: [s for s in servers if self.masters[s].events("start", name)],
-                         timeout, f"a first run of {name}")
-        return str(found[0])
-
-    def stop(self) -> list[int]:
-        """Stop every master (SIGTERM, then SIGKILL); return the pids that were left."""
-        if self.stopped:
-            return self.left
-        self.stopped = True
-        for master in self.masters.values():
-            if master.proc.poll() is None:
-                master.tree()
-                master.signal(signal.SIGTERM)
-        left: list[int] = []
-        for master in self.masters.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                master.proc.wait(40)
-            left += master.cleanup()
-        for registry in self.dir.glob("*.pids"):  # the guarded script's children
-            for pid in map(int, registry.read_text().split()):
-                with contextlib.suppress(psutil.Error):
-                    child = psutil.Process(pid)
-                    if child.status() != psutil.STATUS_ZOMBIE:
-                        left.append(pid)
-                        child.kill()
-        self.left = left
-        return left
-
-    # ----- what happened --------------------------------------------------------------------
-    def runs(self, server: str, name: str, queued: bool = False) -> list[tuple[float, float]]:
-        """(start, delay) of every ok run of ``name`` on ``server``, by start time; with
-        ``queued``, (start, handed to a worker minus due time): for a sync run, the time
-        its lease took."""
-        master = self.masters[server]
-        starts = {e["run"]: e["t"] for e in master.events("start", name)}
-        found = []
-        for match in RUN_LINE.finditer(master.log()):
-            if match[1] == name and match[3] == "ok" and int(match[2]) in starts:
-                found.append((float(starts[int(match[2])]), float(match[5 if queued else 4])))
-        return sorted(found)
-
-    def guarded_runs(self, name: str) -> list[dict[str, Any]]:
-        """Every run of a guarded script on any master: server, start, the last moment its
-        code ran, children of earlier runs alive at its start."""
-        found = []
-        for server, master in self.masters.items():
-            for start in master.events("start", name):
-                tick = self.dir / f"{name}-alive" / start["key"]
-                last = float(tick.read_text()) if tick.exists() else start["t"]
-                found.append({**start, "server": server, "last": max(last, start["t"])})
-        return sorted(found, key=lambda r: r["t"])
-
-
-@contextlib.contextmanager
-def fleet_of(cluster: PgCluster, name: str, report: dict[str, Any]) -> Iterator[Fleet]:
-    fleet = Fleet(cluster, name)
-    try:
-        yield fleet
-    finally:
-        report["left_behind"] = fleet.stop()
-        shutil.rmtree(fleet.dir, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def frozen(pids: list[int]) -> Iterator[None]:
-    procs = [psutil.Process(pid) for pid in pids]
-    stopped = []
-    try:
-        for proc in procs:
-            proc.suspend()
-            stopped.append(proc)
-        yield
-    finally:
-        for proc in stopped:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.resume()
-
-
-def postgres_pids(cluster: PgCluster) -> list[int]:
-    postmaster = int((cluster.datadir / "postmaster.pid").read_text().split()[0])
-    return [postmaster, *(p.pid for p in psutil.Process(postmaster).children(recursive=True))]
 
 
 def window_figures(runs: list[tuple[float, float]], start: float, end: float) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pymysql
 from pg import _ensure_user, free_port, scratch_dir
 from sqlalchemy import URL
@@ -64,6 +65,7 @@ class MariaDbServer:
         self.user: str | None = None
         self._run_as: list[str] = []
         self._proc: subprocess.Popen[bytes] | None = None
+        self._user_args: list[str] = []
         self.version = ""
 
     @property
@@ -110,12 +112,19 @@ class MariaDbServer:
                 f"mariadb-install-db failed ({init.returncode}): "
                 f"{(init.stderr or init.stdout).strip()[-2000:]}")
         self.port = free_port()
-        log = open(self.logfile, "wb")  # the server writes it until stop()
+        self._user_args = user_args
+        self._launch()
+        self._wait_ready()
+
+    def _launch(self) -> None:
+        """Start ``mariadbd`` on this server's data directory and port (appending to its log)."""
+        assert self.base is not None
+        log = open(self.logfile, "ab")  # the server writes it until stop()
         try:
             self._proc = subprocess.Popen(
                 [*self._run_as, self.mariadbd, "--no-defaults", f"--datadir={self.datadir}",
                  f"--socket={self.socket}", f"--port={self.port}", "--bind-address=127.0.0.1",
-                 f"--pid-file={self.base / 'mariadbd.pid'}", *user_args,
+                 f"--pid-file={self.base / 'mariadbd.pid'}", *self._user_args,
                  "--skip-name-resolve", "--innodb-flush-log-at-trx-commit=0",
                  "--innodb-buffer-pool-size=64M", "--innodb-log-file-size=32M",
                  "--innodb-doublewrite=0", "--skip-log-bin", "--max-connections=300",
@@ -124,9 +133,24 @@ class MariaDbServer:
             )
         finally:
             log.close()
-        self._wait_ready()
 
-    def _wait_ready(self) -> None:
+    def pids(self) -> list[int]:
+        """The server's processes (``mariadbd``, and ``runuser`` above it when root): what a
+        test freezes with SIGSTOP."""
+        assert self._proc is not None
+        root = psutil.Process(self._proc.pid)
+        return [root.pid, *(p.pid for p in root.children(recursive=True))]
+
+    def restart(self, down: float = 0.0) -> None:
+        """A clean shutdown (SIGTERM: every connection is cut), ``down`` seconds with no
+        server, then the same server again on the same port and data; returns once it
+        accepts connections."""
+        self._shutdown()
+        time.sleep(down)  # the outage itself
+        self._launch()
+        self._wait_ready(root_password=self.password)
+
+    def _wait_ready(self, root_password: str | None = None) -> None:
         """Until root connects through the socket (and then gets a TCP password)."""
         assert self._proc is not None
         deadline = time.monotonic() + START_DEADLINE
@@ -137,7 +161,7 @@ class MariaDbServer:
                     f"mariadbd exited with {self._proc.returncode}\n{self._log_tail()}")
             try:
                 conn = pymysql.connect(unix_socket=str(self.socket), user="root",
-                                       connect_timeout=2)
+                                       password=root_password or "", connect_timeout=2)
             except pymysql.err.MySQLError as exc:
                 last = exc
                 time.sleep(0.05)
@@ -225,18 +249,21 @@ class MariaDbServer:
     def drop_database(self, name: str) -> None:
         self._admin(f"DROP DATABASE IF EXISTS `{name}`")
 
+    def _shutdown(self) -> None:
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            # runuser passes SIGTERM on to mariadbd, which shuts down cleanly
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=STOP_DEADLINE)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=STOP_DEADLINE)
+        self._proc = None
+
     def stop(self) -> None:
         try:
-            proc = self._proc
-            if proc is not None and proc.poll() is None:
-                # runuser passes SIGTERM on to mariadbd, which shuts down cleanly
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=STOP_DEADLINE)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout=STOP_DEADLINE)
-            self._proc = None
+            self._shutdown()
         finally:
             if self.base is not None:
                 shutil.rmtree(self.base, ignore_errors=True)

@@ -1,10 +1,14 @@
 """Fleet guarantees under the faults that would break them, injected for real.
 
 Masters share one real PostgreSQL; one of them may reach it through a ``FaultProxy`` that
-partitions it (silence, not errors), the database itself may be frozen with SIGSTOP, and
-masters are killed with SIGKILL or frozen with SIGSTOP. Sync runs use the ``guarded``
-script, which records when its own code last ran and which processes of earlier runs were
-still alive when it started: no two runs may ever live at once.
+partitions it (silence, not errors), the database itself may be frozen with SIGSTOP or
+restarted, and masters are killed with SIGKILL or frozen with SIGSTOP. The faults whose
+handling depends on the database and its driver (a partitioned holder, kill -9 of the
+holder, the database frozen, the database restarted) run on MariaDB too (the ``db``
+fixture: tests/dbfaults.py); the others, which only the masters see, on PostgreSQL.
+Sync runs use the ``guarded`` script, which records when its own code last ran and which
+processes of earlier runs were still alive when it started: no two runs may ever live at
+once.
 """
 
 from __future__ import annotations
@@ -15,18 +19,23 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
+from dbfaults import ServerUnderTest, frozen, mariadb_under_test, postgres_under_test
 from faultproxy import FaultProxy
 from harness import MasterProcess, running_master, wait_for, write_config
 from pg import PgCluster, url_text
-from sqlalchemy import URL
+from sqlalchemy import URL, select
 
 from pandaserver.config.daemon import LEASE_TTL_MIN
+from pandaserver.db.engine import engine_from_url
+from pandaserver.db.servertime import db_now
+from pandaserver.db.tables import daemon_lease
 
 TTL = LEASE_TTL_MIN  # the smallest lease the config accepts: the tightest margins
 TAKEOVER_SLACK = 8.0  # generous: grant retries, worker start-up, a loaded 2-core machine
@@ -77,24 +86,20 @@ def assert_never_together(found: list[dict[str, Any]]) -> None:
     assert generations == sorted(generations) and len(set(generations)) == len(generations)
 
 
-@contextmanager
-def frozen(pids: list[int]) -> Iterator[None]:
-    procs = [psutil.Process(pid) for pid in pids]
-    for proc in procs:
-        proc.suspend()
-    try:
-        yield
-    finally:
-        for proc in procs:
-            try:
-                proc.resume()
-            except psutil.NoSuchProcess:
-                pass
+@pytest.fixture
+def db(request: pytest.FixtureRequest) -> Iterator[ServerUnderTest]:
+    """The database server of a fault test (``request.param``: "postgresql", the default,
+    or "mysql" for MariaDB) with a fresh database."""
+    backend = getattr(request, "param", "postgresql")
+    if backend == "mysql":
+        yield mariadb_under_test(request.getfixturevalue("mysql_server"),
+                                 request.getfixturevalue("mysql_url"))
+    else:
+        yield postgres_under_test(request.getfixturevalue("pg_cluster"),
+                                  request.getfixturevalue("pg_url"))
 
 
-def postgres_pids(cluster: PgCluster) -> list[int]:
-    postmaster = int((cluster.datadir / "postmaster.pid").read_text().split()[0])
-    return [postmaster, *(p.pid for p in psutil.Process(postmaster).children(recursive=True))]
+BOTH = pytest.mark.parametrize("db", ["postgresql", "mysql"], indirect=True)
 
 
 def holder_of(masters: list[MasterProcess], name: str) -> MasterProcess:
@@ -103,17 +108,19 @@ def holder_of(masters: list[MasterProcess], name: str) -> MasterProcess:
     return first[0]
 
 
-@pytest.mark.parametrize("stubborn", [False, True], ids=["polite", "ignores-SIGTERM"])
+@pytest.mark.parametrize(("db", "stubborn"), [("postgresql", False), ("postgresql", True),
+                                               ("mysql", False)],
+                         ids=["polite", "ignores-SIGTERM", "mysql-polite"], indirect=["db"])
 def test_a_partitioned_holder_is_fenced_before_its_lease_expires(
-        tmp_path: Path, pg_url: URL, pg_cluster: PgCluster, stubborn: bool) -> None:
+        tmp_path: Path, db: ServerUnderTest, stubborn: bool) -> None:
     """The holder's network goes silent mid-run: it kills its run (SIGKILL included, for a
     script that ignores SIGTERM) before the lease can expire; the other server takes over
     after expiry; the two runs never live at once."""
     scripts = {"g": guarded(600, stubborn, period=1, timeout=3600)}
     with ExitStack() as stack:
-        proxy = stack.enter_context(FaultProxy(pg_cluster.port))
-        cfg_a = config_for(tmp_path / "a", proxied(pg_url, proxy), scripts)
-        cfg_b = config_for(tmp_path / "b", pg_url, scripts)
+        proxy = stack.enter_context(FaultProxy(db.port))
+        cfg_a = config_for(tmp_path / "a", proxied(db.url, proxy), scripts)
+        cfg_b = config_for(tmp_path / "b", db.url, scripts)
         a = stack.enter_context(running_master(cfg_a, tmp_path, server="a"))
         a.wait_events(1, "start", "g", timeout=40)  # a holds the lease
         b = stack.enter_context(running_master(cfg_b, tmp_path, server="b"))
@@ -132,9 +139,10 @@ def test_a_partitioned_holder_is_fenced_before_its_lease_expires(
     assert first["last"] < cut + TTL, "the holder's run outlived its lease"
 
 
+@BOTH
 def test_a_killed_holder_is_taken_over_within_the_ttl_whatever_the_timeout(
-        tmp_path: Path, pg_url: URL) -> None:
-    cfg = config_for(tmp_path, pg_url, {"g": guarded(600, period=1, timeout=3600)})
+        tmp_path: Path, db: ServerUnderTest) -> None:
+    cfg = config_for(tmp_path, db.url, {"g": guarded(600, period=1, timeout=3600)})
     with ExitStack() as stack:
         a = stack.enter_context(running_master(cfg, tmp_path, server="a"))
         a.wait_events(1, "start", "g", timeout=40)
@@ -170,17 +178,21 @@ def test_a_frozen_holder_cannot_keep_its_run_past_the_lease(tmp_path: Path, pg_u
 
 
 @pytest.mark.serial  # gaps under 1.9 s for a 1-s period: run alone
-@pytest.mark.parametrize("fault", ["database-frozen", "partition"])
+@pytest.mark.parametrize(("db", "fault"), [("postgresql", "database-frozen"),
+                                            ("postgresql", "partition"),
+                                            ("mysql", "database-frozen")],
+                         ids=["database-frozen", "partition", "mysql-database-frozen"],
+                         indirect=["db"])
 def test_local_schedules_keep_every_period_whatever_the_database_does(
-        tmp_path: Path, pg_url: URL, pg_cluster: PgCluster, fault: str) -> None:
+        tmp_path: Path, db: ServerUnderTest, fault: str) -> None:
     """A 1-s non-sync script keeps its period while the database hangs (SIGSTOP) or this
     master's path to it goes silent; the sync script waits for the database."""
     scripts = {"tick": {"module": "record", "period": 1},
                "s": {"module": "record", "period": 1, "sync": True}}
     window = 12.0
     with ExitStack() as stack:
-        proxy = stack.enter_context(FaultProxy(pg_cluster.port))
-        cfg = config_for(tmp_path, proxied(pg_url, proxy), scripts, n_proc=2)
+        proxy = stack.enter_context(FaultProxy(db.port))
+        cfg = config_for(tmp_path, proxied(db.url, proxy), scripts, n_proc=2)
         a = stack.enter_context(running_master(cfg, tmp_path, server="a"))
         a.wait_events(2, "start", "s", timeout=40)
         start = time.monotonic()
@@ -190,7 +202,7 @@ def test_local_schedules_keep_every_period_whatever_the_database_does(
                           timeout=window + 10)
             proxy.set_mode("forward")
         else:
-            with frozen(postgres_pids(pg_cluster)):
+            with frozen(db.pids()):
                 a.wait_events(len(a.events("start", "tick")) + int(window), "start", "tick",
                               timeout=window + 10)
         end = time.monotonic()
@@ -204,6 +216,63 @@ def test_local_schedules_keep_every_period_whatever_the_database_does(
     warnings = [line for line in a.log().splitlines() if "WARNING" in line
                 and "database unavailable" in line]
     assert len(warnings) == 1, warnings
+
+
+def _lease(url: URL, name: str) -> tuple[int, Any]:
+    """(generation, expires_at) of lease ``name`` and the database's now (aware UTC)."""
+    engine = engine_from_url(url)
+    try:
+        with engine.connect() as conn:
+            gen, expires = conn.execute(select(daemon_lease.c.generation,
+                                               daemon_lease.c.expires_at)
+                                        .where(daemon_lease.c.name == name)).one()
+            return int(gen), (expires, db_now(conn))
+    finally:
+        engine.dispose()
+
+
+RESTART_DOWN = 5.5  # seconds with no database: past a renewal (ttl/3), short of the fence
+
+
+@pytest.mark.serial  # the outage must fit between a renewal and the fence: run alone
+@BOTH
+def test_a_database_restart_is_ridden_out_by_the_holder_and_the_fleet(
+        tmp_path: Path, db: ServerUnderTest) -> None:
+    """The database stops (every connection cut) for longer than the renewal interval and
+    starts again while a holds a long run's lease: a's failed renewal, retried every second,
+    gets through once the server is back and keeps the lease (same generation, expiry moved
+    past the restart) before the fence, so its run lives on and nobody else starts it; a
+    short sync script is granted again after the restart."""
+    scripts = {"g": guarded(600, period=1, timeout=3600),
+               "s": {"module": "record", "period": 1, "sync": True}}
+    cfg = config_for(tmp_path, db.url, scripts)
+    with ExitStack() as stack:
+        a = stack.enter_context(running_master(cfg, tmp_path, server="a"))
+        first = a.wait_events(1, "start", "g", timeout=40)[0]
+        b = stack.enter_context(running_master(cfg, tmp_path, server="b"))
+        b.wait_log("database: ", timeout=20)
+        generation, _ = _lease(db.url, "g")
+        db.restart(RESTART_DOWN)
+        _, (_, restarted) = _lease(db.url, "g")
+        masters = [a, b]
+        granted = sum(len(m.events("start", "s")) for m in masters)
+
+        def renewed_after_restart() -> bool:
+            gen, (expires, _) = _lease(db.url, "g")
+            assert gen == generation, f"g was granted again: generation {gen}, was {generation}"
+            return bool(expires >= restarted + timedelta(seconds=TTL - 1))
+
+        wait_for(renewed_after_restart, TTL + 10, "a renewal of g after the restart")
+        wait_for(lambda: sum(len(m.events("start", "s")) for m in masters) >= granted + 2, 30,
+                 "grants of s after the restart")
+        renewed = time.monotonic()
+        tick = tmp_path / "g-alive" / first["key"]
+        wait_for(lambda: float(tick.read_text()) > renewed, 5, "the holder's run alive")
+        found = runs(tmp_path, masters, "g")
+    assert_never_together(found)
+    assert [r["key"] for r in found] == [first["key"]], f"g started again: {found}"
+    assert "outcome=fenced" not in a.log(), a.log()[-3000:]
+    assert "lease renewal failed" in a.log(), "no renewal met the outage: it proved nothing"
 
 
 @pytest.mark.serial  # a 5-s bound after a reload: run alone
