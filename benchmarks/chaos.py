@@ -61,10 +61,15 @@ from typing import Any, TextIO
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dbfaults import frozen, postgres_pids, restart_postgres
-from faultkit import Fleet, kill_tree, note, overlaps
+
+# never benchmarks/ itself on sys.path when imported (tests/acceptance/test_chaos.py): its
+# pgfleet.py would then hide the tests' pgfleet.py from every later import in that process
+if __package__:
+    from benchmarks.faultkit import Fleet, kill_tree, note, overlaps
+else:  # run as a script: its own folder is on sys.path already
+    from faultkit import Fleet, kill_tree, note, overlaps
 from faultproxy import FaultProxy
 from harness import wait_for
 from pg import PgCluster
