@@ -114,11 +114,14 @@ def cmd_run(cfg: PandaConfig, args: argparse.Namespace) -> int:
         log.warning("the daemon is disabled (enable = False in [daemon] of %s); nothing to run",
                     cfg.path)
         return exitcodes.RET_OK
-    early = start_early_worker(cfg, args)  # boots on the other core beside the preflight
+    # worker 1 boots on the other core beside the preflight; none for a config already
+    # known to be refused (its own problems, found as it was read)
+    early = start_early_worker(cfg, args) if not cfg.daemon.unusable() else None
     try:
         return _run(cfg, args, early)
     finally:
-        early.discard()  # not taken by the master: refused, or stopped before it spawned
+        if early is not None:  # not taken by the master: refused, or stopped before it spawned
+            early.discard()
 
 
 def start_early_worker(cfg: PandaConfig, args: argparse.Namespace) -> Prespawned:
@@ -134,7 +137,7 @@ def start_early_worker(cfg: PandaConfig, args: argparse.Namespace) -> Prespawned
     return early
 
 
-def _run(cfg: PandaConfig, args: argparse.Namespace, early: Prespawned) -> int:
+def _run(cfg: PandaConfig, args: argparse.Namespace, early: Prespawned | None) -> int:
     from pandaserver.commands.launch import import_master_modules
     from pandaserver.config.users import NO_ROOT_VARIABLE
     from pandaserver.preflight.validate import RUN, drop_scripts, validate

@@ -117,11 +117,21 @@ def test_a_refused_config_ends_the_early_worker_and_builds_no_master(
         tmp_path: Path) -> None:
     built: list[Any] = []
     monkeypatch.setattr(cli, "build_master", lambda *a, **k: built.append(k))
-    code = cli.cmd_run(config(tmp_path, "n_proc = 0"), ARGS)
+    # refused by the preflight's database check, after worker 1 was started
+    code = cli.cmd_run(config(tmp_path, "db_url = nosuchdb://host/db"), ARGS)
     assert code == exitcodes.RET_CONFIG and not built
     (argv, early), = spawns  # started before the preflight, as worker 1 of this master
     assert argv == prespawn.worker_argv("s1", "INFO", str(tmp_path / "panda_server.cfg"), 1)
     assert early.popen.killed and early.popen.waited and early.closed
+
+
+def test_a_config_refused_as_it_was_read_starts_no_worker(
+        spawns: list[tuple[list[str], FakeSpawned]], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    built: list[Any] = []
+    monkeypatch.setattr(cli, "build_master", lambda *a, **k: built.append(k))
+    assert cli.cmd_run(config(tmp_path, "n_proc = 0"), ARGS) == exitcodes.RET_CONFIG
+    assert not built and not spawns
 
 
 def test_a_passed_preflight_hands_the_early_worker_to_the_master(
