@@ -166,8 +166,9 @@ def timeout_kill(rounds: int, n_proc: int) -> None:
 
 def first_run(launches: int, n_proc: int) -> None:
     """From the exec of a master to main() of the first run of a script due at start: the
-    first launch makes the SQLite file (and migrates it), the others find it made."""
-    delays = []
+    first launch makes the SQLite file (and migrates it), the others find it made. Also the
+    master's CPU time when the run is seen to start (less noisy than wall time under load)."""
+    delays, cpus = [], []
     with tempfile.TemporaryDirectory() as tmp:
         probe = Path(tmp) / "probe.txt"
         cfg = write_config(Path(tmp), {"first": {"module": "probe", "period": 600,
@@ -179,15 +180,20 @@ def first_run(launches: int, n_proc: int) -> None:
             proc = start_master(cfg, Path(tmp) / "master.log", Path(tmp) / "state")
             try:
                 delays.append(probe_starts(probe, 1)[0][1] - launched)
+                cpus.append(cpu_seconds([psutil.Process(proc.pid)]))
             finally:
                 stop(proc)
-    print(f"first run after launch: {launches} launches, n_proc {n_proc}, SQLite")
+    load = os.getloadavg()
+    print(f"first run after launch: {launches} launches, n_proc {n_proc}, SQLite, load average"
+          f" {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(f"  exec of the master to main() of the first run, ms: first launch (makes the"
           f" database) {delays[0] * 1000:.0f}")
     if len(delays) > 1:
-        again = delays[1:]
+        again, cpu = delays[1:], cpus[1:]
         print(f"  later launches: median {statistics.median(again) * 1000:.0f}"
               f"  min {min(again) * 1000:.0f}  max {max(again) * 1000:.0f}")
+        print(f"  the master's CPU time by then, ms: median {statistics.median(cpu) * 1000:.0f}"
+              f"  min {min(cpu) * 1000:.0f}  max {max(cpu) * 1000:.0f}")
 
 
 def main() -> None:

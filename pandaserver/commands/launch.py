@@ -8,6 +8,7 @@ detach), so neither command module imports the other.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 from collections.abc import Callable
@@ -86,6 +87,19 @@ def restart_only_changes(running: PandaConfig, new: PandaConfig) -> list[str]:
         changes.append(f"uname/gname (the master keeps {':'.join(old_user) or 'its user'};"
                        f" configured: {new.daemon.uname}:{new.daemon.gname})")
     return changes
+
+
+# what build_master imports (SQLAlchemy and the database layer with them): most of a
+# master's start-up, done by ``run`` while the preflight's import check runs
+MASTER_MODULES = ("pandaserver.daemons.base.clock", "pandaserver.daemons.fleet.fleetdb",
+                  "pandaserver.daemons.master.loop", "pandaserver.daemons.master.schedule",
+                  "pandaserver.daemons.master.statusfile", "pandaserver.db.engine")
+
+
+def import_master_modules() -> None:
+    """Import what ``build_master`` needs, ahead of it (no side effect but the imports)."""
+    for name in MASTER_MODULES:
+        importlib.import_module(name)
 
 
 def build_master(cfg: PandaConfig, args: argparse.Namespace, **options: Any) -> Master:

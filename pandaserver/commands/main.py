@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pandaserver import __version__, exitcodes
 from pandaserver.commands.registry import BY_NAME, add_commands, parse
@@ -15,6 +15,7 @@ from pandaserver.config import ConfigError, PandaConfig, load_config
 from pandaserver.service.logfiles import MASTER_LOG_FORMAT
 
 if TYPE_CHECKING:
+    from pandaserver.commands.prespawn import Prespawned
     from pandaserver.daemons.master.loop import Master
     from pandaserver.preflight.validate import Verdict
 
@@ -108,15 +109,41 @@ def report(verdict: Verdict, command: str, logger: logging.Logger = log) -> None
 
 def cmd_run(cfg: PandaConfig, args: argparse.Namespace) -> int:
     from pandaserver.commands.launch import disabled
-    from pandaserver.config.users import NO_ROOT_VARIABLE
-    from pandaserver.preflight.validate import RUN, drop_scripts, validate
 
-    settings = cfg.daemon
-    if disabled(settings):
+    if disabled(cfg.daemon):
         log.warning("the daemon is disabled (enable = False in [daemon] of %s); nothing to run",
                     cfg.path)
         return exitcodes.RET_OK
-    verdict = validate(cfg, RUN, cwd=os.getcwd())
+    # worker 1 boots on the other core beside the preflight; none for a config already
+    # known to be refused (its own problems, found as it was read)
+    early = start_early_worker(cfg, args) if not cfg.daemon.unusable() else None
+    try:
+        return _run(cfg, args, early)
+    finally:
+        if early is not None:  # not taken by the master: refused, or stopped before it spawned
+            early.discard()
+
+
+def start_early_worker(cfg: PandaConfig, args: argparse.Namespace) -> Prespawned:
+    """Worker 1 of ``run``, started before the preflight: its interpreter boots beside the
+    checks and the master's imports. It runs nothing and imports no script before the
+    master sends it its ``init``, once the preflight and the schema check have passed
+    (``pandaserver.commands.prespawn``); a refused start ends it unused."""
+    from pandaserver.commands import launch
+    from pandaserver.commands.prespawn import Prespawned, worker_argv
+
+    early = Prespawned()
+    early.start(worker_argv(launch.server_name(args), args.log_level, cfg.origin, 1))
+    return early
+
+
+def _run(cfg: PandaConfig, args: argparse.Namespace, early: Prespawned | None) -> int:
+    from pandaserver.commands.launch import import_master_modules
+    from pandaserver.config.users import NO_ROOT_VARIABLE
+    from pandaserver.preflight.validate import RUN, drop_scripts, validate
+
+    # the master's modules are imported while the import check's interpreter works
+    verdict = validate(cfg, RUN, cwd=os.getcwd(), meanwhile=import_master_modules)
     report(verdict, RUN)
     code = verdict.exit_code(RUN)
     if code != exitcodes.RET_OK:
@@ -127,7 +154,7 @@ def cmd_run(cfg: PandaConfig, args: argparse.Namespace) -> int:
         log.warning("running scripts as root: 'run' keeps the user it is started as; 'start'"
                     " switches to uname/gname (set PANDA_NO_ROOT=1 to silence this)")
     try:
-        master = build_master(cfg, args)  # imports the master's modules after worker 1 starts
+        master = build_master(cfg, args, processes=early)
     except Exception as exc:
         from pandaserver.daemons.fleet.fleetdb import StartupError
 
@@ -135,30 +162,15 @@ def cmd_run(cfg: PandaConfig, args: argparse.Namespace) -> int:
             raise
         log.error("cannot start: %s", exc)
         return exc.code
-    try:
-        return master.run()
-    finally:
-        from pandaserver.commands.prespawn import Prespawned
-
-        layer = getattr(getattr(master, "pool", None), "layer", None)
-        if isinstance(layer, Prespawned):
-            layer.discard()  # had the master stopped before it started worker 1
+    return master.run()
 
 
-def build_master(cfg: PandaConfig, args: argparse.Namespace) -> Master:
-    """``run``'s master (``launch.build_master``), worker 1 started first: it boots on the
-    other core while the master imports its modules and opens its database
-    (``pandaserver.commands.prespawn``)."""
+def build_master(cfg: PandaConfig, args: argparse.Namespace, **options: Any) -> Master:
+    """``run``'s master (``launch.build_master``); ``options`` go to ``Master``, the early
+    worker 1 among them (``processes``)."""
     from pandaserver.commands import launch
-    from pandaserver.commands.prespawn import Prespawned, worker_argv
 
-    early = Prespawned()
-    early.start(worker_argv(launch.server_name(args), args.log_level, cfg.origin, 1))
-    try:
-        return launch.build_master(cfg, args, processes=early)
-    except BaseException:
-        early.discard()
-        raise
+    return launch.build_master(cfg, args, **options)
 
 
 def cmd_run_once(cfg: PandaConfig, args: argparse.Namespace) -> int:

@@ -1,9 +1,9 @@
-"""The first worker of ``run``, started once the preflight has passed and before the
-master imports its modules and opens its database: its interpreter boots on the other core
-meanwhile, so the first run starts sooner.
+"""The first worker of ``run``, started before the preflight, so that its interpreter boots
+on the other core while the master checks the configuration and imports its modules: the
+first run starts sooner.
 
 A worker started early runs nothing and imports no script before the master sends it its
-``init`` (after the schema check): a database the master refuses ends it unused
+``init`` (after the preflight and the schema check): a refused start ends it unused
 (``Prespawned.discard``; had the master died, the worker's lifeline would end it too). It
 is started as the pool would start worker 1, with the master's marker in its environment
 (``MASTER_VAR``, as ``Containment.start`` sets it), and handed to the pool by the process

@@ -27,11 +27,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, insert, literal, select, update
-from sqlalchemy.dialects import mysql as mysql_dialect
-from sqlalchemy.dialects import postgresql
-from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from pandaserver.db.tables import daemon_run, daemon_run_count
+from pandaserver.db.upsert import dialect_insert
 
 DURATION_BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0)
 DELAY_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0)
@@ -121,12 +119,11 @@ def add_counts(conn: Connection, counts: Counts) -> None:
     name = conn.dialect.name
     stmt: Any
     if name in ("mysql", "mariadb"):
-        stmt = mysql_dialect.insert(c)
+        stmt = dialect_insert("mysql")(c)
         stmt = stmt.on_duplicate_key_update({col: c.c[col] + stmt.inserted[col]
                                              for col in COLUMNS})
     else:
-        module: Any = postgresql if name == "postgresql" else sqlite_dialect
-        stmt = module.insert(c)
+        stmt = dialect_insert("postgresql" if name == "postgresql" else "sqlite")(c)
         stmt = stmt.on_conflict_do_update(
             index_elements=list(KEY), set_={col: c.c[col] + stmt.excluded[col]
                                             for col in COLUMNS})

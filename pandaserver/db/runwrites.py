@@ -37,13 +37,10 @@ from sqlalchemy import (
     or_,
     update,
 )
-from sqlalchemy.dialects import mysql as mysql_dialect
-from sqlalchemy.dialects import postgresql
-from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from pandaserver.db.servertime import db_now_expr, db_now_plus
 from pandaserver.db.tables import daemon_run, daemon_server
-from pandaserver.db.upsert import UnsupportedDatabase
+from pandaserver.db.upsert import UnsupportedDatabase, dialect_insert
 
 RUNNING = "running"
 LOST = "lost"
@@ -103,11 +100,10 @@ def insert_absent(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     kind = _dialect(conn)
     stmt: Any
     if kind == "mysql":
-        stmt = mysql_dialect.insert(daemon_run).values(_values())
+        stmt = dialect_insert("mysql")(daemon_run).values(_values())
         stmt = stmt.on_duplicate_key_update(id=daemon_run.c.id)
     else:
-        module: Any = postgresql if kind == "postgresql" else sqlite_dialect
-        stmt = module.insert(daemon_run).values(_values())
+        stmt = dialect_insert(kind)(daemon_run).values(_values())
         stmt = stmt.on_conflict_do_nothing(index_elements=list(KEY))
     conn.execute(_batched(stmt, kind), list(rows))
 
@@ -121,12 +117,11 @@ def upsert_final(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     open_row = or_(t.c.outcome == literal(RUNNING), t.c.outcome == literal(LOST))
     stmt: Any
     if kind == "mysql":
-        stmt = mysql_dialect.insert(t).values(_values())
+        stmt = dialect_insert("mysql")(t).values(_values())
         stmt = stmt.on_duplicate_key_update([
             (name, func.IF(open_row, stmt.inserted[name], t.c[name])) for name in _UPDATED])
     else:
-        module: Any = postgresql if kind == "postgresql" else sqlite_dialect
-        stmt = module.insert(t).values(_values())
+        stmt = dialect_insert(kind)(t).values(_values())
         stmt = stmt.on_conflict_do_update(
             index_elements=list(KEY), set_={name: stmt.excluded[name] for name in _UPDATED},
             where=open_row)

@@ -59,6 +59,7 @@ so the refused caller learns the row as it now is:
 
 from __future__ import annotations
 
+import importlib
 import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -79,9 +80,6 @@ from sqlalchemy import (
     type_coerce,
     update,
 )
-from sqlalchemy.dialects import mysql as mysql_dialect
-from sqlalchemy.dialects import postgresql
-from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql import visitors
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -96,6 +94,14 @@ GRANTED = "panda_upsert_granted"  # the decision, a column of the rows returned
 
 class UnsupportedDatabase(Exception):
     """This operation has no atomic statement written for the database in use."""
+
+
+def dialect_insert(name: str) -> Any:
+    """The ``insert`` construct of SQLAlchemy's dialect ``name`` (``postgresql``, ``sqlite``,
+    ``mysql``), its module imported on first use: the statements' modules load no dialect
+    at import, so a master on SQLite or PostgreSQL never loads MySQL's (about 10-20 ms of
+    its start-up; ``tables.py``'s partial indexes load PostgreSQL's and SQLite's)."""
+    return importlib.import_module(f"sqlalchemy.dialects.{name}").insert
 
 
 def conditional_upsert(
@@ -183,14 +189,14 @@ def upsert_or_else(
 def _upsert(name: str, table: Table, values: Mapping[str, Any], key: Sequence[str],
             set_: Mapping[str, Any], where: ColumnElement[bool] | None) -> Any:
     if name == "postgresql":
-        stmt: Any = postgresql.insert(table).values(dict(values))
+        stmt: Any = dialect_insert("postgresql")(table).values(dict(values))
     elif name == "sqlite":
         if sqlite3.sqlite_version_info < SQLITE_MIN:
             raise UnsupportedDatabase(
                 f"SQLite {sqlite3.sqlite_version} is too old: panda-daemon needs"
                 f" {'.'.join(map(str, SQLITE_MIN))} or newer (INSERT ... RETURNING)"
             )
-        stmt = sqlite_dialect.insert(table).values(dict(values))
+        stmt = dialect_insert("sqlite")(table).values(dict(values))
     else:
         raise UnsupportedDatabase(
             f"atomic leases are written for PostgreSQL, SQLite and MySQL/MariaDB; {name!r} is not"
@@ -304,7 +310,7 @@ def _mysql_statements(
             new = _assign(captured[name], new)
         assignments.append((name, new))
 
-    stmt = mysql_dialect.insert(table).values(inserted).on_duplicate_key_update(assignments)
+    stmt = dialect_insert("mysql")(table).values(inserted).on_duplicate_key_update(assignments)
     read = select(type_coerce(ok, Boolean()).label(GRANTED),
                   *[cast(captured[n], table.c[n].type).label(n) for n in names])
     return stmt, read

@@ -11,7 +11,7 @@ file, section, script and key, and never shows a secret (``pandaserver.config.se
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -79,8 +79,14 @@ class Verdict:
 
 def validate(cfg: PandaConfig, command: str, *, try_import: bool = True, connect: bool = False,
              euid: int | None = None, environ: Mapping[str, str] | None = None,
-             cwd: str | None = None, import_timeout: float | None = None) -> Verdict:
-    """Everything ``command`` would stop on, and every problem and warning."""
+             cwd: str | None = None, import_timeout: float | None = None,
+             meanwhile: Callable[[], object] | None = None) -> Verdict:
+    """Everything ``command`` would stop on, and every problem and warning.
+
+    ``meanwhile`` is called once the checks but the import check are done and none of them
+    refused, before the import check's answer is awaited: work the caller needs only if
+    the verdict lets it go on, done while the import check's interpreter works on the
+    other core (``run`` imports the master's modules)."""
     env = os.environ if environ is None else environ
     verdict = Verdict()
     settings = cfg.daemon
@@ -111,6 +117,8 @@ def validate(cfg: PandaConfig, command: str, *, try_import: bool = True, connect
             verdict.add(Finding(level, message, code=code,
                                 stops=(CHECK,) if code == exitcodes.RET_DATABASE else ALL_COMMANDS))
         _check_users(cfg, verdict, euid, env)
+        if meanwhile is not None and not verdict.errors(command):
+            meanwhile()
     except BaseException:
         if probe is not None:
             from pandaserver.preflight.imports import abandon_probe

@@ -2,12 +2,12 @@
 and reload where they apply), each expecting an exit status and a message fragment; every
 output is grepped for the secrets planted in the corpus.
 
-The commands run in this process through ``pandaserver.commands.main.main`` (the import check still
-starts its real interpreter). ``run`` is real up to the master: ``build_master`` is
-replaced by a recorder, so a config that passes validation is seen to start (and with which
-scripts) without a master left running; ``start`` is only run on rows it must refuse
-(forking is made to fail the test). tests/acceptance/test_config_truth.py does the same
-for a few rows with real masters.
+The commands run in this process through ``pandaserver.commands.main.main`` (the import
+check still starts its real interpreter). ``run`` is real up to the master: ``build_master``
+is replaced by a recorder (and its early worker 1 by none), so a config that passes
+validation is seen to start (and with which scripts) without a master left running;
+``start`` is only run on rows it must refuse (forking is made to fail the test).
+tests/acceptance/test_config_truth.py does the same for a few rows with real masters.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from harness import FIXTURES, REPO
 
 from pandaserver.commands import main as cli
 from pandaserver.commands import service as service_commands
+from pandaserver.commands.prespawn import Prespawned
 from pandaserver.config import secrets
 from pandaserver.preflight import validate as validation
 
@@ -59,6 +60,8 @@ class Runner:
             monkeypatch.setattr(os, "geteuid", lambda: 0)
         monkeypatch.chdir(tmp)
         monkeypatch.setattr(cli, "build_master", self._fake_master)
+        # no real worker 1 beside each preflight (tests/unit/test_prespawn.py covers it)
+        monkeypatch.setattr(cli, "start_early_worker", lambda cfg, args: Prespawned())
         monkeypatch.setattr(service_commands, "plan_start", self._no_fork)
         text = case.raw if case.raw is not None else section(case.daemon, case.scripts,
                                                               case.server)
