@@ -21,10 +21,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from pandaserver.commands.argtypes import positive_int
 from pandaserver.config import PandaConfig
 from pandaserver.config.problems import did_you_mean
-from pandaserver.db.engine import DatabaseConfigError, describe_db_error, make_engine, safe_url
-from pandaserver.db.history import HistoryStore, RunRow
-from pandaserver.db.leases import LeaseRow, LeaseStore
-from pandaserver.db.schema import (
+from pandaserver.db.base.engine import DatabaseConfigError, describe_db_error, make_engine, safe_url
+from pandaserver.db.base.schema import (
     ContractStep,
     SchemaError,
     UpgradeBlocked,
@@ -35,6 +33,8 @@ from pandaserver.db.schema import (
     steps,
     upgrade,
 )
+from pandaserver.db.history import HistoryStore, RunRow
+from pandaserver.db.leases import LeaseRow, LeaseStore
 from pandaserver.exitcodes import RET_CONFIG, RET_DATABASE, RET_FAILED, RET_OK, RET_SCHEMA
 from pandaserver.fmt import span, table, when
 

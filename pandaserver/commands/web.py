@@ -102,7 +102,7 @@ def _err(message: str) -> None:
 # --- web --------------------------------------------------------------------------------
 
 def cmd_web(cfg: PandaConfig, args: argparse.Namespace) -> int:
-    from pandaserver.db.engine import DatabaseConfigError, database_url
+    from pandaserver.db.base.engine import DatabaseConfigError, database_url
     from pandaserver.web import server
 
     pidfile: Path | None = args.pidfile
@@ -157,7 +157,7 @@ def _log_dir(cfg: PandaConfig) -> Path:
 # --- fleet ------------------------------------------------------------------------------
 
 def _overview(cfg: PandaConfig, settings: WebSettings) -> Overview:
-    from pandaserver.db.schema import check_schema
+    from pandaserver.db.base.schema import check_schema
     from pandaserver.web.fleetview import FleetReader
 
     reader = FleetReader(cfg, settings)
@@ -171,13 +171,13 @@ def _overview(cfg: PandaConfig, settings: WebSettings) -> Overview:
 def cmd_fleet(cfg: PandaConfig, args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from pandaserver.db.engine import (
+    from pandaserver.db.base.engine import (
         DatabaseConfigError,
         database_url,
         describe_db_error,
         safe_url,
     )
-    from pandaserver.db.schema import SchemaError
+    from pandaserver.db.base.schema import SchemaError
     from pandaserver.web.fleetview import jsonable
 
     try:

@@ -36,8 +36,8 @@ from sqlalchemy.exc import DBAPIError
 
 from pandaserver.config.secrets import redact
 from pandaserver.db import pruning, runcounts, runwrites
-from pandaserver.db.servertime import db_now_expr, db_now_plus
-from pandaserver.db.tables import daemon_run
+from pandaserver.db.base.servertime import db_now_expr, db_now_plus
+from pandaserver.db.base.tables import daemon_run
 
 RUNNING = "running"
 OK = "ok"

@@ -41,9 +41,9 @@ from sqlalchemy.dialects import mysql as mysql_dialect
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
-from pandaserver.db.servertime import db_now_expr, db_now_plus
-from pandaserver.db.tables import daemon_run, daemon_server
-from pandaserver.db.upsert import UnsupportedDatabase
+from pandaserver.db.base.servertime import db_now_expr, db_now_plus
+from pandaserver.db.base.tables import daemon_run, daemon_server
+from pandaserver.db.base.upsert import UnsupportedDatabase
 
 RUNNING = "running"
 LOST = "lost"

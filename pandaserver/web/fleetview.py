@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 
 from pandaserver.config import PandaConfig
 from pandaserver.config.scripts import DaemonSpec
-from pandaserver.db.engine import make_engine
+from pandaserver.db.base.engine import make_engine
 from pandaserver.db.history import RunRow
 from pandaserver.db.leases import LeaseRow
 from pandaserver.db.operator_commands import ControlStore, Hold

@@ -16,11 +16,11 @@ from typing import Any
 from sqlalchemy import Connection, Engine, String, func, literal, select
 
 from pandaserver.db import skipscan
+from pandaserver.db.base.servertime import UtcDateTime, db_now
+from pandaserver.db.base.tables import daemon_run
 from pandaserver.db.heartbeat import HeartbeatStore, ServerRow
 from pandaserver.db.history import OK, RunRow
 from pandaserver.db.leases import LeaseRow, LeaseStore
-from pandaserver.db.servertime import UtcDateTime, db_now
-from pandaserver.db.tables import daemon_run
 from pandaserver.web.model import ScriptFacts
 
 MAX_RUNS = 2000

@@ -17,7 +17,7 @@ from pgfleet import cli, cut, fleet_config, restore
 from sqlalchemy import URL, Engine
 
 from pandaserver.daemons.fleet.history_keeper import LOST_AFTER_BEATS
-from pandaserver.db.engine import engine_from_url
+from pandaserver.db.base.engine import engine_from_url
 from pandaserver.db.history import LOST, OK, RUNNING, HistoryStore, RunRow
 
 

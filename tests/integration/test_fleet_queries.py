@@ -9,10 +9,10 @@ from typing import Any
 
 from sqlalchemy import Engine, insert, inspect, select
 
+from pandaserver.db.base.schema import upgrade
+from pandaserver.db.base.servertime import db_now
+from pandaserver.db.base.tables import daemon_run
 from pandaserver.db.history import OK, OUTCOMES, SKIPPED
-from pandaserver.db.schema import upgrade
-from pandaserver.db.servertime import db_now
-from pandaserver.db.tables import daemon_run
 from pandaserver.web.queries import read_fleet, read_runs
 
 

@@ -14,7 +14,9 @@ from sqlalchemy.exc import OperationalError
 
 from pandaserver.commands.database import cmd_history
 from pandaserver.config import PandaConfig
-from pandaserver.db.engine import engine_from_url
+from pandaserver.db.base.engine import engine_from_url
+from pandaserver.db.base.servertime import db_now, db_now_plus
+from pandaserver.db.base.tables import daemon_run
 from pandaserver.db.history import (
     FAILED,
     LOST,
@@ -27,8 +29,6 @@ from pandaserver.db.history import (
     RunRecord,
 )
 from pandaserver.db.pending import PendingWrites
-from pandaserver.db.servertime import db_now, db_now_plus
-from pandaserver.db.tables import daemon_run
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from pandaserver.daemons.base import runs
 from pandaserver.daemons.fleet.history_keeper import RESEND_WINDOW, HistoryKeeper
 from pandaserver.daemons.fleet.history_spool import Spool, decode, encode
 from pandaserver.daemons.fleet.history_writer import HistoryWriter
+from pandaserver.db.base.schema import upgrade
 from pandaserver.db.history import (
     LOST,
     OK,
@@ -29,7 +30,6 @@ from pandaserver.db.history import (
     RunRow,
     RunStart,
 )
-from pandaserver.db.schema import upgrade
 
 
 class Clock:

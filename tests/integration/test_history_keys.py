@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import Engine, select, update
 
+from pandaserver.db.base.servertime import db_now_plus
+from pandaserver.db.base.tables import daemon_run, daemon_server
 from pandaserver.db.heartbeat import HeartbeatStore
 from pandaserver.db.history import (
     FAILED,
@@ -22,8 +24,6 @@ from pandaserver.db.history import (
     RunStart,
 )
 from pandaserver.db.pending import PendingWrites
-from pandaserver.db.servertime import db_now_plus
-from pandaserver.db.tables import daemon_run, daemon_server
 
 
 @pytest.fixture

@@ -14,11 +14,11 @@ from sqlalchemy import Engine, func, insert, select
 from pandaserver.config.daemon import DaemonSettings
 from pandaserver.daemons.fleet.fleetdb import FleetDb
 from pandaserver.daemons.fleet.pruner import PruneSchedule
+from pandaserver.db.base.schema import upgrade
+from pandaserver.db.base.servertime import db_now
+from pandaserver.db.base.tables import daemon_run
 from pandaserver.db.history import OK, RUNNING, SKIPPED, HistoryStore
 from pandaserver.db.pruning import PrunePass, Retention, StepResult, prune_all
-from pandaserver.db.schema import upgrade
-from pandaserver.db.servertime import db_now
-from pandaserver.db.tables import daemon_run
 
 
 @pytest.fixture

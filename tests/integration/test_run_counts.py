@@ -11,12 +11,12 @@ from typing import Any
 from alembic import command
 from sqlalchemy import Engine, insert, select, update
 
-from pandaserver.db import schema
+from pandaserver.db.base import schema
+from pandaserver.db.base.schema import upgrade
+from pandaserver.db.base.servertime import db_now
+from pandaserver.db.base.tables import daemon_run
 from pandaserver.db.history import HistoryStore, RunRecord, RunStart
 from pandaserver.db.runcounts import COLUMNS, count_ended, read_counts
-from pandaserver.db.schema import upgrade
-from pandaserver.db.servertime import db_now
-from pandaserver.db.tables import daemon_run
 from pandaserver.web.metrics import HistoryCounters
 
 

@@ -8,8 +8,8 @@ import pytest
 from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 from sqlalchemy import URL
 
-from pandaserver.db.engine import engine_from_url
-from pandaserver.db.serverid import IdentityWatch
+from pandaserver.db.base.engine import engine_from_url
+from pandaserver.db.base.serverid import IdentityWatch
 
 
 @pytest.mark.parametrize("autocommit", [True, False], ids=["master", "transactional"])

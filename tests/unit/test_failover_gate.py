@@ -17,7 +17,7 @@ from pandaserver.daemons.fleet.dbleases import DbLeases
 from pandaserver.daemons.fleet.failover import FailoverGate
 from pandaserver.daemons.fleet.fencing import SAFETY, fence_at
 from pandaserver.daemons.fleet.leasemanager import LeaseDecision
-from pandaserver.db.serverid import IdentityWatch, ServerChanged, ServerIdentity
+from pandaserver.db.base.serverid import IdentityWatch, ServerChanged, ServerIdentity
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 PRIMARY = ServerIdentity(7001, 1, T0)

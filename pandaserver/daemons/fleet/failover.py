@@ -3,7 +3,7 @@
 With asynchronous replication a promoted standby may lack the old primary's last commits:
 a lease shown expired (or a generation older) there may still be held by a server whose
 renewal reached only the old primary. Another server granted it on the new primary would
-run beside that holder. So when ``IdentityWatch`` (``db/serverid.py``) reports that the
+run beside that holder. So when ``IdentityWatch`` (``db/base/serverid.py``) reports that the
 database is another server than before (not a plain restart of the same one), this master:
 
 - fences every sync run it holds at once (its lease may not exist on the new server), as
@@ -34,7 +34,7 @@ import logging
 from collections.abc import Callable
 
 from pandaserver.daemons.fleet.fencing import SAFETY
-from pandaserver.db.serverid import IdentityWatch
+from pandaserver.db.base.serverid import IdentityWatch
 
 log = logging.getLogger("panda.master")
 

@@ -53,18 +53,18 @@ from pandaserver.daemons.fleet.lanes import (
 from pandaserver.daemons.fleet.listener import CommandListener
 from pandaserver.daemons.fleet.pruner import PruneSchedule
 from pandaserver.db import history as dbhistory
-from pandaserver.db.credentials import credentials_refused
-from pandaserver.db.engine import (
+from pandaserver.db.base.credentials import credentials_refused
+from pandaserver.db.base.engine import (
     DatabaseConfigError,
     default_state_dir,
     describe_db_error,
     make_engine,
     safe_url,
 )
+from pandaserver.db.base.schema import SchemaError, ensure_schema
+from pandaserver.db.base.serverid import IdentityWatch, ServerChanged
 from pandaserver.db.heartbeat import HeartbeatStore, config_hash
 from pandaserver.db.leases import Holder, LeaseStore
-from pandaserver.db.schema import SchemaError, ensure_schema
-from pandaserver.db.serverid import IdentityWatch, ServerChanged
 
 log = logging.getLogger("panda.master")
 T = TypeVar("T")

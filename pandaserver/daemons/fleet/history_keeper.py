@@ -41,7 +41,7 @@ from pandaserver.daemons.base.clock import slack_due
 from pandaserver.daemons.fleet.history_spool import Spool
 from pandaserver.daemons.fleet.history_writer import HistoryWriter, Stamped, Written, is_outage
 from pandaserver.db import history as dbhistory
-from pandaserver.db.engine import STATE_DIR_ENV, describe_db_error
+from pandaserver.db.base.engine import STATE_DIR_ENV, describe_db_error
 from pandaserver.db.pending import PendingWrites
 
 log = logging.getLogger("panda.master")

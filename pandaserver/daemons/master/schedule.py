@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from pandaserver.config.cronspec import CronSchedule
 from pandaserver.config.scripts import DaemonSpec
-from pandaserver.db.servertime import due_tolerance
+from pandaserver.db.base.servertime import due_tolerance
 
 REMOVED = "removed from the configuration by a reload"  # a ``disabled`` reason
 LATE_FLOOR = 300.0  # seconds: a script later than max(this, period / 2) is reported
@@ -135,7 +135,7 @@ def next_due_on_grid(due: float, period: float, started: float) -> float:
     grid is kept, no drift), else one period after its start less that tolerance (the
     period counts from the run; missed periods are skipped, never run in a burst). So
     consecutive runs are never closer than ``period - due_tolerance(period)``; the lease
-    grant applies the same rule fleet-wide (``db/servertime.py``)."""
+    grant applies the same rule fleet-wide (``db/base/servertime.py``)."""
     return max(due + period, started + period - due_tolerance(period))
 
 
