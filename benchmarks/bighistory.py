@@ -57,7 +57,7 @@ from pandaserver.config import load_config  # noqa: E402
 from pandaserver.db.base.engine import engine_from_url  # noqa: E402
 from pandaserver.db.base.schema import upgrade  # noqa: E402
 from pandaserver.db.base.tables import daemon_run  # noqa: E402
-from pandaserver.db.pruning import PrunePass, Retention  # noqa: E402
+from pandaserver.db.stores.pruning import PrunePass, Retention  # noqa: E402
 from pandaserver.web.app import FleetApp  # noqa: E402
 from pandaserver.web.metrics import HistoryCounters  # noqa: E402
 from pandaserver.web.settings import WebSettings  # noqa: E402

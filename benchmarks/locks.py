@@ -92,7 +92,7 @@ def latency(calls: int) -> None:
 
     from pandaserver.db.base.engine import engine_from_url
     from pandaserver.db.base.schema import upgrade
-    from pandaserver.db.leases import LeaseStore
+    from pandaserver.db.stores.leases import LeaseStore
 
     cluster = PgCluster()
     cluster.start()

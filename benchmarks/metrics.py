@@ -51,7 +51,7 @@ from pandaserver.db.base.engine import engine_from_url  # noqa: E402
 from pandaserver.db.base.schema import upgrade  # noqa: E402
 from pandaserver.db.base.servertime import db_now, seconds_between  # noqa: E402
 from pandaserver.db.base.tables import daemon_run  # noqa: E402
-from pandaserver.db.runcounts import DELAY_BUCKETS, DURATION_BUCKETS, count_rows  # noqa: E402
+from pandaserver.db.stores.runcounts import DELAY_BUCKETS, DURATION_BUCKETS, count_rows  # noqa: E402
 from pandaserver.web.app import FleetApp  # noqa: E402
 from pandaserver.web.metrics import HistoryCounters  # noqa: E402
 from pandaserver.web.settings import WebSettings  # noqa: E402

@@ -33,8 +33,8 @@ from pandaserver.db.base.schema import (
     steps,
     upgrade,
 )
-from pandaserver.db.history import HistoryStore, RunRow
-from pandaserver.db.leases import LeaseRow, LeaseStore
+from pandaserver.db.stores.history import HistoryStore, RunRow
+from pandaserver.db.stores.leases import LeaseRow, LeaseStore
 from pandaserver.exitcodes import RET_CONFIG, RET_DATABASE, RET_FAILED, RET_OK, RET_SCHEMA
 from pandaserver.fmt import span, table, when
 

@@ -22,8 +22,8 @@ from pandaserver.commands.database import open_database, run_command
 from pandaserver.commands.launch import server_name
 from pandaserver.config import PandaConfig
 from pandaserver.config.problems import did_you_mean
-from pandaserver.db import operator_commands as dbcontrol
-from pandaserver.db.heartbeat import HeartbeatStore
+from pandaserver.db.stores import operator_commands as dbcontrol
+from pandaserver.db.stores.heartbeat import HeartbeatStore
 from pandaserver.exitcodes import RET_CONFIG, RET_FAILED, RET_OK
 from pandaserver.fmt import table, when
 

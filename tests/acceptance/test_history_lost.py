@@ -18,7 +18,7 @@ from sqlalchemy import URL, Engine
 
 from pandaserver.daemons.fleet.history_keeper import LOST_AFTER_BEATS
 from pandaserver.db.base.engine import engine_from_url
-from pandaserver.db.history import LOST, OK, RUNNING, HistoryStore, RunRow
+from pandaserver.db.stores.history import LOST, OK, RUNNING, HistoryStore, RunRow
 
 
 def start_fleet(stack: ExitStack, cfg: Path, tmp_path: Path, names: list[str]

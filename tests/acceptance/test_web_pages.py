@@ -29,8 +29,8 @@ from harness import REPO, pid_alive, running_master, script_env, wait_for, write
 from sqlalchemy import URL
 
 from pandaserver.db.base.engine import engine_from_url
-from pandaserver.db.heartbeat import HeartbeatStore
-from pandaserver.db.history import HistoryStore, RunRecord
+from pandaserver.db.stores.heartbeat import HeartbeatStore
+from pandaserver.db.stores.history import HistoryStore, RunRecord
 
 ARTIFACTS = REPO / "tests" / "artifacts"
 SCRIPTS = {"quick": {"module": "record", "period": 1.0},

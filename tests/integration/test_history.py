@@ -17,7 +17,7 @@ from pandaserver.config import PandaConfig
 from pandaserver.db.base.engine import engine_from_url
 from pandaserver.db.base.servertime import db_now, db_now_plus
 from pandaserver.db.base.tables import daemon_run
-from pandaserver.db.history import (
+from pandaserver.db.stores.history import (
     FAILED,
     LOST,
     OK,
@@ -28,7 +28,7 @@ from pandaserver.db.history import (
     RunEnd,
     RunRecord,
 )
-from pandaserver.db.pending import PendingWrites
+from pandaserver.db.stores.pending import PendingWrites
 
 
 @pytest.fixture

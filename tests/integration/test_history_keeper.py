@@ -20,7 +20,7 @@ from pandaserver.daemons.fleet.history_keeper import RESEND_WINDOW, HistoryKeepe
 from pandaserver.daemons.fleet.history_spool import Spool, decode, encode
 from pandaserver.daemons.fleet.history_writer import HistoryWriter
 from pandaserver.db.base.schema import upgrade
-from pandaserver.db.history import (
+from pandaserver.db.stores.history import (
     LOST,
     OK,
     RUNNING,

@@ -11,8 +11,8 @@ from sqlalchemy import Engine, select, update
 
 from pandaserver.db.base.servertime import db_now_plus
 from pandaserver.db.base.tables import daemon_run, daemon_server
-from pandaserver.db.heartbeat import HeartbeatStore
-from pandaserver.db.history import (
+from pandaserver.db.stores.heartbeat import HeartbeatStore
+from pandaserver.db.stores.history import (
     FAILED,
     LOST,
     OK,
@@ -23,7 +23,7 @@ from pandaserver.db.history import (
     RunRow,
     RunStart,
 )
-from pandaserver.db.pending import PendingWrites
+from pandaserver.db.stores.pending import PendingWrites
 
 
 @pytest.fixture

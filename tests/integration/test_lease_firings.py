@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Engine
 
 from pandaserver.db.base.servertime import db_now
-from pandaserver.db.leases import LeaseStore
+from pandaserver.db.stores.leases import LeaseStore
 
 
 @pytest.fixture

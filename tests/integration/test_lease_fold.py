@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import Engine
 
 from pandaserver.db.base.servertime import db_now
-from pandaserver.db.leases import Holder, LeaseStore
+from pandaserver.db.stores.leases import Holder, LeaseStore
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from pandaserver.db.base.engine import engine_from_url
 from pandaserver.db.base.schema import upgrade
 from pandaserver.db.base.servertime import db_now_plus
 from pandaserver.db.base.tables import daemon_lease
-from pandaserver.db.leases import Holder, LeaseResult, LeaseStore
+from pandaserver.db.stores.leases import Holder, LeaseResult, LeaseStore
 from pandaserver.exitcodes import RET_FAILED
 
 # clocks of two statements a few milliseconds apart; SQLite's 'now' has millisecond steps
@@ -376,7 +376,7 @@ def _check_retry_after_dropped_connections(url: URL, drop_connections: Callable[
         store = LeaseStore(engine)
         assert store.try_acquire("warm", "srv-a", 1, period=0, ttl=1).granted
         drop_connections()
-        with caplog.at_level(logging.INFO, logger="pandaserver.db.leases"):
+        with caplog.at_level(logging.INFO, logger="pandaserver.db.stores.leases"):
             result = store.try_acquire("after-restart", "srv-a", 1, period=0, ttl=1)
         assert result.granted and result.generation == 1
         assert "retrying once" in caplog.text

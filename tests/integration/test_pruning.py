@@ -1,4 +1,4 @@
-"""Pruning the history by age and by rows per script, in small batches (db/pruning.py),
+"""Pruning the history by age and by rows per script, in small batches (db/stores/pruning.py),
 and the master's schedule of it (daemons/fleet/pruner.py), on SQLite, PostgreSQL and MariaDB."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pandaserver.daemons.fleet.pruner import PruneSchedule
 from pandaserver.db.base.schema import upgrade
 from pandaserver.db.base.servertime import db_now
 from pandaserver.db.base.tables import daemon_run
-from pandaserver.db.history import OK, RUNNING, SKIPPED, HistoryStore
-from pandaserver.db.pruning import PrunePass, Retention, StepResult, prune_all
+from pandaserver.db.stores.history import OK, RUNNING, SKIPPED, HistoryStore
+from pandaserver.db.stores.pruning import PrunePass, Retention, StepResult, prune_all
 
 
 @pytest.fixture

@@ -52,7 +52,6 @@ from pandaserver.daemons.fleet.lanes import (
 )
 from pandaserver.daemons.fleet.listener import CommandListener
 from pandaserver.daemons.fleet.pruner import PruneSchedule
-from pandaserver.db import history as dbhistory
 from pandaserver.db.base.credentials import credentials_refused
 from pandaserver.db.base.engine import (
     DatabaseConfigError,
@@ -63,8 +62,9 @@ from pandaserver.db.base.engine import (
 )
 from pandaserver.db.base.schema import SchemaError, ensure_schema
 from pandaserver.db.base.serverid import IdentityWatch, ServerChanged
-from pandaserver.db.heartbeat import HeartbeatStore, config_hash
-from pandaserver.db.leases import Holder, LeaseStore
+from pandaserver.db.stores import history as dbhistory
+from pandaserver.db.stores.heartbeat import HeartbeatStore, config_hash
+from pandaserver.db.stores.leases import Holder, LeaseStore
 
 log = logging.getLogger("panda.master")
 T = TypeVar("T")

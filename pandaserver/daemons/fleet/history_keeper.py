@@ -40,9 +40,9 @@ from pandaserver.daemons.base import runs
 from pandaserver.daemons.base.clock import slack_due
 from pandaserver.daemons.fleet.history_spool import Spool
 from pandaserver.daemons.fleet.history_writer import HistoryWriter, Stamped, Written, is_outage
-from pandaserver.db import history as dbhistory
 from pandaserver.db.base.engine import STATE_DIR_ENV, describe_db_error
-from pandaserver.db.pending import PendingWrites
+from pandaserver.db.stores import history as dbhistory
+from pandaserver.db.stores.pending import PendingWrites
 
 log = logging.getLogger("panda.master")
 

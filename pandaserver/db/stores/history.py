@@ -35,9 +35,9 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError
 
 from pandaserver.config.secrets import redact
-from pandaserver.db import pruning, runcounts, runwrites
 from pandaserver.db.base.servertime import db_now_expr, db_now_plus
 from pandaserver.db.base.tables import daemon_run
+from pandaserver.db.stores import pruning, runcounts, runwrites
 
 RUNNING = "running"
 OK = "ok"

@@ -41,7 +41,7 @@ See docs/database.md.
 
 A sync script on a ``cron`` schedule asks for a *firing* instead (``try_acquire(...,
 firing=, next_firing=)``), granted once per firing on the database's clock alone: the
-statement and its rule are in ``pandaserver/db/leasefirings.py``.
+statement and its rule are in ``pandaserver/db/stores/leasefirings.py``.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ from pandaserver.db.base.servertime import (
 )
 from pandaserver.db.base.tables import daemon_lease
 from pandaserver.db.base.upsert import upsert_or_else
-from pandaserver.db.leasefirings import FiringGrants, finished_by_holder, refusal_wait
+from pandaserver.db.stores.leasefirings import FiringGrants, finished_by_holder, refusal_wait
 
 FORCE_RELEASE_ATTEMPTS = 5
 T = TypeVar("T")

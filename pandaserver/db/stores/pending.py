@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.exc import SQLAlchemyError
 
 if TYPE_CHECKING:
-    from pandaserver.db.history import HistoryStore, PendingItem
+    from pandaserver.db.stores.history import HistoryStore, PendingItem
 
 
 @dataclass(frozen=True)
