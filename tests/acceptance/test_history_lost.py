@@ -16,7 +16,7 @@ from pg import PgCluster
 from pgfleet import cli, cut, fleet_config, restore
 from sqlalchemy import URL, Engine
 
-from pandaserver.daemons.fleet.history_keeper import LOST_AFTER_BEATS
+from pandaserver.daemons.fleet.history.keeper import LOST_AFTER_BEATS
 from pandaserver.db.base.engine import engine_from_url
 from pandaserver.db.stores.history import LOST, OK, RUNNING, HistoryStore, RunRow
 

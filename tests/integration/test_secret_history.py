@@ -17,7 +17,7 @@ from pg import url_text
 from sqlalchemy import URL, Engine, insert, select
 
 from pandaserver.config import load_config, secrets
-from pandaserver.daemons.fleet.history_spool import encode
+from pandaserver.daemons.fleet.history.spool import encode
 from pandaserver.db.base.engine import engine_from_url
 from pandaserver.db.base.schema import upgrade
 from pandaserver.db.base.servertime import db_now

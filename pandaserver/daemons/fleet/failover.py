@@ -17,7 +17,7 @@ database is another server than before (not a plain restart of the same one), th
   (``check``, called on the lane thread after the connection is made), and answers that
   came back under the old epoch are not trusted (``dbleases.py``);
 - re-sends the history written recently, which the new server may lack
-  (``history_keeper.py``: writes are keyed, so what was replicated is not doubled).
+  (``history/keeper.py``: writes are keyed, so what was replicated is not doubled).
 
 The wait holds whatever the replication mode: with synchronous replication a commit
 returns only once the standby has it, so the new primary lacks nothing the holder was told,

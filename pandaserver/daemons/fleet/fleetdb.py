@@ -39,8 +39,9 @@ from pandaserver.config.daemon import DaemonSettings
 from pandaserver.daemons.base.clock import Clock, slack_due
 from pandaserver.daemons.base.runs import Run, RunRecord
 from pandaserver.daemons.fleet.failover import FailoverGate
-from pandaserver.daemons.fleet.history_keeper import HistoryKeeper
-from pandaserver.daemons.fleet.history_spool import Spool, spool_path
+from pandaserver.daemons.fleet.history.keeper import HistoryKeeper
+from pandaserver.daemons.fleet.history.pruner import PruneSchedule
+from pandaserver.daemons.fleet.history.spool import Spool, spool_path
 from pandaserver.daemons.fleet.lanes import (
     Chore,
     Completions,
@@ -51,7 +52,6 @@ from pandaserver.daemons.fleet.lanes import (
     chores_call,
 )
 from pandaserver.daemons.fleet.listener import CommandListener
-from pandaserver.daemons.fleet.pruner import PruneSchedule
 from pandaserver.db.base.credentials import credentials_refused
 from pandaserver.db.base.engine import (
     DatabaseConfigError,
