@@ -33,8 +33,9 @@ from pandaserver.db.base.schema import (
     steps,
     upgrade,
 )
-from pandaserver.db.stores.history import HistoryStore, RunRow
+from pandaserver.db.stores.history import HistoryStore
 from pandaserver.db.stores.leases import LeaseRow, LeaseStore
+from pandaserver.db.stores.runrecords import RunRow
 from pandaserver.exitcodes import RET_CONFIG, RET_DATABASE, RET_FAILED, RET_OK, RET_SCHEMA
 from pandaserver.fmt import span, table, when
 

@@ -33,8 +33,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from pandaserver.config.secrets import redact
 from pandaserver.db.stores import runcounts
-from pandaserver.db.stores.history import FAILED, OK, SKIPPED, TIMEOUT
 from pandaserver.db.stores.runcounts import DELAY_BUCKETS, DURATION_BUCKETS
+from pandaserver.db.stores.runrecords import FAILED, OK, SKIPPED, TIMEOUT
 from pandaserver.web.fleetview import FleetReader, LocalMaster, Overview, local_master_views
 
 DURATION_OUTCOMES = (OK, FAILED, TIMEOUT)

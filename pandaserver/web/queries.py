@@ -19,8 +19,8 @@ from pandaserver.db.base.servertime import UtcDateTime, db_now
 from pandaserver.db.base.tables import daemon_run
 from pandaserver.db.stores import skipscan
 from pandaserver.db.stores.heartbeat import HeartbeatStore, ServerRow
-from pandaserver.db.stores.history import OK, RunRow
 from pandaserver.db.stores.leases import LeaseRow, LeaseStore
+from pandaserver.db.stores.runrecords import OK, RunRow
 from pandaserver.web.model import ScriptFacts
 
 MAX_RUNS = 2000

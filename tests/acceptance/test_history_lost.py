@@ -18,7 +18,8 @@ from sqlalchemy import URL, Engine
 
 from pandaserver.daemons.fleet.history.keeper import LOST_AFTER_BEATS
 from pandaserver.db.base.engine import engine_from_url
-from pandaserver.db.stores.history import LOST, OK, RUNNING, HistoryStore, RunRow
+from pandaserver.db.stores.history import HistoryStore
+from pandaserver.db.stores.runrecords import LOST, OK, RUNNING, RunRow
 
 
 def start_fleet(stack: ExitStack, cfg: Path, tmp_path: Path, names: list[str]

@@ -30,7 +30,8 @@ from sqlalchemy import URL
 
 from pandaserver.db.base.engine import engine_from_url
 from pandaserver.db.stores.heartbeat import HeartbeatStore
-from pandaserver.db.stores.history import HistoryStore, RunRecord
+from pandaserver.db.stores.history import HistoryStore
+from pandaserver.db.stores.runrecords import RunRecord
 
 ARTIFACTS = REPO / "tests" / "artifacts"
 SCRIPTS = {"quick": {"module": "record", "period": 1.0},

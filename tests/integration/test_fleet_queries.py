@@ -12,7 +12,7 @@ from sqlalchemy import Engine, insert, inspect, select
 from pandaserver.db.base.schema import upgrade
 from pandaserver.db.base.servertime import db_now
 from pandaserver.db.base.tables import daemon_run
-from pandaserver.db.stores.history import OK, OUTCOMES, SKIPPED
+from pandaserver.db.stores.runrecords import OK, OUTCOMES, SKIPPED
 from pandaserver.web.queries import read_fleet, read_runs
 
 

@@ -20,16 +20,8 @@ from pandaserver.daemons.fleet.history.keeper import RESEND_WINDOW, HistoryKeepe
 from pandaserver.daemons.fleet.history.spool import Spool, decode, encode
 from pandaserver.daemons.fleet.history.writer import HistoryWriter
 from pandaserver.db.base.schema import upgrade
-from pandaserver.db.stores.history import (
-    LOST,
-    OK,
-    RUNNING,
-    HistoryStore,
-    PendingItem,
-    RunRecord,
-    RunRow,
-    RunStart,
-)
+from pandaserver.db.stores.history import HistoryStore
+from pandaserver.db.stores.runrecords import LOST, OK, RUNNING, PendingItem, RunRecord, RunRow, RunStart
 
 
 class Clock:

@@ -12,18 +12,9 @@ from sqlalchemy import Engine, select, update
 from pandaserver.db.base.servertime import db_now_plus
 from pandaserver.db.base.tables import daemon_run, daemon_server
 from pandaserver.db.stores.heartbeat import HeartbeatStore
-from pandaserver.db.stores.history import (
-    FAILED,
-    LOST,
-    OK,
-    RUNNING,
-    SKIPPED,
-    HistoryStore,
-    RunRecord,
-    RunRow,
-    RunStart,
-)
+from pandaserver.db.stores.history import HistoryStore
 from pandaserver.db.stores.pending import PendingWrites
+from pandaserver.db.stores.runrecords import FAILED, LOST, OK, RUNNING, SKIPPED, RunRecord, RunRow, RunStart
 
 
 @pytest.fixture

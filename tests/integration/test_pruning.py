@@ -17,8 +17,9 @@ from pandaserver.daemons.fleet.history.pruner import PruneSchedule
 from pandaserver.db.base.schema import upgrade
 from pandaserver.db.base.servertime import db_now
 from pandaserver.db.base.tables import daemon_run
-from pandaserver.db.stores.history import OK, RUNNING, SKIPPED, HistoryStore
+from pandaserver.db.stores.history import HistoryStore
 from pandaserver.db.stores.pruning import PrunePass, Retention, StepResult, prune_all
+from pandaserver.db.stores.runrecords import OK, RUNNING, SKIPPED
 
 
 @pytest.fixture

@@ -15,8 +15,9 @@ from pandaserver.db.base import schema
 from pandaserver.db.base.schema import upgrade
 from pandaserver.db.base.servertime import db_now
 from pandaserver.db.base.tables import daemon_run
-from pandaserver.db.stores.history import HistoryStore, RunRecord, RunStart
+from pandaserver.db.stores.history import HistoryStore
 from pandaserver.db.stores.runcounts import COLUMNS, count_ended, read_counts
+from pandaserver.db.stores.runrecords import RunRecord, RunStart
 from pandaserver.web.metrics import HistoryCounters
 
 

@@ -22,8 +22,8 @@ from pandaserver.db.base.engine import engine_from_url
 from pandaserver.db.base.schema import upgrade
 from pandaserver.db.base.servertime import db_now
 from pandaserver.db.base.tables import daemon_run
-from pandaserver.db.stores.history import FAILED, RunRecord
 from pandaserver.db.stores.runcounts import count_ended
+from pandaserver.db.stores.runrecords import FAILED, RunRecord
 from pandaserver.web.app import FleetApp
 from pandaserver.web.settings import WebSettings
 

@@ -25,9 +25,10 @@ from pandaserver.db.base.schema import upgrade
 from pandaserver.db.base.servertime import db_now
 from pandaserver.db.base.tables import daemon_lease, daemon_run
 from pandaserver.db.stores.heartbeat import HeartbeatStore
-from pandaserver.db.stores.history import HistoryStore, RunRecord
+from pandaserver.db.stores.history import HistoryStore
 from pandaserver.db.stores.leases import LeaseStore
 from pandaserver.db.stores.runcounts import insert_counted
+from pandaserver.db.stores.runrecords import RunRecord
 from pandaserver.service.hoststatus import local_status, render_local_status
 from pandaserver.web.app import FleetApp
 from pandaserver.web.metrics import DELAY_BUCKETS, DURATION_BUCKETS, HistoryCounters
