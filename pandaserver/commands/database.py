@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -19,6 +18,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from pandaserver.commands.argtypes import positive_int
+from pandaserver.commands.messages import err
 from pandaserver.config import PandaConfig
 from pandaserver.config.problems import did_you_mean
 from pandaserver.db.base.engine import DatabaseConfigError, describe_db_error, make_engine, safe_url
@@ -77,7 +77,7 @@ def run_command(body: Callable[[], int]) -> int:
     try:
         return body()
     except CommandFailed as exc:
-        print(f"panda-daemon: {exc}", file=sys.stderr)
+        err(str(exc))
         return exc.code
 
 
