@@ -54,10 +54,10 @@ from sqlalchemy import Engine, event, text  # noqa: E402
 
 from pandaserver.commands.database import cmd_history  # noqa: E402
 from pandaserver.config import load_config  # noqa: E402
-from pandaserver.db.engine import engine_from_url  # noqa: E402
-from pandaserver.db.pruning import PrunePass, Retention  # noqa: E402
-from pandaserver.db.schema import upgrade  # noqa: E402
-from pandaserver.db.tables import daemon_run  # noqa: E402
+from pandaserver.db.base.engine import engine_from_url  # noqa: E402
+from pandaserver.db.base.schema import upgrade  # noqa: E402
+from pandaserver.db.base.tables import daemon_run  # noqa: E402
+from pandaserver.db.stores.pruning import PrunePass, Retention  # noqa: E402
 from pandaserver.web.app import FleetApp  # noqa: E402
 from pandaserver.web.metrics import HistoryCounters  # noqa: E402
 from pandaserver.web.settings import WebSettings  # noqa: E402

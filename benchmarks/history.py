@@ -27,9 +27,10 @@ sys.path.insert(0, str(REPO))
 from pg import PgCluster  # noqa: E402
 from sqlalchemy import URL  # noqa: E402
 
-from pandaserver.db.engine import engine_from_url  # noqa: E402
-from pandaserver.db.history import HistoryStore, RunRecord, RunStart  # noqa: E402
-from pandaserver.db.schema import upgrade  # noqa: E402
+from pandaserver.db.base.engine import engine_from_url  # noqa: E402
+from pandaserver.db.base.schema import upgrade  # noqa: E402
+from pandaserver.db.stores.history import HistoryStore  # noqa: E402
+from pandaserver.db.stores.runrecords import RunRecord, RunStart  # noqa: E402
 
 
 def measure(url: URL, runs: int, batch: int) -> float:

@@ -90,9 +90,9 @@ def latency(calls: int) -> None:
     throwaway PostgreSQL, with the master's engine settings (autocommit, no pre-ping)."""
     from sqlalchemy import event
 
-    from pandaserver.db.engine import engine_from_url
-    from pandaserver.db.leases import LeaseStore
-    from pandaserver.db.schema import upgrade
+    from pandaserver.db.base.engine import engine_from_url
+    from pandaserver.db.base.schema import upgrade
+    from pandaserver.db.stores.leases import LeaseStore
 
     cluster = PgCluster()
     cluster.start()

@@ -47,11 +47,11 @@ from pg import PgCluster, url_text  # noqa: E402
 from sqlalchemy import ColumnElement, Engine, case, func, literal, select, text  # noqa: E402
 
 from pandaserver.config import load_config  # noqa: E402
-from pandaserver.db.engine import engine_from_url  # noqa: E402
-from pandaserver.db.runcounts import DELAY_BUCKETS, DURATION_BUCKETS, count_rows  # noqa: E402
-from pandaserver.db.schema import upgrade  # noqa: E402
-from pandaserver.db.servertime import db_now, seconds_between  # noqa: E402
-from pandaserver.db.tables import daemon_run  # noqa: E402
+from pandaserver.db.base.engine import engine_from_url  # noqa: E402
+from pandaserver.db.base.schema import upgrade  # noqa: E402
+from pandaserver.db.base.servertime import db_now, seconds_between  # noqa: E402
+from pandaserver.db.base.tables import daemon_run  # noqa: E402
+from pandaserver.db.stores.runcounts import DELAY_BUCKETS, DURATION_BUCKETS, count_rows  # noqa: E402
 from pandaserver.web.app import FleetApp  # noqa: E402
 from pandaserver.web.metrics import HistoryCounters  # noqa: E402
 from pandaserver.web.settings import WebSettings  # noqa: E402

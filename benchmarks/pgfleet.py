@@ -28,9 +28,9 @@ from typing import Any
 from pg import PgCluster, url_text
 from scale import env, start_master, stop_all, write_config
 
-from pandaserver.db.servertime import due_tolerance
+from pandaserver.db.base.servertime import due_tolerance
 
-# kinds of statements the lease path sends, by how each starts (see db/leases.py)
+# kinds of statements the lease path sends, by how each starts (see db/stores/leases.py)
 KINDS = (
     ("grant", re.compile(r"^(WITH \w+ AS\s+\()?\s*(INSERT INTO|UPDATE) daemon_lease\b.*"
                          r"(ON CONFLICT|RETURNING)", re.S)),

@@ -31,8 +31,8 @@ from pg import PgCluster  # noqa: E402
 from scale import pct  # noqa: E402
 from sqlalchemy import URL, Engine, event, text  # noqa: E402
 
-from pandaserver.db.engine import engine_from_url  # noqa: E402
-from pandaserver.db.schema import upgrade  # noqa: E402
+from pandaserver.db.base.engine import engine_from_url  # noqa: E402
+from pandaserver.db.base.schema import upgrade  # noqa: E402
 from pandaserver.taskbuffer import RunContext, TaskBuffer  # noqa: E402
 from pandaserver.taskbuffer.configtable import ConfigStore  # noqa: E402
 

@@ -32,8 +32,8 @@ from pg import SCRATCH_VAR, PgCluster, PgUnavailable, url_text
 from sqlalchemy import URL, Engine
 
 from pandaserver.config import DaemonSettings, PandaConfig
-from pandaserver.db.engine import engine_from_url
-from pandaserver.db.schema import upgrade
+from pandaserver.db.base.engine import engine_from_url
+from pandaserver.db.base.schema import upgrade
 
 BACKENDS = ["sqlite", "postgresql", "mysql"]
 XDIST_COUNT_VAR = "PYTEST_XDIST_WORKER_COUNT"  # set by pytest-xdist in its workers

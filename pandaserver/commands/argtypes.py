@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Callable
 from typing import TypeVar
 
-from pandaserver.config.daemon import parse_positive_int
+from pandaserver.config.values import parse_positive_int
 
 T = TypeVar("T")
 

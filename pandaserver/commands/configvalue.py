@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import TYPE_CHECKING, Any
 
 from pandaserver import exitcodes
+from pandaserver.commands.messages import err
 from pandaserver.config import PandaConfig
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ def cmd_config_value(cfg: PandaConfig, args: argparse.Namespace) -> int:
     errors = [message for level, message, _ in database_findings(cfg)[1] if level == ERROR]
     if errors:
         for message in errors:
-            print(f"panda-daemon: {message}", file=sys.stderr)
+            err(message)
         return exitcodes.RET_CONFIG
 
     def body() -> int:
@@ -125,9 +125,8 @@ def _get(store: Any, args: argparse.Namespace) -> int:
     row = _one(store, args)
     if row is None:
         vo = f" visible to VO {args.vo}" if args.vo else ""
-        print(f"panda-daemon: no value {args.component} {args.key} in app {args.app}{vo};"
-              " scripts get their default (panda-daemon config-value list shows the values)",
-              file=sys.stderr)
+        err(f"no value {args.component} {args.key} in app {args.app}{vo}; scripts get their"
+            " default (panda-daemon config-value list shows the values)")
         return exitcodes.RET_FAILED
     if args.json:
         print(json.dumps(_row_json(row), sort_keys=True))
@@ -135,8 +134,8 @@ def _get(store: Any, args: argparse.Namespace) -> int:
     try:
         value = convert(row.type, row.value, row.value_json)
     except BadValue as exc:
-        print(f"panda-daemon: {row.app} {row.component} {row.key}: {exc}; scripts get their"
-              " default until it is set again", file=sys.stderr)
+        err(f"{row.app} {row.component} {row.key}: {exc}; scripts get their default until it"
+            " is set again")
         return exitcodes.RET_FAILED
     print(json.dumps(value) if row.type == "json" else value)
     return exitcodes.RET_OK
@@ -165,8 +164,7 @@ def _list(store: Any, args: argparse.Namespace) -> int:
 
 def _delete(store: Any, args: argparse.Namespace) -> int:
     if not store.delete(app=args.app, component=args.component, key=args.key):
-        print(f"panda-daemon: no value {args.component} {args.key} in app {args.app}",
-              file=sys.stderr)
+        err(f"no value {args.component} {args.key} in app {args.app}")
         return exitcodes.RET_FAILED
     print(f"{args.app} {args.component} {args.key} deleted")
     return exitcodes.RET_OK

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -19,12 +18,11 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from pandaserver.commands.argtypes import positive_int
+from pandaserver.commands.messages import err
 from pandaserver.config import PandaConfig
 from pandaserver.config.problems import did_you_mean
-from pandaserver.db.engine import DatabaseConfigError, describe_db_error, make_engine, safe_url
-from pandaserver.db.history import HistoryStore, RunRow
-from pandaserver.db.leases import LeaseRow, LeaseStore
-from pandaserver.db.schema import (
+from pandaserver.db.base.engine import DatabaseConfigError, describe_db_error, make_engine, safe_url
+from pandaserver.db.base.schema import (
     ContractStep,
     SchemaError,
     UpgradeBlocked,
@@ -35,6 +33,9 @@ from pandaserver.db.schema import (
     steps,
     upgrade,
 )
+from pandaserver.db.stores.history import HistoryStore
+from pandaserver.db.stores.leases import LeaseRow, LeaseStore
+from pandaserver.db.stores.runrecords import RunRow
 from pandaserver.exitcodes import RET_CONFIG, RET_DATABASE, RET_FAILED, RET_OK, RET_SCHEMA
 from pandaserver.fmt import span, table, when
 
@@ -76,7 +77,7 @@ def run_command(body: Callable[[], int]) -> int:
     try:
         return body()
     except CommandFailed as exc:
-        print(f"panda-daemon: {exc}", file=sys.stderr)
+        err(str(exc))
         return exc.code
 
 

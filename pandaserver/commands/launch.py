@@ -71,7 +71,7 @@ def restart_only_changes(running: PandaConfig, new: PandaConfig) -> list[str]:
     the user it runs as), as lines without passwords."""
     from sqlalchemy import make_url
 
-    from pandaserver.db.engine import DatabaseConfigError, database_url, safe_url
+    from pandaserver.db.base.engine import DatabaseConfigError, database_url, safe_url
 
     changes = []
     try:
@@ -93,7 +93,7 @@ def restart_only_changes(running: PandaConfig, new: PandaConfig) -> list[str]:
 # master's start-up, done by ``run`` while the preflight's import check runs
 MASTER_MODULES = ("pandaserver.daemons.base.clock", "pandaserver.daemons.fleet.fleetdb",
                   "pandaserver.daemons.master.loop", "pandaserver.daemons.master.schedule",
-                  "pandaserver.daemons.master.statusfile", "pandaserver.db.engine")
+                  "pandaserver.daemons.master.statusfile", "pandaserver.db.base.engine")
 
 
 def import_master_modules() -> None:
@@ -119,7 +119,7 @@ def build_master(cfg: PandaConfig, args: argparse.Namespace, **options: Any) -> 
     except ValueError as exc:
         raise StartupError(exitcodes.RET_CONFIG, str(exc)) from None
     from pandaserver.daemons.master.statusfile import status_path
-    from pandaserver.db.engine import default_state_dir
+    from pandaserver.db.base.engine import default_state_dir
 
     server = server_name(args)
     options.setdefault("status_file", status_path(default_state_dir(), server))

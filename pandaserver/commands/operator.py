@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import socket
-import sys
 import time
 from collections.abc import Callable
 
@@ -20,10 +19,11 @@ from sqlalchemy import Engine
 
 from pandaserver.commands.database import open_database, run_command
 from pandaserver.commands.launch import server_name
+from pandaserver.commands.messages import err
 from pandaserver.config import PandaConfig
 from pandaserver.config.problems import did_you_mean
-from pandaserver.db import operator_commands as dbcontrol
-from pandaserver.db.heartbeat import HeartbeatStore
+from pandaserver.db.stores import operator_commands as dbcontrol
+from pandaserver.db.stores.heartbeat import HeartbeatStore
 from pandaserver.exitcodes import RET_CONFIG, RET_FAILED, RET_OK
 from pandaserver.fmt import table, when
 
@@ -59,10 +59,6 @@ def requester() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def _err(message: str) -> None:
-    print(f"panda-daemon: {message}", file=sys.stderr)
-
-
 def cmd_control(cfg: PandaConfig, args: argparse.Namespace) -> int:
     verb: str = args.verb
     if verb in (dbcontrol.DRAIN, dbcontrol.UNDRAIN):
@@ -72,8 +68,8 @@ def cmd_control(cfg: PandaConfig, args: argparse.Namespace) -> int:
     else:
         target, server = args.target, args.server
         if target not in cfg.daemon.scripts:
-            _err(f"no script {target!r} in the config of {cfg.path}"
-                 f"{did_you_mean(target, cfg.daemon.scripts)}")
+            err(f"no script {target!r} in the config of {cfg.path}"
+                f"{did_you_mean(target, cfg.daemon.scripts)}")
             return RET_CONFIG
     return _on_control_db(cfg, lambda engine, store: _issue(
         cfg, args, engine, store, verb=verb, target=target, server=server))
@@ -103,10 +99,10 @@ def _issue(cfg: PandaConfig, args: argparse.Namespace, engine: Engine,
     if server is not None and verb in NAMES_A_SERVER and not getattr(args, "force", False):
         known = {s.server for s in rows} | {h.server for h in store.holds()} - {dbcontrol.EVERY}
         if server not in known:
-            _err(f"no server {server!r} has ever run on this database"
-                 f"{did_you_mean(server, known)}; known servers:"
-                 f" {', '.join(sorted(known)) or 'none'}. Nothing was recorded: give a"
-                 " known name, or --force to record it for a server that has not started yet")
+            err(f"no server {server!r} has ever run on this database"
+                f"{did_you_mean(server, known)}; known servers:"
+                f" {', '.join(sorted(known)) or 'none'}. Nothing was recorded: give a"
+                " known name, or --force to record it for a server that has not started yet")
             return RET_CONFIG
     command = store.issue(verb, target, server, getattr(args, "reason", None), requester())
     expected = [server] if server is not None else live

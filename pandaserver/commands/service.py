@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pandaserver import exitcodes
 from pandaserver.commands.launch import build_master
+from pandaserver.commands.messages import err
 from pandaserver.config import ConfigError, DaemonSettings, PandaConfig, load_config
 from pandaserver.service import lifecycle as control
 from pandaserver.service.detach import (
@@ -115,7 +116,7 @@ def _pidfile_errors(command: Callable[[Any, argparse.Namespace], int]
         try:
             return command(cfg, args)
         except OSError as exc:
-            print(f"panda-daemon: cannot read the pid file: {exc}", file=sys.stderr)
+            err(f"cannot read the pid file: {exc}")
             return exitcodes.RET_FAILED
 
     return run
@@ -133,10 +134,10 @@ def _validated(cfg: PandaConfig, args: argparse.Namespace, command: str,
     verdict = validate(cfg, command, cwd=cwd if command == START else _master_cwd(args))
     errors = verdict.errors(command)
     for finding in errors:
-        print(f"panda-daemon: {finding.message}", file=sys.stderr)
+        err(finding.message)
     if errors:
-        print(redact(f"panda-daemon: {refusal} (exit {errors[0].code}; panda-daemon"
-                     " check-config lists every problem)"), file=sys.stderr)
+        err(redact(f"{refusal} (exit {errors[0].code}; panda-daemon check-config lists every"
+                   " problem)"))
         return errors[0].code
     notes = [f.message for f in verdict.problems() + verdict.warnings(command)]
     for note in notes:
@@ -175,7 +176,7 @@ def cmd_start(cfg: PandaConfig, args: argparse.Namespace) -> int:
     try:
         plan = plan_start(cfg, args.log_level, _pidfile(args), _builder(args))
     except StartError as exc:
-        print(f"panda-daemon: cannot start: {exc}", file=sys.stderr)
+        err(f"cannot start: {exc}")
         return exc.code
     plan.notes = list(getattr(args, "validation_notes", []))
     if getattr(args, "no_detach", False):  # restart has no --no-detach
@@ -211,8 +212,7 @@ def cmd_restart(cfg: PandaConfig, args: argparse.Namespace) -> int:
             plan_start(cfg, args.log_level, _pidfile(args), _builder(args),
                        check_running=False)
         except StartError as exc:
-            print(f"panda-daemon: not restarting, the running master is left alone: {exc}",
-                  file=sys.stderr)
+            err(f"not restarting, the running master is left alone: {exc}")
             return exc.code
     code = cmd_stop(cfg, args)
     if code not in (exitcodes.RET_OK, exitcodes.RET_HISTORY_LOST):  # lost: it did stop

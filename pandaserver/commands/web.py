@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pandaserver.commands.argtypes import option_type, positive_int
+from pandaserver.commands.messages import err
 from pandaserver.config import PandaConfig
 from pandaserver.config.problems import did_you_mean
 from pandaserver.exitcodes import (
@@ -95,14 +96,10 @@ def _settings(cfg: PandaConfig, stale_factor: float | None, bind: str | None = N
     return web_settings(cfg).with_overrides(stale_factor=stale_factor, bind=bind)
 
 
-def _err(message: str) -> None:
-    sys.stderr.write(f"panda-daemon: {message}\n")
-
-
 # --- web --------------------------------------------------------------------------------
 
 def cmd_web(cfg: PandaConfig, args: argparse.Namespace) -> int:
-    from pandaserver.db.engine import DatabaseConfigError, database_url
+    from pandaserver.db.base.engine import DatabaseConfigError, database_url
     from pandaserver.web import server
 
     pidfile: Path | None = args.pidfile
@@ -115,7 +112,7 @@ def cmd_web(cfg: PandaConfig, args: argparse.Namespace) -> int:
         settings = _settings(cfg, args.stale_factor, args.bind)
         database_url(cfg)  # fail now, not at the first request, when it names none
     except (WebConfigError, DatabaseConfigError) as exc:
-        _err(str(exc))
+        err(str(exc))
         return RET_CONFIG
     if args.detach:
         assert pidfile is not None
@@ -141,7 +138,7 @@ def cmd_web(cfg: PandaConfig, args: argparse.Namespace) -> int:
         try:
             user = resolve_user(cfg.daemon.uname, cfg.daemon.gname, str(cfg.path))
         except PrivilegeError as exc:
-            _err(str(exc))
+            err(str(exc))
             return RET_USER
         if user is not None:
             options.update(user=user.uid, group=user.gid)
@@ -157,7 +154,7 @@ def _log_dir(cfg: PandaConfig) -> Path:
 # --- fleet ------------------------------------------------------------------------------
 
 def _overview(cfg: PandaConfig, settings: WebSettings) -> Overview:
-    from pandaserver.db.schema import check_schema
+    from pandaserver.db.base.schema import check_schema
     from pandaserver.web.fleetview import FleetReader
 
     reader = FleetReader(cfg, settings)
@@ -171,13 +168,13 @@ def _overview(cfg: PandaConfig, settings: WebSettings) -> Overview:
 def cmd_fleet(cfg: PandaConfig, args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from pandaserver.db.engine import (
+    from pandaserver.db.base.engine import (
         DatabaseConfigError,
         database_url,
         describe_db_error,
         safe_url,
     )
-    from pandaserver.db.schema import SchemaError
+    from pandaserver.db.base.schema import SchemaError
     from pandaserver.web.fleetview import jsonable
 
     try:
@@ -212,7 +209,7 @@ def _fail(args: argparse.Namespace, message: str, code: int) -> int:
     if args.check:
         sys.stdout.write(f"UNKNOWN: {message}\n")
         return CHECK_UNKNOWN
-    _err(message)
+    err(message)
     return code
 
 
@@ -317,20 +314,20 @@ def cmd_logs(cfg: PandaConfig, args: argparse.Namespace) -> int:
         try:
             path = _log_dir(cfg) / WORKER_LOG
         except ValueError as exc:
-            _err(str(exc))
+            err(str(exc))
             return RET_CONFIG
     if args.name not in cfg.daemon.scripts:
-        _err(f"note: no script {args.name!r} in {cfg.path}"
-             f"{did_you_mean(args.name, cfg.daemon.scripts)}; searching the log anyway")
+        err(f"note: no script {args.name!r} in {cfg.path}"
+            f"{did_you_mean(args.name, cfg.daemon.scripts)}; searching the log anyway")
     try:
         records = script_records(path, args.name, args.lines, args.grep)
     except OSError as exc:
-        _err(f"cannot read the worker log {path}: {exc.strerror or exc} (workers write it when"
-             " the master runs as a service, `panda-daemon start`; --file names another)")
+        err(f"cannot read the worker log {path}: {exc.strerror or exc} (workers write it when"
+            " the master runs as a service, `panda-daemon start`; --file names another)")
         return RET_FAILED
     if not records:
         what = f" containing {args.grep!r}" if args.grep else ""
-        _err(f"no log records of {args.name}{what} in {path}")
+        err(f"no log records of {args.name}{what} in {path}")
         return RET_FAILED
     sys.stdout.write("\n".join(records) + "\n")
     return RET_OK

@@ -4,50 +4,29 @@ A schedule that is a plain interval (firings evenly spaced, an hour apart or les
 a ``period``; any other (a time of day, irregular firings, days of the week or month)
 becomes a ``cron`` entry with the same expression, unless ``Options.cron`` is off
 (``cron2json --periods``), which approximates it by a period as before. The period of a
-cron schedule is the interval between consecutive firings, found with croniter over one
-whole calendar cycle so that the answer never depends on today's date.
+cron schedule is the interval between consecutive firings over one whole calendar cycle
+(``firings.py``), so that the answer never depends on today's date.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import keyword
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from itertools import pairwise
-
-from croniter import CroniterError, croniter
 
 from pandaserver.config.problems import shown_seconds
 from pandaserver.config.scripts import PERIOD_MAX, PERIOD_MIN
+from pandaserver.cron.firings import DAY, Schedule, analyse_schedule
 from pandaserver.cron.parse import CronJob, Diagnostic, read_command
 
-DAY = 86400
-# 2001-01-01 is a Monday, and the 28 years from it (to 2029, with 7 leap years and no
-# skipped century leap year) are one whole cycle of weekdays, month lengths and leap days.
-REFERENCE = datetime(2001, 1, 1, tzinfo=UTC)  # UTC: no daylight-saving jumps
-CYCLE_DAYS = 10227
 DEFAULT_MIN_SYNC_PERIOD = 60.0
 DEFAULT_PACKAGE = "pandaserver.daemons.scripts"
 MAX_N_PROC = 4
 PLAIN_INTERVAL_MAX = 3600  # seconds: an even schedule this fine is a period, not a time of day
 INDENT = "    "
 _MODULE_PART = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """The firing pattern of a cron schedule: the average period and every interval seen."""
-
-    period: float
-    intervals: tuple[int, ...]
-
-    @property
-    def regular(self) -> bool:
-        return len(self.intervals) == 1
 
 
 @dataclass(frozen=True)
@@ -110,58 +89,6 @@ class Conversion:
     def users(self) -> list[str]:
         """The crontab users the converted lines ran as, in order of first appearance."""
         return list(dict.fromkeys(s.user for s in self.scripts if s.user is not None))
-
-
-@functools.lru_cache(maxsize=256)
-def analyse_schedule(fields: str) -> Schedule:
-    """The firing pattern of five cron fields. Raises ValueError when they are invalid or
-    never fire."""
-    parts = fields.split()
-    if len(parts) != 5:
-        raise ValueError(f"a schedule has five fields, got {len(parts)}: {fields!r}")
-    try:
-        expanded = croniter(fields, REFERENCE).expanded
-        times = _times_of_day(parts[0], parts[1])
-        days, cycle = _firing_days(parts[2], parts[3], parts[4], expanded[2:5])
-    except CroniterError as exc:
-        if "failed to find next date" in str(exc):
-            raise ValueError(f"the schedule {fields!r} never fires") from None
-        raise ValueError(f"invalid schedule {fields!r}: {exc}") from None
-    if not days:
-        raise ValueError(f"the schedule {fields!r} never fires")
-    within = {later - earlier for earlier, later in pairwise(times)}
-    across = {
-        (later - earlier) * DAY - times[-1] + times[0]
-        for earlier, later in pairwise([*days, days[0] + cycle])
-    }
-    return Schedule(cycle * DAY / (len(days) * len(times)), tuple(sorted(within | across)))
-
-
-def _times_of_day(minute: str, hour: str) -> list[int]:
-    """Seconds after midnight of each firing in a day (minute and hour fields only)."""
-    end = REFERENCE + timedelta(days=1)
-    iterator = croniter(f"{minute} {hour} * * *", REFERENCE - timedelta(seconds=1))
-    times: list[int] = []
-    while (moment := _next(iterator)) < end:
-        times.append(int((moment - REFERENCE).total_seconds()))
-    return times
-
-
-def _firing_days(dom: str, month: str, dow: str, expanded: list[object]) -> tuple[list[int], int]:
-    """Day numbers (from REFERENCE) with firings in one cycle, and the cycle length in days."""
-    if all(values == ["*"] for values in expanded):
-        return [0], 1
-    end = REFERENCE + timedelta(days=CYCLE_DAYS)
-    iterator = croniter(f"0 0 {dom} {month} {dow}", REFERENCE - timedelta(seconds=1))
-    days: list[int] = []
-    while (moment := _next(iterator)) < end:
-        days.append((moment - REFERENCE).days)
-    return days, CYCLE_DAYS
-
-
-def _next(iterator: croniter) -> datetime:
-    moment: datetime = iterator.get_next(datetime)
-    return moment
 
 
 def is_module_name(text: str) -> bool:

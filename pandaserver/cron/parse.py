@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from pandaserver.config.cronspec import MACROS  # the same shortcuts as a cron entry's
 from pandaserver.cron.shell import Token, shell_tokens
 
 Severity = Literal["error", "warning"]
@@ -20,16 +21,6 @@ UserField = Literal["auto", "yes", "no"]
 
 SCRIPT_PREFIX = "panda_server-"
 SCRIPT_EXTENSIONS = (".py", ".sh")
-
-MACROS: dict[str, str] = {
-    "@yearly": "0 0 1 1 *",
-    "@annually": "0 0 1 1 *",
-    "@monthly": "0 0 1 * *",
-    "@weekly": "0 0 * * 0",
-    "@daily": "0 0 * * *",
-    "@midnight": "0 0 * * *",
-    "@hourly": "0 * * * *",
-}
 
 # Variables that only steer cron itself: dropping them changes nothing a script sees.
 _CRON_VARIABLES = frozenset({"MAILTO", "MAILFROM", "SHELL", "CRON_TZ", "TZ", "RANDOM_DELAY"})

@@ -1,13 +1,12 @@
-"""panda-daemon's own database: engine, tables, migrations, leases, history, heartbeats.
+"""panda-daemon's own database, in two layers and the migrations:
 
-The public pieces, by module:
-
-- ``engine``: ``make_engine(cfg)``, ``database_url(cfg)``, ``safe_url``, ``describe_db_error``
-- ``schema``: ``upgrade``, ``current_revision``, ``check_schema``, ``ensure_schema``
-- ``leases``: ``LeaseStore`` (fenced fleet-wide leases for sync scripts)
-- ``history``: ``HistoryStore``, ``RunRecord``, ``RunEnd``; ``pending``: ``PendingWrites``
-- ``heartbeat``: ``HeartbeatStore``, ``config_hash``
-- ``operator_commands``: ``ControlStore`` (the operators' commands and holds)
+- ``pandaserver.db.base``: reaching the database and its schema (``engine``: ``make_engine``,
+  ``database_url``, ``safe_url``, ``describe_db_error``; ``schema``: ``upgrade``,
+  ``current_revision``, ``check_schema``, ``ensure_schema``; ``tables``, the database's
+  clock, the one atomic upsert, the identity of the server reached)
+- ``pandaserver.db.stores``: the statements of each table (leases, history, heartbeats,
+  operator commands, pruning), built on the base and never imported by it
+- ``pandaserver.db.migrations``: the Alembic migrations (``pandaserver.db.base.schema`` runs them)
 
 The commands on it (``history``, ``locks``, ``unlock``, ``db upgrade``) are in the command
 layer, ``pandaserver.commands.database``.

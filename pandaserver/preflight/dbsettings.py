@@ -45,7 +45,7 @@ def database_findings(cfg: PandaConfig, *, connect: bool = False,
     """(where the database is, without a password; what is wrong or worth a warning)."""
     from sqlalchemy.exc import ArgumentError
 
-    from pandaserver.db.engine import (
+    from pandaserver.db.base.engine import (
         STATE_DIR_ENV,
         DatabaseConfigError,
         database_url,
@@ -128,9 +128,9 @@ def _connect(url: object, place: str) -> list[Finding]:
     from sqlalchemy import URL
     from sqlalchemy.exc import SQLAlchemyError
 
-    from pandaserver.db.credentials import credentials_refused
-    from pandaserver.db.engine import describe_db_error, engine_from_url
-    from pandaserver.db.schema import SchemaError, check_schema
+    from pandaserver.db.base.credentials import credentials_refused
+    from pandaserver.db.base.engine import describe_db_error, engine_from_url
+    from pandaserver.db.base.schema import SchemaError, check_schema
 
     assert isinstance(url, URL)
     sqlite = url.get_backend_name() == "sqlite"

@@ -108,7 +108,7 @@ def plan_start(cfg: PandaConfig, log_level: str, pidfile: Path,
                                  f" configuration {cfg.path}"}
     database = sqlite_file(cfg)
     if database is not None and user is not None:
-        from pandaserver.db.engine import SQLITE_ELSEWHERE, STATE_DIR_ENV
+        from pandaserver.db.base.engine import SQLITE_ELSEWHERE, STATE_DIR_ENV
 
         # the user's master must find the directory root found, not one of its own
         os.environ.setdefault(STATE_DIR_ENV, str(database.parent))
@@ -193,7 +193,7 @@ def sqlite_file(cfg: PandaConfig) -> Path | None:
     """The SQLite file holding the fleet tables, when that is the database (None for a
     database server, or for settings the master itself will report)."""
     try:
-        from pandaserver.db.engine import DatabaseConfigError, database_url
+        from pandaserver.db.base.engine import DatabaseConfigError, database_url
     except ImportError:
         return None
     try:

@@ -16,9 +16,9 @@ from typing import Any
 
 from sqlalchemy import Engine, delete, or_, select
 
-from pandaserver.db.servertime import db_now_expr
-from pandaserver.db.tables import panda_config
-from pandaserver.db.upsert import conditional_upsert
+from pandaserver.db.base.servertime import db_now_expr
+from pandaserver.db.base.tables import panda_config
+from pandaserver.db.base.upsert import conditional_upsert
 
 DEFAULT_APP = "pandaserver"
 TYPES = {"str": "str", "string": "str", "int": "int", "integer": "int", "float": "float",

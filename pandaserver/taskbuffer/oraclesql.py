@@ -27,7 +27,7 @@ from sqlalchemy import literal_column
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.functions import FunctionElement
 
-from pandaserver.db.servertime import db_now_expr, db_now_plus
+from pandaserver.db.base.servertime import db_now_expr, db_now_plus
 
 # PanDA's schema names and the [server] keys that rename them
 SCHEMA_KEYS = {"ATLAS_PANDA": "schemaPANDA", "ATLAS_PANDAMETA": "schemaMETA",

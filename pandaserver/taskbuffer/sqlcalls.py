@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.sql import Executable
 
-from pandaserver.db.engine import describe_db_error
+from pandaserver.db.base.engine import describe_db_error
 from pandaserver.taskbuffer.oraclesql import first_keyword, translate, untranslated_hint
 
 log = logging.getLogger("pandaserver.taskbuffer")

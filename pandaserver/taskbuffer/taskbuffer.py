@@ -45,10 +45,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from pandaserver.config import PandaConfig
-from pandaserver.db.engine import describe_db_error, engine_from_url, make_engine
-from pandaserver.db.servertime import db_now_expr, db_now_plus
-from pandaserver.db.tables import panda_process_lock
-from pandaserver.db.upsert import conditional_upsert
+from pandaserver.db.base.engine import describe_db_error, engine_from_url, make_engine
+from pandaserver.db.base.servertime import db_now_expr, db_now_plus
+from pandaserver.db.base.tables import panda_process_lock
+from pandaserver.db.base.upsert import conditional_upsert
 from pandaserver.taskbuffer import configtable
 from pandaserver.taskbuffer.context import RunContext
 from pandaserver.taskbuffer.oraclesql import SCHEMA_KEYS

@@ -34,8 +34,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from pandaserver.config import PandaConfig
 from pandaserver.config.secrets import redact, redact_data
-from pandaserver.db.engine import DatabaseConfigError, describe_db_error
-from pandaserver.db.schema import SchemaError
+from pandaserver.db.base.engine import DatabaseConfigError, describe_db_error
+from pandaserver.db.base.schema import SchemaError
 from pandaserver.web import pages
 from pandaserver.web.fleetview import FleetReader, jsonable
 from pandaserver.web.metrics import make_registry

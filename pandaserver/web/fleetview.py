@@ -19,10 +19,10 @@ from sqlalchemy import Engine
 
 from pandaserver.config import PandaConfig
 from pandaserver.config.scripts import DaemonSpec
-from pandaserver.db.engine import make_engine
-from pandaserver.db.history import RunRow
-from pandaserver.db.leases import LeaseRow
-from pandaserver.db.operator_commands import ControlStore, Hold
+from pandaserver.db.base.engine import make_engine
+from pandaserver.db.stores.leases import LeaseRow
+from pandaserver.db.stores.operator_commands import ControlStore, Hold
+from pandaserver.db.stores.runrecords import RunRow
 from pandaserver.service.hoststatus import local_masters
 from pandaserver.web import queries
 from pandaserver.web.model import ScriptView, ServerView, script_views, server_views

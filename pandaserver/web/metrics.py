@@ -2,7 +2,7 @@
 
 The history's families (runs by outcome, the duration and dispatch-delay histograms) come
 from the run counters the masters keep as runs end (``daemon_run_count``,
-pandaserver/db/runcounts.py): one small read per scrape, whatever the history holds, and
+pandaserver/db/stores/runcounts.py): one small read per scrape, whatever the history holds, and
 counters that never go down, history pruned or web process restarted (they live in the
 database, not in this process). Prometheus sees one series per script, server and outcome,
 as before.
@@ -32,9 +32,9 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from pandaserver.config.secrets import redact
-from pandaserver.db import runcounts
-from pandaserver.db.history import FAILED, OK, SKIPPED, TIMEOUT
-from pandaserver.db.runcounts import DELAY_BUCKETS, DURATION_BUCKETS
+from pandaserver.db.stores import runcounts
+from pandaserver.db.stores.runcounts import DELAY_BUCKETS, DURATION_BUCKETS
+from pandaserver.db.stores.runrecords import FAILED, OK, SKIPPED, TIMEOUT
 from pandaserver.web.fleetview import FleetReader, LocalMaster, Overview, local_master_views
 
 DURATION_OUTCOMES = (OK, FAILED, TIMEOUT)

@@ -39,10 +39,10 @@ from typing import Any
 from pandaserver.config.cronspec import CronSchedule, firing_text
 from pandaserver.config.scripts import DaemonSpec
 from pandaserver.daemons.master.schedule import late_threshold
-from pandaserver.db.heartbeat import ServerRow
-from pandaserver.db.history import SKIPPED, RunRow
-from pandaserver.db.leases import LeaseRow
-from pandaserver.db.operator_commands import EVERY, Hold
+from pandaserver.db.stores.heartbeat import ServerRow
+from pandaserver.db.stores.leases import LeaseRow
+from pandaserver.db.stores.operator_commands import EVERY, Hold
+from pandaserver.db.stores.runrecords import SKIPPED, RunRow
 from pandaserver.fmt import span
 
 ALIVE_BEATS = 3.0

@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 from pandaserver import __version__
 from pandaserver.config.secrets import redact
-from pandaserver.db.history import SKIPPED, RunRow
+from pandaserver.db.stores.runrecords import SKIPPED, RunRow
 from pandaserver.fmt import offset, relative, span, when
 from pandaserver.web.fleetview import Overview, ScriptDetail
 from pandaserver.web.model import ScriptView, ServerView, next_due_label, schedule_label

@@ -3,7 +3,7 @@
 Every time is the database's. ``read_fleet`` is five statements: the heartbeats and the
 leases (through their stores), the database clock, and two reads of the history (the newest
 run per script and server; per script its first run and last success). Neither reads the
-whole history: both skip through indexes (``pandaserver/db/skipscan.py``), one probe per
+whole history: both skip through indexes (``pandaserver/db/stores/skipscan.py``), one probe per
 script or (script, server) pair, so they cost the same with a day or a year of history.
 """
 
@@ -15,12 +15,12 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, String, func, literal, select
 
-from pandaserver.db import skipscan
-from pandaserver.db.heartbeat import HeartbeatStore, ServerRow
-from pandaserver.db.history import OK, RunRow
-from pandaserver.db.leases import LeaseRow, LeaseStore
-from pandaserver.db.servertime import UtcDateTime, db_now
-from pandaserver.db.tables import daemon_run
+from pandaserver.db.base.servertime import UtcDateTime, db_now
+from pandaserver.db.base.tables import daemon_run
+from pandaserver.db.stores import skipscan
+from pandaserver.db.stores.heartbeat import HeartbeatStore, ServerRow
+from pandaserver.db.stores.leases import LeaseRow, LeaseStore
+from pandaserver.db.stores.runrecords import OK, RunRow
 from pandaserver.web.model import ScriptFacts
 
 MAX_RUNS = 2000

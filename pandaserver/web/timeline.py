@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from html import escape as _escape
 
 from pandaserver.config.secrets import redact
-from pandaserver.db.history import RUNNING, SKIPPED, RunRow
+from pandaserver.db.stores.runrecords import RUNNING, SKIPPED, RunRow
 
 WIDTH = 960
 LEFT = 130

@@ -16,8 +16,8 @@ from pathlib import Path
 from harness import REPO, running_master, script_env, wait_for, write_config
 from sqlalchemy import text
 
-from pandaserver.db.engine import engine_from_url
-from pandaserver.db.schema import upgrade
+from pandaserver.db.base.engine import engine_from_url
+from pandaserver.db.base.schema import upgrade
 
 SECRET = "Pl4ntedPw77"
 

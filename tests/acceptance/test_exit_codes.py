@@ -15,8 +15,8 @@ from pathlib import Path
 from harness import script_env, write_config
 from sqlalchemy import text
 
-from pandaserver.db.engine import engine_from_url
-from pandaserver.db.schema import upgrade
+from pandaserver.db.base.engine import engine_from_url
+from pandaserver.db.base.schema import upgrade
 
 CONFIG, SCHEMA, DATABASE = 2, 8, 9
 CHECK_UNKNOWN = 3  # fleet --check: the monitoring-plugin convention, the stated exception

@@ -33,9 +33,9 @@ from pg import PgCluster, url_text
 from sqlalchemy import URL, select
 
 from pandaserver.config.daemon import LEASE_TTL_MIN
-from pandaserver.db.engine import engine_from_url
-from pandaserver.db.servertime import db_now
-from pandaserver.db.tables import daemon_lease
+from pandaserver.db.base.engine import engine_from_url
+from pandaserver.db.base.servertime import db_now
+from pandaserver.db.base.tables import daemon_lease
 
 TTL = LEASE_TTL_MIN  # the smallest lease the config accepts: the tightest margins
 TAKEOVER_SLACK = 8.0  # generous: grant retries, worker start-up, a loaded 2-core machine

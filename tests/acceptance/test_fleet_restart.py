@@ -1,6 +1,6 @@
 """A fleet stopped whole and started again after an idle gap keeps a sync script's period:
 consecutive runs, on any server, are never closer than the period less the tolerance
-(``db/servertime.py``: ``due_tolerance``), however the old grid fell (docs/scheduling.md)."""
+(``db/base/servertime.py``: ``due_tolerance``), however the old grid fell (docs/scheduling.md)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pg import PgCluster
 from pgfleet import fleet_config, fleet_events, granted, log_grants
 from sqlalchemy import URL
 
-from pandaserver.db.servertime import due_tolerance
+from pandaserver.db.base.servertime import due_tolerance
 
 PERIOD = 2.0
 RESTARTS = 3  # the old grid put the first grant after a restart within the tolerance of

@@ -16,9 +16,10 @@ from pg import PgCluster
 from pgfleet import cli, cut, fleet_config, restore
 from sqlalchemy import URL, Engine
 
-from pandaserver.daemons.fleet.history_keeper import LOST_AFTER_BEATS
-from pandaserver.db.engine import engine_from_url
-from pandaserver.db.history import LOST, OK, RUNNING, HistoryStore, RunRow
+from pandaserver.daemons.fleet.history.keeper import LOST_AFTER_BEATS
+from pandaserver.db.base.engine import engine_from_url
+from pandaserver.db.stores.history import HistoryStore
+from pandaserver.db.stores.runrecords import LOST, OK, RUNNING, RunRow
 
 
 def start_fleet(stack: ExitStack, cfg: Path, tmp_path: Path, names: list[str]

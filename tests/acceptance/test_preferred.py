@@ -18,7 +18,7 @@ from sqlalchemy import URL
 
 from pandaserver.daemons.fleet import rank
 from pandaserver.daemons.fleet.dbleases import LIVE_BEATS
-from pandaserver.db.servertime import due_tolerance
+from pandaserver.db.base.servertime import due_tolerance
 
 PERIOD = 2.0
 TTL = 15.0  # LEASE_TTL_MIN

@@ -31,7 +31,7 @@ from pgfleet import cli, fleet_events
 from sqlalchemy import URL
 
 from pandaserver.daemons.fleet.rank import order
-from pandaserver.db.schema import head_revision, known_revisions
+from pandaserver.db.base.schema import head_revision, known_revisions
 
 # "schema: accept a newer schema recorded as working with this code (rolling upgrades)"
 PREVIOUS_RELEASE = "8fabdab2fdcbd7069bb83eaa556f3d0033e12c52"
@@ -154,7 +154,7 @@ def test_a_fleet_upgraded_one_server_at_a_time_never_runs_a_sync_script_twice(
         tmp_path: Path, pg_url: URL, pg_cluster: PgCluster) -> None:
     old = _previous_release(tmp_path / "previous")
     probe = subprocess.run(
-        [sys.executable, "-c", "import pandaserver.db.schema as s;"
+        [sys.executable, "-c", "import pandaserver.db.base.schema as s;"
          " print(s.__file__); print(s.head_revision())"],
         capture_output=True, text=True, check=True, env=_env(old, tmp_path / "probe.jsonl"),
         cwd=REPO)

@@ -13,9 +13,9 @@ from pgfleet import cut, restore
 from sqlalchemy import URL
 from test_lease_lifecycle import cli, fleet_config
 
-from pandaserver.db import schema
-from pandaserver.db.engine import engine_from_url
-from pandaserver.db.schema import current_revision, head_revision, known_revisions
+from pandaserver.db.base import schema
+from pandaserver.db.base.engine import engine_from_url
+from pandaserver.db.base.schema import current_revision, head_revision, known_revisions
 
 OLDEST = known_revisions()[-1]
 

@@ -25,8 +25,8 @@ import pytest
 from harness import FIXTURES, REPO, pid_alive, wait_for, write_config
 from sqlalchemy import text
 
-from pandaserver.db.engine import engine_from_url
-from pandaserver.db.schema import upgrade
+from pandaserver.db.base.engine import engine_from_url
+from pandaserver.db.base.schema import upgrade
 from pandaserver.service.pidfile import lock_holder, read_pid
 
 MARKER = "PANDA_SERVICE_TEST"

@@ -25,7 +25,7 @@ from pgfleet import (
 )
 from sqlalchemy import URL
 
-from pandaserver.db.servertime import due_tolerance
+from pandaserver.db.base.servertime import due_tolerance
 
 EPS = 0.05
 

@@ -28,9 +28,10 @@ import pytest
 from harness import REPO, pid_alive, running_master, script_env, wait_for, write_config
 from sqlalchemy import URL
 
-from pandaserver.db.engine import engine_from_url
-from pandaserver.db.heartbeat import HeartbeatStore
-from pandaserver.db.history import HistoryStore, RunRecord
+from pandaserver.db.base.engine import engine_from_url
+from pandaserver.db.stores.heartbeat import HeartbeatStore
+from pandaserver.db.stores.history import HistoryStore
+from pandaserver.db.stores.runrecords import RunRecord
 
 ARTIFACTS = REPO / "tests" / "artifacts"
 SCRIPTS = {"quick": {"module": "record", "period": 1.0},
@@ -298,7 +299,7 @@ def test_pages_refresh_themselves_and_load_nothing_from_elsewhere(server: Server
 
 
 def _db_now(engine: Any) -> Any:
-    from pandaserver.db.servertime import db_now
+    from pandaserver.db.base.servertime import db_now
 
     with engine.connect() as conn:
         return db_now(conn)

@@ -13,7 +13,7 @@ from harness import write_config
 from sqlalchemy import Engine, insert, text
 
 from pandaserver.commands import main as cli
-from pandaserver.db.tables import panda_config
+from pandaserver.db.base.tables import panda_config
 from pandaserver.exitcodes import RET_CONFIG, RET_FAILED, RET_OK, RET_SCHEMA
 from pandaserver.taskbuffer import RunContext, TaskBuffer
 from pandaserver.taskbuffer.configtable import ConfigStore

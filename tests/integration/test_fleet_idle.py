@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 from pandaserver.config.daemon import DaemonSettings
 from pandaserver.daemons.fleet.fleetdb import FleetDb
 from pandaserver.daemons.fleet.lanes import Chore
-from pandaserver.db.operator_commands import ControlStore
+from pandaserver.db.stores.operator_commands import ControlStore
 
 
 class Clock:

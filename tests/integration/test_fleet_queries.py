@@ -1,5 +1,5 @@
 """The fleet page's reads of the history (web/queries.py), which skip through indexes
-(db/skipscan.py), give what a plain scan of every row gives; on every backend."""
+(db/stores/skipscan.py), give what a plain scan of every row gives; on every backend."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any
 
 from sqlalchemy import Engine, insert, inspect, select
 
-from pandaserver.db.history import OK, OUTCOMES, SKIPPED
-from pandaserver.db.schema import upgrade
-from pandaserver.db.servertime import db_now
-from pandaserver.db.tables import daemon_run
+from pandaserver.db.base.schema import upgrade
+from pandaserver.db.base.servertime import db_now
+from pandaserver.db.base.tables import daemon_run
+from pandaserver.db.stores.runrecords import OK, OUTCOMES, SKIPPED
 from pandaserver.web.queries import read_fleet, read_runs
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import Engine
 
-from pandaserver.db.heartbeat import HeartbeatStore, config_hash
+from pandaserver.db.stores.heartbeat import HeartbeatStore, config_hash
 
 STARTED = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 

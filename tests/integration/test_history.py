@@ -14,21 +14,12 @@ from sqlalchemy.exc import OperationalError
 
 from pandaserver.commands.database import cmd_history
 from pandaserver.config import PandaConfig
-from pandaserver.db.engine import engine_from_url
-from pandaserver.db.history import (
-    FAILED,
-    LOST,
-    OK,
-    RUNNING,
-    SKIPPED,
-    TIMEOUT,
-    HistoryStore,
-    RunEnd,
-    RunRecord,
-)
-from pandaserver.db.pending import PendingWrites
-from pandaserver.db.servertime import db_now, db_now_plus
-from pandaserver.db.tables import daemon_run
+from pandaserver.db.base.engine import engine_from_url
+from pandaserver.db.base.servertime import db_now, db_now_plus
+from pandaserver.db.base.tables import daemon_run
+from pandaserver.db.stores.history import HistoryStore
+from pandaserver.db.stores.pending import PendingWrites
+from pandaserver.db.stores.runrecords import FAILED, LOST, OK, RUNNING, SKIPPED, TIMEOUT, RunEnd, RunRecord
 
 
 @pytest.fixture

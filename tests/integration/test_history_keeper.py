@@ -16,20 +16,12 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from pandaserver.daemons.base import runs
-from pandaserver.daemons.fleet.history_keeper import RESEND_WINDOW, HistoryKeeper
-from pandaserver.daemons.fleet.history_spool import Spool, decode, encode
-from pandaserver.daemons.fleet.history_writer import HistoryWriter
-from pandaserver.db.history import (
-    LOST,
-    OK,
-    RUNNING,
-    HistoryStore,
-    PendingItem,
-    RunRecord,
-    RunRow,
-    RunStart,
-)
-from pandaserver.db.schema import upgrade
+from pandaserver.daemons.fleet.history.keeper import RESEND_WINDOW, HistoryKeeper
+from pandaserver.daemons.fleet.history.spool import Spool, decode, encode
+from pandaserver.daemons.fleet.history.writer import HistoryWriter
+from pandaserver.db.base.schema import upgrade
+from pandaserver.db.stores.history import HistoryStore
+from pandaserver.db.stores.runrecords import LOST, OK, RUNNING, PendingItem, RunRecord, RunRow, RunStart
 
 
 class Clock:

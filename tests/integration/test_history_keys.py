@@ -9,21 +9,12 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import Engine, select, update
 
-from pandaserver.db.heartbeat import HeartbeatStore
-from pandaserver.db.history import (
-    FAILED,
-    LOST,
-    OK,
-    RUNNING,
-    SKIPPED,
-    HistoryStore,
-    RunRecord,
-    RunRow,
-    RunStart,
-)
-from pandaserver.db.pending import PendingWrites
-from pandaserver.db.servertime import db_now_plus
-from pandaserver.db.tables import daemon_run, daemon_server
+from pandaserver.db.base.servertime import db_now_plus
+from pandaserver.db.base.tables import daemon_run, daemon_server
+from pandaserver.db.stores.heartbeat import HeartbeatStore
+from pandaserver.db.stores.history import HistoryStore
+from pandaserver.db.stores.pending import PendingWrites
+from pandaserver.db.stores.runrecords import FAILED, LOST, OK, RUNNING, SKIPPED, RunRecord, RunRow, RunStart
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ from sqlalchemy import Engine, update
 
 from pandaserver.commands.database import cmd_locks
 from pandaserver.config import PandaConfig
-from pandaserver.db.leases import LeaseStore
-from pandaserver.db.servertime import db_now
-from pandaserver.db.tables import daemon_lease
+from pandaserver.db.base.servertime import db_now
+from pandaserver.db.base.tables import daemon_lease
+from pandaserver.db.stores.leases import LeaseStore
 
 
 def test_locks_show_refusals_ever_and_the_latest_refused_server(

@@ -10,8 +10,8 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import Engine
 
-from pandaserver.db.leases import LeaseStore
-from pandaserver.db.servertime import db_now
+from pandaserver.db.base.servertime import db_now
+from pandaserver.db.stores.leases import LeaseStore
 
 
 @pytest.fixture

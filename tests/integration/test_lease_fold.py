@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from pandaserver.db.leases import Holder, LeaseStore
-from pandaserver.db.servertime import db_now
+from pandaserver.db.base.servertime import db_now
+from pandaserver.db.stores.leases import Holder, LeaseStore
 
 
 @pytest.fixture

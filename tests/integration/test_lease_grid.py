@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from sqlalchemy import URL, Engine, select, update
 
-from pandaserver.db.engine import engine_from_url
-from pandaserver.db.leases import LeaseResult, LeaseStore
-from pandaserver.db.schema import upgrade
-from pandaserver.db.servertime import db_now
-from pandaserver.db.tables import daemon_lease
+from pandaserver.db.base.engine import engine_from_url
+from pandaserver.db.base.schema import upgrade
+from pandaserver.db.base.servertime import db_now
+from pandaserver.db.base.tables import daemon_lease
+from pandaserver.db.stores.leases import LeaseResult, LeaseStore
 
 # clocks of two statements a few milliseconds apart (a loaded machine: generous)
 SLACK = 1.0

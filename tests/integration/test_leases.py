@@ -17,11 +17,11 @@ from sqlalchemy import URL, Engine, event
 
 from pandaserver.commands.database import cmd_locks, cmd_unlock
 from pandaserver.config import PandaConfig
-from pandaserver.db.engine import engine_from_url
-from pandaserver.db.leases import Holder, LeaseResult, LeaseStore
-from pandaserver.db.schema import upgrade
-from pandaserver.db.servertime import db_now_plus
-from pandaserver.db.tables import daemon_lease
+from pandaserver.db.base.engine import engine_from_url
+from pandaserver.db.base.schema import upgrade
+from pandaserver.db.base.servertime import db_now_plus
+from pandaserver.db.base.tables import daemon_lease
+from pandaserver.db.stores.leases import Holder, LeaseResult, LeaseStore
 from pandaserver.exitcodes import RET_FAILED
 
 # clocks of two statements a few milliseconds apart; SQLite's 'now' has millisecond steps
@@ -376,7 +376,7 @@ def _check_retry_after_dropped_connections(url: URL, drop_connections: Callable[
         store = LeaseStore(engine)
         assert store.try_acquire("warm", "srv-a", 1, period=0, ttl=1).granted
         drop_connections()
-        with caplog.at_level(logging.INFO, logger="pandaserver.db.leases"):
+        with caplog.at_level(logging.INFO, logger="pandaserver.db.stores.leases"):
             result = store.try_acquire("after-restart", "srv-a", 1, period=0, ttl=1)
         assert result.granted and result.generation == 1
         assert "retrying once" in caplog.text
@@ -410,8 +410,8 @@ def test_conditional_upsert_grants_an_update_to_identical_values(db_engine: Engi
 
     from sqlalchemy import false, true
 
-    from pandaserver.db.tables import panda_process_lock as t
-    from pandaserver.db.upsert import conditional_upsert
+    from pandaserver.db.base.tables import panda_process_lock as t
+    from pandaserver.db.base.upsert import conditional_upsert
 
     when = datetime(2024, 5, 1, 12, 0, 0, 250000, tzinfo=UTC)
     values = {"locked_by": "42", "locked_time": when}
@@ -430,7 +430,7 @@ def test_conditional_upsert_grants_an_update_to_identical_values(db_engine: Engi
 def test_mysql_refuses_a_connection_that_reports_found_rows(mysql_url: URL) -> None:
     from sqlalchemy import create_engine
 
-    from pandaserver.db.upsert import UnsupportedDatabase
+    from pandaserver.db.base.upsert import UnsupportedDatabase
 
     engine = create_engine(mysql_url)  # SQLAlchemy's default asks for CLIENT.FOUND_ROWS
     try:

@@ -28,9 +28,9 @@ from pandaserver.commands.database import (
     cmd_unlock,
 )
 from pandaserver.config import DaemonSettings, PandaConfig
-from pandaserver.db import engine as engine_mod
-from pandaserver.db import schema
-from pandaserver.db.engine import (
+from pandaserver.db.base import engine as engine_mod
+from pandaserver.db.base import schema
+from pandaserver.db.base.engine import (
     DatabaseConfigError,
     database_url,
     default_state_dir,
@@ -39,7 +39,7 @@ from pandaserver.db.engine import (
     make_engine,
     safe_url,
 )
-from pandaserver.db.schema import (
+from pandaserver.db.base.schema import (
     SchemaError,
     check_schema,
     current_revision,
@@ -48,8 +48,8 @@ from pandaserver.db.schema import (
     known_revisions,
     upgrade,
 )
-from pandaserver.db.servertime import db_now_expr
-from pandaserver.db.tables import OWNED_TABLES, VERSION_TABLE, daemon_schema_compat, metadata
+from pandaserver.db.base.servertime import db_now_expr
+from pandaserver.db.base.tables import OWNED_TABLES, VERSION_TABLE, daemon_schema_compat, metadata
 from pandaserver.exitcodes import RET_CONFIG, RET_DATABASE, RET_SCHEMA
 
 # --- migrations ---------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""Pruning the history by age and by rows per script, in small batches (db/pruning.py),
-and the master's schedule of it (daemons/fleet/pruner.py), on SQLite, PostgreSQL and MariaDB."""
+"""Pruning the history by age and by rows per script, in small batches (db/stores/pruning.py),
+and the master's schedule of it (daemons/fleet/history/pruner.py), on SQLite, PostgreSQL and MariaDB."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from sqlalchemy import Engine, func, insert, select
 
 from pandaserver.config.daemon import DaemonSettings
 from pandaserver.daemons.fleet.fleetdb import FleetDb
-from pandaserver.daemons.fleet.pruner import PruneSchedule
-from pandaserver.db.history import OK, RUNNING, SKIPPED, HistoryStore
-from pandaserver.db.pruning import PrunePass, Retention, StepResult, prune_all
-from pandaserver.db.schema import upgrade
-from pandaserver.db.servertime import db_now
-from pandaserver.db.tables import daemon_run
+from pandaserver.daemons.fleet.history.pruner import PruneSchedule
+from pandaserver.db.base.schema import upgrade
+from pandaserver.db.base.servertime import db_now
+from pandaserver.db.base.tables import daemon_run
+from pandaserver.db.stores.history import HistoryStore
+from pandaserver.db.stores.pruning import PrunePass, Retention, StepResult, prune_all
+from pandaserver.db.stores.runrecords import OK, RUNNING, SKIPPED
 
 
 @pytest.fixture

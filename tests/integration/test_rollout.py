@@ -18,9 +18,9 @@ from sqlalchemy import URL, Engine, inspect, select
 
 from pandaserver.commands.database import cmd_db_upgrade
 from pandaserver.config import PandaConfig
-from pandaserver.db import schema
-from pandaserver.db.engine import engine_from_url
-from pandaserver.db.schema import (
+from pandaserver.db.base import schema
+from pandaserver.db.base.engine import engine_from_url
+from pandaserver.db.base.schema import (
     CONTRACT,
     EXPAND,
     UpgradeBlocked,
@@ -32,7 +32,7 @@ from pandaserver.db.schema import (
     steps,
     upgrade,
 )
-from pandaserver.db.tables import daemon_schema_compat
+from pandaserver.db.base.tables import daemon_schema_compat
 from pandaserver.exitcodes import RET_FAILED
 
 

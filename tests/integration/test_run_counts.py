@@ -1,4 +1,4 @@
-"""The run counters of /metrics (``daemon_run_count``, db/runcounts.py) on every backend:
+"""The run counters of /metrics (``daemon_run_count``, db/stores/runcounts.py) on every backend:
 kept by the writes that end runs, in their transaction; a run written twice, re-sent or
 closed twice counts once; the upgrade to 0007 counts the history already there."""
 
@@ -11,12 +11,13 @@ from typing import Any
 from alembic import command
 from sqlalchemy import Engine, insert, select, update
 
-from pandaserver.db import schema
-from pandaserver.db.history import HistoryStore, RunRecord, RunStart
-from pandaserver.db.runcounts import COLUMNS, count_ended, read_counts
-from pandaserver.db.schema import upgrade
-from pandaserver.db.servertime import db_now
-from pandaserver.db.tables import daemon_run
+from pandaserver.db.base import schema
+from pandaserver.db.base.schema import upgrade
+from pandaserver.db.base.servertime import db_now
+from pandaserver.db.base.tables import daemon_run
+from pandaserver.db.stores.history import HistoryStore
+from pandaserver.db.stores.runcounts import COLUMNS, count_ended, read_counts
+from pandaserver.db.stores.runrecords import RunRecord, RunStart
 from pandaserver.web.metrics import HistoryCounters
 
 

@@ -17,13 +17,13 @@ from pg import url_text
 from sqlalchemy import URL, Engine, insert, select
 
 from pandaserver.config import load_config, secrets
-from pandaserver.daemons.fleet.history_spool import encode
-from pandaserver.db.engine import engine_from_url
-from pandaserver.db.history import FAILED, RunRecord
-from pandaserver.db.runcounts import count_ended
-from pandaserver.db.schema import upgrade
-from pandaserver.db.servertime import db_now
-from pandaserver.db.tables import daemon_run
+from pandaserver.daemons.fleet.history.spool import encode
+from pandaserver.db.base.engine import engine_from_url
+from pandaserver.db.base.schema import upgrade
+from pandaserver.db.base.servertime import db_now
+from pandaserver.db.base.tables import daemon_run
+from pandaserver.db.stores.runcounts import count_ended
+from pandaserver.db.stores.runrecords import FAILED, RunRecord
 from pandaserver.web.app import FleetApp
 from pandaserver.web.settings import WebSettings
 

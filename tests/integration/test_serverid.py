@@ -1,5 +1,5 @@
 """The server's identity and the age of its history, read on real connections of
-PostgreSQL and MariaDB (``pandaserver/db/serverid.py``): what a master that starts after a
+PostgreSQL and MariaDB (``pandaserver/db/base/serverid.py``): what a master that starts after a
 failover learns from the server. (The failover itself: tests/acceptance/test_failover.py.)"""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import URL, Engine, select, text
 
-from pandaserver.db.serverid import IdentityWatch
-from pandaserver.db.tables import daemon_db_timeline as timeline
+from pandaserver.db.base.serverid import IdentityWatch
+from pandaserver.db.base.tables import daemon_db_timeline as timeline
 
 
 @pytest.mark.parametrize("db_url", ["postgresql", "mysql"], indirect=True)

@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy import Engine, select, text, update
 
 from pandaserver.config import PandaConfig
-from pandaserver.db.servertime import db_now_plus
-from pandaserver.db.tables import panda_process_lock
+from pandaserver.db.base.servertime import db_now_plus
+from pandaserver.db.base.tables import panda_process_lock
 from pandaserver.taskbuffer import RunContext, TaskBuffer
 
 
@@ -112,7 +112,7 @@ def test_threads_racing_for_a_lock_get_exactly_one(db_engine: Engine) -> None:
 def test_database_errors_return_panda_defaults_and_hide_the_password(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from pandaserver.db.engine import engine_from_url
+    from pandaserver.db.base.engine import engine_from_url
 
     down = engine_from_url("postgresql+psycopg2://panda:Sup3rS3cret@127.0.0.1:1/panda")
     tb = TaskBuffer(down, RunContext("add_main", run_id=99))

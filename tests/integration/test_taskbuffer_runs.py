@@ -66,8 +66,8 @@ def test_the_bundled_examples(db_engine: Engine, caplog: pytest.LogCaptureFixtur
     """history_report reads the run history with querySQLS; config_report a value with
     getConfigValue (and its default without one)."""
     from pandaserver.daemons.scripts import config_report, history_report
-    from pandaserver.db.servertime import db_now_plus
-    from pandaserver.db.tables import daemon_run
+    from pandaserver.db.base.servertime import db_now_plus
+    from pandaserver.db.base.tables import daemon_run
     from pandaserver.taskbuffer import RunContext, TaskBuffer
     from pandaserver.taskbuffer.configtable import ConfigStore
 

@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import URL, Engine, inspect, text
 from sqlalchemy.sql import ClauseElement
 
-from pandaserver.db.schema import upgrade
-from pandaserver.db.tables import VERSION_TABLE
+from pandaserver.db.base.schema import upgrade
+from pandaserver.db.base.tables import VERSION_TABLE
 
 
 def _plain(value: Any) -> Any:

@@ -21,13 +21,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import URL, Engine, select, update
 
 from pandaserver.config import load_config
-from pandaserver.db.heartbeat import HeartbeatStore
-from pandaserver.db.history import HistoryStore, RunRecord
-from pandaserver.db.leases import LeaseStore
-from pandaserver.db.runcounts import insert_counted
-from pandaserver.db.schema import upgrade
-from pandaserver.db.servertime import db_now
-from pandaserver.db.tables import daemon_lease, daemon_run
+from pandaserver.db.base.schema import upgrade
+from pandaserver.db.base.servertime import db_now
+from pandaserver.db.base.tables import daemon_lease, daemon_run
+from pandaserver.db.stores.heartbeat import HeartbeatStore
+from pandaserver.db.stores.history import HistoryStore
+from pandaserver.db.stores.leases import LeaseStore
+from pandaserver.db.stores.runcounts import insert_counted
+from pandaserver.db.stores.runrecords import RunRecord
 from pandaserver.service.hoststatus import local_status, render_local_status
 from pandaserver.web.app import FleetApp
 from pandaserver.web.metrics import DELAY_BUCKETS, DURATION_BUCKETS, HistoryCounters

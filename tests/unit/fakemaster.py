@@ -32,7 +32,7 @@ from pandaserver.daemons.fleet.leasemanager import (
 from pandaserver.daemons.master.controls import Done
 from pandaserver.daemons.master.loop import Master
 from pandaserver.daemons.master.pool import Slot
-from pandaserver.db.operator_commands import Command, Hold, PollResult
+from pandaserver.db.stores.operator_commands import Command, Hold, PollResult
 
 FIRST_PID = 10_000_000  # above any pid_max: never a real process
 

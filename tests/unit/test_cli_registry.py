@@ -17,12 +17,12 @@ import pytest
 from pandaserver.commands.main import build_parser
 from pandaserver.commands.registry import COMMANDS
 from pandaserver.config import load_config
-from pandaserver.db.engine import make_engine
-from pandaserver.db.schema import upgrade
+from pandaserver.db.base.engine import make_engine
+from pandaserver.db.base.schema import upgrade
 
 # what a command must not import unless it needs it: the database layer, the web stack
 HEAVY = ("sqlalchemy", "psycopg2", "pymysql", "alembic", "gunicorn", "prometheus_client",
-         "pandaserver.db.engine", "pandaserver.web.app")
+         "pandaserver.db.base.engine", "pandaserver.web.app")
 PROBE = """
 import json, runpy, sys
 sys.argv = ["panda-daemon", *json.loads(sys.argv[1])]

@@ -13,7 +13,6 @@ from pandaserver.commands.cron import add_arguments, convert_streams
 from pandaserver.config import load_config
 from pandaserver.cron.convert import (
     Options,
-    analyse_schedule,
     convert,
     format_config,
     format_duration,
@@ -22,6 +21,7 @@ from pandaserver.cron.convert import (
     read_module_map,
     sync_rule,
 )
+from pandaserver.cron.firings import analyse_schedule
 from pandaserver.cron.parse import read_command, read_crontab
 from pandaserver.exitcodes import RET_CONFIG, RET_FAILED, RET_OK
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from pandaserver.config.cronspec import parse
 from pandaserver.config.scripts import DaemonSpec
-from pandaserver.db.history import RunRow
+from pandaserver.db.stores.runrecords import RunRow
 from pandaserver.service.hoststatus import render_local_status
 from pandaserver.web.model import (
     ScriptFacts,

@@ -1,13 +1,13 @@
 """The database layer's statement modules import no SQL dialect at load: a master on SQLite
-or PostgreSQL never imports MySQL's (``pandaserver.db.upsert.dialect_insert``)."""
+or PostgreSQL never imports MySQL's (``pandaserver.db.base.upsert.dialect_insert``)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-MODULES = ("pandaserver.db.servertime", "pandaserver.db.upsert", "pandaserver.db.runwrites",
-           "pandaserver.db.runcounts", "pandaserver.daemons.fleet.fleetdb",
+MODULES = ("pandaserver.db.base.servertime", "pandaserver.db.base.upsert", "pandaserver.db.stores.runwrites",
+           "pandaserver.db.stores.runcounts", "pandaserver.daemons.fleet.fleetdb",
            "pandaserver.daemons.master.loop")
 
 
@@ -22,7 +22,7 @@ def test_the_masters_modules_leave_the_mysql_dialect_unloaded() -> None:
 def test_a_dialects_insert_is_its_own() -> None:
     from sqlalchemy.dialects import mysql, postgresql, sqlite
 
-    from pandaserver.db.upsert import dialect_insert
+    from pandaserver.db.base.upsert import dialect_insert
 
     assert dialect_insert("postgresql") is postgresql.insert
     assert dialect_insert("sqlite") is sqlite.insert

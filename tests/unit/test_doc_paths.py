@@ -1,4 +1,4 @@
-"""Every module and file the docs name exists: module paths (``pandaserver/db/leases.py``,
+"""Every module and file the docs name exists: module paths (``pandaserver/db/stores/leases.py``,
 ``daemons/fleet/rank.py``, a bare ``fencing.py``), dotted names
 (``pandaserver.daemons.master.statusfile``, ``python -m pandaserver.commands.cron``) and
 the repository's other files (``etc/panda_server.cfg``, ``rc.d/panda_daemon``).

@@ -18,7 +18,7 @@ from pandaserver.daemons.fleet.dbleases import DbLeases
 from pandaserver.daemons.fleet.failover import FailoverGate
 from pandaserver.daemons.fleet.fencing import SAFETY, fence_at
 from pandaserver.daemons.fleet.leasemanager import LeaseDecision
-from pandaserver.db.serverid import (
+from pandaserver.db.base.serverid import (
     HistoryAge,
     IdentityWatch,
     ServerChanged,

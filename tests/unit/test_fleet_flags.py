@@ -10,8 +10,8 @@ import pytest
 
 from pandaserver.commands.web import check_text
 from pandaserver.config.scripts import DaemonSpec
-from pandaserver.db.heartbeat import ServerRow
-from pandaserver.db.operator_commands import Hold
+from pandaserver.db.stores.heartbeat import ServerRow
+from pandaserver.db.stores.operator_commands import Hold
 from pandaserver.exitcodes import CHECK_CRITICAL, CHECK_OK
 from pandaserver.web.fleetview import Overview, ScriptDetail
 from pandaserver.web.model import ScriptFacts, script_views, server_views

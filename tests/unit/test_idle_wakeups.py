@@ -9,7 +9,7 @@ from fakemaster import Rig, spec
 
 from pandaserver.config.daemon import COMMAND_CHECK_POLLED, COMMAND_CHECK_PUSHED
 from pandaserver.daemons.base.clock import TIMER_SLACK, slack_due
-from pandaserver.db import operator_commands as dbcontrol
+from pandaserver.db.stores import operator_commands as dbcontrol
 
 PERIOD = 600.0
 

@@ -23,7 +23,7 @@ from pandaserver.daemons.master import loop
 from pandaserver.daemons.master.crashloop import backoff_delay
 from pandaserver.daemons.master.schedule import REMOVED, ScriptState
 from pandaserver.daemons.master.workers import SHUTDOWN_KILL_GRACE
-from pandaserver.db import operator_commands as dbcontrol
+from pandaserver.db.stores import operator_commands as dbcontrol
 
 MASTER = Path(loop.__file__).parent
 

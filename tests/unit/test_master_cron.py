@@ -19,7 +19,7 @@ from pandaserver.config.daemon import DaemonSettings
 from pandaserver.config.scripts import DaemonSpec
 from pandaserver.daemons.fleet.leasemanager import LeaseDecision, LocalLeases
 from pandaserver.daemons.master.loop import Master
-from pandaserver.db import operator_commands as dbcontrol
+from pandaserver.db.stores import operator_commands as dbcontrol
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC).timestamp()  # FakeClock's wall at monotonic 0
 
@@ -203,7 +203,7 @@ def test_run_now_of_a_sync_cron_script_serves_no_firing() -> None:
     rig.turn()
     rig.link.answer((), [rig.link.command(dbcontrol.RUN_NOW, "s")])
     [(_, lease, done)] = rig.link.claims
-    assert lease == "s"  # the claim makes the lease due (db/operator_commands.py)
+    assert lease == "s"  # the claim makes the lease due (db/stores/operator_commands.py)
     done("here", None, False)
     rig.at(1005.0)
     assert rig.leases.firings == [None]  # asked for no firing

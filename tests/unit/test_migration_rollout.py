@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from pandaserver.db import schema
-from pandaserver.db.schema import (
+from pandaserver.db.base import schema
+from pandaserver.db.base.schema import (
     CONTRACT,
     EXPAND,
     head_revision,

@@ -11,8 +11,8 @@ from sqlalchemy import create_engine
 
 from pandaserver.config import load_config, secrets
 from pandaserver.config.secrets import redact
-from pandaserver.db import multihost
-from pandaserver.db.engine import DatabaseConfigError, database_url, safe_url
+from pandaserver.db.base import multihost
+from pandaserver.db.base.engine import DatabaseConfigError, database_url, safe_url
 from pandaserver.preflight.dbsettings import database_findings
 
 PW = "S3cret-pw"

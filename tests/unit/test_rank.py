@@ -16,8 +16,8 @@ from pandaserver.daemons.fleet import rank
 from pandaserver.daemons.fleet.dbleases import DbLeases, Seen, wait_from
 from pandaserver.daemons.fleet.failover import FailoverGate
 from pandaserver.daemons.fleet.leasemanager import Turn
-from pandaserver.db.heartbeat import ServerRow
-from pandaserver.db.leases import LeaseRow
+from pandaserver.db.stores.heartbeat import ServerRow
+from pandaserver.db.stores.leases import LeaseRow
 
 SERVERS = [f"srv{i:02d}" for i in range(16)]
 SCRIPTS = [f"sync{i:03d}" for i in range(1000)]

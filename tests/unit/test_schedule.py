@@ -11,7 +11,7 @@ from pandaserver.config.scripts import DaemonSpec
 from pandaserver.daemons.master import schedule
 from pandaserver.daemons.master.pool import staggered_lifetime
 from pandaserver.daemons.master.schedule import ScriptState
-from pandaserver.db.servertime import due_tolerance
+from pandaserver.db.base.servertime import due_tolerance
 
 
 def spec(name: str = "s", period: float = 10.0) -> DaemonSpec:

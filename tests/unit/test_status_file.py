@@ -22,7 +22,7 @@ from pandaserver.daemons.master import statusfile as status
 from pandaserver.daemons.master.crashloop import CrashLoops
 from pandaserver.daemons.master.schedule import ScriptState
 from pandaserver.daemons.master.timetable import Timetable
-from pandaserver.db.operator_commands import Hold
+from pandaserver.db.stores.operator_commands import Hold
 
 WAIT = 30.0  # a deadline for what takes milliseconds
 

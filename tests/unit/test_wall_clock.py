@@ -10,7 +10,7 @@ import pytest
 from freezegun import freeze_time
 
 from pandaserver.commands.cron import add_arguments, convert_streams
-from pandaserver.cron.convert import analyse_schedule
+from pandaserver.cron.firings import analyse_schedule
 from pandaserver.service.hoststatus import render_local_status
 
 CRONTAB = """\

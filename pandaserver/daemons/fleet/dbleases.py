@@ -278,7 +278,7 @@ class DbLeases:
                                 db_now=_posix(result.db_now),
                                 served=_posix(result.firing)))
 
-        # a cron script's lease is granted once per firing (db/leases.py)
+        # a cron script's lease is granted once per firing (db/stores/leases.py)
         when = after = None
         if firing is not None and spec.cron is not None:
             when, after = _utc(firing), _utc(spec.cron.next_after(firing))

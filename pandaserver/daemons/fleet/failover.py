@@ -3,7 +3,7 @@
 With asynchronous replication a promoted standby may lack the old primary's last commits:
 a lease shown expired (or a generation older) there may still be held by a server whose
 renewal reached only the old primary. Another server granted it on the new primary would
-run beside that holder. So when ``IdentityWatch`` (``db/serverid.py``) reports that the
+run beside that holder. So when ``IdentityWatch`` (``db/base/serverid.py``) reports that the
 database is another server than before (not a plain restart of the same one), this master:
 
 - fences every sync run it holds at once (its lease may not exist on the new server), as
@@ -17,7 +17,7 @@ database is another server than before (not a plain restart of the same one), th
   (``check``, called on the lane thread after the connection is made), and answers that
   came back under the old epoch are not trusted (``dbleases.py``);
 - re-sends the history written recently, which the new server may lack
-  (``history_keeper.py``: writes are keyed, so what was replicated is not doubled).
+  (``history/keeper.py``: writes are keyed, so what was replicated is not doubled).
 
 The wait holds whatever the replication mode: with synchronous replication a commit
 returns only once the standby has it, so the new primary lacks nothing the holder was told,
@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 
 from pandaserver.daemons.fleet.fencing import SAFETY
-from pandaserver.db.serverid import HistoryAge, IdentityWatch, ServerChanged
+from pandaserver.db.base.serverid import HistoryAge, IdentityWatch, ServerChanged
 
 log = logging.getLogger("panda.master")
 

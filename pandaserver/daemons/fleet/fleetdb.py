@@ -39,8 +39,9 @@ from pandaserver.config.daemon import DaemonSettings
 from pandaserver.daemons.base.clock import Clock, slack_due
 from pandaserver.daemons.base.runs import Run, RunRecord
 from pandaserver.daemons.fleet.failover import FailoverGate
-from pandaserver.daemons.fleet.history_keeper import HistoryKeeper
-from pandaserver.daemons.fleet.history_spool import Spool, spool_path
+from pandaserver.daemons.fleet.history.keeper import HistoryKeeper
+from pandaserver.daemons.fleet.history.pruner import PruneSchedule
+from pandaserver.daemons.fleet.history.spool import Spool, spool_path
 from pandaserver.daemons.fleet.lanes import (
     Chore,
     Completions,
@@ -51,20 +52,19 @@ from pandaserver.daemons.fleet.lanes import (
     chores_call,
 )
 from pandaserver.daemons.fleet.listener import CommandListener
-from pandaserver.daemons.fleet.pruner import PruneSchedule
-from pandaserver.db import history as dbhistory
-from pandaserver.db.credentials import credentials_refused
-from pandaserver.db.engine import (
+from pandaserver.db.base.credentials import credentials_refused
+from pandaserver.db.base.engine import (
     DatabaseConfigError,
     default_state_dir,
     describe_db_error,
     make_engine,
     safe_url,
 )
-from pandaserver.db.heartbeat import HeartbeatStore, config_hash
-from pandaserver.db.leases import Holder, LeaseStore
-from pandaserver.db.schema import SchemaError, ensure_schema
-from pandaserver.db.serverid import IdentityWatch, ServerChanged
+from pandaserver.db.base.schema import SchemaError, ensure_schema
+from pandaserver.db.base.serverid import IdentityWatch, ServerChanged
+from pandaserver.db.stores import history as dbhistory
+from pandaserver.db.stores.heartbeat import HeartbeatStore, config_hash
+from pandaserver.db.stores.leases import Holder, LeaseStore
 
 log = logging.getLogger("panda.master")
 T = TypeVar("T")

@@ -30,7 +30,7 @@ from typing import Any
 
 from sqlalchemy import Engine, event
 
-from pandaserver.db.engine import socket_of
+from pandaserver.db.base.engine import socket_of
 
 log = logging.getLogger("panda.master")
 

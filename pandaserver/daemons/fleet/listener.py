@@ -1,7 +1,7 @@
 """PostgreSQL pushes the operators' commands: a connection that ``LISTEN``s, watched by the loop.
 
 ``panda-daemon pause`` & co. send ``NOTIFY panda_daemon_command`` in the transaction that
-records the command (``pandaserver/db/operator_commands.py``). Each master of a PostgreSQL
+records the command (``pandaserver/db/stores/operator_commands.py``). Each master of a PostgreSQL
 fleet keeps one connection of its own that ``LISTEN``s on that channel:
 
 - it is opened on the ``house`` lane (connecting may block; the loop never does), taken out
@@ -31,7 +31,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from pandaserver.db.operator_commands import CHANNEL
+from pandaserver.db.stores.operator_commands import CHANNEL
 
 log = logging.getLogger("panda.master")
 

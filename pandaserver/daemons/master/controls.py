@@ -44,7 +44,7 @@ from pandaserver.daemons.fleet.fleetdb import FleetDb
 from pandaserver.daemons.fleet.lanes import Chore
 from pandaserver.daemons.master import crashloop
 from pandaserver.daemons.master.schedule import ScriptState
-from pandaserver.db import operator_commands as dbcontrol
+from pandaserver.db.stores import operator_commands as dbcontrol
 
 log = logging.getLogger("panda.master")
 

@@ -1,7 +1,7 @@
 """The master's dispatcher: which due script goes to which idle worker, the lease a sync
 script asks for first (the answer arrives later; nothing waits for it), the run's hand-over
-with its lease deadline, the renewals and fencing of the leases its runs hold, and each
-run's outcome.
+with its lease deadline, the renewals and fencing of the leases its runs hold (acted on
+the workers by ``RunFences``, fences.py), and each run's outcome.
 
 It owns the timetable (the scripts and their scheduling state: it is their one writer,
 with the reload), the leases its runs hold (``LeaseKeeper``), the run counter, the last
@@ -30,6 +30,7 @@ from pandaserver.daemons.fleet.contention import Contentions
 from pandaserver.daemons.fleet.keeper import LeaseKeeper
 from pandaserver.daemons.fleet.leasemanager import LeaseDecision, LeaseManager, LocalLeases
 from pandaserver.daemons.master import schedule
+from pandaserver.daemons.master.fences import RunFences
 from pandaserver.daemons.master.pool import RunContainment, Slot
 from pandaserver.daemons.master.schedule import REMOVED, ScriptState
 from pandaserver.daemons.master.timetable import Timetable
@@ -68,7 +69,8 @@ class Dispatcher:
         # a sync cron script catches up a firing the fleet missed only where a lease row
         # remembers what was served (not for a master without a shared database)
         scripts.catch_up = not isinstance(leases, LocalLeases)
-        self.keeper = LeaseKeeper(leases, KILL_GRACE)
+        self.fences = RunFences(LeaseKeeper(leases, KILL_GRACE), pool, containment)
+        self.keeper = self.fences.keeper
         self.recorder = recorder
         self.containment = containment
         self.server = server
@@ -253,37 +255,11 @@ class Dispatcher:
 
     def pass_deadlines(self) -> None:
         """Renewals confirmed: move the deadlines the workers hold."""
-        if not self.keeper.moved:
-            return
-        moved, self.keeper.moved = self.keeper.moved, set()
-        for slot in self.pool.slots.values():
-            if slot.run is not None and slot.run.id in moved:
-                lease = self.keeper.held.get(slot.run.id)
-                if lease is not None and not lease.fenced:
-                    slot.send_deadline(lease.hard)
+        self.fences.pass_deadlines()
 
     def fence(self, now: float) -> None:
         """Kill runs whose lease cannot be confirmed before it may expire (self-fencing)."""
-        fences = set(self.keeper.due_fences(now))
-        if not fences:
-            return
-        for slot in self.pool.with_runs():
-            run = slot.run
-            if run is None or run.id not in fences:
-                continue
-            self.keeper.fenced(run.id)
-            run.fenced = True
-            lease = self.keeper.held.get(run.id)
-            why = ("its lease is no longer ours" if run.id in self.keeper.lost else
-                   f"its lease could not be renewed (last confirmed {now - lease.sent:.1f} s ago,"
-                   f" lease_ttl {lease.ttl:g} s)" if lease is not None else "lease lost")
-            run.notes.append(f"fenced: {why}")
-            log.error("%s fenced: %s; killing its processes before the lease can expire",
-                      run.label, why)
-            slot.start_kill(now, f"{run.label} fenced", grace=KILL_GRACE)
-        for run_id in fences:  # its worker gone: what it left must die now, not after a grace
-            self.keeper.fenced(run_id)
-            self.containment.hurry(run_id)
+        self.fences.fence(now)
 
     def _lease_refused(self, state: ScriptState, decision: LeaseDecision, now: float) -> None:
         """Another server holds the lease or it is not due fleet-wide yet (we try again

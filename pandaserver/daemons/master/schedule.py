@@ -15,7 +15,7 @@ Semantics:
   counts its period from its start less the tolerance: consecutive runs are never closer
   than ``period - tolerance``, and missed periods are skipped, never run in a burst. (A
   sync script's due time is kept fleet-wide by its lease row with the same rule, see
-  db/leases.py.)
+  db/stores/leases.py.)
 - A script never runs twice at once on one server: a running script is not due.
 - A run that outlasts its period leaves ``next_due`` in the past, so the script runs once
   right after the overrun ends, then counts its period from that start.
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from pandaserver.config.cronspec import CronSchedule
 from pandaserver.config.scripts import DaemonSpec
-from pandaserver.db.servertime import due_tolerance
+from pandaserver.db.base.servertime import due_tolerance
 
 REMOVED = "removed from the configuration by a reload"  # a ``disabled`` reason
 LATE_FLOOR = 300.0  # seconds: a script later than max(this, period / 2) is reported
@@ -135,7 +135,7 @@ def next_due_on_grid(due: float, period: float, started: float) -> float:
     grid is kept, no drift), else one period after its start less that tolerance (the
     period counts from the run; missed periods are skipped, never run in a burst). So
     consecutive runs are never closer than ``period - due_tolerance(period)``; the lease
-    grant applies the same rule fleet-wide (``db/servertime.py``)."""
+    grant applies the same rule fleet-wide (``db/base/servertime.py``)."""
     return max(due + period, started + period - due_tolerance(period))
 
 

@@ -1,1 +1,1 @@
-"""Alembic migrations of panda-daemon's tables, run by ``pandaserver.db.schema``."""
+"""Alembic migrations of panda-daemon's tables, run by ``pandaserver.db.base.schema``."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from pandaserver.db.servertime import UtcDateTime
+from pandaserver.db.base.servertime import UtcDateTime
 
 revision = "0001"
 down_revision: str | None = None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from pandaserver.db.servertime import UtcDateTime
+from pandaserver.db.base.servertime import UtcDateTime
 
 revision = "0002"
 down_revision: str | None = "0001"

@@ -7,7 +7,7 @@ Each read walks one index and stops early, instead of reading the table:
 - ``(script, started_at, id)``: one script's newest runs (``history NAME``, the timeline
   page), its first run, pruning by rows (replaces ``(script, started_at)``);
 - ``(script, server, started_at, id) WHERE outcome <> 'skipped'``: the fleet page's newest
-  run per script and server, found by a skip scan (``pandaserver/db/skipscan.py``); partial
+  run per script and server, found by a skip scan (``pandaserver/db/stores/skipscan.py``); partial
   on PostgreSQL and SQLite, whole on MySQL/MariaDB (no partial indexes there);
 - ``(script, outcome, ended_at)``: each script's last success.
 

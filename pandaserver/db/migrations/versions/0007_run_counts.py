@@ -2,7 +2,7 @@
 
 - ``daemon_run_count``: per (script, server, outcome) the runs ended so, their durations'
   sum (microseconds) and cumulative bucket counts, and the dispatch delays' count, sum and
-  bucket counts (pandaserver/db/runcounts.py, which keeps them);
+  bucket counts (pandaserver/db/stores/runcounts.py, which keeps them);
 - ``daemon_run.tally`` (default 0): 1 on a row just ended and not yet counted, with an
   index that finds those few rows (partial on PostgreSQL and SQLite).
 
@@ -54,7 +54,7 @@ def upgrade() -> None:
         *(_counter(f"delay_le_{i}") for i in range(DELAY_BUCKETS)),
         sa.PrimaryKeyConstraint("script", "server", "outcome", name="pk_daemon_run_count"),
     )
-    from pandaserver.db.runcounts import count_rows
+    from pandaserver.db.stores.runcounts import count_rows
 
     count_rows(op.get_bind())
 

@@ -4,7 +4,7 @@
 script's cron schedule that the fleet has served (granted, or passed over when the lease
 row was first made for the schedule). A grant for a firing at or before it is refused, so
 each firing runs once whichever server asks and whatever its clock says (the grant is
-judged on the database's clock: ``pandaserver/db/leases.py``). Additive: a release that
+judged on the database's clock: ``pandaserver/db/stores/leases.py``). Additive: a release that
 knows nothing of it leaves it alone.
 
 Revision ID: 0009
@@ -16,7 +16,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from pandaserver.db.servertime import UtcDateTime
+from pandaserver.db.base.servertime import UtcDateTime
 
 revision = "0009"
 down_revision: str | None = "0008"

@@ -5,7 +5,7 @@ the database to a standby that missed the last grant, another server can be gran
 same generation again; the old holder's renewal would then renew that server's lease and
 two servers would run. So a grant records the master's random id per process (the
 ``master_id`` of its history rows) and a renewal or release names it, with the server and
-pid (``pandaserver/db/leases.py``).
+pid (``pandaserver/db/stores/leases.py``).
 
 Additive and nullable: a previous release, which does not know the column, grants, renews
 and releases as before (its grants leave the column as it was; its renewals do not look).

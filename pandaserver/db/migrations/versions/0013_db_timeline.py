@@ -1,7 +1,7 @@
 """When each history of the database server was first seen: ``daemon_db_timeline``.
 
 One row per (``system_id``, ``timeline``) a master of the fleet reached (PostgreSQL's
-system identifier and timeline, ``pandaserver/db/serverid.py``): ``first_seen`` (database
+system identifier and timeline, ``pandaserver/db/base/serverid.py``): ``first_seen`` (database
 clock) and ``seen_by``. Written on the server it names, so a promoted standby's row is the
 first master's arrival there, whatever the standby missed of its old primary; a master that
 starts after a failover reads it to know whether leases granted on the old primary may
@@ -18,7 +18,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from pandaserver.db.servertime import UtcDateTime
+from pandaserver.db.base.servertime import UtcDateTime
 
 revision = "0013"
 down_revision: str | None = "0012"

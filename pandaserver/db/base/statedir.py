@@ -3,7 +3,7 @@ status files, the history spool.
 
 A module of its own, without SQLAlchemy, so that commands which only read this host's
 files (``status``) find the directory without importing the database layer;
-``pandaserver.db.engine`` re-exports what it names.
+``pandaserver.db.base.engine`` re-exports what it names.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Where the database is, first match wins:
 
 1. ``[daemon] db_url``: any SQLAlchemy URL (``$VAR`` is expanded by the config loader);
-   for PostgreSQL it may list a primary and its standbys (``db/multihost.py``).
+   for PostgreSQL it may list a primary and its standbys (``db/base/multihost.py``).
 2. The ``[server]`` keys of the original PanDA configuration: ``backend`` (postgres,
    mysql or sqlite), ``dbhost``, ``dbport``, ``dbuser``, ``dbpasswd``, ``dbname``;
    each may be ``$VAR``. Used as soon as ``backend`` or ``dbhost`` is present, so a
@@ -31,9 +31,9 @@ from sqlalchemy import URL, Engine, create_engine, event, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from pandaserver.config import PandaConfig
-from pandaserver.db import multihost, statedir
-from pandaserver.db.statedir import SQLITE_FILENAME as SQLITE_FILENAME
-from pandaserver.db.statedir import STATE_DIR_ENV as STATE_DIR_ENV
+from pandaserver.db.base import multihost, statedir
+from pandaserver.db.base.statedir import SQLITE_FILENAME as SQLITE_FILENAME
+from pandaserver.db.base.statedir import STATE_DIR_ENV as STATE_DIR_ENV
 
 SYSTEM_STATE_DIR = statedir.SYSTEM_STATE_DIR  # a module attribute: tests move it
 
@@ -49,7 +49,7 @@ class DatabaseConfigError(Exception):
 
 
 def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """Where the default SQLite file lives (``pandaserver.db.statedir``, with this module's
+    """Where the default SQLite file lives (``pandaserver.db.base.statedir``, with this module's
     ``SYSTEM_STATE_DIR``)."""
     return statedir.default_state_dir(environ, SYSTEM_STATE_DIR)
 
@@ -69,7 +69,7 @@ def database_url(cfg: PandaConfig, state_dir: Path | None = None) -> URL:
     """The URL of the database panda-daemon uses (see the module docstring for the order)."""
     raw = cfg.daemon.db_url.strip()
     if raw:
-        several = multihost.problem(raw)  # a primary and its standbys: db/multihost.py
+        several = multihost.problem(raw)  # a primary and its standbys: db/base/multihost.py
         if several is not None:
             raise DatabaseConfigError(f"{cfg.path} [daemon] key 'db_url': {several}")
         try:

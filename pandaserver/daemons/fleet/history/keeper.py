@@ -17,7 +17,7 @@ Used only from the master's loop (``FleetDb`` owns one); the writes themselves r
   fleet in its heartbeat's call: ``sweep_due``). A start under
   a new lease generation closes the older generation's open run (``write_many``).
 - At stop, whatever is not written after ``close``'s wait is saved in the spool file and
-  reported with its count; the next start replays it (``history_spool.py``).
+  reported with its count; the next start replays it (``spool.py``).
 - The writes of the last ``RESEND_WINDOW`` seconds are kept after they are written: when
   the database fails over to a standby that may not have received them
   (``failover.py``), they are written again (``resend_recent``); being keyed, those the
@@ -38,11 +38,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from pandaserver import exitcodes
 from pandaserver.daemons.base import runs
 from pandaserver.daemons.base.clock import slack_due
-from pandaserver.daemons.fleet.history_spool import Spool
-from pandaserver.daemons.fleet.history_writer import HistoryWriter, Stamped, Written, is_outage
-from pandaserver.db import history as dbhistory
-from pandaserver.db.engine import STATE_DIR_ENV, describe_db_error
-from pandaserver.db.pending import PendingWrites
+from pandaserver.daemons.fleet.history.spool import Spool
+from pandaserver.daemons.fleet.history.writer import HistoryWriter, Stamped, Written, is_outage
+from pandaserver.db.base.engine import STATE_DIR_ENV, describe_db_error
+from pandaserver.db.stores import history as dbhistory
+from pandaserver.db.stores.pending import PendingWrites
 
 log = logging.getLogger("panda.master")
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import CTE, ColumnElement, func, literal_column, select
 
-from pandaserver.db.tables import daemon_run
+from pandaserver.db.base.tables import daemon_run
 
 
 def not_skipped(table: Any) -> ColumnElement[bool]:

@@ -26,7 +26,7 @@ from sqlalchemy import (
     text,
 )
 
-from pandaserver.db.servertime import UtcDateTime
+from pandaserver.db.base.servertime import UtcDateTime
 
 # the predicate of the partial index on (script, server, started_at, id), spelt the same in
 # the queries that use it (skipscan.py): SQLite matches a partial index's WHERE term by term
@@ -35,7 +35,7 @@ NOT_SKIPPED_SQL = "outcome <> 'skipped'"
 VERSION_TABLE = "daemon_schema"
 # Which code a schema revision works with: one row per revision that `db upgrade` reached,
 # (revision, oldest_code): code whose newest known revision is oldest_code or later runs on
-# it (rolling upgrades, pandaserver/db/schema.py). Read by name, with plain SQL, so that a
+# it (rolling upgrades, pandaserver/db/base/schema.py). Read by name, with plain SQL, so that a
 # release can read it before it knows the migration that creates it.
 COMPAT_TABLE = "daemon_schema_compat"
 TALLY_SQL = "tally = 1"  # the partial index's predicate, spelt as runcounts.py queries it
@@ -242,7 +242,7 @@ daemon_schema_compat = Table(
 
 # When a master of the fleet first reached each history of a database server (migration
 # 0013): a master started soon after a failover waits until the old leases have fenced
-# (pandaserver/db/serverid.py). Written and read with plain SQL on a fresh connection.
+# (pandaserver/db/base/serverid.py). Written and read with plain SQL on a fresh connection.
 TIMELINE_TABLE = "daemon_db_timeline"
 daemon_db_timeline = Table(
     TIMELINE_TABLE,

@@ -25,9 +25,9 @@ from typing import Any
 
 from sqlalchemy import BigInteger, Connection, Float, Row, and_, bindparam, or_
 
-from pandaserver.db.servertime import UtcDateTime, db_now_expr, db_now_plus
-from pandaserver.db.tables import daemon_lease
-from pandaserver.db.upsert import conditional_upsert, upsert_or_else
+from pandaserver.db.base.servertime import UtcDateTime, db_now_expr, db_now_plus
+from pandaserver.db.base.tables import daemon_lease
+from pandaserver.db.base.upsert import conditional_upsert, upsert_or_else
 
 RETURNED = ("generation", "owner_server", "next_due", "expires_at", "acquired_at",
             "contended_at", "firing")

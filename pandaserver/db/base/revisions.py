@@ -4,7 +4,7 @@ A master checks at start that the database's schema is this code's head, and so 
 command on the database; Alembic's own revision map imports Alembic and every migration
 module (tens of milliseconds) for two strings. This reads each file's top-level
 ``revision = "..."`` and ``down_revision = ...`` instead (``ast``: nothing is imported), and
-Alembic is imported only when a migration runs (``pandaserver.db.schema.upgrade``).
+Alembic is imported only when a migration runs (``pandaserver.db.base.schema.upgrade``).
 ``tests/unit/test_revisions.py`` checks that the two agree.
 """
 
@@ -14,7 +14,7 @@ import ast
 from functools import lru_cache
 from pathlib import Path
 
-VERSIONS_DIR = Path(__file__).resolve().parent / "migrations" / "versions"
+VERSIONS_DIR = Path(__file__).resolve().parent.parent / "migrations" / "versions"
 
 
 def _assigned(tree: ast.Module, name: str) -> tuple[bool, object]:

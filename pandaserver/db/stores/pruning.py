@@ -27,9 +27,9 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Engine, and_, delete, or_, select
 
-from pandaserver.db.servertime import db_now_plus
-from pandaserver.db.skipscan import scripts
-from pandaserver.db.tables import daemon_run
+from pandaserver.db.base.servertime import db_now_plus
+from pandaserver.db.base.tables import daemon_run
+from pandaserver.db.stores.skipscan import scripts
 
 RUNNING = "running"
 BATCH_ROWS = 2000  # rows per DELETE statement

@@ -27,9 +27,9 @@ from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import OperationalError
 
 from pandaserver import __version__
-from pandaserver.db import revisions
-from pandaserver.db.servertime import db_now_expr
-from pandaserver.db.tables import COMPAT_TABLE, VERSION_TABLE, daemon_schema_compat
+from pandaserver.db.base import revisions
+from pandaserver.db.base.servertime import db_now_expr
+from pandaserver.db.base.tables import COMPAT_TABLE, VERSION_TABLE, daemon_schema_compat
 
 if TYPE_CHECKING:  # Alembic is imported only to migrate: a check reads the files (revisions)
     from alembic.config import Config
@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # Alembic is imported only to migrate: a check reads the file
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 # pg_advisory_xact_lock key: "panda-sc" as a 64-bit integer
 _PG_LOCK_KEY = int.from_bytes(b"panda-sc", "big") & 0x7FFF_FFFF_FFFF_FFFF
 # MySQL/MariaDB: GET_LOCK name and how long an upgrader waits for another (seconds)

@@ -28,8 +28,8 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, literal, select, update
 
-from pandaserver.db.tables import daemon_run, daemon_run_count
-from pandaserver.db.upsert import dialect_insert
+from pandaserver.db.base.tables import daemon_run, daemon_run_count
+from pandaserver.db.base.upsert import dialect_insert
 
 DURATION_BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0)
 DELAY_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0)

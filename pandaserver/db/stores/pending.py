@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 from sqlalchemy.exc import SQLAlchemyError
 
 if TYPE_CHECKING:
-    from pandaserver.db.history import HistoryStore, PendingItem
+    from pandaserver.db.stores.history import HistoryStore
+    from pandaserver.db.stores.runrecords import PendingItem
 
 
 @dataclass(frozen=True)

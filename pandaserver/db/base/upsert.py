@@ -200,7 +200,7 @@ def _upsert(name: str, table: Table, values: Mapping[str, Any], key: Sequence[st
     else:
         raise UnsupportedDatabase(
             f"atomic leases are written for PostgreSQL, SQLite and MySQL/MariaDB; {name!r} is not"
-            " supported (see pandaserver/db/upsert.py)"
+            " supported (see pandaserver/db/base/upsert.py)"
         )
     return stmt.on_conflict_do_update(index_elements=list(key), set_=dict(set_), where=where)
 
@@ -229,7 +229,7 @@ def _check_found_rows(conn: Connection) -> None:
     if isinstance(flag, int) and flag & MYSQL_FOUND_ROWS:
         raise UnsupportedDatabase(
             "this MySQL connection reports found rows (CLIENT.FOUND_ROWS), not affected rows;"
-            " create the engine with pandaserver.db.engine.engine_from_url"
+            " create the engine with pandaserver.db.base.engine.engine_from_url"
         )
 
 

@@ -21,7 +21,7 @@ generation can be granted again to another server, and the old holder's renewal 
 renew that lease. A lease
 lives ``ttl`` seconds (``[daemon] lease_ttl``) and its holder renews it while its run
 lives; ``next_due`` is kept on release. A grant on time (at most ``tolerance`` =
-``min(1 s, period / 10)`` after ``next_due``, ``db/servertime.py``: ``due_tolerance``)
+``min(1 s, period / 10)`` after ``next_due``, ``db/base/servertime.py``: ``due_tolerance``)
 keeps the grid (``next_due + period``: no drift); a later one (a fallback server, an
 overrun, the first grant after the whole fleet was down) counts the period from itself,
 less the tolerance; so two grants are never closer than ``period - tolerance``, missed
@@ -35,13 +35,13 @@ A refused attempt adds one to the row's ``contended`` and records who (``contend
 and when (``contended_at``): history needs no row per losing server per period. Its
 answer (holder, next due time, wait) is read from the row as that update left it, the
 newest committed version. On PostgreSQL grant and refusal are one statement (a CTE,
-``pandaserver/db/upsert.py``); SQLite adds an ``UPDATE ... RETURNING`` on a refusal;
+``pandaserver/db/base/upsert.py``); SQLite adds an ``UPDATE ... RETURNING`` on a refusal;
 MySQL/MariaDB fold both into ``INSERT ... ON DUPLICATE KEY UPDATE`` plus a read-back.
 See docs/database.md.
 
 A sync script on a ``cron`` schedule asks for a *firing* instead (``try_acquire(...,
 firing=, next_firing=)``), granted once per firing on the database's clock alone: the
-statement and its rule are in ``pandaserver/db/leasefirings.py``.
+statement and its rule are in ``pandaserver/db/stores/leasefirings.py``.
 """
 
 from __future__ import annotations
@@ -67,16 +67,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError
 
-from pandaserver.db.leasefirings import FiringGrants, finished_by_holder, refusal_wait
-from pandaserver.db.servertime import (
+from pandaserver.db.base.servertime import (
     db_now_expr,
     db_now_plus,
     due_tolerance,
     next_due_after,
     seconds_between,
 )
-from pandaserver.db.tables import daemon_lease
-from pandaserver.db.upsert import upsert_or_else
+from pandaserver.db.base.tables import daemon_lease
+from pandaserver.db.base.upsert import upsert_or_else
+from pandaserver.db.stores.leasefirings import FiringGrants, finished_by_holder, refusal_wait
 
 FORCE_RELEASE_ATTEMPTS = 5
 T = TypeVar("T")

@@ -1,4 +1,4 @@
-"""When the master prunes its history, one small step at a time (the statements: db/pruning.py).
+"""When the master prunes its history, one small step at a time (the statements: db/stores/pruning.py).
 
 Every ``PRUNE_INTERVAL`` a pass begins. The master runs it on its ``house`` lane one step per
 call (at most ``pruning.BATCH_ROWS`` rows deleted), and waits ``PRUNE_PAUSE`` between
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from pandaserver.config.daemon import DaemonSettings
-from pandaserver.db import pruning
+from pandaserver.db.stores import pruning
 
 log = logging.getLogger("panda.master")
 

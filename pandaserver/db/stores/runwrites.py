@@ -38,9 +38,9 @@ from sqlalchemy import (
     update,
 )
 
-from pandaserver.db.servertime import db_now_expr, db_now_plus
-from pandaserver.db.tables import daemon_run, daemon_server
-from pandaserver.db.upsert import UnsupportedDatabase, dialect_insert
+from pandaserver.db.base.servertime import db_now_expr, db_now_plus
+from pandaserver.db.base.tables import daemon_run, daemon_server
+from pandaserver.db.base.upsert import UnsupportedDatabase, dialect_insert
 
 RUNNING = "running"
 LOST = "lost"

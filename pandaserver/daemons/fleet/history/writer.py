@@ -32,7 +32,8 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from pandaserver.db.history import HistoryStore, PendingItem
+from pandaserver.db.stores.history import HistoryStore
+from pandaserver.db.stores.runrecords import PendingItem
 
 Stamped = tuple[float, PendingItem]  # (monotonic time the write was made, the write)
 MAX_BATCH = 2000  # rows per transaction

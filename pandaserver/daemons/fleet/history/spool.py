@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pandaserver.db.history import PendingItem, RunEnd, RunRecord, RunStart
+from pandaserver.db.stores.runrecords import PendingItem, RunEnd, RunRecord, RunStart
 
 log = logging.getLogger("panda.master")
 

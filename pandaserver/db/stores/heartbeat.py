@@ -13,9 +13,9 @@ from typing import Any
 
 from sqlalchemy import Engine, delete, insert, select, update
 
-from pandaserver.db.servertime import db_now_expr
-from pandaserver.db.tables import daemon_server
-from pandaserver.db.upsert import UnsupportedDatabase, conditional_upsert
+from pandaserver.db.base.servertime import db_now_expr
+from pandaserver.db.base.tables import daemon_server
+from pandaserver.db.base.upsert import UnsupportedDatabase, conditional_upsert
 
 
 def config_hash(settings: Mapping[str, Any]) -> str:

@@ -1,7 +1,7 @@
 """Which database server a connection reached: noticing a failover to a promoted standby.
 
 A master connects through a URL that may list a primary and its standbys
-(``db/multihost.py``); libpq keeps the first host that accepts writes, so after a failover
+(``db/base/multihost.py``); libpq keeps the first host that accepts writes, so after a failover
 the master's next connection silently reaches another server. With asynchronous
 replication that server may lack the last commits of the old primary: a lease grant, a
 renewal, history rows. The master must know, so ``IdentityWatch`` reads the server's

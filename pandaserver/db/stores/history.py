@@ -12,14 +12,14 @@ heartbeats stopped (``close_abandoned``). Unkeyed helpers (``record_start``/``re
 ``record``, ``record_many``) remain for tools and tests.
 
 Writes that failed while the database was unreachable wait in ``PendingWrites``
-(``pending.py``); pruning by age and by rows, in small batches, is in ``pruning.py``.
+(``pending.py``); pruning by age and by rows, in small batches, is in ``pruning.py``; the
+records and rows themselves (``RunStart``, ``RunRecord``, ``RunEnd``, ``RunRow``) in ``runrecords.py``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -35,126 +35,15 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError
 
 from pandaserver.config.secrets import redact
-from pandaserver.db import pruning, runcounts, runwrites
-from pandaserver.db.servertime import db_now_expr, db_now_plus
-from pandaserver.db.tables import daemon_run
+from pandaserver.db.base.servertime import db_now_expr, db_now_plus
+from pandaserver.db.base.tables import daemon_run
+from pandaserver.db.stores import pruning, runcounts, runwrites
+from pandaserver.db.stores.runrecords import END_OUTCOMES, LOST, MAX_ERROR_CHARS, RUNNING, RunEnd, RunRow
 
-RUNNING = "running"
-OK = "ok"
-FAILED = "failed"
-TIMEOUT = "timeout"
-LOST = "lost"  # the master died or was killed while it ran
-SKIPPED = "skipped"  # another server holds the script's lease
-FENCED = "fenced"  # killed before its lease could expire: the lease could not be renewed
-KILLED = "killed"  # ended by an operator (panda-daemon kill)
-END_OUTCOMES = (OK, FAILED, TIMEOUT, LOST, SKIPPED, FENCED, KILLED)
-OUTCOMES = (RUNNING, *END_OUTCOMES)
-
-MAX_ERROR_CHARS = 16000
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """A whole run, written at once (or replayed later from ``PendingWrites``).
-
-    ``duration``: seconds the run took (0 for skipped). ``ended_ago``: seconds before
-    the write at which it ended; ``PendingWrites`` adds the time an entry waited. The
-    row gets ``ended_at = db now - ended_ago`` and ``started_at = ended_at - duration``.
-    ``due_before_start``: seconds the run was due before it started (its dispatch delay);
-    when given (and ``due_at`` is not), ``due_at = started_at - due_before_start``, so the
-    due time is on the database clock too.
-    """
-
-    script: str
-    server: str
-    pid: int | None
-    outcome: str
-    error: str | None = None
-    generation: int | None = None
-    due_at: datetime | None = None
-    duration: float = 0.0
-    ended_ago: float = 0.0
-    due_before_start: float | None = None
-    # the key of a run the master dispatched (None: an unkeyed row, inserted as is)
-    master_id: str | None = None
-    master_pid: int | None = None
-    run_id: int | None = None
-
-    def __post_init__(self) -> None:
-        _redact_error(self)
-
-    def aged(self, seconds: float) -> RunRecord:
-        """The same run, written ``seconds`` later."""
-        return replace(self, ended_ago=self.ended_ago + max(0.0, seconds))
-
-
-@dataclass(frozen=True)
-class RunStart:
-    """A run just dispatched: a ``running`` row, keyed by ``(master_id, run_id)``.
-
-    ``started_ago``: seconds before the write at which it was dispatched;
-    ``due_before_start``: how long it had been due then (``due_at`` on the database clock).
-    """
-
-    script: str
-    server: str
-    master_id: str
-    master_pid: int
-    run_id: int
-    pid: int | None = None
-    generation: int | None = None
-    started_ago: float = 0.0
-    due_before_start: float | None = None
-
-    def aged(self, seconds: float) -> RunStart:
-        return replace(self, started_ago=self.started_ago + max(0.0, seconds))
-
-
-@dataclass(frozen=True)
-class RunEnd:
-    """The end of a run already started with ``record_start`` (``ended_ago`` as above)."""
-
-    run_id: int
-    outcome: str
-    error: str | None = None
-    ended_ago: float = 0.0
-
-    def __post_init__(self) -> None:
-        _redact_error(self)
-
-    def aged(self, seconds: float) -> RunEnd:
-        return replace(self, ended_ago=self.ended_ago + max(0.0, seconds))
-
-
-@dataclass(frozen=True)
-class RunRow:
-    id: int
-    script: str
-    server: str
-    pid: int | None
-    generation: int | None
-    due_at: datetime | None
-    started_at: datetime
-    ended_at: datetime | None
-    outcome: str
-    error: str | None
-    master_id: str | None = None
-    master_pid: int | None = None
-    run_id: int | None = None
-    # 1 while the ended run waits to be counted (runcounts.py); not shown anywhere
-    tally: int = field(default=0, repr=False, compare=False)
-
-    def __post_init__(self) -> None:  # a row written raw by an older version
-        _redact_error(self)
-
-    @property
-    def duration(self) -> float | None:
-        if self.ended_at is None:
-            return None
-        return (self.ended_at - self.started_at).total_seconds()
-
-
-PendingItem = RunStart | RunRecord | RunEnd
+# Named here as well: daemons/fleet/history/keeper.py reads them as ``history.RunStart``...
+from pandaserver.db.stores.runrecords import PendingItem as PendingItem
+from pandaserver.db.stores.runrecords import RunRecord as RunRecord
+from pandaserver.db.stores.runrecords import RunStart as RunStart
 
 
 def _transaction_level(engine: Engine) -> str:
@@ -174,12 +63,6 @@ def _check_seconds(what: str, value: float) -> None:
         raise ValueError(f"{what} must be a finite number of seconds >= 0, got: {value!r}")
 
 
-def _redact_error(item: RunRecord | RunEnd | RunRow) -> None:
-    """A run's error text is a script's exception: it may quote a secret of the
-    configuration. It is redacted when a record is made (so neither the spool file nor the
-    database ever holds it) and when a row is read (rows written before this rule)."""
-    if item.error:
-        object.__setattr__(item, "error", redact(item.error))
 
 
 def _clip(error: str | None) -> str | None:

@@ -24,8 +24,8 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, delete, func, insert, or_, select, update
 
-from pandaserver.db.servertime import db_now_expr
-from pandaserver.db.tables import (
+from pandaserver.db.base.servertime import db_now_expr
+from pandaserver.db.base.tables import (
     daemon_command,
     daemon_command_ack,
     daemon_hold,
