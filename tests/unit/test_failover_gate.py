@@ -224,7 +224,7 @@ class FakeCursor:
         if sql.startswith("INSERT"):
             self.conn.first_seen.setdefault(params[:2], self.conn.now)
         elif "pg_control_system" in sql:
-            self.row = (7001, "00000002", T0)
+            self.row = (7001, self.conn.timeline, T0)
         else:
             self.row = (self.conn.first_seen[params], self.conn.now, 1, 1, at(-900))
 
@@ -239,6 +239,7 @@ class FakeCursor:
 class FakeConnection:
     now: datetime
     no_table: bool = False
+    timeline: str = "00000002"  # as pg_walfile_name gives it: a promoted standby's
     autocommit: bool = True
     statements: list[str] = field(default_factory=list)
     first_seen: dict[tuple[Any, ...], datetime] = field(default_factory=dict)
@@ -335,3 +336,13 @@ def test_the_age_is_dated_after_its_statements_not_before() -> None:
     watch = IdentityWatch(monotonic=lambda: conn.clock[0])
     watch._connected(conn, None)
     assert watch.age is not None and watch.age.measured == 73.0
+
+
+def test_an_unreadable_age_on_the_first_timeline_is_no_failover() -> None:
+    """A schema older than the timeline table (it refuses sync scripts until `db upgrade`)
+    on a server that was never promoted: after the upgrade, no window to wait out."""
+    watch = IdentityWatch(monotonic=lambda: 70.0)
+    conn = FakeConnection(now=at(0), no_table=True, timeline="00000001")
+    watch._connected(conn, None)
+    assert watch.age is not None and math.isinf(watch.age.elapsed)
+    assert not FailoverGate(watch, lambda: 15.0, lambda: 70.0).closed(70.0)

@@ -218,12 +218,23 @@ class IdentityWatch:
             return
         try:
             elapsed = read_history_age(dbapi_connection, identity, self.seen_by, self.dialect)
-        except Exception as exc:  # counted as just begun: the gate waits a full window
-            log.warning("database: cannot read when this server's history (%s) began (%s: %s);"
-                        " counted as a failover just now (is the schema upgraded? `panda-daemon"
-                        " db upgrade`)", identity, type(exc).__name__, exc)
+        except Exception as exc:
             self._rollback(dbapi_connection)
-            elapsed = 0.0
+            if self.dialect == "postgresql" and identity.timeline == 1:
+                # a promoted standby is on timeline 2 or later: a server on its first
+                # timeline was never promoted, whatever the table could have said (it is
+                # missing while the schema is older than 0013, which refuses sync scripts
+                # until `db upgrade` anyway)
+                log.info("database: cannot read when this server's history (%s) began (%s:"
+                         " %s); on its first timeline, it was never promoted: no wait",
+                         identity, type(exc).__name__, exc)
+                elapsed = math.inf
+            else:  # counted as just begun: the gate waits a full window
+                log.warning("database: cannot read when this server's history (%s) began"
+                            " (%s: %s); counted as a failover just now (is the schema"
+                            " upgraded? `panda-daemon db upgrade`)", identity,
+                            type(exc).__name__, exc)
+                elapsed = 0.0
         # read after the statements: ``elapsed`` held when they ran, so at least as much has
         # passed by now (a reading taken before them would shorten the wait by their time)
         self.aged(HistoryAge(identity, elapsed, self.monotonic()))
