@@ -1,6 +1,12 @@
 """Server heartbeats (``daemon_server``): which masters of the fleet are alive, and how
 they are configured (a hash of their effective settings, to spot a server running a
-different configuration)."""
+different configuration); and whether any open run belongs to a master that stopped
+beating (``abandoned_runs``: the cheap look that lets the sweep of dead masters' runs,
+``HistoryStore.close_abandoned``, run only when it has something to close).
+
+Both are sent every heartbeat interval by every master of the fleet, so each is one
+statement built once (bound parameters, ``conditional_upsert``'s ``cache``): building and
+keying a SQLAlchemy construct costs more CPU than the statement itself."""
 
 from __future__ import annotations
 
@@ -11,10 +17,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Engine, bindparam, delete, exists, insert, select, update
 
+from pandaserver.db import runwrites
 from pandaserver.db.servertime import db_now_expr
-from pandaserver.db.tables import daemon_server
+from pandaserver.db.tables import daemon_run, daemon_server
 from pandaserver.db.upsert import UnsupportedDatabase, conditional_upsert
 
 
@@ -55,6 +62,19 @@ class ServerRow:
 class HeartbeatStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        t = daemon_server
+        # the beat's statement, built once per dialect (``conditional_upsert``'s cache)
+        self._values: dict[str, Any] = {
+            "pid": bindparam("beat_pid", type_=t.c.pid.type),
+            "version": bindparam("beat_version", type_=t.c.version.type),
+            "started_at": bindparam("beat_started_at", type_=t.c.started_at.type),
+            "last_seen": db_now_expr(),
+            "config_hash": bindparam("beat_config_hash", type_=t.c.config_hash.type),
+            "server_time": bindparam("beat_server_time", type_=t.c.server_time.type),
+        }
+        self._server = bindparam("beat_server", type_=t.c.server.type)
+        self._beat_statements: dict[str, Any] = {}
+        self._looks: dict[tuple[float, str | None], Any] = {}
 
     def beat(
         self, server: str, pid: int, version: str, started_at: datetime, config_hash: str,
@@ -67,20 +87,39 @@ class HeartbeatStore:
         ``last_seen`` it shows the server's clock offset to the database.
         """
         t = daemon_server
-        values: dict[str, Any] = {
-            "pid": pid, "version": version, "started_at": started_at,
-            "last_seen": db_now_expr(), "config_hash": config_hash, "server_time": server_time,
-        }
+        params = {"beat_server": server, "beat_pid": pid, "beat_version": version,
+                  "beat_started_at": started_at, "beat_config_hash": config_hash,
+                  "beat_server_time": server_time}
         with self.engine.begin() as conn:
             try:
-                conditional_upsert(conn, t, {"server": server, **values}, ["server"], values,
-                                   None, [t.c.server])
+                conditional_upsert(conn, t, {"server": self._server, **self._values},
+                                   ["server"], self._values, None, [t.c.server], params,
+                                   cache=self._beat_statements)
                 return
             except UnsupportedDatabase:
                 pass
             # Portable fallback: only this server writes its own row.
+            values: dict[str, Any] = {
+                "pid": pid, "version": version, "started_at": started_at,
+                "last_seen": db_now_expr(), "config_hash": config_hash,
+                "server_time": server_time,
+            }
             if conn.execute(update(t).where(t.c.server == server).values(values)).rowcount == 0:
                 conn.execute(insert(t).values(server=server, **values))
+
+    def abandoned_runs(self, stale_after: float, except_master: str | None = None) -> bool:
+        """Whether an open run exists that ``HistoryStore.close_abandoned(stale_after,
+        except_master)`` would close (its master has not beaten for ``stale_after`` s): one
+        read with the sweep's own condition, outside any transaction. Almost always False,
+        so the sweep's transaction (three round trips on PostgreSQL) is left out."""
+        key = (stale_after, except_master)
+        look = self._looks.get(key)
+        if look is None:
+            condition = runwrites.lost_abandoned(stale_after, except_master).whereclause
+            look = select(exists().where(condition).select_from(daemon_run))
+            self._looks = {key: look}  # one shape at a time (the interval rarely changes)
+        with self.engine.connect() as conn:
+            return bool(conn.execute(look).scalar())
 
     def forget(self, server: str) -> bool:
         """Remove a server's row (a clean shutdown, or an operator's cleanup)."""

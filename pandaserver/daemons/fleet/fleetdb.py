@@ -111,12 +111,13 @@ class FleetDb:
         self.pruner = PruneSchedule(engine, lambda: self.settings)  # pruner.py
         self.master_id = uuid.uuid4().hex  # this master's runs in the history
         self.holder = Holder(server, self.pid, self.master_id)  # ... and its leases
+        self.completions = Completions()
         self.keeper = HistoryKeeper(
             self.history, server=server, master_id=self.master_id, master_pid=self.pid,
             monotonic=monotonic, heartbeat_interval=lambda: self.settings.heartbeat_interval,
             url=engine.url, on_outage=lambda exc: self._down(self.monotonic(), exc),
-            on_written=self._history_written, member=member)
-        self.completions = Completions()
+            on_written=self._history_written, member=member,
+            abandoned=self.beats.abandoned_runs, wake=self.completions.wake)
         tracker = ConnectionTracker(engine)
         self.lanes = {name: Lane(name, self.completions, tracker)
                       for name in ("lease", "renew", "house", "look")}
@@ -124,11 +125,25 @@ class FleetDb:
         self.listener = (CommandListener(engine, probe_interval)
                          if member and CommandListener.supported(engine) else None)
         self.chores: list[Chore] = []  # house calls sent with the next tick's (``house``)
+        self._digest: tuple[DaemonSettings | None, str] = (None, "")  # the config hash
 
     # ----- the loop's side of the lanes ---------------------------------------------------
     def fileno(self) -> int:
         """Readable when a database call has come back (the master's wait watches it)."""
         return self.completions.fileno()
+
+    def defer_calls(self, defer: bool) -> None:
+        """``defer``: calls reach the lanes' threads only at ``start_calls`` (the loop calls
+        it just before it sleeps: one wake-up of a lane, no hand-over of the interpreter
+        lock while the loop still runs)."""
+        for lane in self.lanes.values():
+            lane.defer = defer
+        if not defer:
+            self.start_calls()
+
+    def start_calls(self) -> None:
+        for lane in self.lanes.values():
+            lane.start()
 
     def collect(self) -> None:
         """Act on every call that came back (on the loop thread)."""
@@ -363,7 +378,9 @@ class FleetDb:
         return max(wake, now + 0.001)
 
     def _beat(self) -> Chore:
-        digest = config_hash(self.settings.fingerprint())
+        if self._digest[0] is not self.settings:  # once per configuration, not per beat
+            self._digest = (self.settings, config_hash(self.settings.fingerprint()))
+        digest = self._digest[1]
         wall = self.wall() if self.wall is not None else None
         return Chore("heartbeat", lambda: self.beats.beat(
             self.server, self.pid, __version__, self.started_wall, digest, server_time=wall),
