@@ -18,13 +18,14 @@ renewals reach the database; the first success ends it (one INFO), replays the h
 meanwhile (on the history writer thread) and retries the lease releases that failed.
 
 During an outage sync scripts are skipped (never run without a lease); other scripts run.
+
+A master's ``FleetDb`` is made at start by ``open_fleet`` (opening.py).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -33,14 +34,12 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from pandaserver import __version__, exitcodes
-from pandaserver.config import PandaConfig
+from pandaserver import __version__
 from pandaserver.config.daemon import DaemonSettings
-from pandaserver.daemons.base.clock import Clock, slack_due
+from pandaserver.daemons.base.clock import slack_due
 from pandaserver.daemons.base.runs import Run, RunRecord
 from pandaserver.daemons.fleet.failover import FailoverGate
 from pandaserver.daemons.fleet.history_keeper import HistoryKeeper
-from pandaserver.daemons.fleet.history_spool import Spool, spool_path
 from pandaserver.daemons.fleet.lanes import (
     Chore,
     Completions,
@@ -53,12 +52,8 @@ from pandaserver.daemons.fleet.lanes import (
 from pandaserver.daemons.fleet.listener import CommandListener
 from pandaserver.daemons.fleet.pruner import PruneSchedule
 from pandaserver.db import history as dbhistory
-from pandaserver.db.credentials import credentials_refused
 from pandaserver.db.engine import (
-    DatabaseConfigError,
-    default_state_dir,
     describe_db_error,
-    make_engine,
     safe_url,
 )
 from pandaserver.db.heartbeat import HeartbeatStore, config_hash
@@ -74,7 +69,6 @@ STATEMENT_TIMEOUT = 4.0  # server side: a statement stuck on a lock
 IO_TIMEOUT = 4.0  # client side: a connection with no answer (tcp_user_timeout, read timeout)
 CALL_TIMEOUT = 5.0  # the master's own bound on a lease, renewal or heartbeat call
 HOUSE_TIMEOUT = 30.0  # a pruning step and replaying a backlog may take longer
-STARTUP_SCHEMA_TIMEOUT = 15.0  # a migration of SQLite at start may take a moment
 
 
 class FleetDb:
@@ -401,63 +395,3 @@ class FleetDb:
                 self.pruner.finished(result, error, self.monotonic())
 
         self._submit("house", "prune", self.pruner.op(now), done, timeout=HOUSE_TIMEOUT)
-
-
-class StartupError(Exception):
-    """The master must not start; ``code`` is its exit status."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def open_fleet(cfg: PandaConfig, server: str, clock: Clock, member: bool = True) -> FleetDb:
-    """Connect to the configured database and check its schema (upgrading SQLite).
-
-    A newer schema, or an older one on a shared server database, refuses the start; an
-    unreachable database does not: the master starts in an outage and resumes by itself.
-    ``member``: a master of the fleet (not ``run-once``): it records run starts, replays
-    the history spooled by the last master of ``server`` and closes that master's open runs.
-    """
-    try:
-        # autocommit without a ping: one round trip per lease grant (lease statements retry
-        # once on a fresh connection after a dropped one)
-        engine = make_engine(cfg, autocommit=True, pre_ping=False,
-                             statement_timeout=STATEMENT_TIMEOUT, io_timeout=IO_TIMEOUT)
-    except (DatabaseConfigError, KeyError, ValueError) as exc:
-        raise StartupError(exitcodes.RET_CONFIG, f"database settings: {exc}") from None
-    fleet = FleetDb(engine, server, cfg.daemon, clock.monotonic, clock.wall(), wall=clock.wall,
-                    member=member)
-    outcome: list[BaseException | None] = []
-
-    def check() -> None:
-        try:
-            ensure_schema(engine)
-        except BaseException as exc:
-            outcome.append(exc)
-        else:
-            outcome.append(None)
-
-    # bounded: a database that does not answer must not keep the master from starting
-    checker = threading.Thread(target=check, name="db-schema-check", daemon=True)
-    checker.start()
-    checker.join(STARTUP_SCHEMA_TIMEOUT)
-    error = outcome[0] if outcome else TimeoutError(
-        f"no answer from the database in {STARTUP_SCHEMA_TIMEOUT:g} s")
-    if error is None:
-        fleet.schema_ok = True
-    elif isinstance(error, SchemaError):
-        raise StartupError(exitcodes.RET_SCHEMA, str(error)) from None
-    elif isinstance(error, SQLAlchemyError) and credentials_refused(error):
-        raise StartupError(exitcodes.RET_CONFIG, "the database refused the credentials:"
-                           f" {describe_db_error(error, engine.url)}; fix the user or password"
-                           " of the configuration (not an outage: retrying would not heal it)")
-    elif isinstance(error, SQLAlchemyError | TimeoutError):
-        fleet._down(clock.monotonic(), error)
-    else:
-        raise error
-    log.info("database: %s", safe_url(engine.url))
-    if member:
-        fleet.keeper.at_start(Spool(spool_path(default_state_dir(), server)),
-                              fleet.history_usable())
-    return fleet
