@@ -176,14 +176,23 @@ def test_the_look_before_the_sweep_finds_exactly_what_the_sweep_closes(
     for master in ("a", "me"):
         _age(db_engine, 100, master=master)
     _age(db_engine, 100, server="dead")
-    assert not beats.abandoned_runs(30, except_master="me"), "saw a run the sweep keeps"
+
+    def looks() -> tuple[bool, bool | None]:
+        """The look alone, and as the heartbeat's statement makes it (on PostgreSQL, one
+        statement with the beat)."""
+        return (beats.abandoned_runs(30, except_master="me"),
+                beats.beat("mine", 5, "1", born, "h", abandoned_after=30, except_master="me"))
+
+    assert looks() == (False, False), "saw a run the sweep keeps"
     assert beats.abandoned_runs(30), "missed a run of a master that never beat"
     for master, server, pid in (("d", "dead", 22), ("r", "replaced", 33), ("f", "forgot", 1)):
         history.write_many([start(1, master=master, server=server, pid=pid)])
         _age(db_engine, 100, master=master)
-        assert beats.abandoned_runs(30, except_master="me"), f"missed {master}'s open run"
+        assert looks() == (True, True), f"missed {master}'s open run"
         assert history.close_abandoned(30, except_master="me") == 1
-        assert not beats.abandoned_runs(30, except_master="me")
+        assert looks() == (False, False)
+    assert beats.beat("mine", 6, "1", born, "h") is None  # no look asked
+    assert {r.server: r.pid for r in beats.list_servers()}["mine"] == 6
 
 
 def test_unlock_closes_the_open_runs_of_that_lease(history: HistoryStore) -> None:

@@ -185,12 +185,15 @@ def test_the_sweep_of_dead_masters_runs_only_when_its_look_finds_one() -> None:
                        abandoned=lambda stale, master: found[0])
     try:
         sweep = keeper.sweep_due(1000.0, usable=True)
-        assert sweep is not None and sweep() == 0 and store.closed_abandoned == 0, \
+        assert sweep is not None and sweep(None) == 0 and store.closed_abandoned == 0, \
             "the sweep's transaction ran with nothing to close"
+        assert sweep(False) == 0 and store.closed_abandoned == 0, \
+            "the sweep's transaction ran when the heartbeat's look found nothing"
         assert keeper.sweep_due(1001.0, usable=True) is None  # once per heartbeat interval
         found[0] = True
         sweep = keeper.sweep_due(1030.0, usable=True)
-        assert sweep is not None and sweep() == 1 and store.closed_abandoned == 1
+        assert sweep is not None and sweep(None) == 1 and store.closed_abandoned == 1
+        assert sweep(True) == 1 and store.closed_abandoned == 2  # the heartbeat's look
     finally:
         keeper.writer.close(5)
         completions.close()

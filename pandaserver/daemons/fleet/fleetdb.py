@@ -337,13 +337,16 @@ class FleetDb:
         probe = self.down_since is not None and now >= self.next_probe  # back yet?
         interval = self.settings.heartbeat_interval
         chores, self.chores = self.chores, []
-        if ((slack_due(now, self.next_beat, interval) or probe) and self.usable(now)
-                and not house.busy):
-            chores.insert(0, self._beat())
+        beat = ((slack_due(now, self.next_beat, interval) or probe) and self.usable(now)
+                and not house.busy)
+        if beat:
             self.next_beat = now + interval
+        # due with the heartbeat (same interval and slack): its look rides on the beat
         sweep = self.keeper.sweep_due(now, self.history_usable())
-        if sweep is not None:  # due with the heartbeat (same interval and slack)
-            chores.append(Chore("sweep of dead masters' runs", sweep,
+        if beat:
+            chores.insert(0, self._beat(sweep))
+        elif sweep is not None:
+            chores.append(Chore("sweep of dead masters' runs", lambda: sweep(None),
                                 lambda closed, error, late: self.keeper.swept(closed)))
         if chores:
             self.house(chores)
@@ -371,14 +374,28 @@ class FleetDb:
             wake = min(wake, deadline)
         return max(wake, now + 0.001)
 
-    def _beat(self) -> Chore:
+    def _beat(self, sweep: Callable[[bool | None], int] | None = None) -> Chore:
+        """The heartbeat; with ``sweep``, the sweep of dead masters' runs too: the beat's
+        statement looks for such runs (on PostgreSQL in the same round trip) and the sweep
+        runs only when it found one."""
         if self._digest[0] is not self.settings:  # once per configuration, not per beat
             self._digest = (self.settings, config_hash(self.settings.fingerprint()))
         digest = self._digest[1]
         wall = self.wall() if self.wall is not None else None
-        return Chore("heartbeat", lambda: self.beats.beat(
-            self.server, self.pid, __version__, self.started_wall, digest, server_time=wall),
-            lambda result, error, late: None)
+        beats, server, pid, started = self.beats, self.server, self.pid, self.started_wall
+        if sweep is None:
+            return Chore("heartbeat", lambda: beats.beat(
+                server, pid, __version__, started, digest, server_time=wall),
+                lambda result, error, late: None)
+        stale, master_id, keeper = self.keeper.stale_after(), self.master_id, self.keeper
+
+        def run() -> int:
+            return sweep(beats.beat(server, pid, __version__, started, digest,
+                                    server_time=wall, abandoned_after=stale,
+                                    except_master=master_id))
+
+        return Chore("heartbeat + sweep of dead masters' runs", run,
+                     lambda closed, error, late: keeper.swept(closed))
 
     def house(self, chores: list[Chore]) -> None:
         """``chores`` as one call of the ``house`` lane: one wake-up of the lane and one

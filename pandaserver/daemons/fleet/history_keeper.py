@@ -170,19 +170,27 @@ class HistoryKeeper:
             wake = min(wake, self.next_resubmit)
         return wake
 
-    def sweep_due(self, now: float, usable: bool) -> Callable[[], int] | None:
+    def stale_after(self) -> float:
+        """Seconds without a heartbeat after which a master is dead (its runs ``lost``)."""
+        return LOST_AFTER_BEATS * self.heartbeat_interval()
+
+    def sweep_due(self, now: float, usable: bool) -> Callable[[bool | None], int] | None:
         """The sweep of dead masters' open runs when it is due (then the next is set), which
-        the fleet sends with its heartbeat (one wake-up for both): a read that looks for
-        such runs (``abandoned``), and the sweep's transaction only when it finds one."""
+        the fleet sends with its heartbeat (one wake-up for both). ``sweep(found)`` runs on
+        the lane: ``found`` is what a look for such runs said (the heartbeat's statement
+        looks too: ``HeartbeatStore.beat``), None to look first (``abandoned``); the
+        sweep's transaction runs only when one was found."""
         interval = self.heartbeat_interval()
         if not (usable and self.member and slack_due(now, self.next_sweep, interval)):
             return None
         self.next_sweep = now + interval
-        stale = LOST_AFTER_BEATS * interval
+        stale = self.stale_after()
         history, master_id, abandoned = self.history, self.master_id, self.abandoned
 
-        def sweep() -> int:
-            if abandoned is not None and not abandoned(stale, master_id):
+        def sweep(found: bool | None) -> int:
+            if found is None and abandoned is not None:
+                found = abandoned(stale, master_id)
+            if found is False:
                 return 0
             return history.close_abandoned(stale, master_id)
 
@@ -191,9 +199,8 @@ class HistoryKeeper:
     def swept(self, closed: int | None) -> None:
         """The sweep's answer (None: it failed; the fleet said why)."""
         if closed:
-            stale = LOST_AFTER_BEATS * self.heartbeat_interval()
             log.info("closed %d open run(s) as lost: runs of masters silent for %g s", closed,
-                     stale)
+                     self.stale_after())
 
     def flush(self, usable: bool) -> None:
         """Hand the queued writes to the writer thread (or keep them, during an outage)."""
