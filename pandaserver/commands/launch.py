@@ -109,7 +109,7 @@ def build_master(cfg: PandaConfig, args: argparse.Namespace, **options: Any) -> 
     Raises ``StartupError`` (with the exit status) when the database refuses the start.
     """
     from pandaserver.daemons.base.clock import SystemClock, wall_offset_from_env
-    from pandaserver.daemons.fleet.fleetdb import StartupError, open_fleet
+    from pandaserver.daemons.fleet.opening import StartupError, open_fleet
     from pandaserver.daemons.master.loop import Master
     from pandaserver.daemons.master.schedule import late_floor_from_env
 

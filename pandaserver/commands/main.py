@@ -156,7 +156,7 @@ def _run(cfg: PandaConfig, args: argparse.Namespace, early: Prespawned | None) -
     try:
         master = build_master(cfg, args, processes=early)
     except Exception as exc:
-        from pandaserver.daemons.fleet.fleetdb import StartupError
+        from pandaserver.daemons.fleet.opening import StartupError
 
         if not isinstance(exc, StartupError):
             raise
@@ -197,8 +197,8 @@ def cmd_run_once(cfg: PandaConfig, args: argparse.Namespace) -> int:
     if not settings.scripts[args.name].enable:
         log.info("script %s is disabled in the config; running it anyway, as asked", args.name)
     from pandaserver.daemons.base.clock import SystemClock
-    from pandaserver.daemons.fleet.fleetdb import StartupError, open_fleet
     from pandaserver.daemons.fleet.leasemanager import LocalLeases
+    from pandaserver.daemons.fleet.opening import StartupError, open_fleet
 
     clock = SystemClock()
     try:

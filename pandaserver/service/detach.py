@@ -130,7 +130,7 @@ def become_master(plan: Plan, ready: Callable[[int], None]) -> int:
 
     Raises ``StartError`` for any failure before ``ready``.
     """
-    from pandaserver.daemons.fleet.fleetdb import StartupError
+    from pandaserver.daemons.fleet.opening import StartupError
     from pandaserver.daemons.master import loop as _master  # noqa: F401 - imported while readable
 
     # Once the pid file is locked, reload and reopen-logs can find this process: until the

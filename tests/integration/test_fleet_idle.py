@@ -51,8 +51,8 @@ def test_heartbeat_sweep_and_command_read_are_one_call_then_sleep_until_the_next
         wake = fleet.tick(clock.now)
         house = fleet.lanes["house"]
         assert house.current is not None and not house.pending, "more than one call"
-        assert house.current.what == ("heartbeat + operator commands + sweep of dead"
-                                      " masters' runs")
+        assert house.current.what == ("heartbeat + sweep of dead masters' runs + operator"
+                                      " commands")
         assert wake == house.current.deadline  # only the call's own bound, while it runs
         answered(fleet)
         assert got == [("read", None)] and fleet.down_since is None

@@ -152,6 +152,40 @@ def test_sweep_closes_runs_whose_master_stopped_beating(history: HistoryStore,
     assert history.close_abandoned(30, except_master="me") == 0
 
 
+def test_the_look_before_the_sweep_finds_exactly_what_the_sweep_closes(
+        history: HistoryStore, db_engine: Engine) -> None:
+    """The heartbeat's cheap look (``abandoned_runs``) decides whether the sweep runs at
+    all: it must see every run the sweep would close, and nothing else."""
+    beats = HeartbeatStore(db_engine)
+    born = datetime(2024, 1, 1, tzinfo=UTC)
+    beats.beat("alive", 11, "1", born, "h")
+    beats.beat("dead", 22, "1", born, "h")
+    beats.beat("replaced", 99, "1", born, "h")
+    history.write_many([start(1, master="a", server="alive", pid=11),
+                        start(1, master="young", server="dead", pid=22),
+                        start(1, master="me", server="mine")])
+    for master in ("a", "me"):
+        _age(db_engine, 100, master=master)
+    _age(db_engine, 100, server="dead")
+
+    def looks() -> tuple[bool, bool | None]:
+        """The look alone, and as the heartbeat's statement makes it (on PostgreSQL, one
+        statement with the beat)."""
+        return (beats.abandoned_runs(30, except_master="me"),
+                beats.beat("mine", 5, "1", born, "h", abandoned_after=30, except_master="me"))
+
+    assert looks() == (False, False), "saw a run the sweep keeps"
+    assert beats.abandoned_runs(30), "missed a run of a master that never beat"
+    for master, server, pid in (("d", "dead", 22), ("r", "replaced", 33), ("f", "forgot", 1)):
+        history.write_many([start(1, master=master, server=server, pid=pid)])
+        _age(db_engine, 100, master=master)
+        assert looks() == (True, True), f"missed {master}'s open run"
+        assert history.close_abandoned(30, except_master="me") == 1
+        assert looks() == (False, False)
+    assert beats.beat("mine", 6, "1", born, "h") is None  # no look asked
+    assert {r.server: r.pid for r in beats.list_servers()}["mine"] == 6
+
+
 def test_unlock_closes_the_open_runs_of_that_lease(history: HistoryStore) -> None:
     history.write_many([start(2, "sync_a", generation=9)])
     history.write_many([start(1, "sync_a", generation=3), start(3, "sync_b", generation=3)])

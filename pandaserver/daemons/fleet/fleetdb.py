@@ -18,13 +18,14 @@ renewals reach the database; the first success ends it (one INFO), replays the h
 meanwhile (on the history writer thread) and retries the lease releases that failed.
 
 During an outage sync scripts are skipped (never run without a lease); other scripts run.
+
+A master's ``FleetDb`` is made at start by ``open_fleet`` (opening.py).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -33,15 +34,13 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from pandaserver import __version__, exitcodes
-from pandaserver.config import PandaConfig
+from pandaserver import __version__
 from pandaserver.config.daemon import DaemonSettings
-from pandaserver.daemons.base.clock import Clock, slack_due
+from pandaserver.daemons.base.clock import slack_due
 from pandaserver.daemons.base.runs import Run, RunRecord
 from pandaserver.daemons.fleet.failover import FailoverGate
 from pandaserver.daemons.fleet.history.keeper import HistoryKeeper
 from pandaserver.daemons.fleet.history.pruner import PruneSchedule
-from pandaserver.daemons.fleet.history.spool import Spool, spool_path
 from pandaserver.daemons.fleet.lanes import (
     Chore,
     Completions,
@@ -52,12 +51,8 @@ from pandaserver.daemons.fleet.lanes import (
     chores_call,
 )
 from pandaserver.daemons.fleet.listener import CommandListener
-from pandaserver.db.base.credentials import credentials_refused
 from pandaserver.db.base.engine import (
-    DatabaseConfigError,
-    default_state_dir,
     describe_db_error,
-    make_engine,
     safe_url,
 )
 from pandaserver.db.base.schema import SchemaError, ensure_schema
@@ -74,7 +69,6 @@ STATEMENT_TIMEOUT = 4.0  # server side: a statement stuck on a lock
 IO_TIMEOUT = 4.0  # client side: a connection with no answer (tcp_user_timeout, read timeout)
 CALL_TIMEOUT = 5.0  # the master's own bound on a lease, renewal or heartbeat call
 HOUSE_TIMEOUT = 30.0  # a pruning step and replaying a backlog may take longer
-STARTUP_SCHEMA_TIMEOUT = 15.0  # a migration of SQLite at start may take a moment
 
 
 class FleetDb:
@@ -112,12 +106,13 @@ class FleetDb:
         self.pruner = PruneSchedule(engine, lambda: self.settings)  # pruner.py
         self.master_id = uuid.uuid4().hex  # this master's runs in the history
         self.holder = Holder(server, self.pid, self.master_id)  # ... and its leases
+        self.completions = Completions()
         self.keeper = HistoryKeeper(
             self.history, server=server, master_id=self.master_id, master_pid=self.pid,
             monotonic=monotonic, heartbeat_interval=lambda: self.settings.heartbeat_interval,
             url=engine.url, on_outage=lambda exc: self._down(self.monotonic(), exc),
-            on_written=self._history_written, member=member)
-        self.completions = Completions()
+            on_written=self._history_written, member=member,
+            abandoned=self.beats.abandoned_runs, wake=self.completions.wake)
         tracker = ConnectionTracker(engine)
         self.lanes = {name: Lane(name, self.completions, tracker)
                       for name in ("lease", "renew", "house", "look")}
@@ -125,11 +120,25 @@ class FleetDb:
         self.listener = (CommandListener(engine, probe_interval)
                          if member and CommandListener.supported(engine) else None)
         self.chores: list[Chore] = []  # house calls sent with the next tick's (``house``)
+        self._digest: tuple[DaemonSettings | None, str] = (None, "")  # the config hash
 
     # ----- the loop's side of the lanes ---------------------------------------------------
     def fileno(self) -> int:
         """Readable when a database call has come back (the master's wait watches it)."""
         return self.completions.fileno()
+
+    def defer_calls(self, defer: bool) -> None:
+        """``defer``: calls reach the lanes' threads only at ``start_calls`` (the loop calls
+        it just before it sleeps: one wake-up of a lane, no hand-over of the interpreter
+        lock while the loop still runs)."""
+        for lane in self.lanes.values():
+            lane.defer = defer
+        if not defer:
+            self.start_calls()
+
+    def start_calls(self) -> None:
+        for lane in self.lanes.values():
+            lane.start()
 
     def collect(self) -> None:
         """Act on every call that came back (on the loop thread)."""
@@ -329,13 +338,16 @@ class FleetDb:
         probe = self.down_since is not None and now >= self.next_probe  # back yet?
         interval = self.settings.heartbeat_interval
         chores, self.chores = self.chores, []
-        if ((slack_due(now, self.next_beat, interval) or probe) and self.usable(now)
-                and not house.busy):
-            chores.insert(0, self._beat())
+        beat = ((slack_due(now, self.next_beat, interval) or probe) and self.usable(now)
+                and not house.busy)
+        if beat:
             self.next_beat = now + interval
+        # due with the heartbeat (same interval and slack): its look rides on the beat
         sweep = self.keeper.sweep_due(now, self.history_usable())
-        if sweep is not None:  # due with the heartbeat (same interval and slack)
-            chores.append(Chore("sweep of dead masters' runs", sweep,
+        if beat:
+            chores.insert(0, self._beat(sweep))
+        elif sweep is not None:
+            chores.append(Chore("sweep of dead masters' runs", lambda: sweep(None),
                                 lambda closed, error, late: self.keeper.swept(closed)))
         if chores:
             self.house(chores)
@@ -363,12 +375,28 @@ class FleetDb:
             wake = min(wake, deadline)
         return max(wake, now + 0.001)
 
-    def _beat(self) -> Chore:
-        digest = config_hash(self.settings.fingerprint())
+    def _beat(self, sweep: Callable[[bool | None], int] | None = None) -> Chore:
+        """The heartbeat; with ``sweep``, the sweep of dead masters' runs too: the beat's
+        statement looks for such runs (on PostgreSQL in the same round trip) and the sweep
+        runs only when it found one."""
+        if self._digest[0] is not self.settings:  # once per configuration, not per beat
+            self._digest = (self.settings, config_hash(self.settings.fingerprint()))
+        digest = self._digest[1]
         wall = self.wall() if self.wall is not None else None
-        return Chore("heartbeat", lambda: self.beats.beat(
-            self.server, self.pid, __version__, self.started_wall, digest, server_time=wall),
-            lambda result, error, late: None)
+        beats, server, pid, started = self.beats, self.server, self.pid, self.started_wall
+        if sweep is None:
+            return Chore("heartbeat", lambda: beats.beat(
+                server, pid, __version__, started, digest, server_time=wall),
+                lambda result, error, late: None)
+        stale, master_id, keeper = self.keeper.stale_after(), self.master_id, self.keeper
+
+        def run() -> int:
+            return sweep(beats.beat(server, pid, __version__, started, digest,
+                                    server_time=wall, abandoned_after=stale,
+                                    except_master=master_id))
+
+        return Chore("heartbeat + sweep of dead masters' runs", run,
+                     lambda closed, error, late: keeper.swept(closed))
 
     def house(self, chores: list[Chore]) -> None:
         """``chores`` as one call of the ``house`` lane: one wake-up of the lane and one
@@ -385,63 +413,3 @@ class FleetDb:
                 self.pruner.finished(result, error, self.monotonic())
 
         self._submit("house", "prune", self.pruner.op(now), done, timeout=HOUSE_TIMEOUT)
-
-
-class StartupError(Exception):
-    """The master must not start; ``code`` is its exit status."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def open_fleet(cfg: PandaConfig, server: str, clock: Clock, member: bool = True) -> FleetDb:
-    """Connect to the configured database and check its schema (upgrading SQLite).
-
-    A newer schema, or an older one on a shared server database, refuses the start; an
-    unreachable database does not: the master starts in an outage and resumes by itself.
-    ``member``: a master of the fleet (not ``run-once``): it records run starts, replays
-    the history spooled by the last master of ``server`` and closes that master's open runs.
-    """
-    try:
-        # autocommit without a ping: one round trip per lease grant (lease statements retry
-        # once on a fresh connection after a dropped one)
-        engine = make_engine(cfg, autocommit=True, pre_ping=False,
-                             statement_timeout=STATEMENT_TIMEOUT, io_timeout=IO_TIMEOUT)
-    except (DatabaseConfigError, KeyError, ValueError) as exc:
-        raise StartupError(exitcodes.RET_CONFIG, f"database settings: {exc}") from None
-    fleet = FleetDb(engine, server, cfg.daemon, clock.monotonic, clock.wall(), wall=clock.wall,
-                    member=member)
-    outcome: list[BaseException | None] = []
-
-    def check() -> None:
-        try:
-            ensure_schema(engine)
-        except BaseException as exc:
-            outcome.append(exc)
-        else:
-            outcome.append(None)
-
-    # bounded: a database that does not answer must not keep the master from starting
-    checker = threading.Thread(target=check, name="db-schema-check", daemon=True)
-    checker.start()
-    checker.join(STARTUP_SCHEMA_TIMEOUT)
-    error = outcome[0] if outcome else TimeoutError(
-        f"no answer from the database in {STARTUP_SCHEMA_TIMEOUT:g} s")
-    if error is None:
-        fleet.schema_ok = True
-    elif isinstance(error, SchemaError):
-        raise StartupError(exitcodes.RET_SCHEMA, str(error)) from None
-    elif isinstance(error, SQLAlchemyError) and credentials_refused(error):
-        raise StartupError(exitcodes.RET_CONFIG, "the database refused the credentials:"
-                           f" {describe_db_error(error, engine.url)}; fix the user or password"
-                           " of the configuration (not an outage: retrying would not heal it)")
-    elif isinstance(error, SQLAlchemyError | TimeoutError):
-        fleet._down(clock.monotonic(), error)
-    else:
-        raise error
-    log.info("database: %s", safe_url(engine.url))
-    if member:
-        fleet.keeper.at_start(Spool(spool_path(default_state_dir(), server)),
-                              fleet.history_usable())
-    return fleet

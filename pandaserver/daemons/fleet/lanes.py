@@ -35,6 +35,16 @@ from pandaserver.db.base.engine import socket_of
 log = logging.getLogger("panda.master")
 
 
+def name_thread(name: str) -> None:
+    """Give the calling thread ``name`` in the kernel too (``top -H``, ``ps -L``,
+    ``/proc/PID/task/TID/comm``, the idle benchmark's ``--threads``): cosmetic."""
+    try:
+        import setproctitle
+    except ImportError:  # pragma: no cover - a dependency; names are cosmetic
+        return
+    setproctitle.setthreadtitle(name)
+
+
 @dataclass(eq=False)
 class Op:
     """One database call. ``run`` executes on a lane thread; ``done(result, error, late)``
@@ -120,6 +130,11 @@ class Completions:
 
     def post(self, lane: Lane, op: Op) -> None:
         self._queue.put((lane, op))
+        self.wake()
+
+    def wake(self) -> None:
+        """Make ``fileno`` readable (from any thread): the loop's wait returns. Others that
+        answer the loop (the history writer) wake it so too."""
         with contextlib.suppress(BlockingIOError, OSError):  # a full pipe is awake already
             os.write(self._write, b"x")
 
@@ -198,6 +213,11 @@ class Lane:
         self.pending: deque[Op] = deque()
         self.current: Op | None = None
         self.abandoned = 0
+        # ``defer``: the current op reaches the thread at ``start``, which the master calls
+        # just before its wait; the thread then wakes while the loop sleeps and never
+        # waits for the interpreter lock the loop holds (nor makes the loop wait for it)
+        self.defer = False
+        self._unsent: Op | None = None
         self._runner = self._start_runner()
 
     def _start_runner(self) -> _Runner:
@@ -209,6 +229,7 @@ class Lane:
         return runner
 
     def _work(self, runner: _Runner) -> None:
+        name_thread(f"db-{self.name}")
         while True:
             op = runner.inbox.get()
             if op is None:
@@ -230,6 +251,15 @@ class Lane:
             op.started = now
             op.deadline = now + op.timeout
             self.current = op
+            if self.defer:
+                self._unsent = op
+            else:
+                self._runner.inbox.put(op)
+
+    def start(self) -> None:
+        """Hand the current op to the thread, if it has not been yet (``defer``)."""
+        op, self._unsent = self._unsent, None
+        if op is not None and op is self.current:
             self._runner.inbox.put(op)
 
     @property
@@ -259,6 +289,7 @@ class Lane:
         if self.tracker is not None:
             self.tracker.cut(old.thread.ident)
         old.inbox.put(None)  # it exits after the stuck op returns, if ever
+        self._unsent = None
         self._runner = self._start_runner()
         self.current = None
         self.pump(now)

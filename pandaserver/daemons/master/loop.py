@@ -198,8 +198,12 @@ class Master:
         log.info("master started on %s (pid %d): %d scripts%s, %d workers", self.server,
                  os.getpid(), len(self.dispatcher.scripts) - held,
                  f" ({held} more wait until their module imports)" if held else "", self.n_proc)
+        if self.fleet is not None:  # database calls start as the loop goes to sleep
+            self.fleet.defer_calls(True)
         while (next_event := self.turn()) is not None:
             self._wait(next_event - self.clock.monotonic())
+        if self.fleet is not None:
+            self.fleet.defer_calls(False)
         self.containment.close()
         if self.status is not None:
             self.status.close(self, self.clock.monotonic())
@@ -273,6 +277,8 @@ class Master:
                 key = None
             if key is None:
                 self._selector.register(fd, selectors.EVENT_READ, data)
+        if self.fleet is not None:  # the last thing before the wait (``defer_calls``)
+            self.fleet.start_calls()
         events = self._selector.select(max(0.0, timeout))
         exits = []
         for key, _ in events:

@@ -14,7 +14,8 @@ Used only from the master's loop (``FleetDb`` owns one); the writes themselves r
 - Runs of dead masters are closed as ``lost``: at this master's start those of earlier
   masters of its server (``mark_lost``), and every heartbeat interval those of any master
   with no heartbeat for ``LOST_AFTER_BEATS`` intervals (``close_abandoned``, sent by the
-  fleet in its heartbeat's call: ``sweep_due``). A start under
+  fleet in its heartbeat's call: ``sweep_due``; a read looks first, so the sweep's
+  transaction runs only when it has runs to close). A start under
   a new lease generation closes the older generation's open run (``write_many``).
 - At stop, whatever is not written after ``close``'s wait is saved in the spool file and
   reported with its count; the next start replays it (``spool.py``).
@@ -64,7 +65,9 @@ class HistoryKeeper:
                  master_pid: int, monotonic: Callable[[], float],
                  heartbeat_interval: Callable[[], float], url: URL,
                  on_outage: Callable[[SQLAlchemyError], None],
-                 on_written: Callable[[], None], member: bool = True) -> None:
+                 on_written: Callable[[], None], member: bool = True,
+                 abandoned: Callable[[float, str], bool] | None = None,
+                 wake: Callable[[], None] | None = None) -> None:
         self.history = history
         self.server = server
         self.master_id = master_id
@@ -75,10 +78,12 @@ class HistoryKeeper:
         self.on_outage = on_outage
         self.on_written = on_written
         self.member = member  # a fleet member (not run-once): starts, sweeps, spool
+        # (stale after, this master's id) -> whether the sweep has anything to close
+        self.abandoned = abandoned
         self.pending = PendingWrites(clock=monotonic)
         self.batch: list[Stamped] = []
         self.flush_at: float | None = None
-        self.writer = HistoryWriter(history, monotonic)
+        self.writer = HistoryWriter(history, monotonic, wake)  # each answer wakes the loop
         self.spool: Spool | None = None
         self.spooled: set[tuple[str, Any, Any]] = set()  # keys replayed, not yet written
         self.next_sweep = 0.0
@@ -158,31 +163,44 @@ class HistoryKeeper:
             self.writer.submit(call=lambda h: h.mark_lost(self.server, self.master_id, why),
                                what="runs of the previous master of this server")
         interval = self.heartbeat_interval()
-        # the sweep's time is the fleet's to wake for (``sweep_due``, sent with a heartbeat)
+        # the sweep's time is the fleet's to wake for (``sweep_due``, sent with a heartbeat);
+        # the writer's answers wake the loop themselves (``wake``): no timed look for them
         wake = self.flush_at if self.flush_at is not None else now + interval
-        if self.writer.busy:  # look for the writer's answer soon (it needs no wake-up of ours)
-            wake = min(wake, now + HISTORY_BATCH)
-        if self.pending and usable:
+        if self.pending and usable and not self.writer.busy:  # else its answer wakes us
             wake = min(wake, self.next_resubmit)
         return wake
 
-    def sweep_due(self, now: float, usable: bool) -> Callable[[], int] | None:
-        """The sweep of dead masters' open runs when it is due (then the next is set): one
-        statement, which the fleet sends with its heartbeat (one wake-up for both)."""
+    def stale_after(self) -> float:
+        """Seconds without a heartbeat after which a master is dead (its runs ``lost``)."""
+        return LOST_AFTER_BEATS * self.heartbeat_interval()
+
+    def sweep_due(self, now: float, usable: bool) -> Callable[[bool | None], int] | None:
+        """The sweep of dead masters' open runs when it is due (then the next is set), which
+        the fleet sends with its heartbeat (one wake-up for both). ``sweep(found)`` runs on
+        the lane: ``found`` is what a look for such runs said (the heartbeat's statement
+        looks too: ``HeartbeatStore.beat``), None to look first (``abandoned``); the
+        sweep's transaction runs only when one was found."""
         interval = self.heartbeat_interval()
         if not (usable and self.member and slack_due(now, self.next_sweep, interval)):
             return None
         self.next_sweep = now + interval
-        stale = LOST_AFTER_BEATS * interval
-        history, master_id = self.history, self.master_id
-        return lambda: history.close_abandoned(stale, master_id)
+        stale = self.stale_after()
+        history, master_id, abandoned = self.history, self.master_id, self.abandoned
+
+        def sweep(found: bool | None) -> int:
+            if found is None and abandoned is not None:
+                found = abandoned(stale, master_id)
+            if found is False:
+                return 0
+            return history.close_abandoned(stale, master_id)
+
+        return sweep
 
     def swept(self, closed: int | None) -> None:
         """The sweep's answer (None: it failed; the fleet said why)."""
         if closed:
-            stale = LOST_AFTER_BEATS * self.heartbeat_interval()
             log.info("closed %d open run(s) as lost: runs of masters silent for %g s", closed,
-                     stale)
+                     self.stale_after())
 
     def flush(self, usable: bool) -> None:
         """Hand the queued writes to the writer thread (or keep them, during an outage)."""

@@ -5,7 +5,8 @@ was made) or a call (one statement, such as closing the runs of dead masters). T
 takes every row job queued when it is free and writes them as one batch, one transaction
 (group commit: a busy master gets bigger batches, an idle one a commit per run), moving
 each row's times back by how long it waited. Results go back on a queue that the master
-drains in its loop; the master alone decides what an error means.
+drains in its loop, woken by each (``wake``: the master's wait watches the pipe it writes
+to); the master alone decides what an error means.
 
 A batch refused by the database for its data (``bad_rows``: an integrity, data or
 programming error) is retried row by row, so one bad row never costs the others; the rows
@@ -32,6 +33,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from pandaserver.daemons.fleet.lanes import name_thread
 from pandaserver.db.stores.history import HistoryStore
 from pandaserver.db.stores.runrecords import PendingItem
 
@@ -83,9 +85,13 @@ _STOP = Job(-1)
 
 
 class HistoryWriter:
-    def __init__(self, history: HistoryStore, clock: Callable[[], float]) -> None:
+    def __init__(self, history: HistoryStore, clock: Callable[[], float],
+                 wake: Callable[[], None] | None = None) -> None:
+        """``wake``: called on the thread after each result is queued, so the master's wait
+        (which watches what it writes to) wakes for it rather than look again and again."""
         self._history = history
         self._clock = clock
+        self._wake = wake
         self._todo: queue.SimpleQueue[Job] = queue.SimpleQueue()
         self._done: queue.SimpleQueue[Written] = queue.SimpleQueue()
         self._next_id = 0
@@ -127,7 +133,13 @@ class HistoryWriter:
         return self.results()
 
     # ----- the thread ---------------------------------------------------------------------
+    def _answer(self, result: Written) -> None:
+        self._done.put(result)
+        if self._wake is not None:
+            self._wake()
+
     def _work(self) -> None:
+        name_thread("history-writer")
         carried: Job | None = None
         while True:
             job = carried if carried is not None else self._todo.get()
@@ -162,9 +174,9 @@ class HistoryWriter:
             if bad_rows(exc):
                 self._one_by_one(ids, rows)
             else:
-                self._done.put(Written(ids, failed=rows, error=exc))
+                self._answer(Written(ids, failed=rows, error=exc))
             return
-        self._done.put(Written(ids, written=rows, value=closed))
+        self._answer(Written(ids, written=rows, value=closed))
 
     def _one_by_one(self, ids: tuple[int, ...], rows: list[Stamped]) -> None:
         written: list[Stamped] = []
@@ -175,19 +187,19 @@ class HistoryWriter:
                 closed += self._history.write_many(self._aged([row]))
             except BaseException as exc:
                 if not bad_rows(exc):
-                    self._done.put(Written(ids, written, rows[index:], refused, exc,
+                    self._answer(Written(ids, written, rows[index:], refused, exc,
                                            value=closed))
                     return
                 refused.append((row, exc))
             else:
                 written.append(row)
-        self._done.put(Written(ids, written, [], refused, value=closed))
+        self._answer(Written(ids, written, [], refused, value=closed))
 
     def _call(self, job: Job) -> None:
         assert job.call is not None
         try:
             value = job.call(self._history)
         except BaseException as exc:
-            self._done.put(Written((job.id,), error=exc, what=job.what))
+            self._answer(Written((job.id,), error=exc, what=job.what))
         else:
-            self._done.put(Written((job.id,), what=job.what, value=value))
+            self._answer(Written((job.id,), what=job.what, value=value))
