@@ -39,6 +39,7 @@ from pandaserver.config.daemon import DaemonSettings
 from pandaserver.daemons.base.clock import Clock, slack_due
 from pandaserver.daemons.base.runs import Run, RunRecord
 from pandaserver.daemons.fleet.failover import FailoverGate
+from pandaserver.daemons.fleet.history_journal import Journal, journal_path
 from pandaserver.daemons.fleet.history_keeper import HistoryKeeper
 from pandaserver.daemons.fleet.history_spool import Spool, spool_path
 from pandaserver.daemons.fleet.lanes import (
@@ -442,6 +443,7 @@ def open_fleet(cfg: PandaConfig, server: str, clock: Clock, member: bool = True)
         raise error
     log.info("database: %s", safe_url(engine.url))
     if member:
-        fleet.keeper.at_start(Spool(spool_path(default_state_dir(), server)),
-                              fleet.history_usable())
+        state_dir = default_state_dir()
+        fleet.keeper.at_start(Spool(spool_path(state_dir, server)), fleet.history_usable(),
+                              Journal(journal_path(state_dir, server), clock.monotonic))
     return fleet
