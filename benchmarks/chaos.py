@@ -31,11 +31,10 @@ At the end everything is healed, every script must run again on every master tha
 (sync: on any), the fleet is stopped with SIGTERM and the invariants are checked:
 no two runs of a sync script lived at once (and generations grow with starts); every run
 that started has exactly one history row, with an outcome; no row left ``running``, no
-lease left held; every master stopped with status 0; no process left. One exception is
-documented (docs/database.md, "Run history") and listed apart, not as a violation: a run
-with no row whose master was killed with kill -9 within 1 s of the run's start (its start
-row is queued up to 0.25 s before it is written) or while that master was in an outage
-(its rows kept in memory). Figures: the faults
+lease left held; every master stopped with status 0; no process left. A run whose master
+was killed with kill -9 just after its start, or during an outage, is no exception: its
+start is in the master's history journal (docs/database.md, "Run history"), so a run with
+no row is a violation. Figures: the faults
 injected, each non-sync script's longest gap between starts on each master outside that
 master's own faults (stop, kill, worker kill; plus 3 s of settling) and overall, and each
 sync script's longest time with no run fleet-wide (with the faults it overlapped).
@@ -87,7 +86,6 @@ PAUSE = (2.0, 6.0)  # healthy seconds between two faults
 RECOVERY = 90.0  # after the heal: every script runs again within this (a liveness bound)
 HIT_HOLDER = 0.7  # how often a partition, stop or kill hits the holder of "long" ...
 HOLDER_WAIT = 20.0  # ... waited for this long when nobody holds it
-KILLED_WITH_ITS_START = 1.0  # a run's start row may die with its master this long after it
 
 
 def scripts() -> dict[str, dict[str, Any]]:
@@ -105,7 +103,6 @@ class Fault:
     start: float  # monotonic
     end: float = 0.0
     detail: str = ""
-    in_outage: bool = False  # master-kill: the killed master was in a database outage
 
     def own_window(self) -> tuple[float, float]:
         return self.start, self.end + SETTLE
@@ -181,8 +178,6 @@ def master_kill(chaos: Chaos, rng: random.Random) -> Fault:
     chaos.fleet.masters[server].signal(signal.SIGKILL)
     chaos.hold(seconds)
     master = chaos.fleet.start(server)
-    killed = chaos.fleet.retired[-1][1].log()
-    fault.in_outage = killed.rfind("database unavailable") > killed.rfind("available again")
     try:
         master.wait_log("master started", timeout=60)
         fault.detail = f"down {seconds:.1f} s, started again in" \
@@ -259,24 +254,9 @@ def sync_gap(found: list[dict[str, Any]], faults: list[Fault]) -> dict[str, Any]
     return best
 
 
-def documented_loss(server: str, t: float, faults: list[Fault]) -> Fault | None:
-    """The kill -9 that took a run's history with it, as docs/database.md says it may: the
-    run's start was still in its master's memory (queued for at most HISTORY_BATCH, 0.25 s,
-    then written: 1 s allowed here) or kept there during an outage."""
-    for fault in faults:
-        if fault.kind == "master-kill" and fault.target == server and t <= fault.start and \
-                (fault.start - t <= KILLED_WITH_ITS_START or fault.in_outage):
-            before = [f.start for f in faults if f.kind == "master-kill" and f.target == server
-                      and f.start < fault.start]
-            if not before or t > max(before):  # a run of the incarnation this kill ended
-                return fault
-    return None
-
-
-def history_problems(cluster: PgCluster, fleet: Fleet, names: list[str],
-                     faults: list[Fault], documented: list[str]) -> list[str]:
-    """Violations of "one history row with an outcome per run"; the runs whose row a kill -9
-    took as documented go to ``documented`` instead."""
+def history_problems(cluster: PgCluster, fleet: Fleet, names: list[str]) -> list[str]:
+    """Violations of "one history row with an outcome per run" (a kill -9 of the master
+    included: the run's start is in its journal)."""
     db = str(fleet.url.database)
     rows = cluster.sql("SELECT script, server, pid, run_id, outcome, master_id FROM daemon_run"
                        " WHERE outcome <> 'skipped'", db)
@@ -290,13 +270,7 @@ def history_problems(cluster: PgCluster, fleet: Fleet, names: list[str],
         for name in names:
             for start in fleet.starts(server, name):
                 count = by_run[(name, server, start["pid"], start.get("run"))]
-                killer = documented_loss(server, start["t"], faults) if count == 0 else None
-                if killer is not None:
-                    documented.append(
-                        f"run {start.get('run')} of {name} on {server}: no row, its master"
-                        f" killed {killer.start - start['t']:.2f} s after the run started"
-                        + (" during an outage" if killer.in_outage else ""))
-                elif count != 1:
+                if count != 1:
                     problems.append(f"run {start.get('run')} of {name} on {server} (worker"
                                     f" {start['pid']}) started and has {count} history rows")
     held = cluster.sql("SELECT name, owner_server, generation FROM daemon_lease"
@@ -332,8 +306,7 @@ def run_chaos(minutes: float, seed: int, kinds: list[str] | None = None,
     proxies = {server: FaultProxy(cluster.port) for server in SERVERS}
     fleet = Fleet(cluster, "chaos")
     chaos = Chaos(cluster, fleet, proxies)
-    report: dict[str, Any] = {"minutes": minutes, "seed": seed, "kinds": kinds,
-                              "documented_losses": []}
+    report: dict[str, Any] = {"minutes": minutes, "seed": seed, "kinds": kinds}
     violations: list[str] = []
     try:
         for server in SERVERS:
@@ -367,8 +340,7 @@ def run_chaos(minutes: float, seed: int, kinds: list[str] | None = None,
             generations = [r["generation"] for r in found]
             if generations != sorted(set(generations)):
                 violations.append(f"{name}: generations out of step with starts: {generations}")
-        violations += history_problems(cluster, fleet, [*SYNC, *LOCAL], chaos.faults,
-                                       report["documented_losses"])
+        violations += history_problems(cluster, fleet, [*SYNC, *LOCAL])
         report["figures"] = figures(chaos, cluster)
     finally:
         if keep:
@@ -421,8 +393,6 @@ def render(report: dict[str, Any], out: TextIO) -> None:
     for name, gap in fig.get("sync_longest_without_a_run", {}).items():
         print(f"  {name}: {fig['sync_runs'][name]} runs, {gap['seconds']} s"
               f"  {', '.join(gap['during']) or '-'}", file=out)
-    for line in report["documented_losses"]:
-        print(f"history lost to kill -9 as documented (docs/database.md): {line}", file=out)
     if report["violations"]:
         print(f"INVARIANTS VIOLATED ({len(report['violations'])}):", file=out)
         for line in report["violations"]:

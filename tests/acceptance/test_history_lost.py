@@ -180,3 +180,40 @@ def test_stop_during_an_outage_then_start_loses_no_history(
     assert ran <= {r.run_id for r in rows}, f"runs without a row: {ran - {r.run_id for r in rows}}"
     assert all(r.outcome == OK for r in rows), [(r.run_id, r.outcome) for r in rows
                                                 if r.outcome != OK]
+
+
+def test_kill_9_during_an_outage_leaves_every_run_one_row(
+        tmp_path: Path, pg_url: URL, pg_cluster: PgCluster, pg_engine_of: Engine) -> None:
+    """Starts queued in memory (the database is cut) survive a kill -9 of the master: the
+    journal keeps them, the next master replays them and closes them as lost."""
+    cfg = fleet_config(tmp_path, pg_url, {"quick": {"module": "record", "period": 0.2}},
+                       heartbeat_interval=1)
+    dbname = str(pg_url.database)
+    journal = tmp_path / "state" / "history-journal-solo.jsonl"
+    with running_master(cfg, tmp_path, server="solo") as first:
+        first.wait_events(3, "end", "quick")
+        cut(pg_cluster, dbname)
+        first.wait_log("database unavailable", timeout=20)
+        during = len(first.events("start", "quick"))
+        first.wait_events(during + 5, "start", "quick", timeout=30)
+        first.signal(signal.SIGKILL)
+        first.proc.wait(10)
+    started = [row["run"] for row in first.events("start", "quick")]
+    in_outage = set(started[during:])
+    assert journal.exists()
+    restore(pg_cluster, dbname)
+
+    def closed() -> list[RunRow] | None:
+        rows = runs_of(pg_engine_of, first)
+        done = {r.run_id for r in rows if r.outcome != RUNNING}
+        return rows if done >= set(started) else None
+
+    with running_master(cfg, tmp_path, server="solo") as second:
+        rows = wait_for(closed, 30, "a closed row for every run of the killed master")
+        assert "run start(s) kept in" in second.log()
+        assert second.stop() == 0
+    assert not journal.exists() or journal.stat().st_size == 0, "written, yet kept"
+    rows = runs_of(pg_engine_of, first)
+    assert len({r.run_id for r in rows}) == len(rows), "a run written twice"
+    assert not [r.run_id for r in rows if r.outcome == RUNNING]
+    assert {r.run_id for r in rows if r.outcome == LOST} >= in_outage

@@ -18,6 +18,7 @@ from pandaserver import exitcodes
 from pandaserver.config import PandaConfig
 from pandaserver.daemons.base.clock import Clock
 from pandaserver.daemons.fleet.fleetdb import IO_TIMEOUT, STATEMENT_TIMEOUT, FleetDb
+from pandaserver.daemons.fleet.history.journal import Journal, journal_path
 from pandaserver.daemons.fleet.history.spool import Spool, spool_path
 from pandaserver.db.base.credentials import credentials_refused
 from pandaserver.db.base.engine import (
@@ -89,6 +90,7 @@ def open_fleet(cfg: PandaConfig, server: str, clock: Clock, member: bool = True)
         raise error
     log.info("database: %s", safe_url(engine.url))
     if member:
-        fleet.keeper.at_start(Spool(spool_path(default_state_dir(), server)),
-                              fleet.history_usable())
+        state_dir = default_state_dir()
+        fleet.keeper.at_start(Spool(spool_path(state_dir, server)), fleet.history_usable(),
+                              Journal(journal_path(state_dir, server), clock.monotonic))
     return fleet

@@ -19,6 +19,9 @@ Used only from the master's loop (``FleetDb`` owns one); the writes themselves r
   a new lease generation closes the older generation's open run (``write_many``).
 - At stop, whatever is not written after ``close``'s wait is saved in the spool file and
   reported with its count; the next start replays it (``spool.py``).
+- Each start is also appended to the journal file before it is queued, so a ``kill -9``
+  loses none (``journal.py``); the next start replays it before closing the
+  previous master's open runs.
 - The writes of the last ``RESEND_WINDOW`` seconds are kept after they are written: when
   the database fails over to a standby that may not have received them
   (``failover.py``), they are written again (``resend_recent``); being keyed, those the
@@ -39,6 +42,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from pandaserver import exitcodes
 from pandaserver.daemons.base import runs
 from pandaserver.daemons.base.clock import slack_due
+from pandaserver.daemons.fleet.history.journal import Journal
 from pandaserver.daemons.fleet.history.spool import Spool
 from pandaserver.daemons.fleet.history.writer import HistoryWriter, Stamped, Written, is_outage
 from pandaserver.db.base.engine import STATE_DIR_ENV, describe_db_error
@@ -86,6 +90,7 @@ class HistoryKeeper:
         self.writer = HistoryWriter(history, monotonic, wake)  # each answer wakes the loop
         self.spool: Spool | None = None
         self.spooled: set[tuple[str, Any, Any]] = set()  # keys replayed, not yet written
+        self.journal: Journal | None = None  # starts not in the database yet, in a file
         self.next_sweep = 0.0
         self.mark_lost_due = False
         self.next_resubmit = 0.0
@@ -103,6 +108,8 @@ class HistoryKeeper:
             script=run.script, server=self.server, master_id=self.master_id,
             master_pid=self.master_pid, run_id=run.id, pid=run.pid, generation=run.generation,
             due_before_start=max(0.0, run.dispatched - run.due))
+        if self.journal is not None:  # first: a kill -9 must not take the run's only trace
+            self.journal.append(run.dispatched, item)
         self._queue(run.dispatched, item)
 
     def end(self, rec: runs.RunRecord) -> None:
@@ -126,8 +133,16 @@ class HistoryKeeper:
             len(job.rows) for job in self.writer.inflight.values())
 
     # ----- start ---------------------------------------------------------------------------
-    def at_start(self, spool: Spool, usable: bool) -> None:
-        """Replay what the last master of this server spooled; close its open runs."""
+    def at_start(self, spool: Spool, usable: bool, journal: Journal | None = None) -> None:
+        """Replay what the last master of this server spooled or journaled; close its open
+        runs (once the replay is handed to the writer: ``tick``)."""
+        if journal is not None:
+            self.journal = journal
+            started = journal.load()
+            if started:
+                log.info("replaying %d run start(s) kept in %s by the last master",
+                         len(started), journal.path)
+                self._send(started, usable)
         rows = spool.load(self.monotonic())
         self.spool = spool if rows is not None else None  # never overwrite an unread file
         why = spool.unwritable()
@@ -156,7 +171,7 @@ class HistoryKeeper:
             self.flush(usable)
         if usable and self.pending and not self.writer.busy and now >= self.next_resubmit:
             self.resume()
-        if usable and self.mark_lost_due:
+        if usable and self.mark_lost_due and not self.pending:  # after the replay
             self.mark_lost_due = False
             why = (f"its master was gone when a new master of {self.server} started"
                    f" (pid {self.master_pid}): it died or was killed during the run")
@@ -238,6 +253,8 @@ class HistoryKeeper:
         done = result.written + [row for row, _ in result.refused]
         self.written += len(result.written)
         self._remember(result.written)
+        if self.journal is not None:
+            self.journal.written(item for _, item in done)
         if self.spooled:
             self.spooled.difference_update(_key(item) for _, item in done)
             if not self.spooled and self.spool is not None:
@@ -301,6 +318,8 @@ class HistoryKeeper:
                 reason = self._describe(result.error)
         left = [row for job in self.writer.inflight.values() for row in job.rows]
         left += self.pending.take()
+        if self.journal is not None:
+            self.journal.close()
         if not left:
             return
         if not reason:
