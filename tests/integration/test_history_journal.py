@@ -1,6 +1,6 @@
-"""The history journal (``pandaserver/daemons/fleet/history/journal.py``): run starts kept in a file before they are
-queued, so that a master killed with kill -9 leaves none without a row; on a real SQLite
-file, masters driven in-process (a "kill" is a keeper dropped without ``close``)."""
+"""The history journal (``pandaserver/daemons/fleet/history/journal.py``): run starts kept in
+a file before they are queued, so that a master killed with kill -9 leaves none without a
+row; on a real SQLite file, masters driven in-process (a "kill" is a keeper dropped without ``close``)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from test_history_keeper import Harness, rows
 from pandaserver.daemons.fleet.history import journal as history_journal
 from pandaserver.daemons.fleet.history.journal import Journal
 from pandaserver.db.base.schema import upgrade
-from pandaserver.db.stores.history import LOST, OK, RunStart
+from pandaserver.db.stores.runrecords import LOST, OK, RunStart
 
 
 @pytest.fixture
