@@ -115,9 +115,11 @@ def sync_after_promotions(db: Database, runs: list[dict[str, Any]]) -> list[dict
     found = []
     for crashed, promoted in db.promotions:
         later = [r["t"] for r in runs if r["t"] > promoted]
-        first = min(later) if later else None
-        found.append({"since_crash_s": round(first - crashed, 1) if first else None,
-                      "since_promotion_s": round(first - promoted, 1) if first else None})
+        if not later:  # nothing ran after it (the run ended first)
+            found.append({"since_crash_s": None, "since_promotion_s": None})
+            continue
+        found.append({"since_crash_s": round(min(later) - crashed, 1),
+                      "since_promotion_s": round(min(later) - promoted, 1)})
     return found
 
 
