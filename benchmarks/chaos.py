@@ -1,4 +1,4 @@
-"""Chaos: three masters on one real PostgreSQL, random faults for a while, then the invariants.
+"""Chaos: three masters on a real PostgreSQL with a standby, random faults for a while, then the invariants.
 
 Usage (prints the fault log, the invariants and figures; exits 1 on a violation):
     .venv/bin/python benchmarks/chaos.py --minutes 10 --seed 1
@@ -6,7 +6,8 @@ Usage (prints the fault log, the invariants and figures; exits 1 on a violation)
     .venv/bin/python benchmarks/chaos.py --minutes 2 --seed 3 --only partition master-kill
 
 Three masters (a, b, c; n_proc 6, lease_ttl 15, heartbeat every second) on a throwaway
-PostgreSQL (tests/pg.py), each through a fault proxy of its own (tests/faultproxy.py), run
+PostgreSQL (tests/pg.py) with a streaming standby, each through fault proxies of its own
+(tests/faultproxy.py; one per database server, on a multi-host URL: benchmarks/chaosdb.py), run
 three sync scripts of a few seconds (the tests' ``guarded`` script: it stamps its start with
 run id and generation, the last moment its code ran, and children of earlier runs still
 alive) and two non-sync ones (``record``). Once every master ran, faults are injected one
@@ -24,12 +25,16 @@ between two. Kinds (``FAULTS``):
 - worker-kill: one worker of one master killed with kill -9, with its children (a worker in
   a run that started a child when there is one).
 
-A failover of the database to a standby is not a kind yet: it is added as one more entry
-of ``FAULTS`` (a function ``(chaos, rng) -> Fault``) once the suite can start a standby.
+- failover: the primary SIGKILLed (its standby cut off 0 to 5 s before, so that it may miss
+  the last commits), the standby promoted 2 s later, a new standby built from the new
+  primary (benchmarks/chaosdb.py: the database runs as a primary with a streaming standby,
+  each master reaching both through proxies of its own on a multi-host URL; db-freeze and
+  db-restart act on whichever server is the primary now).
 
 At the end everything is healed, every script must run again on every master that has it
 (sync: on any), the fleet is stopped with SIGTERM and the invariants are checked:
-no two runs of a sync script lived at once (and generations grow with starts); every run
+no two runs of a sync script lived at once (and generations grow with starts, between two
+promotions: a grant the standby never received may be granted again); every run
 that started has exactly one history row, with an outcome; no row left ``running``, no
 lease left held; every master stopped with status 0; no process left. A run whose master
 was killed with kill -9 just after its start, or during an outage, is no exception: its
@@ -66,10 +71,11 @@ from dbfaults import frozen, postgres_pids, restart_postgres
 # never benchmarks/ itself on sys.path when imported (tests/acceptance/test_chaos.py): its
 # pgfleet.py would then hide the tests' pgfleet.py from every later import in that process
 if __package__:
+    from benchmarks import chaosdb
     from benchmarks.faultkit import Fleet, kill_tree, note, overlaps
 else:  # run as a script: its own folder is on sys.path already
+    import chaosdb
     from faultkit import Fleet, kill_tree, note, overlaps
-from faultproxy import FaultProxy
 from harness import wait_for
 from pg import PgCluster
 
@@ -110,9 +116,10 @@ class Fault:
 
 @dataclass
 class Chaos:
-    cluster: PgCluster
+    cluster: PgCluster  # the primary now (a failover changes it)
     fleet: Fleet
-    proxies: dict[str, FaultProxy]
+    proxies: dict[str, chaosdb.MasterProxies]
+    db: chaosdb.Database
     faults: list[Fault] = field(default_factory=list)
     began: float = 0.0  # monotonic: the start of the faults' time
 
@@ -150,6 +157,15 @@ def db_restart(chaos: Chaos, rng: random.Random) -> Fault:
     fault = Fault("db-restart", "db", time.monotonic())
     restart_postgres(chaos.cluster)
     fault.detail = f"back after {time.monotonic() - fault.start:.1f} s"
+    return fault
+
+
+def failover(chaos: Chaos, rng: random.Random) -> Fault:
+    with contextlib.suppress(AssertionError):  # mid-run: while "long" is held, when it is
+        wait_for(chaos.holder, HOLDER_WAIT, "a holder of long", interval=0.5)
+    fault = Fault("failover", "db", time.monotonic())
+    fault.detail = chaos.db.failover(rng)
+    chaos.cluster = chaos.db.primary
     return fault
 
 
@@ -210,6 +226,7 @@ def _has_children(proc: psutil.Process) -> bool:
 FAULTS: dict[str, Callable[[Chaos, random.Random], Fault]] = {
     "db-freeze": db_freeze, "db-restart": db_restart, "partition": partition,
     "master-stop": master_stop, "master-kill": master_kill, "worker-kill": worker_kill,
+    "failover": failover,
 }
 
 
@@ -302,15 +319,23 @@ def run_chaos(minutes: float, seed: int, kinds: list[str] | None = None,
     kinds = list(kinds or FAULTS)
     rng = random.Random(seed)
     cluster = PgCluster()
-    cluster.start()
-    proxies = {server: FaultProxy(cluster.port) for server in SERVERS}
-    fleet = Fleet(cluster, "chaos")
-    chaos = Chaos(cluster, fleet, proxies)
+    db = chaosdb.Database(cluster)
+    try:
+        cluster.start()
+        fleet = Fleet(cluster, "chaos")
+        db.start_standby()
+    except BaseException:
+        db.close()
+        raise
+    assert db.standby is not None
+    proxies = {server: chaosdb.MasterProxies([cluster.port, db.standby.port])
+               for server in SERVERS}
+    chaos = Chaos(cluster, fleet, proxies, db)
     report: dict[str, Any] = {"minutes": minutes, "seed": seed, "kinds": kinds}
     violations: list[str] = []
     try:
         for server in SERVERS:
-            url = fleet.url.set(host="127.0.0.1", port=proxies[server].port)
+            url = proxies[server].url(cluster, str(fleet.url.database))
             fleet.config(server, scripts(), url, n_proc=N_PROC, lease_ttl=TTL,
                          heartbeat_interval=1)
             fleet.start(server)
@@ -337,17 +362,18 @@ def run_chaos(minutes: float, seed: int, kinds: list[str] | None = None,
         for name in SYNC:
             found = fleet.guarded_runs(name)
             violations += [f"{name}: {problem}" for problem in overlaps(found)]
-            generations = [r["generation"] for r in found]
-            if generations != sorted(set(generations)):
-                violations.append(f"{name}: generations out of step with starts: {generations}")
-        violations += history_problems(cluster, fleet, [*SYNC, *LOCAL])
-        report["figures"] = figures(chaos, cluster)
+            for generations in chaosdb.generations_by_era(chaos.db, found):
+                if generations != sorted(set(generations)):
+                    violations.append(f"{name}: generations out of step with starts:"
+                                      f" {generations}")
+        violations += history_problems(chaos.cluster, fleet, [*SYNC, *LOCAL])
+        report["figures"] = figures(chaos, chaos.cluster)
     finally:
         if keep:
             note(f"kept: {fleet.dir}")
         else:
             shutil.rmtree(fleet.dir, ignore_errors=True)
-        cluster.stop()
+        db.close()
     report["faults"] = [{**asdict(f), "at_s": round(f.start - chaos.began, 1),
                          "seconds": round(f.end - f.start, 1)} for f in chaos.faults]
     report["violations"] = violations
@@ -372,6 +398,8 @@ def figures(chaos: Chaos, cluster: PgCluster) -> dict[str, Any]:
     found["sync_runs"] = {name: len(fleet.guarded_runs(name)) for name in SYNC}
     found["sync_longest_without_a_run"] = {name: sync_gap(fleet.guarded_runs(name), chaos.faults)
                                            for name in SYNC}
+    found["sync_after_promotion"] = chaosdb.sync_after_promotions(
+        chaos.db, [run for name in SYNC for run in fleet.guarded_runs(name)])
     return found
 
 
@@ -393,6 +421,9 @@ def render(report: dict[str, Any], out: TextIO) -> None:
     for name, gap in fig.get("sync_longest_without_a_run", {}).items():
         print(f"  {name}: {fig['sync_runs'][name]} runs, {gap['seconds']} s"
               f"  {', '.join(gap['during']) or '-'}", file=out)
+    for i, gap in enumerate(fig.get("sync_after_promotion", []), 1):
+        print(f"failover {i}: first sync run {gap['since_promotion_s']} s after the promotion"
+              f" ({gap['since_crash_s']} s after the crash)", file=out)
     if report["violations"]:
         print(f"INVARIANTS VIOLATED ({len(report['violations'])}):", file=out)
         for line in report["violations"]:

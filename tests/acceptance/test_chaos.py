@@ -1,9 +1,10 @@
 """The chaos benchmark's short seeded run (benchmarks/chaos.py): three masters on a real
-PostgreSQL, each fault kind injected at least once (database frozen and restarted, a
-master partitioned, SIGSTOPped, killed with kill -9 and started again, a worker killed),
-then every invariant checked: no two runs of a sync script at once, one history row with
-an outcome per run, nothing left running or held, clean stops, no process left, every
-script running again. Timings are reported, never asserted (the figures: docs/sizing.md).
+PostgreSQL with a streaming standby, each fault kind injected at least once (database
+frozen, restarted and failed over to its standby, a master partitioned, SIGSTOPped,
+killed with kill -9 and started again, a worker killed), then every invariant checked: no
+two runs of a sync script at once, one history row with an outcome per run, nothing left
+running or held, clean stops, no process left, every script running again. Timings are
+reported, never asserted (the figures: docs/sizing.md).
 """
 
 from __future__ import annotations
