@@ -154,7 +154,8 @@ def test_a_fleet_upgraded_one_server_at_a_time_never_runs_a_sync_script_twice(
         tmp_path: Path, pg_url: URL, pg_cluster: PgCluster) -> None:
     old = _previous_release(tmp_path / "previous")
     probe = subprocess.run(
-        [sys.executable, "-c", "import pandaserver.db.base.schema as s;"
+        # the previous release's own module path (this release moved it to db/base/)
+        [sys.executable, "-c", "import pandaserver.db.schema as s;"
          " print(s.__file__); print(s.head_revision())"],
         capture_output=True, text=True, check=True, env=_env(old, tmp_path / "probe.jsonl"),
         cwd=REPO)
