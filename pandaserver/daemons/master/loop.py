@@ -390,6 +390,9 @@ class Master:
                                   now)
         reload.apply_plan(plan, scripts, self.pool,
                           new.package if new.package != self.settings.package else None, now)
+        for name, (spec, _) in plan.changed.items():
+            if spec.sync:  # a shortened period: whoever asks next must not meet our finished
+                self.dispatcher.release_finished(name)  # lease held until it expires
         self.settings = new
         if self.fleet is not None:
             self.fleet.settings = new
