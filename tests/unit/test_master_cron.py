@@ -229,6 +229,7 @@ def test_the_late_warning_names_the_firing_in_its_zone_and_in_utc(
     rig.turn()
     assert rig.busy() == {1: "long"}  # c's 00:17 firing waits for the only worker
     caplog.set_level(logging.WARNING, logger="panda.master")
+    caplog.clear()  # what start-up logged, at whatever level earlier tests left the logger
     rig.at(1051.0)  # late by more than max(10 s, 60 s / 2)
     assert [r.getMessage() for r in caplog.records] == [
         "c is 31 s late (due at its firing of 2026-01-01 01:17:00 CET (00:17:00 UTC)):"
