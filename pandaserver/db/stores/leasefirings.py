@@ -33,6 +33,22 @@ RETURNED = ("generation", "owner_server", "next_due", "expires_at", "acquired_at
             "contended_at", "firing")
 
 
+def grant_owner(p_server: Any, p_period: Any) -> dict[str, Any]:
+    """The columns a grant sets (holder, its times, the period in force): the same for a
+    period's grant (leases.py) and a firing's."""
+    t = daemon_lease
+    now = db_now_expr()
+    return {
+        "owner_server": p_server,
+        "owner_pid": bindparam("lease_pid", type_=t.c.owner_pid.type),
+        "owner_token": bindparam("lease_token", type_=t.c.owner_token.type),  # 0011
+        "acquired_at": now,
+        "expires_at": db_now_plus(bindparam("lease_ttl", type_=Float())),
+        "period": p_period,
+        "updated_at": now,
+    }
+
+
 def finished_by_holder(p_server: Any) -> Any:
     """A grant's term: the lease is still held under ``:lease_finished``, a generation this
     very holder ran and finished (a deferred release: daemons/fleet/dbleases.py), so the
@@ -68,15 +84,7 @@ class FiringGrants:
         p_next = bindparam("lease_next", type_=UtcDateTime())
         p_period = bindparam("lease_period", type_=Float())
         key = bindparam("lease_name", type_=t.c.name.type)
-        owner = {
-            "owner_server": p_server,
-            "owner_pid": bindparam("lease_pid", type_=t.c.owner_pid.type),
-            "owner_token": bindparam("lease_token", type_=t.c.owner_token.type),  # 0011
-            "acquired_at": now,
-            "expires_at": db_now_plus(bindparam("lease_ttl", type_=Float())),
-            "period": p_period,
-            "updated_at": now,
-        }
+        owner = grant_owner(p_server, p_period)
         params = {"lease_name": name, "lease_server": server, "lease_pid": pid,
                   "lease_token": token, "lease_finished": finished,
                   "lease_period": float(period), "lease_ttl": float(ttl),

@@ -76,7 +76,7 @@ from pandaserver.db.base.servertime import (
 )
 from pandaserver.db.base.tables import daemon_lease
 from pandaserver.db.base.upsert import upsert_or_else
-from pandaserver.db.stores.leasefirings import FiringGrants, finished_by_holder, refusal_wait
+from pandaserver.db.stores.leasefirings import FiringGrants, finished_by_holder, grant_owner, refusal_wait
 
 FORCE_RELEASE_ATTEMPTS = 5
 T = TypeVar("T")
@@ -255,15 +255,7 @@ class LeaseStore:
         now = db_now_expr()
         p_period = bindparam("lease_period", type_=Float())
         p_server = bindparam("lease_server", type_=t.c.owner_server.type)
-        owner = {
-            "owner_server": p_server,
-            "owner_pid": bindparam("lease_pid", type_=t.c.owner_pid.type),
-            "owner_token": bindparam("lease_token", type_=t.c.owner_token.type),  # 0011
-            "acquired_at": now,
-            "expires_at": db_now_plus(bindparam("lease_ttl", type_=Float())),
-            "period": p_period,
-            "updated_at": now,
-        }
+        owner = grant_owner(p_server, p_period)
         # the grid, or from now when late; uses only next_due itself (MySQL assigns in
         # order: see upsert.py)
         tolerance = bindparam("lease_tolerance", type_=Float())
