@@ -164,6 +164,40 @@ def test_a_firing_missed_while_no_master_ran_runs_once_late(tmp_path: Path) -> N
     assert rig.busy() == {} and scripts["c"].firing == EPOCH + 1020  # once, no burst
 
 
+def _master_on(rig: Rig, status: Path) -> Master:
+    """A master on ``rig``'s fakes that keeps its status file (and firing notes) at ``status``."""
+    master = Master(rig.settings, server="here", clock=rig.clock, recorder=rig.history,
+                    leases=rig.leases, processes=rig.processes, containment=rig.containment,
+                    control=rig.link, status_file=status)
+    master.begin(rig.clock.now)
+    rig.master = master
+    return master
+
+
+def test_a_firing_dispatched_just_before_a_kill_is_not_run_again_by_the_next_master(
+        tmp_path: Path) -> None:
+    # a master dispatches c's 00:17 firing and is killed before its status file's thread
+    # wrote that c now waits for 00:18: the file still says 00:17; the next master here
+    # must not take 00:17 as missed while no master ran
+    status = tmp_path / "status-here.json"
+    first = Rig([cron("c")], n_proc=1)
+    killed = _master_on(first, status)
+    first.start_workers()
+    first.at(1020.0)
+    assert first.busy() == {1: "c"}
+    assert killed.status is not None
+    killed.status.writer.close(5.0)  # nothing more from it: what it wrote is all there is
+    status.write_text(json.dumps({"scripts": [
+        {"name": "c", "cron": "* * * * *", "timezone": "UTC", "next_firing": EPOCH + 1020}]}))
+    second = Rig([cron("c")], n_proc=1)
+    second.clock.now = 1030.0
+    scripts = _master_on(second, status).dispatcher.scripts
+    assert scripts["c"].firing == EPOCH + 1080, "the dispatched firing was run again"
+    second.start_workers()
+    second.turn()
+    assert second.busy() == {}
+
+
 def test_a_reload_moves_a_script_between_a_period_and_a_cron_schedule() -> None:
     rig = Rig([spec("p", period=3600), cron("c", expression="*/5 * * * *")], n_proc=1)
     rig.start_workers()

@@ -31,6 +31,7 @@ from pandaserver.daemons.fleet.keeper import LeaseKeeper
 from pandaserver.daemons.fleet.leasemanager import LeaseDecision, LeaseManager, LocalLeases
 from pandaserver.daemons.master import schedule
 from pandaserver.daemons.master.fences import RunFences
+from pandaserver.daemons.master.firingnotes import FiringNotes
 from pandaserver.daemons.master.pool import RunContainment, Slot
 from pandaserver.daemons.master.schedule import REMOVED, ScriptState
 from pandaserver.daemons.master.timetable import Timetable
@@ -77,6 +78,7 @@ class Dispatcher:
         self.only = only
         self.stop = stop  # the master's stop (run-once ends after its run)
         self.run_counter = 0
+        self.firings: FiringNotes | None = None
         self.once_outcome: str | None = None
         self.last_outcomes: dict[str, tuple[str, float]] = {}
         self.contention = Contentions()  # refused lease attempts here, per sync script
@@ -215,6 +217,8 @@ class Dispatcher:
                 else:
                     next_due = schedule.next_due_after_dispatch(state, now)
                 self.scripts.started(state, run.id, now, next_due, firing)
+                if firing is not None and self.firings is not None:  # written at once
+                    self.firings.waiting(spec, firing)
                 log.debug("%s dispatched to worker %d (due %.3f s ago)", run.label, slot.index,
                           now - run.due)
                 return slot

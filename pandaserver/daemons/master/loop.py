@@ -48,9 +48,10 @@ from pandaserver.daemons.fleet.leasemanager import LeaseManager, LocalLeases
 from pandaserver.daemons.master import reload, schedule
 from pandaserver.daemons.master.controls import ControlLink, Controls, FleetControl
 from pandaserver.daemons.master.dispatch import Dispatcher
+from pandaserver.daemons.master.firingnotes import FiringNotes, notes_path
 from pandaserver.daemons.master.pool import ProcessLayer, RealProcesses, RunContainment, Slot
 from pandaserver.daemons.master.schedule import ScriptState
-from pandaserver.daemons.master.statusfile import StatusFile, remembered_firings
+from pandaserver.daemons.master.statusfile import StatusFile, remembered
 from pandaserver.daemons.master.timetable import Timetable
 from pandaserver.daemons.master.workers import WorkerPool
 
@@ -138,6 +139,8 @@ class Master:
         self.started = self.clock.monotonic()
         self.exit_reason = ""  # why run() returns a failure status, for the pid file
         self.status = StatusFile(status_file) if status_file is not None else None
+        if status_file is not None and only is None:  # run-once waits for no firing
+            self.dispatcher.firings = FiringNotes(notes_path(status_file))
         if self.status is not None:
             status = self.status
             self.extra_events.append(lambda now: status.tick(self, now))
@@ -177,7 +180,7 @@ class Master:
         scripts = self.dispatcher.scripts
         self.dispatcher.read_clocks()  # cron firings are wall-clock times
         if self.status is not None:  # what a previous master here waited for (cron)
-            scripts.remembered = remembered_firings(self.status.path)
+            scripts.remembered = remembered(self.status.path)
         for spec in self._specs(self.settings).values():
             scripts[spec.name] = ScriptState(spec=spec, next_due=schedule.first_due(now))
             if self.only is not None and spec.cron is not None:  # run-once: now, too

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from pandaserver.config.secrets import redact
 from pandaserver.daemons.base import logsink
 from pandaserver.daemons.fleet.contention import Contention
+from pandaserver.daemons.master.firingnotes import Remembered, merge, notes_path, read_notes
 
 if TYPE_CHECKING:  # ``status`` reads the file through this module: no database layer here
     from pandaserver.daemons.fleet.fleetdb import FleetDb
@@ -328,6 +329,12 @@ def remembered_firings(path: Path) -> dict[str, tuple[str, str, float]]:
             found[str(s.get("name"))] = (s["cron"], str(s.get("timezone") or "UTC"),
                                          float(s["next_firing"]))
     return found
+
+
+def remembered(path: Path) -> Remembered:
+    """What the previous master on this host waited for: its status file, moved forward by
+    its firing notes (``firingnotes.py``)."""
+    return merge(remembered_firings(path), read_notes(notes_path(path)))
 
 
 def read_status(path: Path) -> dict[str, Any] | None:
