@@ -76,6 +76,8 @@ def one(k: int, seconds: float, count_statements: bool = True) -> None:
         decide = sum(statements.get(kind, 0) for kind in DECIDE)
         print(f"  lease statements {statements}: {decide / grants:.2f} per grant to decide"
               f" who runs, {sum(statements.values()) / grants:.2f} with releases and renewals")
+        print("  per grant, by kind: " + ", ".join(
+            f"{kind} {count / grants:.2f}" for kind, count in sorted(statements.items())))
     for kind, values in delays.items():
         if values:
             print(f"  dispatch delay ms, {kind}: p50 {statistics.median(values):.2f}"

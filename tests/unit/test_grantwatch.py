@@ -219,3 +219,52 @@ def test_only_a_command_notification_wakes_the_controls() -> None:
     finally:
         ours.close()
         theirs.close()
+
+
+def preferred_after_its_grant(others: list[str]) -> tuple[DbLeases, FakeFleet, FakeListener,
+                                                          DaemonSpec]:
+    """The preferred server of a script, granted generation 4 at 5.0 (next due in 10 s)."""
+    gate, fleet = gate_with(others)
+    listener = fleet.listener = FakeListener()
+    spec = script_ranked(gate, 0)
+    fleet.clock = 5.0
+    assert gate.turn(spec, 5.0, 5.0).ask
+    gate.acquire(spec, 5.0, lambda decision: None)
+    fleet.answer("lease", SimpleNamespace(granted=True, generation=4, wait=0.0,
+                                          holder="srv00", due_in=10.0, db_now=None,
+                                          firing=None, held_past_due=False))
+    return gate, fleet, listener, spec
+
+
+def test_a_late_preferred_server_that_heard_another_serve_the_period_does_not_ask() -> None:
+    gate, fleet, listener, spec = preferred_after_its_grant(["srv01"])
+    assert listener.reconnects == 1  # its first look started the watch
+    listener.arrived.append(grant(spec.name, 4))  # its own grant: proves nothing
+    fleet.clock = 15.0
+    assert gate.turn(spec, 15.0, 15.0).ask
+    listener.arrived.append(grant(spec.name, 5, due_in=9.9))  # a fallback served it
+    fleet.clock = 15.3  # (this server was late: its ask would only be refused)
+    turn = gate.turn(spec, 15.0, 15.3)
+    assert not turn.ask and turn.learned and turn.at == pytest.approx(15.3 + 9.9)
+    assert "lease-table read" not in [c[1] for c in fleet.calls]
+
+
+def test_a_master_alone_in_its_fleet_never_listens_for_grants() -> None:
+    gate, fleet, listener, spec = preferred_after_its_grant([])
+    fleet.clock = 15.0
+    assert gate.turn(spec, 15.0, 15.0).ask
+    assert listener.grants is None and listener.reconnects == 0
+
+
+def test_a_connection_opened_before_the_watch_began_is_opened_again() -> None:
+    watch = GrantWatch()
+    listener = CommandListener(engine=None, retry_after=1.0)  # type: ignore[arg-type]
+    closed: list[int] = []
+    raw = SimpleNamespace(dbapi_connection=SimpleNamespace(), close=lambda: closed.append(1))
+    listener.connecting = True  # its open (LISTEN on commands only) is under way...
+    listener.watch_grants(watch, 1.0)  # ...when the first look asks for grants
+    listener.opened(raw, None, False, 2.0)
+    assert closed and listener.conn is None and listener.wanted(2.0) and watch.since is None
+    listener._grants_listened = True  # the next open listened on both channels
+    listener.opened(raw, None, False, 3.0)
+    assert listener.conn is not None and watch.since == 3.0

@@ -117,14 +117,19 @@ class DbLeases:
         if deferred is not None and deferred[1] == due:
             due = deferred[0]  # looking again at a deferred due time: still that one
         offset = rank.fallback_offset(self.rank(name), spec.period)
-        if offset == 0 or not fleet.member or fleet.down_since is not None:
-            return Turn(ask=True, due=due)  # preferred, run-once, or the database is down
+        if not fleet.member or fleet.down_since is not None:
+            return Turn(ask=True, due=due)  # run-once, or the database is down
         check = due + offset
         if now < check:
             return self._defer(name, due, check)
-        heard = self.watch.look(self.fleet.listener, name, self.epoch, now)
-        if heard is not None:  # granted: heard, no read needed (grantwatch.py)
+        # granted meanwhile by another server, heard (grantwatch.py): no read, no ask; the
+        # preferred server looks too when it has company (late, it would only be refused)
+        heard = (self.watch.look(fleet.listener, name, self.epoch, now)
+                 if offset > 0 or self.live else None)
+        if heard is not None:
             return Turn(ask=False, at=heard.at + heard.due_in, learned=True)
+        if offset == 0:
+            return Turn(ask=True, due=due)  # the preferred server asks
         read = self._read
         if read is not None and read.sent >= check:  # a read made after the check time
             seen = read.leases.get(name)

@@ -77,6 +77,7 @@ class CommandListener:
         self.notified = 0
         self.lost = 0
         self.grants: GrantWatch | None = None  # set before the first open: grants heard too
+        self._grants_listened = False  # the last ``open`` listened for grants (lane thread)
 
     @staticmethod
     def supported(engine: Engine) -> bool:
@@ -89,9 +90,11 @@ class CommandListener:
         try:
             raw.detach()  # never handed back to the pool: it is this listener's alone
             dbapi: Any = raw.dbapi_connection  # psycopg2's
+            grants = self.grants is not None
             with dbapi.cursor() as cursor:
-                cursor.execute(f"LISTEN {CHANNEL}" if self.grants is None
-                               else f"LISTEN {CHANNEL}; LISTEN {GRANT_CHANNEL}")
+                cursor.execute(f"LISTEN {CHANNEL}; LISTEN {GRANT_CHANNEL}" if grants
+                               else f"LISTEN {CHANNEL}")
+            self._grants_listened = grants
             if not dbapi.autocommit:
                 dbapi.commit()
         except BaseException:
@@ -120,8 +123,12 @@ class CommandListener:
         self.conn = raw.dbapi_connection
         self.generation += 1
         self.woken = True  # commands recorded while nobody listened are found by a read
-        if self.grants is not None:  # grants committed from now on are heard
+        if self.grants is not None and self._grants_listened:  # grants from now on are heard
             self.grants.listening(now)
+        elif self.grants is not None:  # the watch began while this one connected: again
+            self.close()
+            self.next_try = now
+            return
         log.debug("listening for operator commands (%s)", CHANNEL)
 
     def fileno(self) -> int | None:
