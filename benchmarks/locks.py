@@ -19,7 +19,9 @@ all of period 1 s, and prints:
   previous ended, from history): must be 0;
 - wake-ups of each master process per second over the window (its context switches, from
   /proc), median and highest: what hearing every grant of the fleet costs a master (on
-  PostgreSQL each grant notifies every master that looks: docs/multi-server.md).
+  PostgreSQL each grant notifies every master that looks: docs/multi-server.md), and the CPU
+  the database's backends serving the masters' connections used over the window (those
+  connected when it began; the statement log's own cost included).
 """
 
 from __future__ import annotations
@@ -58,9 +60,13 @@ def one(k: int, seconds: float, count_statements: bool = True, warmup: float = 0
         mark = fleet.mark()
         began = fleet.query("SELECT extract(epoch from clock_timestamp())")[0][0]
         switches = {proc.pid: context_switches(proc.pid) for proc in fleet.masters}
+        backends = {int(row[0]): cpu_seconds(int(row[0])) for row in fleet.query(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid()")}
         time.sleep(seconds)  # the measurement window itself
         wakes = sorted((context_switches(pid) - before) / seconds
                        for pid, before in switches.items())
+        db_cpu = sum(max(0.0, cpu_seconds(pid) - before) for pid, before in backends.items())
         if warmup:  # the window alone: its statements, and its grants (the trigger's log)
             ended = fleet.query("SELECT extract(epoch from clock_timestamp())")[0][0]
             with fleet.cluster.logfile.open(encoding="utf-8", errors="replace") as handle:
@@ -105,7 +111,9 @@ def one(k: int, seconds: float, count_statements: bool = True, warmup: float = 0
         if values:
             print(f"  dispatch delay ms, {kind}: p50 {statistics.median(values):.2f}"
                   f"  p99 {pct(values, 99):.2f}  ({len(values)} runs)")
-    print(f"  master wake-ups/s: median {statistics.median(wakes):.1f}, highest {wakes[-1]:.1f}")
+    print(f"  master wake-ups/s: median {statistics.median(wakes):.1f}, highest {wakes[-1]:.1f};"
+          f" database CPU (the backends of the masters' connections): {db_cpu / seconds:.1%}"
+          " of a core")
     print(f"  grants too close (under period - tolerance): {duplicates};"
           f" overlapping sync runs: {overlaps}"
           f" (smallest start-to-start gap {smallest * 1000:.1f} ms)")
@@ -116,6 +124,14 @@ def context_switches(pid: int) -> int:
     text = Path(f"/proc/{pid}/status").read_text()
     return sum(int(line.split()[1]) for line in text.splitlines()
                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")))
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds one process has used so far (/proc schedstat; 0 once it is gone)."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def latency(calls: int) -> None:

@@ -91,3 +91,37 @@ def test_a_firing_grant_notifies(pg_engine: Engine, listening: Any) -> None:
     [notice] = heard(listening, 5)
     assert notice["generation"] == granted.generation and notice["server"] == "srv-b"
     assert notice["due_in"] == pytest.approx(59.9, abs=1)
+
+
+def test_the_masters_listener_hears_grants_and_only_commands_wake_the_controls(
+        pg_engine: Engine) -> None:
+    """The master's own LISTEN connection (fleet/listener.py), once its watch began: a grant
+    reaches the GrantWatch and does not ask the controls for a read; a command still does."""
+    from pandaserver.daemons.fleet.grantwatch import GrantWatch
+    from pandaserver.daemons.fleet.listener import CommandListener
+    from pandaserver.db.stores.operator_commands import ControlStore
+
+    listener = CommandListener(pg_engine, retry_after=1.0)
+    watch = GrantWatch()
+    listener.watch_grants(watch, 0.0)
+    listener.opened(listener.open(), None, False, 1.0)
+    try:
+        assert watch.since == 1.0 and listener.take_wake()  # listening: read the commands once
+        fd = listener.fileno()
+        assert fd is not None
+        granted = LeaseStore(pg_engine).try_acquire("heard", "srv-a", 7, period=30, ttl=60)
+        deadline = time.monotonic() + 10
+        while "heard" not in watch.heard:
+            assert time.monotonic() < deadline, "the grant was not heard"
+            select.select([fd], [], [], 1)
+            listener.read(2.0)
+        assert watch.heard["heard"].generation == granted.generation
+        assert not listener.take_wake()
+        ControlStore(pg_engine).issue("pause", "tick", None, None, "ops")
+        while not listener.take_wake():
+            assert time.monotonic() < deadline, "the command did not wake the controls"
+            select.select([fd], [], [], 1)
+            listener.read(3.0)
+    finally:
+        listener.close()
+    assert watch.since is None
