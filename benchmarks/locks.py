@@ -112,8 +112,9 @@ def one(k: int, seconds: float, count_statements: bool = True, warmup: float = 0
             print(f"  dispatch delay ms, {kind}: p50 {statistics.median(values):.2f}"
                   f"  p99 {pct(values, 99):.2f}  ({len(values)} runs)")
     print(f"  master wake-ups/s: median {statistics.median(wakes):.1f}, highest {wakes[-1]:.1f};"
-          f" database CPU (the backends of the masters' connections): {db_cpu / seconds:.1%}"
-          " of a core")
+          " database CPU (the backends of the masters' connections): "
+          + (f"{db_cpu / seconds:.1%} of a core" if backends else
+             "not measured (no master was connected yet when the window began: --warmup)"))
     print(f"  grants too close (under period - tolerance): {duplicates};"
           f" overlapping sync runs: {overlaps}"
           f" (smallest start-to-start gap {smallest * 1000:.1f} ms)")
