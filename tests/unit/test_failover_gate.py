@@ -95,6 +95,7 @@ class FakeFleet:
     calls: list[tuple[str, str, Any]] = field(default_factory=list)
     probe_interval: float = 2.0
     at_close: list[Any] = field(default_factory=list)  # FleetDb's hooks at its close
+    listener: Any = None
 
     def monotonic(self) -> float:
         return self.clock

@@ -85,6 +85,7 @@ class FakeFleet:
     # no failover is ever noticed: the gate stays open (tests/unit/test_failover_gate.py)
     gate: FailoverGate = field(default_factory=lambda: FailoverGate(None, lambda: 30.0))
     holder: Any = field(default_factory=lambda: SimpleNamespace(token="t0"))
+    listener: Any = None  # PostgreSQL's LISTEN connection (tests/unit/test_grantwatch.py)
 
     def monotonic(self) -> float:
         return self.clock

@@ -11,7 +11,9 @@ due time; a server of rank r > 0 waits until ``due + fallback_offset(r)`` and as
 a read of the whole lease table (one statement for every script, made at most every
 ``read_interval`` and only while such a check waits) taken after that moment, and at most
 ``FRESH`` seconds old, shows the period ungranted; when it shows a grant, the server
-learns the next due time without asking. The live servers are those whose heartbeat
+learns the next due time without asking. On PostgreSQL a grant heard (every grant statement
+notifies, grantwatch.py) settles that look without the read, when it is newer than what
+this server knew of the lease. The live servers are those whose heartbeat
 (``daemon_server.last_seen``) is at most ``LIVE_BEATS`` heartbeat intervals (at least
 ``LIVE_MIN`` seconds) old and that do not report draining, read every heartbeat interval
 (every ``SETTLE`` seconds while the list changes, as at start-up).
@@ -24,7 +26,6 @@ preferred server. Nothing here decides who may run: that stays the grant stateme
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,7 +34,9 @@ from typing import TYPE_CHECKING, Any
 from pandaserver.config.scripts import DaemonSpec
 from pandaserver.daemons.base.runs import LogRecorder, Run, RunRecord
 from pandaserver.daemons.fleet import rank
+from pandaserver.daemons.fleet.grantwatch import GrantWatch, Known
 from pandaserver.daemons.fleet.leasemanager import AcquireReply, LeaseDecision, RenewReply, Turn
+from pandaserver.daemons.fleet.rank import Read, Seen, draining, release_by, wait_from
 
 if TYPE_CHECKING:
     from pandaserver.daemons.fleet.fleetdb import FleetDb
@@ -44,17 +47,7 @@ LIVE_BEATS = 3  # a server is live while its last heartbeat is at most this many
 LIVE_MIN = 10.0  # ... or this many seconds (short intervals: a loaded machine beats late)
 SETTLE = 2.0  # seconds between server-list reads while the list keeps changing (start-up)
 POLL = 0.02  # seconds between looks while a read is under way
-OVERRUN_LOOK = 1.0  # seconds: how soon to look again at a lease held past its due time
 FRESH = 0.25  # seconds: how old a read showing a period ungranted may be to ask on it
-
-
-@dataclass(frozen=True)
-class Seen:
-    """One lease as a bulk read saw it: ``due_in`` and ``expires_in`` in seconds."""
-
-    held: bool
-    due_in: float
-    expires_in: float | None
 
 
 @dataclass
@@ -65,33 +58,6 @@ class Granted:
     period: float
     due: float | None  # the next fleet-wide due time, early by the grant's latency at most
     expires: float  # by this moment (monotonic) the lease has expired, unless renewed
-
-
-@dataclass
-class Read:
-    sent: float  # the loop's clock when the read was handed to the lane
-    done: float  # ... and when its answer came back
-    leases: dict[str, Seen]
-
-
-def draining(state: str | None) -> bool:
-    """A server's reported state says it is draining (it asks for no sync lease)."""
-    try:
-        return bool(state) and bool(json.loads(state or "{}").get("draining"))
-    except (ValueError, AttributeError):
-        return False
-
-
-def wait_from(seen: Seen | None) -> float | None:
-    """Seconds until the script is worth asking for again, as a read saw it; None when it
-    is not granted for this period (no row, due and not held): ask now. Pure."""
-    if seen is None:
-        return None
-    if seen.due_in > 0:  # granted for this period (running or done): next due then
-        return seen.due_in
-    if seen.held:  # an overrun: its holder asks again when done; look again soon
-        return max(0.05, min(seen.expires_in or 0.0, OVERRUN_LOOK))
-    return None
 
 
 def _utc(t: float) -> datetime:
@@ -125,6 +91,7 @@ class DbLeases:
         self.expiring: dict[str, tuple[int, float]] = {}  # name -> (generation, expires)
         self.folded = 0  # releases made by a grant statement (status, tests, benchmarks)
         self._looked_again: set[str] = set()  # refused past due: asked again soon, once
+        self.watch = GrantWatch()  # PostgreSQL: the grants heard, and what was known before
         fleet.at_close.append(lambda: self.send_releases(fleet.monotonic(), everything=True))
 
     @property
@@ -150,14 +117,25 @@ class DbLeases:
         if deferred is not None and deferred[1] == due:
             due = deferred[0]  # looking again at a deferred due time: still that one
         offset = rank.fallback_offset(self.rank(name), spec.period)
-        if offset == 0 or not fleet.member or fleet.down_since is not None:
-            return Turn(ask=True, due=due)  # preferred, run-once, or the database is down
+        if not fleet.member or fleet.down_since is not None:
+            return Turn(ask=True, due=due)  # run-once, or the database is down
         check = due + offset
         if now < check:
             return self._defer(name, due, check)
+        # granted meanwhile by another server, heard (grantwatch.py): no read, no ask; the
+        # preferred server looks too when it has company (late, it would only be refused)
+        heard = (self.watch.look(fleet.listener, name, self.epoch, now)
+                 if offset > 0 or self.live else None)
+        if heard is not None:
+            return Turn(ask=False, at=heard.at + heard.due_in, learned=True)
+        if offset == 0:
+            return Turn(ask=True, due=due)  # the preferred server asks
         read = self._read
         if read is not None and read.sent >= check:  # a read made after the check time
-            wait = wait_from(read.leases.get(name))
+            seen = read.leases.get(name)
+            wait = wait_from(seen)
+            if seen is not None:  # a grant heard later must be newer than this
+                self.watch.know(name, Known(seen.generation, read.sent, self.epoch))
             if wait is not None:
                 return Turn(ask=False, at=max(read.done + wait, now + 0.001), learned=True)
             if now - read.done <= FRESH:
@@ -187,7 +165,8 @@ class DbLeases:
             if error is not None or rows is None:
                 return  # an outage (FleetDb): grants are asked for, and answered, at once
             self._read = Read(sent=now, done=fleet.monotonic(), leases={
-                row.name: Seen(row.held, row.due_in, row.expires_in) for row in rows})
+                row.name: Seen(row.held, row.due_in, row.expires_in, row.generation)
+                for row in rows})
 
         fleet._submit("look", "lease-table read", fleet.leases.list_leases, done)
 
@@ -240,6 +219,7 @@ class DbLeases:
         # this master's own finished generation of this lease, released by this statement
         kept = self.finished.pop(name, None) or self.expiring.pop(name, None)
         finished = None if kept is None else kept[0]
+        self.watch.know(name, None)  # what the answer says, if granted
 
         def done(result: Any, error: BaseException | None, late: bool) -> None:
             granted = error is None and result is not None and result.granted
@@ -265,6 +245,7 @@ class DbLeases:
                                                             0.05), unavailable=True, sent=sent))
                 return
             if granted:
+                self.watch.know(name, Known(int(result.generation), sent, epoch))
                 self._granted[name] = Granted(
                     int(result.generation), spec.period,
                     None if result.due_in is None else sent + result.due_in,
@@ -401,16 +382,6 @@ class DbLeases:
 
         fleet._submit("lease", "release", lambda: fleet.leases.release_many(due, fleet.holder),
                       done)
-
-
-def release_by(due: float, period: float, rank_: int, member: bool) -> float | None:
-    """The latest moment to release a finished lease that this master would ask for again
-    (rank 0) at ``due``: half-way to the moment the next server looks (rank 1's fallback
-    offset). None: release at once (not the preferred server, or not a fleet member).
-    Pure."""
-    if rank_ != 0 or not member:
-        return None
-    return due + rank.fallback_offset(1, period) / 2
 
 
 class DbRecorder:

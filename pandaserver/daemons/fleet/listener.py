@@ -19,6 +19,12 @@ A notification only says "read now"; the read itself stays the one way commands 
 (``Controls``), and the controls still read now and then (``command_interval``, a safety
 net) should a notification be lost another way. Other backends have no listener: their
 masters poll.
+
+The same connection also ``LISTEN``s on ``panda_daemon_grant`` when the master watches
+grants (``grants``, a ``GrantWatch``: every lease grant statement notifies it, and a
+fallback server that heard the grant of the period it looks at skips its lease-table read,
+grantwatch.py). Those notifications do not wake the controls; the watch is told when
+listening begins and ends, so it never counts on a grant sent while nobody listened.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from pandaserver.daemons.fleet.grantwatch import GrantWatch
+from pandaserver.db.stores.leasefirings import GRANT_CHANNEL
 from pandaserver.db.stores.operator_commands import CHANNEL
 
 log = logging.getLogger("panda.master")
@@ -68,6 +76,8 @@ class CommandListener:
         self.generation = 0  # bumped by each new connection (its descriptor may be reused)
         self.notified = 0
         self.lost = 0
+        self.grants: GrantWatch | None = None  # set before the first open: grants heard too
+        self._grants_listened = False  # the last ``open`` listened for grants (lane thread)
 
     @staticmethod
     def supported(engine: Engine) -> bool:
@@ -80,8 +90,11 @@ class CommandListener:
         try:
             raw.detach()  # never handed back to the pool: it is this listener's alone
             dbapi: Any = raw.dbapi_connection  # psycopg2's
+            grants = self.grants is not None
             with dbapi.cursor() as cursor:
-                cursor.execute(f"LISTEN {CHANNEL}")
+                cursor.execute(f"LISTEN {CHANNEL}; LISTEN {GRANT_CHANNEL}" if grants
+                               else f"LISTEN {CHANNEL}")
+            self._grants_listened = grants
             if not dbapi.autocommit:
                 dbapi.commit()
         except BaseException:
@@ -110,6 +123,12 @@ class CommandListener:
         self.conn = raw.dbapi_connection
         self.generation += 1
         self.woken = True  # commands recorded while nobody listened are found by a read
+        if self.grants is not None and self._grants_listened:  # grants from now on are heard
+            self.grants.listening(now)
+        elif self.grants is not None:  # the watch began while this one connected: again
+            self.close()
+            self.next_try = now
+            return
         log.debug("listening for operator commands (%s)", CHANNEL)
 
     def fileno(self) -> int | None:
@@ -141,15 +160,30 @@ class CommandListener:
             self.next_try = now  # opened again on the next turn
             return
         if self.conn.notifies:
-            self.notified += len(self.conn.notifies)
-            del self.conn.notifies[:]  # the payload is the id: the read takes them all
-            self.woken = True
+            for notice in self.conn.notifies:
+                if notice.channel == GRANT_CHANNEL:
+                    if self.grants is not None:
+                        self.grants.take(notice.payload, now)
+                else:  # the payload is the id: the read takes them all
+                    self.notified += 1
+                    self.woken = True
+            del self.conn.notifies[:]
+
+    def watch_grants(self, watch: GrantWatch, now: float) -> None:
+        """Hear the lease grants from now on (the first fallback look asks): a connection
+        that listens already is opened again, now listening on both channels."""
+        self.grants = watch
+        if self.conn is not None:
+            self.close()
+            self.next_try = now
 
     def take_wake(self) -> bool:
         woken, self.woken = self.woken, False
         return woken
 
     def close(self) -> None:
+        if self.grants is not None:
+            self.grants.deaf()
         raw, self._raw, self.conn = self._raw, None, None
         if raw is not None:
             with contextlib.suppress(Exception):

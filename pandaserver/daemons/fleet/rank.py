@@ -19,12 +19,15 @@ it never costs a missed period (see ``fallback_offset``; periods under ~1.2 s ex
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 FALLBACK_STEP = 1.0  # seconds between the checks of ranks 1, 2, ... (less for short periods)
 FALLBACK_RANKS = 3  # ranks beyond this check with rank 3 (a late, rare race between them)
 READ_INTERVAL = 2.0  # seconds between two reads of the lease table (less for short periods)
 READ_INTERVAL_MIN = 0.25  # ... but never less (at most 4 reads a second per server)
+OVERRUN_LOOK = 1.0  # seconds: how soon to look again at a lease held past its due time
 
 
 def weight(script: str, server: str) -> int:
@@ -67,3 +70,54 @@ def fallback_offset(rank_: int, period: float) -> float:
     machine) is not raced by the next one.
     """
     return min(rank_, FALLBACK_RANKS) * step(period)
+
+
+# ----- what a look sees (daemons/fleet/dbleases.py) -------------------------------------------
+@dataclass(frozen=True)
+class Seen:
+    """One lease as a bulk read saw it: ``due_in`` and ``expires_in`` in seconds, and its
+    generation (what a grant heard later must be newer than: grantwatch.py)."""
+
+    held: bool
+    due_in: float
+    expires_in: float | None
+    generation: int = 0
+
+
+@dataclass
+class Read:
+    """A lease-table read: when it was handed to its lane, when it came back (the loop's
+    clock), and what it saw."""
+
+    sent: float
+    done: float
+    leases: dict[str, Seen]
+
+
+def wait_from(seen: Seen | None) -> float | None:
+    """Seconds until the script is worth asking for again, as a read saw it; None when it
+    is not granted for this period (no row, due and not held): ask now."""
+    if seen is None:
+        return None
+    if seen.due_in > 0:  # granted for this period (running or done): next due then
+        return seen.due_in
+    if seen.held:  # an overrun: its holder asks again when done; look again soon
+        return max(0.05, min(seen.expires_in or 0.0, OVERRUN_LOOK))
+    return None
+
+
+def draining(state: str | None) -> bool:
+    """A server's reported state says it is draining (it asks for no sync lease)."""
+    try:
+        return bool(state) and bool(json.loads(state or "{}").get("draining"))
+    except (ValueError, AttributeError):
+        return False
+
+
+def release_by(due: float, period: float, rank_: int, member: bool) -> float | None:
+    """The latest moment to release a finished lease that this master would ask for again
+    (rank 0) at ``due``: half-way to the moment the next server looks (rank 1's fallback
+    offset). None: release at once (not the preferred server, or not a fleet member)."""
+    if rank_ != 0 or not member:
+        return None
+    return due + fallback_offset(1, period) / 2

@@ -70,11 +70,13 @@ from sqlalchemy import (
     Connection,
     Row,
     Table,
+    Text,
     cast,
     false,
     func,
     literal,
     literal_column,
+    null,
     select,
     true,
     type_coerce,
@@ -90,6 +92,7 @@ SQLITE_MIN = (3, 35, 0)
 MYSQL_FOUND_ROWS = 2  # CLIENT.FOUND_ROWS of the MySQL protocol
 _OK_VAR = "@panda_upsert_ok"
 GRANTED = "panda_upsert_granted"  # the decision, a column of the rows returned
+ANNOUNCED = "panda_upsert_announced"  # ``announce``'s value, a column on PostgreSQL
 
 
 class UnsupportedDatabase(Exception):
@@ -150,9 +153,15 @@ def upsert_or_else(
     returning: Sequence[ColumnElement[Any]],
     params: Mapping[str, Any] | None = None,
     cache: dict[str, Any] | None = None,
+    announce: ColumnElement[Any] | None = None,
 ) -> tuple[bool, Row[Any] | None]:
     """``conditional_upsert``, and when the row exists and ``where`` is false, apply
     ``otherwise`` to it instead (see the module docstring for each database).
+
+    ``announce`` (PostgreSQL only, ignored elsewhere): an expression over the granted row,
+    returned as the column ``ANNOUNCED`` by the ``attempt`` part only, so it is evaluated
+    once per grant inside the same statement and never on a refusal (a ``pg_notify``: it
+    is delivered only if the grant commits). Its value is text; NULL when refused.
 
     Returns (granted, row): the ``returning`` columns as inserted or updated when granted;
     when refused, of the row as it is after ``otherwise`` (the newest committed version,
@@ -170,9 +179,12 @@ def upsert_or_else(
         matches = [table.c[k] == values[k] for k in key]
         refused = update(table).where(*matches).values(dict(otherwise))
         if name == "postgresql":
-            attempt = upsert.returning(*returning, true().label(GRANTED)).cte("attempt")
+            told = [] if announce is None else [cast(announce, Text()).label(ANNOUNCED)]
+            untold = [] if announce is None else [null().cast(Text()).label(ANNOUNCED)]
+            attempt = upsert.returning(*returning, true().label(GRANTED), *told).cte("attempt")
             tried = select(literal_column("1")).select_from(attempt).exists()
-            lost = refused.where(~tried).returning(*returning, false().label(GRANTED))
+            lost = refused.where(~tried).returning(*returning, false().label(GRANTED),
+                                                   *untold)
             lost_cte = lost.cte("lost")
             first: Any = select(attempt).union_all(select(lost_cte))
         else:

@@ -20,15 +20,19 @@ once, late, when it is back. So the grant itself is never an insert.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Connection, Float, Row, and_, bindparam, or_
+from sqlalchemy import BigInteger, Connection, Float, Row, Text, and_, bindparam, cast, func, or_
+from sqlalchemy import literal as sql_literal
 
-from pandaserver.db.base.servertime import UtcDateTime, db_now_expr, db_now_plus
+from pandaserver.db.base.servertime import UtcDateTime, db_now_expr, db_now_plus, seconds_between
 from pandaserver.db.base.tables import daemon_lease
 from pandaserver.db.base.upsert import conditional_upsert, upsert_or_else
 
+# PostgreSQL: every grant statement notifies this channel (``grant_announce``)
+GRANT_CHANNEL = "panda_daemon_grant"
 RETURNED = ("generation", "owner_server", "next_due", "expires_at", "acquired_at",
             "contended_at", "firing")
 
@@ -47,6 +51,21 @@ def grant_owner(p_server: Any, p_period: Any) -> dict[str, Any]:
         "period": p_period,
         "updated_at": now,
     }
+
+
+@functools.cache
+def grant_announce() -> Any:
+    """The grant's notice (PostgreSQL): ``pg_notify`` on ``GRANT_CHANNEL`` with the granted
+    row's name, generation, holder and ``due_in`` (seconds from the grant to the next due
+    time, both on the database's clock), as JSON. Evaluated in the grant statement's
+    RETURNING for a granted row only (``upsert_or_else``'s ``announce``), so it costs no
+    statement and is delivered only if the grant commits; the fallback servers that hear it
+    skip their lease-table read (daemons/fleet/grantwatch.py)."""
+    t = daemon_lease
+    payload = func.json_build_object(
+        "name", t.c.name, "generation", t.c.generation, "server", t.c.owner_server,
+        "due_in", seconds_between(t.c.next_due, t.c.acquired_at))
+    return func.pg_notify(sql_literal(GRANT_CHANNEL), cast(payload, Text()))
 
 
 def finished_by_holder(p_server: Any) -> Any:
@@ -111,7 +130,7 @@ class FiringGrants:
             otherwise={"contended": t.c.contended + 1, "contended_by": p_server,
                        "contended_at": now},
             returning=[t.c[column] for column in RETURNED],
-            params=params, cache=self._statements)
+            params=params, cache=self._statements, announce=grant_announce())
 
 
 def refusal_wait(row: Row[Any], firing: datetime) -> tuple[float, bool]:

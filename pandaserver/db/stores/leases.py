@@ -76,7 +76,13 @@ from pandaserver.db.base.servertime import (
 )
 from pandaserver.db.base.tables import daemon_lease
 from pandaserver.db.base.upsert import upsert_or_else
-from pandaserver.db.stores.leasefirings import FiringGrants, finished_by_holder, grant_owner, refusal_wait
+from pandaserver.db.stores.leasefirings import (
+    FiringGrants,
+    finished_by_holder,
+    grant_announce,
+    grant_owner,
+    refusal_wait,
+)
 
 FORCE_RELEASE_ATTEMPTS = 5
 T = TypeVar("T")
@@ -288,6 +294,7 @@ class LeaseStore:
                            t.c.acquired_at, t.c.contended_at],
                 params=params,
                 cache=self._grant_statements,
+                announce=grant_announce(),  # PostgreSQL: the fleet hears of the grant
             )
             if row is None:  # pragma: no cover - rows are never deleted
                 return LeaseResult(False, None, 0.0, None, None, None)
