@@ -260,7 +260,10 @@ class Master:
             # hand due runs to idle workers first: a new worker cannot take one before it
             # is ready anyway, and its spawn (a fork) would delay the hand-over
             self.dispatcher.dispatch(self.clock.monotonic())
-            self.pool.fill(self.clock.monotonic())
+            # before the first run (database side not open yet): worker 1 boots alone, its
+            # siblings' spawns and boots would delay it; they follow its first hand-over
+            first = self.late is not None and not self.dispatcher.run_counter
+            self.pool.fill(self.clock.monotonic(), upto=1 if first else None)
             self.dispatcher.warn_late(self.clock.monotonic())
         if self.late is not None and (self.dispatcher.run_counter or self.pool.stopping
                                       or self.clock.monotonic() >= self.started + LATE_LIMIT):
