@@ -42,7 +42,6 @@ from pandaserver.daemons.base.clock import Clock, SystemClock
 from pandaserver.daemons.base.runs import LogRecorder, Recorder
 from pandaserver.daemons.containment.processes import set_title
 from pandaserver.daemons.containment.tracker import Containment
-from pandaserver.daemons.fleet.dbleases import DbLeases, DbRecorder
 from pandaserver.daemons.fleet.late import LATE_LIMIT, LateFleet, StartupError
 from pandaserver.daemons.fleet.leasemanager import LeaseManager, LocalLeases
 from pandaserver.daemons.master import reload, schedule
@@ -103,6 +102,10 @@ class Master:
         self.refused: StartupError | None = None  # the database refused the late opening
         if late is not None:
             recorder, leases = recorder or late.runs, leases or late.leases
+        elif fleet is not None:
+            from pandaserver.daemons.fleet.dbleases import DbLeases, DbRecorder
+
+            recorder, leases = recorder or DbRecorder(fleet), leases or DbLeases(fleet)
         self.only = only
         self.reload_settings = reload_settings
         self.containment: RunContainment = containment or Containment(
@@ -124,8 +127,7 @@ class Master:
         self.dispatcher = Dispatcher(
             clock=self.clock, scripts=Timetable(floor=late_floor), pool=self.pool,
             gate=self.controls, containment=self.containment, server=server, only=only,
-            recorder=recorder or (DbRecorder(fleet) if fleet else LogRecorder()),
-            leases=leases or (DbLeases(fleet) if fleet else LocalLeases()),
+            recorder=recorder or LogRecorder(), leases=leases or LocalLeases(),
             stop=self.begin_stop)
         self.pool.connect(self.dispatcher)
         self.controls.connect(self.dispatcher, self.pool)
@@ -284,6 +286,8 @@ class Master:
             log.error("cannot go on: %s", exc)
             self.begin_stop(now)
             return
+        from pandaserver.daemons.fleet.dbleases import DbLeases, DbRecorder
+
         self.fleet = fleet
         if self.controls.link is None:
             self.controls.link = FleetControl(fleet)
