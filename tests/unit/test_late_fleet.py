@@ -19,7 +19,7 @@ from pandaserver.commands import main as cli
 from pandaserver.config import PandaConfig, load_config
 from pandaserver.daemons.base import protocol
 from pandaserver.daemons.fleet.history.journal import Journal, journal_path
-from pandaserver.daemons.fleet.late import LateFleet, StartupError
+from pandaserver.daemons.fleet.late import LATE_LIMIT, LateFleet, StartupError
 from pandaserver.daemons.fleet.opening import open_fleet
 from pandaserver.daemons.master import loop
 from pandaserver.db.base import schemacheck
@@ -30,10 +30,11 @@ from tests.unit.fakemaster import FakeClock, FakeContainment, FakeProcesses
 SCRIPTS = '{"first": {"period": 600}, "shared": {"period": 600, "sync": true}}'
 
 
-def config(tmp_path: Path, scripts: str = SCRIPTS) -> PandaConfig:
+def config(tmp_path: Path, scripts: str = SCRIPTS, n_proc: int = 3) -> PandaConfig:
     path = tmp_path / "panda_server.cfg"
     path.write_text("\n".join(["[daemon]", "enable = True", "package = pandaserver.daemons.scripts",
-                               f"config = {scripts}", ""]), encoding="utf-8")
+                               f"n_proc = {n_proc}", f"config = {scripts}", ""]),
+                    encoding="utf-8")
     return load_config(str(path))
 
 
@@ -149,3 +150,27 @@ def test_the_first_run_is_journaled_then_written_by_the_late_opening(
     with sqlite3.connect(path) as conn:
         rows = conn.execute("SELECT script, outcome, master_id FROM daemon_run").fetchall()
     assert rows == [("first", "ok", late.runs.master_id)]
+
+
+def test_with_no_run_started_the_database_side_opens_at_the_late_limit(
+        state: Path, tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    path = migrated(cfg)
+    clock = FakeClock()
+    journal = Journal(journal_path(state, "here"), clock.monotonic)
+    late = LateFleet.make(lambda master_id, kept: open_fleet(
+        cfg, "here", clock, master_id=master_id, journal=kept),
+        schemacheck.sqlite_url(path), "here", journal)
+    master = loop.Master(cfg.daemon, server="here", clock=clock, late=late,
+                         processes=FakeProcesses(), containment=FakeContainment())
+    master.begin(clock.now)
+    wake = master.turn()  # worker 1 never becomes ready (its imports hang, say)
+    assert list(master.pool.slots) == [1]  # it boots alone until the first hand-over
+    assert master.fleet is None and wake is not None and wake <= clock.now + LATE_LIMIT
+    clock.now += LATE_LIMIT
+    master.turn()
+    assert master.fleet is not None  # opened anyway: the sync script may ask from now on
+    master.turn()
+    assert sorted(master.pool.slots) == list(range(1, cfg.daemon.n_proc + 1))
+    master.fleet.defer_calls(False)
+    master.fleet.close()
