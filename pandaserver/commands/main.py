@@ -138,12 +138,15 @@ def start_early_worker(cfg: PandaConfig, args: argparse.Namespace) -> Prespawned
 
 
 def _run(cfg: PandaConfig, args: argparse.Namespace, early: Prespawned | None) -> int:
-    from pandaserver.commands.launch import import_master_modules
+    from pandaserver.commands.launch import import_master_modules, may_open_late
     from pandaserver.config.users import NO_ROOT_VARIABLE
     from pandaserver.preflight.validate import RUN, drop_scripts, validate
 
-    # the master's modules are imported while the import check's interpreter works
-    verdict = validate(cfg, RUN, cwd=os.getcwd(), meanwhile=import_master_modules)
+    # the master's modules are imported while the import check's interpreter works (not
+    # the database layer when the master opens it after its first run)
+    late = may_open_late(cfg)
+    verdict = validate(cfg, RUN, cwd=os.getcwd(),
+                       meanwhile=lambda: import_master_modules(late))
     report(verdict, RUN)
     code = verdict.exit_code(RUN)
     if code != exitcodes.RET_OK:
@@ -156,7 +159,7 @@ def _run(cfg: PandaConfig, args: argparse.Namespace, early: Prespawned | None) -
     try:
         master = build_master(cfg, args, processes=early)
     except Exception as exc:
-        from pandaserver.daemons.fleet.opening import StartupError
+        from pandaserver.daemons.fleet.late import StartupError
 
         if not isinstance(exc, StartupError):
             raise

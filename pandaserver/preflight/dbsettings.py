@@ -43,15 +43,14 @@ def _driver_hint(backend: str) -> str:
 def database_findings(cfg: PandaConfig, *, connect: bool = False,
                       sync_scripts: list[str] | None = None) -> tuple[str, list[Finding]]:
     """(where the database is, without a password; what is wrong or worth a warning)."""
+    from pandaserver.db.base.schemacheck import default_sqlite, sqlite_url
+
+    default = default_sqlite(cfg)
+    if default is not None and not connect:  # the state directory's file: no SQLAlchemy
+        return sqlite_url(default), _sqlite_findings(cfg, str(default), "", sync_scripts or [])
     from sqlalchemy.exc import ArgumentError
 
-    from pandaserver.db.base.engine import (
-        STATE_DIR_ENV,
-        DatabaseConfigError,
-        database_url,
-        safe_url,
-        sqlite_unusable,
-    )
+    from pandaserver.db.base.engine import DatabaseConfigError, database_url, safe_url
 
     raw = cfg.daemon.db_url.strip()
     place = cfg.where("daemon", "db_url") if raw else f"{cfg.path} [server]"
@@ -97,19 +96,29 @@ def database_findings(cfg: PandaConfig, *, connect: bool = False,
                         exitcodes.RET_CONFIG)]
     findings: list[Finding] = []
     if backend == "sqlite":
-        note = "" if raw else (
-            f" (no database is configured: the default, in {STATE_DIR_ENV})"
-            if os.environ.get(STATE_DIR_ENV, "").strip() else
-            " (no database is configured: the default, in the state directory under"
-            f" HOME={os.environ.get('HOME', '')})")
-        unusable = sqlite_unusable(url.database or "", note)
-        if unusable is not None:
-            return where, [(ERROR, f"{place if raw else cfg.path}: {unusable}",
-                            exitcodes.RET_CONFIG)]
-        findings += _local_sqlite(cfg, url.database or "", raw, sync_scripts or [])
+        findings += _sqlite_findings(cfg, url.database or "", raw, sync_scripts or [])
+        if any(level == ERROR for level, _, _ in findings):
+            return where, findings
     if connect:
         findings += _connect(url, place)
     return where, findings
+
+
+def _sqlite_findings(cfg: PandaConfig, database: str, raw: str, sync: list[str]
+                     ) -> list[Finding]:
+    """A SQLite file that cannot be created, or the warning of sync scripts on it."""
+    from pandaserver.db.base.statedir import STATE_DIR_ENV, sqlite_unusable
+
+    place = cfg.where("daemon", "db_url") if raw else str(cfg.path)
+    note = "" if raw else (
+        f" (no database is configured: the default, in {STATE_DIR_ENV})"
+        if os.environ.get(STATE_DIR_ENV, "").strip() else
+        " (no database is configured: the default, in the state directory under"
+        f" HOME={os.environ.get('HOME', '')})")
+    unusable = sqlite_unusable(database, note)
+    if unusable is not None:
+        return [(ERROR, f"{place}: {unusable}", exitcodes.RET_CONFIG)]
+    return _local_sqlite(cfg, database, raw, sync)
 
 
 def _local_sqlite(cfg: PandaConfig, database: str, raw: str, sync: list[str]) -> list[Finding]:

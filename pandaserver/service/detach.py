@@ -130,7 +130,7 @@ def become_master(plan: Plan, ready: Callable[[int], None]) -> int:
 
     Raises ``StartError`` for any failure before ``ready``.
     """
-    from pandaserver.daemons.fleet.opening import StartupError
+    from pandaserver.daemons.fleet.late import StartupError  # the database layer comes later
     from pandaserver.daemons.master import loop as _master  # noqa: F401 - imported while readable
 
     # Once the pid file is locked, reload and reopen-logs can find this process: until the
@@ -192,6 +192,11 @@ def become_master(plan: Plan, ready: Callable[[int], None]) -> int:
 def sqlite_file(cfg: PandaConfig) -> Path | None:
     """The SQLite file holding the fleet tables, when that is the database (None for a
     database server, or for settings the master itself will report)."""
+    from pandaserver.db.base.schemacheck import default_sqlite
+
+    default = default_sqlite(cfg)  # the state directory's file: found without SQLAlchemy
+    if default is not None:
+        return default.expanduser().absolute()
     try:
         from pandaserver.db.base.engine import DatabaseConfigError, database_url
     except ImportError:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from pandaserver.commands.registry import COMMANDS
 from pandaserver.config import load_config
 from pandaserver.db.base.engine import make_engine
 from pandaserver.db.base.schema import upgrade
+from tests.harness import wait_for
 
 # what a command must not import unless it needs it: the database layer, the web stack
 HEAVY = ("sqlalchemy", "psycopg2", "pymysql", "alembic", "gunicorn", "prometheus_client",
@@ -97,3 +99,36 @@ def test_a_database_command_imports_the_database_but_not_migrations_or_the_web(
     assert "sqlalchemy" in heavy
     assert not [m for m in heavy if m.startswith(("alembic", "gunicorn", "prometheus_client",
                                                   "psycopg2", "pymysql"))], heavy
+
+
+def test_a_master_imports_the_database_layer_only_after_its_first_run(tmp_path: Path) -> None:
+    """A script that needs no lease is due at start: its run is handed over before the
+    master imports SQLAlchemy (daemons/fleet/late.py), which it then does (the database side
+    opens: its log line)."""
+    cfg = tmp_path / "panda_server.cfg"
+    cfg.write_text("[daemon]\nenable = True\npackage = pandaserver.daemons.scripts\nn_proc = 1\n"
+                   'config = {"dummy_test": {"period": 600}}\n', encoding="utf-8")
+    engine = make_engine(load_config(str(cfg)), tmp_path / "state")
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+    log = tmp_path / "master.log"
+    env = {**os.environ, "PANDA_DAEMON_STATE_DIR": str(tmp_path / "state"), "PANDA_NO_ROOT": "1"}
+    with log.open("wb") as out:
+        master = subprocess.Popen(
+            [sys.executable, "-X", "importtime", "-m", "pandaserver.daemons.master", "-c",
+             str(cfg), "--server-name", "t1", "--log-level", "DEBUG", "run"],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        wait_for(lambda: all(said in log.read_text() for said in (
+            "panda.master: database: sqlite", "dummy_test run 1 dispatched")), 60,
+            "the first run and the database side")
+    finally:
+        master.send_signal(signal.SIGTERM)
+        master.wait(60)
+    lines = log.read_text().splitlines()
+    handed = next(i for i, line in enumerate(lines) if "dummy_test run 1 dispatched" in line)
+    imported = [i for i, line in enumerate(lines)
+                if line.startswith("import time:") and line.split("|")[-1].strip() == "sqlalchemy"]
+    assert imported and imported[0] > handed, "SQLAlchemy was imported before the first run"

@@ -76,7 +76,8 @@ class FleetDb:
                  monotonic: Callable[[], float], started_wall: datetime,
                  probe_interval: float = PROBE_INTERVAL,
                  wall: Callable[[], datetime] | None = None,
-                 call_timeout: float = CALL_TIMEOUT, member: bool = True) -> None:
+                 call_timeout: float = CALL_TIMEOUT, member: bool = True,
+                 master_id: str | None = None) -> None:
         self.engine = engine
         self.server = server
         self.pid = os.getpid()
@@ -104,7 +105,8 @@ class FleetDb:
         self.schema_problem: str | None = None
         self.next_beat = 0.0
         self.pruner = PruneSchedule(engine, lambda: self.settings)  # pruner.py
-        self.master_id = uuid.uuid4().hex  # this master's runs in the history
+        # this master's runs in the history (given: chosen before this was made, late.py)
+        self.master_id = master_id or uuid.uuid4().hex
         self.holder = Holder(server, self.pid, self.master_id)  # ... and its leases
         self.completions = Completions()
         self.keeper = HistoryKeeper(

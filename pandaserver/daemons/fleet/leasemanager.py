@@ -107,3 +107,33 @@ class LocalLeases:
     def send_releases(self, now: float, everything: bool = False,
                       only: str | None = None) -> None:
         return None
+
+
+class PendingLeases:
+    """The leases of a master whose database side is not open yet (it opens just after the
+    first run of a script that needs no lease, daemons/fleet/late.py): no sync script asks
+    before then; each looks again ``RETRY`` seconds later."""
+
+    RETRY = 0.05
+    ttl: float | None = None
+    epoch = 0
+
+    def turn(self, spec: DaemonSpec, due: float, now: float) -> Turn:
+        return Turn(ask=False, due=due, at=now + self.RETRY)
+
+    def acquire(self, spec: DaemonSpec, now: float, reply: AcquireReply,
+                firing: float | None = None) -> None:
+        reply(LeaseDecision(granted=False, wait=self.RETRY, sent=now))
+
+    def renew(self, held: list[tuple[str, int]], now: float, reply: RenewReply) -> None:
+        reply({name for name, _ in held}, now)
+
+    def release(self, name: str, generation: int | None) -> None:
+        return None
+
+    def next_release(self) -> float | None:
+        return None
+
+    def send_releases(self, now: float, everything: bool = False,
+                      only: str | None = None) -> None:
+        return None

@@ -20,6 +20,7 @@ from pandaserver.daemons.base.clock import Clock
 from pandaserver.daemons.fleet.fleetdb import IO_TIMEOUT, STATEMENT_TIMEOUT, FleetDb
 from pandaserver.daemons.fleet.history.journal import Journal, journal_path
 from pandaserver.daemons.fleet.history.spool import Spool, spool_path
+from pandaserver.daemons.fleet.late import StartupError as StartupError
 from pandaserver.db.base.credentials import credentials_refused
 from pandaserver.db.base.engine import (
     DatabaseConfigError,
@@ -35,21 +36,16 @@ log = logging.getLogger("panda.master")
 STARTUP_SCHEMA_TIMEOUT = 15.0  # a migration of SQLite at start may take a moment
 
 
-class StartupError(Exception):
-    """The master must not start; ``code`` is its exit status."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def open_fleet(cfg: PandaConfig, server: str, clock: Clock, member: bool = True) -> FleetDb:
+def open_fleet(cfg: PandaConfig, server: str, clock: Clock, member: bool = True,
+               master_id: str | None = None, journal: Journal | None = None) -> FleetDb:
     """Connect to the configured database and check its schema (upgrading SQLite).
 
     A newer schema, or an older one on a shared server database, refuses the start; an
     unreachable database does not: the master starts in an outage and resumes by itself.
     ``member``: a master of the fleet (not ``run-once``): it records run starts, replays
     the history spooled by the last master of ``server`` and closes that master's open runs.
+    ``master_id`` and ``journal``: a master that ran before its database side was opened
+    (late.py) keeps its id and its journal, which holds those runs' starts.
     """
     try:
         # autocommit without a ping: one round trip per lease grant (lease statements retry
@@ -59,7 +55,7 @@ def open_fleet(cfg: PandaConfig, server: str, clock: Clock, member: bool = True)
     except (DatabaseConfigError, KeyError, ValueError) as exc:
         raise StartupError(exitcodes.RET_CONFIG, f"database settings: {exc}") from None
     fleet = FleetDb(engine, server, cfg.daemon, clock.monotonic, clock.wall(), wall=clock.wall,
-                    member=member)
+                    member=member, master_id=master_id)
     outcome: list[BaseException | None] = []
 
     def check() -> None:
@@ -92,5 +88,5 @@ def open_fleet(cfg: PandaConfig, server: str, clock: Clock, member: bool = True)
     if member:
         state_dir = default_state_dir()
         fleet.keeper.at_start(Spool(spool_path(state_dir, server)), fleet.history_usable(),
-                              Journal(journal_path(state_dir, server), clock.monotonic))
+                              journal or Journal(journal_path(state_dir, server), clock.monotonic))
     return fleet

@@ -36,15 +36,16 @@ import logging
 import math
 import os
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pandaserver.config.daemon import DaemonSettings
 from pandaserver.daemons.base.clock import Clock, slack_due
-from pandaserver.daemons.fleet.fleetdb import FleetDb
-from pandaserver.daemons.fleet.lanes import Chore
 from pandaserver.daemons.master import crashloop
 from pandaserver.daemons.master.schedule import ScriptState
-from pandaserver.db.stores import operator_commands as dbcontrol
+
+if TYPE_CHECKING:  # the database layer is imported when the link is made (SQLAlchemy)
+    from pandaserver.daemons.fleet.fleetdb import FleetDb
+    from pandaserver.db.stores import operator_commands as dbcontrol
 
 log = logging.getLogger("panda.master")
 
@@ -76,8 +77,10 @@ class FleetControl:
     """The link over the fleet database's ``house`` lane."""
 
     def __init__(self, fleet: FleetDb) -> None:
+        from pandaserver.db.stores.operator_commands import ControlStore
+
         self.fleet = fleet
-        self.store = dbcontrol.ControlStore(fleet.engine)
+        self.store = ControlStore(fleet.engine)
 
     def ready(self, now: float) -> bool:
         return self.fleet.usable(now) and not self.fleet.lanes["house"].busy
@@ -91,6 +94,8 @@ class FleetControl:
 
     def poll(self, server: str, pid: int, after: int | None, acks: list[tuple[int, str]],
              state: dict[str, Any] | None, done: Done) -> None:
+        from pandaserver.daemons.fleet.lanes import Chore
+
         store = self.store
         # sent by the fleet's tick of this turn, with its heartbeat when that is due
         self.fleet.chores.append(Chore("operator commands",
@@ -231,6 +236,8 @@ class Controls:
                 "crash_looping": self.crashes.looping()}
 
     def apply_poll(self, result: dbcontrol.PollResult, now: float) -> None:
+        from pandaserver.db.stores import operator_commands as dbcontrol  # loaded by the poll
+
         scripts, _ = self._parts()
         paused = {h.name: h for h in result.holds if h.kind == dbcontrol.PAUSE}
         for name in sorted(set(paused) - set(self.paused)):
@@ -256,6 +263,8 @@ class Controls:
             self.read_soon = True
 
     def _act(self, command: dbcontrol.Command, now: float) -> None:
+        from pandaserver.db.stores import operator_commands as dbcontrol  # loaded by the poll
+
         scripts, workers = self._parts()
         verb, name = command.verb, command.target
         state = scripts.script(name)

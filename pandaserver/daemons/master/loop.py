@@ -32,7 +32,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pandaserver import exitcodes
 from pandaserver.config.daemon import DaemonSettings
@@ -42,8 +42,7 @@ from pandaserver.daemons.base.clock import Clock, SystemClock
 from pandaserver.daemons.base.runs import LogRecorder, Recorder
 from pandaserver.daemons.containment.processes import set_title
 from pandaserver.daemons.containment.tracker import Containment
-from pandaserver.daemons.fleet.dbleases import DbLeases, DbRecorder
-from pandaserver.daemons.fleet.fleetdb import FleetDb
+from pandaserver.daemons.fleet.late import LATE_LIMIT, LateFleet, StartupError
 from pandaserver.daemons.fleet.leasemanager import LeaseManager, LocalLeases
 from pandaserver.daemons.master import reload, schedule
 from pandaserver.daemons.master.controls import ControlLink, Controls, FleetControl
@@ -54,6 +53,9 @@ from pandaserver.daemons.master.schedule import ScriptState
 from pandaserver.daemons.master.statusfile import StatusFile, remembered
 from pandaserver.daemons.master.timetable import Timetable
 from pandaserver.daemons.master.workers import WorkerPool
+
+if TYPE_CHECKING:  # imported when the database side opens (SQLAlchemy): late.py
+    from pandaserver.daemons.fleet.fleetdb import FleetDb
 
 log = logging.getLogger("panda.master")
 # The loop shares the interpreter with threads (the status file's writer, history, database
@@ -87,13 +89,24 @@ class Master:
         processes: ProcessLayer | None = None,
         containment: RunContainment | None = None,
         control: ControlLink | None = None,
+        late: LateFleet | None = None,
     ) -> None:
         """``processes``, ``containment`` and ``control`` replace the OS calls about
-        workers, the run containment and the operator-command rows (tests pass fakes)."""
+        workers, the run containment and the operator-command rows (tests pass fakes).
+        ``late`` (instead of ``fleet``): the database side, opened after the first run
+        (``open_late``; daemons/fleet/late.py)."""
         self.settings = settings
         self.server = server
         self.clock = clock or SystemClock()
         self.fleet = fleet
+        self.late = late
+        self.refused: StartupError | None = None  # the database refused the late opening
+        if late is not None:
+            recorder, leases = recorder or late.runs, leases or late.leases
+        elif fleet is not None:
+            from pandaserver.daemons.fleet.dbleases import DbLeases, DbRecorder
+
+            recorder, leases = recorder or DbRecorder(fleet), leases or DbLeases(fleet)
         self.only = only
         self.reload_settings = reload_settings
         self.containment: RunContainment = containment or Containment(
@@ -109,14 +122,13 @@ class Master:
             argv=worker_argv(server, log_level, worker_log_file, config_path),
             # pinned at start: the workers' tbuf stays on the master's database (new_slot)
             database=(fleet.engine.url.render_as_string(hide_password=False)
-                      if fleet is not None else None),
+                      if fleet is not None else late.database if late is not None else None),
             containment=self.containment, layer=processes or RealProcesses(),
             preload=lambda: self.dispatcher.modules(self.controls.crashes.scripts))
         self.dispatcher = Dispatcher(
             clock=self.clock, scripts=Timetable(floor=late_floor), pool=self.pool,
             gate=self.controls, containment=self.containment, server=server, only=only,
-            recorder=recorder or (DbRecorder(fleet) if fleet else LogRecorder()),
-            leases=leases or (DbLeases(fleet) if fleet else LocalLeases()),
+            recorder=recorder or LogRecorder(), leases=leases or LocalLeases(),
             stop=self.begin_stop)
         self.pool.connect(self.dispatcher)
         self.controls.connect(self.dispatcher, self.pool)
@@ -137,6 +149,9 @@ class Master:
             self.extra_events.append(fleet.tick)
         self.extra_events += [self.pool.recycle_next, self.dispatcher.release_held]
         self.started = self.clock.monotonic()
+        if late is not None:  # at the latest then, should no run start before
+            self.extra_events.append(
+                lambda now: self.started + LATE_LIMIT if self.late is not None else None)
         self.exit_reason = ""  # why run() returns a failure status, for the pid file
         self.status = StatusFile(status_file) if status_file is not None else None
         if status_file is not None and only is None:  # run-once waits for no firing
@@ -205,6 +220,8 @@ class Master:
             self.fleet.defer_calls(True)
         while (next_event := self.turn()) is not None:
             self._wait(next_event - self.clock.monotonic())
+        if self.late is not None:  # stopped first: what ran is still written
+            self.open_late(self.clock.monotonic())
         if self.fleet is not None:
             self.fleet.defer_calls(False)
         self.containment.close()
@@ -212,6 +229,10 @@ class Master:
             self.status.close(self, self.clock.monotonic())
         if self.fleet is not None:
             self.fleet.close()
+        if self.refused is not None:
+            self.exit_reason = str(self.refused)
+            log.error("master stopped, exit %d: %s", self.refused.code, self.refused)
+            return self.refused.code
         if self.only is not None:
             log.info("master stopped")
             return ONCE_EXIT.get(self.dispatcher.once_outcome or protocol.LOST,
@@ -244,11 +265,44 @@ class Master:
             # hand due runs to idle workers first: a new worker cannot take one before it
             # is ready anyway, and its spawn (a fork) would delay the hand-over
             self.dispatcher.dispatch(self.clock.monotonic())
-            self.pool.fill(self.clock.monotonic())
+            # before the first run (database side not open yet): worker 1 boots alone, its
+            # siblings' spawns and boots would delay it; they follow its first hand-over
+            first = self.late is not None and not self.dispatcher.run_counter
+            self.pool.fill(self.clock.monotonic(), upto=1 if first else None)
             self.dispatcher.warn_late(self.clock.monotonic())
+        if self.late is not None and (self.dispatcher.run_counter or self.pool.stopping
+                                      or self.clock.monotonic() >= self.started + LATE_LIMIT):
+            # after the first hand-over (and the spawns), while that run's worker works
+            self.open_late(self.clock.monotonic())
         # timers (history hand-over, heartbeats) may take a moment: measure the timeout
         # from after them, or the master would wake late by that much
         return self._next_event(self.clock.monotonic())
+
+    def open_late(self, now: float) -> None:
+        """Open the database side (``late``) and wire it in as ``fleet`` would have been."""
+        late, self.late = self.late, None
+        assert late is not None
+        try:
+            fleet = late.open()
+        except StartupError as exc:  # the database refused it since the start's check
+            self.refused = exc
+            log.error("cannot go on: %s", exc)
+            self.begin_stop(now)
+            return
+        from pandaserver.daemons.fleet.dbleases import DbLeases, DbRecorder
+
+        self.fleet = fleet
+        if self.controls.link is None:
+            self.controls.link = FleetControl(fleet)
+        if self.dispatcher.leases is late.leases:
+            self.dispatcher.leases = self.dispatcher.keeper.leases = DbLeases(fleet)
+        if self.dispatcher.recorder is late.runs:
+            self.dispatcher.recorder = DbRecorder(fleet)
+        late.runs.hand_over(fleet)
+        # the command read before the fleet's tick, as at construction
+        self.extra_events.insert(self.extra_events.index(self.controls.tick) + 1, fleet.tick)
+        fleet.settings = self.settings
+        fleet.defer_calls(True)
 
     def _watched(self) -> dict[int, tuple[str, Slot | None]]:
         fds: dict[int, tuple[str, Slot | None]] = {self._wakeup_r: ("signal", None)}

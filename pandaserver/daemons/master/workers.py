@@ -105,13 +105,23 @@ class WorkerPool:
         return not self.slots and not self.draining
 
     # ----- spawning -------------------------------------------------------------------------
-    def fill(self, now: float) -> None:
+    def fill(self, now: float, upto: int | None = None) -> None:
+        """Start the missing workers (``upto``: only those of that index or lower; the
+        first generation's others are started by a later call, still staggered)."""
         n_proc = self.n_proc
         missing = [i for i in range(1, n_proc + 1) if i not in self.slots]
         if not missing or now < self.spawn_not_before:
             return
         modules = self.preload()
-        for position, index in enumerate(missing):
+        if upto is not None and missing[-1] > upto:
+            missing = [i for i in missing if i <= upto]
+            if not missing:
+                return
+            partial = True
+        else:
+            partial = False
+        for index in missing:
+            position = index - 1 if self.first_generation else 0
             if not self.spawns.allowed(now, spawn_limit(n_proc)):
                 # a bounded rate whatever the config or the scripts do
                 self.spawn_not_before = self.spawns.next_allowed(now, spawn_limit(n_proc))
@@ -122,8 +132,8 @@ class WorkerPool:
             self.spawns.note(now)
             settings = self.settings()
             lifetime = settings.proc_lifetime
-            if self.first_generation:
-                lifetime = staggered_lifetime(lifetime, position, len(missing))
+            if self.first_generation:  # every slot is missing: positions 0 .. n_proc - 1
+                lifetime = staggered_lifetime(lifetime, position, n_proc)
             try:
                 self.slots[index] = new_slot(index, now, lifetime, self.argv, settings.package,
                                              modules, self.containment, self.database,
@@ -132,7 +142,8 @@ class WorkerPool:
                 log.error("cannot start worker %d: %s", index, exc)
                 self.back_off(now)
                 return
-        self.first_generation = False
+        if not partial:
+            self.first_generation = False
 
     def back_off(self, now: float) -> None:
         self.spawn_backoff = min(MAX_SPAWN_BACKOFF, max(1.0, self.spawn_backoff * 2))

@@ -18,7 +18,6 @@ masters on one host can share one file.
 
 from __future__ import annotations
 
-import os
 import re
 import sqlite3
 import time
@@ -32,8 +31,10 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from pandaserver.config import PandaConfig
 from pandaserver.db.base import multihost, statedir
+from pandaserver.db.base.statedir import SQLITE_ELSEWHERE as SQLITE_ELSEWHERE
 from pandaserver.db.base.statedir import SQLITE_FILENAME as SQLITE_FILENAME
 from pandaserver.db.base.statedir import STATE_DIR_ENV as STATE_DIR_ENV
+from pandaserver.db.base.statedir import sqlite_unusable as sqlite_unusable
 
 SYSTEM_STATE_DIR = statedir.SYSTEM_STATE_DIR  # a module attribute: tests move it
 
@@ -227,32 +228,6 @@ def socket_of(dbapi_connection: Any) -> int | None:
             return None
         return fd if isinstance(fd, int) and fd >= 0 else None
     return None
-
-
-SQLITE_ELSEWHERE = (f"choose another place: {STATE_DIR_ENV}=DIR in the environment (a"
-                    " directory this user can write), or [daemon] db_url ="
-                    " sqlite:////DIR/panda_daemon.sqlite")
-
-
-def sqlite_unusable(database: str, note: str = "") -> str | None:
-    """Why the SQLite file ``database`` can be neither opened nor created by this user (a
-    line naming the path, ``note`` on where it comes from, and how to choose another), or
-    None when it looks usable."""
-    if database in ("", ":memory:") or database.startswith("file:"):
-        return None
-    path = Path(database).expanduser()
-    if path.exists():
-        return None
-    missing, parent = path, path.parent
-    while not parent.exists() and parent != parent.parent:
-        missing, parent = parent, parent.parent
-    if not parent.is_dir():
-        why = f"{parent} is not a directory"
-    elif not os.access(parent, os.W_OK | os.X_OK):
-        why = f"this user (uid {os.geteuid()}) cannot create {missing} in {parent}"
-    else:
-        return None
-    return f"the SQLite database {path}{note} cannot be created: {why}; {SQLITE_ELSEWHERE}"
 
 
 def _prepare_sqlite_file(url: URL) -> None:

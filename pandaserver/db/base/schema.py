@@ -28,8 +28,18 @@ from sqlalchemy.exc import OperationalError
 
 from pandaserver import __version__
 from pandaserver.db.base import revisions
+from pandaserver.db.base.schemacheck import (
+    COMPAT_TABLE,
+    CURRENT_SQL,
+    OLDEST_CODE_SQL,
+    VERSION_TABLE,
+)
+from pandaserver.db.base.schemacheck import UPGRADE_HINT as UPGRADE_HINT
+from pandaserver.db.base.schemacheck import SchemaError as SchemaError
+from pandaserver.db.base.schemacheck import newer_but_compatible as newer_but_compatible
+from pandaserver.db.base.schemacheck import verdict as _verdict
 from pandaserver.db.base.servertime import db_now_expr
-from pandaserver.db.base.tables import COMPAT_TABLE, VERSION_TABLE, daemon_schema_compat
+from pandaserver.db.base.tables import daemon_schema_compat
 
 if TYPE_CHECKING:  # Alembic is imported only to migrate: a check reads the files (revisions)
     from alembic.config import Config
@@ -43,7 +53,6 @@ _PG_LOCK_KEY = int.from_bytes(b"panda-sc", "big") & 0x7FFF_FFFF_FFFF_FFFF
 # MySQL/MariaDB: GET_LOCK name and how long an upgrader waits for another (seconds)
 _MYSQL_LOCK_NAME = "panda_daemon_schema"
 _MYSQL_LOCK_WAIT = 300
-UPGRADE_HINT = "run `panda-daemon db upgrade`"
 # PostgreSQL: how long one statement of a migration waits for a table lock before the whole
 # migration rolls back and is tried again. A statement waiting for a lock blocks every later
 # statement on that table (masters' grants and renewals) while it waits: a running fleet
@@ -59,20 +68,6 @@ EXPAND, CONTRACT = "expand", "contract"
 # a real transaction for the migration, even on an autocommit engine
 _TRANSACTIONAL = {"postgresql": "READ COMMITTED", "sqlite": "SERIALIZABLE",
                   "mysql": "REPEATABLE READ"}
-
-
-class SchemaError(Exception):
-    """The database schema does not match this panda-daemon (the message says what to do).
-
-    ``kind`` is ``"missing"`` (no panda-daemon tables), ``"older"`` or ``"newer"`` (newer,
-    and not recorded as working with this code).
-    """
-
-    def __init__(self, message: str, kind: str, current: str | None, head: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.current = current
-        self.head = head
 
 
 class UpgradeBlocked(Exception):
@@ -126,7 +121,7 @@ def _current(conn: Connection) -> str | None:
     # Read directly rather than through a MigrationContext, which logs at INFO each time.
     if not inspect(conn).has_table(VERSION_TABLE):
         return None
-    rows = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+    rows = conn.execute(text(CURRENT_SQL)).scalars().all()
     if len(rows) > 1:
         return "+".join(sorted(rows))  # several heads: no revision this code knows
     return rows[0] if rows else None
@@ -137,8 +132,7 @@ def _oldest_code(conn: Connection, current: str) -> str | None:
     nothing is recorded (a database migrated before rolling upgrades, or by hand)."""
     if not inspect(conn).has_table(COMPAT_TABLE):
         return None
-    found = conn.execute(text(f"SELECT oldest_code FROM {COMPAT_TABLE} WHERE revision = :rev"),
-                         {"rev": current}).scalar()
+    found = conn.execute(text(OLDEST_CODE_SQL), {"rev": current}).scalar()
     return None if found is None else str(found)
 
 
@@ -155,42 +149,6 @@ def current_revision(engine: Engine) -> str | None:
     """The database's revision, None when panda-daemon's tables were never created."""
     with engine.connect() as conn:
         return _current(conn)
-
-
-def newer_but_compatible(current: str | None, oldest_code: str | None) -> bool:
-    """A revision this code does not know, recorded as working with code this old or older:
-    some server of the fleet ran ``db upgrade`` with a newer release (a rolling upgrade)."""
-    known = known_revisions()
-    return (current is not None and current not in known and oldest_code is not None
-            and oldest_code in known)
-
-
-def _verdict(current: str | None, oldest_code: str | None = None) -> SchemaError | None:
-    head = head_revision()
-    if current == head or newer_but_compatible(current, oldest_code):
-        return None
-    if current is None:
-        return SchemaError(
-            f"the database has no panda-daemon tables yet (schema {head} needed); {UPGRADE_HINT}",
-            "missing", current, head,
-        )
-    if current not in known_revisions():
-        if oldest_code is None:
-            why = (" and does not record which older code works with it (it was migrated"
-                   " by a release before rolling upgrades, or by hand)")
-        else:
-            why = f" and works only with code of schema {oldest_code} or later"
-        return SchemaError(
-            f"database schema {current} is newer than this panda-daemon knows (head {head}){why};"
-            f" upgrade panda-daemon on this server to a release that knows schema"
-            f" {oldest_code or current}",
-            "newer", current, head,
-        )
-    return SchemaError(
-        f"database schema {current} is older than this panda-daemon needs (head {head});"
-        f" {UPGRADE_HINT}",
-        "older", current, head,
-    )
 
 
 def check_schema(engine: Engine) -> str:

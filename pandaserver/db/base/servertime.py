@@ -37,6 +37,10 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import Float, TypeDecorator
 
+from pandaserver.db.base.duerule import DUE_TOLERANCE as DUE_TOLERANCE
+from pandaserver.db.base.duerule import DUE_TOLERANCE_PARTS as DUE_TOLERANCE_PARTS
+from pandaserver.db.base.duerule import due_tolerance as due_tolerance
+
 _SQLITE_FORMAT = "'%Y-%m-%d %H:%M:%f000'"
 
 
@@ -207,24 +211,6 @@ def db_now(conn: Connection) -> datetime:
     if not isinstance(value, datetime):  # pragma: no cover - the clock is never NULL
         raise RuntimeError(f"the database returned no current time: {value!r}")
     return value
-
-
-DUE_TOLERANCE = 1.0  # seconds: the most a run may start late and still keep its grid ...
-DUE_TOLERANCE_PARTS = 10  # ... and at most this part of its period (a tenth)
-
-
-def due_tolerance(period: float) -> float:
-    """How late a run may start and still keep its grid: ``min(1 s, period / 10)``.
-
-    The one rule for the next due time after a start, applied by the master to its own
-    scripts (``daemons/master/schedule.py``) and by the lease grant to sync scripts
-    fleet-wide (``next_due_after`` below): a run due at ``due`` that starts at ``started``
-    is next due at ``max(due + period, started + period - due_tolerance(period))``. A run
-    on time (late by at most the tolerance) keeps its grid; a later one, a first one, or
-    one after an idle fleet counts its period from its own start (less the tolerance). So
-    two consecutive runs are never closer than ``period - due_tolerance(period)``.
-    """
-    return min(DUE_TOLERANCE, period / DUE_TOLERANCE_PARTS)
 
 
 class next_due_after(FunctionElement[datetime]):

@@ -42,3 +42,29 @@ def _writable(path: Path) -> bool:
         return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
     parent = path.parent
     return parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)
+
+
+SQLITE_ELSEWHERE = (f"choose another place: {STATE_DIR_ENV}=DIR in the environment (a"
+                    " directory this user can write), or [daemon] db_url ="
+                    " sqlite:////DIR/panda_daemon.sqlite")
+
+
+def sqlite_unusable(database: str, note: str = "") -> str | None:
+    """Why the SQLite file ``database`` can be neither opened nor created by this user (a
+    line naming the path, ``note`` on where it comes from, and how to choose another), or
+    None when it looks usable."""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        return None
+    path = Path(database).expanduser()
+    if path.exists():
+        return None
+    missing, parent = path, path.parent
+    while not parent.exists() and parent != parent.parent:
+        missing, parent = parent, parent.parent
+    if not parent.is_dir():
+        why = f"{parent} is not a directory"
+    elif not os.access(parent, os.W_OK | os.X_OK):
+        why = f"this user (uid {os.geteuid()}) cannot create {missing} in {parent}"
+    else:
+        return None
+    return f"the SQLite database {path}{note} cannot be created: {why}; {SQLITE_ELSEWHERE}"

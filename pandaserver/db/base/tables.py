@@ -26,18 +26,16 @@ from sqlalchemy import (
     text,
 )
 
+# the version and hold tables are named where the schema check reads them with plain SQL
+from pandaserver.db.base.schemacheck import COMPAT_TABLE as COMPAT_TABLE
+from pandaserver.db.base.schemacheck import HOLD_TABLE
+from pandaserver.db.base.schemacheck import VERSION_TABLE as VERSION_TABLE
 from pandaserver.db.base.servertime import UtcDateTime
 
 # the predicate of the partial index on (script, server, started_at, id), spelt the same in
 # the queries that use it (skipscan.py): SQLite matches a partial index's WHERE term by term
 NOT_SKIPPED_SQL = "outcome <> 'skipped'"
 
-VERSION_TABLE = "daemon_schema"
-# Which code a schema revision works with: one row per revision that `db upgrade` reached,
-# (revision, oldest_code): code whose newest known revision is oldest_code or later runs on
-# it (rolling upgrades, pandaserver/db/base/schema.py). Read by name, with plain SQL, so that a
-# release can read it before it knows the migration that creates it.
-COMPAT_TABLE = "daemon_schema_compat"
 TALLY_SQL = "tally = 1"  # the partial index's predicate, spelt as runcounts.py queries it
 # the bucket columns of daemon_run_count: as many as runcounts.py's bucket edges
 RUN_COUNT_DURATION_BUCKETS = 11
@@ -200,7 +198,7 @@ daemon_command_ack = Table(
 # What stays in force: a pause (kind "pause", name a script, server "*" or one server) or
 # a drain (kind "drain", name and server the drained server). Removed by resume/undrain.
 daemon_hold = Table(
-    "daemon_hold",
+    HOLD_TABLE,
     metadata,
     Column("kind", String(16), primary_key=True),
     Column("name", String(255), primary_key=True),

@@ -26,7 +26,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from pandaserver.daemons.base.runs import Run
 from pandaserver.daemons.fleet.history.spool import Spool, Stamped, encode
+from pandaserver.db.stores.runrecords import RunStart
 
 log = logging.getLogger("panda.master")
 
@@ -38,6 +40,13 @@ Key = tuple[Any, Any]  # (master id, run id)
 def journal_path(state_dir: Path, server: str) -> Path:
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in server)
     return state_dir / f"history-journal-{safe}.jsonl"
+
+
+def run_start(run: Run, server: str, master_id: str, master_pid: int) -> RunStart:
+    """The ``running`` row of a run just dispatched (journaled, then queued)."""
+    return RunStart(script=run.script, server=server, master_id=master_id,
+                    master_pid=master_pid, run_id=run.id, pid=run.pid,
+                    generation=run.generation, due_before_start=max(0.0, run.dispatched - run.due))
 
 
 def key_of(item: Any) -> Key | None:

@@ -42,7 +42,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from pandaserver import exitcodes
 from pandaserver.daemons.base import runs
 from pandaserver.daemons.base.clock import slack_due
-from pandaserver.daemons.fleet.history.journal import Journal
+from pandaserver.daemons.fleet.history.journal import Journal, run_start
 from pandaserver.daemons.fleet.history.spool import Spool
 from pandaserver.daemons.fleet.history.writer import HistoryWriter, Stamped, Written, is_outage
 from pandaserver.db.base.engine import STATE_DIR_ENV, describe_db_error
@@ -104,10 +104,7 @@ class HistoryKeeper:
         """A run was just dispatched: queue its ``running`` row."""
         if not self.member:  # run-once sends no heartbeat: its open row would look dead
             return
-        item = dbhistory.RunStart(
-            script=run.script, server=self.server, master_id=self.master_id,
-            master_pid=self.master_pid, run_id=run.id, pid=run.pid, generation=run.generation,
-            due_before_start=max(0.0, run.dispatched - run.due))
+        item = run_start(run, self.server, self.master_id, self.master_pid)
         if self.journal is not None:  # first: a kill -9 must not take the run's only trace
             self.journal.append(run.dispatched, item)
         self._queue(run.dispatched, item)
@@ -140,8 +137,13 @@ class HistoryKeeper:
             self.journal = journal
             started = journal.load()
             if started:
-                log.info("replaying %d run start(s) kept in %s by the last master",
-                         len(started), journal.path)
+                # this master's own: runs started before its database side was opened
+                # (daemons/fleet/late.py), journaled as any other
+                earlier = [row for row in started
+                           if getattr(row[1], "master_id", None) != self.master_id]
+                if earlier:
+                    log.info("replaying %d run start(s) kept in %s by the last master",
+                             len(earlier), journal.path)
                 self._send(started, usable)
         rows = spool.load(self.monotonic())
         self.spool = spool if rows is not None else None  # never overwrite an unread file
