@@ -225,6 +225,8 @@ class ControlStore:
             if after_id is None:
                 newest = conn.execute(select(t.c.id).order_by(t.c.id.desc()).limit(1)
                                       ).scalar_one_or_none()
+                if Prepared.supported(self.engine):  # compiled now, at the master's first
+                    self._read.compiled(self.engine.dialect)  # read, not at its next one
                 return PollResult(holds, [], int(newest or 0))
             rows = conn.execute(select(t).where(
                 t.c.id > after_id, or_(t.c.server.is_(None), t.c.server == server))
