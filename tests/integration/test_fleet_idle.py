@@ -10,11 +10,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 
 from pandaserver.config.daemon import DaemonSettings
 from pandaserver.daemons.fleet.fleetdb import FleetDb
 from pandaserver.daemons.fleet.lanes import Chore
+from pandaserver.db.base import prepared
 from pandaserver.db.stores.operator_commands import ControlStore
 
 
@@ -60,6 +61,51 @@ def test_heartbeat_sweep_and_command_read_are_one_call_then_sleep_until_the_next
         clock.now += 1.0
         assert fleet.tick(clock.now) == beat, "woke before the next heartbeat"
         assert not house.busy
+    finally:
+        fleet.close(timeout=5)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
+def test_an_idle_round_is_statements_compiled_once_on_the_driver(
+        db_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The round of every heartbeat interval (the beat with its look for dead masters' runs,
+    the command read) runs nothing through SQLAlchemy's execution path: statements compiled
+    once, on the driver (pandaserver/db/base/prepared.py); on PostgreSQL two statements."""
+    clock = Clock()
+    fleet = FleetDb(db_engine, "srv", DaemonSettings(path="x"), clock, datetime.now(UTC))
+    fleet.pruner.next_at = float("inf")
+    fleet.schema_ok = True
+    store = ControlStore(db_engine)
+    got: list[Any] = []
+
+    def read() -> None:  # as FleetControl sends the controls' read
+        fleet.chores.append(Chore("operator commands", lambda: store.poll("srv", 1, 0, [], None),
+                                  lambda result, error, late: got.append((result, error))))
+
+    try:
+        read()
+        fleet.tick(clock.now)  # the first round (and, on PostgreSQL, the listener's LISTEN)
+        answered(fleet)
+        clock.now += fleet.settings.heartbeat_interval
+        through_sqlalchemy: list[str] = []
+        on_driver: list[str] = []
+        event.listen(db_engine, "before_cursor_execute",
+                     lambda conn, cursor, sql, *rest: through_sqlalchemy.append(sql))
+        rows = prepared.Session.rows
+
+        def counted(session: prepared.Session, statement: prepared.Prepared,
+                    *args: Any, **kwargs: Any) -> Any:
+            on_driver.append(statement.compiled(session.dialect).sql)
+            return rows(session, statement, *args, **kwargs)
+
+        monkeypatch.setattr(prepared.Session, "rows", counted)
+        read()
+        fleet.tick(clock.now)
+        assert fleet.lanes["house"].current is not None, "no round at the heartbeat"
+        answered(fleet)
+        assert [error for _, error in got] == [None, None] and fleet.down_since is None
+        assert through_sqlalchemy == [], "SQLAlchemy's execution path in an idle round"
+        assert len(on_driver) == (2 if db_engine.dialect.name == "postgresql" else 3), on_driver
     finally:
         fleet.close(timeout=5)
 

@@ -20,9 +20,11 @@ from typing import Any
 from sqlalchemy import Engine, bindparam, delete, exists, insert, select, update
 from sqlalchemy.dialects import postgresql
 
+from pandaserver.db.base import prepared
+from pandaserver.db.base.prepared import Prepared
 from pandaserver.db.base.servertime import db_now_expr
 from pandaserver.db.base.tables import daemon_run, daemon_server
-from pandaserver.db.base.upsert import UnsupportedDatabase, conditional_upsert
+from pandaserver.db.base.upsert import UnsupportedDatabase, conditional_upsert, dialect_insert
 from pandaserver.db.stores import runwrites
 
 
@@ -77,6 +79,8 @@ class HeartbeatStore:
         self._beat_statements: dict[str, Any] = {}
         self._looks: dict[tuple[float, str | None], Any] = {}
         self._combined: tuple[Any, Any] | None = None  # (look, beat and look): PostgreSQL
+        # SQLite, PostgreSQL: (look, the beat's statement, the look's or None) compiled once
+        self._prepared: tuple[Any, Prepared, Prepared | None] | None = None
 
     def beat(
         self, server: str, pid: int, version: str, started_at: datetime, config_hash: str,
@@ -99,6 +103,8 @@ class HeartbeatStore:
                   "beat_server_time": server_time}
         look = (None if abandoned_after is None
                 else self._look(abandoned_after, except_master))
+        if Prepared.supported(self.engine):
+            return self._beat_prepared(params, look)
         with self.engine.begin() as conn:
             if look is not None and conn.dialect.name == "postgresql":
                 return bool(conn.execute(self._beat_and_look(look), params).scalar())
@@ -117,6 +123,29 @@ class HeartbeatStore:
                                 ).rowcount == 0:
                     conn.execute(insert(t).values(server=server, **values))
             return None if look is None else bool(conn.execute(look).scalar())
+
+    def _beat_prepared(self, params: dict[str, Any], look: Any) -> bool | None:
+        """The beat (and the look) as statements compiled once, on the driver (prepared.py):
+        on PostgreSQL one statement with the look, on SQLite two on one connection."""
+        if self._prepared is None or self._prepared[0] is not look:
+            name = self.engine.dialect.name
+            if name == "postgresql" and look is not None:
+                self._prepared = (look, Prepared(self._beat_and_look(look)), None)
+            else:
+                t = daemon_server
+                upsert = dialect_insert(name)(t).values({"server": self._server, **self._values})
+                upsert = upsert.on_conflict_do_update(index_elements=[t.c.server],
+                                                      set_=self._values)
+                self._prepared = (look, Prepared(upsert),
+                                  Prepared(look) if look is not None else None)
+        _, beat, own_look = self._prepared
+        with prepared.run(self.engine) as session:
+            rows = session.rows(beat, params, write=True)
+            if look is None:
+                return None
+            if own_look is not None:
+                rows = session.rows(own_look)
+            return bool(rows[0][0])
 
     def abandoned_runs(self, stale_after: float, except_master: str | None = None) -> bool:
         """Whether an open run exists that ``HistoryStore.close_abandoned(stale_after,

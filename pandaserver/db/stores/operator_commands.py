@@ -22,8 +22,25 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    Engine,
+    String,
+    and_,
+    bindparam,
+    cast,
+    delete,
+    func,
+    insert,
+    literal_column,
+    null,
+    or_,
+    select,
+    union_all,
+    update,
+)
 
+from pandaserver.db.base import prepared
+from pandaserver.db.base.prepared import Prepared
 from pandaserver.db.base.servertime import db_now_expr
 from pandaserver.db.base.tables import (
     daemon_command,
@@ -84,9 +101,32 @@ class PollResult:
     last_id: int = 0
 
 
+def _read_statement() -> Any:
+    """A master's read, one statement (one round trip on PostgreSQL): the holds that concern
+    server ``:poll_server`` (rows marked 0, as command-shaped columns) and the commands after
+    ``:poll_after`` meant for it (marked 1), the commands in id order."""
+    h, t = daemon_hold, daemon_command
+    server = bindparam("poll_server", type_=t.c.server.type)
+    holds = select(
+        literal_column("0").label("hold_row"), h.c.command_id.label("id"),
+        h.c.kind.label("verb"), h.c.name.label("target"), h.c.server, h.c.reason,
+        h.c.requested_by, h.c.since.label("requested_at"),
+        cast(null(), String).label("claimed_by"),
+    ).where(or_(and_(h.c.kind == PAUSE, or_(h.c.server == EVERY, h.c.server == server)),
+                and_(h.c.kind == DRAIN, h.c.name == server)))
+    commands = select(
+        literal_column("1"), t.c.id, t.c.verb, t.c.target, t.c.server, t.c.reason,
+        t.c.requested_by, t.c.requested_at, t.c.claimed_by,
+    ).where(t.c.id > bindparam("poll_after", type_=t.c.id.type),
+            or_(t.c.server.is_(None), t.c.server == server))
+    both = union_all(holds, commands)
+    return both.order_by(both.selected_columns.hold_row, both.selected_columns.id)
+
+
 class ControlStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._read = Prepared(_read_statement())  # compiled on its first use
 
     # ----- the operator's side -------------------------------------------------------------
     def issue(self, verb: str, target: str, server: str | None, reason: str | None,
@@ -148,27 +188,45 @@ class ControlStore:
              acks: list[tuple[int, str]], state: dict[str, Any] | None) -> PollResult:
         """Write ``acks`` (command id, note) and ``state``, then read the holds that concern
         ``server`` and the commands after ``after_id`` meant for it (None: none, only the
-        newest id: a master does not act on one-shot commands older than itself)."""
+        newest id: a master does not act on one-shot commands older than itself).
+
+        The read of every command interval (nothing to write, ``after_id`` known) is one
+        statement compiled once and run on the driver on SQLite and PostgreSQL
+        (``_read_statement``, ``pandaserver/db/base/prepared.py``): it is most of what an idle
+        master costs its database and itself."""
         a, t, h = daemon_command_ack, daemon_command, daemon_hold
-        with self.engine.begin() as conn:
-            if acks:  # only this server writes its acks: no race between read and insert
-                done = set(conn.execute(select(a.c.command_id).where(
-                    a.c.server == server, a.c.command_id.in_([i for i, _ in acks]))).scalars())
-                for command_id, note in acks:
-                    if command_id not in done:  # not twice, should a poll be retried
-                        done.add(command_id)
-                        conn.execute(insert(a).values(command_id=command_id, server=server,
-                                                      pid=pid, acted_at=db_now_expr(),
-                                                      note=note))
-            if state is not None:
-                conn.execute(update(daemon_server).where(daemon_server.c.server == server)
-                             .values(state=json.dumps(state, sort_keys=True)))
+        if acks or state is not None:
+            with self.engine.begin() as conn:
+                if acks:  # only this server writes its acks: no race between read and insert
+                    done = set(conn.execute(select(a.c.command_id).where(
+                        a.c.server == server, a.c.command_id.in_([i for i, _ in acks])
+                    )).scalars())
+                    for command_id, note in acks:
+                        if command_id not in done:  # not twice, should a poll be retried
+                            done.add(command_id)
+                            conn.execute(insert(a).values(
+                                command_id=command_id, server=server, pid=pid,
+                                acted_at=db_now_expr(), note=note))
+                if state is not None:
+                    conn.execute(update(daemon_server).where(daemon_server.c.server == server)
+                                 .values(state=json.dumps(state, sort_keys=True)))
+        if after_id is not None and Prepared.supported(self.engine):
+            # the read of every command interval: compiled once, one statement (prepared.py)
+            with prepared.run(self.engine) as session:
+                read = session.rows(self._read, {"poll_server": server, "poll_after": after_id})
+            holds = [Hold(kind=r[2], name=r[3], server=r[4], command_id=r[1],
+                          requested_by=r[6], reason=r[5], since=r[7]) for r in read if r[0] == 0]
+            commands = [Command(*r[1:]) for r in read if r[0] != 0]
+            return PollResult(holds, commands, commands[-1].id if commands else after_id)
+        with self.engine.connect() as conn:
             holds = [Hold(**row._mapping) for row in conn.execute(select(h).where(or_(
                 and_(h.c.kind == PAUSE, h.c.server.in_([EVERY, server])),
                 and_(h.c.kind == DRAIN, h.c.name == server)))).all()]
             if after_id is None:
                 newest = conn.execute(select(t.c.id).order_by(t.c.id.desc()).limit(1)
                                       ).scalar_one_or_none()
+                if Prepared.supported(self.engine):  # compiled now, at the master's first
+                    self._read.compiled(self.engine.dialect)  # read, not at its next one
                 return PollResult(holds, [], int(newest or 0))
             rows = conn.execute(select(t).where(
                 t.c.id > after_id, or_(t.c.server.is_(None), t.c.server == server))
