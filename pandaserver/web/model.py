@@ -42,10 +42,9 @@ from pandaserver.daemons.master.schedule import late_threshold
 from pandaserver.db.stores.heartbeat import ServerRow
 from pandaserver.db.stores.leases import LeaseRow
 from pandaserver.db.stores.operator_commands import EVERY, Hold
+from pandaserver.db.stores.operator_rows import ALIVE_BEATS as ALIVE_BEATS
 from pandaserver.db.stores.runrecords import SKIPPED, RunRow
 from pandaserver.fmt import span
-
-ALIVE_BEATS = 3.0
 
 
 def seconds(a: datetime, b: datetime) -> float:
