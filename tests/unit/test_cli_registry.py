@@ -109,10 +109,12 @@ def test_a_database_command_imports_the_database_but_not_migrations_or_the_web(
 
 @pytest.mark.parametrize(("argv", "says"), [
     (("pause", "dummy_test"), "recorded as command 1"),
-], ids=["pause"])
-def test_operator_commands_on_sqlite_import_no_sqlalchemy(
+    (("fleet",), "dummy_test  10m"),
+    (("fleet", "--check"), "OK: 0 stale, 0 late of 1 scripts"),
+], ids=["pause", "fleet", "fleet-check"])
+def test_database_commands_on_sqlite_import_no_sqlalchemy(
         tmp_path: Path, argv: tuple[str, ...], says: str) -> None:
-    """On a SQLite file they run their statements through sqlite3
+    """On a SQLite file ``pause`` & co. and ``fleet`` run their statements through sqlite3
     (pandaserver/db/base/sqlitedirect.py): SQLAlchemy's import is most of their time."""
     cfg = _migrated(tmp_path)
     got, heavy, output = _run(tmp_path, "-c", str(cfg), *argv)
