@@ -89,3 +89,17 @@ def test_both_paths_write_the_same_rows_and_read_them_alike(
         ((name, age),) = direct.servers()
         ((name_too, age_too),) = sqlalchemy_side.servers()
         assert name == name_too == "alpha" and 0 <= age <= age_too  # read in this order
+
+
+def test_the_statements_both_paths_share_on_every_backend(db_engine: Engine) -> None:
+    """``operator_statements`` (named parameters) through SQLAlchemy on each backend: the
+    holds the sequence leaves, the newest commands, the servers."""
+    store = ControlStore(db_engine)
+    issued = [store.issue(verb, target, server, reason, "op@host")
+              for verb, target, server, reason in SEQUENCE]
+    assert [c.id for c in issued] == sorted({c.id for c in issued})
+    assert [(h.kind, h.name, h.server, h.command_id) for h in store.holds()] == [
+        ("drain", "beta", "beta", issued[6].id), ("pause", "tock", "beta", issued[2].id)]
+    assert [c.verb for c in store.recent(3)] == [dbcontrol.RESTART_WORKERS, dbcontrol.KILL,
+                                                 dbcontrol.RUN_NOW]
+    assert store.servers() == [] and store.pushed == (db_engine.dialect.name == "postgresql")
