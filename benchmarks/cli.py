@@ -13,7 +13,9 @@ Compared with ``python -c pass`` timed the same way in the same rounds. The comm
 
 Prints, per command: the median and p90 wall time and the median minus bare python's.
 Byte code is written on a first warm-up run (as an installed package has it), so no round
-compiles sources.
+compiles sources; the warm-up checks each command's exit status (a failing command would be
+timed failing fast). On SQLite, ``pause`` and ``fleet`` read and write through ``sqlite3``
+(``pandaserver/db/base/sqlitedirect.py``), without importing SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -48,6 +50,15 @@ def timed(argv: list[str], env: dict[str, str]) -> float:
     return time.perf_counter() - start
 
 
+def warm_up(name: str, argv: list[str], env: dict[str, str], expected: int) -> None:
+    """Run once (byte code written, files in the cache); a command that fails would be
+    timed failing fast, so its status is checked here."""
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=REPO, check=False)
+    if done.returncode != expected:
+        sys.exit(f"cli: {name} exited {done.returncode}, not {expected}: nothing timed\n"
+                 f"{done.stdout}{done.stderr}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -70,8 +81,8 @@ def main() -> None:
         }
         subprocess.run([*cli, "db", "upgrade"], check=True, env=env, cwd=REPO,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for argv in commands.values():  # warm-up: byte code written, files in the cache
-            timed(argv, env)
+        for name, argv in commands.items():
+            warm_up(name, argv, env, 3 if name == "status" else 0)  # status: not running
         times: dict[str, list[float]] = {name: [] for name in commands}
         for _ in range(args.runs):
             for name, argv in commands.items():

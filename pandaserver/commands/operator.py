@@ -14,16 +14,14 @@ import getpass
 import socket
 import time
 from collections.abc import Callable
+from typing import Protocol
 
-from sqlalchemy import Engine
-
-from pandaserver.commands.database import open_database, run_command
 from pandaserver.commands.launch import server_name
 from pandaserver.commands.messages import err
 from pandaserver.config import PandaConfig
 from pandaserver.config.problems import did_you_mean
-from pandaserver.db.stores import operator_commands as dbcontrol
-from pandaserver.db.stores.heartbeat import HeartbeatStore
+from pandaserver.db.stores import operator_rows as dbcontrol
+from pandaserver.db.stores.operator_rows import Ack, Command, Hold
 from pandaserver.exitcodes import RET_CONFIG, RET_FAILED, RET_OK
 from pandaserver.fmt import table, when
 
@@ -51,6 +49,26 @@ NAMES_A_SERVER = (dbcontrol.PAUSE, dbcontrol.RESUME, dbcontrol.RUN_NOW, dbcontro
                   dbcontrol.DRAIN, dbcontrol.UNDRAIN)
 
 
+class Operator(Protocol):
+    """The operator's side of the command tables: ``operator_commands.ControlStore``
+    (SQLAlchemy) or, on a SQLite file, ``operator_sqlite.SqliteControl`` (``sqlite3``)."""
+
+    @property
+    def pushed(self) -> bool:  # the masters are notified at once (PostgreSQL)
+        ...
+
+    def issue(self, verb: str, target: str, server: str | None, reason: str | None,
+              requested_by: str) -> Command: ...
+
+    def servers(self) -> list[tuple[str, float]]: ...
+
+    def holds(self) -> list[Hold]: ...
+
+    def acks(self, command_id: int) -> list[Ack]: ...
+
+    def recent(self, limit: int = 50) -> list[Command]: ...
+
+
 def requester() -> str:
     try:
         user = getpass.getuser()
@@ -71,33 +89,45 @@ def cmd_control(cfg: PandaConfig, args: argparse.Namespace) -> int:
             err(f"no script {target!r} in the config of {cfg.path}"
                 f"{did_you_mean(target, cfg.daemon.scripts)}")
             return RET_CONFIG
-    return _on_control_db(cfg, lambda engine, store: _issue(
-        cfg, args, engine, store, verb=verb, target=target, server=server))
+    return _on_control_db(cfg, lambda store: _issue(
+        cfg, args, store, verb=verb, target=target, server=server))
 
 
-def _on_control_db(cfg: PandaConfig,
-                   body: Callable[[Engine, dbcontrol.ControlStore], int]) -> int:
-    """``body(engine, store)`` on the configured database, its schema checked; the
-    engine disposed after. A bad database setting, a refused schema or a database error
-    is said on stderr and becomes the exit status (``commands.database.open_database``)."""
+def _on_control_db(cfg: PandaConfig, body: Callable[[Operator], int]) -> int:
+    """``body(store)`` on the configured database, its schema checked. A bad database
+    setting, a refused schema or a database error is said on stderr and becomes the exit
+    status. A SQLite file is reached through ``sqlite3`` (no SQLAlchemy to import: the
+    command answers at once), every other database through SQLAlchemy."""
+    from pandaserver.db.base.sqlitedirect import CommandRefused, opened, sqlite_file
+
+    path = sqlite_file(cfg)
+    if path is not None:
+        from pandaserver.db.stores.operator_sqlite import SqliteControl
+
+        try:
+            with opened(path) as conn:
+                return body(SqliteControl(conn))
+        except CommandRefused as exc:
+            err(str(exc))
+            return exc.code
+    from pandaserver.commands.database import open_database, run_command
+    from pandaserver.db.stores.operator_commands import ControlStore
 
     def on_database() -> int:
         with open_database(cfg) as engine:
-            return body(engine, dbcontrol.ControlStore(engine))
+            return body(ControlStore(engine))
 
     return run_command(on_database)
 
 
-def _issue(cfg: PandaConfig, args: argparse.Namespace, engine: Engine,
-           store: dbcontrol.ControlStore, *, verb: str, target: str, server: str | None
-           ) -> int:
+def _issue(cfg: PandaConfig, args: argparse.Namespace, store: Operator, *, verb: str,
+           target: str, server: str | None) -> int:
     """Record the command, say what it does and who will act; ``--wait`` for them."""
-    from pandaserver.web.model import ALIVE_BEATS  # live as the pages and fleet count it
-
-    rows = HeartbeatStore(engine).list_servers()
-    live = [s.server for s in rows if s.age <= ALIVE_BEATS * cfg.daemon.heartbeat_interval]
+    rows = store.servers()
+    alive_for = dbcontrol.ALIVE_BEATS * cfg.daemon.heartbeat_interval  # as the pages count
+    live = [name for name, age in rows if age <= alive_for]
     if server is not None and verb in NAMES_A_SERVER and not getattr(args, "force", False):
-        known = {s.server for s in rows} | {h.server for h in store.holds()} - {dbcontrol.EVERY}
+        known = {name for name, _ in rows} | {h.server for h in store.holds()} - {dbcontrol.EVERY}
         if server not in known:
             err(f"no server {server!r} has ever run on this database"
                 f"{did_you_mean(server, known)}; known servers:"
@@ -114,9 +144,8 @@ def _issue(cfg: PandaConfig, args: argparse.Namespace, engine: Engine,
     print(f"{verb} {subject}: recorded as command {command.id} by {command.requested_by}"
           f" at {when(command.requested_at)} UTC")
     print(f"  {EFFECT[verb].format(where=where, anywhere=anywhere)}")
-    pushed = engine.dialect.name == "postgresql"  # LISTEN/NOTIFY: docs/multi-server.md
-    print(f"  live servers: {', '.join(live) or 'none'}; each acts "
-          + ("at once (notified by the database)" if pushed else
+    print(f"  live servers: {', '.join(live) or 'none'}; each acts "  # docs/multi-server.md
+          + ("at once (notified by the database)" if store.pushed else
              f"within {cfg.daemon.command_check(False):g} s (command_interval)"))
     if server is not None and server not in live:
         print(f"  note: {server} is not live now; it acts when it runs again"
@@ -128,7 +157,7 @@ def _issue(cfg: PandaConfig, args: argparse.Namespace, engine: Engine,
     return _wait(store, command.id, expected, args.timeout)
 
 
-def _wait(store: dbcontrol.ControlStore, command_id: int, expected: list[str],
+def _wait(store: Operator, command_id: int, expected: list[str],
           timeout: float, sleep: Callable[[float], None] = time.sleep) -> int:
     deadline = time.monotonic() + timeout
     seen: set[str] = set()
@@ -148,10 +177,10 @@ def _wait(store: dbcontrol.ControlStore, command_id: int, expected: list[str],
 
 def cmd_commands(cfg: PandaConfig, args: argparse.Namespace) -> int:
     """``commands``: the recent operator commands, the holds in force, who acted when."""
-    return _on_control_db(cfg, lambda _engine, store: _list_commands(store, args.limit))
+    return _on_control_db(cfg, lambda store: _list_commands(store, args.limit))
 
 
-def _list_commands(store: dbcontrol.ControlStore, limit: int) -> int:
+def _list_commands(store: Operator, limit: int) -> int:
     holds = store.holds()
     rows = [["ID", "VERB", "TARGET", "SERVER", "BY", "AT (UTC)", "REASON", "ACTED"]]
     for c in store.recent(limit):

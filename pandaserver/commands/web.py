@@ -165,7 +165,33 @@ def _overview(cfg: PandaConfig, settings: WebSettings) -> Overview:
         reader.dispose()
 
 
-def cmd_fleet(cfg: PandaConfig, args: argparse.Namespace) -> int:
+def _sqlite_overview(cfg: PandaConfig, settings: WebSettings, path: Path) -> Overview:
+    """``_overview`` of SQLite file ``path`` through ``sqlite3``, without SQLAlchemy (its
+    import would be most of the command's time); the same checks, rows and words."""
+    from pandaserver.db.base.sqlitedirect import opened
+    from pandaserver.db.stores.operator_sqlite import SqliteControl
+    from pandaserver.web import fleetsqlite
+    from pandaserver.web.fleetview import FleetReader
+
+    with opened(path) as conn:
+        return FleetReader(cfg, settings).view(fleetsqlite.read_fleet(conn),
+                                               SqliteControl(conn).holds())
+
+
+def _read_fleet(cfg: PandaConfig, args: argparse.Namespace) -> Overview | int:
+    """The overview, or the exit status of the failure said (``_fail``)."""
+    from pandaserver.db.base.sqlitedirect import CommandRefused, sqlite_file
+
+    try:
+        settings = _settings(cfg, args.stale_factor)
+    except WebConfigError as exc:
+        return _fail(args, str(exc), RET_CONFIG)
+    path = sqlite_file(cfg)
+    if path is not None:
+        try:
+            return _sqlite_overview(cfg, settings, path)
+        except CommandRefused as exc:
+            return _fail(args, str(exc), exc.code)
     from sqlalchemy.exc import SQLAlchemyError
 
     from pandaserver.db.base.engine import (
@@ -175,17 +201,23 @@ def cmd_fleet(cfg: PandaConfig, args: argparse.Namespace) -> int:
         safe_url,
     )
     from pandaserver.db.base.schema import SchemaError
-    from pandaserver.web.fleetview import jsonable
 
     try:
-        settings = _settings(cfg, args.stale_factor)
-        overview = _overview(cfg, settings)
-    except (WebConfigError, DatabaseConfigError) as exc:
+        return _overview(cfg, settings)
+    except DatabaseConfigError as exc:
         return _fail(args, str(exc), RET_CONFIG)
     except SchemaError as exc:
         return _fail(args, f"database {safe_url(database_url(cfg))}: {exc}", RET_SCHEMA)
     except SQLAlchemyError as exc:
         return _fail(args, describe_db_error(exc, database_url(cfg)), RET_DATABASE)
+
+
+def cmd_fleet(cfg: PandaConfig, args: argparse.Namespace) -> int:
+    from pandaserver.web.fleetview import jsonable
+
+    overview = _read_fleet(cfg, args)
+    if isinstance(overview, int):
+        return overview
     if args.check:
         code, text = check_text(overview)
         sys.stdout.write(text)

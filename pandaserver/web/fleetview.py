@@ -1,6 +1,7 @@
 """The fleet as the pages, the API, the metrics and ``panda-daemon fleet`` see it.
 
-``FleetReader`` joins the database (``queries``) with this server's configuration (the
+``FleetReader`` joins the database (``queries``; ``fleetsqlite`` for ``panda-daemon fleet``
+on a SQLite file, without SQLAlchemy) with this server's configuration (the
 scripts' periods) and the local status files (workers), and hands out ``Overview`` and
 ``ScriptDetail`` objects; ``jsonable`` turns them into the JSON of the API.
 """
@@ -13,20 +14,25 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
-
-from sqlalchemy import Engine
+from typing import TYPE_CHECKING, Any
 
 from pandaserver.config import PandaConfig
 from pandaserver.config.scripts import DaemonSpec
-from pandaserver.db.base.engine import make_engine
-from pandaserver.db.stores.leases import LeaseRow
-from pandaserver.db.stores.operator_commands import ControlStore, Hold
+from pandaserver.db.stores.fleetrows import LeaseRow
+from pandaserver.db.stores.operator_rows import Hold
 from pandaserver.db.stores.runrecords import RunRow
 from pandaserver.service.hoststatus import local_masters
-from pandaserver.web import queries
-from pandaserver.web.model import ScriptView, ServerView, script_views, server_views
+from pandaserver.web.model import (
+    FleetSnapshot,
+    ScriptView,
+    ServerView,
+    script_views,
+    server_views,
+)
 from pandaserver.web.settings import WebSettings
+
+if TYPE_CHECKING:  # SQLAlchemy is imported only where the database is read through it
+    from sqlalchemy import Engine
 
 STATEMENT_TIMEOUT = 10.0  # seconds; a page never waits longer on one statement
 
@@ -176,6 +182,8 @@ class FleetReader:
     def engine(self) -> Engine:
         import os
 
+        from pandaserver.db.base.engine import make_engine
+
         with self._lock:
             if self._engine is None or self._engine_pid != os.getpid():
                 self._engine = make_engine(self.cfg, pool_size=4,
@@ -190,9 +198,14 @@ class FleetReader:
                 self._engine = None
 
     def overview(self) -> Overview:
-        snap = queries.read_fleet(self.engine)
+        from pandaserver.db.stores.operator_commands import ControlStore
+        from pandaserver.web import queries
+
+        return self.view(queries.read_fleet(self.engine), ControlStore(self.engine).holds())
+
+    def view(self, snap: FleetSnapshot, holds: list[Hold]) -> Overview:
+        """The overview of what was read (``snap``, the ``holds`` in force)."""
         servers = server_views(snap.servers, self.cfg.daemon.heartbeat_interval)
-        holds = ControlStore(self.engine).holds()
         scripts = script_views(self.specs, snap.last_runs, snap.facts, snap.leases, servers,
                                snap.db_now, self.settings.stale_factor, holds)
         return Overview(db_now=snap.db_now, stale_factor=self.settings.stale_factor,
@@ -202,6 +215,9 @@ class FleetReader:
     def script(self, name: str, limit: int) -> ScriptDetail:
         """One script's view (as ``overview()`` has it, from that script's rows only) and its
         newest ``limit`` runs."""
+        from pandaserver.db.stores.operator_commands import ControlStore
+        from pandaserver.web import queries
+
         snap = queries.read_fleet(self.engine, script=name)
         servers = server_views(snap.servers, self.cfg.daemon.heartbeat_interval)
         specs = {name: self.specs[name]} if name in self.specs else {}

@@ -39,13 +39,11 @@ from typing import Any
 from pandaserver.config.cronspec import CronSchedule, firing_text
 from pandaserver.config.scripts import DaemonSpec
 from pandaserver.daemons.master.schedule import late_threshold
-from pandaserver.db.stores.heartbeat import ServerRow
-from pandaserver.db.stores.leases import LeaseRow
-from pandaserver.db.stores.operator_commands import EVERY, Hold
+from pandaserver.db.stores.fleetrows import LeaseRow, ServerRow
+from pandaserver.db.stores.operator_rows import ALIVE_BEATS as ALIVE_BEATS
+from pandaserver.db.stores.operator_rows import EVERY, Hold
 from pandaserver.db.stores.runrecords import SKIPPED, RunRow
 from pandaserver.fmt import span
-
-ALIVE_BEATS = 3.0
 
 
 def seconds(a: datetime, b: datetime) -> float:
@@ -156,6 +154,18 @@ class ScriptFacts:
 
     first_seen: datetime | None = None
     last_success: datetime | None = None
+
+
+@dataclass(frozen=True)
+class FleetSnapshot:
+    """What the views are made of, as read from the database (``queries.read_fleet``, or
+    ``fleetsqlite.read_fleet`` on a SQLite file without SQLAlchemy)."""
+
+    db_now: datetime
+    servers: list[ServerRow]
+    leases: list[LeaseRow]
+    last_runs: list[RunRow]  # newest non-skipped run per (script, server)
+    facts: dict[str, ScriptFacts]
 
 
 def _judged(spec: DaemonSpec | None) -> bool:

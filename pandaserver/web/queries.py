@@ -9,30 +9,21 @@ script or (script, server) pair, so they cost the same with a day or a year of h
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, String, func, literal, select
+from sqlalchemy import Engine, String, func, literal, select
 
-from pandaserver.db.base.servertime import UtcDateTime, db_now
+from pandaserver.db.base.servertime import UtcDateTime, db_now, db_now_expr
 from pandaserver.db.base.tables import daemon_run
 from pandaserver.db.stores import skipscan
-from pandaserver.db.stores.heartbeat import HeartbeatStore, ServerRow
-from pandaserver.db.stores.leases import LeaseRow, LeaseStore
+from pandaserver.db.stores.heartbeat import HeartbeatStore, servers_statement
+from pandaserver.db.stores.leases import LeaseStore, leases_statement
 from pandaserver.db.stores.runrecords import OK, RunRow
+from pandaserver.web.model import FleetSnapshot as FleetSnapshot
 from pandaserver.web.model import ScriptFacts
 
 MAX_RUNS = 2000
-
-
-@dataclass(frozen=True)
-class FleetSnapshot:
-    db_now: datetime
-    servers: list[ServerRow]
-    leases: list[LeaseRow]
-    last_runs: list[RunRow]  # newest non-skipped run per (script, server)
-    facts: dict[str, ScriptFacts]
 
 
 def read_fleet(engine: Engine, script: str | None = None) -> FleetSnapshot:
@@ -45,20 +36,32 @@ def read_fleet(engine: Engine, script: str | None = None) -> FleetSnapshot:
         leases = [lease for lease in leases if lease.name == script]
     with engine.connect() as conn:
         now = db_now(conn)
+        last_runs = [RunRow(**row._mapping)
+                     for row in conn.execute(_last_runs_statement(script)).all()]
+        facts = {row.script: ScriptFacts(first_seen=row.first, last_success=row.success)
+                 for row in conn.execute(_facts_statement(script)).all()
+                 if script is None or row.first is not None or row.success is not None}
         return FleetSnapshot(db_now=now, servers=servers, leases=leases,
-                             last_runs=_last_runs(conn, script), facts=_facts(conn, script))
+                             last_runs=last_runs, facts=facts)
 
 
-def _last_runs(conn: Connection, script: str | None = None) -> list[RunRow]:
+def fleet_statements() -> dict[str, Any]:
+    """``read_fleet``'s statements for the whole fleet, as it runs them on SQLite: compiled
+    and checked in by ``pandaserver.web.fleetsqlite`` (``fleet`` without SQLAlchemy)."""
+    return {"servers": servers_statement(), "leases": leases_statement(),
+            "db_now": select(db_now_expr()),  # what servertime.db_now reads on SQLite
+            "last_runs": _last_runs_statement(None), "facts": _facts_statement(None)}
+
+
+def _last_runs_statement(script: str | None) -> Any:
     """Per (script, server) with a run that is not a skipped attempt, its newest such run
     (the later id of two at the same instant): one index probe per pair."""
     r = daemon_run
     pairs = skipscan.newest_per_pair(script=script)
-    stmt = select(r).join(pairs, r.c.id == pairs.c.id).order_by(r.c.script, r.c.server)
-    return [RunRow(**row._mapping) for row in conn.execute(stmt).all()]
+    return select(r).join(pairs, r.c.id == pairs.c.id).order_by(r.c.script, r.c.server)
 
 
-def _facts(conn: Connection, script: str | None = None) -> dict[str, ScriptFacts]:
+def _facts_statement(script: str | None) -> Any:
     """Per script: its first run and the end of its last success (two probes each)."""
     a, b = daemon_run.alias("first"), daemon_run.alias("success")
     names: Any = skipscan.scripts() if script is None else select(
@@ -67,11 +70,8 @@ def _facts(conn: Connection, script: str | None = None) -> dict[str, ScriptFacts
              .where(a.c.script == names.c.script).scalar_subquery())
     success = (select(func.max(b.c.ended_at, type_=UtcDateTime()))
                .where(b.c.script == names.c.script, b.c.outcome == OK).scalar_subquery())
-    stmt = select(names.c.script, first.label("first"), success.label("success")
+    return select(names.c.script, first.label("first"), success.label("success")
                   ).where(names.c.script.is_not(None))
-    return {row.script: ScriptFacts(first_seen=row.first, last_success=row.success)
-            for row in conn.execute(stmt).all()
-            if script is None or row.first is not None or row.success is not None}
 
 
 def read_runs(engine: Engine, name: str, limit: int) -> tuple[datetime, list[RunRow]]:

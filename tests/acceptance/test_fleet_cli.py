@@ -161,7 +161,7 @@ def test_operator_commands_refuse_a_server_the_fleet_never_saw_and_say_where_the
         tmp_path: Path) -> None:
     url = URL.create("sqlite", database=str(tmp_path / "fleet.sqlite"))
     cfg = write_config(tmp_path, {"tick": {"module": "record", "period": 0.5}},
-                       db_url=str(url), heartbeat_interval=1)
+                       db_url=str(url), heartbeat_interval=1, command_interval=1)
     with running_master(cfg, tmp_path, server="alpha") as master:
         wait_for(lambda: "alpha" in cli(cfg, "fleet").stdout, 30, "alpha's heartbeat")
         for argv in (["pause", "tick", "--server", "alpah"], ["drain", "alpah"],
@@ -176,9 +176,12 @@ def test_operator_commands_refuse_a_server_the_fleet_never_saw_and_say_where_the
         assert forced.returncode == 0, forced.stderr
         assert "no new run of it starts on newbox" in forced.stdout
         assert "note: newbox is not live now; it acts when it runs again" in forced.stdout
-        fleet_wide = cli(cfg, "pause", "tick")
+        # written through sqlite3 (no SQLAlchemy on a SQLite file), acted on by the master
+        fleet_wide = cli(cfg, "pause", "tick", "--wait", "--timeout", "30")
+        assert fleet_wide.returncode == 0, fleet_wide.stdout + fleet_wide.stderr
         assert "no new run of it starts on any server; a run in progress finishes" in (
             fleet_wide.stdout)
+        assert "  alpha: paused (at " in fleet_wide.stdout
         extra = cli(cfg, "run-now", "tick")
         assert "one extra run, on the first server that takes it\n" in extra.stdout
         on_alpha = cli(cfg, "resume", "tick", "--server", "alpha")

@@ -83,8 +83,8 @@ def test_commands_without_a_database_import_none_of_it(
     assert heavy == [], f"{' '.join(argv)} imported {sorted({m.split('.')[0] for m in heavy})}"
 
 
-def test_a_database_command_imports_the_database_but_not_migrations_or_the_web(
-        tmp_path: Path) -> None:
+def _migrated(tmp_path: Path) -> Path:
+    """A config naming no database, its default SQLite file migrated."""
     cfg = tmp_path / "panda_server.cfg"
     cfg.write_text("[daemon]\nenable = True\npackage = pandaserver.daemons.scripts\n"
                    'config = {"dummy_test": {"period": 600}}\n', encoding="utf-8")
@@ -93,12 +93,34 @@ def test_a_database_command_imports_the_database_but_not_migrations_or_the_web(
         upgrade(engine)
     finally:
         engine.dispose()
-    got, heavy, output = _run(tmp_path, "-c", str(cfg), "pause", "dummy_test")
+    return cfg
+
+
+def test_a_database_command_imports_the_database_but_not_migrations_or_the_web(
+        tmp_path: Path) -> None:
+    cfg = _migrated(tmp_path)
+    got, heavy, output = _run(tmp_path, "-c", str(cfg), "history")
     assert got == 0, output
-    assert "recorded as command" in output
+    assert "no runs recorded" in output
     assert "sqlalchemy" in heavy
     assert not [m for m in heavy if m.startswith(("alembic", "gunicorn", "prometheus_client",
                                                   "psycopg2", "pymysql"))], heavy
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (("pause", "dummy_test"), "recorded as command 1"),
+    (("fleet",), "dummy_test  10m"),
+    (("fleet", "--check"), "OK: 0 stale, 0 late of 1 scripts"),
+], ids=["pause", "fleet", "fleet-check"])
+def test_database_commands_on_sqlite_import_no_sqlalchemy(
+        tmp_path: Path, argv: tuple[str, ...], says: str) -> None:
+    """On a SQLite file ``pause`` & co. and ``fleet`` run their statements through sqlite3
+    (pandaserver/db/base/sqlitedirect.py): SQLAlchemy's import is most of their time."""
+    cfg = _migrated(tmp_path)
+    got, heavy, output = _run(tmp_path, "-c", str(cfg), *argv)
+    assert got == 0, output
+    assert says in output
+    assert heavy == [], f"{' '.join(argv)} imported {sorted({m.split('.')[0] for m in heavy})}"
 
 
 def test_a_master_imports_the_database_layer_only_after_its_first_run(tmp_path: Path) -> None:

@@ -31,15 +31,17 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from pandaserver.config import PandaConfig
 from pandaserver.db.base import multihost, statedir
+from pandaserver.db.base.sqlitedirect import SQLITE_BUSY_TIMEOUT as SQLITE_BUSY_TIMEOUT
 from pandaserver.db.base.statedir import SQLITE_ELSEWHERE as SQLITE_ELSEWHERE
 from pandaserver.db.base.statedir import SQLITE_FILENAME as SQLITE_FILENAME
 from pandaserver.db.base.statedir import STATE_DIR_ENV as STATE_DIR_ENV
 from pandaserver.db.base.statedir import sqlite_unusable as sqlite_unusable
 
 SYSTEM_STATE_DIR = statedir.SYSTEM_STATE_DIR  # a module attribute: tests move it
+# SQLITE_BUSY_TIMEOUT: seconds SQLite waits for another writer (sqlitedirect: the commands
+# that reach a SQLite file through sqlite3 wait as long)
 
 CONNECT_TIMEOUT = 5.0  # seconds to establish a connection
-SQLITE_BUSY_TIMEOUT = 5.0  # seconds SQLite waits for another writer
 
 _DRIVERS = {"postgres": "postgresql+psycopg2", "postgresql": "postgresql+psycopg2",
             "mysql": "mysql+pymysql", "sqlite": "sqlite"}

@@ -119,17 +119,22 @@ def read_sqlite(path: Path) -> SqliteState:
     conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
                            timeout=SQLITE_READ_TIMEOUT)
     try:
-        tables = {row[0] for row in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if VERSION_TABLE not in tables:
-            return SqliteState(None, None, False)
-        rows = sorted(str(row[0]) for row in conn.execute(CURRENT_SQL))
-        current = "+".join(rows) if rows else None  # several heads: none this code knows
-        oldest = None
-        if current is not None and current not in revisions.walk() and COMPAT_TABLE in tables:
-            found = conn.execute(OLDEST_CODE_SQL, {"rev": current}).fetchone()
-            oldest = None if found is None or found[0] is None else str(found[0])
-        holds = HOLD_TABLE in tables and conn.execute(ANY_HOLD_SQL).fetchone() is not None
-        return SqliteState(current, oldest, holds)
+        return read_state(conn)
     finally:
         conn.close()
+
+
+def read_state(conn: sqlite3.Connection) -> SqliteState:
+    """``read_sqlite`` on an open ``sqlite3`` connection."""
+    tables = {row[0] for row in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if VERSION_TABLE not in tables:
+        return SqliteState(None, None, False)
+    rows = sorted(str(row[0]) for row in conn.execute(CURRENT_SQL))
+    current = "+".join(rows) if rows else None  # several heads: none this code knows
+    oldest = None
+    if current is not None and current not in revisions.walk() and COMPAT_TABLE in tables:
+        found = conn.execute(OLDEST_CODE_SQL, {"rev": current}).fetchone()
+        oldest = None if found is None or found[0] is None else str(found[0])
+    holds = HOLD_TABLE in tables and conn.execute(ANY_HOLD_SQL).fetchone() is not None
+    return SqliteState(current, oldest, holds)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +25,7 @@ from pandaserver.db.base.servertime import db_now_expr
 from pandaserver.db.base.tables import daemon_run, daemon_server
 from pandaserver.db.base.upsert import UnsupportedDatabase, conditional_upsert, dialect_insert
 from pandaserver.db.stores import runwrites
+from pandaserver.db.stores.fleetrows import ServerRow as ServerRow
 
 
 def config_hash(settings: Mapping[str, Any]) -> str:
@@ -34,32 +34,6 @@ def config_hash(settings: Mapping[str, Any]) -> str:
         settings, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
     )
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-@dataclass(frozen=True)
-class ServerRow:
-    server: str
-    pid: int
-    version: str
-    started_at: datetime
-    last_seen: datetime
-    config_hash: str
-    db_now: datetime
-    server_time: datetime | None = None
-    state: str | None = None  # JSON the master reports of itself (draining, crash-looping)
-
-    @property
-    def age(self) -> float:
-        """Seconds since the last heartbeat, by the database clock."""
-        return (self.db_now - self.last_seen).total_seconds()
-
-    @property
-    def clock_offset(self) -> float | None:
-        """The server's wall clock minus the database clock at its last beat (seconds;
-        positive: the server is ahead), None when the master did not send its time."""
-        if self.server_time is None:
-            return None
-        return (self.server_time - self.last_seen).total_seconds()
 
 
 class HeartbeatStore:
@@ -186,6 +160,10 @@ class HeartbeatStore:
 
     def list_servers(self) -> list[ServerRow]:
         """Every server that ever beat and was not forgotten, by name."""
-        stmt = select(daemon_server, db_now_expr().label("db_now")).order_by(daemon_server.c.server)
         with self.engine.connect() as conn:
-            return [ServerRow(**row._mapping) for row in conn.execute(stmt).all()]
+            return [ServerRow(**row._mapping) for row in conn.execute(servers_statement()).all()]
+
+
+def servers_statement() -> Any:
+    """``list_servers``' statement: every server's row, with the database's now."""
+    return select(daemon_server, db_now_expr().label("db_now")).order_by(daemon_server.c.server)

@@ -76,6 +76,8 @@ from pandaserver.db.base.servertime import (
 )
 from pandaserver.db.base.tables import daemon_lease
 from pandaserver.db.base.upsert import upsert_or_else
+from pandaserver.db.stores.fleetrows import LeaseRow as LeaseRow
+from pandaserver.db.stores.fleetrows import lease_row
 from pandaserver.db.stores.leasefirings import (
     FiringGrants,
     finished_by_holder,
@@ -113,51 +115,6 @@ class LeaseResult:
     # refused: the lease is held past its due time (an overrun, or a finished run whose
     # holder has not released it yet: daemons/fleet/dbleases.py)
     held_past_due: bool = False
-
-
-@dataclass(frozen=True)
-class LeaseRow:
-    """One lease as stored, with the database's time of reading (``db_now``)."""
-
-    name: str
-    generation: int
-    owner_server: str | None
-    owner_pid: int | None
-    acquired_at: datetime | None
-    expires_at: datetime | None
-    next_due: datetime
-    period: float
-    updated_at: datetime
-    db_now: datetime
-    # refused grant attempts, ever; the server of the latest and when (database clock)
-    contended: int = 0
-    contended_by: str | None = None
-    contended_at: datetime | None = None
-    firing: datetime | None = None  # a cron script's: the latest firing served
-
-    @property
-    def contended_ago(self) -> float | None:
-        """Seconds since the latest refused attempt (None: never refused)."""
-        if self.contended_at is None:
-            return None
-        return (self.db_now - self.contended_at).total_seconds()
-
-    @property
-    def held(self) -> bool:
-        """True while a holder may still be running under it."""
-        return self.expires_at is not None and self.expires_at > self.db_now
-
-    @property
-    def expires_in(self) -> float | None:
-        """Seconds until the lease expires (negative: expired), None when released."""
-        if self.expires_at is None:
-            return None
-        return (self.expires_at - self.db_now).total_seconds()
-
-    @property
-    def due_in(self) -> float:
-        """Seconds until the script is next due fleet-wide (negative: overdue)."""
-        return (self.next_due - self.db_now).total_seconds()
 
 
 @dataclass(frozen=True)
@@ -424,7 +381,7 @@ class LeaseStore:
 
     def list_leases(self) -> list[LeaseRow]:
         """Every lease, by name, with the database's current time."""
-        stmt = _select_rows().order_by(daemon_lease.c.name)
+        stmt = leases_statement()
         return self._run(lambda conn: [_lease_row(row) for row in conn.execute(stmt).all()])
 
     def _get(self, conn: Connection, name: str) -> LeaseRow | None:
@@ -461,21 +418,10 @@ def _select_rows() -> Any:
     return select(daemon_lease, db_now_expr().label("db_now"))
 
 
+def leases_statement() -> Any:
+    """``list_leases``' statement: every lease by name, with the database's now."""
+    return _select_rows().order_by(daemon_lease.c.name)
+
+
 def _lease_row(row: Row[Any]) -> LeaseRow:
-    m = row._mapping
-    return LeaseRow(
-        name=m["name"],
-        generation=int(m["generation"]),
-        owner_server=m["owner_server"],
-        owner_pid=m["owner_pid"],
-        acquired_at=m["acquired_at"],
-        expires_at=m["expires_at"],
-        next_due=m["next_due"],
-        period=float(m["period"]),
-        updated_at=m["updated_at"],
-        db_now=m["db_now"],
-        contended=int(m["contended"] or 0),
-        contended_by=m["contended_by"],
-        contended_at=m["contended_at"],
-        firing=m["firing"],
-    )
+    return lease_row(row._mapping)

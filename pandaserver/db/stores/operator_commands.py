@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -38,6 +37,7 @@ from sqlalchemy import (
     union_all,
     update,
 )
+from sqlalchemy.sql import Executable
 
 from pandaserver.db.base import prepared
 from pandaserver.db.base.prepared import Prepared
@@ -49,49 +49,62 @@ from pandaserver.db.base.tables import (
     daemon_lease,
     daemon_server,
 )
-
-PAUSE = "pause"
-RESUME = "resume"
-RUN_NOW = "run-now"
-KILL = "kill"
-DRAIN = "drain"
-UNDRAIN = "undrain"
-RESTART_WORKERS = "restart-workers"
-VERBS = (PAUSE, RESUME, RUN_NOW, KILL, DRAIN, UNDRAIN, RESTART_WORKERS)
-EVERY = "*"  # daemon_hold.server of a pause that holds on every server
-CHANNEL = "panda_daemon_command"  # PostgreSQL: notified when a command is recorded
-
-
-@dataclass(frozen=True)
-class Command:
-    id: int
-    verb: str
-    target: str
-    server: str | None
-    reason: str | None
-    requested_by: str
-    requested_at: datetime
-    claimed_by: str | None = None
+from pandaserver.db.stores.operator_rows import CHANNEL as CHANNEL
+from pandaserver.db.stores.operator_rows import DRAIN as DRAIN
+from pandaserver.db.stores.operator_rows import EVERY as EVERY
+from pandaserver.db.stores.operator_rows import KILL as KILL
+from pandaserver.db.stores.operator_rows import PAUSE as PAUSE
+from pandaserver.db.stores.operator_rows import RESTART_WORKERS as RESTART_WORKERS
+from pandaserver.db.stores.operator_rows import RESUME as RESUME
+from pandaserver.db.stores.operator_rows import RUN_NOW as RUN_NOW
+from pandaserver.db.stores.operator_rows import UNDRAIN as UNDRAIN
+from pandaserver.db.stores.operator_rows import VERBS as VERBS
+from pandaserver.db.stores.operator_rows import Ack as Ack
+from pandaserver.db.stores.operator_rows import Command as Command
+from pandaserver.db.stores.operator_rows import Hold as Hold
+from pandaserver.db.stores.operator_rows import hold_scope
 
 
-@dataclass(frozen=True)
-class Hold:
-    kind: str  # "pause" or "drain"
-    name: str  # the script (pause) or the server (drain)
-    server: str  # EVERY or one server
-    command_id: int
-    requested_by: str
-    reason: str | None
-    since: datetime
+def operator_statements() -> dict[str, Executable]:
+    """The operator's side, one statement per step, with named bound parameters: run by
+    ``ControlStore`` (SQLAlchemy) and, compiled for SQLite and checked in, by
+    ``operator_sqlite.SqliteControl`` (``sqlite3``; a unit test keeps the two equal)."""
+    t, h, a, s = daemon_command, daemon_hold, daemon_command_ack, daemon_server
+    return {
+        "insert_command": insert(t).values(
+            verb=bindparam("verb", type_=t.c.verb.type),
+            target=bindparam("target", type_=t.c.target.type),
+            server=bindparam("server", type_=t.c.server.type),
+            reason=bindparam("reason", type_=t.c.reason.type),
+            requested_by=bindparam("requested_by", type_=t.c.requested_by.type),
+            requested_at=db_now_expr()),
+        "command": select(t).where(t.c.id == bindparam("id", type_=t.c.id.type)),
+        "delete_hold": delete(h).where(h.c.kind == bindparam("kind", type_=h.c.kind.type),
+                                       h.c.name == bindparam("name", type_=h.c.name.type),
+                                       h.c.server == bindparam("scope", type_=h.c.server.type)),
+        "delete_holds_everywhere": delete(h).where(
+            h.c.kind == bindparam("kind", type_=h.c.kind.type),
+            h.c.name == bindparam("name", type_=h.c.name.type)),
+        "insert_hold": insert(h).values(
+            kind=bindparam("kind", type_=h.c.kind.type),
+            name=bindparam("name", type_=h.c.name.type),
+            server=bindparam("scope", type_=h.c.server.type),
+            command_id=bindparam("command_id", type_=h.c.command_id.type),
+            requested_by=bindparam("requested_by", type_=h.c.requested_by.type),
+            reason=bindparam("reason", type_=h.c.reason.type),
+            since=bindparam("since", type_=h.c.since.type)),
+        "acks": select(a).where(a.c.command_id == bindparam("command_id",
+                                                            type_=a.c.command_id.type))
+        .order_by(a.c.server),
+        "holds": select(h).order_by(h.c.kind, h.c.name, h.c.server),
+        "recent": select(t).order_by(t.c.id.desc()).limit(bindparam("limit"))
+        .offset(bindparam("offset")),
+        "servers": select(s.c.server, s.c.last_seen, db_now_expr().label("db_now"))
+        .order_by(s.c.server),
+    }
 
 
-@dataclass(frozen=True)
-class Ack:
-    command_id: int
-    server: str
-    pid: int
-    acted_at: datetime
-    note: str | None
+STATEMENTS = operator_statements()
 
 
 @dataclass
@@ -129,34 +142,44 @@ class ControlStore:
         self._read = Prepared(_read_statement())  # compiled on its first use
 
     # ----- the operator's side -------------------------------------------------------------
+    @property
+    def pushed(self) -> bool:
+        """Masters hear of a command at once (PostgreSQL's NOTIFY), not at their next poll."""
+        return self.engine.dialect.name == "postgresql"
+
     def issue(self, verb: str, target: str, server: str | None, reason: str | None,
               requested_by: str) -> Command:
         """Record a command (and change the holds it changes), in one transaction."""
         if verb not in VERBS:
             raise ValueError(f"unknown command {verb!r}: one of {', '.join(VERBS)}")
-        t = daemon_command
+        st = STATEMENTS
         with self.engine.begin() as conn:
-            key = conn.execute(insert(t).values(
-                verb=verb, target=target, server=server, reason=reason,
-                requested_by=requested_by, requested_at=db_now_expr())).inserted_primary_key
+            key = conn.execute(st["insert_command"], {
+                "verb": verb, "target": target, "server": server, "reason": reason,
+                "requested_by": requested_by}).inserted_primary_key
             assert key is not None
             new_id = int(key[0])
-            row = conn.execute(select(t).where(t.c.id == new_id)).one()
-            h = daemon_hold
-            if verb in (PAUSE, RESUME, DRAIN, UNDRAIN):
-                kind = PAUSE if verb in (PAUSE, RESUME) else DRAIN
-                scope = (server or EVERY) if kind == PAUSE else target
-                conn.execute(delete(h).where(h.c.kind == kind, h.c.name == target,
-                                             h.c.server == scope))
+            row = conn.execute(st["command"], {"id": new_id}).one()
+            scope = hold_scope(verb, target, server)
+            if scope is not None:
+                kind, where = scope
+                conn.execute(st["delete_hold"], {"kind": kind, "name": target, "scope": where})
                 if verb == RESUME and server is None:  # resume everywhere lifts every pause
-                    conn.execute(delete(h).where(h.c.kind == kind, h.c.name == target))
+                    conn.execute(st["delete_holds_everywhere"], {"kind": kind, "name": target})
                 if verb in (PAUSE, DRAIN):
-                    conn.execute(insert(h).values(
-                        kind=kind, name=target, server=scope, command_id=new_id,
-                        requested_by=requested_by, reason=reason, since=row.requested_at))
+                    conn.execute(st["insert_hold"], {
+                        "kind": kind, "name": target, "scope": where, "command_id": new_id,
+                        "requested_by": requested_by, "reason": reason,
+                        "since": row.requested_at})
             if conn.dialect.name == "postgresql":  # delivered at commit, with the row
                 conn.execute(select(func.pg_notify(CHANNEL, str(new_id))))
         return Command(**row._mapping)
+
+    def servers(self) -> list[tuple[str, float]]:
+        """(server, seconds since its last heartbeat by the database clock), by name."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(STATEMENTS["servers"]).all()
+        return [(r.server, (r.db_now - r.last_seen).total_seconds()) for r in rows]
 
     def command(self, command_id: int) -> Command | None:
         with self.engine.connect() as conn:
@@ -165,22 +188,18 @@ class ControlStore:
         return Command(**row._mapping) if row is not None else None
 
     def acks(self, command_id: int) -> list[Ack]:
-        a = daemon_command_ack
         with self.engine.connect() as conn:
-            rows = conn.execute(select(a).where(a.c.command_id == command_id)
-                                .order_by(a.c.server)).all()
+            rows = conn.execute(STATEMENTS["acks"], {"command_id": command_id}).all()
         return [Ack(**row._mapping) for row in rows]
 
     def holds(self) -> list[Hold]:
-        h = daemon_hold
         with self.engine.connect() as conn:
-            rows = conn.execute(select(h).order_by(h.c.kind, h.c.name, h.c.server)).all()
+            rows = conn.execute(STATEMENTS["holds"]).all()
         return [Hold(**row._mapping) for row in rows]
 
     def recent(self, limit: int = 50) -> list[Command]:
-        t = daemon_command
         with self.engine.connect() as conn:
-            rows = conn.execute(select(t).order_by(t.c.id.desc()).limit(limit)).all()
+            rows = conn.execute(STATEMENTS["recent"], {"limit": limit, "offset": 0}).all()
         return [Command(**row._mapping) for row in rows]
 
     # ----- the master's side ---------------------------------------------------------------
