@@ -82,11 +82,9 @@ def test_kill_9_mid_run_gives_a_lost_row_within_the_heartbeat_timeout(
     assert len([r for r in runs_of(pg_engine_of, victim) if r.run_id == 1]) == 1
 
 
-# serial: under load the holder may be killed between a grant and its run's start row (a
-# race the product still has: a generation granted to a master killed before its start row
-# was queued has no row; the journal holds that start only on the dead host), so the parallel
-# pass's load makes it fail; alone it holds (tests/README.md)
-@pytest.mark.serial
+# the holder may be killed between a grant and its run's start (above all under load): the
+# grant itself writes the run's row (db/stores/grantrun.py), so no generation is left
+# without one
 def test_sync_runs_of_a_killed_master_leave_no_generation_without_a_row(
         tmp_path: Path, pg_url: URL, pg_engine_of: Engine) -> None:
     cfg = fleet_config(tmp_path, pg_url, {"long": {"module": "record", "period": 0.5,

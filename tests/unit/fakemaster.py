@@ -159,15 +159,17 @@ class FakeLeases:
         self.firings: list[float | None] = []  # the firing each ask was for (cron scripts)
         self.renewals: list[tuple[list[tuple[str, int]], float, RenewReply]] = []
         self.released: list[tuple[str, int | None]] = []
+        self.run_ids: list[int | None] = []  # the run each ask was for
         self.generation = itertools.count(1)
 
     def turn(self, spec: DaemonSpec, due: float, now: float) -> Turn:
         return self.turns.get(spec.name, Turn(ask=True, due=due))
 
     def acquire(self, spec: DaemonSpec, now: float, reply: AcquireReply,
-                firing: float | None = None) -> None:
+                firing: float | None = None, run_id: int | None = None) -> None:
         self.asked.append((spec.name, now, reply))
         self.firings.append(firing)
+        self.run_ids.append(run_id)
 
     def grant(self, sent: float | None = None) -> int:
         _, asked_at, reply = self.asked.pop(0)

@@ -85,6 +85,8 @@ class FakeFleet:
     # no failover is ever noticed: the gate stays open (tests/unit/test_failover_gate.py)
     gate: FailoverGate = field(default_factory=lambda: FailoverGate(None, lambda: 30.0))
     holder: Any = field(default_factory=lambda: SimpleNamespace(token="t0"))
+    # the history keeper: no run of this fake ended (HistoryKeeper.ended_under)
+    keeper: Any = field(default_factory=lambda: SimpleNamespace(ended_under=lambda *a: None))
 
     def monotonic(self) -> float:
         return self.clock
@@ -92,7 +94,7 @@ class FakeFleet:
     def usable(self, now: float) -> bool:
         return self.down_since is None
 
-    def release(self, name: str, generation: int | None) -> None:
+    def release(self, name: str, generation: int | None, ended: Any = None) -> None:
         self.released.append((name, generation))
 
     def _submit(self, lane: str, what: str, operation: Any, done: Any,

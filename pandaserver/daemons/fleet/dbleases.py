@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pandaserver.config.scripts import DaemonSpec
+from pandaserver.daemons.base.protocol import SKIPPED
 from pandaserver.daemons.base.runs import LogRecorder, Run, RunRecord
 from pandaserver.daemons.fleet import rank
 from pandaserver.daemons.fleet.leasemanager import AcquireReply, LeaseDecision, RenewReply, Turn
@@ -221,9 +222,11 @@ class DbLeases:
 
     # ----- grants, renewals, releases --------------------------------------------------------
     def acquire(self, spec: DaemonSpec, now: float, reply: AcquireReply,
-                firing: float | None = None) -> None:
+                firing: float | None = None, run_id: int | None = None) -> None:
         """Ask for ``spec``'s lease (a cron script: for its ``firing``); ``reply`` gets the
-        decision on the loop thread (at once while the database is known to be down)."""
+        decision on the loop thread (at once while the database is known to be down).
+        ``run_id``: the run it is for, whose ``running`` row the grant writes (a fleet
+        member's: run-once sends no heartbeat, so an open row of it would look dead)."""
         fleet = self.fleet
         if not fleet.usable(now):
             reply(LeaseDecision(granted=False, wait=max(fleet.next_probe - now, 0.05),
@@ -240,6 +243,7 @@ class DbLeases:
         # this master's own finished generation of this lease, released by this statement
         kept = self.finished.pop(name, None) or self.expiring.pop(name, None)
         finished = None if kept is None else kept[0]
+        run = run_id if fleet.member else None
 
         def done(result: Any, error: BaseException | None, late: bool) -> None:
             granted = error is None and result is not None and result.granted
@@ -252,6 +256,8 @@ class DbLeases:
                     log.info("%s: a lease grant came back after the call was abandoned;"
                              " releasing generation %d", name, result.generation)
                     fleet.release(name, result.generation)
+                    self._unused(name, run, result, "its grant came back after the call"
+                                 " was abandoned")
                 return
             if error is not None:
                 reply(LeaseDecision(granted=False, wait=max(fleet.probe_interval,
@@ -261,6 +267,9 @@ class DbLeases:
             if gate.epoch != epoch:  # granted, maybe by the server that is gone: not used
                 log.warning("%s: a lease grant came back across a failover of the database;"
                             " not used", spec.name)
+                if granted:
+                    self._unused(name, run, result, "its grant came back across a"
+                                 " failover of the database")
                 reply(LeaseDecision(granted=False, wait=max(gate.remaining(fleet.monotonic()),
                                                             0.05), unavailable=True, sent=sent))
                 return
@@ -276,15 +285,30 @@ class DbLeases:
                                 wait=self._wait(spec, result), holder=result.holder,
                                 sent=sent, due_in=result.due_in,
                                 db_now=_posix(result.db_now),
-                                served=_posix(result.firing)))
+                                served=_posix(result.firing),
+                                run_row=bool(getattr(result, "run_row", False))))
 
         # a cron script's lease is granted once per firing (db/stores/leases.py)
         when = after = None
         if firing is not None and spec.cron is not None:
             when, after = _utc(firing), _utc(spec.cron.next_after(firing))
+        # how the finished run ended: that grant writes it too (db/stores/grantrun.py)
+        ended = None if finished is None else fleet.keeper.ended_under(name, finished)
         fleet._submit("lease", "lease", lambda: fleet.leases.try_acquire(
             name, fleet.server, fleet.pid, spec.period, ttl, when, after,
-            token=fleet.holder.token, finished=finished), done)
+            token=fleet.holder.token, finished=finished, run_id=run,
+            ended=None if ended is None else ended.later(fleet.monotonic() - sent)), done)
+
+    def _unused(self, name: str, run: int | None, result: Any, why: str) -> None:
+        """A grant this master does not use: end the ``running`` row it wrote for run
+        ``run`` (``skipped``), or that row would stay open as long as this master lives."""
+        if run is None or not getattr(result, "run_row", False):
+            return
+        fleet = self.fleet
+        fleet.record(RunRecord(
+            script=name, server=fleet.server, pid=fleet.pid, run_id=run,
+            generation=result.generation, outcome=SKIPPED, error=f"not run: {why}",
+            duration=0.0, dispatch_delay=0.0, queued=0.0, ended=fleet.monotonic()))
 
     def renew(self, held: list[tuple[str, int]], now: float, reply: RenewReply) -> None:
         """Renew every held lease in one call; ``reply(renewed names or None, sent)``."""
@@ -349,12 +373,14 @@ class DbLeases:
         fleet = self.fleet
         now = fleet.monotonic()
         granted = self._granted.pop(name, None)
+        # released at once: how the run ended is written by the release itself, so it is in
+        # the database before any later grant of this master (db/stores/grantrun.py)
         if granted is None or granted.generation != generation or granted.due is None:
-            fleet.release(name, generation)
+            fleet.release(name, generation, fleet.keeper.ended_under(name, generation))
             return
         by = release_by(granted.due, granted.period, self.rank(name), fleet.member)
         if by is None or by <= now or fleet.down_since is not None:
-            fleet.release(name, generation)
+            fleet.release(name, generation, fleet.keeper.ended_under(name, generation))
         elif granted.expires > by:  # else it expires on its own before anyone asks
             self.finished[name] = (generation, by)
         else:

@@ -33,6 +33,9 @@ class LeaseDecision:
     # the fleet has served (POSIX seconds; None: unknown, or not a cron lease)
     db_now: float | None = None
     served: float | None = None
+    # granted, and the grant wrote the ``running`` history row of the run it was asked
+    # for (db/stores/grantrun.py): a grant left unused must end that row
+    run_row: bool = False
 
 
 @dataclass(frozen=True)
@@ -66,8 +69,9 @@ class LeaseManager(Protocol):
         """Whether to ask for ``spec``'s lease, due at ``due``, now (never blocks)."""
 
     def acquire(self, spec: DaemonSpec, now: float, reply: AcquireReply,
-                firing: float | None = None) -> None:
-        """Ask for ``spec``'s lease (a cron script: for its ``firing``, POSIX seconds)."""
+                firing: float | None = None, run_id: int | None = None) -> None:
+        """Ask for ``spec``'s lease (a cron script: for its ``firing``, POSIX seconds),
+        for the run numbered ``run_id`` (its history row may be written by the grant)."""
 
     def renew(self, held: list[tuple[str, int]], now: float, reply: RenewReply) -> None: ...
 
@@ -92,7 +96,7 @@ class LocalLeases:
         return Turn(ask=True, due=due)
 
     def acquire(self, spec: DaemonSpec, now: float, reply: AcquireReply,
-                firing: float | None = None) -> None:
+                firing: float | None = None, run_id: int | None = None) -> None:
         reply(LeaseDecision(granted=True, sent=now))
 
     def renew(self, held: list[tuple[str, int]], now: float, reply: RenewReply) -> None:

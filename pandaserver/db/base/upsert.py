@@ -61,7 +61,7 @@ from __future__ import annotations
 
 import importlib
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -150,9 +150,15 @@ def upsert_or_else(
     returning: Sequence[ColumnElement[Any]],
     params: Mapping[str, Any] | None = None,
     cache: dict[str, Any] | None = None,
+    also: Callable[[Any], Sequence[Any]] | None = None,
 ) -> tuple[bool, Row[Any] | None]:
     """``conditional_upsert``, and when the row exists and ``where`` is false, apply
     ``otherwise`` to it instead (see the module docstring for each database).
+
+    ``also`` (PostgreSQL only): given the grant's CTE (``attempt``, a row only when
+    granted), data-modifying CTEs made part of the same statement (a lease grant's run
+    rows: ``pandaserver/db/stores/grantrun.py``); other databases ignore it (the caller
+    does that work in its transaction).
 
     Returns (granted, row): the ``returning`` columns as inserted or updated when granted;
     when refused, of the row as it is after ``otherwise`` (the newest committed version,
@@ -175,6 +181,8 @@ def upsert_or_else(
             lost = refused.where(~tried).returning(*returning, false().label(GRANTED))
             lost_cte = lost.cte("lost")
             first: Any = select(attempt).union_all(select(lost_cte))
+            if also is not None:
+                first = first.add_cte(*also(attempt))
         else:
             first = upsert.returning(*returning, true().label(GRANTED))
         built = (first, refused.returning(*returning, false().label(GRANTED)))

@@ -34,16 +34,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError
 
-from pandaserver.config.secrets import redact
 from pandaserver.db.base.servertime import db_now_expr, db_now_plus
 from pandaserver.db.base.tables import daemon_run
 from pandaserver.db.stores import pruning, runcounts, runwrites
-from pandaserver.db.stores.runrecords import END_OUTCOMES, LOST, MAX_ERROR_CHARS, RUNNING, RunEnd, RunRow
+from pandaserver.db.stores.runrecords import END_OUTCOMES, LOST, RUNNING, RunEnd, RunRow
 
 # Named here as well: daemons/fleet/history/keeper.py reads them as ``history.RunStart``...
 from pandaserver.db.stores.runrecords import PendingItem as PendingItem
 from pandaserver.db.stores.runrecords import RunRecord as RunRecord
 from pandaserver.db.stores.runrecords import RunStart as RunStart
+from pandaserver.db.stores.runrecords import clip_error as _clip
 
 
 def _transaction_level(engine: Engine) -> str:
@@ -63,17 +63,6 @@ def _check_seconds(what: str, value: float) -> None:
         raise ValueError(f"{what} must be a finite number of seconds >= 0, got: {value!r}")
 
 
-
-
-def _clip(error: str | None) -> str | None:
-    """The error as stored: redacted (again: ``record_end`` takes a bare text), then cut to
-    its last ``MAX_ERROR_CHARS`` characters (after, so no cut leaves half a secret)."""
-    if error:
-        error = redact(error)
-    if error is None or len(error) <= MAX_ERROR_CHARS:
-        return error
-    cut = len(error) - MAX_ERROR_CHARS
-    return f"[{cut} characters cut]\n" + error[-MAX_ERROR_CHARS:]
 
 
 def _end_stmt(run_id: int, outcome: str, error: str | None, ended_ago: float) -> Any:
@@ -183,10 +172,14 @@ class HistoryStore:
         finals: list[dict[str, Any]] = []
         plain: list[dict[str, Any]] = []
         starts: list[dict[str, Any]] = []
+        seen: set[tuple[Any, Any]] = set()  # one start per key (replays may repeat one)
         grants: list[tuple[str, int, str]] = []
         by_id: list[RunEnd] = []
         for item in items:
             if isinstance(item, RunStart):
+                if (item.master_id, item.run_id) in seen:
+                    continue
+                seen.add((item.master_id, item.run_id))
                 starts.append(_start_params(item))
                 if item.generation is not None:
                     grants.append((item.script, item.generation, item.server))

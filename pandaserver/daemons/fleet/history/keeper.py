@@ -47,6 +47,7 @@ from pandaserver.daemons.fleet.history.spool import Spool
 from pandaserver.daemons.fleet.history.writer import HistoryWriter, Stamped, Written, is_outage
 from pandaserver.db.base.engine import STATE_DIR_ENV, describe_db_error
 from pandaserver.db.stores import history as dbhistory
+from pandaserver.db.stores.grantrun import Ended
 from pandaserver.db.stores.pending import PendingWrites
 
 log = logging.getLogger("panda.master")
@@ -98,6 +99,9 @@ class HistoryKeeper:
         self.recent: deque[tuple[float, Stamped]] = deque(maxlen=RESEND_MAX)  # (written at, row)
         self.resent = 0  # rows re-sent after failovers of the database
         self.lost: list[str] = []  # history lost at stop, one line each (the exit status)
+        # the last run under a lease that ended, per script, and when (monotonic): its end
+        # may be written by this master's next grant of that lease (``ended_under``)
+        self.last_ends: dict[str, tuple[dbhistory.RunRecord, float]] = {}
 
     # ----- what the loop records ----------------------------------------------------------
     def start(self, run: runs.Run) -> None:
@@ -119,7 +123,25 @@ class HistoryKeeper:
             error=rec.error, generation=rec.generation, duration=max(0.0, rec.duration),
             due_before_start=max(0.0, rec.dispatch_delay), master_id=self.master_id,
             master_pid=self.master_pid, run_id=rec.run_id)
-        self._queue(rec.ended or self.monotonic(), item)
+        made = rec.ended or self.monotonic()
+        if rec.generation is not None:
+            self.last_ends[rec.script] = (item, made)
+        self._queue(made, item)
+
+    def ended_under(self, script: str, generation: int) -> Ended | None:
+        """How this master's run of ``script`` under lease ``generation`` ended, for the
+        grant that releases that generation to write it (db/stores/grantrun.py): a kill
+        before the history batch is written then leaves it as it ended, not ``lost``.
+        None when that run is not the last one ended here. ``ended_ago`` counts from now
+        (the loop's call; the lane adds its own wait: ``Ended.later``)."""
+        found = self.last_ends.get(script)
+        if found is None or found[0].generation != generation:
+            return None
+        item, made = found
+        if item.run_id is None:
+            return None
+        return Ended(item.run_id, item.outcome, item.error,
+                     max(0.0, self.monotonic() - made))
 
     def _queue(self, made: float, item: dbhistory.PendingItem) -> None:
         self.batch.append((made, item))
