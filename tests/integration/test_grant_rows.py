@@ -178,3 +178,14 @@ def test_a_release_at_once_writes_how_the_run_ended(db_engine: Engine) -> None:
     history.write_many([RunRecord("r", "srv-a", 5, OK, generation=got.generation,
                                   duration=0.1, master_id="ma", master_pid=11, run_id=1)])
     assert counted(db_engine) == {("r", "srv-a", OK): 1}
+
+
+def test_a_grant_not_used_has_its_row_removed_and_only_that_one(db_engine: Engine) -> None:
+    leases, history = LeaseStore(db_engine), HistoryStore(db_engine)
+    for name in ("unused", "started"):
+        assert leases.try_acquire(name, "srv-a", 11, period=60, ttl=60, token="ma",
+                                  run_id=1 if name == "unused" else 2).run_row
+    history.write_many([RunStart("started", "srv-a", "ma", 11, 2, pid=501, generation=1)])
+    assert history.forget_unrun("ma", 1) == 1
+    assert history.forget_unrun("ma", 2) == 0  # it started: never removed
+    assert [(r.script, r.run_id) for r in rows(history)] == [("started", 2)]

@@ -31,7 +31,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pandaserver.config.scripts import DaemonSpec
-from pandaserver.daemons.base.protocol import SKIPPED
 from pandaserver.daemons.base.runs import LogRecorder, Run, RunRecord
 from pandaserver.daemons.fleet import rank
 from pandaserver.daemons.fleet.leasemanager import AcquireReply, LeaseDecision, RenewReply, Turn
@@ -256,8 +255,7 @@ class DbLeases:
                     log.info("%s: a lease grant came back after the call was abandoned;"
                              " releasing generation %d", name, result.generation)
                     fleet.release(name, result.generation)
-                    self._unused(name, run, result, "its grant came back after the call"
-                                 " was abandoned")
+                    self._unused(name, run, result)
                 return
             if error is not None:
                 reply(LeaseDecision(granted=False, wait=max(fleet.probe_interval,
@@ -268,8 +266,7 @@ class DbLeases:
                 log.warning("%s: a lease grant came back across a failover of the database;"
                             " not used", spec.name)
                 if granted:
-                    self._unused(name, run, result, "its grant came back across a"
-                                 " failover of the database")
+                    self._unused(name, run, result)
                 reply(LeaseDecision(granted=False, wait=max(gate.remaining(fleet.monotonic()),
                                                             0.05), unavailable=True, sent=sent))
                 return
@@ -299,16 +296,17 @@ class DbLeases:
             token=fleet.holder.token, finished=finished, run_id=run,
             ended=None if ended is None else ended.later(fleet.monotonic() - sent)), done)
 
-    def _unused(self, name: str, run: int | None, result: Any, why: str) -> None:
-        """A grant this master does not use: end the ``running`` row it wrote for run
-        ``run`` (``skipped``), or that row would stay open as long as this master lives."""
-        if run is None or not getattr(result, "run_row", False):
-            return
-        fleet = self.fleet
-        fleet.record(RunRecord(
-            script=name, server=fleet.server, pid=fleet.pid, run_id=run,
-            generation=result.generation, outcome=SKIPPED, error=f"not run: {why}",
-            duration=0.0, dispatch_delay=0.0, queued=0.0, ended=fleet.monotonic()))
+    def _unused(self, name: str, run: int | None, result: Any) -> None:
+        """A grant this master does not use (it came back too late, or across a failover):
+        the ``running`` row it wrote for run ``run`` goes."""
+        if run is not None and getattr(result, "run_row", False):
+            self.not_run(name, int(result.generation), run)
+
+    def not_run(self, name: str, generation: int, run_id: int) -> None:
+        """The run a grant wrote a row for never started: no run, no row (as a refusal).
+        Removed by the history writer, in order with its writes; should that fail, the row
+        is closed as ``lost`` by this master's next start of the script (or the sweep)."""
+        self.fleet.keeper.not_run(name, generation, run_id)
 
     def renew(self, held: list[tuple[str, int]], now: float, reply: RenewReply) -> None:
         """Renew every held lease in one call; ``reply(renewed names or None, sent)``."""

@@ -78,6 +78,10 @@ class LeaseManager(Protocol):
     def release(self, name: str, generation: int | None) -> None:
         """A run under the lease ended: release it (at once, or deferred: see below)."""
 
+    def not_run(self, name: str, generation: int, run_id: int) -> None:
+        """A grant that wrote the ``running`` row of run ``run_id`` (``run_row``) was not
+        used: that run never started, so its row goes (the lease is released apart)."""
+
     def next_release(self) -> float | None:
         """When a deferred release must be sent (monotonic); None: none waits."""
 
@@ -103,6 +107,9 @@ class LocalLeases:
         reply({name for name, _ in held}, now)
 
     def release(self, name: str, generation: int | None) -> None:
+        return None
+
+    def not_run(self, name: str, generation: int, run_id: int) -> None:
         return None
 
     def next_release(self) -> float | None:

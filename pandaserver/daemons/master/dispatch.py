@@ -177,12 +177,8 @@ class Dispatcher:
             log.info("%s: lease generation %s granted but not used (%s); releasing it",
                      spec.name, decision.generation, why)
             self.leases.release(spec.name, decision.generation)
-            if decision.run_row:  # the grant wrote the run's row: it ends as not run
-                self.recorder.record(RunRecord(
-                    script=spec.name, server=self.server, pid=slot.pid, run_id=run_id,
-                    generation=decision.generation, outcome=protocol.SKIPPED,
-                    error=f"granted but not run: {why}", duration=0.0,
-                    dispatch_delay=max(0.0, now - state.next_due), queued=0.0, ended=now))
+            if decision.run_row and decision.generation is not None:  # no run: no row
+                self.leases.not_run(spec.name, decision.generation, run_id)
 
     def _hand_over(self, idle: list[Slot], state: ScriptState, generation: int | None,
                    lease_sent: float | None, fleet_due: float | None = None,

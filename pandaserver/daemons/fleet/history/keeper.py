@@ -19,9 +19,9 @@ Used only from the master's loop (``FleetDb`` owns one); the writes themselves r
   a new lease generation closes the older generation's open run (``write_many``).
 - At stop, whatever is not written after ``close``'s wait is saved in the spool file and
   reported with its count; the next start replays it (``spool.py``).
-- Each start is also appended to the journal file before it is queued, so a ``kill -9``
-  loses none (``journal.py``); the next start replays it before closing the
-  previous master's open runs.
+- Each start and end is also appended to the journal file before it is queued, so a
+  ``kill -9`` loses none (``journal.py``): the next start replays them before closing the
+  previous master's open runs, so a run that ended ``ok`` stays ``ok``.
 - The writes of the last ``RESEND_WINDOW`` seconds are kept after they are written: when
   the database fails over to a standby that may not have received them
   (``failover.py``), they are written again (``resend_recent``); being keyed, those the
@@ -126,7 +126,21 @@ class HistoryKeeper:
         made = rec.ended or self.monotonic()
         if rec.generation is not None:
             self.last_ends[rec.script] = (item, made)
+        if self.journal is not None and self.member:  # first, as a start: a kill -9 before
+            self.journal.append(made, item)  # the write lands must not make the run lost
         self._queue(made, item)
+
+    def not_run(self, script: str, generation: int, run_id: int) -> None:
+        """Run ``run_id`` of ``script``, whose lease grant (``generation``) wrote its
+        ``running`` row, never started: remove that row (db/stores/grantrun.py)."""
+        master_id = self.master_id
+
+        def forget(history: dbhistory.HistoryStore) -> int:
+            history.forget_unrun(master_id, run_id)
+            return 0  # closes no run as lost (what a call's value reports)
+
+        self.writer.submit(call=forget, what=f"removing the row of {script} run {run_id}"
+                                             f" (lease generation {generation}, not run)")
 
     def ended_under(self, script: str, generation: int) -> Ended | None:
         """How this master's run of ``script`` under lease ``generation`` ended, for the
