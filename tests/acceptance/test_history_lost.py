@@ -187,8 +187,9 @@ def test_stop_during_an_outage_then_start_loses_no_history(
 
 def test_kill_9_during_an_outage_leaves_every_run_one_row(
         tmp_path: Path, pg_url: URL, pg_cluster: PgCluster, pg_engine_of: Engine) -> None:
-    """Starts queued in memory (the database is cut) survive a kill -9 of the master: the
-    journal keeps them, the next master replays them and closes them as lost."""
+    """Starts and ends queued in memory (the database is cut) survive a kill -9 of the
+    master: the journal keeps them, the next master replays them: each run is written as
+    its master saw it end, the one still running at the kill is closed as lost."""
     cfg = fleet_config(tmp_path, pg_url, {"quick": {"module": "record", "period": 0.2}},
                        heartbeat_interval=1)
     dbname = str(pg_url.database)
@@ -203,6 +204,7 @@ def test_kill_9_during_an_outage_leaves_every_run_one_row(
         first.proc.wait(10)
     started = [row["run"] for row in first.events("start", "quick")]
     in_outage = set(started[during:])
+    told = {run["run"]: run["outcome"] for run in first.runs("quick")}  # before the next log
     assert journal.exists()
     restore(pg_cluster, dbname)
 
@@ -219,4 +221,7 @@ def test_kill_9_during_an_outage_leaves_every_run_one_row(
     rows = runs_of(pg_engine_of, first)
     assert len({r.run_id for r in rows}) == len(rows), "a run written twice"
     assert not [r.run_id for r in rows if r.outcome == RUNNING]
-    assert {r.run_id for r in rows if r.outcome == LOST} >= in_outage
+    outcome = {r.run_id: r.outcome for r in rows}
+    assert {run: outcome[run] for run in in_outage} == {
+        run: told.get(run, LOST) for run in in_outage}
+    assert OK in {outcome[run] for run in in_outage}, "no run ended in the outage"

@@ -448,5 +448,5 @@ class DbRecorder:
         self.fleet.record_start(run)
 
     def record(self, record: RunRecord) -> None:
+        self.fleet.record(record)  # journaled first: a run logged as ended has its end kept
         self.log.record(record)
-        self.fleet.record(record)
