@@ -189,3 +189,23 @@ def test_a_grant_not_used_has_its_row_removed_and_only_that_one(db_engine: Engin
     assert history.forget_unrun("ma", 1) == 1
     assert history.forget_unrun("ma", 2) == 0  # it started: never removed
     assert [(r.script, r.run_id) for r in rows(history)] == [("started", 2)]
+
+
+def test_a_start_written_after_the_release_that_ended_the_row_still_completes_it(
+        db_engine: Engine) -> None:
+    """A short run released at once: the release writes its end before the history batch
+    holding its start; the start still brings the worker pid and the due time, never the
+    outcome back."""
+    leases, history = LeaseStore(db_engine), HistoryStore(db_engine)
+    got = leases.try_acquire("q", "srv-a", 11, period=60, ttl=60, token="ma", run_id=1)
+    assert got.generation is not None
+    assert leases.release("q", got.generation, Holder("srv-a", 11, "ma"),
+                          grantrun.Ended(1, OK, None, ended_ago=0.0))
+    history.write_many([
+        RunStart("q", "srv-a", "ma", 11, 1, pid=501, generation=got.generation,
+                 started_ago=0.2, due_before_start=0.25),
+        RunRecord("q", "srv-a", 501, OK, generation=got.generation, duration=0.1,
+                  due_before_start=0.25, master_id="ma", master_pid=11, run_id=1)])
+    (row,) = rows(history)
+    assert (row.outcome, row.pid) == (OK, 501) and row.due_at is not None
+    assert counted(db_engine) == {("q", "srv-a", OK): 1}

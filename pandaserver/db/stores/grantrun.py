@@ -4,8 +4,8 @@ a history row.
 A master asking for a lease names the run it will hand the lease to (``run_id``: its
 number for the run, reserved before asking; the master's random id is the grant's holder
 token). When the lease is granted, the same statement (PostgreSQL: one more CTE of the
-grant, ``WITH attempt AS (INSERT ... RETURNING ...), run AS (INSERT INTO daemon_run ...
-SELECT ... FROM attempt)``) or the same transaction (SQLite, MySQL/MariaDB: an insert after
+grant, ``WITH attempt AS (INSERT ... RETURNING ...), granted_run AS (INSERT INTO daemon_run
+... SELECT ... FROM attempt)``) or the same transaction (SQLite, MySQL/MariaDB: an insert after
 the grant, before the commit) inserts that run's ``running`` row, keyed by ``(master_id,
 run_id)`` like every write of the master's history (``runwrites.py``). So a master killed
 at any moment after its grant commits leaves a row that the next holder's start (``close

@@ -49,8 +49,10 @@ KEY = ("master_id", "run_id")
 # by runcounts.count_ended in the same transaction)
 _UPDATED = ("script", "server", "pid", "generation", "due_at", "started_at", "ended_at",
             "error", "tally", "outcome")  # outcome last (MySQL assigns left to right)
-# a start completes a running row its lease grant wrote (grantrun.py): what only it knows
-_STARTED = ("pid", "due_at", "started_at")
+# a start completes the bare row its lease grant wrote (grantrun.py; no worker pid yet),
+# while it runs or after the release that ended it (grantrun.py) came first: what only the
+# start knows. pid last: MySQL assigns in order, and the condition reads pid
+_STARTED = ("due_at", "started_at", "pid")
 
 
 def _values() -> dict[str, Any]:
@@ -97,13 +99,14 @@ def _dialect(conn: Connection) -> str:
 
 def insert_absent(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     """Insert each row unless a row with its key exists (the start of a run); a row that
-    exists and is still ``running`` (written by the run's lease grant: ``grantrun.py``)
-    gets the start's worker pid and times, anything else is left as it is."""
+    exists and is still ``running``, or has no worker pid (written by the run's lease grant,
+    maybe ended by its release: ``grantrun.py``), gets the start's worker pid and times;
+    anything else is left as it is (never its outcome)."""
     if not rows:
         return
     kind = _dialect(conn)
     t = daemon_run
-    running = t.c.outcome == literal(RUNNING)
+    running = or_(t.c.outcome == literal(RUNNING), t.c.pid.is_(None))
     stmt: Any
     if kind == "mysql":
         stmt = dialect_insert("mysql")(t).values(_values())
