@@ -35,6 +35,9 @@ KINDS = (
     ("grant", re.compile(r"^(WITH \w+ AS\s+\()?\s*(INSERT INTO|UPDATE) daemon_lease\b.*"
                          r"(ON CONFLICT|RETURNING)", re.S)),
     ("contended_update", re.compile(r"^UPDATE daemon_lease SET contended")),
+    # a release that also writes its run's end (db/stores/grantrun.py)
+    ("release_or_renew", re.compile(r"^WITH ended_run AS\s*\(\s*UPDATE daemon_run\b.*\)\s*"
+                                    r"UPDATE daemon_lease\b", re.S)),
     ("loser_read", re.compile(r"^SELECT daemon_lease\.owner_server")),
     ("table_read", re.compile(r"^SELECT daemon_lease\.name")),
     ("release_or_renew", re.compile(r"^UPDATE daemon_lease\b")),

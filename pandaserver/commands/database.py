@@ -33,7 +33,7 @@ from pandaserver.db.base.schema import (
     steps,
     upgrade,
 )
-from pandaserver.db.stores.history import HistoryStore
+from pandaserver.db.stores.history import HistoryStore, with_finished
 from pandaserver.db.stores.leases import LeaseRow, LeaseStore
 from pandaserver.db.stores.runrecords import RunRow
 from pandaserver.exitcodes import RET_CONFIG, RET_DATABASE, RET_FAILED, RET_OK, RET_SCHEMA
@@ -139,9 +139,16 @@ def _first_line(error: str | None, width: int = 60) -> str:
 
 # --- locks and unlock ------------------------------------------------------------------
 
+def _state(lease: LeaseRow) -> str:
+    """``held``; ``finished``: held, but its run has ended (the release has not landed yet:
+    it rides on the holder's next grant); ``free``."""
+    return "free" if not lease.held else "finished" if lease.finished else "held"
+
+
 def _lease_json(lease: LeaseRow) -> dict[str, Any]:
     return {
-        "name": lease.name, "held": lease.held, "generation": lease.generation,
+        "name": lease.name, "held": lease.held, "state": _state(lease),
+        "generation": lease.generation,
         "owner_server": lease.owner_server, "owner_pid": lease.owner_pid,
         "acquired_at": _iso(lease.acquired_at), "expires_at": _iso(lease.expires_at),
         "expires_in": lease.expires_in, "next_due": _iso(lease.next_due),
@@ -167,7 +174,7 @@ def cmd_locks(cfg: PandaConfig, args: argparse.Namespace) -> int:
 
     def body() -> int:
         with open_database(cfg) as engine:
-            leases = LeaseStore(engine).list_leases()
+            leases = with_finished(engine, LeaseStore(engine).list_leases())
         if args.json:
             _print_json([_lease_json(lease) for lease in leases])
             return RET_OK
@@ -175,7 +182,7 @@ def cmd_locks(cfg: PandaConfig, args: argparse.Namespace) -> int:
             print("no leases yet (no sync script has run)")
             return RET_OK
         rows = [
-            [lease.name, "held" if lease.held else "free",
+            [lease.name, _state(lease),
              f"{lease.owner_server} pid {lease.owner_pid}" if lease.held else "-",
              str(lease.generation), when(lease.acquired_at),
              span(lease.expires_in) if lease.held else "-", span(lease.due_in),

@@ -268,7 +268,8 @@ def leases_page(ov: Overview, prefix: str, refresh: float) -> str:
         rows.append(
             f'<tr{_cls("lease", "held" if lease.held else None)} data-lease="{_e(lease.name)}">'
             f'<td><a href="{prefix}/scripts/{quote(lease.name)}">{_e(lease.name)}</a></td>'
-            f"<td>{'held' if lease.held else 'free'}</td>"
+            # finished: held, its run has ended; the release rides on the holder's next grant
+            f"<td>{'free' if not lease.held else 'finished' if lease.finished else 'held'}</td>"
             f"<td>{_e(lease.owner_server or '-') if lease.held else '-'}</td>"
             f"<td>{lease.owner_pid if lease.held and lease.owner_pid else '-'}</td>"
             f"<td>{lease.generation}</td><td>{when(lease.acquired_at)}</td>"

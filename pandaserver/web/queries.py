@@ -18,6 +18,7 @@ from pandaserver.db.base.servertime import UtcDateTime, db_now, db_now_expr
 from pandaserver.db.base.tables import daemon_run
 from pandaserver.db.stores import skipscan
 from pandaserver.db.stores.heartbeat import HeartbeatStore, servers_statement
+from pandaserver.db.stores.history import with_finished
 from pandaserver.db.stores.leases import LeaseStore, leases_statement
 from pandaserver.db.stores.runrecords import OK, RunRow
 from pandaserver.web.model import FleetSnapshot as FleetSnapshot
@@ -34,6 +35,7 @@ def read_fleet(engine: Engine, script: str | None = None) -> FleetSnapshot:
     leases = LeaseStore(engine).list_leases()
     if script is not None:
         leases = [lease for lease in leases if lease.name == script]
+    leases = with_finished(engine, leases)
     with engine.connect() as conn:
         now = db_now(conn)
         last_runs = [RunRow(**row._mapping)

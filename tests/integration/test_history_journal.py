@@ -16,7 +16,8 @@ from test_history_keeper import Harness, rows
 from pandaserver.daemons.fleet.history import journal as history_journal
 from pandaserver.daemons.fleet.history.journal import Journal
 from pandaserver.db.base.schema import upgrade
-from pandaserver.db.stores.runrecords import LOST, OK, RunStart
+from pandaserver.db.stores.runcounts import read_counts
+from pandaserver.db.stores.runrecords import LOST, OK, RUNNING, RunRecord, RunStart
 
 
 @pytest.fixture
@@ -104,7 +105,7 @@ def test_a_journal_that_keeps_unwritten_runs_is_compacted(
         h.settle()
         sizes.append(journal.path.stat().st_size)
     assert max(sizes) <= 2000 + max(len(line) for line in journal.unwritten.values())
-    assert list(journal.unwritten) == [("m1", 1)]
+    assert list(journal.unwritten) == [("m1", 1, "start")]
     assert b'"run_id":1,' in journal.path.read_bytes()
     nxt = Harness(engine, tmp_path, master_id="m2")  # h killed: run 1 is replayed and closed
     nxt.keeper.at_start(nxt.spool, usable=True, journal=journal_of(nxt, tmp_path))
@@ -128,3 +129,57 @@ def test_an_unwritable_journal_is_said_once_and_costs_nothing_else(
     assert caplog.text.count("cannot be written") == 1 and "kill -9" in caplog.text
     journal.written(items)
     journal.close()
+
+
+def test_an_end_known_but_not_written_at_a_kill_is_replayed_ok_and_counted_once(
+        engine: Engine, tmp_path: Path) -> None:
+    """The run ended ``ok`` while its end was still only in the master's memory (the
+    database did not answer); kill -9, and the next master writes it ``ok``, with the end
+    it had, counted once in daemon_run_count, even when the file is replayed twice."""
+    first = Harness(engine, tmp_path)
+    journal = journal_of(first, tmp_path)
+    first.keeper.at_start(first.spool, usable=True, journal=journal)
+    run = first.run(1)
+    first.keeper.start(run)
+    first.settle()
+    first.clock.now += 2
+    first.store.down = True  # the end is known; its write does not land
+    first.keeper.end(first.ended(run))
+    first.settle()
+    assert [r.outcome for r in rows(first.store)] == [RUNNING]
+    kept = journal.path.read_bytes()
+    # kill -9: no close. The next master replays the journal, then closes what is open
+    first.store.down = False
+    nxt = Harness(engine, tmp_path, master_id="m2")
+    nxt.keeper.at_start(nxt.spool, usable=True, journal=journal_of(nxt, tmp_path))
+    until_quiet(nxt)
+    (row,) = rows(nxt.store)
+    assert (row.master_id, row.run_id, row.outcome, row.pid) == ("m1", 1, OK, 901)
+    assert row.duration == pytest.approx(0.5, abs=0.05)
+    assert not journal.path.exists() or journal.path.stat().st_size == 0
+    # killed again after the write, before the truncation: replayed once more, nothing added
+    journal.path.write_bytes(kept)
+    again = Harness(engine, tmp_path, master_id="m3")
+    again.keeper.at_start(again.spool, usable=True, journal=journal_of(again, tmp_path))
+    until_quiet(again)
+    assert [(r.run_id, r.outcome, r.ended_at) for r in rows(again.store)] == [
+        (1, OK, row.ended_at)]
+    with engine.connect() as conn:
+        assert [(key, values[0]) for key, values in read_counts(conn)] == [
+            (("x", "srv", OK), 1)]
+
+
+def test_a_written_start_leaves_its_runs_end_kept_until_the_end_is_written(
+        tmp_path: Path) -> None:
+    """The start's confirmation may come back after the end was journaled: the end's line
+    stays until the end itself is written (then the file is truncated)."""
+    journal = Journal(tmp_path / "history-journal-srv.jsonl", lambda: 1.0)
+    start = RunStart(script="x", server="srv", master_id="m1", master_pid=1, run_id=1)
+    end = RunRecord("x", "srv", 7, OK, duration=0.5, master_id="m1", master_pid=1, run_id=1)
+    journal.append(1.0, start)
+    journal.append(1.0, end)
+    journal.written([start])
+    assert list(journal.unwritten) == [("m1", 1, "end")]
+    assert journal.path.stat().st_size > 0
+    journal.written([end])
+    assert journal.unwritten == {} and journal.path.stat().st_size == 0

@@ -414,7 +414,7 @@ def test_real_masters_history_status_and_workers(db_url: URL, db_engine: Engine,
     app.reader.state_dir = tmp_path / "state"  # where the harness's masters write status
     history = HistoryStore(db_engine)
     with running_master(path, tmp_path, server="real-1") as one, \
-            running_master(path, tmp_path, server="real-2"):
+            running_master(path, tmp_path, server="real-2") as two:
         wait_for(lambda: any(r.outcome == "ok" for r in history.query("shared", 100))
                  and len({r.server for r in history.query("broken", 100)}) == 2
                  and len(history.query("broken", 100)) >= 4, 30,
@@ -437,6 +437,9 @@ def test_real_masters_history_status_and_workers(db_url: URL, db_engine: Engine,
         # quick succeeds every 0.3 s: fresh (a loaded machine may delay one run past 0.9 s)
         wait_for(lambda: not get_json(app, "/api/scripts/quick")["script"]["stale"], 10,
                  "the succeeding script to be fresh")
+        # stopped, not killed: a killed master's last writes are not in the database (a sync
+        # run's row, written by its grant, would be left open)
+        assert one.stop() == 0 and two.stop() == 0
     # the masters are stopped: what the database holds is final
     rows = history.query(None, 10000)
     assert {r.outcome for r in rows} <= {"ok", "failed"}  # a refused attempt is not a run

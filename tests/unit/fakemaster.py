@@ -159,21 +159,24 @@ class FakeLeases:
         self.firings: list[float | None] = []  # the firing each ask was for (cron scripts)
         self.renewals: list[tuple[list[tuple[str, int]], float, RenewReply]] = []
         self.released: list[tuple[str, int | None]] = []
+        self.run_ids: list[int | None] = []  # the run each ask was for
+        self.not_run_rows: list[tuple[str, int, int]] = []  # granted rows of runs not run
         self.generation = itertools.count(1)
 
     def turn(self, spec: DaemonSpec, due: float, now: float) -> Turn:
         return self.turns.get(spec.name, Turn(ask=True, due=due))
 
     def acquire(self, spec: DaemonSpec, now: float, reply: AcquireReply,
-                firing: float | None = None) -> None:
+                firing: float | None = None, run_id: int | None = None) -> None:
         self.asked.append((spec.name, now, reply))
         self.firings.append(firing)
+        self.run_ids.append(run_id)
 
-    def grant(self, sent: float | None = None) -> int:
+    def grant(self, sent: float | None = None, run_row: bool = False) -> int:
         _, asked_at, reply = self.asked.pop(0)
         generation = next(self.generation)
         reply(LeaseDecision(granted=True, generation=generation,
-                            sent=asked_at if sent is None else sent))
+                            sent=asked_at if sent is None else sent, run_row=run_row))
         return generation
 
     def refuse(self, holder: str | None = "other", wait: float = 5.0) -> None:
@@ -185,6 +188,9 @@ class FakeLeases:
 
     def release(self, name: str, generation: int | None) -> None:
         self.released.append((name, generation))
+
+    def not_run(self, name: str, generation: int, run_id: int) -> None:
+        self.not_run_rows.append((name, generation, run_id))
 
     def next_release(self) -> float | None:
         return None

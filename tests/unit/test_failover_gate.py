@@ -94,6 +94,7 @@ class FakeFleet:
                                                                   heartbeat_interval=30.0))
     calls: list[tuple[str, str, Any]] = field(default_factory=list)
     probe_interval: float = 2.0
+    member: bool = True  # a fleet member (not run-once)
     at_close: list[Any] = field(default_factory=list)  # FleetDb's hooks at its close
     listener: Any = None
 

@@ -25,7 +25,8 @@ class FakeLeases:
     def turn(self, spec: DaemonSpec, due: float, now: float) -> Turn:
         raise AssertionError("not used")
 
-    def acquire(self, spec: DaemonSpec, now: float, reply: AcquireReply) -> None:
+    def acquire(self, spec: DaemonSpec, now: float, reply: AcquireReply,
+                firing: float | None = None, run_id: int | None = None) -> None:
         raise AssertionError("not used")
 
     def renew(self, held: list[tuple[str, int]], now: float, reply: RenewReply) -> None:

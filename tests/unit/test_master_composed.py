@@ -105,6 +105,28 @@ def test_a_sync_script_asks_its_lease_first_and_runs_only_on_a_grant() -> None:
     assert rig.leases.released == [("s", generation)]
 
 
+def test_a_sync_runs_number_is_taken_when_its_lease_is_asked_for() -> None:
+    """The grant writes the run's history row under that number (db/stores/grantrun.py): a
+    refusal gives it back; a grant not used removes the row it wrote."""
+    rig = Rig([spec("s", period=20, sync=True)], n_proc=1)
+    rig.start_workers()
+    rig.turn()
+    rig.leases.refuse(holder="other", wait=5.0)
+    rig.at(1005.0)
+    assert rig.leases.run_ids == [1, 1]  # given back: no row has it
+    rig.leases.grant(run_row=True)
+    [run] = rig.runs(1)
+    assert run["run"] == 1 and [r.id for r in rig.history.started] == [1]
+    rig.done(1)
+    state = rig.master.dispatcher.scripts["s"]
+    rig.at(state.next_due)
+    assert rig.leases.run_ids[-1] == 2
+    state.disabled = "its module was removed"  # meanwhile: the grant is not used
+    generation = rig.leases.grant(run_row=True)
+    assert rig.leases.not_run_rows == [("s", generation, 2)]
+    assert ("s", generation) in rig.leases.released and rig.runs(1) == []  # no new run
+
+
 def test_a_sync_script_whose_turn_is_elsewhere_is_not_asked_for() -> None:
     rig = Rig([spec("s", period=20, sync=True)], n_proc=1)
     rig.leases.turns["s"] = Turn(ask=False, at=1007.0)

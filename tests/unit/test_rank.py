@@ -86,6 +86,8 @@ class FakeFleet:
     gate: FailoverGate = field(default_factory=lambda: FailoverGate(None, lambda: 30.0))
     holder: Any = field(default_factory=lambda: SimpleNamespace(token="t0"))
     listener: Any = None  # PostgreSQL's LISTEN connection (tests/unit/test_grantwatch.py)
+    # the history keeper: no run of this fake ended (HistoryKeeper.ended_under)
+    keeper: Any = field(default_factory=lambda: SimpleNamespace(ended_under=lambda *a: None))
 
     def monotonic(self) -> float:
         return self.clock
@@ -93,7 +95,7 @@ class FakeFleet:
     def usable(self, now: float) -> bool:
         return self.down_since is None
 
-    def release(self, name: str, generation: int | None) -> None:
+    def release(self, name: str, generation: int | None, ended: Any = None) -> None:
         self.released.append((name, generation))
 
     def _submit(self, lane: str, what: str, operation: Any, done: Any,

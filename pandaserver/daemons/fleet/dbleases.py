@@ -200,9 +200,11 @@ class DbLeases:
 
     # ----- grants, renewals, releases --------------------------------------------------------
     def acquire(self, spec: DaemonSpec, now: float, reply: AcquireReply,
-                firing: float | None = None) -> None:
+                firing: float | None = None, run_id: int | None = None) -> None:
         """Ask for ``spec``'s lease (a cron script: for its ``firing``); ``reply`` gets the
-        decision on the loop thread (at once while the database is known to be down)."""
+        decision on the loop thread (at once while the database is known to be down).
+        ``run_id``: the run it is for, whose ``running`` row the grant writes (a fleet
+        member's: run-once sends no heartbeat, so an open row of it would look dead)."""
         fleet = self.fleet
         if not fleet.usable(now):
             reply(LeaseDecision(granted=False, wait=max(fleet.next_probe - now, 0.05),
@@ -220,6 +222,7 @@ class DbLeases:
         kept = self.finished.pop(name, None) or self.expiring.pop(name, None)
         finished = None if kept is None else kept[0]
         self.watch.know(name, None)  # what the answer says, if granted
+        run = run_id if fleet.member else None
 
         def done(result: Any, error: BaseException | None, late: bool) -> None:
             granted = error is None and result is not None and result.granted
@@ -232,6 +235,7 @@ class DbLeases:
                     log.info("%s: a lease grant came back after the call was abandoned;"
                              " releasing generation %d", name, result.generation)
                     fleet.release(name, result.generation)
+                    self._unused(name, run, result)
                 return
             if error is not None:
                 reply(LeaseDecision(granted=False, wait=max(fleet.probe_interval,
@@ -241,6 +245,8 @@ class DbLeases:
             if gate.epoch != epoch:  # granted, maybe by the server that is gone: not used
                 log.warning("%s: a lease grant came back across a failover of the database;"
                             " not used", spec.name)
+                if granted:
+                    self._unused(name, run, result)
                 reply(LeaseDecision(granted=False, wait=max(gate.remaining(fleet.monotonic()),
                                                             0.05), unavailable=True, sent=sent))
                 return
@@ -257,15 +263,31 @@ class DbLeases:
                                 wait=self._wait(spec, result), holder=result.holder,
                                 sent=sent, due_in=result.due_in,
                                 db_now=_posix(result.db_now),
-                                served=_posix(result.firing)))
+                                served=_posix(result.firing),
+                                run_row=bool(getattr(result, "run_row", False))))
 
         # a cron script's lease is granted once per firing (db/stores/leases.py)
         when = after = None
         if firing is not None and spec.cron is not None:
             when, after = _utc(firing), _utc(spec.cron.next_after(firing))
+        # how the finished run ended: that grant writes it too (db/stores/grantrun.py)
+        ended = None if finished is None else fleet.keeper.ended_under(name, finished)
         fleet._submit("lease", "lease", lambda: fleet.leases.try_acquire(
             name, fleet.server, fleet.pid, spec.period, ttl, when, after,
-            token=fleet.holder.token, finished=finished), done)
+            token=fleet.holder.token, finished=finished, run_id=run,
+            ended=None if ended is None else ended.later(fleet.monotonic() - sent)), done)
+
+    def _unused(self, name: str, run: int | None, result: Any) -> None:
+        """A grant this master does not use (it came back too late, or across a failover):
+        the ``running`` row it wrote for run ``run`` goes."""
+        if run is not None and getattr(result, "run_row", False):
+            self.not_run(name, int(result.generation), run)
+
+    def not_run(self, name: str, generation: int, run_id: int) -> None:
+        """The run a grant wrote a row for never started: no run, no row (as a refusal).
+        Removed by the history writer, in order with its writes; should that fail, the row
+        is closed as ``lost`` by this master's next start of the script (or the sweep)."""
+        self.fleet.keeper.not_run(name, generation, run_id)
 
     def renew(self, held: list[tuple[str, int]], now: float, reply: RenewReply) -> None:
         """Renew every held lease in one call; ``reply(renewed names or None, sent)``."""
@@ -330,12 +352,14 @@ class DbLeases:
         fleet = self.fleet
         now = fleet.monotonic()
         granted = self._granted.pop(name, None)
+        # released at once: how the run ended is written by the release itself, so it is in
+        # the database before any later grant of this master (db/stores/grantrun.py)
         if granted is None or granted.generation != generation or granted.due is None:
-            fleet.release(name, generation)
+            fleet.release(name, generation, fleet.keeper.ended_under(name, generation))
             return
         by = release_by(granted.due, granted.period, self.rank(name), fleet.member)
         if by is None or by <= now or fleet.down_since is not None:
-            fleet.release(name, generation)
+            fleet.release(name, generation, fleet.keeper.ended_under(name, generation))
         elif granted.expires > by:  # else it expires on its own before anyone asks
             self.finished[name] = (generation, by)
         else:
@@ -395,5 +419,5 @@ class DbRecorder:
         self.fleet.record_start(run)
 
     def record(self, record: RunRecord) -> None:
+        self.fleet.record(record)  # journaled first: a run logged as ended has its end kept
         self.log.record(record)
-        self.fleet.record(record)

@@ -58,6 +58,7 @@ from pandaserver.db.base.engine import (
 from pandaserver.db.base.schema import SchemaError, ensure_schema
 from pandaserver.db.base.serverid import IdentityWatch, ServerChanged
 from pandaserver.db.stores import history as dbhistory
+from pandaserver.db.stores.grantrun import Ended
 from pandaserver.db.stores.heartbeat import HeartbeatStore, config_hash
 from pandaserver.db.stores.leases import Holder, LeaseStore
 
@@ -255,7 +256,9 @@ class FleetDb:
         self.keeper.resume()  # on the history writer thread
 
     # ----- leases (grants and renewals: ``DbLeases``, daemons/fleet/dbleases.py) -----------
-    def release(self, name: str, generation: int | None) -> None:
+    def release(self, name: str, generation: int | None, ended: Ended | None = None) -> None:
+        """Release ``name``'s lease ``generation`` (``ended``: how this master's run under
+        it ended, written by the same statement: db/stores/grantrun.py)."""
         if generation is None:
             return
 
@@ -272,7 +275,7 @@ class FleetDb:
             self.failed_releases.append((name, generation))
             return
         self._submit("lease", "release",
-                     lambda: self.leases.release(name, generation, self.holder), done)
+                     lambda: self.leases.release(name, generation, self.holder, ended), done)
 
     # ----- history (``HistoryKeeper``: batched on a writer thread, spooled at stop) -------
     def history_usable(self) -> bool:

@@ -33,6 +33,9 @@ class LeaseDecision:
     # the fleet has served (POSIX seconds; None: unknown, or not a cron lease)
     db_now: float | None = None
     served: float | None = None
+    # granted, and the grant wrote the ``running`` history row of the run it was asked
+    # for (db/stores/grantrun.py): a grant left unused must end that row
+    run_row: bool = False
 
 
 @dataclass(frozen=True)
@@ -66,13 +69,18 @@ class LeaseManager(Protocol):
         """Whether to ask for ``spec``'s lease, due at ``due``, now (never blocks)."""
 
     def acquire(self, spec: DaemonSpec, now: float, reply: AcquireReply,
-                firing: float | None = None) -> None:
-        """Ask for ``spec``'s lease (a cron script: for its ``firing``, POSIX seconds)."""
+                firing: float | None = None, run_id: int | None = None) -> None:
+        """Ask for ``spec``'s lease (a cron script: for its ``firing``, POSIX seconds),
+        for the run numbered ``run_id`` (its history row may be written by the grant)."""
 
     def renew(self, held: list[tuple[str, int]], now: float, reply: RenewReply) -> None: ...
 
     def release(self, name: str, generation: int | None) -> None:
         """A run under the lease ended: release it (at once, or deferred: see below)."""
+
+    def not_run(self, name: str, generation: int, run_id: int) -> None:
+        """A grant that wrote the ``running`` row of run ``run_id`` (``run_row``) was not
+        used: that run never started, so its row goes (the lease is released apart)."""
 
     def next_release(self) -> float | None:
         """When a deferred release must be sent (monotonic); None: none waits."""
@@ -92,13 +100,16 @@ class LocalLeases:
         return Turn(ask=True, due=due)
 
     def acquire(self, spec: DaemonSpec, now: float, reply: AcquireReply,
-                firing: float | None = None) -> None:
+                firing: float | None = None, run_id: int | None = None) -> None:
         reply(LeaseDecision(granted=True, sent=now))
 
     def renew(self, held: list[tuple[str, int]], now: float, reply: RenewReply) -> None:
         reply({name for name, _ in held}, now)
 
     def release(self, name: str, generation: int | None) -> None:
+        return None
+
+    def not_run(self, name: str, generation: int, run_id: int) -> None:
         return None
 
     def next_release(self) -> float | None:
@@ -122,8 +133,11 @@ class PendingLeases:
         return Turn(ask=False, due=due, at=now + self.RETRY)
 
     def acquire(self, spec: DaemonSpec, now: float, reply: AcquireReply,
-                firing: float | None = None) -> None:
+                firing: float | None = None, run_id: int | None = None) -> None:
         reply(LeaseDecision(granted=False, wait=self.RETRY, sent=now))
+
+    def not_run(self, name: str, generation: int, run_id: int) -> None:
+        return None
 
     def renew(self, held: list[tuple[str, int]], now: float, reply: RenewReply) -> None:
         reply({name for name, _ in held}, now)

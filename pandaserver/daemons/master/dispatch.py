@@ -131,13 +131,18 @@ class Dispatcher:
                 firing = schedule.firing_to_ask(state.spec.cron, state.firing,
                                                 self.scripts.wall_of(state, now))
             self.scripts.asking(state, due, firing)
+            # the run's number, taken now: the grant writes the run's history row under it
+            self.run_counter += 1
+            run_id = self.run_counter
             self.leases.acquire(state.spec, now,
-                                functools.partial(self._lease_reply, state, slot, firing),
-                                firing=firing)
+                                functools.partial(self._lease_reply, state, slot, firing,
+                                                  run_id),
+                                firing=firing, run_id=run_id)
 
     def _lease_reply(self, state: ScriptState, slot: Slot, firing: float | None,
-                     decision: LeaseDecision) -> None:
-        """The database answered a grant (on the loop thread, maybe much later)."""
+                     run_id: int, decision: LeaseDecision) -> None:
+        """The database answered a grant (on the loop thread, maybe much later) for the
+        run numbered ``run_id``."""
         now = self.clock.monotonic()
         if slot.reserved == state.spec.name:
             slot.reserved = None
@@ -145,6 +150,8 @@ class Dispatcher:
         if decision.db_now is not None:  # a cron lease's answer: the database's clock
             self.scripts.learn_skew(decision.db_now, (decision.sent + now) / 2)
         if not decision.granted:
+            if not decision.unavailable and run_id == self.run_counter:
+                self.run_counter -= 1  # refused: no row has the number, the next run takes it
             # Ask again when the database says it is due, and at least once a period: a
             # holder that stops cleanly releases early, and its lease must not leave a gap.
             retry = min(decision.wait, spec.period)
@@ -166,25 +173,31 @@ class Dispatcher:
         if not usable or not candidates or \
                 self._hand_over(candidates, state, decision.generation, decision.sent,
                                 None if decision.due_in is None else now + decision.due_in,
-                                firing) is None:
+                                firing, run_id) is None:
+            why = ("stopping" if stopping else "no worker free" if usable else
+                   "removed or disabled meanwhile")
             log.info("%s: lease generation %s granted but not used (%s); releasing it",
-                     spec.name, decision.generation,
-                     "stopping" if stopping else "no worker free" if usable else
-                     "removed or disabled meanwhile")
+                     spec.name, decision.generation, why)
             self.leases.release(spec.name, decision.generation)
+            if decision.run_row and decision.generation is not None:  # no run: no row
+                self.leases.not_run(spec.name, decision.generation, run_id)
 
     def _hand_over(self, idle: list[Slot], state: ScriptState, generation: int | None,
                    lease_sent: float | None, fleet_due: float | None = None,
-                   granted_firing: float | None = None) -> Slot | None:
+                   granted_firing: float | None = None,
+                   run_id: int | None = None) -> Slot | None:
         """Send the run to the first idle worker that takes it; a worker whose channel is
         broken is killed (and replaced) rather than tried again. ``granted_firing``: the
-        cron firing the lease was granted for (None: no lease, or a run-now's)."""
+        cron firing the lease was granted for (None: no lease, or a run-now's); ``run_id``:
+        the run's number, taken when its lease was asked for (None: a new one)."""
         spec = state.spec
         while idle:
             slot = idle.pop(0)
             now = self.clock.monotonic()  # fresh: the run's timeout counts from here
-            self.run_counter += 1
-            run = Run(id=self.run_counter, script=spec.name, worker=slot.index, pid=slot.pid,
+            if run_id is None:
+                self.run_counter += 1
+                run_id = self.run_counter
+            run = Run(id=run_id, script=spec.name, worker=slot.index, pid=slot.pid,
                       due=state.next_due, dispatched=now, timeout_at=now + spec.timeout,
                       generation=generation)
             lease = None
@@ -325,8 +338,6 @@ class Dispatcher:
         self.keeper.drop(run.id)
         if run.crash is not None or outcome in (protocol.OK, protocol.FAILED):
             self.gate.note_outcome(run.script, run.crash, ended)
-        if run.generation is not None:  # whatever the config says now: what was taken
-            self.leases.release(run.script, run.generation)
         self.last_outcomes[run.script] = (outcome, ended)
         self.recorder.record(RunRecord(
             script=run.script, server=self.server, pid=run.pid, run_id=run.id,
@@ -334,6 +345,9 @@ class Dispatcher:
             duration=max(0.0, ended - started),
             dispatch_delay=started - run.due,  # negative would mean early: never
             queued=run.dispatched - run.due, ended=ended))
+        if run.generation is not None:  # whatever the config says now: what was taken
+            # after the record: the statement that releases it may write the run's end
+            self.leases.release(run.script, run.generation)
         if self.only is not None:
             self.once_outcome = outcome
             if not self.pool.stopping:

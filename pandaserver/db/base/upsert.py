@@ -61,7 +61,7 @@ from __future__ import annotations
 
 import importlib
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -154,6 +154,7 @@ def upsert_or_else(
     params: Mapping[str, Any] | None = None,
     cache: dict[str, Any] | None = None,
     announce: ColumnElement[Any] | None = None,
+    also: Callable[[Any], Sequence[Any]] | None = None,
 ) -> tuple[bool, Row[Any] | None]:
     """``conditional_upsert``, and when the row exists and ``where`` is false, apply
     ``otherwise`` to it instead (see the module docstring for each database).
@@ -162,6 +163,11 @@ def upsert_or_else(
     returned as the column ``ANNOUNCED`` by the ``attempt`` part only, so it is evaluated
     once per grant inside the same statement and never on a refusal (a ``pg_notify``: it
     is delivered only if the grant commits). Its value is text; NULL when refused.
+
+    ``also`` (PostgreSQL only): given the grant's CTE (``attempt``, a row only when
+    granted), data-modifying CTEs made part of the same statement (a lease grant's run
+    rows: ``pandaserver/db/stores/grantrun.py``); other databases ignore it (the caller
+    does that work in its transaction).
 
     Returns (granted, row): the ``returning`` columns as inserted or updated when granted;
     when refused, of the row as it is after ``otherwise`` (the newest committed version,
@@ -187,6 +193,8 @@ def upsert_or_else(
                                                    *untold)
             lost_cte = lost.cte("lost")
             first: Any = select(attempt).union_all(select(lost_cte))
+            if also is not None:
+                first = first.add_cte(*also(attempt))
         else:
             first = upsert.returning(*returning, true().label(GRANTED))
         built = (first, refused.returning(*returning, false().label(GRANTED)))

@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import (
     Connection,
     Engine,
+    bindparam,
     case,
+    delete,
     insert,
     or_,
     select,
@@ -34,16 +37,26 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError
 
-from pandaserver.config.secrets import redact
 from pandaserver.db.base.servertime import db_now_expr, db_now_plus
 from pandaserver.db.base.tables import daemon_run
 from pandaserver.db.stores import pruning, runcounts, runwrites
-from pandaserver.db.stores.runrecords import END_OUTCOMES, LOST, MAX_ERROR_CHARS, RUNNING, RunEnd, RunRow
+from pandaserver.db.stores.leases import LeaseRow
+from pandaserver.db.stores.runrecords import END_OUTCOMES, LOST, RUNNING, RunEnd, RunRow
 
 # Named here as well: daemons/fleet/history/keeper.py reads them as ``history.RunStart``...
 from pandaserver.db.stores.runrecords import PendingItem as PendingItem
 from pandaserver.db.stores.runrecords import RunRecord as RunRecord
 from pandaserver.db.stores.runrecords import RunStart as RunStart
+from pandaserver.db.stores.runrecords import clip_error as _clip
+
+
+def with_finished(engine: Engine, leases: list[LeaseRow]) -> list[LeaseRow]:
+    """``leases`` with ``finished`` set on the held ones whose run has ended
+    (``HistoryStore.ended_grants``)."""
+    held = [(lease.name, lease.generation, lease.owner_server, lease.owner_pid)
+            for lease in leases if lease.held]
+    done = HistoryStore(engine).ended_grants(held) if held else set()
+    return [replace(lease, finished=lease.name in done) for lease in leases]
 
 
 def _transaction_level(engine: Engine) -> str:
@@ -51,6 +64,7 @@ def _transaction_level(engine: Engine) -> str:
     gap locks that make concurrent writers deadlock); SQLite has one writer anyway."""
     return "SERIALIZABLE" if engine.dialect.name == "sqlite" else "READ COMMITTED"
 T = TypeVar("T")
+ENDED_LOOK = 5  # newest rows of a script where a held lease's run is looked for
 
 
 def _check_outcome(outcome: str, allowed: tuple[str, ...]) -> None:
@@ -63,17 +77,6 @@ def _check_seconds(what: str, value: float) -> None:
         raise ValueError(f"{what} must be a finite number of seconds >= 0, got: {value!r}")
 
 
-
-
-def _clip(error: str | None) -> str | None:
-    """The error as stored: redacted (again: ``record_end`` takes a bare text), then cut to
-    its last ``MAX_ERROR_CHARS`` characters (after, so no cut leaves half a secret)."""
-    if error:
-        error = redact(error)
-    if error is None or len(error) <= MAX_ERROR_CHARS:
-        return error
-    cut = len(error) - MAX_ERROR_CHARS
-    return f"[{cut} characters cut]\n" + error[-MAX_ERROR_CHARS:]
 
 
 def _end_stmt(run_id: int, outcome: str, error: str | None, ended_ago: float) -> Any:
@@ -183,10 +186,14 @@ class HistoryStore:
         finals: list[dict[str, Any]] = []
         plain: list[dict[str, Any]] = []
         starts: list[dict[str, Any]] = []
+        seen: set[tuple[Any, Any]] = set()  # one start per key (replays may repeat one)
         grants: list[tuple[str, int, str]] = []
         by_id: list[RunEnd] = []
         for item in items:
             if isinstance(item, RunStart):
+                if (item.master_id, item.run_id) in seen:
+                    continue
+                seen.add((item.master_id, item.run_id))
                 starts.append(_start_params(item))
                 if item.generation is not None:
                     grants.append((item.script, item.generation, item.server))
@@ -288,6 +295,35 @@ class HistoryStore:
             _check_seconds("older_than_days", older_than_days)
         retention = pruning.Retention(days=older_than_days, rows=rows)
         return sum(pruning.prune_all(self.engine, retention, batch).values())
+
+    def forget_unrun(self, master_id: str, run_id: int) -> int:
+        """Delete the row a lease grant wrote for a run that never started (still
+        ``running``, nothing else written to it); how many (0 or 1)."""
+        r = daemon_run
+        stmt = delete(r).where(r.c.master_id == master_id, r.c.run_id == run_id,
+                               r.c.outcome == RUNNING, r.c.pid.is_(None))
+        with self._tx.begin() as conn:
+            return max(0, conn.execute(stmt).rowcount)
+
+    def ended_grants(self, grants: Sequence[tuple[str, int, str | None, int | None]]
+                     ) -> set[str]:
+        """Of held leases ``(script, generation, holder server, holder pid)``, the scripts
+        whose run under that generation has ended (its row says so): a finished run whose
+        deferred release has not landed yet (``panda-daemon locks``: "finished"). The run of
+        a lease's current generation is among its script's newest rows (nobody else runs
+        it meanwhile): one short index walk per lease."""
+        r = daemon_run
+        newest = (select(r.c.generation, r.c.server, r.c.master_pid, r.c.outcome)
+                  .where(r.c.script == bindparam("p_script"))
+                  .order_by(r.c.started_at.desc(), r.c.id.desc()).limit(ENDED_LOOK))
+        found: set[str] = set()
+        with self.engine.connect() as conn:
+            for script, generation, server, pid in grants:
+                for row in conn.execute(newest, {"p_script": script}):
+                    if (row.generation, row.server, row.master_pid) == (generation, server, pid) \
+                            and row.outcome != RUNNING:
+                        found.add(script)
+        return found
 
     def query(self, name: str | None = None, limit: int = 50) -> list[RunRow]:
         """The newest runs first, of one script or of all."""

@@ -30,6 +30,7 @@ from sqlalchemy import literal as sql_literal
 from pandaserver.db.base.servertime import UtcDateTime, db_now_expr, db_now_plus, seconds_between
 from pandaserver.db.base.tables import daemon_lease
 from pandaserver.db.base.upsert import conditional_upsert, upsert_or_else
+from pandaserver.db.stores import grantrun
 
 # PostgreSQL: every grant statement notifies this channel (``grant_announce``)
 GRANT_CHANNEL = "panda_daemon_grant"
@@ -92,10 +93,13 @@ class FiringGrants:
 
     def attempt(self, conn: Connection, name: str, server: str, pid: int, period: float,
                 ttl: float, firing: datetime, next_firing: datetime,
-                token: str | None = None, finished: int | None = None
-                ) -> tuple[bool, Row[Any] | None]:
+                token: str | None = None, finished: int | None = None,
+                run_id: int | None = None, ended: grantrun.Ended | None = None
+                ) -> tuple[bool, Row[Any] | None, dict[str, Any]]:
         """Grant ``name``'s lease for ``firing`` if the rule allows, else count the
-        refusal; (granted, the row's ``RETURNED`` columns as the statement left it)."""
+        refusal; (granted, the row's ``RETURNED`` columns as the statement left it, the
+        statement's parameters). On PostgreSQL a grant also writes the run's row
+        (``run_id``: ``grantrun.py``); elsewhere the caller does, in its transaction."""
         t = daemon_lease
         now = db_now_expr()
         p_server = bindparam("lease_server", type_=t.c.owner_server.type)
@@ -107,7 +111,8 @@ class FiringGrants:
         params = {"lease_name": name, "lease_server": server, "lease_pid": pid,
                   "lease_token": token, "lease_finished": finished,
                   "lease_period": float(period), "lease_ttl": float(ttl),
-                  "lease_firing": firing, "lease_next": next_firing}
+                  "lease_firing": firing, "lease_next": next_firing,
+                  **grantrun.params(run_id, ended)}
         if name not in self._seeded:  # the row first: the grant below is never an insert
             conditional_upsert(
                 conn, t,
@@ -119,7 +124,7 @@ class FiringGrants:
         due = and_(t.c.firing.is_not(None), t.c.firing < p_firing, p_firing <= now,
                    now < p_next, or_(t.c.expires_at.is_(None), t.c.expires_at <= now,
                                      finished_by_holder(p_server)))
-        return upsert_or_else(
+        granted, row = upsert_or_else(
             conn, t,
             {"name": key, "generation": 1, **owner, "next_due": p_next, "contended": 0,
              "contended_by": None, "contended_at": None, "firing": p_firing},
@@ -130,7 +135,9 @@ class FiringGrants:
             otherwise={"contended": t.c.contended + 1, "contended_by": p_server,
                        "contended_at": now},
             returning=[t.c[column] for column in RETURNED],
-            params=params, cache=self._statements, announce=grant_announce())
+            params=params, cache=self._statements, announce=grant_announce(),
+            also=grantrun.ctes)
+        return granted, row, params
 
 
 def refusal_wait(row: Row[Any], firing: datetime) -> tuple[float, bool]:

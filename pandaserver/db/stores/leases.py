@@ -76,6 +76,7 @@ from pandaserver.db.base.servertime import (
 )
 from pandaserver.db.base.tables import daemon_lease
 from pandaserver.db.base.upsert import upsert_or_else
+from pandaserver.db.stores import grantrun
 from pandaserver.db.stores.fleetrows import LeaseRow as LeaseRow
 from pandaserver.db.stores.fleetrows import lease_row
 from pandaserver.db.stores.leasefirings import (
@@ -115,6 +116,8 @@ class LeaseResult:
     # refused: the lease is held past its due time (an overrun, or a finished run whose
     # holder has not released it yet: daemons/fleet/dbleases.py)
     held_past_due: bool = False
+    # granted with the run's ``running`` row written by the grant itself (grantrun.py)
+    run_row: bool = False
 
 
 @dataclass(frozen=True)
@@ -161,9 +164,15 @@ class LeaseStore:
         # refuses a server it has not acted on yet (daemons/fleet/failover.py)
         self.guard: Callable[[], None] | None = None
         self._firings = FiringGrants()  # a cron script's grants (statements, rows made)
+        self._run_rows: dict[str, Any] = {}  # SQLite/MySQL: a grant's run row (grantrun.py)
+        # SQLite/MySQL: a grant that writes its run's row is one transaction with it
+        self._tx = engine.execution_options(
+            isolation_level="SERIALIZABLE" if engine.dialect.name == "sqlite"
+            else "READ COMMITTED")
 
-    def _run(self, operation: Callable[[Connection], T]) -> T:
-        """Run on an autocommit connection; once more on a fresh one after a disconnect.
+    def _run(self, operation: Callable[[Connection], T], transaction: bool = False) -> T:
+        """Run on an autocommit connection (``transaction``: in one transaction); once
+        more on a fresh one after a disconnect.
 
         A statement that met a dead connection (the server restarted) was not executed.
         If a connection broke after a grant committed, the retry finds the lease taken
@@ -171,10 +180,13 @@ class LeaseStore:
         """
         for attempt in (1, 2):
             try:
-                with self._auto.connect() as conn:
+                with (self._tx if transaction else self._auto).connect() as conn:
                     if self.guard is not None:
                         self.guard()
-                    return operation(conn)
+                    if not transaction:
+                        return operation(conn)
+                    with conn.begin():
+                        return operation(conn)
             except DBAPIError as exc:
                 if attempt == 2 or not exc.connection_invalidated:
                     raise
@@ -186,6 +198,8 @@ class LeaseStore:
         firing: datetime | None = None, next_firing: datetime | None = None,
         token: str | None = None,
         finished: int | None = None,
+        run_id: int | None = None,
+        ended: grantrun.Ended | None = None,
     ) -> LeaseResult:
         """Take the lease if it is due and not held; when not, count the refusal.
 
@@ -204,6 +218,12 @@ class LeaseStore:
         daemons/fleet/dbleases.py): while it is still the current one, the lease counts as
         not held, so the grant is also its release, in the same statement. Never another
         holder's: the row must still name this server and pid.
+
+        ``run_id`` (with ``token``, the master's id): the run this grant is for; when
+        granted, its ``running`` history row is written by the same statement (PostgreSQL)
+        or transaction (``grantrun.py``), so a holder killed right after its grant still
+        leaves a row for the generation (``LeaseResult.run_row``). ``ended``: how the run
+        of ``finished`` ended, written to its row by the same grant (when granted).
         """
         _check_name(name)
         for what, value in (("period", period), ("ttl", ttl)):
@@ -213,7 +233,7 @@ class LeaseStore:
                 raise ValueError(f"a cron grant needs the firing after {firing!r}, got:"
                                  f" {next_firing!r}")
             return self._try_firing(name, server, pid, period, ttl, firing, next_firing, token,
-                                    finished)
+                                    finished, run_id, ended)
         t = daemon_lease
         now = db_now_expr()
         p_period = bindparam("lease_period", type_=Float())
@@ -234,7 +254,9 @@ class LeaseStore:
         params = {"lease_name": name, "lease_server": server, "lease_pid": pid,
                   "lease_token": token, "lease_period": float(period), "lease_ttl": float(ttl),
                   "lease_tolerance": due_tolerance(float(period)),
-                  "lease_finished": finished}
+                  "lease_finished": finished, **grantrun.params(run_id, ended)}
+        with_row = run_id is not None and token is not None
+        in_tx = self._in_transaction(token, run_id, ended)
 
         def attempt(conn: Connection) -> LeaseResult:
             granted, row = upsert_or_else(
@@ -252,42 +274,68 @@ class LeaseStore:
                 params=params,
                 cache=self._grant_statements,
                 announce=grant_announce(),  # PostgreSQL: the fleet hears of the grant
+                also=grantrun.ctes,
             )
             if row is None:  # pragma: no cover - rows are never deleted
                 return LeaseResult(False, None, 0.0, None, None, None)
             if granted:  # acquired_at is the statement's 'now'
+                self._run_row(conn, int(row.generation), params)
                 return LeaseResult(True, int(row.generation), 0.0, server, row.next_due,
-                                   row.expires_at, _seconds(row.next_due, row.acquired_at))
+                                   row.expires_at, _seconds(row.next_due, row.acquired_at),
+                                   run_row=with_row)
             return _losing(row, period)
 
-        return self._run(attempt)
+        return self._run(attempt, in_tx)
+
+    def _in_transaction(self, token: str | None, run_id: int | None,
+                        ended: grantrun.Ended | None) -> bool:
+        """A grant that writes run rows needs a transaction where they are statements of
+        their own (not on PostgreSQL: one statement)."""
+        return token is not None and (run_id is not None or ended is not None) \
+            and self.engine.dialect.name != "postgresql"
+
+    def _run_row(self, conn: Connection, generation: int, params: dict[str, Any]) -> None:
+        """SQLite, MySQL: the granted run's row, in the grant's transaction (PostgreSQL
+        wrote it in the grant statement)."""
+        if conn.dialect.name != "postgresql":
+            grantrun.insert_row(conn, generation, params, self._run_rows)
 
     def _try_firing(self, name: str, server: str, pid: int, period: float, ttl: float,
                     firing: datetime, next_firing: datetime,
-                    token: str | None, finished: int | None) -> LeaseResult:
+                    token: str | None, finished: int | None,
+                    run_id: int | None, ended: grantrun.Ended | None) -> LeaseResult:
         """``try_acquire`` for a cron script's ``firing`` (``leasefirings.py``)."""
+        with_row = run_id is not None and token is not None
+        in_tx = self._in_transaction(token, run_id, ended)
 
         def attempt(conn: Connection) -> LeaseResult:
-            granted, row = self._firings.attempt(conn, name, server, pid, period, ttl, firing,
-                                                 next_firing, token, finished)
+            granted, row, params = self._firings.attempt(
+                conn, name, server, pid, period, ttl, firing, next_firing, token, finished,
+                run_id, ended)
             if row is None:  # pragma: no cover - rows are never deleted
                 return LeaseResult(False, None, 0.0, None, None, None)
             if granted:
+                self._run_row(conn, int(row.generation), params)
                 return LeaseResult(True, int(row.generation), 0.0, server, row.next_due,
                                    row.expires_at, _seconds(row.next_due, row.acquired_at),
-                                   firing=row.firing, db_now=row.acquired_at)
+                                   firing=row.firing, db_now=row.acquired_at,
+                                   run_row=with_row)
             wait, live = refusal_wait(row, firing)
             return LeaseResult(False, None, wait, row.owner_server if live else None,
                                row.next_due, row.expires_at, firing=row.firing,
                                db_now=row.contended_at)
 
-        return self._run(attempt)
+        return self._run(attempt, in_tx)
 
-    def release(self, name: str, generation: int, holder: Holder | None = None) -> bool:
+    def release(self, name: str, generation: int, holder: Holder | None = None,
+                ended: grantrun.Ended | None = None) -> bool:
         """End the holder's lease (``expires_at`` cleared, ``next_due`` kept).
 
         Only when ``generation`` is still current (and granted to ``holder``, when given);
-        a stale one changes nothing and returns False.
+        a stale one changes nothing and returns False. ``ended`` (with ``holder``): how
+        the holder's run under it ended, written to its row by the same statement
+        (PostgreSQL) or just before (``grantrun.py``), so it lands before any later grant
+        this holder sends.
         """
         t = daemon_lease
         stmt = (
@@ -295,7 +343,11 @@ class LeaseStore:
             .where(t.c.name == name, t.c.generation == generation, *_held_by(holder))
             .values(expires_at=None, updated_at=db_now_expr())
         )
-        return self._run(lambda conn: conn.execute(stmt).rowcount == 1)
+        if ended is None or holder is None:
+            return self._run(lambda conn: conn.execute(stmt).rowcount == 1)
+        bound = {**grantrun.params(None, ended), "lease_token": holder.token}
+        return self._run(lambda conn: grantrun.release_with_end(
+            conn, stmt, bound, self._run_rows) == 1)
 
     def release_many(self, leases: list[tuple[str, int]], holder: Holder | None = None) -> int:
         """``release`` each (name, generation) in one statement; how many were released

@@ -131,6 +131,17 @@ class RunRow:
 PendingItem = RunStart | RunRecord | RunEnd
 
 
+def clip_error(error: str | None) -> str | None:
+    """The error as stored: redacted (again: ``record_end`` takes a bare text), then cut to
+    its last ``MAX_ERROR_CHARS`` characters (after, so no cut leaves half a secret)."""
+    if error:
+        error = redact(error)
+    if error is None or len(error) <= MAX_ERROR_CHARS:
+        return error
+    cut = len(error) - MAX_ERROR_CHARS
+    return f"[{cut} characters cut]\n" + error[-MAX_ERROR_CHARS:]
+
+
 def _redact_error(item: RunRecord | RunEnd | RunRow) -> None:
     """A run's error text is a script's exception: it may quote a secret of the
     configuration. It is redacted when a record is made (so neither the spool file nor the

@@ -49,6 +49,10 @@ KEY = ("master_id", "run_id")
 # by runcounts.count_ended in the same transaction)
 _UPDATED = ("script", "server", "pid", "generation", "due_at", "started_at", "ended_at",
             "error", "tally", "outcome")  # outcome last (MySQL assigns left to right)
+# a start completes the bare row its lease grant wrote (grantrun.py; no worker pid yet),
+# while it runs or after the release that ended it (grantrun.py) came first: what only the
+# start knows. pid last: MySQL assigns in order, and the condition reads pid
+_STARTED = ("due_at", "started_at", "pid")
 
 
 def _values() -> dict[str, Any]:
@@ -94,17 +98,25 @@ def _dialect(conn: Connection) -> str:
 
 
 def insert_absent(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert each row unless a row with its key exists (the start of a run)."""
+    """Insert each row unless a row with its key exists (the start of a run); a row that
+    exists and is still ``running``, or has no worker pid (written by the run's lease grant,
+    maybe ended by its release: ``grantrun.py``), gets the start's worker pid and times;
+    anything else is left as it is (never its outcome)."""
     if not rows:
         return
     kind = _dialect(conn)
+    t = daemon_run
+    running = or_(t.c.outcome == literal(RUNNING), t.c.pid.is_(None))
     stmt: Any
     if kind == "mysql":
-        stmt = dialect_insert("mysql")(daemon_run).values(_values())
-        stmt = stmt.on_duplicate_key_update(id=daemon_run.c.id)
+        stmt = dialect_insert("mysql")(t).values(_values())
+        stmt = stmt.on_duplicate_key_update([
+            (name, func.IF(running, stmt.inserted[name], t.c[name])) for name in _STARTED])
     else:
-        stmt = dialect_insert(kind)(daemon_run).values(_values())
-        stmt = stmt.on_conflict_do_nothing(index_elements=list(KEY))
+        stmt = dialect_insert(kind)(t).values(_values())
+        stmt = stmt.on_conflict_do_update(
+            index_elements=list(KEY), set_={name: stmt.excluded[name] for name in _STARTED},
+            where=running)
     conn.execute(_batched(stmt, kind), list(rows))
 
 

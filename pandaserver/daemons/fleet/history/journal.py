@@ -1,14 +1,19 @@
-"""Run starts the database does not have yet, kept in a file so a killed master loses none.
+"""Run starts and ends the database does not have yet, kept in a file so a killed master
+loses none.
 
-``<state dir>/history-journal-<server>.jsonl``: before a run's start is queued for the
-database, its write is appended here (one line, the spool's encoding: ``spool.py``),
-so a master killed with ``kill -9`` just after a dispatch, or during an outage, leaves its
-runs' starts behind. The next master of that server replays the file at its start, before it
-closes the previous master's open runs as ``lost``; the writes are keyed, and a start never
-overwrites a row that exists (a finished one above all), so a replay is harmless.
+``<state dir>/history-journal-<server>.jsonl``: before a run's start or end is queued for
+the database, its write is appended here (one line, the spool's encoding: ``spool.py``),
+so a master killed with ``kill -9`` just after a dispatch, just after a run ended, or during
+an outage, leaves those writes behind. The next master of that server replays the file at
+its start, before it closes the previous master's open runs as ``lost``: a run that ended
+``ok`` is written ``ok``, not ``lost``. The writes are keyed: a start never overwrites a
+row that exists (a finished one above all), an end only a row still open, and an end is
+counted (``daemon_run_count``) only by the write that ends the row; so a replay, even of a
+file the database already has, adds no row and no count.
 
-The master tells the journal which runs the database now has (``written``); when it holds
-none still unwritten the file is truncated (one call), and when it grows past
+The master tells the journal which writes the database now has (``written``: a run's end
+makes its start's line needless too); when it holds none still unwritten the file is
+truncated (one call), and when it grows past
 ``COMPACT_BYTES`` while some are unwritten it is rewritten with those alone. An append is a
 plain ``write`` with no fsync: it survives the death of the process (the data is in the
 kernel's page cache), not a crash of the machine, which loses the lines of the last few
@@ -34,7 +39,7 @@ log = logging.getLogger("panda.master")
 
 COMPACT_BYTES = 1 << 20  # rewrite a journal this big that still holds unwritten runs
 
-Key = tuple[Any, Any]  # (master id, run id)
+Key = tuple[Any, Any, str]  # (master id, run id, "start" or "end")
 
 
 def journal_path(state_dir: Path, server: str) -> Path:
@@ -50,8 +55,11 @@ def run_start(run: Run, server: str, master_id: str, master_pid: int) -> RunStar
 
 
 def key_of(item: Any) -> Key | None:
+    """A keyed write's line in the journal: a run's start, or its end (a whole run)."""
     master_id, run_id = getattr(item, "master_id", None), getattr(item, "run_id", None)
-    return None if master_id is None or run_id is None else (master_id, run_id)
+    if master_id is None or run_id is None:
+        return None
+    return (master_id, run_id, "start" if isinstance(item, RunStart) else "end")
 
 
 class Journal:
@@ -80,7 +88,8 @@ class Journal:
         return rows
 
     def append(self, made: float, item: Any) -> None:
-        """Keep the start of a run just dispatched (made at monotonic ``made``)."""
+        """Keep the start of a run just dispatched, or the end of one that just ended (made
+        at monotonic ``made``)."""
         key = key_of(item)
         if key is None or self._broken:
             return
@@ -107,6 +116,8 @@ class Journal:
             key = key_of(item)
             if key is not None:
                 self.unwritten.pop(key, None)
+                if key[2] == "end":  # the row is whole: its start is needless too
+                    self.unwritten.pop((key[0], key[1], "start"), None)
         if not self.unwritten:
             self._truncate()
         elif self._size > COMPACT_BYTES:

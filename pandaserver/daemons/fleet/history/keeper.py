@@ -19,9 +19,9 @@ Used only from the master's loop (``FleetDb`` owns one); the writes themselves r
   a new lease generation closes the older generation's open run (``write_many``).
 - At stop, whatever is not written after ``close``'s wait is saved in the spool file and
   reported with its count; the next start replays it (``spool.py``).
-- Each start is also appended to the journal file before it is queued, so a ``kill -9``
-  loses none (``journal.py``); the next start replays it before closing the
-  previous master's open runs.
+- Each start and end is also appended to the journal file before it is queued, so a
+  ``kill -9`` loses none (``journal.py``): the next start replays them before closing the
+  previous master's open runs, so a run that ended ``ok`` stays ``ok``.
 - The writes of the last ``RESEND_WINDOW`` seconds are kept after they are written: when
   the database fails over to a standby that may not have received them
   (``failover.py``), they are written again (``resend_recent``); being keyed, those the
@@ -47,6 +47,7 @@ from pandaserver.daemons.fleet.history.spool import Spool
 from pandaserver.daemons.fleet.history.writer import HistoryWriter, Stamped, Written, is_outage
 from pandaserver.db.base.engine import STATE_DIR_ENV, describe_db_error
 from pandaserver.db.stores import history as dbhistory
+from pandaserver.db.stores.grantrun import Ended
 from pandaserver.db.stores.pending import PendingWrites
 
 log = logging.getLogger("panda.master")
@@ -98,6 +99,9 @@ class HistoryKeeper:
         self.recent: deque[tuple[float, Stamped]] = deque(maxlen=RESEND_MAX)  # (written at, row)
         self.resent = 0  # rows re-sent after failovers of the database
         self.lost: list[str] = []  # history lost at stop, one line each (the exit status)
+        # the last run under a lease that ended, per script, and when (monotonic): its end
+        # may be written by this master's next grant of that lease (``ended_under``)
+        self.last_ends: dict[str, tuple[dbhistory.RunRecord, float]] = {}
 
     # ----- what the loop records ----------------------------------------------------------
     def start(self, run: runs.Run) -> None:
@@ -116,7 +120,39 @@ class HistoryKeeper:
             error=rec.error, generation=rec.generation, duration=max(0.0, rec.duration),
             due_before_start=max(0.0, rec.dispatch_delay), master_id=self.master_id,
             master_pid=self.master_pid, run_id=rec.run_id)
-        self._queue(rec.ended or self.monotonic(), item)
+        made = rec.ended or self.monotonic()
+        if rec.generation is not None:
+            self.last_ends[rec.script] = (item, made)
+        if self.journal is not None and self.member:  # first, as a start: a kill -9 before
+            self.journal.append(made, item)  # the write lands must not make the run lost
+        self._queue(made, item)
+
+    def not_run(self, script: str, generation: int, run_id: int) -> None:
+        """Run ``run_id`` of ``script``, whose lease grant (``generation``) wrote its
+        ``running`` row, never started: remove that row (db/stores/grantrun.py)."""
+        master_id = self.master_id
+
+        def forget(history: dbhistory.HistoryStore) -> int:
+            history.forget_unrun(master_id, run_id)
+            return 0  # closes no run as lost (what a call's value reports)
+
+        self.writer.submit(call=forget, what=f"removing the row of {script} run {run_id}"
+                                             f" (lease generation {generation}, not run)")
+
+    def ended_under(self, script: str, generation: int) -> Ended | None:
+        """How this master's run of ``script`` under lease ``generation`` ended, for the
+        grant that releases that generation to write it (db/stores/grantrun.py): a kill
+        before the history batch is written then leaves it as it ended, not ``lost``.
+        None when that run is not the last one ended here. ``ended_ago`` counts from now
+        (the loop's call; the lane adds its own wait: ``Ended.later``)."""
+        found = self.last_ends.get(script)
+        if found is None or found[0].generation != generation:
+            return None
+        item, made = found
+        if item.run_id is None:
+            return None
+        return Ended(item.run_id, item.outcome, item.error,
+                     max(0.0, self.monotonic() - made))
 
     def _queue(self, made: float, item: dbhistory.PendingItem) -> None:
         self.batch.append((made, item))
