@@ -8,6 +8,7 @@ from contextlib import ExitStack
 from datetime import timedelta
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import pytest
@@ -28,6 +29,22 @@ from sqlalchemy import URL
 from pandaserver.db.base.servertime import due_tolerance
 
 EPS = 0.05
+
+
+def with_ends(starts: list[dict[str, Any]], ends: list[dict[str, Any]]
+              ) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
+    """Each start (by time) with its own end: the first end its worker (one run at a time)
+    recorded after it; None when it has none."""
+    later: dict[int, list[dict[str, Any]]] = {}
+    for end in sorted(ends, key=lambda e: e["t"], reverse=True):
+        later.setdefault(end["pid"], []).append(end)
+    runs = []
+    for start in starts:
+        own = later.get(start["pid"], [])
+        while own and own[-1]["t"] < start["t"]:
+            own.pop()
+        runs.append((start, own.pop() if own else None))
+    return runs
 
 
 def test_each_period_served_once_across_masters_whose_clocks_disagree(
@@ -72,8 +89,10 @@ def test_each_period_served_once_across_masters_whose_clocks_disagree(
         assert at_b - at_a >= floor, f"two grants closer than {floor}: {at_a} {at_b}"
     owner = {generation: server for generation, _, server in grants}
     assert all(owner[s["generation"]] == s["server"] for s in starts)
-    for end, nxt in zip(ends, starts[1:], strict=False):
-        assert end["t"] <= nxt["t"], "runs of a sync script overlapped"
+    runs = with_ends(starts, ends)
+    for (start, end), (nxt, _) in pairwise(runs):
+        assert end is not None, f"a run never ended: {start}"
+        assert end["t"] <= nxt["t"], f"runs of a sync script overlapped: {start} to {end}, {nxt}"
     generations = [s["generation"] for s in starts]
     assert generations == sorted(generations) and len(set(generations)) == len(generations)
     offsets = {s["server"]: s["clock_offset"] for s in fleet["servers"]}
@@ -92,8 +111,10 @@ def test_overrun_sync_runs_never_overlap_and_follow_at_once(tmp_path: Path, pg_u
         wait_for(lambda: len(fleet_events(masters, "end", "slow")) >= 4, 40, "4 runs")
     starts = fleet_events(masters, "start", "slow")
     ends = fleet_events(masters, "end", "slow")
-    for end, nxt in zip(ends, starts[1:], strict=False):
-        assert end["t"] <= nxt["t"], "runs of a sync script overlapped"
+    runs = with_ends(starts, ends)
+    for (start, end), (nxt, _) in pairwise(runs):
+        assert end is not None, f"a run never ended: {start}"
+        assert end["t"] <= nxt["t"], f"runs of a sync script overlapped: {start} to {end}, {nxt}"
         # at once: a bound generous enough for a loaded machine (the figure: benchmarks)
         assert nxt["t"] - end["t"] < 2.0, "the next run did not follow the overrun at once"
 

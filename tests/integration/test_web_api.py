@@ -97,10 +97,13 @@ def fleet_db(db_engine: Engine) -> Engine:
     beats.beat("srv-b", 20, "0.1.0", now, "aaaa", server_time=now - timedelta(seconds=0.5))
     beats.beat("srv-c", 30, "0.0.9", now, "cccc")
     assert LeaseStore(db_engine).try_acquire("shared", "srv-a", 10, 60, 120).granted
-    # the refusals counted on the lease row (as the grant statement counts them)
+    # the refusals counted on the lease row (as the grant statement counts them), the latest
+    # 5 s before the database's time of this write (not of the fixture's start: the writes
+    # above may take seconds on a loaded machine)
     with db_engine.begin() as conn:
         conn.execute(update(daemon_lease).where(daemon_lease.c.name == "shared").values(
-            contended=7, contended_by="srv-b", contended_at=now - timedelta(seconds=5)))
+            contended=7, contended_by="srv-b",
+            contended_at=db_now(conn) - timedelta(seconds=5)))
     return db_engine
 
 
