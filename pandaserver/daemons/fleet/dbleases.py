@@ -125,6 +125,11 @@ class DbLeases:
         self.expiring: dict[str, tuple[int, float]] = {}  # name -> (generation, expires)
         self.folded = 0  # releases made by a grant statement (status, tests, benchmarks)
         self._looked_again: set[str] = set()  # refused past due: asked again soon, once
+        # grant calls that failed or were given up on (no answer in time): the database may
+        # have committed one unseen, so the next grant of that lease adopts whatever this
+        # master process holds of it (``adopt`` in LeaseStore.try_acquire), rather than
+        # being refused by its own grant until it expires
+        self.unsure: set[str] = set()
         fleet.at_close.append(lambda: self.send_releases(fleet.monotonic(), everything=True))
 
     @property
@@ -241,8 +246,15 @@ class DbLeases:
         kept = self.finished.pop(name, None) or self.expiring.pop(name, None)
         finished = None if kept is None else kept[0]
 
+        adopt = name in self.unsure
+
         def done(result: Any, error: BaseException | None, late: bool) -> None:
             granted = error is None and result is not None and result.granted
+            if not late:
+                if error is not None:
+                    self.unsure.add(name)
+                elif granted:
+                    self.unsure.discard(name)
             if finished is not None and not granted:  # not released by it: release now
                 fleet.release(name, finished)
             elif finished is not None:
@@ -284,7 +296,7 @@ class DbLeases:
             when, after = _utc(firing), _utc(spec.cron.next_after(firing))
         fleet._submit("lease", "lease", lambda: fleet.leases.try_acquire(
             name, fleet.server, fleet.pid, spec.period, ttl, when, after,
-            token=fleet.holder.token, finished=finished), done)
+            token=fleet.holder.token, finished=finished, adopt=adopt), done)
 
     def renew(self, held: list[tuple[str, int]], now: float, reply: RenewReply) -> None:
         """Renew every held lease in one call; ``reply(renewed names or None, sent)``."""

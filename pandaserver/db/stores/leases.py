@@ -223,6 +223,7 @@ class LeaseStore:
         firing: datetime | None = None, next_firing: datetime | None = None,
         token: str | None = None,
         finished: int | None = None,
+        adopt: bool = False,
     ) -> LeaseResult:
         """Take the lease if it is due and not held; when not, count the refusal.
 
@@ -241,6 +242,10 @@ class LeaseStore:
         daemons/fleet/dbleases.py): while it is still the current one, the lease counts as
         not held, so the grant is also its release, in the same statement. Never another
         holder's: the row must still name this server and pid.
+
+        ``adopt``: the same for whatever generation is held by this very master process
+        (``token`` required): the master gave up on an earlier grant call of this lease,
+        which the database may have committed unseen (``finished_by_holder``).
         """
         _check_name(name)
         for what, value in (("period", period), ("ttl", ttl)):
@@ -250,7 +255,7 @@ class LeaseStore:
                 raise ValueError(f"a cron grant needs the firing after {firing!r}, got:"
                                  f" {next_firing!r}")
             return self._try_firing(name, server, pid, period, ttl, firing, next_firing, token,
-                                    finished)
+                                    finished, adopt)
         t = daemon_lease
         now = db_now_expr()
         p_period = bindparam("lease_period", type_=Float())
@@ -271,7 +276,7 @@ class LeaseStore:
         params = {"lease_name": name, "lease_server": server, "lease_pid": pid,
                   "lease_token": token, "lease_period": float(period), "lease_ttl": float(ttl),
                   "lease_tolerance": due_tolerance(float(period)),
-                  "lease_finished": finished}
+                  "lease_finished": finished, "lease_adopt": adopt}
 
         def attempt(conn: Connection) -> LeaseResult:
             granted, row = upsert_or_else(
@@ -300,12 +305,13 @@ class LeaseStore:
 
     def _try_firing(self, name: str, server: str, pid: int, period: float, ttl: float,
                     firing: datetime, next_firing: datetime,
-                    token: str | None, finished: int | None) -> LeaseResult:
+                    token: str | None, finished: int | None,
+                    adopt: bool = False) -> LeaseResult:
         """``try_acquire`` for a cron script's ``firing`` (``leasefirings.py``)."""
 
         def attempt(conn: Connection) -> LeaseResult:
             granted, row = self._firings.attempt(conn, name, server, pid, period, ttl, firing,
-                                                 next_firing, token, finished)
+                                                 next_firing, token, finished, adopt)
             if row is None:  # pragma: no cover - rows are never deleted
                 return LeaseResult(False, None, 0.0, None, None, None)
             if granted:
