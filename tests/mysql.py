@@ -5,9 +5,15 @@ and starts ``mariadbd`` on a free TCP port of 127.0.0.1 (found by binding port 0
 socket in the same directory, with durability off (the data is thrown away). MariaDB
 would run as root only with ``--user=root``; as root everything runs as an
 unprivileged user instead (``$PANDA_TEST_MYSQL_USER``, default ``mysql``, created by
-Debian's package; created here when absent). Root logs in over TCP with a random
-password, as production URLs carry one. ``stop()`` kills the server (SIGTERM, then
-SIGKILL after a deadline) and removes the directory; it is called whenever ``start()`` got
+Debian's package; created here when absent): ``mariadb-install-db`` through ``runuser``, the
+server itself started by this process as that user (Popen's ``user``), never under
+``runuser``: runuser passes a SIGTERM on and then sleeps 2 s before it SIGKILLs the server,
+so a "clean" stop took 2 s and was no clean shutdown; and when it finds its child stopped
+(a test freezing the server with SIGSTOP) it stops itself, and stays stopped after the
+SIGCONT whenever it saw the child stopped first, so a later SIGTERM waited 30 s for
+``STOP_DEADLINE``. Root logs in over TCP with a random
+password, as production URLs carry one. ``stop()`` kills the server (SIGKILL: the data is
+thrown away) and removes the directory; it is called whenever ``start()`` got
 as far as starting the server, whatever failed after (tests/conftest.py).
 
 Binaries: ``$PANDA_TEST_MYSQL_BIN`` (the directory holding ``mariadbd`` and
@@ -17,12 +23,14 @@ Binaries: ``$PANDA_TEST_MYSQL_BIN`` (the directory holding ``mariadbd`` and
 from __future__ import annotations
 
 import os
+import pwd
 import secrets
 import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pymysql
@@ -121,8 +129,11 @@ class MariaDbServer:
         assert self.base is not None
         log = open(self.logfile, "ab")  # the server writes it until stop()
         try:
+            # as root: the server is this process's own child, switched to the user by Popen,
+            # not a child of runuser, which would stand between it and the signals of a stop
+            # or a freeze (see the module docstring)
             self._proc = subprocess.Popen(
-                [*self._run_as, self.mariadbd, "--no-defaults", f"--datadir={self.datadir}",
+                [self.mariadbd, "--no-defaults", f"--datadir={self.datadir}",
                  f"--socket={self.socket}", f"--port={self.port}", "--bind-address=127.0.0.1",
                  f"--pid-file={self.base / 'mariadbd.pid'}", *self._user_args,
                  "--skip-name-resolve", "--innodb-flush-log-at-trx-commit=0",
@@ -130,13 +141,21 @@ class MariaDbServer:
                  "--innodb-doublewrite=0", "--skip-log-bin", "--max-connections=300",
                  "--character-set-server=utf8mb4", "--collation-server=utf8mb4_bin"],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                **self._as_user(),
             )
         finally:
             log.close()
 
+    def _as_user(self) -> dict[str, Any]:
+        """Popen's arguments that start the server as ``self.user`` (when root), with that
+        user's group and no supplementary groups."""
+        if self.user is None:
+            return {}
+        account = pwd.getpwnam(self.user)
+        return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+
     def pids(self) -> list[int]:
-        """The server's processes (``mariadbd``, and ``runuser`` above it when root): what a
-        test freezes with SIGSTOP."""
+        """The server's processes (``mariadbd``): what a test freezes with SIGSTOP."""
         assert self._proc is not None
         root = psutil.Process(self._proc.pid)
         return [root.pid, *(p.pid for p in root.children(recursive=True))]
@@ -252,7 +271,7 @@ class MariaDbServer:
     def _shutdown(self) -> None:
         proc = self._proc
         if proc is not None and proc.poll() is None:
-            # runuser passes SIGTERM on to mariadbd, which shuts down cleanly
+            # mariadbd shuts down cleanly (a tenth of a second for a test's data)
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=STOP_DEADLINE)
@@ -262,8 +281,15 @@ class MariaDbServer:
         self._proc = None
 
     def stop(self) -> None:
+        """The end: SIGKILL, as ``pg_ctl stop -m immediate`` ends PostgreSQL (pg.py): the
+        data is thrown away, so no clean shutdown is worth waiting for; ``restart`` keeps
+        the clean one."""
         try:
-            self._shutdown()
+            proc = self._proc
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)  # mariadbd leads its own session
+                proc.wait(timeout=STOP_DEADLINE)
+            self._proc = None
         finally:
             if self.base is not None:
                 shutil.rmtree(self.base, ignore_errors=True)

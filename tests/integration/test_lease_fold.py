@@ -127,3 +127,28 @@ def test_a_cron_firings_grant_releases_the_holders_finished_generation(
     assert not ask(following).granted
     taken = ask(following, finished=first.generation)
     assert taken.granted and taken.generation == first.generation + 1
+
+
+def test_a_grant_its_master_gave_up_on_is_adopted_by_that_masters_next_grant(
+        store: LeaseStore) -> None:
+    """A grant committed while its master had given up on the call (the database frozen or
+    cut off mid-call): the master never learnt the generation. Its next grant, sent with
+    ``adopt``, takes it at the due time instead of being refused by it until it expires;
+    nobody else's grant may."""
+    unseen = store.try_acquire("adopt", "srv-a", 11, period=0.3, ttl=60, token="tok-a")
+    assert unseen.granted and unseen.generation is not None
+    wait_due(store, "adopt")
+    for server, pid, token in (("srv-a", 11, "tok-b"),  # another master process, same pid
+                               ("srv-a", 11, None),  # no token: never adopts
+                               ("srv-b", 11, "tok-a"),  # another server
+                               ("srv-a", 12, "tok-a")):  # another pid
+        assert not store.try_acquire("adopt", server, pid, period=0.3, ttl=60, token=token,
+                                     adopt=True).granted, (server, pid, token)
+    # without adopt its own master is refused by it too (until it expires)
+    assert not store.try_acquire("adopt", "srv-a", 11, period=0.3, ttl=60,
+                                 token="tok-a").granted
+    again = store.try_acquire("adopt", "srv-a", 11, period=0.3, ttl=60, token="tok-a",
+                              adopt=True)
+    assert again.granted and again.generation == unseen.generation + 1
+    row = store.get("adopt")
+    assert row is not None and row.held and row.generation == again.generation

@@ -5,6 +5,7 @@ fleet of test_rank.py and an injected clock."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from test_rank import FakeFleet, gate_with, script_ranked
@@ -175,3 +176,42 @@ def test_a_refusal_past_due_asks_again_soon_once() -> None:
     assert refused(False) == 25.0  # a new period
     assert refused(True, holder=fleet.server) == 25.0  # our own lease: no release to wait for
     assert refused(True) == offset
+
+
+def test_after_a_grant_call_given_up_on_the_next_grant_adopts_what_it_may_have_left() -> None:
+    """A grant call abandoned (no answer in time) may have been committed unseen: the next
+    grant of that lease is sent with ``adopt`` (LeaseStore.try_acquire), so the master is not
+    refused by its own unseen grant until it expires; once granted, no longer."""
+    gate, fleet = gate_with(["srv01"])
+    spec = script_ranked(gate, 0)
+    sent: list[dict[str, Any]] = []
+    fleet.leases = SimpleNamespace(try_acquire=lambda *args, **kwargs: sent.append(kwargs))
+    operations: list[Any] = []
+    submit = fleet._submit
+
+    def recording(lane: str, what: str, operation: Any, done: Any,
+                  timeout: float | None = None) -> None:
+        operations.append(operation)
+        submit(lane, what, operation, done, timeout)
+
+    fleet._submit = recording  # type: ignore[method-assign]
+
+    def ask(outcome: Any, error: BaseException | None = None) -> None:
+        gate.acquire(spec, fleet.clock, lambda decision: None)
+        _, what, done = fleet.calls.pop()
+        assert what == "lease"
+        operations.pop()()  # the statement the lane would run: its arguments recorded
+        done(outcome, error, False)
+
+    fleet.clock = 30.0
+    ask(None, TimeoutError("no answer from the database in 5 s (lease)"))
+    assert sent[-1]["adopt"] is False
+    fleet.clock = 40.0
+    ask(LeaseResult(granted=True, generation=9, wait=0.0, holder=fleet.server, due_in=10.0,
+                    next_due=None, expires=None))
+    assert sent[-1]["adopt"] is True  # the call after the one given up on
+    gate.release(spec.name, 9)
+    fleet.clock = 50.0
+    ask(LeaseResult(granted=True, generation=10, wait=0.0, holder=fleet.server, due_in=10.0,
+                    next_due=None, expires=None))
+    assert sent[-1]["adopt"] is False  # granted since: nothing left to adopt

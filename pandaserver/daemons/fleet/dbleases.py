@@ -92,6 +92,11 @@ class DbLeases:
         self.folded = 0  # releases made by a grant statement (status, tests, benchmarks)
         self._looked_again: set[str] = set()  # refused past due: asked again soon, once
         self.watch = GrantWatch()  # PostgreSQL: the grants heard, and what was known before
+        # grant calls that failed or were given up on (no answer in time): the database may
+        # have committed one unseen, so the next grant of that lease adopts whatever this
+        # master process holds of it (``adopt`` in LeaseStore.try_acquire), rather than
+        # being refused by its own grant until it expires
+        self.unsure: set[str] = set()
         fleet.at_close.append(lambda: self.send_releases(fleet.monotonic(), everything=True))
 
     @property
@@ -224,8 +229,15 @@ class DbLeases:
         self.watch.know(name, None)  # what the answer says, if granted
         run = run_id if fleet.member else None
 
+        adopt = name in self.unsure
+
         def done(result: Any, error: BaseException | None, late: bool) -> None:
             granted = error is None and result is not None and result.granted
+            if not late:
+                if error is not None:
+                    self.unsure.add(name)
+                elif granted:
+                    self.unsure.discard(name)
             if finished is not None and not granted:  # not released by it: release now
                 fleet.release(name, finished)
             elif finished is not None:
@@ -274,7 +286,7 @@ class DbLeases:
         ended = None if finished is None else fleet.keeper.ended_under(name, finished)
         fleet._submit("lease", "lease", lambda: fleet.leases.try_acquire(
             name, fleet.server, fleet.pid, spec.period, ttl, when, after,
-            token=fleet.holder.token, finished=finished, run_id=run,
+            token=fleet.holder.token, finished=finished, run_id=run, adopt=adopt,
             ended=None if ended is None else ended.later(fleet.monotonic() - sent)), done)
 
     def _unused(self, name: str, run: int | None, result: Any) -> None:

@@ -24,7 +24,19 @@ import functools
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Connection, Float, Row, Text, and_, bindparam, cast, func, or_
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Connection,
+    Float,
+    Row,
+    Text,
+    and_,
+    bindparam,
+    cast,
+    func,
+    or_,
+)
 from sqlalchemy import literal as sql_literal
 
 from pandaserver.db.base.servertime import UtcDateTime, db_now_expr, db_now_plus, seconds_between
@@ -73,10 +85,17 @@ def finished_by_holder(p_server: Any) -> Any:
     """A grant's term: the lease is still held under ``:lease_finished``, a generation this
     very holder ran and finished (a deferred release: daemons/fleet/dbleases.py), so the
     grant may take it. The row must name this server and pid, and this master process's
-    token when one is given (after a failover another server may hold that generation)."""
+    token when one is given (after a failover another server may hold that generation).
+
+    Or, with ``:lease_adopt``, under any generation granted to this very master process
+    (its token required): a grant whose call the master gave up on (no answer in time, the
+    connection cut) that the database committed all the same. No run lives under it, and
+    the master does not know its generation; without this it would refuse itself until
+    the lease expired."""
     t = daemon_lease
     p_token = bindparam("lease_token", type_=t.c.owner_token.type)
-    return and_(t.c.generation == bindparam("lease_finished", type_=BigInteger()),
+    adopt = and_(bindparam("lease_adopt", type_=Boolean()), t.c.owner_token == p_token)
+    return and_(or_(t.c.generation == bindparam("lease_finished", type_=BigInteger()), adopt),
                 t.c.owner_server == p_server,
                 t.c.owner_pid == bindparam("lease_pid", type_=t.c.owner_pid.type),
                 or_(p_token.is_(None), t.c.owner_token == p_token))
@@ -94,7 +113,8 @@ class FiringGrants:
     def attempt(self, conn: Connection, name: str, server: str, pid: int, period: float,
                 ttl: float, firing: datetime, next_firing: datetime,
                 token: str | None = None, finished: int | None = None,
-                run_id: int | None = None, ended: grantrun.Ended | None = None
+                run_id: int | None = None, ended: grantrun.Ended | None = None,
+                adopt: bool = False,
                 ) -> tuple[bool, Row[Any] | None, dict[str, Any]]:
         """Grant ``name``'s lease for ``firing`` if the rule allows, else count the
         refusal; (granted, the row's ``RETURNED`` columns as the statement left it, the
@@ -109,7 +129,7 @@ class FiringGrants:
         key = bindparam("lease_name", type_=t.c.name.type)
         owner = grant_owner(p_server, p_period)
         params = {"lease_name": name, "lease_server": server, "lease_pid": pid,
-                  "lease_token": token, "lease_finished": finished,
+                  "lease_token": token, "lease_finished": finished, "lease_adopt": adopt,
                   "lease_period": float(period), "lease_ttl": float(ttl),
                   "lease_firing": firing, "lease_next": next_firing,
                   **grantrun.params(run_id, ended)}

@@ -200,6 +200,7 @@ class LeaseStore:
         finished: int | None = None,
         run_id: int | None = None,
         ended: grantrun.Ended | None = None,
+        adopt: bool = False,
     ) -> LeaseResult:
         """Take the lease if it is due and not held; when not, count the refusal.
 
@@ -224,6 +225,10 @@ class LeaseStore:
         or transaction (``grantrun.py``), so a holder killed right after its grant still
         leaves a row for the generation (``LeaseResult.run_row``). ``ended``: how the run
         of ``finished`` ended, written to its row by the same grant (when granted).
+
+        ``adopt``: the same for whatever generation is held by this very master process
+        (``token`` required): the master gave up on an earlier grant call of this lease,
+        which the database may have committed unseen (``finished_by_holder``).
         """
         _check_name(name)
         for what, value in (("period", period), ("ttl", ttl)):
@@ -233,7 +238,7 @@ class LeaseStore:
                 raise ValueError(f"a cron grant needs the firing after {firing!r}, got:"
                                  f" {next_firing!r}")
             return self._try_firing(name, server, pid, period, ttl, firing, next_firing, token,
-                                    finished, run_id, ended)
+                                    finished, run_id, ended, adopt)
         t = daemon_lease
         now = db_now_expr()
         p_period = bindparam("lease_period", type_=Float())
@@ -254,7 +259,8 @@ class LeaseStore:
         params = {"lease_name": name, "lease_server": server, "lease_pid": pid,
                   "lease_token": token, "lease_period": float(period), "lease_ttl": float(ttl),
                   "lease_tolerance": due_tolerance(float(period)),
-                  "lease_finished": finished, **grantrun.params(run_id, ended)}
+                  "lease_finished": finished, "lease_adopt": adopt,
+                  **grantrun.params(run_id, ended)}
         with_row = run_id is not None and token is not None
         in_tx = self._in_transaction(token, run_id, ended)
 
@@ -303,7 +309,8 @@ class LeaseStore:
     def _try_firing(self, name: str, server: str, pid: int, period: float, ttl: float,
                     firing: datetime, next_firing: datetime,
                     token: str | None, finished: int | None,
-                    run_id: int | None, ended: grantrun.Ended | None) -> LeaseResult:
+                    run_id: int | None, ended: grantrun.Ended | None,
+                    adopt: bool = False) -> LeaseResult:
         """``try_acquire`` for a cron script's ``firing`` (``leasefirings.py``)."""
         with_row = run_id is not None and token is not None
         in_tx = self._in_transaction(token, run_id, ended)
@@ -311,7 +318,7 @@ class LeaseStore:
         def attempt(conn: Connection) -> LeaseResult:
             granted, row, params = self._firings.attempt(
                 conn, name, server, pid, period, ttl, firing, next_firing, token, finished,
-                run_id, ended)
+                run_id, ended, adopt)
             if row is None:  # pragma: no cover - rows are never deleted
                 return LeaseResult(False, None, 0.0, None, None, None)
             if granted:
