@@ -98,7 +98,7 @@ def _on_control_db(cfg: PandaConfig, body: Callable[[Operator], int]) -> int:
     setting, a refused schema or a database error is said on stderr and becomes the exit
     status. A SQLite file is reached through ``sqlite3`` (no SQLAlchemy to import: the
     command answers at once), every other database through SQLAlchemy."""
-    from pandaserver.db.base.sqlitedirect import CommandRefused, opened, sqlite_file
+    from pandaserver.db.direct.sqlitedirect import CommandRefused, opened, sqlite_file
 
     path = sqlite_file(cfg)
     if path is not None:

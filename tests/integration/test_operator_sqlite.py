@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import URL, Engine
 
-from pandaserver.db.base.sqlitedirect import opened
+from pandaserver.db.direct.sqlitedirect import opened
 from pandaserver.db.stores import operator_commands as dbcontrol
 from pandaserver.db.stores.heartbeat import HeartbeatStore
 from pandaserver.db.stores.operator_commands import ControlStore
