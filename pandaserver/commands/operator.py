@@ -20,8 +20,8 @@ from pandaserver.commands.launch import server_name
 from pandaserver.commands.messages import err
 from pandaserver.config import PandaConfig
 from pandaserver.config.problems import did_you_mean
-from pandaserver.db.stores import operator_rows as dbcontrol
-from pandaserver.db.stores.operator_rows import Ack, Command, Hold
+from pandaserver.db.direct import operator_rows as dbcontrol
+from pandaserver.db.direct.operator_rows import Ack, Command, Hold
 from pandaserver.exitcodes import RET_CONFIG, RET_FAILED, RET_OK
 from pandaserver.fmt import table, when
 
@@ -102,7 +102,7 @@ def _on_control_db(cfg: PandaConfig, body: Callable[[Operator], int]) -> int:
 
     path = sqlite_file(cfg)
     if path is not None:
-        from pandaserver.db.stores.operator_sqlite import SqliteControl
+        from pandaserver.db.direct.operator_sqlite import SqliteControl
 
         try:
             with opened(path) as conn:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from pandaserver.db.direct.fleetrows import ServerRow, lease_row
 from pandaserver.db.direct.sqlitedirect import utc
-from pandaserver.db.stores.fleetrows import ServerRow, lease_row
 from pandaserver.db.stores.runrecords import RunRow
 from pandaserver.web.model import FleetSnapshot, ScriptFacts
 

@@ -14,9 +14,9 @@ from sqlalchemy.exc import OperationalError
 
 from pandaserver.config import PandaConfig
 from pandaserver.db.base.engine import describe_db_error
+from pandaserver.db.direct.operator_sqlite import SQLITE
 from pandaserver.db.direct.sqlitedirect import describe_error, sqlite_file
 from pandaserver.db.stores.operator_commands import operator_statements
-from pandaserver.db.stores.operator_sqlite import SQLITE
 
 
 def test_the_checked_in_sqlite_texts_are_the_core_statements_compiled() -> None:

@@ -9,6 +9,9 @@ before (or instead of) importing SQLAlchemy, whose import is most of their time:
 - ``revisions``: the migrations' chain, read without Alembic; ``schemacheck``: the schema
   check's verdict and statements, and the default SQLite file's check with ``sqlite3``
 - ``sqlitedirect``: a SQLite file reached by ``sqlite3``
+- plain rows: ``operator_rows`` (the operators' verbs, commands, acknowledgements and
+  holds) and ``operator_sqlite`` (their statements compiled for SQLite, run by ``sqlite3``);
+  ``fleetrows`` (the heartbeat and lease rows the fleet views read)
 
 Nothing here imports SQLAlchemy, Alembic or ``pandaserver.db.base``/``pandaserver.db.stores``
 (import-linter contracts in pyproject.toml); they may import it.

@@ -14,8 +14,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from pandaserver.db.direct.sqlitedirect import utc
-from pandaserver.db.stores.operator_rows import (
+from pandaserver.db.direct.operator_rows import (
     DRAIN,
     PAUSE,
     RESUME,
@@ -25,6 +24,7 @@ from pandaserver.db.stores.operator_rows import (
     Hold,
     hold_scope,
 )
+from pandaserver.db.direct.sqlitedirect import utc
 
 # name -> the statement of operator_commands.operator_statements(), compiled for SQLite
 SQLITE = {
