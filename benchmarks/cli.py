@@ -15,7 +15,7 @@ Prints, per command: the median and p90 wall time and the median minus bare pyth
 Byte code is written on a first warm-up run (as an installed package has it), so no round
 compiles sources; the warm-up checks each command's exit status (a failing command would be
 timed failing fast). On SQLite, ``pause`` and ``fleet`` read and write through ``sqlite3``
-(``pandaserver/db/base/sqlitedirect.py``), without importing SQLAlchemy.
+(``pandaserver/db/direct/sqlitedirect.py``), without importing SQLAlchemy.
 """
 
 from __future__ import annotations

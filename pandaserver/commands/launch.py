@@ -112,7 +112,7 @@ def may_open_late(cfg: PandaConfig) -> bool:
     """Whether the master may open its database side after its first run (daemons/fleet/late.py):
     a script that needs no lease is due at start, and the database is the state directory's
     SQLite file, which exists (a new one is made and migrated first). Reads no database."""
-    from pandaserver.db.base.schemacheck import default_sqlite
+    from pandaserver.db.direct.schemacheck import default_sqlite
 
     if not any(not spec.sync and spec.cron is None for spec in cfg.daemon.enabled_scripts):
         return False
@@ -130,9 +130,9 @@ def late_fleet(cfg: PandaConfig, server: str, clock: Clock) -> LateFleet | None:
 
     from pandaserver.daemons.fleet.history.journal import Journal, journal_path
     from pandaserver.daemons.fleet.late import LateFleet, StartupError
-    from pandaserver.db.base import revisions
-    from pandaserver.db.base.schemacheck import default_sqlite, read_sqlite, sqlite_url, verdict
-    from pandaserver.db.base.statedir import default_state_dir
+    from pandaserver.db.direct import revisions
+    from pandaserver.db.direct.schemacheck import default_sqlite, read_sqlite, sqlite_url, verdict
+    from pandaserver.db.direct.statedir import default_state_dir
 
     path = default_sqlite(cfg)
     if not may_open_late(cfg) or path is None:
@@ -176,7 +176,7 @@ def build_master(cfg: PandaConfig, args: argparse.Namespace, **options: Any) -> 
     except ValueError as exc:
         raise StartupError(exitcodes.RET_CONFIG, str(exc)) from None
     from pandaserver.daemons.master.statusfile import status_path
-    from pandaserver.db.base.statedir import default_state_dir
+    from pandaserver.db.direct.statedir import default_state_dir
 
     server = server_name(args)
     options.setdefault("status_file", status_path(default_state_dir(), server))

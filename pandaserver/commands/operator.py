@@ -20,8 +20,8 @@ from pandaserver.commands.launch import server_name
 from pandaserver.commands.messages import err
 from pandaserver.config import PandaConfig
 from pandaserver.config.problems import did_you_mean
-from pandaserver.db.stores import operator_rows as dbcontrol
-from pandaserver.db.stores.operator_rows import Ack, Command, Hold
+from pandaserver.db.direct import operator_rows as dbcontrol
+from pandaserver.db.direct.operator_rows import Ack, Command, Hold
 from pandaserver.exitcodes import RET_CONFIG, RET_FAILED, RET_OK
 from pandaserver.fmt import table, when
 
@@ -98,11 +98,11 @@ def _on_control_db(cfg: PandaConfig, body: Callable[[Operator], int]) -> int:
     setting, a refused schema or a database error is said on stderr and becomes the exit
     status. A SQLite file is reached through ``sqlite3`` (no SQLAlchemy to import: the
     command answers at once), every other database through SQLAlchemy."""
-    from pandaserver.db.base.sqlitedirect import CommandRefused, opened, sqlite_file
+    from pandaserver.db.direct.sqlitedirect import CommandRefused, opened, sqlite_file
 
     path = sqlite_file(cfg)
     if path is not None:
-        from pandaserver.db.stores.operator_sqlite import SqliteControl
+        from pandaserver.db.direct.operator_sqlite import SqliteControl
 
         try:
             with opened(path) as conn:

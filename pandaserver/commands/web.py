@@ -168,8 +168,8 @@ def _overview(cfg: PandaConfig, settings: WebSettings) -> Overview:
 def _sqlite_overview(cfg: PandaConfig, settings: WebSettings, path: Path) -> Overview:
     """``_overview`` of SQLite file ``path`` through ``sqlite3``, without SQLAlchemy (its
     import would be most of the command's time); the same checks, rows and words."""
-    from pandaserver.db.base.sqlitedirect import opened
-    from pandaserver.db.stores.operator_sqlite import SqliteControl
+    from pandaserver.db.direct.operator_sqlite import SqliteControl
+    from pandaserver.db.direct.sqlitedirect import opened
     from pandaserver.web import fleetsqlite
     from pandaserver.web.fleetview import FleetReader
 
@@ -180,7 +180,7 @@ def _sqlite_overview(cfg: PandaConfig, settings: WebSettings, path: Path) -> Ove
 
 def _read_fleet(cfg: PandaConfig, args: argparse.Namespace) -> Overview | int:
     """The overview, or the exit status of the failure said (``_fail``)."""
-    from pandaserver.db.base.sqlitedirect import CommandRefused, sqlite_file
+    from pandaserver.db.direct.sqlitedirect import CommandRefused, sqlite_file
 
     try:
         settings = _settings(cfg, args.stale_factor)

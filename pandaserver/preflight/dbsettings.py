@@ -43,7 +43,7 @@ def _driver_hint(backend: str) -> str:
 def database_findings(cfg: PandaConfig, *, connect: bool = False,
                       sync_scripts: list[str] | None = None) -> tuple[str, list[Finding]]:
     """(where the database is, without a password; what is wrong or worth a warning)."""
-    from pandaserver.db.base.schemacheck import default_sqlite, sqlite_url
+    from pandaserver.db.direct.schemacheck import default_sqlite, sqlite_url
 
     default = default_sqlite(cfg)
     if default is not None and not connect:  # the state directory's file: no SQLAlchemy
@@ -107,7 +107,7 @@ def database_findings(cfg: PandaConfig, *, connect: bool = False,
 def _sqlite_findings(cfg: PandaConfig, database: str, raw: str, sync: list[str]
                      ) -> list[Finding]:
     """A SQLite file that cannot be created, or the warning of sync scripts on it."""
-    from pandaserver.db.base.statedir import STATE_DIR_ENV, sqlite_unusable
+    from pandaserver.db.direct.statedir import STATE_DIR_ENV, sqlite_unusable
 
     place = cfg.where("daemon", "db_url") if raw else str(cfg.path)
     note = "" if raw else (
@@ -137,9 +137,9 @@ def _connect(url: object, place: str) -> list[Finding]:
     from sqlalchemy import URL
     from sqlalchemy.exc import SQLAlchemyError
 
-    from pandaserver.db.base.credentials import credentials_refused
     from pandaserver.db.base.engine import describe_db_error, engine_from_url
     from pandaserver.db.base.schema import SchemaError, check_schema
+    from pandaserver.db.direct.credentials import credentials_refused
 
     assert isinstance(url, URL)
     sqlite = url.get_backend_name() == "sqlite"

@@ -192,7 +192,7 @@ def become_master(plan: Plan, ready: Callable[[int], None]) -> int:
 def sqlite_file(cfg: PandaConfig) -> Path | None:
     """The SQLite file holding the fleet tables, when that is the database (None for a
     database server, or for settings the master itself will report)."""
-    from pandaserver.db.base.schemacheck import default_sqlite
+    from pandaserver.db.direct.schemacheck import default_sqlite
 
     default = default_sqlite(cfg)  # the state directory's file: found without SQLAlchemy
     if default is not None:

@@ -18,7 +18,7 @@ import psutil
 
 from pandaserver.config.cronspec import firing_text
 from pandaserver.daemons.master.statusfile import read_status, status_path
-from pandaserver.db.base.statedir import default_state_dir
+from pandaserver.db.direct.statedir import default_state_dir
 from pandaserver.fmt import span, table
 
 STATUS_GLOB = "status-*.json"

@@ -2,7 +2,7 @@
 ``sqlite3``.
 
 ``read_fleet(conn)`` is ``queries.read_fleet(engine)`` (the whole fleet) on a connection
-from ``pandaserver.db.base.sqlitedirect.opened``: it runs ``SQLITE``, the very statements
+from ``pandaserver.db.direct.sqlitedirect.opened``: it runs ``SQLITE``, the very statements
 ``queries.fleet_statements()`` builds, compiled for SQLite (constants inline) and checked
 in, and reads each row back as SQLAlchemy would (``TIMES``: the timestamp columns, as aware
 UTC datetimes). tests/unit/test_fleet_sqlite_texts.py compiles them again and compares, so
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from pandaserver.db.base.sqlitedirect import utc
-from pandaserver.db.stores.fleetrows import ServerRow, lease_row
+from pandaserver.db.direct.fleetrows import ServerRow, lease_row
+from pandaserver.db.direct.sqlitedirect import utc
 from pandaserver.db.stores.runrecords import RunRow
 from pandaserver.web.model import FleetSnapshot, ScriptFacts
 

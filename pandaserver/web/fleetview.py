@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from pandaserver.config import PandaConfig
 from pandaserver.config.scripts import DaemonSpec
-from pandaserver.db.stores.fleetrows import LeaseRow
-from pandaserver.db.stores.operator_rows import Hold
+from pandaserver.db.direct.fleetrows import LeaseRow
+from pandaserver.db.direct.operator_rows import Hold
 from pandaserver.db.stores.runrecords import RunRow
 from pandaserver.service.hoststatus import local_masters
 from pandaserver.web.model import (

@@ -39,9 +39,9 @@ from typing import Any
 from pandaserver.config.cronspec import CronSchedule, firing_text
 from pandaserver.config.scripts import DaemonSpec
 from pandaserver.daemons.master.schedule import late_threshold
-from pandaserver.db.stores.fleetrows import LeaseRow, ServerRow
-from pandaserver.db.stores.operator_rows import ALIVE_BEATS as ALIVE_BEATS
-from pandaserver.db.stores.operator_rows import EVERY, Hold
+from pandaserver.db.direct.fleetrows import LeaseRow, ServerRow
+from pandaserver.db.direct.operator_rows import ALIVE_BEATS as ALIVE_BEATS
+from pandaserver.db.direct.operator_rows import EVERY, Hold
 from pandaserver.db.stores.runrecords import SKIPPED, RunRow
 from pandaserver.fmt import span
 

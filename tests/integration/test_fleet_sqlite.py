@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import URL, Engine, insert
 
 from pandaserver.db.base.servertime import db_now
-from pandaserver.db.base.sqlitedirect import opened
 from pandaserver.db.base.tables import daemon_lease, daemon_run
+from pandaserver.db.direct.sqlitedirect import opened
 from pandaserver.db.stores.heartbeat import HeartbeatStore
 from pandaserver.db.stores.operator_commands import ControlStore
 from pandaserver.db.stores.runrecords import OK, OUTCOMES, SKIPPED

@@ -11,11 +11,11 @@ from typing import Any
 
 from sqlalchemy import URL, Engine
 
-from pandaserver.db.base.sqlitedirect import opened
+from pandaserver.db.direct.operator_sqlite import SqliteControl
+from pandaserver.db.direct.sqlitedirect import opened
 from pandaserver.db.stores import operator_commands as dbcontrol
 from pandaserver.db.stores.heartbeat import HeartbeatStore
 from pandaserver.db.stores.operator_commands import ControlStore
-from pandaserver.db.stores.operator_sqlite import SqliteControl
 
 # (verb, target, server, reason): every kind of change to the holds, and none
 SEQUENCE = [

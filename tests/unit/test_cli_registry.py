@@ -115,7 +115,7 @@ def test_a_database_command_imports_the_database_but_not_migrations_or_the_web(
 def test_database_commands_on_sqlite_import_no_sqlalchemy(
         tmp_path: Path, argv: tuple[str, ...], says: str) -> None:
     """On a SQLite file ``pause`` & co. and ``fleet`` run their statements through sqlite3
-    (pandaserver/db/base/sqlitedirect.py): SQLAlchemy's import is most of their time."""
+    (pandaserver/db/direct/sqlitedirect.py): SQLAlchemy's import is most of their time."""
     cfg = _migrated(tmp_path)
     got, heavy, output = _run(tmp_path, "-c", str(cfg), *argv)
     assert got == 0, output

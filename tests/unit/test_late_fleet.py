@@ -22,9 +22,9 @@ from pandaserver.daemons.fleet.history.journal import Journal, journal_path
 from pandaserver.daemons.fleet.late import LATE_LIMIT, LateFleet, StartupError
 from pandaserver.daemons.fleet.opening import open_fleet
 from pandaserver.daemons.master import loop
-from pandaserver.db.base import schemacheck
 from pandaserver.db.base.engine import database_url, make_engine
 from pandaserver.db.base.schema import upgrade
+from pandaserver.db.direct import schemacheck
 from tests.unit.fakemaster import FakeClock, FakeContainment, FakeProcesses
 
 SCRIPTS = '{"first": {"period": 600}, "shared": {"period": 600, "sync": true}}'

@@ -375,7 +375,7 @@ def test_stop_lets_runs_finish_within_the_grace_then_kills_them() -> None:
               stop_grace=10.0)
     rig.start_workers()
     rig.turn()
-    rig.master._record_signal(signal.SIGTERM, None)
+    rig.master.signals.record(signal.SIGTERM, None)
     rig.turn()
     assert [m["op"] for m in rig.sent(3)] == ["init", "exit"]  # the idle one exits now
     assert rig.slot(1).state is WorkerState.RETIRING and rig.slot(2).state is WorkerState.RETIRING
@@ -402,10 +402,10 @@ def test_a_second_stop_signal_kills_at_once() -> None:
     rig = Rig([spec("long", timeout=600)], n_proc=1, stop_grace=60.0)
     rig.start_workers()
     rig.turn()
-    rig.master._record_signal(signal.SIGTERM, None)
+    rig.master.signals.record(signal.SIGTERM, None)
     rig.at(1001.0)
     assert rig.processes.calls == []
-    rig.master._record_signal(signal.SIGINT, None)
+    rig.master.signals.record(signal.SIGINT, None)
     rig.at(1002.0)
     assert rig.processes.calls == [("term", rig.slot(1).pid, SHUTDOWN_KILL_GRACE,
                                     "stop grace is over")]

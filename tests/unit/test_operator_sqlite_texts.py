@@ -1,6 +1,6 @@
 """The operator's statements on SQLite through ``sqlite3`` are the store's own: the
 checked-in texts are the Core statements compiled again, and a failure says what the
-SQLAlchemy path says (pandaserver/db/base/sqlitedirect.py)."""
+SQLAlchemy path says (pandaserver/db/direct/sqlitedirect.py)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from sqlalchemy.exc import OperationalError
 
 from pandaserver.config import PandaConfig
 from pandaserver.db.base.engine import describe_db_error
-from pandaserver.db.base.sqlitedirect import describe_error, sqlite_file
+from pandaserver.db.direct.operator_sqlite import SQLITE
+from pandaserver.db.direct.sqlitedirect import describe_error, sqlite_file
 from pandaserver.db.stores.operator_commands import operator_statements
-from pandaserver.db.stores.operator_sqlite import SQLITE
 
 
 def test_the_checked_in_sqlite_texts_are_the_core_statements_compiled() -> None:

@@ -1,5 +1,5 @@
 """The schema revisions read from the migration files without Alembic
-(``pandaserver.db.base.revisions``) are Alembic's own: the same head, the same walk."""
+(``pandaserver.db.direct.revisions``) are Alembic's own: the same head, the same walk."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from alembic.script import ScriptDirectory
 
-from pandaserver.db.base import revisions, schema
+from pandaserver.db.base import schema
+from pandaserver.db.direct import revisions
 
 
 def test_the_files_read_give_alembics_head_and_walk() -> None:

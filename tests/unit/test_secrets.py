@@ -166,7 +166,7 @@ def test_a_bare_dollar_inside_a_value_stays() -> None:
 
 
 def test_a_refused_password_is_told_from_an_outage() -> None:
-    from pandaserver.db.base.credentials import credentials_refused
+    from pandaserver.db.direct.credentials import credentials_refused
 
     class Orig(Exception):
         pass

@@ -3,7 +3,7 @@
 The database layer (SQLAlchemy, the statements, the lanes) costs a master a few tenths of a
 second of CPU at start; a script that needs no lease does not need it to start. So when
 the configuration's database is the state directory's SQLite file and its schema was seen
-to be this code's without SQLAlchemy (``pandaserver.db.base.schemacheck``, before any run:
+to be this code's without SQLAlchemy (``pandaserver.db.direct.schemacheck``, before any run:
 a refused schema still runs nothing), ``run`` and ``start`` build the master with a
 ``LateFleet`` (``pandaserver.commands.launch``), and the master opens its ``FleetDb`` just
 after its first hand-over (``Master.open_late``). Until then:

@@ -21,7 +21,6 @@ from pandaserver.daemons.fleet.fleetdb import IO_TIMEOUT, STATEMENT_TIMEOUT, Fle
 from pandaserver.daemons.fleet.history.journal import Journal, journal_path
 from pandaserver.daemons.fleet.history.spool import Spool, spool_path
 from pandaserver.daemons.fleet.late import StartupError as StartupError
-from pandaserver.db.base.credentials import credentials_refused
 from pandaserver.db.base.engine import (
     DatabaseConfigError,
     default_state_dir,
@@ -30,6 +29,7 @@ from pandaserver.db.base.engine import (
     safe_url,
 )
 from pandaserver.db.base.schema import SchemaError, ensure_schema
+from pandaserver.db.direct.credentials import credentials_refused
 
 log = logging.getLogger("panda.master")
 

@@ -6,7 +6,10 @@
   outcomes;
 - ``Controls`` (controls.py): the operator's pause, drain, run-now, kill, restart-workers
   and the crash-loop back-off;
-- ``reload.py``: a re-read configuration applied to the other three.
+- ``reload.py``: a re-read configuration applied to the other three;
+- ``LoopWait``, ``SignalPipe`` and ``Rereader`` (wakeups.py): the one wait over every
+  descriptor, the signals recorded by their handlers (a self-pipe wakes the wait), and a
+  SIGHUP's re-read of the configuration on a thread.
 
 ``Master`` builds them, sleeps in a single wait over worker pipes, worker pidfds, the
 database's completions, the PostgreSQL connection that listens for operator commands and a
@@ -21,18 +24,14 @@ Signal handlers only record; the loop acts.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
-import queue
-import selectors
 import signal
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pandaserver import exitcodes
 from pandaserver.config.daemon import DaemonSettings
@@ -48,10 +47,11 @@ from pandaserver.daemons.master import reload, schedule
 from pandaserver.daemons.master.controls import ControlLink, Controls, FleetControl
 from pandaserver.daemons.master.dispatch import Dispatcher
 from pandaserver.daemons.master.firingnotes import FiringNotes, notes_path
-from pandaserver.daemons.master.pool import ProcessLayer, RealProcesses, RunContainment, Slot
+from pandaserver.daemons.master.pool import ProcessLayer, RealProcesses, RunContainment
 from pandaserver.daemons.master.schedule import ScriptState
 from pandaserver.daemons.master.statusfile import StatusFile, remembered
 from pandaserver.daemons.master.timetable import Timetable
+from pandaserver.daemons.master.wakeups import LoopWait, Rereader, SignalPipe
 from pandaserver.daemons.master.workers import WorkerPool
 
 if TYPE_CHECKING:  # imported when the database side opens (SQLAlchemy): late.py
@@ -108,7 +108,6 @@ class Master:
 
             recorder, leases = recorder or DbRecorder(fleet), leases or DbLeases(fleet)
         self.only = only
-        self.reload_settings = reload_settings
         self.containment: RunContainment = containment or Containment(
             monotonic=self.clock.monotonic)  # a run's processes
         self.on_signal = {**(on_signal or {}), signal.SIGCHLD: self.containment.reap}
@@ -132,13 +131,10 @@ class Master:
             stop=self.begin_stop)
         self.pool.connect(self.dispatcher)
         self.controls.connect(self.dispatcher, self.pool)
-        self._signals: list[int] = []
-        self._wakeup_r = -1
-        self._wakeup_w = -1
-        self._reloading: threading.Thread | None = None
-        self._reload_again = False
-        self._reloaded: queue.SimpleQueue[DaemonSettings | BaseException] = queue.SimpleQueue()
-        self._selector = selectors.DefaultSelector()
+        self.signals = SignalPipe()
+        self.rereader = (Rereader(reload_settings, self.signals.wake)
+                         if reload_settings is not None else None)
+        self.waiter = LoopWait(self.signals, self.pool, self.clock)
         # the controls' command read before the fleet's tick: the tick sends it, with the
         # heartbeat when that is due too (one database call, one wake-up)
         self.extra_events: list[Callable[[float], float | None]] = [self.containment.tick,
@@ -175,20 +171,6 @@ class Master:
         return {spec.name: spec for spec in settings.enabled_scripts}
 
     # ----- set-up -------------------------------------------------------------------------
-    def _install_signals(self) -> None:
-        read_end, write_end = os.pipe()
-        os.set_blocking(read_end, False)
-        os.set_blocking(write_end, False)
-        self._wakeup_r = read_end
-        self._wakeup_w = write_end
-        signal.set_wakeup_fd(write_end)
-        watched = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, *self.on_signal}
-        for signum in watched:
-            signal.signal(signum, self._record_signal)
-
-    def _record_signal(self, signum: int, frame: Any) -> None:
-        self._signals.append(signum)
-
     def begin(self, now: float) -> None:
         """Every configured script is due at ``now`` (it runs once at start-up); a cron
         script at its first firing (``schedule.first_firing``)."""
@@ -208,7 +190,7 @@ class Master:
     # ----- the loop -----------------------------------------------------------------------
     def run(self) -> int:
         sys.setswitchinterval(SWITCH_INTERVAL)
-        self._install_signals()
+        self.signals.install({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, *self.on_signal})
         self.containment.start()
         set_title(f"master{'' if self.only is None else ' run-once ' + self.only}")
         self.begin(self.clock.monotonic())
@@ -219,7 +201,7 @@ class Master:
         if self.fleet is not None:  # database calls start as the loop goes to sleep
             self.fleet.defer_calls(True)
         while (next_event := self.turn()) is not None:
-            self._wait(next_event - self.clock.monotonic())
+            self.waiter.wait(next_event - self.clock.monotonic(), self.fleet)
         if self.late is not None:  # stopped first: what ran is still written
             self.open_late(self.clock.monotonic())
         if self.fleet is not None:
@@ -304,70 +286,6 @@ class Master:
         fleet.settings = self.settings
         fleet.defer_calls(True)
 
-    def _watched(self) -> dict[int, tuple[str, Slot | None]]:
-        fds: dict[int, tuple[str, Slot | None]] = {self._wakeup_r: ("signal", None)}
-        if self.fleet is not None:
-            fds[self.fleet.fileno()] = ("db", None)
-            listener = self.fleet.listener
-            if listener is not None and (fd := listener.fileno()) is not None:
-                # by generation: a new connection may reuse the descriptor's number
-                fds[fd] = (f"notify {listener.generation}", None)
-        for slot in self.pool.slots.values():
-            fds[slot.proc.pidfd] = ("exit", slot)
-            if slot.conn_open:
-                fds[slot.proc.conn.fileno()] = ("message", slot)
-        return fds
-
-    def _wait(self, timeout: float) -> None:
-        """One wait over the signal pipe, worker pipes and worker pidfds (a kept selector:
-        descriptors are registered once, not on every wake-up)."""
-        wanted = self._watched()
-        registered = self._selector.get_map()
-        for fd in [fd for fd in registered if fd not in wanted]:
-            self._selector.unregister(fd)
-        for fd, data in wanted.items():
-            key = registered.get(fd)
-            if key is not None and key.data != data:
-                # a descriptor number reused by a new worker: register it afresh (the
-                # kernel dropped the old registration when the old descriptor was closed)
-                self._selector.unregister(fd)
-                key = None
-            if key is None:
-                self._selector.register(fd, selectors.EVENT_READ, data)
-        if self.fleet is not None:  # the last thing before the wait (``defer_calls``)
-            self.fleet.start_calls()
-        events = self._selector.select(max(0.0, timeout))
-        exits = []
-        for key, _ in events:
-            kind, slot = key.data
-            if kind == "signal":
-                self._drain_wakeup()
-            elif kind == "db" and self.fleet is not None:
-                self.fleet.collect()
-            elif kind.startswith("notify") and self.fleet is not None:
-                if self.fleet.listener is not None:  # the commands are read on this turn
-                    self.fleet.listener.read(self.clock.monotonic())
-            elif kind == "message" and slot is not None and slot.conn_open:
-                self.pool.read_messages(slot)
-            elif kind == "exit" and slot is not None:
-                exits.append(slot)
-        for slot in exits:  # after its last messages were read
-            if self.pool.holds(slot):
-                self._forget_fds(slot)
-                self.pool.worker_gone(slot, self.clock.monotonic())
-
-    def _forget_fds(self, slot: Slot) -> None:
-        for fd in (slot.proc.pidfd, slot.proc.conn_fd):  # before they close and get reused
-            if fd in self._selector.get_map():
-                self._selector.unregister(fd)
-
-    def _drain_wakeup(self) -> None:
-        try:
-            while os.read(self._wakeup_r, 512):
-                pass
-        except BlockingIOError:
-            pass
-
     def _next_event(self, now: float) -> float:
         times: list[float] = []
         self.dispatcher.next_event(now, times)
@@ -380,8 +298,8 @@ class Master:
 
     # ----- signals, stop and reload -------------------------------------------------------
     def _handle_signals(self, now: float) -> None:
-        while self._signals:
-            signum = self._signals.pop(0)
+        while self.signals.pending:
+            signum = self.signals.pending.pop(0)
             if signum in (signal.SIGTERM, signal.SIGINT):
                 if self.pool.stopping:
                     log.warning("second %s: killing what still runs", signal.Signals(signum).name)
@@ -401,32 +319,14 @@ class Master:
         """SIGHUP: re-read and validate the config on a thread (the validation imports the
         script modules in a fresh interpreter: seconds, maybe); the loop applies the result
         when it comes back, and a SIGHUP meanwhile is served once that one is done."""
-        if self.reload_settings is None or self.only is not None:
+        if self.rereader is None or self.only is not None:
             log.info("got SIGHUP: nothing to reload")
             return
-        if self._reloading is not None:
-            self._reload_again = True
-            return
-        reload_settings = self.reload_settings
-
-        def read() -> None:
-            try:
-                result: DaemonSettings | BaseException = reload_settings()
-            except BaseException as exc:
-                result = exc
-            self._reloaded.put(result)
-            with contextlib.suppress(OSError):
-                os.write(self._wakeup_w, b"r")
-
-        self._reloading = threading.Thread(target=read, name="reload", daemon=True)
-        self._reloading.start()
+        self.rereader.start()
 
     def _apply_reload(self, now: float) -> None:
-        try:
-            new = self._reloaded.get_nowait()
-        except queue.Empty:
+        if self.rereader is None or (new := self.rereader.take()) is None:
             return
-        self._reloading = None
         if isinstance(new, BaseException):
             log.error("reload refused, keeping the running configuration: %s", new)
         elif unusable := new.unusable():
@@ -434,8 +334,7 @@ class Master:
                 log.error("reload refused, keeping the running configuration: %s", problem)
         elif not self.pool.stopping:
             self.apply_settings(new, now)
-        if self._reload_again:
-            self._reload_again = False
+        if self.rereader.again():
             self._reload(now)
 
     def apply_settings(self, new: DaemonSettings, now: float) -> None:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from pandaserver.config.cronspec import CronSchedule
 from pandaserver.config.scripts import DaemonSpec
-from pandaserver.db.base.duerule import due_tolerance
+from pandaserver.db.direct.duerule import due_tolerance
 
 REMOVED = "removed from the configuration by a reload"  # a ``disabled`` reason
 LATE_FLOOR = 300.0  # seconds: a script later than max(this, period / 2) is reported

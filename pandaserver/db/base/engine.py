@@ -30,12 +30,13 @@ from sqlalchemy import URL, Engine, create_engine, event, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from pandaserver.config import PandaConfig
-from pandaserver.db.base import multihost, statedir
-from pandaserver.db.base.sqlitedirect import SQLITE_BUSY_TIMEOUT as SQLITE_BUSY_TIMEOUT
-from pandaserver.db.base.statedir import SQLITE_ELSEWHERE as SQLITE_ELSEWHERE
-from pandaserver.db.base.statedir import SQLITE_FILENAME as SQLITE_FILENAME
-from pandaserver.db.base.statedir import STATE_DIR_ENV as STATE_DIR_ENV
-from pandaserver.db.base.statedir import sqlite_unusable as sqlite_unusable
+from pandaserver.db.base import multihost
+from pandaserver.db.direct import statedir
+from pandaserver.db.direct.sqlitedirect import SQLITE_BUSY_TIMEOUT as SQLITE_BUSY_TIMEOUT
+from pandaserver.db.direct.statedir import SQLITE_ELSEWHERE as SQLITE_ELSEWHERE
+from pandaserver.db.direct.statedir import SQLITE_FILENAME as SQLITE_FILENAME
+from pandaserver.db.direct.statedir import STATE_DIR_ENV as STATE_DIR_ENV
+from pandaserver.db.direct.statedir import sqlite_unusable as sqlite_unusable
 
 SYSTEM_STATE_DIR = statedir.SYSTEM_STATE_DIR  # a module attribute: tests move it
 # SQLITE_BUSY_TIMEOUT: seconds SQLite waits for another writer (sqlitedirect: the commands
@@ -52,7 +53,7 @@ class DatabaseConfigError(Exception):
 
 
 def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """Where the default SQLite file lives (``pandaserver.db.base.statedir``, with this module's
+    """Where the default SQLite file lives (``pandaserver.db.direct.statedir``, with this module's
     ``SYSTEM_STATE_DIR``)."""
     return statedir.default_state_dir(environ, SYSTEM_STATE_DIR)
 

@@ -27,19 +27,19 @@ from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import OperationalError
 
 from pandaserver import __version__
-from pandaserver.db.base import revisions
-from pandaserver.db.base.schemacheck import (
+from pandaserver.db.base.servertime import db_now_expr
+from pandaserver.db.base.tables import daemon_schema_compat
+from pandaserver.db.direct import revisions
+from pandaserver.db.direct.schemacheck import (
     COMPAT_TABLE,
     CURRENT_SQL,
     OLDEST_CODE_SQL,
     VERSION_TABLE,
 )
-from pandaserver.db.base.schemacheck import UPGRADE_HINT as UPGRADE_HINT
-from pandaserver.db.base.schemacheck import SchemaError as SchemaError
-from pandaserver.db.base.schemacheck import newer_but_compatible as newer_but_compatible
-from pandaserver.db.base.schemacheck import verdict as _verdict
-from pandaserver.db.base.servertime import db_now_expr
-from pandaserver.db.base.tables import daemon_schema_compat
+from pandaserver.db.direct.schemacheck import UPGRADE_HINT as UPGRADE_HINT
+from pandaserver.db.direct.schemacheck import SchemaError as SchemaError
+from pandaserver.db.direct.schemacheck import newer_but_compatible as newer_but_compatible
+from pandaserver.db.direct.schemacheck import verdict as _verdict
 
 if TYPE_CHECKING:  # Alembic is imported only to migrate: a check reads the files (revisions)
     from alembic.config import Config

@@ -37,9 +37,9 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import Float, TypeDecorator
 
-from pandaserver.db.base.duerule import DUE_TOLERANCE as DUE_TOLERANCE
-from pandaserver.db.base.duerule import DUE_TOLERANCE_PARTS as DUE_TOLERANCE_PARTS
-from pandaserver.db.base.duerule import due_tolerance as due_tolerance
+from pandaserver.db.direct.duerule import DUE_TOLERANCE as DUE_TOLERANCE
+from pandaserver.db.direct.duerule import DUE_TOLERANCE_PARTS as DUE_TOLERANCE_PARTS
+from pandaserver.db.direct.duerule import due_tolerance as due_tolerance
 
 _SQLITE_FORMAT = "'%Y-%m-%d %H:%M:%f000'"
 

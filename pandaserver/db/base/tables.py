@@ -26,11 +26,12 @@ from sqlalchemy import (
     text,
 )
 
-# the version and hold tables are named where the schema check reads them with plain SQL
-from pandaserver.db.base.schemacheck import COMPAT_TABLE as COMPAT_TABLE
-from pandaserver.db.base.schemacheck import HOLD_TABLE
-from pandaserver.db.base.schemacheck import VERSION_TABLE as VERSION_TABLE
 from pandaserver.db.base.servertime import UtcDateTime
+
+# the version and hold tables are named where the schema check reads them with plain SQL
+from pandaserver.db.direct.schemacheck import COMPAT_TABLE as COMPAT_TABLE
+from pandaserver.db.direct.schemacheck import HOLD_TABLE
+from pandaserver.db.direct.schemacheck import VERSION_TABLE as VERSION_TABLE
 
 # the predicate of the partial index on (script, server, started_at, id), spelt the same in
 # the queries that use it (skipscan.py): SQLite matches a partial index's WHERE term by term

@@ -24,8 +24,8 @@ from pandaserver.db.base.prepared import Prepared
 from pandaserver.db.base.servertime import db_now_expr
 from pandaserver.db.base.tables import daemon_run, daemon_server
 from pandaserver.db.base.upsert import UnsupportedDatabase, conditional_upsert, dialect_insert
+from pandaserver.db.direct.fleetrows import ServerRow as ServerRow
 from pandaserver.db.stores import runwrites
-from pandaserver.db.stores.fleetrows import ServerRow as ServerRow
 
 
 def config_hash(settings: Mapping[str, Any]) -> str:

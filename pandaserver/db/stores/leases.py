@@ -76,9 +76,9 @@ from pandaserver.db.base.servertime import (
 )
 from pandaserver.db.base.tables import daemon_lease
 from pandaserver.db.base.upsert import upsert_or_else
+from pandaserver.db.direct.fleetrows import LeaseRow as LeaseRow
+from pandaserver.db.direct.fleetrows import lease_row
 from pandaserver.db.stores import grantrun
-from pandaserver.db.stores.fleetrows import LeaseRow as LeaseRow
-from pandaserver.db.stores.fleetrows import lease_row
 from pandaserver.db.stores.leasefirings import (
     FiringGrants,
     finished_by_holder,

@@ -49,20 +49,20 @@ from pandaserver.db.base.tables import (
     daemon_lease,
     daemon_server,
 )
-from pandaserver.db.stores.operator_rows import CHANNEL as CHANNEL
-from pandaserver.db.stores.operator_rows import DRAIN as DRAIN
-from pandaserver.db.stores.operator_rows import EVERY as EVERY
-from pandaserver.db.stores.operator_rows import KILL as KILL
-from pandaserver.db.stores.operator_rows import PAUSE as PAUSE
-from pandaserver.db.stores.operator_rows import RESTART_WORKERS as RESTART_WORKERS
-from pandaserver.db.stores.operator_rows import RESUME as RESUME
-from pandaserver.db.stores.operator_rows import RUN_NOW as RUN_NOW
-from pandaserver.db.stores.operator_rows import UNDRAIN as UNDRAIN
-from pandaserver.db.stores.operator_rows import VERBS as VERBS
-from pandaserver.db.stores.operator_rows import Ack as Ack
-from pandaserver.db.stores.operator_rows import Command as Command
-from pandaserver.db.stores.operator_rows import Hold as Hold
-from pandaserver.db.stores.operator_rows import hold_scope
+from pandaserver.db.direct.operator_rows import CHANNEL as CHANNEL
+from pandaserver.db.direct.operator_rows import DRAIN as DRAIN
+from pandaserver.db.direct.operator_rows import EVERY as EVERY
+from pandaserver.db.direct.operator_rows import KILL as KILL
+from pandaserver.db.direct.operator_rows import PAUSE as PAUSE
+from pandaserver.db.direct.operator_rows import RESTART_WORKERS as RESTART_WORKERS
+from pandaserver.db.direct.operator_rows import RESUME as RESUME
+from pandaserver.db.direct.operator_rows import RUN_NOW as RUN_NOW
+from pandaserver.db.direct.operator_rows import UNDRAIN as UNDRAIN
+from pandaserver.db.direct.operator_rows import VERBS as VERBS
+from pandaserver.db.direct.operator_rows import Ack as Ack
+from pandaserver.db.direct.operator_rows import Command as Command
+from pandaserver.db.direct.operator_rows import Hold as Hold
+from pandaserver.db.direct.operator_rows import hold_scope
 
 
 def operator_statements() -> dict[str, Executable]:

@@ -2,7 +2,7 @@
 
 ``SqliteControl`` is ``operator_commands.ControlStore``'s operator side (issue a command,
 read the holds, the servers, the acknowledgements, the recent commands) for a connection
-from ``pandaserver.db.base.sqlitedirect.opened``. It runs ``SQLITE``: the store's own
+from ``pandaserver.db.direct.sqlitedirect.opened``. It runs ``SQLITE``: the store's own
 SQLAlchemy Core statements (``operator_commands.operator_statements``) compiled for SQLite
 with named parameters, checked in so that no SQLAlchemy is imported to run them;
 tests/unit/test_operator_sqlite_texts.py compiles them again and compares, so they cannot drift,
@@ -14,8 +14,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from pandaserver.db.base.sqlitedirect import utc
-from pandaserver.db.stores.operator_rows import (
+from pandaserver.db.direct.operator_rows import (
     DRAIN,
     PAUSE,
     RESUME,
@@ -25,6 +24,7 @@ from pandaserver.db.stores.operator_rows import (
     Hold,
     hold_scope,
 )
+from pandaserver.db.direct.sqlitedirect import utc
 
 # name -> the statement of operator_commands.operator_statements(), compiled for SQLite
 SQLITE = {

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pandaserver.config import PandaConfig
-from pandaserver.db.base import revisions, statedir
+from pandaserver.db.direct import revisions, statedir
 
 VERSION_TABLE = "daemon_schema"
 # Which code a schema revision works with: one row per revision that `db upgrade` reached,

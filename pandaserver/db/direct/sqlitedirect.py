@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pandaserver.config import PandaConfig
-from pandaserver.db.base.schemacheck import default_sqlite, read_state, sqlite_url, verdict
+from pandaserver.db.direct.schemacheck import default_sqlite, read_state, sqlite_url, verdict
 from pandaserver.exitcodes import RET_DATABASE, RET_SCHEMA
 
 SQLITE_BUSY_TIMEOUT = 5.0  # seconds SQLite waits for another writer (engine.py's too)
