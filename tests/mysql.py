@@ -82,6 +82,11 @@ class MariaDbServer:
         return self.base / "data"
 
     @property
+    def tmpdir(self) -> Path:
+        assert self.base is not None
+        return self.base / "tmp"
+
+    @property
     def socket(self) -> Path:
         assert self.base is not None
         return self.base / "mysqld.sock"
@@ -107,11 +112,17 @@ class MariaDbServer:
             self.user = user.pw_name
             self._run_as = ["runuser", "-u", user.pw_name, "--"]
             user_args = [f"--user={user.pw_name}"]
+        # temporary tables in a directory of this server's own: in the shared /tmp, servers
+        # bootstrapping side by side (xdist workers) lose each other's ("Could not remove
+        # temporary table '/tmp/#sql-temptable-...'", then the bootstrap aborts)
+        self.tmpdir.mkdir()
+        if self.user is not None:
+            os.chown(self.tmpdir, pwd.getpwnam(self.user).pw_uid, pwd.getpwnam(self.user).pw_gid)
         # --no-defaults: neither /etc/mysql/my.cnf nor ~/.my.cnf may change the server
         init = subprocess.run(
             [*self._run_as, self.install_db, "--no-defaults", f"--datadir={self.datadir}",
              *user_args, "--auth-root-authentication-method=normal", "--skip-test-db",
-             "--skip-name-resolve"],
+             "--skip-name-resolve", f"--tmpdir={self.tmpdir}"],
             capture_output=True, text=True, timeout=START_DEADLINE, check=False,
             env={**os.environ, "LC_ALL": "C", "LANG": "C"},
         )
@@ -135,6 +146,7 @@ class MariaDbServer:
             self._proc = subprocess.Popen(
                 [self.mariadbd, "--no-defaults", f"--datadir={self.datadir}",
                  f"--socket={self.socket}", f"--port={self.port}", "--bind-address=127.0.0.1",
+                 f"--tmpdir={self.tmpdir}",
                  f"--pid-file={self.base / 'mariadbd.pid'}", *self._user_args,
                  "--skip-name-resolve", "--innodb-flush-log-at-trx-commit=0",
                  "--innodb-buffer-pool-size=64M", "--innodb-log-file-size=32M",
