@@ -37,6 +37,7 @@ from pandaserver.db.base.schema import upgrade
 
 BACKENDS = ["sqlite", "postgresql", "mysql"]
 XDIST_COUNT_VAR = "PYTEST_XDIST_WORKER_COUNT"  # set by pytest-xdist in its workers
+SERIAL_WORKERS = 2  # the serial pass: two tests at a time at most, one per core
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -80,12 +81,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """A test marked ``serial`` fails at once in a parallel run instead of running beside
-    others, where its timing bound would prove less (tests/run-all.sh runs it alone)."""
-    if item.get_closest_marker("serial") and int(os.environ.get(XDIST_COUNT_VAR, "1")) > 1:
-        pytest.fail(f"{item.nodeid} is marked serial: it must run alone, not beside"
-                    f" {os.environ[XDIST_COUNT_VAR]} parallel workers; run it with -m serial"
-                    " and without -n (tests/run-all.sh does)", pytrace=False)
+    """A test marked ``serial`` fails at once in a run of more than ``SERIAL_WORKERS``
+    processes, and one marked ``alone`` in any parallel run, instead of running beside others
+    where its timing bound would prove less (tests/run-all.sh gives each its own pass)."""
+    workers = int(os.environ.get(XDIST_COUNT_VAR, "1"))
+    for mark, most, how in (("alone", 1, "-m alone and without -n"),
+                            ("serial", SERIAL_WORKERS, f"-m serial and -n {SERIAL_WORKERS} at most")):
+        if item.get_closest_marker(mark) and workers > most:
+            pytest.fail(f"{item.nodeid} is marked {mark}: it must not run beside {workers}"
+                        f" parallel workers; run it with {how} (tests/run-all.sh does)",
+                        pytrace=False)
 
 
 class _Server(Protocol):

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Install what the tests need (system packages below, a virtualenv with the project and
-# its test dependencies), then run lint, types and the whole test suite in two passes:
-# the tests side by side in parallel processes, then the tests marked `serial` alone
-# (timing bounds a busy neighbour could break; see tests/README.md).
-# Usage: tests/run-all.sh [pytest arguments...]   (given to both passes)
+# its test dependencies), then run lint, types and the whole test suite in three passes:
+# the tests side by side in parallel processes, then the tests marked `serial` two at a
+# time (timing bounds a crowd of neighbours could break), then the tests marked `alone`
+# one at a time (they load the machine themselves; see tests/README.md).
+# Usage: tests/run-all.sh [pytest arguments...]   (given to every pass)
 # PANDA_TEST_WORKERS: the parallel pass's processes (default 6; 0 runs it in one process).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,17 +59,19 @@ pass_status() {
 failed=""
 empty=0
 WORKERS=${PANDA_TEST_WORKERS:-6}
-echo "== pytest, parallel pass: $WORKERS processes, every test not marked serial"
+echo "== pytest, parallel pass: $WORKERS processes, every test not marked serial or alone"
 # two tests at a time per process, slowest first (tests/conftest.py, tests/durations.json)
 pass_status .venv/bin/python -m pytest -n "$WORKERS" --dist load --maxschedchunk 2 \
-    -m "not serial" --durations=25 "$@"
-echo "== pytest, serial pass: the tests marked serial, one at a time"
-pass_status .venv/bin/python -m pytest -p no:xdist -m serial --durations=25 "$@"
+    -m "not serial and not alone" --durations=25 "$@"
+echo "== pytest, serial pass: the tests marked serial, two at a time (one per core)"
+pass_status .venv/bin/python -m pytest -n 2 --dist load -m serial --durations=25 "$@"
+echo "== pytest, alone pass: the tests marked alone, one at a time"
+pass_status .venv/bin/python -m pytest -p no:xdist -m alone --durations=25 "$@"
 if [ -n "$failed" ]; then
     echo "== FAILED: pytest exit status$failed" >&2
     exit 1
 fi
-if [ "$empty" -eq 2 ]; then
+if [ "$empty" -eq 3 ]; then
     echo "== no test was selected" >&2
     exit 5
 fi

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from harness import MasterProcess, pid_alive, running_master, wait_for, write_config
 
-pytestmark = pytest.mark.serial  # its scripts load the machine: run alone (tests/README.md)
+pytestmark = pytest.mark.alone  # its scripts load the machine: run alone (tests/README.md)
 ABUSERS = {  # name: (how it misbehaves, the outcome it must get, a line the log must have)
     "a_sys_exit": ("sys_exit", "lost", "script called sys.exit(3)"),
     "a_os_exit": ("os_exit", "lost", "exited with status 7"),

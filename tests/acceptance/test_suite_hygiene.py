@@ -16,10 +16,10 @@ from harness import FIXTURES, REPO, pid_alive, wait_for
 from pg import SCRATCH_VAR
 
 
-# serial: the child pytest starts a PostgreSQL cluster, a MariaDB server and a master of its
+# alone: the child pytest starts a PostgreSQL cluster, a MariaDB server and a master of its
 # own; in the parallel pass's first minutes, beside six workers starting theirs, it once did
 # not get them up within its 240 s (tests/README.md)
-@pytest.mark.serial
+@pytest.mark.alone
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_a_killed_pytest_leaves_no_process(tmp_path: Path, sig: signal.Signals) -> None:
     ready = tmp_path / "ready.json"
