@@ -13,7 +13,7 @@ from test_rank import FakeFleet, gate_with, script_ranked
 from pandaserver.daemons.fleet.dbleases import DbLeases, release_by
 from pandaserver.daemons.fleet.leasemanager import LeaseDecision
 from pandaserver.daemons.fleet.rank import fallback_offset
-from pandaserver.db.stores.leases import LeaseResult
+from pandaserver.db.stores.leasegrant import LeaseResult
 
 
 def granted(gate: DbLeases, fleet: FakeFleet, spec: Any, generation: int,

@@ -89,7 +89,7 @@ def params(run_id: int | None, ended: Ended | None = None) -> dict[str, Any]:
 
 
 def _values(generation: Any) -> list[Any]:
-    """The row's values from the grant's own parameters (``leases.py``: ``lease_name``,
+    """The row's values from the grant's own parameters (``leasegrant.py``: ``lease_name``,
     ``lease_server``, ``lease_token``, ``lease_pid``) and the generation granted."""
     t = daemon_lease
     return [bindparam("lease_name", type_=t.c.name.type),
