@@ -400,7 +400,7 @@ class Dispatcher:
 
     def release_finished(self, name: str) -> None:
         """An operator's run-now of ``name`` reached this master: a finished lease of it
-        whose release waits for this master's next grant (daemons/fleet/dbleases.py) is
+        whose release waits for this master's next grant (daemons/fleet/releases.py) is
         released now, so that the server taking the run-now is not refused until it
         expires."""
         self.leases.send_releases(self.clock.monotonic(), only=name)

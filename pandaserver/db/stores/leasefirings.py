@@ -83,7 +83,7 @@ def grant_announce() -> Any:
 
 def finished_by_holder(p_server: Any) -> Any:
     """A grant's term: the lease is still held under ``:lease_finished``, a generation this
-    very holder ran and finished (a deferred release: daemons/fleet/dbleases.py), so the
+    very holder ran and finished (a deferred release: daemons/fleet/releases.py), so the
     grant may take it. The row must name this server and pid, and this master process's
     token when one is given (after a failover another server may hold that generation).
 

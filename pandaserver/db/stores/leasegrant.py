@@ -87,7 +87,7 @@ class LeaseResult:
     firing: datetime | None = None
     db_now: datetime | None = None
     # refused: the lease is held past its due time (an overrun, or a finished run whose
-    # holder has not released it yet: daemons/fleet/dbleases.py)
+    # holder has not released it yet: daemons/fleet/releases.py)
     held_past_due: bool = False
     # granted with the run's ``running`` row written by the grant itself (grantrun.py)
     run_row: bool = False

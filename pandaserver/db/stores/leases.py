@@ -137,7 +137,7 @@ class LeaseStore:
 
         ``finished``: a generation of this lease that this very holder (``server`` and
         ``pid``) ran and finished but has not released yet (a deferred release, see
-        daemons/fleet/dbleases.py): while it is still the current one, the lease counts as
+        daemons/fleet/releases.py): while it is still the current one, the lease counts as
         not held, so the grant is also its release, in the same statement. Never another
         holder's: the row must still name this server and pid.
 
