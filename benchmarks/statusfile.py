@@ -45,7 +45,7 @@ def stand_in(count: int) -> Any:
                                                          period=10.0 + i, timeout=60.0),
                                               next_due=100.0 + i)
                                for i, n in enumerate(names)}),
-            unimportable=set(), contention=Contentions(),
+            unimportable=set(), refusals=SimpleNamespace(contention=Contentions()),
             last_outcomes=dict.fromkeys(names, ("ok", 50.0))),
         controls=SimpleNamespace(crashes=CrashLoops(60.0), paused={}, drain_hold=None))
 

@@ -14,7 +14,8 @@ from sqlalchemy import Engine
 from pandaserver.db.base.servertime import db_now
 from pandaserver.db.stores import grantrun
 from pandaserver.db.stores.history import HistoryStore
-from pandaserver.db.stores.leases import Holder, LeaseResult, LeaseStore
+from pandaserver.db.stores.leasegrant import LeaseResult
+from pandaserver.db.stores.leases import Holder, LeaseStore
 from pandaserver.db.stores.runcounts import read_counts
 from pandaserver.db.stores.runrecords import FAILED, LOST, OK, RUNNING, RunRecord, RunRow, RunStart
 

@@ -59,7 +59,7 @@ def test_locks_show_refusals_ever_and_the_latest_refused_server(
 def test_locks_say_finished_for_a_held_lease_whose_run_has_ended(
         db_engine: Engine, config_for: Callable[..., PandaConfig],
         capsys: pytest.CaptureFixture[str]) -> None:
-    """A finished run's release rides on its holder's next grant (daemons/fleet/dbleases.py):
+    """A finished run's release rides on its holder's next grant (daemons/fleet/releases.py):
     until it lands, the lease is held; its run's history row says the run has ended."""
     store, history = LeaseStore(db_engine), HistoryStore(db_engine)
     got = store.try_acquire("tick", "srv-a", 11, period=60, ttl=120, token="ma", run_id=1)

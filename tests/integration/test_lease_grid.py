@@ -17,7 +17,8 @@ from pandaserver.db.base.engine import engine_from_url
 from pandaserver.db.base.schema import upgrade
 from pandaserver.db.base.servertime import db_now
 from pandaserver.db.base.tables import daemon_lease
-from pandaserver.db.stores.leases import LeaseResult, LeaseStore
+from pandaserver.db.stores.leasegrant import LeaseResult
+from pandaserver.db.stores.leases import LeaseStore
 
 # clocks of two statements a few milliseconds apart (a loaded machine: generous)
 SLACK = 1.0

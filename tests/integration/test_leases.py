@@ -21,7 +21,8 @@ from pandaserver.db.base.engine import engine_from_url
 from pandaserver.db.base.schema import upgrade
 from pandaserver.db.base.servertime import db_now_plus
 from pandaserver.db.base.tables import daemon_lease
-from pandaserver.db.stores.leases import Holder, LeaseResult, LeaseStore
+from pandaserver.db.stores.leasegrant import LeaseResult
+from pandaserver.db.stores.leases import Holder, LeaseStore
 from pandaserver.exitcodes import RET_FAILED
 
 # clocks of two statements a few milliseconds apart; SQLite's 'now' has millisecond steps

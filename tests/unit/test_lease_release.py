@@ -1,4 +1,4 @@
-"""Deferred lease releases (daemons/fleet/dbleases.py): a finished lease of the preferred
+"""Deferred lease releases (daemons/fleet/releases.py): a finished lease of the preferred
 server is released by its next grant statement, or by one batched release before the next
 server would look; at once where anyone could need it sooner. In-process, with the fake
 fleet of test_rank.py and an injected clock."""
@@ -10,10 +10,10 @@ from typing import Any
 
 from test_rank import FakeFleet, gate_with, script_ranked
 
-from pandaserver.daemons.fleet.dbleases import DbLeases, release_by
+from pandaserver.daemons.fleet.dbleases import DbLeases
 from pandaserver.daemons.fleet.leasemanager import LeaseDecision
-from pandaserver.daemons.fleet.rank import fallback_offset
-from pandaserver.db.stores.leases import LeaseResult
+from pandaserver.daemons.fleet.rank import fallback_offset, release_by
+from pandaserver.db.stores.leasegrant import LeaseResult
 
 
 def granted(gate: DbLeases, fleet: FakeFleet, spec: Any, generation: int,
@@ -46,12 +46,12 @@ def test_the_preferred_servers_release_rides_on_its_next_grant() -> None:
     fleet.clock = 40.0  # due: the next grant names the finished generation
     sent: list[Any] = []
     gate.acquire(spec, fleet.clock, sent.append)
-    assert gate.finished == {} and gate.next_release() is None
+    assert gate.releases.finished == {} and gate.next_release() is None
     # the statement carries it: try_acquire(..., finished=7)
     fleet.answer("lease", LeaseResult(granted=True, generation=8, wait=0.0,
                                           holder=fleet.server, due_in=10.0, next_due=None,
                                           expires=None))
-    assert gate.folded == 1 and fleet.released == []
+    assert gate.releases.folded == 1 and fleet.released == []
 
 
 def test_a_refused_grant_releases_the_finished_lease_at_once() -> None:
@@ -65,7 +65,7 @@ def test_a_refused_grant_releases_the_finished_lease_at_once() -> None:
     fleet.answer("lease", LeaseResult(granted=False, generation=None, wait=1.0,
                                           next_due=None, expires=None, holder="srv01", due_in=None,
                                           held_past_due=False))
-    assert fleet.released == [(spec.name, 7)] and gate.folded == 0
+    assert fleet.released == [(spec.name, 7)] and gate.releases.folded == 0
 
 
 def test_without_a_grant_in_time_one_statement_releases_every_due_lease() -> None:
@@ -82,7 +82,7 @@ def test_without_a_grant_in_time_one_statement_releases_every_due_lease() -> Non
     fleet.clock = by
     gate.send_releases(fleet.clock)
     assert [what for _, what, _ in fleet.calls] == ["release"]
-    assert gate.finished == {} and gate.next_release() is None
+    assert gate.releases.finished == {} and gate.next_release() is None
 
 
 def test_an_operators_run_now_releases_that_scripts_finished_lease_at_once() -> None:
@@ -99,14 +99,14 @@ def test_an_operators_run_now_releases_that_scripts_finished_lease_at_once() -> 
     assert not fleet.calls
     gate.send_releases(fleet.clock, only=spec.name)
     assert [what for _, what, _ in fleet.calls] == ["release"]
-    assert gate.finished == {} and gate.expiring == {}
+    assert gate.releases.finished == {} and gate.releases.expiring == {}
     # one deferred until near its due time: released at once too
     granted(gate, fleet, spec, 8, due_in=10.0)
     gate.release(spec.name, 8)
-    assert spec.name in gate.finished
+    assert spec.name in gate.releases.finished
     gate.send_releases(fleet.clock, only=spec.name)
     assert [what for _, what, _ in fleet.calls] == ["release", "release"]
-    assert gate.finished == {}
+    assert gate.releases.finished == {}
 
 
 def test_released_at_once_where_another_server_may_need_it_sooner() -> None:
@@ -120,7 +120,7 @@ def test_released_at_once_where_another_server_may_need_it_sooner() -> None:
     granted(gate, fleet, preferred, 3, due_in=10.0)
     fleet.clock = 41.0  # an overrun: ended after its next due time
     gate.release(preferred.name, 3)
-    assert fleet.released[-1] == (preferred.name, 3) and gate.finished == {}
+    assert fleet.released[-1] == (preferred.name, 3) and gate.releases.finished == {}
 
 
 def test_a_lease_that_expires_before_anyone_asks_needs_no_release() -> None:
@@ -129,7 +129,7 @@ def test_a_lease_that_expires_before_anyone_asks_needs_no_release() -> None:
     fleet.clock = 30.0
     granted(gate, fleet, spec, 7, due_in=600.0)  # lease_ttl 30 s, period 10 s asked
     gate.release(spec.name, 7)
-    assert fleet.released == [] and gate.finished == {} and not fleet.calls
+    assert fleet.released == [] and gate.releases.finished == {} and not fleet.calls
 
 
 def test_the_stop_sends_every_deferred_release() -> None:
@@ -140,7 +140,7 @@ def test_the_stop_sends_every_deferred_release() -> None:
     gate.release(spec.name, 7)
     for hook in fleet.at_close:  # FleetDb.close runs them first
         hook()
-    assert [what for _, what, _ in fleet.calls] == ["release"] and gate.finished == {}
+    assert [what for _, what, _ in fleet.calls] == ["release"] and gate.releases.finished == {}
 
 
 def test_while_the_database_is_down_a_release_waits_with_the_failed_ones() -> None:

@@ -465,6 +465,18 @@ def test_run_once_stops_after_its_one_run(outcome: str) -> None:
     assert rig.master.stopping and rig.master.dispatcher.once_outcome == outcome
 
 
+def test_run_once_of_a_sync_script_whose_lease_is_refused_stops_skipped() -> None:
+    """The refusal is handled by ``Refusals`` (refusals.py); the dispatcher stops the
+    run-once master on its word, with nothing run."""
+    rig = Rig([spec("one", sync=True)], n_proc=1, only="one")
+    rig.start_workers()
+    rig.turn()
+    assert [name for name, _, _ in rig.leases.asked] == ["one"]
+    rig.leases.refuse(holder="other", wait=5.0)
+    assert rig.master.stopping and rig.master.dispatcher.once_outcome == protocol.SKIPPED
+    assert rig.history.records == []
+
+
 # ----- one writer -------------------------------------------------------------------------
 def test_only_the_timetable_writes_the_scheduling_fields() -> None:
     """The timetable keeps its heaps in step with the states because every change goes

@@ -18,13 +18,13 @@ def test_refusals_are_counted_with_the_holder_and_write_no_history(
     state = m.scripts["shared"]
     caplog.set_level("INFO", logger="panda.master")
     for now, holder in ((100.0, "a"), (110.0, "a"), (120.0, None), (130.0, "b")):
-        m._lease_refused(state, LeaseDecision(granted=False, wait=5.0, holder=holder), now)
-    m._lease_refused(state, LeaseDecision(granted=False, wait=2.0, unavailable=True), 140.0)
+        m.refusals.note(state, LeaseDecision(granted=False, wait=5.0, holder=holder), now)
+    m.refusals.note(state, LeaseDecision(granted=False, wait=2.0, unavailable=True), 140.0)
     assert rig.history.records == [] and rig.history.started == []  # no history row
-    assert m.contention.total == 4  # the outage is no refusal
-    assert m.contention.report("shared", 150.0) == {
+    assert m.refusals.contention.total == 4  # the outage is no refusal
+    assert m.refusals.contention.report("shared", 150.0) == {
         "refused": 4, "held_elsewhere": 3, "holder": "b", "holder_ago": 20.0, "last_ago": 20.0}
-    assert m.contention.report("other", 150.0) is None
+    assert m.refusals.contention.report("other", 150.0) is None
     # a line when the holder changes, not one per refusal
     held = [r.getMessage() for r in caplog.records if "lease held by" in r.getMessage()]
     assert [line.split(";")[0] for line in held] == ["shared: lease held by a",

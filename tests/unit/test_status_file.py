@@ -36,7 +36,7 @@ def fake_master(count: int = 3) -> Any:
             scripts=Timetable({n: ScriptState(DaemonSpec(name=n, module="m", period=10.0,
                                                          timeout=30.0), next_due=100.0)
                                for n in names}),
-            unimportable=set(), last_outcomes={}, contention=Contentions()),
+            unimportable=set(), last_outcomes={}, refusals=SimpleNamespace(contention=Contentions())),
         controls=SimpleNamespace(crashes=CrashLoops(60.0), paused={}, drain_hold=None))
 
 
@@ -75,10 +75,10 @@ def test_the_file_holds_the_state_redacted(tmp_path: Path) -> None:
 
 def test_a_capture_shares_nothing_the_loop_changes_after(tmp_path: Path) -> None:
     master = fake_master()
-    master.dispatcher.contention.note("s2", "other", 40.0)
+    master.dispatcher.refusals.contention.note("s2", "other", 40.0)
     cap = status.capture(master, 50.0)
-    master.dispatcher.contention.note("s2", "third", 49.0)
-    master.dispatcher.contention.note("s0", None, 49.0)
+    master.dispatcher.refusals.contention.note("s2", "third", 49.0)
+    master.dispatcher.refusals.contention.note("s0", None, 49.0)
     scripts = master.dispatcher.scripts
     scripts.set_due(scripts["s0"], 70.0)
     scripts.started(scripts["s1"], 7, 49.0, scripts["s1"].next_due)

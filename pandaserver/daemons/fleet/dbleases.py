@@ -27,7 +27,6 @@ preferred server. Nothing here decides who may run: that stays the grant stateme
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +35,8 @@ from pandaserver.daemons.base.runs import LogRecorder, Run, RunRecord
 from pandaserver.daemons.fleet import rank
 from pandaserver.daemons.fleet.grantwatch import GrantWatch, Known
 from pandaserver.daemons.fleet.leasemanager import AcquireReply, LeaseDecision, RenewReply, Turn
-from pandaserver.daemons.fleet.rank import Read, Seen, draining, release_by, wait_from
+from pandaserver.daemons.fleet.rank import Read, Seen, draining, wait_from
+from pandaserver.daemons.fleet.releases import Granted, Releases
 
 if TYPE_CHECKING:
     from pandaserver.daemons.fleet.fleetdb import FleetDb
@@ -48,16 +48,6 @@ LIVE_MIN = 10.0  # ... or this many seconds (short intervals: a loaded machine b
 SETTLE = 2.0  # seconds between server-list reads while the list keeps changing (start-up)
 POLL = 0.02  # seconds between looks while a read is under way
 FRESH = 0.25  # seconds: how old a read showing a period ungranted may be to ask on it
-
-
-@dataclass
-class Granted:
-    """A lease this master was granted, as its own clock bounds it."""
-
-    generation: int
-    period: float
-    due: float | None  # the next fleet-wide due time, early by the grant's latency at most
-    expires: float  # by this moment (monotonic) the lease has expired, unless renewed
 
 
 def _utc(t: float) -> datetime:
@@ -83,13 +73,8 @@ class DbLeases:
         self._last_sent = -1e18
         self._deferred: dict[str, tuple[float, float]] = {}  # name -> (due, look again at)
         self.reads = 0  # lease-table reads made (status, tests)
-        # deferred releases (see "Releases" below)
-        self._granted: dict[str, Granted] = {}  # the leases this master holds, by name
-        self.finished: dict[str, tuple[int, float]] = {}  # name -> (generation, release by)
-        # finished leases that expire before any release would be due: never released by
-        # a statement of their own, unless an operator's run-now needs them free sooner
-        self.expiring: dict[str, tuple[int, float]] = {}  # name -> (generation, expires)
-        self.folded = 0  # releases made by a grant statement (status, tests, benchmarks)
+        # the held leases' clocks and the deferred releases (releases.py)
+        self.releases = Releases(fleet, self.rank)
         self._looked_again: set[str] = set()  # refused past due: asked again soon, once
         self.watch = GrantWatch()  # PostgreSQL: the grants heard, and what was known before
         # grant calls that failed or were given up on (no answer in time): the database may
@@ -224,8 +209,7 @@ class DbLeases:
         ttl = fleet.settings.lease_ttl
         name = spec.name
         # this master's own finished generation of this lease, released by this statement
-        kept = self.finished.pop(name, None) or self.expiring.pop(name, None)
-        finished = None if kept is None else kept[0]
+        finished = self.releases.take(name)
         self.watch.know(name, None)  # what the answer says, if granted
         run = run_id if fleet.member else None
 
@@ -238,10 +222,7 @@ class DbLeases:
                     self.unsure.add(name)
                 elif granted:
                     self.unsure.discard(name)
-            if finished is not None and not granted:  # not released by it: release now
-                fleet.release(name, finished)
-            elif finished is not None:
-                self.folded += 1
+            self.releases.answered(name, finished, granted)
             if late:  # we gave up on it: a grant that arrived anyway is handed back
                 if granted:
                     log.info("%s: a lease grant came back after the call was abandoned;"
@@ -264,10 +245,10 @@ class DbLeases:
                 return
             if granted:
                 self.watch.know(name, Known(int(result.generation), sent, epoch))
-                self._granted[name] = Granted(
+                self.releases.granted(name, Granted(
                     int(result.generation), spec.period,
                     None if result.due_in is None else sent + result.due_in,
-                    fleet.monotonic() + ttl)
+                    fleet.monotonic() + ttl))
             if not result.granted and result.holder not in (None, fleet.server, *self.live):
                 # a server we did not know of: read the list again soon
                 self._next_servers = min(self._next_servers, self._servers_sent + SETTLE)
@@ -314,11 +295,7 @@ class DbLeases:
         def done(result: Any, error: BaseException | None, late: bool) -> None:
             if error is None and result is not None:
                 expires = self.fleet.monotonic() + ttl  # renewed by then at the latest
-                for name, generation in held:
-                    granted = self._granted.get(name)
-                    if name in result and granted is not None \
-                            and granted.generation == generation:
-                        granted.expires = max(granted.expires, expires)
+                self.releases.renewed(held, result, expires)
             if late:
                 return  # too late to count: the master fenced on its own clock meanwhile
             if gate.epoch != epoch:  # the database failed over meanwhile: not ours any more
@@ -344,80 +321,20 @@ class DbLeases:
         self._looked_again.add(name)
         return min(float(result.wait), max(rank.fallback_offset(1, spec.period), POLL))
 
-    # ----- releases: deferred, and folded into the next grant ---------------------------------
+    # ----- releases: deferred, and folded into the next grant (``Releases``) ------------------
     def release(self, name: str, generation: int | None) -> None:
-        """A run under ``name``'s lease ended: release it, now or by folding.
-
-        Nobody else needs a finished lease before its next due time, and the server that
-        asks first then is its preferred one. So when this master is that server (rank 0),
-        the release waits for its own next grant statement for the script, which counts
-        its finished generation as free (one statement for both: ``finished`` in
-        ``LeaseStore.try_acquire``). Should that grant not come by the time the next
-        server would look (``release_by``: half of rank 1's fallback offset after the due
-        time), one statement releases every such lease then (``send_releases``); a lease
-        that has expired by then on its own needs no release at all. Otherwise (not the
-        preferred server, an overrun past the due time, no fleet, the database down)
-        it is released at once, as before.
-        """
-        if generation is None:
-            return
-        fleet = self.fleet
-        now = fleet.monotonic()
-        granted = self._granted.pop(name, None)
-        # released at once: how the run ended is written by the release itself, so it is in
-        # the database before any later grant of this master (db/stores/grantrun.py)
-        if granted is None or granted.generation != generation or granted.due is None:
-            fleet.release(name, generation, fleet.keeper.ended_under(name, generation))
-            return
-        by = release_by(granted.due, granted.period, self.rank(name), fleet.member)
-        if by is None or by <= now or fleet.down_since is not None:
-            fleet.release(name, generation, fleet.keeper.ended_under(name, generation))
-        elif granted.expires > by:  # else it expires on its own before anyone asks
-            self.finished[name] = (generation, by)
-        else:
-            self.expiring[name] = (generation, granted.expires)
+        """A run under ``name``'s lease ended: release it, now or by folding
+        (``Releases.release``)."""
+        self.releases.release(name, generation)
 
     def next_release(self) -> float | None:
         """When ``send_releases`` has a deferred release to send (monotonic)."""
-        return min((by for _, by in self.finished.values()), default=None)
+        return self.releases.next_release()
 
     def send_releases(self, now: float, everything: bool = False,
                       only: str | None = None) -> None:
-        """Release in one statement the deferred leases due by ``now`` (all: at the stop;
-        ``only``: that script's now, whenever it was due: an operator's run-now, which
-        another server may take before the release was due)."""
-        if only is not None:
-            self.expiring = {n: e for n, e in self.expiring.items() if e[1] > now}
-            found = self.finished.get(only) or self.expiring.pop(only, None)
-            due = [] if found is None else [(only, found[0])]
-        else:
-            due = sorted((name, gen) for name, (gen, by) in self.finished.items()
-                         if everything or by <= now)
-            if everything:  # a stopping master leaves no lease of its own held
-                due += sorted((name, gen) for name, (gen, expires) in self.expiring.items()
-                              if expires > now)
-                self.expiring = {}
-        if not due:
-            return
-        fleet = self.fleet
-        for name, _ in due:
-            self.finished.pop(name, None)
-        if fleet.down_since is not None and not fleet.usable(now):
-            fleet.failed_releases.extend(due)
-            return
-
-        def done(result: Any, error: BaseException | None, late: bool) -> None:
-            if late:
-                return
-            if error is not None:
-                fleet.failed_releases.extend(due)
-            elif result < len(due):
-                log.warning("%d of %d finished lease(s) were no longer ours at release"
-                            " (expired and taken, or force-released)", len(due) - result,
-                            len(due))
-
-        fleet._submit("lease", "release", lambda: fleet.leases.release_many(due, fleet.holder),
-                      done)
+        """Release in one statement the deferred leases due by ``now`` (``Releases``)."""
+        self.releases.send_releases(now, everything, only)
 
 
 class DbRecorder:

@@ -5,7 +5,7 @@ Every call is asynchronous: the master asks, and the answer comes back later as 
 at once and grants everything: a single server needs no fleet agreement, and its leases
 never expire (``ttl`` None), so nothing is renewed or fenced. ``turn`` says whether this
 server should ask at all (in a fleet, one preferred server per script asks: daemons/fleet/rank.py).
-A release may be deferred and folded into the next grant statement (daemons/fleet/dbleases.py):
+A release may be deferred and folded into the next grant statement (daemons/fleet/releases.py):
 ``next_release`` says when the deferred ones must go out at the latest, ``send_releases``
 sends them (the ``LeaseKeeper`` calls both with its renewals).
 """

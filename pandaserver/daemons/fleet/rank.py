@@ -9,7 +9,7 @@ at the due time; a server of rank r > 0 asks only if the lease still looks ungra
 about one grant statement per grant instead of K.
 
 The ranking decides who *asks*, never who may run: the grant stays the database's atomic
-statement (db/stores/leases.py), so two runs at once stay impossible whatever the servers think
+statement (db/stores/leasegrant.py), so two runs at once stay impossible whatever the servers think
 of each other's liveness. A wrong ranking (servers that disagree on who is live, a
 preferred server that is dead, partitioned, paused, or not configured with the script)
 costs a fallback delay or an extra statement, never a double run; the fallback makes sure

@@ -5,10 +5,10 @@ the workers by ``RunFences``, fences.py), and each run's outcome.
 
 It owns the timetable (the scripts and their scheduling state: it is their one writer,
 with the reload), the leases its runs hold (``LeaseKeeper``), the run counter, the last
-outcomes, the refusals counted here and the scripts disabled because a worker could not
-import them. It asks the operator controls (its ``Gate``) whether a due script may start,
-takes idle workers from the pool, and hears from the pool when a run is over
-(``PoolEvents``).
+outcomes, the refusals counted here (``Refusals``, refusals.py) and the scripts disabled
+because a worker could not import them. It asks the operator controls (its ``Gate``)
+whether a due script may start, takes idle workers from the pool, and hears from the pool
+when a run is over (``PoolEvents``).
 """
 
 from __future__ import annotations
@@ -26,20 +26,18 @@ from pandaserver.daemons.base.clock import Clock
 from pandaserver.daemons.base.lifeline import KILL_GRACE
 from pandaserver.daemons.base.runs import Recorder, Run, RunRecord
 from pandaserver.daemons.base.states import WorkerState
-from pandaserver.daemons.fleet.contention import Contentions
 from pandaserver.daemons.fleet.keeper import LeaseKeeper
 from pandaserver.daemons.fleet.leasemanager import LeaseDecision, LeaseManager, LocalLeases
 from pandaserver.daemons.master import schedule
 from pandaserver.daemons.master.fences import RunFences
 from pandaserver.daemons.master.firingnotes import FiringNotes
 from pandaserver.daemons.master.pool import RunContainment, Slot
+from pandaserver.daemons.master.refusals import Refusals
 from pandaserver.daemons.master.schedule import REMOVED, ScriptState
 from pandaserver.daemons.master.timetable import Timetable
 from pandaserver.daemons.master.workers import WorkerPool
 
 log = logging.getLogger("panda.master")
-
-MIN_LEASE_RETRY = 0.05
 
 
 class Gate(Protocol):
@@ -81,7 +79,7 @@ class Dispatcher:
         self.firings: FiringNotes | None = None
         self.once_outcome: str | None = None
         self.last_outcomes: dict[str, tuple[str, float]] = {}
-        self.contention = Contentions()  # refused lease attempts here, per sync script
+        self.refusals = Refusals(scripts, only)  # refused lease attempts (refusals.py)
         self.unimportable: set[str] = set()  # disabled: a worker could not import them
         self.held_back: dict[str, ScriptState] = {}  # due, taken off the timetable
 
@@ -152,16 +150,9 @@ class Dispatcher:
         if not decision.granted:
             if not decision.unavailable and run_id == self.run_counter:
                 self.run_counter -= 1  # refused: no row has the number, the next run takes it
-            # Ask again when the database says it is due, and at least once a period: a
-            # holder that stops cleanly releases early, and its lease must not leave a gap.
-            retry = min(decision.wait, spec.period)
-            next_due = max(state.next_due, now + max(retry, MIN_LEASE_RETRY))
-            firing = state.firing
-            if spec.cron is not None and firing is not None:  # served: the next one
-                firing = schedule.firing_after_refusal(spec.cron, firing, decision.served)
-                next_due = max(next_due, self.scripts.due_of(state, firing))
-            self.scripts.answered(state, next_due, firing)
-            self._lease_refused(state, decision, now)
+            if self.refusals.refused(state, decision, now):  # run-once: nothing to run
+                self.once_outcome = protocol.SKIPPED
+                self.stop(now, 0)
             return
         self.scripts.answered(state)
         stopping = self.pool.stopping
@@ -278,27 +269,6 @@ class Dispatcher:
         """Kill runs whose lease cannot be confirmed before it may expire (self-fencing)."""
         self.fences.fence(now)
 
-    def _lease_refused(self, state: ScriptState, decision: LeaseDecision, now: float) -> None:
-        """Another server holds the lease or it is not due fleet-wide yet (we try again
-        when it is): counted in memory for the status file, never a history row (the lease
-        row counts refusals fleet-wide); or the database is down (the fleet logs that once)."""
-        name = state.spec.name
-        if decision.unavailable:
-            log.debug("%s skipped: no lease while the database is unavailable", name)
-        elif self.contention.note(name, decision.holder, now):
-            log.info("%s: lease held by %s; not run here (refusals are counted in"
-                     " panda-daemon status and on the lease row)", name, decision.holder)
-        elif decision.holder is None:
-            log.debug("%s not due fleet-wide for %.3f s", name, decision.wait)
-        if self.only is not None:
-            why = (f"its lease is held by {decision.holder}" if decision.holder else
-                   "the database is unavailable" if decision.unavailable else
-                   f"it is not due fleet-wide for another {decision.wait:.0f} s")
-            log.error("%s cannot run now: %s (--ignore-lease runs it without the lease)",
-                      state.spec.name, why)
-            self.once_outcome = protocol.SKIPPED
-            self.stop(now, 0)
-
     def warn_late(self, now: float) -> None:
         late = self.scripts.late_to_warn(now)
         if not late:
@@ -400,7 +370,7 @@ class Dispatcher:
 
     def release_finished(self, name: str) -> None:
         """An operator's run-now of ``name`` reached this master: a finished lease of it
-        whose release waits for this master's next grant (daemons/fleet/dbleases.py) is
+        whose release waits for this master's next grant (daemons/fleet/releases.py) is
         released now, so that the server taking the run-now is not refused until it
         expires."""
         self.leases.send_releases(self.clock.monotonic(), only=name)

@@ -15,7 +15,7 @@ Semantics:
   counts its period from its start less the tolerance: consecutive runs are never closer
   than ``period - tolerance``, and missed periods are skipped, never run in a burst. (A
   sync script's due time is kept fleet-wide by its lease row with the same rule, see
-  db/stores/leases.py.)
+  db/stores/leasegrant.py.)
 - A script never runs twice at once on one server: a running script is not due.
 - A run that outlasts its period leaves ``next_due`` in the past, so the script runs once
   right after the overrun ends, then counts its period from that start.

@@ -94,7 +94,7 @@ def capture(master: Master, now: float) -> Capture:
                     for s in pool.slots.values())
     states = dispatcher.scripts.states()
     fleet = master.fleet
-    refused = dispatcher.contention.scripts
+    refused = dispatcher.refusals.contention.scripts
     contention = dict(zip(refused.keys(), map(_CONTENTION_FIELDS, refused.values()),
                           strict=True))
     crashes = controls.crashes
@@ -195,7 +195,7 @@ def signature(master: Master) -> tuple[Any, ...]:
         tuple((n, c.failures) for n, c in sorted(controls.crashes.scripts.items())),
         logsink.MASTER.dropped, logsink.MASTER.failing, logsink.WORKERS.dropped,
         bool(logsink.WORKERS.failing),
-        dispatcher.contention.total,
+        dispatcher.refusals.contention.total,
     )
 
 

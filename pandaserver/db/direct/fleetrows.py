@@ -58,7 +58,7 @@ class LeaseRow:
     contended_at: datetime | None = None
     firing: datetime | None = None  # a cron script's: the latest firing served
     # held, but its run has ended (its history row says so): the release has not landed yet
-    # (deferred until the holder's next grant: daemons/fleet/dbleases.py). Not read by
+    # (deferred until the holder's next grant: daemons/fleet/releases.py). Not read by
     # ``list_leases``: ``with_finished`` fills it
     finished: bool = False
 

@@ -15,7 +15,7 @@ A grant that asked without a run (tools, a run-once master, a previous release) 
 row, as before.
 
 A grant that also releases the holder's own finished generation (``finished``: the deferred
-release of daemons/fleet/dbleases.py) ends that run's row too when the holder says how it
+release of daemons/fleet/releases.py) ends that run's row too when the holder says how it
 ended (``Ended``): so the run just before the new grant is not left ``running`` in the
 database while its end waits in the master's memory for the next history batch, where a kill
 would make it ``lost``. The end is written as the history writer's would (outcome, end time,
@@ -89,7 +89,7 @@ def params(run_id: int | None, ended: Ended | None = None) -> dict[str, Any]:
 
 
 def _values(generation: Any) -> list[Any]:
-    """The row's values from the grant's own parameters (``leases.py``: ``lease_name``,
+    """The row's values from the grant's own parameters (``leasegrant.py``: ``lease_name``,
     ``lease_server``, ``lease_token``, ``lease_pid``) and the generation granted."""
     t = daemon_lease
     return [bindparam("lease_name", type_=t.c.name.type),

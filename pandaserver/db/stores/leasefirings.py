@@ -2,7 +2,7 @@
 
 A sync script on a ``cron`` schedule asks for a *firing* (``LeaseStore.try_acquire(...,
 firing=, next_firing=)``, both computed by the master from the schedule), and its grant is
-the lease statement of ``leases.py`` with another condition::
+the lease statement of ``leasegrant.py`` with another condition::
 
       WHERE firing IS NOT NULL AND firing < :firing         -- not served yet
         AND :firing <= now AND now < :next_firing            -- its time has come, not gone
@@ -52,7 +52,7 @@ RETURNED = ("generation", "owner_server", "next_due", "expires_at", "acquired_at
 
 def grant_owner(p_server: Any, p_period: Any) -> dict[str, Any]:
     """The columns a grant sets (holder, its times, the period in force): the same for a
-    period's grant (leases.py) and a firing's."""
+    period's grant (leasegrant.py) and a firing's."""
     t = daemon_lease
     now = db_now_expr()
     return {
@@ -83,7 +83,7 @@ def grant_announce() -> Any:
 
 def finished_by_holder(p_server: Any) -> Any:
     """A grant's term: the lease is still held under ``:lease_finished``, a generation this
-    very holder ran and finished (a deferred release: daemons/fleet/dbleases.py), so the
+    very holder ran and finished (a deferred release: daemons/fleet/releases.py), so the
     grant may take it. The row must name this server and pid, and this master process's
     token when one is given (after a failover another server may hold that generation).
 
