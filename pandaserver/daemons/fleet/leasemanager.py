@@ -90,11 +90,32 @@ class LeaseManager(Protocol):
         """Send the deferred releases due by ``now`` (``everything``: all of them)."""
 
 
-class LocalLeases:
-    """Every script may run: the right answer for one server with no shared database."""
+class _NoDatabase:
+    """What a lease manager with no database to talk to does with held leases: every
+    renewal holds, and nothing is released or removed anywhere."""
 
     ttl: float | None = None
     epoch = 0
+
+    def renew(self, held: list[tuple[str, int]], now: float, reply: RenewReply) -> None:
+        reply({name for name, _ in held}, now)
+
+    def release(self, name: str, generation: int | None) -> None:
+        return None
+
+    def not_run(self, name: str, generation: int, run_id: int) -> None:
+        return None
+
+    def next_release(self) -> float | None:
+        return None
+
+    def send_releases(self, now: float, everything: bool = False,
+                      only: str | None = None) -> None:
+        return None
+
+
+class LocalLeases(_NoDatabase):
+    """Every script may run: the right answer for one server with no shared database."""
 
     def turn(self, spec: DaemonSpec, due: float, now: float) -> Turn:
         return Turn(ask=True, due=due)
@@ -103,31 +124,13 @@ class LocalLeases:
                 firing: float | None = None, run_id: int | None = None) -> None:
         reply(LeaseDecision(granted=True, sent=now))
 
-    def renew(self, held: list[tuple[str, int]], now: float, reply: RenewReply) -> None:
-        reply({name for name, _ in held}, now)
 
-    def release(self, name: str, generation: int | None) -> None:
-        return None
-
-    def not_run(self, name: str, generation: int, run_id: int) -> None:
-        return None
-
-    def next_release(self) -> float | None:
-        return None
-
-    def send_releases(self, now: float, everything: bool = False,
-                      only: str | None = None) -> None:
-        return None
-
-
-class PendingLeases:
+class PendingLeases(_NoDatabase):
     """The leases of a master whose database side is not open yet (it opens just after the
     first run of a script that needs no lease, daemons/fleet/late.py): no sync script asks
     before then; each looks again ``RETRY`` seconds later."""
 
     RETRY = 0.05
-    ttl: float | None = None
-    epoch = 0
 
     def turn(self, spec: DaemonSpec, due: float, now: float) -> Turn:
         return Turn(ask=False, due=due, at=now + self.RETRY)
@@ -135,19 +138,3 @@ class PendingLeases:
     def acquire(self, spec: DaemonSpec, now: float, reply: AcquireReply,
                 firing: float | None = None, run_id: int | None = None) -> None:
         reply(LeaseDecision(granted=False, wait=self.RETRY, sent=now))
-
-    def not_run(self, name: str, generation: int, run_id: int) -> None:
-        return None
-
-    def renew(self, held: list[tuple[str, int]], now: float, reply: RenewReply) -> None:
-        reply({name for name, _ in held}, now)
-
-    def release(self, name: str, generation: int | None) -> None:
-        return None
-
-    def next_release(self) -> float | None:
-        return None
-
-    def send_releases(self, now: float, everything: bool = False,
-                      only: str | None = None) -> None:
-        return None
