@@ -65,6 +65,11 @@ from pandaserver.db.direct.operator_rows import Hold as Hold
 from pandaserver.db.direct.operator_rows import hold_scope
 
 
+def _param(column: Any, name: str | None = None) -> Any:
+    """A bound parameter of ``column``'s type, named after it (or ``name``)."""
+    return bindparam(name or column.name, type_=column.type)
+
+
 def operator_statements() -> dict[str, Executable]:
     """The operator's side, one statement per step, with named bound parameters: run by
     ``ControlStore`` (SQLAlchemy) and, compiled for SQLite and checked in, by
@@ -72,30 +77,28 @@ def operator_statements() -> dict[str, Executable]:
     t, h, a, s = daemon_command, daemon_hold, daemon_command_ack, daemon_server
     return {
         "insert_command": insert(t).values(
-            verb=bindparam("verb", type_=t.c.verb.type),
-            target=bindparam("target", type_=t.c.target.type),
-            server=bindparam("server", type_=t.c.server.type),
-            reason=bindparam("reason", type_=t.c.reason.type),
-            requested_by=bindparam("requested_by", type_=t.c.requested_by.type),
+            verb=_param(t.c.verb),
+            target=_param(t.c.target),
+            server=_param(t.c.server),
+            reason=_param(t.c.reason),
+            requested_by=_param(t.c.requested_by),
             requested_at=db_now_expr()),
-        "command": select(t).where(t.c.id == bindparam("id", type_=t.c.id.type)),
-        "delete_hold": delete(h).where(h.c.kind == bindparam("kind", type_=h.c.kind.type),
-                                       h.c.name == bindparam("name", type_=h.c.name.type),
-                                       h.c.server == bindparam("scope", type_=h.c.server.type)),
+        "command": select(t).where(t.c.id == _param(t.c.id)),
+        "delete_hold": delete(h).where(h.c.kind == _param(h.c.kind),
+                                       h.c.name == _param(h.c.name),
+                                       h.c.server == _param(h.c.server, "scope")),
         "delete_holds_everywhere": delete(h).where(
-            h.c.kind == bindparam("kind", type_=h.c.kind.type),
-            h.c.name == bindparam("name", type_=h.c.name.type)),
+            h.c.kind == _param(h.c.kind),
+            h.c.name == _param(h.c.name)),
         "insert_hold": insert(h).values(
-            kind=bindparam("kind", type_=h.c.kind.type),
-            name=bindparam("name", type_=h.c.name.type),
-            server=bindparam("scope", type_=h.c.server.type),
-            command_id=bindparam("command_id", type_=h.c.command_id.type),
-            requested_by=bindparam("requested_by", type_=h.c.requested_by.type),
-            reason=bindparam("reason", type_=h.c.reason.type),
-            since=bindparam("since", type_=h.c.since.type)),
-        "acks": select(a).where(a.c.command_id == bindparam("command_id",
-                                                            type_=a.c.command_id.type))
-        .order_by(a.c.server),
+            kind=_param(h.c.kind),
+            name=_param(h.c.name),
+            server=_param(h.c.server, "scope"),
+            command_id=_param(h.c.command_id),
+            requested_by=_param(h.c.requested_by),
+            reason=_param(h.c.reason),
+            since=_param(h.c.since)),
+        "acks": select(a).where(a.c.command_id == _param(a.c.command_id)).order_by(a.c.server),
         "holds": select(h).order_by(h.c.kind, h.c.name, h.c.server),
         "recent": select(t).order_by(t.c.id.desc()).limit(bindparam("limit"))
         .offset(bindparam("offset")),
