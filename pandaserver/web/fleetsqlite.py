@@ -15,7 +15,7 @@ import sqlite3
 from typing import Any
 
 from pandaserver.db.direct.fleetrows import ServerRow, lease_row
-from pandaserver.db.direct.sqlitedirect import utc
+from pandaserver.db.direct.sqlitedirect import typed_rows, utc
 from pandaserver.db.stores.runrecords import RunRow
 from pandaserver.web.model import FleetSnapshot, ScriptFacts
 
@@ -78,11 +78,7 @@ TIMES = {
 
 
 def _rows(conn: sqlite3.Connection, name: str) -> list[dict[str, Any]]:
-    cursor = conn.execute(SQLITE[name])
-    columns = [d[0] for d in cursor.description]
-    times = TIMES[name]
-    return [{c: utc(v) if c in times else v for c, v in zip(columns, row, strict=True)}
-            for row in cursor.fetchall()]
+    return typed_rows(conn.execute(SQLITE[name]), TIMES[name])
 
 
 def read_fleet(conn: sqlite3.Connection) -> FleetSnapshot:

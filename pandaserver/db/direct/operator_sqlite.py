@@ -24,7 +24,7 @@ from pandaserver.db.direct.operator_rows import (
     Hold,
     hold_scope,
 )
-from pandaserver.db.direct.sqlitedirect import utc
+from pandaserver.db.direct.sqlitedirect import typed_rows, utc
 
 # name -> the statement of operator_commands.operator_statements(), compiled for SQLite
 SQLITE = {
@@ -94,9 +94,7 @@ class SqliteControl:
         self.conn = conn
 
     def _rows(self, name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        cursor = self.conn.execute(SQLITE[name], params or {})
-        columns = [d[0] for d in cursor.description]
-        return [_typed(dict(zip(columns, row, strict=True))) for row in cursor.fetchall()]
+        return typed_rows(self.conn.execute(SQLITE[name], params or {}), TIMES)
 
     def issue(self, verb: str, target: str, server: str | None, reason: str | None,
               requested_by: str) -> Command:

@@ -17,10 +17,11 @@ returns None.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from pandaserver.config import PandaConfig
 from pandaserver.db.direct.schemacheck import default_sqlite, read_state, sqlite_url, verdict
@@ -102,3 +103,11 @@ def utc(text: str | None) -> datetime | None:
     """A timestamp as SQLite holds it (``YYYY-MM-DD HH:MM:SS.ffffff``, UTC), as the
     ``UtcDateTime`` type reads it back."""
     return None if text is None else datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def typed_rows(cursor: sqlite3.Cursor, times: Collection[str]) -> list[dict[str, Any]]:
+    """A cursor's rows as dicts by column, the ``times`` columns read as ``utc`` does (as
+    SQLAlchemy's rows of the same statement read them back)."""
+    columns = [d[0] for d in cursor.description]
+    return [{c: utc(v) if c in times else v for c, v in zip(columns, row, strict=True)}
+            for row in cursor.fetchall()]
