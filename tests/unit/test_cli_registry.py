@@ -83,11 +83,12 @@ def test_commands_without_a_database_import_none_of_it(
     assert heavy == [], f"{' '.join(argv)} imported {sorted({m.split('.')[0] for m in heavy})}"
 
 
-def _migrated(tmp_path: Path) -> Path:
-    """A config naming no database, its default SQLite file migrated."""
+def _migrated(tmp_path: Path, extra: str = "") -> Path:
+    """A config naming no database (plus ``extra`` lines of [daemon]), its default SQLite
+    file migrated."""
     cfg = tmp_path / "panda_server.cfg"
-    cfg.write_text("[daemon]\nenable = True\npackage = pandaserver.daemons.scripts\n"
-                   'config = {"dummy_test": {"period": 600}}\n', encoding="utf-8")
+    cfg.write_text("[daemon]\nenable = True\npackage = pandaserver.daemons.scripts\n" + extra
+                   + 'config = {"dummy_test": {"period": 600}}\n', encoding="utf-8")
     engine = make_engine(load_config(str(cfg)), tmp_path / "state")
     try:
         upgrade(engine)
@@ -127,14 +128,7 @@ def test_a_master_imports_the_database_layer_only_after_its_first_run(tmp_path: 
     """A script that needs no lease is due at start: its run is handed over before the
     master imports SQLAlchemy (daemons/fleet/late.py), which it then does (the database side
     opens: its log line)."""
-    cfg = tmp_path / "panda_server.cfg"
-    cfg.write_text("[daemon]\nenable = True\npackage = pandaserver.daemons.scripts\nn_proc = 1\n"
-                   'config = {"dummy_test": {"period": 600}}\n', encoding="utf-8")
-    engine = make_engine(load_config(str(cfg)), tmp_path / "state")
-    try:
-        upgrade(engine)
-    finally:
-        engine.dispose()
+    cfg = _migrated(tmp_path, "n_proc = 1\n")
     log = tmp_path / "master.log"
     env = {**os.environ, "PANDA_DAEMON_STATE_DIR": str(tmp_path / "state"), "PANDA_NO_ROOT": "1"}
     with log.open("wb") as out:
