@@ -106,8 +106,9 @@ def test_a_holder_killed_right_after_its_grant_leaves_its_generation_a_lost_row(
     assert counted(db_engine) == {("k", "srv-a", LOST): 1}
 
 
-@pytest.mark.parametrize("db_url", ["sqlite", "mysql"], indirect=True)  # one statement on
-def test_a_grant_whose_run_row_fails_is_not_granted(  # PostgreSQL: the two cannot part
+# not PostgreSQL: there grant and row are one statement, which cannot part
+@pytest.mark.parametrize("db_url", ["sqlite", "mysql"], indirect=True)
+def test_a_grant_whose_run_row_fails_is_not_granted(
         db_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     """Where the row is a second statement (SQLite, MariaDB), grant and row commit
     together or not at all."""
