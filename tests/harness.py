@@ -29,16 +29,19 @@ RUN_LINE = re.compile(r"panda\.master: (?P<name>\S+) run (?P<run>\d+) outcome=(?
 MASTER_TOKEN = "PYTEST_PANDA_MASTER"  # in the environment of everything one master started
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition",
-              interval: float = 0.02) -> Any:
-    """Poll ``predicate`` until it returns a true value; fail after ``timeout`` seconds."""
+def wait_for(predicate: Callable[[], Any], timeout: float = 15.0,
+             what: str | Callable[[], str] = "condition", interval: float = 0.02) -> Any:
+    """Poll ``predicate`` until it returns a true value; fail after ``timeout`` seconds.
+    ``what`` may be a callable: the description is then made at the failure (a log's tail
+    as it is then, not as it was when the wait began)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            described = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout} s waiting for {described}")
         time.sleep(interval)
 
 
@@ -80,8 +83,8 @@ class MasterProcess:
         self._log = self.log_path.open("wb")
         self.token = uuid.uuid4().hex
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pandaserver.daemons.master", "-c", str(config),
-             "--server-name", server, "--log-level", log_level, *command],
+            [sys.executable, "-X", "faulthandler", "-m", "pandaserver.daemons.master",
+             "-c", str(config), "--server-name", server, "--log-level", log_level, *command],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**(env or script_env(self.record, **(extra_env or {}))),
                  MASTER_TOKEN: self.token},
@@ -139,11 +142,28 @@ class MasterProcess:
 
     def wait_events(self, count: int, event: str, name: str, timeout: float = 15.0) -> list[Any]:
         return wait_for(lambda: len(self.events(event, name)) >= count and self.events(event, name),
-                        timeout, f"{count} {event} events of {name}\n--- log ---\n{self.log()[-3000:]}")
+                        timeout, lambda: self._stuck(f"{count} {event} events of {name}"))
 
     def wait_log(self, text: str, timeout: float = 15.0, count: int = 1) -> None:
         wait_for(lambda: self.log().count(text) >= count, timeout,
-                 f"{text!r} x{count} in the master log\n--- log ---\n{self.log()[-3000:]}")
+                 lambda: self._stuck(f"{text!r} x{count} in the master log"))
+
+    def _stuck(self, what: str) -> str:
+        """What a failed wait reports: whether the master still runs, its tree, and (when it
+        does) the stack of each of its threads, which it writes to its log as it aborts
+        (it runs with faulthandler on): the test has failed, the master is of no more use."""
+        code = self.proc.poll()
+        if code is not None:
+            return f"{what}: the master exited with status {code}\n--- log ---\n{self.log()[-3000:]}"
+        rows = []
+        for proc in self.tree():
+            with contextlib.suppress(psutil.Error):
+                rows.append(f"  {proc.pid} {proc.status()} {' '.join(proc.cmdline())[:160]}")
+        self.signal(signal.SIGABRT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+        return (f"{what}: the master was still running; its tree:\n" + "\n".join(rows)
+                + f"\n--- log, ending with its threads' stacks ---\n{self.log()[-6000:]}")
 
     def tree(self) -> list[psutil.Process]:
         """The master and every descendant; remembered so teardown can check them."""

@@ -43,7 +43,7 @@ def test_fleet_shows_real_masters_on_postgresql_and_check_is_ok(tmp_path: Path,
             local = next(s for s in data["scripts"] if s["name"] == "local")
             return len(data["servers"]) == 2 and len(local["runs"]) == 2 and data
 
-        data = wait_for(both_ran, 30, f"both masters' runs\n{masters[0].log()[-2000:]}")
+        data = wait_for(both_ran, 30, lambda: f"both masters' runs\n{masters[0].log()[-2000:]}")
         assert data["summary"] == {"stale": [], "late": [], "config_mismatch": [],
                                    "silent_servers": [], "paused": [],
                                    "draining_servers": [], "crash_looping": {},

@@ -92,7 +92,8 @@ class Service:
     def wait_log(self, text: str, name: str = "panda_daemon_stdout.log", count: int = 1,
                  timeout: float = 15) -> None:
         wait_for(lambda: self.log(name).count(text) >= count, timeout,
-                 f"{text!r} x{count} in {name}:\n{self.log(name)[-2000:]}", interval=POLL)
+                 lambda: f"{text!r} x{count} in {name}:\n{self.log(name)[-2000:]}",
+                 interval=POLL)
 
     def workers(self, master: int, count: int) -> list[psutil.Process]:
         def found() -> list[psutil.Process] | None:

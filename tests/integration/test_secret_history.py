@@ -86,7 +86,7 @@ def test_a_failed_runs_secret_never_reaches_the_row_the_pages_or_the_api(
                         extra=f"[server]\npanda_api_token = {SECRET}\n")
     with running_master(path, tmp_path, extra_env={"PANDA_TEST_LEAK": SECRET}) as master:
         wait_for(lambda: any(outcome == FAILED for outcome, _ in raw_errors(engine)), 30,
-                 f"the failed run's row\n{master.log()[-3000:]}")
+                 lambda: f"the failed run's row\n{master.log()[-3000:]}")
         app = FleetApp(load_config(str(path)), WebSettings())  # as `panda-daemon web` does
         app.reader.state_dir = tmp_path / "state"
         shown = {page: call(app, page) for page in PAGES}  # while the master is live

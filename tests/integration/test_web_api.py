@@ -421,7 +421,7 @@ def test_real_masters_history_status_and_workers(db_url: URL, db_engine: Engine,
         wait_for(lambda: any(r.outcome == "ok" for r in history.query("shared", 100))
                  and len({r.server for r in history.query("broken", 100)}) == 2
                  and len(history.query("broken", 100)) >= 4, 30,
-                 f"runs of both masters\n{one.log()[-2000:]}")
+                 lambda: f"runs of both masters\n{one.log()[-2000:]}")
         fleet = wait_for(lambda: (d := get_json(app, "/api/fleet")) and len(d["servers"]) == 2
                          and len(d["local_masters"]) == 2 and d, 15, "two heartbeats")
         assert {m["server"]: m["workers_alive"] for m in fleet["local_masters"]} == {
