@@ -275,6 +275,8 @@ def stop(pidfile: Path, timeout: float, out: TextIO, err: TextIO) -> int:
     deadline = time.monotonic() + KILL_WAIT
     while lock_holder(pidfile) == master.pid and time.monotonic() < deadline:
         time.sleep(0.05)
+    if subtree is not None:
+        _remove_subtree(subtree, deadline)
     note = exit_note(pidfile) if read_pid(pidfile) == master.pid else None
     remove_stale(pidfile, master.pid)
     out.write(f"panda-daemon stopped (master pid {master.pid})\n")
@@ -293,8 +295,8 @@ def _reported(note: tuple[int, str] | None, code: int, err: TextIO) -> int:
 def _end_leftovers(family: dict[int, psutil.Process], identity: str, subtree: Path | None,
                    grace: float, out: TextIO, err: TextIO) -> int:
     """After the master: wait ``grace`` s for its family to end by itself, then SIGKILL, and
-    name, every process of the family, marked with ``identity`` or in the master's cgroups;
-    0 once all are gone, 1 (naming them) otherwise."""
+    name, every process of the family, marked with ``identity`` or in the master's cgroups
+    (``subtree``); 0 once all are gone, 1 (naming them) otherwise."""
     def leftovers() -> dict[int, psutil.Process]:
         found = {pid: proc for pid, proc in family.items() if _alive(proc)}
         pids = [proc.pid for proc in containment.find_marked(identity)]
@@ -316,9 +318,15 @@ def _end_leftovers(family: dict[int, psutil.Process], identity: str, subtree: Pa
     if alive:
         err.write(f"panda-daemon: processes still running after SIGKILL: {_pids(alive)}\n")
         return exitcodes.RET_FAILED
-    if subtree is not None:
-        cgroups.remove(subtree)  # best effort: the next master removes it otherwise
     return exitcodes.RET_OK
+
+
+def _remove_subtree(subtree: Path, deadline: float) -> None:
+    """Remove the master's cgroups once their last task has left: an exiting process's
+    other threads keep its cgroup busy after the process looks a zombie. Best effort until
+    ``deadline``: the next master removes what is left (``cgroups.remove_stale``)."""
+    while not cgroups.remove(subtree) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
