@@ -14,19 +14,25 @@ from pg import PgCluster, url_text
 from sqlalchemy import URL
 
 
-def fleet_config(tmp_path: Path, pg_url: URL, scripts: dict[str, dict[str, Any]],
-                 **daemon: Any) -> Path:
-    """A config on ``pg_url`` (heartbeat every second unless said), schema upgraded."""
+def fleet_config(tmp_path: Path, pg_url: URL, scripts: dict[str, dict[str, Any]], *,
+                 upgrade: bool = True, **daemon: Any) -> Path:
+    """A config on ``pg_url`` in ``tmp_path`` (made if need be; heartbeat every second unless
+    said), its schema upgraded unless ``upgrade`` is False."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     daemon.setdefault("heartbeat_interval", 1)
     cfg = write_config(tmp_path, scripts, db_url=url_text(pg_url), **daemon)
-    upgrade = cli(tmp_path, cfg, "db", "upgrade")
-    assert upgrade.returncode == 0, upgrade.stderr
+    if upgrade:
+        upgraded = cli(tmp_path, cfg, "db", "upgrade")
+        assert upgraded.returncode == 0, upgraded.stderr
     return cfg
 
 
-def cli(tmp_path: Path, cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(tmp_path: Path, cfg: Path, *args: str, server: str | None = None
+        ) -> subprocess.CompletedProcess[str]:
+    """``panda-daemon -c CFG [--server-name SERVER] ARGS...``, its output captured."""
+    named = ["--server-name", server] if server is not None else []
     return subprocess.run([sys.executable, "-m", "pandaserver.daemons.master", "-c", str(cfg),
-                           *args], capture_output=True, text=True, timeout=60,
+                           *named, *args], capture_output=True, text=True, timeout=90,
                           env=script_env(tmp_path / "cli.jsonl"), stdin=subprocess.DEVNULL)
 
 

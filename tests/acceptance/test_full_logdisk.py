@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from harness import wait_for
 from prometheus_client.parser import text_string_to_metric_families
-from test_service import Service, checked, events
+from servicekit import Service, checked, events
 
 from pandaserver.config import load_config
 from pandaserver.web.app import FleetApp

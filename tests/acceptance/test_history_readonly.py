@@ -15,8 +15,8 @@ import pytest
 from harness import running_master, wait_for
 from pg import PgCluster, url_text
 from pgfleet import cut, fleet_config, restore
+from servicekit import Service, events
 from sqlalchemy import URL
-from test_service import Service, events
 
 from pandaserver import exitcodes
 

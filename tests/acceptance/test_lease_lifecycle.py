@@ -18,36 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import running_master, script_env, wait_for, write_config
-from pg import PgCluster, url_text
-from pgfleet import cut, restore
+from harness import running_master, script_env, wait_for
+from pg import PgCluster
+from pgfleet import cli, cut, fleet_config, restore
 from sqlalchemy import URL
 
 SOON = 10.0  # seconds: "at once" on a loaded machine; a lease here lives 60 s or more
 LEASE = {"timeout": 120}  # with lease_ttl = 60: no lease here expires within a minute
-
-
-def fleet_config(directory: Path, pg_url: URL, scripts: dict[str, dict[str, Any]],
-                 **daemon: Any) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    daemon.setdefault("heartbeat_interval", 1)
-    daemon.setdefault("lease_ttl", 60)
-    cfg = write_config(directory, scripts, db_url=url_text(pg_url), **daemon)
-    return cfg
-
-
-def cli(tmp_path: Path, cfg: Path, *args: str, server: str = "cli",
-        ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pandaserver.daemons.master", "-c", str(cfg),
-                           "--server-name", server, *args], capture_output=True, text=True,
-                          timeout=90, env=script_env(tmp_path / "cli.jsonl"),
-                          stdin=subprocess.DEVNULL)
-
-
-def upgraded(tmp_path: Path, cfg: Path) -> Path:
-    result = cli(tmp_path, cfg, "db", "upgrade")
-    assert result.returncode == 0, result.stderr
-    return cfg
 
 
 def lease(tmp_path: Path, cfg: Path, name: str) -> dict[str, Any]:
@@ -72,9 +49,9 @@ def records(path: Path, event: str, name: str) -> list[dict[str, Any]]:
 
 
 def test_a_clean_stop_releases_the_lease_at_once(tmp_path: Path, pg_url: URL) -> None:
-    cfg = upgraded(tmp_path, fleet_config(tmp_path, pg_url, {
+    cfg = fleet_config(tmp_path, pg_url, lease_ttl=60, scripts={
         "long": {"module": "record", "period": 1.0, "sync": True, **LEASE, "arguments": [60]}},
-        stop_grace=0.5))
+        stop_grace=0.5)
     with ExitStack() as stack:
         a = stack.enter_context(running_master(cfg, tmp_path, server="a"))
         first = a.wait_events(1, "start", "long", timeout=30)[0]
@@ -101,8 +78,9 @@ def test_run_once_takes_the_lease_and_exits_7_when_another_server_holds_it(
         tmp_path: Path, pg_url: URL) -> None:
     job = {"period": 60, "sync": True, **LEASE}
     # "one" runs the script under cfg: it waits for a file, so the test decides when it ends
-    cfg = upgraded(tmp_path, fleet_config(tmp_path, pg_url, {"job": {**job, "module": "gate"}}))
-    quick = fleet_config(tmp_path / "quick", pg_url, {"job": {**job, "module": "record"}})
+    cfg = fleet_config(tmp_path, pg_url, lease_ttl=60, scripts={"job": {**job, "module": "gate"}})
+    quick = fleet_config(tmp_path / "quick", pg_url, {"job": {**job, "module": "record"}},
+                         upgrade=False, lease_ttl=60)
     record = tmp_path / "cli.jsonl"
     once = subprocess.Popen(
         [sys.executable, "-m", "pandaserver.daemons.master", "-c", str(cfg), "--server-name",
@@ -149,9 +127,9 @@ def test_run_once_takes_the_lease_and_exits_7_when_another_server_holds_it(
 
 def test_a_master_started_during_an_outage_runs_and_recovers_by_itself(
         tmp_path: Path, pg_url: URL, pg_cluster: PgCluster) -> None:
-    cfg = upgraded(tmp_path, fleet_config(tmp_path, pg_url, {
+    cfg = fleet_config(tmp_path, pg_url, lease_ttl=60, scripts={
         "sync_s": {"module": "record", "period": 0.5, "sync": True},
-        "local_n": {"module": "record", "period": 0.5}}))
+        "local_n": {"module": "record", "period": 0.5}})
     dbname = str(pg_url.database)
     cut(pg_cluster, dbname)
     try:
@@ -176,8 +154,8 @@ def test_a_master_started_during_an_outage_runs_and_recovers_by_itself(
 @pytest.mark.serial  # the lease read and the cut must come within the 5-s run: alone
 def test_a_release_that_failed_in_an_outage_is_retried_when_it_returns(
         tmp_path: Path, pg_url: URL, pg_cluster: PgCluster) -> None:
-    cfg = upgraded(tmp_path, fleet_config(tmp_path, pg_url, {
-        "job": {"module": "record", "period": 60, "sync": True, **LEASE, "arguments": [5.0]}}))
+    cfg = fleet_config(tmp_path, pg_url, lease_ttl=60, scripts={
+        "job": {"module": "record", "period": 60, "sync": True, **LEASE, "arguments": [5.0]}})
     dbname = str(pg_url.database)
     try:
         with running_master(cfg, tmp_path, server="solo") as master:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from harness import FIXTURES, REPO, wait_for
-from test_service_user import _python_for
+from servicekit import python_for
 
 STATE_LINE = ("the SQLite database /nonexistent/.local/state/panda-daemon/panda_daemon.sqlite"
               " (no database is configured: the default, in the state directory under"
@@ -61,7 +61,7 @@ def nobody() -> Iterator[Nobody]:
     uid, gid = pwd.getpwnam("nobody").pw_uid, grp.getgrnam("nogroup").gr_gid
     assert not Path("/nonexistent").exists(), "nobody's HOME exists on this host"
     path = [str(FIXTURES), str(REPO), sysconfig.get_paths()["purelib"]]
-    python = _python_for(uid, gid, path)
+    python = python_for(uid, gid, path)
     root = Path(tempfile.mkdtemp(prefix="panda-quickstart-"))  # not under pytest's 0700 tmp
     try:
         root.chmod(0o755)

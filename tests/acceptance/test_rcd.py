@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from harness import REPO, pid_alive, wait_for
-from test_service import Service, checked
+from servicekit import Service, checked
 
 from pandaserver.service.pidfile import lock_holder
 

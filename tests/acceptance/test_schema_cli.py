@@ -9,9 +9,8 @@ from pathlib import Path
 from alembic import command
 from harness import running_master, write_config
 from pg import PgCluster
-from pgfleet import cut, restore
+from pgfleet import cli, cut, fleet_config, restore
 from sqlalchemy import URL
-from test_lease_lifecycle import cli, fleet_config
 
 from pandaserver.db.base import schema
 from pandaserver.db.base.engine import engine_from_url
@@ -35,7 +34,7 @@ def test_an_older_shared_schema_refuses_run_and_run_once_until_db_upgrade(
         tmp_path: Path, pg_url: URL) -> None:
     _at_oldest(pg_url)
     cfg = fleet_config(tmp_path, pg_url, {"job": {"module": "record", "period": 60,
-                                                  "sync": True}})
+                                                  "sync": True}}, upgrade=False, lease_ttl=60)
     message = (f"database schema {OLDEST} is older than this panda-daemon needs"
                f" (head {head_revision()}); run `panda-daemon db upgrade`")
     run = cli(tmp_path, cfg, "run")
@@ -74,7 +73,8 @@ def test_an_older_schema_found_after_an_outage_at_start_skips_sync_scripts_only(
     _at_oldest(pg_url)
     cfg = fleet_config(tmp_path, pg_url, {"sync_s": {"module": "record", "period": 0.5,
                                                      "sync": True},
-                                          "local_n": {"module": "record", "period": 0.5}})
+                                          "local_n": {"module": "record", "period": 0.5}},
+                       upgrade=False, lease_ttl=60)
     dbname = str(pg_url.database)
     cut(pg_cluster, dbname)
     try:

@@ -10,7 +10,6 @@ import os
 import pwd
 import shutil
 import subprocess
-import sys
 import sysconfig
 import tempfile
 import uuid
@@ -20,28 +19,10 @@ from pathlib import Path
 import psutil
 import pytest
 from harness import FIXTURES, REPO, wait_for
-from test_service import Service, checked, events
+from servicekit import Service, checked, events, python_for
 
 from pandaserver.service import lifecycle as control
 from pandaserver.service.pidfile import lock_holder
-
-
-def _python_for(uid: int, gid: int, path: list[str]) -> str:
-    """An interpreter the user can run with our packages (the venv's Python may live under
-    /root, which the user cannot read; Debian's of the same version shares the ABI)."""
-    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    for candidate in (sys.executable, f"/usr/bin/{version}", f"/usr/local/bin/{version}"):
-        try:
-            probe = subprocess.run(
-                [candidate, "-c", "import psutil, setproctitle, daemon, pandaserver.commands.main"],
-                env={"PYTHONPATH": os.pathsep.join(path), "PATH": os.environ["PATH"]},
-                user=uid, group=gid, extra_groups=[], capture_output=True, cwd="/", check=False)
-        except OSError:  # not there, or not executable by the user
-            continue
-        if probe.returncode == 0:
-            return candidate
-    pytest.fail(f"no Python interpreter that uid {uid} can run with this project: make the"
-                " virtualenv's interpreter readable by it", pytrace=False)
 
 
 @pytest.fixture
@@ -50,7 +31,7 @@ def nobody_svc() -> Iterator[Service]:
         pytest.skip("the switch to another user needs root")
     user, group = pwd.getpwnam("nobody"), grp.getgrnam("nogroup")
     path = [str(FIXTURES), str(REPO), sysconfig.get_paths()["purelib"]]
-    python = _python_for(user.pw_uid, group.gr_gid, path)
+    python = python_for(user.pw_uid, group.gr_gid, path)
     root = Path(tempfile.mkdtemp(prefix="panda-service-"))  # not under pytest's 0700 tmp
     try:
         root.chmod(0o755)

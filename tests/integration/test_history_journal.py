@@ -5,27 +5,17 @@ row; on a real SQLite file, masters driven in-process (a "kill" is a keeper drop
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from harness import wait_for
-from sqlalchemy import Engine, create_engine
-from test_history_keeper import Harness, rows
+from historykit import Harness, rows
+from sqlalchemy import Engine
 
 from pandaserver.daemons.fleet.history import journal as history_journal
 from pandaserver.daemons.fleet.history.journal import Journal
-from pandaserver.db.base.schema import upgrade
 from pandaserver.db.stores.runcounts import read_counts
 from pandaserver.db.stores.runrecords import LOST, OK, RUNNING, RunRecord, RunStart
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    engine = create_engine(f"sqlite:///{tmp_path / 'h.sqlite'}")
-    upgrade(engine)
-    yield engine
-    engine.dispose()
 
 
 def journal_of(h: Harness, tmp_path: Path) -> Journal:

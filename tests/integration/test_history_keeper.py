@@ -6,94 +6,18 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import wait_for
-from sqlalchemy import Engine, create_engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from historykit import Harness, rows
+from sqlalchemy import Engine
 
-from pandaserver.daemons.base import runs
-from pandaserver.daemons.fleet.history.keeper import RESEND_WINDOW, HistoryKeeper
+from pandaserver.daemons.fleet.history.keeper import RESEND_WINDOW
 from pandaserver.daemons.fleet.history.spool import Spool, decode, encode
 from pandaserver.daemons.fleet.history.writer import HistoryWriter
-from pandaserver.db.base.schema import upgrade
 from pandaserver.db.stores.history import HistoryStore
-from pandaserver.db.stores.runrecords import LOST, OK, RUNNING, PendingItem, RunRecord, RunRow, RunStart
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 5000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class FlakyStore(HistoryStore):
-    """A real store that fails like an unreachable database while ``down`` is set, and
-    refuses rows of the script named ``bad``."""
-
-    down = False
-    weird = False
-
-    def write_many(self, items: Any) -> int:
-        if self.down:
-            raise OperationalError("INSERT", {}, Exception("connection refused"))
-        if self.weird:  # a bug somewhere below (a pool event hook, say)
-            raise KeyError(140187556366016)
-        if any(getattr(item, "script", "") == "bad" for item in items):
-            raise IntegrityError("INSERT", {}, Exception("bad row"))
-        return super().write_many(items)
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    engine = create_engine(f"sqlite:///{tmp_path / 'h.sqlite'}")
-    upgrade(engine)
-    yield engine
-    engine.dispose()
-
-
-class Harness:
-    def __init__(self, engine: Engine, tmp_path: Path, master_id: str = "m1") -> None:
-        self.clock = Clock()
-        self.store = FlakyStore(engine)
-        self.outages: list[BaseException] = []
-        self.ups = 0
-        self.keeper = HistoryKeeper(
-            self.store, server="srv", master_id=master_id, master_pid=4242,
-            monotonic=self.clock, heartbeat_interval=lambda: 1000.0, url=engine.url,
-            on_outage=self.outages.append, on_written=self.up)
-        self.spool = Spool(tmp_path / "state" / "history-spool-srv.jsonl")
-
-    def up(self) -> None:
-        self.ups += 1
-
-    def run(self, run_id: int, script: str = "x") -> runs.Run:
-        return runs.Run(id=run_id, script=script, worker=1, pid=900 + run_id, due=self.clock.now,
-                        dispatched=self.clock.now, timeout_at=self.clock.now + 60)
-
-    def ended(self, run: runs.Run, outcome: str = OK) -> runs.RunRecord:
-        return runs.RunRecord(script=run.script, server="srv", pid=run.pid, run_id=run.id,
-                              generation=None, outcome=outcome, error=None, duration=0.5,
-                              dispatch_delay=0.0, queued=0.0, ended=self.clock.now)
-
-    def settle(self, usable: bool = True) -> None:
-        """Flush and wait until the writer answered everything."""
-        self.keeper.flush(usable)
-
-        def answered() -> bool:
-            self.keeper.collect()
-            return not self.keeper.writer.busy
-
-        wait_for(answered, 10, "the writer to answer everything")
-
-
-def rows(store: HistoryStore) -> list[RunRow]:
-    return sorted(store.query(limit=500), key=lambda r: (r.master_id or "", r.run_id or 0))
+from pandaserver.db.stores.runrecords import LOST, OK, RUNNING, PendingItem, RunRecord, RunStart
 
 
 def test_start_at_dispatch_then_end_gives_one_row(engine: Engine, tmp_path: Path) -> None:

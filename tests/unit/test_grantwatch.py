@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import pytest
-from test_rank import FakeFleet, gate_with, lease_row, script_ranked
+from fleetfakes import FakeFleet, gate_with, lease_row, script_ranked
 
 from pandaserver.config.scripts import DaemonSpec
 from pandaserver.daemons.fleet import rank

@@ -8,7 +8,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from test_rank import FakeFleet, gate_with, script_ranked
+from fleetfakes import FakeFleet, gate_with, script_ranked
 
 from pandaserver.daemons.fleet.dbleases import DbLeases
 from pandaserver.daemons.fleet.leasemanager import LeaseDecision
