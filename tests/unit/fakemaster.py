@@ -41,9 +41,12 @@ class FakeClock:
     def __init__(self, now: float = 1000.0) -> None:
         self.now = now
         self.step = 0.0  # seconds the wall clock was stepped by (NTP), monotonic unmoved
+        self.creep = 0.0  # seconds each reading moves the clock on (time a turn takes)
 
     def monotonic(self) -> float:
-        return self.now
+        now = self.now
+        self.now += self.creep
+        return now
 
     def wall(self) -> datetime:
         return datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=self.now + self.step)

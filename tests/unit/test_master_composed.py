@@ -60,6 +60,30 @@ def test_a_busy_pool_keeps_due_scripts_waiting_until_a_worker_is_free() -> None:
     assert (run.script, run.due, run.dispatched) == ("c", 1000.0, 1005.0)  # queued 5 s
 
 
+@pytest.mark.parametrize("readings_before_due", range(12))
+def test_a_script_falling_due_during_a_turn_is_dispatched_without_another_wake_up(
+        readings_before_due: int) -> None:
+    # the loop reads the clock afresh at each step of a turn: a script may not be due yet
+    # when the turn dispatches and due when it computes its next wake-up; with a worker
+    # idle nothing else wakes the loop, so the turn must come again at once (a run lost
+    # for as long as the loop slept otherwise: it woke next for an unrelated timer)
+    rig = Rig([spec("tick", period=1.0)], n_proc=1)
+    rig.start_workers()
+    rig.turn()
+    rig.done(1)
+    rig.turn()
+    state = rig.master.dispatcher.scripts["tick"]
+    assert (state.running, state.next_due) == (None, 1001.0)
+    creep = 0.001
+    rig.clock.creep = creep
+    rig.clock.now = state.next_due - readings_before_due * creep + creep / 2
+    wake = rig.turn()  # again at once while the loop asks to: as its wait would
+    # run, or (the turn over before it fell due) the loop wakes for it
+    assert rig.busy() == {1: "tick"} or (wake is not None and wake <= state.next_due), (
+        f"tick due at {state.next_due}, idle worker, clock now {rig.clock.now}: not run,"
+        f" and the loop sleeps until {wake}")
+
+
 def test_a_run_started_late_is_next_due_a_period_after_its_start_less_the_tolerance() -> None:
     # one worker: "a" (period 10 s, tolerance 1 s) waits 4 s behind "b" for its second run
     rig = Rig([spec("a", period=10), spec("b", period=100)], n_proc=1)

@@ -252,6 +252,10 @@ class Dispatcher:
             nxt = self.scripts.next_wakeup(now)
             if nxt is not None:
                 times.append(nxt)
+            if self.scripts.any_due(now) and self.pool.idle():
+                # it fell due during this turn, after ``dispatch`` looked: a busy worker
+                # would wake the loop when it is free, an idle one never will
+                times.append(now)
         when = self.keeper.next_event(now)
         if when is not None:
             times.append(when)

@@ -293,6 +293,13 @@ class Timetable(MutableMapping[str, ScriptState]):
                 found.append(state)
         return found
 
+    def any_due(self, now: float) -> bool:
+        """Whether a waiting script is due at ``now`` (it waits for a worker)."""
+        self._move_ready(now)
+        while self._ready and not self._valid_due(self._ready[0]):
+            heapq.heappop(self._ready)
+        return bool(self._ready)
+
     def next_wakeup(self, now: float) -> float | None:
         """The earliest future moment at which a decision may change (due times already
         passed wait for a worker; the loop is woken by the worker instead)."""
