@@ -4,10 +4,12 @@ held by an event; no process, no signal."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 
 from pandaserver.config.daemon import DaemonSettings
-from pandaserver.daemons.master.wakeups import Rereader
+from pandaserver.daemons.master.wakeups import Rereader, SignalPipe
 
 
 def test_one_reread_at_a_time_and_a_sighup_meanwhile_served_once_after_it() -> None:
@@ -35,3 +37,23 @@ def test_one_reread_at_a_time_and_a_sighup_meanwhile_served_once_after_it() -> N
     second = rereader.take()
     assert isinstance(second, ValueError) and str(second) == "read 2"
     assert reads == [1, 2] and not rereader.again()
+
+
+def test_once_the_loop_is_over_its_signals_are_ignored_not_given_back_their_default() -> None:
+    # the interpreter's exit gives a signal with a Python handler its default action back:
+    # a stop signal arriving then ended a master that had already stopped, exit -15
+    pipe = SignalPipe()
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGUSR2, signal.SIGHUP)}
+    try:
+        pipe.install(before)
+        assert signal.getsignal(signal.SIGUSR2) == pipe.record
+        pipe.ignore()
+        assert {signal.getsignal(signum) for signum in before} == {signal.SIG_IGN}
+        os.kill(os.getpid(), signal.SIGUSR2)  # default action: the end of this process
+        assert pipe.pending == []
+    finally:
+        signal.set_wakeup_fd(-1)
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+        for fd in (pipe.read_fd, pipe.write_fd):
+            os.close(fd)

@@ -202,6 +202,7 @@ class Master:
             self.fleet.defer_calls(True)
         while (next_event := self.turn()) is not None:
             self.waiter.wait(next_event - self.clock.monotonic(), self.fleet)
+        self.signals.ignore()
         if self.late is not None:  # stopped first: what ran is still written
             self.open_late(self.clock.monotonic())
         if self.fleet is not None:

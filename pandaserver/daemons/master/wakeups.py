@@ -41,6 +41,7 @@ class SignalPipe:
         self.pending: list[int] = []  # recorded, not yet acted on by the loop
         self.read_fd = -1
         self.write_fd = -1
+        self.installed: set[int] = set()
 
     def install(self, signums: Iterable[int]) -> None:
         read_end, write_end = os.pipe()
@@ -51,6 +52,16 @@ class SignalPipe:
         signal.set_wakeup_fd(write_end)
         for signum in signums:
             signal.signal(signum, self.record)
+            self.installed.add(signum)
+
+    def ignore(self) -> None:
+        """The loop is over: the signals it acted on are ignored from now on. Recorded, they
+        would change nothing now; but the interpreter's exit gives a signal with a Python
+        handler back its default action, and a SIGTERM then (a second stop, systemd's, an
+        impatient operator's) or a logrotate's SIGUSR1 would end a master that has already
+        stopped as killed by it, instead of with its own exit status."""
+        for signum in self.installed:
+            signal.signal(signum, signal.SIG_IGN)
 
     def record(self, signum: int, frame: Any) -> None:
         self.pending.append(signum)
