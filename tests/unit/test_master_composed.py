@@ -129,6 +129,23 @@ def test_a_sync_script_asks_its_lease_first_and_runs_only_on_a_grant() -> None:
     assert rig.leases.released == [("s", generation)]
 
 
+def test_a_worker_kept_for_a_lease_answer_past_its_lifetime_does_not_spin_the_loop() -> None:
+    # its lifetime ends it once the answer is in (which wakes the loop); meanwhile its past
+    # expiry is nothing to wake for (the loop turned again at once until the answer came)
+    rig = Rig([spec("s", sync=True)], n_proc=1)
+    rig.start_workers()
+    rig.turn()
+    assert [name for name, _, _ in rig.leases.asked] == ["s"]
+    assert rig.slot(1).reserved == "s"
+    rig.slot(1).expires = rig.clock.now - 1.0  # its lifetime is over
+    rig.clock.now += 0.5
+    wake = rig.master.turn()
+    assert wake is not None and wake > rig.clock.now, f"the loop asks to turn again at {wake}"
+    rig.leases.grant()
+    rig.turn()
+    assert rig.busy() == {1: "s"}  # the answer is used; the worker retires after the run
+
+
 def test_a_sync_runs_number_is_taken_when_its_lease_is_asked_for() -> None:
     """The grant writes the run's history row under that number (db/stores/grantrun.py): a
     refusal gives it back; a grant not used removes the row it wrote."""
@@ -210,10 +227,12 @@ def test_a_lease_the_database_says_is_lost_is_fenced_at_once() -> None:
     rig.at(renew_at(1000.0, 30.0))
     [(_, sent, reply)] = rig.leases.renewals
     reply(set(), sent)
-    rig.master.turn()  # one turn (the keeper wants the next at once while it is lost)
+    wake = rig.turn()  # fenced at once; then the loop sleeps while the run ends (it spun
+    # until the run was over, the lost lease asking for a turn at once)
     run = rig.slot(1).run
     assert run is not None and run.fenced
     assert rig.processes.calls == [("term", rig.slot(1).pid, KILL_GRACE, "s run 1 fenced")]
+    assert wake is not None and wake > rig.clock.now
 
 
 # ----- operator controls ------------------------------------------------------------------

@@ -67,6 +67,7 @@ class WorkerPool:
         self.stop_deadline = math.inf
         self.spawn_backoff = 0.0
         self.spawn_not_before = 0.0
+        self.fill_upto: int | None = None  # the last ``fill``'s limit: spawns beyond it wait
         self.first_generation = True
         self.spawns = SpawnLimiter()
         self.recycle: list[int] = []  # restart-workers: slots still to recycle
@@ -109,6 +110,7 @@ class WorkerPool:
         """Start the missing workers (``upto``: only those of that index or lower; the
         first generation's others are started by a later call, still staggered)."""
         n_proc = self.n_proc
+        self.fill_upto = upto
         missing = [i for i in range(1, n_proc + 1) if i not in self.slots]
         if not missing or now < self.spawn_not_before:
             return
@@ -288,7 +290,11 @@ class WorkerPool:
     def next_event(self, now: float, times: list[float]) -> None:
         """Add to ``times`` the moments the pool must act at."""
         times.append(self.stop_deadline)
-        if not self.stopping and len(self.slots) < self.n_proc:
+        # a spawn held back by the rate limit is due then; one held back by ``fill``'s limit
+        # (worker 1 boots alone before the first hand-over) is not: that hand-over wakes
+        # the loop, and waking for it meanwhile would spin the loop beside worker 1's boot
+        wanted = self.n_proc if self.fill_upto is None else min(self.fill_upto, self.n_proc)
+        if not self.stopping and any(i not in self.slots for i in range(1, wanted + 1)):
             times.append(self.spawn_not_before)
         for slot in [*self.slots.values(), *self.draining]:
             if slot.run is not None and not slot.run.timed_out:
@@ -297,7 +303,10 @@ class WorkerPool:
                 times.append(slot.kill.deadline)
             if slot.exit_deadline is not None:
                 times.append(slot.exit_deadline)
-            if slot.state in (WorkerState.IDLE, WorkerState.BUSY):
+            # a worker kept for a lease answer is replaced after it (the answer wakes the
+            # loop), not at its expiry: waking for that meanwhile would spin the loop
+            if slot.state is WorkerState.BUSY or (slot.state is WorkerState.IDLE
+                                                  and slot.reserved is None):
                 times.append(slot.expires)
         if self.draining:
             times.append(now + DRAIN_POLL)
