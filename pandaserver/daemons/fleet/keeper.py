@@ -116,8 +116,8 @@ class LeaseKeeper:
         if live and not self.renewing:
             times.append(max(self.retry_at, min(clock.renew for _, clock in live)))
         times += [clock.fence(self.kill_grace) for _, clock in live]
-        if self.lost:
-            times.append(now)
+        if any(not self.held[rid].fenced for rid in self.lost if rid in self.held):
+            times.append(now)  # to be fenced on the next turn (once fenced, nothing to do)
         release = self.leases.next_release()
         if release is not None:
             times.append(release)
