@@ -43,12 +43,16 @@ def test_once_the_loop_is_over_its_signals_are_ignored_not_given_back_their_defa
     # the interpreter's exit gives a signal with a Python handler its default action back:
     # a stop signal arriving then ended a master that had already stopped, exit -15
     pipe = SignalPipe()
-    before = {signum: signal.getsignal(signum) for signum in (signal.SIGUSR2, signal.SIGHUP)}
+    before = {signum: signal.getsignal(signum)
+              for signum in (signal.SIGUSR2, signal.SIGHUP, signal.SIGCHLD)}
     try:
         pipe.install(before)
         assert signal.getsignal(signal.SIGUSR2) == pipe.record
         pipe.ignore()
-        assert {signal.getsignal(signum) for signum in before} == {signal.SIG_IGN}
+        assert {signal.getsignal(signal.SIGUSR2), signal.getsignal(signal.SIGHUP)} \
+            == {signal.SIG_IGN}
+        # not SIG_IGN: that would have the kernel reap children, their statuses lost
+        assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
         os.kill(os.getpid(), signal.SIGUSR2)  # default action: the end of this process
         assert pipe.pending == []
     finally:

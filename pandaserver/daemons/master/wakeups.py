@@ -61,7 +61,10 @@ class SignalPipe:
         impatient operator's) or a logrotate's SIGUSR1 would end a master that has already
         stopped as killed by it, instead of with its own exit status."""
         for signum in self.installed:
-            signal.signal(signum, signal.SIG_IGN)
+            # ignoring SIGCHLD is not its default: children would be reaped by the kernel
+            # and their exit statuses lost; its default (and the others') ends nothing
+            harmless = signum in (signal.SIGCHLD, signal.SIGURG, signal.SIGWINCH)
+            signal.signal(signum, signal.SIG_DFL if harmless else signal.SIG_IGN)
 
     def record(self, signum: int, frame: Any) -> None:
         self.pending.append(signum)
