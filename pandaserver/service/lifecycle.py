@@ -323,9 +323,12 @@ def _end_leftovers(family: dict[int, psutil.Process], identity: str, subtree: Pa
 
 def _remove_subtree(subtree: Path, deadline: float) -> None:
     """Remove the master's cgroups once their last task has left: an exiting process's
-    other threads keep its cgroup busy after the process looks a zombie. Best effort until
-    ``deadline``: the next master removes what is left (``cgroups.remove_stale``)."""
-    while not cgroups.remove(subtree) and time.monotonic() < deadline:
+    other threads keep its cgroup busy after the process looks a zombie. Retried while a
+    task is still in them, until ``deadline``; not at all when they cannot be removed for
+    another reason (a ``stop`` run as the service user, say): the next master removes what
+    is left (``cgroups.remove_stale``)."""
+    while not cgroups.remove(subtree) and cgroups.populated(subtree) \
+            and time.monotonic() < deadline:
         time.sleep(0.05)
 
 

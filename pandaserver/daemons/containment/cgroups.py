@@ -77,6 +77,15 @@ def members(path: Path) -> list[int]:
         return []
 
 
+def populated(path: Path) -> bool:
+    """Whether a task is still in the cgroup or below it (``cgroup.events``; a process that
+    looks a zombie while its other threads exit still counts). False if it cannot be read."""
+    try:
+        return "populated 1" in (path / "cgroup.events").read_text().splitlines()
+    except OSError:
+        return False
+
+
 def move(path: Path, pid: int) -> None:
     (path / "cgroup.procs").write_text(f"{pid}\n")
 
