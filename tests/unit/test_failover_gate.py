@@ -74,7 +74,7 @@ def test_a_failover_fences_the_running_sync_run_at_once() -> None:
     rig.at(1001.0)
     assert rig.processes.calls == []
     rig.leases.epoch = 1  # the lease store noticed a failover
-    rig.master.turn()
+    rig.turn()  # as its wait would: fenced, then asleep while the run ends
     run = rig.slot(1).run
     assert run is not None and run.fenced  # long before its fence on the lease's clock
     assert rig.processes.calls == [("term", rig.slot(1).pid, KILL_GRACE, "s run 1 fenced")]
