@@ -284,6 +284,11 @@ def running_master(config: Path, workdir: Path, **kwargs: Any) -> Iterator[Maste
     finally:
         left = master.cleanup()
         assert not left, f"processes left behind: {left}\n{master.log()[-3000:]}"
+        spun = [line for line in master.log().splitlines() if SPUN in line]
+        assert not spun, f"the master's loop spun: {spun[:3]}"
+
+
+SPUN = "times in a row without waiting"  # the master's log line of a loop that spins
 
 
 def _alive(proc: psutil.Process) -> bool:

@@ -19,7 +19,7 @@ from pandaserver.daemons.base.lifeline import KILL_GRACE
 from pandaserver.daemons.base.states import WorkerState
 from pandaserver.daemons.fleet.fencing import fence_at, hard_deadline, renew_at
 from pandaserver.daemons.fleet.leasemanager import Turn
-from pandaserver.daemons.master import loop
+from pandaserver.daemons.master import loop, wakeups
 from pandaserver.daemons.master.crashloop import backoff_delay
 from pandaserver.daemons.master.schedule import REMOVED, ScriptState
 from pandaserver.daemons.master.workers import SHUTDOWN_KILL_GRACE
@@ -535,3 +535,28 @@ def test_only_the_timetable_writes_the_scheduling_fields() -> None:
             found += [f"{path.name}:{t.lineno} .{t.attr}" for t in targets
                       if isinstance(t, ast.Attribute) and t.attr in fields]
     assert found == []
+
+
+# ----- a loop that spins ------------------------------------------------------------------
+def test_a_timer_already_past_that_nothing_acts_on_is_named_once_per_spell(
+        caplog: pytest.LogCaptureFixture) -> None:
+    rig = Rig([spec("a", period=60)], n_proc=1)
+    rig.start_workers()
+    rig.turn()
+    rig.done(1)
+    assert rig.turn() > rig.clock.now  # asleep until a's next run
+
+    def stale(now: float) -> float:
+        return now - 1.0
+
+    rig.master.extra_events.append(stale)
+    for _ in range(3 * wakeups.SPIN_TURNS):  # turned as ``run`` turns it
+        wake = rig.master.turn()
+        assert wake is not None
+        rig.master.spin.waited(wake - rig.clock.now)
+    spun = [r.getMessage() for r in caplog.records if "without waiting" in r.getMessage()]
+    assert len(spun) == 1, spun
+    assert "stale (-1.000 s)" in spun[0] and "the workers' deadlines" not in spun[0]
+    rig.master.extra_events.remove(stale)
+    rig.master.spin.waited(rig.turn() - rig.clock.now)  # a real wait ends the spell
+    assert rig.master.spin.turns == 0

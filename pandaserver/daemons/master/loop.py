@@ -51,7 +51,7 @@ from pandaserver.daemons.master.pool import ProcessLayer, RealProcesses, RunCont
 from pandaserver.daemons.master.schedule import ScriptState
 from pandaserver.daemons.master.statusfile import StatusFile, remembered
 from pandaserver.daemons.master.timetable import Timetable
-from pandaserver.daemons.master.wakeups import LoopWait, Rereader, SignalPipe
+from pandaserver.daemons.master.wakeups import LoopWait, Rereader, SignalPipe, SpinWatch
 from pandaserver.daemons.master.workers import WorkerPool
 
 if TYPE_CHECKING:  # imported when the database side opens (SQLAlchemy): late.py
@@ -135,6 +135,7 @@ class Master:
         self.rereader = (Rereader(reload_settings, self.signals.wake)
                          if reload_settings is not None else None)
         self.waiter = LoopWait(self.signals, self.pool, self.clock)
+        self.spin = SpinWatch()
         # the controls' command read before the fleet's tick: the tick sends it, with the
         # heartbeat when that is due too (one database call, one wake-up)
         self.extra_events: list[Callable[[float], float | None]] = [self.containment.tick,
@@ -201,7 +202,9 @@ class Master:
         if self.fleet is not None:  # database calls start as the loop goes to sleep
             self.fleet.defer_calls(True)
         while (next_event := self.turn()) is not None:
-            self.waiter.wait(next_event - self.clock.monotonic(), self.fleet)
+            timeout = next_event - self.clock.monotonic()
+            self.spin.waited(timeout)
+            self.waiter.wait(timeout, self.fleet)
         self.signals.ignore()
         if self.late is not None:  # stopped first: what ran is still written
             self.open_late(self.clock.monotonic())
@@ -290,11 +293,21 @@ class Master:
     def _next_event(self, now: float) -> float:
         times: list[float] = []
         self.dispatcher.next_event(now, times)
+        explain = self.spin.explain  # None but in a spell of turns without a wait
+        if explain is not None:
+            explain.append(("the scripts' due times and held leases", min(times, default=math.inf)))
+        before = len(times)
         self.pool.next_event(now, times)
+        if explain is not None:
+            explain.append(("the workers' deadlines", min(times[before:], default=math.inf)))
         for event in self.extra_events:
             when = event(now)
             if when is not None:
                 times.append(when)
+                if explain is not None:
+                    explain.append((getattr(event, "__qualname__", repr(event)), when))
+        if explain is not None:
+            self.spin.report(now)
         return min(times)
 
     # ----- signals, stop and reload -------------------------------------------------------

@@ -17,6 +17,7 @@ re-reads. The loop alone acts on what comes.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
 import selectors
@@ -32,6 +33,8 @@ from pandaserver.daemons.master.workers import WorkerPool
 
 if TYPE_CHECKING:  # imported when the database side opens (SQLAlchemy)
     from pandaserver.daemons.fleet.fleetdb import FleetDb
+
+log = logging.getLogger("panda.master")
 
 
 class SignalPipe:
@@ -123,6 +126,41 @@ class Rereader:
         """Whether a SIGHUP came while the re-read ran; asking resets it."""
         again, self._again = self._again, False
         return again
+
+
+SPIN_TURNS = 1000  # turns in a row that end without a wait: the loop spins
+
+
+class SpinWatch:
+    """The loop's turns that end without a wait. A few in a row are normal (a run ended,
+    the next is handed over at once); ``SPIN_TURNS`` in a row is a timer already past that
+    nothing acts on, turning the loop without pause: CPU burnt, nothing done. The next turn
+    then names each timer (``explain``) and they are logged, once per such spell."""
+
+    def __init__(self) -> None:
+        self.turns = 0
+        self.explain: list[tuple[str, float]] | None = None
+        self.spells = 0
+
+    def waited(self, timeout: float) -> None:
+        if timeout > 0:
+            self.turns = 0
+            self.explain = None
+            return
+        self.turns += 1
+        if self.turns == SPIN_TURNS:
+            self.explain = []
+
+    def report(self, now: float) -> None:
+        """After a turn computed with ``explain``: say which timers were due."""
+        named, self.explain = self.explain, None
+        if named is None:
+            return
+        self.spells += 1
+        due = [f"{name} ({when - now:+.3f} s)" for name, when in named if when <= now]
+        log.warning("the master's loop turned %d times in a row without waiting: a timer"
+                    " already past that nothing acts on (a defect; please report it): %s",
+                    self.turns, ", ".join(due) or "none named")
 
 
 class LoopWait:
