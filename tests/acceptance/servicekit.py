@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import psutil
 import pytest
-from harness import FIXTURES, REPO, wait_for, write_config
+from harness import FIXTURES, REPO, SPUN, wait_for, write_config
 
 from pandaserver.service.pidfile import lock_holder
 
@@ -149,6 +149,9 @@ def checked(service: ServiceT) -> Iterator[ServiceT]:
     yield service
     left = service.cleanup()
     assert not left, f"processes left behind: {left}\n{service.log()[-2000:]}"
+    spun = [line for name in ("panda-daemons.log", "panda_daemon_stdout.log")
+            for line in service.log(name).splitlines() if SPUN in line]
+    assert not spun, f"the master's loop spun: {spun[:3]}"
 
 
 def python_for(uid: int, gid: int, path: list[str]) -> str:
