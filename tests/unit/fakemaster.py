@@ -227,9 +227,10 @@ class FakeLink:
         self.ids = itertools.count(1)
         self.pushed = pushed  # as PostgreSQL's LISTEN/NOTIFY: ``notify`` wakes the master
         self.notified = False
+        self.down = False  # the database is down (or its lane busy): no poll can be sent
 
     def ready(self, now: float) -> bool:
-        return True
+        return not self.down
 
     def notify(self) -> None:
         """A command was recorded (PostgreSQL's notification, or a new listening connection)."""

@@ -537,6 +537,21 @@ def test_only_the_timetable_writes_the_scheduling_fields() -> None:
     assert found == []
 
 
+def test_a_command_read_that_cannot_be_sent_does_not_spin_the_loop() -> None:
+    # due while the database is down (or its lane busy): the outage's probe, or the lane's
+    # answer, wakes the loop for it; the read's own due time, past, did so without pause
+    rig = Rig([spec("a", period=60)], n_proc=1)
+    rig.link.down = True  # from the start: a master started during an outage
+    rig.start_workers()
+    wake = rig.turn()
+    assert rig.link.polls == [] and wake is not None and wake > rig.clock.now
+    rig.done(1)
+    rig.at(rig.clock.now + 30.0)  # the database came back; nothing else woke the loop
+    rig.link.down = False
+    rig.turn()
+    assert len(rig.link.polls) == 1  # read at the next turn
+
+
 # ----- a loop that spins ------------------------------------------------------------------
 def test_a_timer_already_past_that_nothing_acts_on_is_named_once_per_spell(
         caplog: pytest.LogCaptureFixture) -> None:

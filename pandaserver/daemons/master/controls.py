@@ -227,8 +227,10 @@ class Controls:
 
             link.poll(self.server, os.getpid(), self.control_after, acks, state, done)
         # a read wanted soon but not sent (the lane is busy, the database down) waits for the
-        # lane's answer or the outage's probe, which wake the loop anyway
-        poll = self.next_poll if not self.polling else math.inf
+        # lane's answer or the outage's probe, which wake the loop anyway: its due time,
+        # past, is no wake-up (the loop turned without pause for the whole outage)
+        waiting = self.polling or self.read_soon or now >= self.next_poll
+        poll = math.inf if waiting else self.next_poll
         return poll if until is None else min(until, poll)
 
     def _report(self) -> dict[str, Any]:
