@@ -45,6 +45,17 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0,
         time.sleep(interval)
 
 
+def recorded(path: Path) -> list[dict[str, Any]]:
+    """The events the test scripts appended to ``path``, one JSON object a line. Only whole
+    lines: a read beside a script's append may see part of it (a read of a regular file
+    does not wait for a write under way), which the next read sees whole."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.split("\n")[:-1] if line.strip()]
+
+
 def write_config(directory: Path, scripts: dict[str, dict[str, Any]], *,
                  package: str = "testscripts", extra: str = "", **daemon: Any) -> Path:
     keys = {"enable": "True", "package": package, "n_proc": 2, **daemon}
@@ -109,14 +120,8 @@ class MasterProcess:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def events(self, event: str | None = None, name: str | None = None) -> list[dict[str, Any]]:
-        rows = []
-        for line in self.record.read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if (event is None or row["event"] == event) and (name is None or row["name"] == name):
-                rows.append(row)
-        return rows
+        return [row for row in recorded(self.record)
+                if (event is None or row["event"] == event) and (name is None or row["name"] == name)]
 
     def outcomes(self, name: str) -> list[str]:
         marker = f"panda.master: {name} run "

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import psutil
 import pytest
-from harness import FIXTURES, REPO, SPUN, wait_for, write_config
+from harness import FIXTURES, REPO, SPUN, recorded, wait_for, write_config
 
 from pandaserver.service.pidfile import lock_holder
 
@@ -133,12 +133,7 @@ def title(proc: psutil.Process) -> str:
 
 
 def events(svc: Service, event: str, name: str) -> list[dict[str, Any]]:
-    import json
-
-    if not svc.record.exists():
-        return []
-    rows = [json.loads(line) for line in svc.record.read_text().splitlines() if line.strip()]
-    return [row for row in rows if row["event"] == event and row["name"] == name]
+    return [row for row in recorded(svc.record) if row["event"] == event and row["name"] == name]
 
 
 ServiceT = TypeVar("ServiceT", bound=Service)

@@ -8,7 +8,6 @@ them) and with ``PANDA_DAEMON_CGROUPS=off`` (process tree, session and environme
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import pid_alive, running_master, script_env, wait_for, write_config
+from harness import pid_alive, recorded, running_master, script_env, wait_for, write_config
 from pg import url_text
 from sqlalchemy import URL
 
@@ -181,10 +180,8 @@ class Service:
                               text=True, timeout=90, env=self.env, stdin=subprocess.DEVNULL)
 
     def events(self, name: str) -> list[dict[str, Any]]:
-        if not self.record.exists():
-            return []
-        rows = [json.loads(line) for line in self.record.read_text().splitlines() if line]
-        return [row for row in rows if row["event"] == "start" and row["name"] == name]
+        return [row for row in recorded(self.record)
+                if row["event"] == "start" and row["name"] == name]
 
     def log(self) -> str:
         path = self.root / "logs" / "panda_daemon_stdout.log"

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import running_master, script_env, wait_for
+from harness import recorded, running_master, script_env, wait_for
 from pg import PgCluster
 from pgfleet import cli, cut, fleet_config, restore
 from sqlalchemy import URL
@@ -42,10 +42,7 @@ def history(tmp_path: Path, cfg: Path, name: str) -> list[dict[str, Any]]:
 
 
 def records(path: Path, event: str, name: str) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [row for row in rows if row["event"] == event and row["name"] == name]
+    return [row for row in recorded(path) if row["event"] == event and row["name"] == name]
 
 
 def test_a_clean_stop_releases_the_lease_at_once(tmp_path: Path, pg_url: URL) -> None:
