@@ -140,7 +140,6 @@ class SpinWatch:
     def __init__(self) -> None:
         self.turns = 0
         self.explain: list[tuple[str, float]] | None = None
-        self.spells = 0
 
     def waited(self, timeout: float) -> None:
         if timeout > 0:
@@ -156,7 +155,6 @@ class SpinWatch:
         named, self.explain = self.explain, None
         if named is None:
             return
-        self.spells += 1
         due = [f"{name} ({when - now:+.3f} s)" for name, when in named if when <= now]
         log.warning("the master's loop turned %d times in a row without waiting: a timer"
                     " already past that nothing acts on (a defect; please report it): %s",
